@@ -1,0 +1,36 @@
+# One command per job. The virtual environment is made once and reused; it is
+# rebuilt only when pyproject.toml or constraints.txt change.
+PYTHON ?= python3
+VENV   ?= .venv
+MODEL  ?= simple_nn
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FORCE_FLAG := $(if $(filter 1 yes true,$(FORCE)),--force,)
+
+.PHONY: help setup export test clean distclean
+
+help:
+	@echo "make export   train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo)"
+	@echo "make test     the whole test suite"
+	@echo "make clean    remove generated artifacts, reports and archives"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), f"Python 3.10+ needed, {sys.executable} is {sys.version.split()[0]}"' \
+		|| { echo "error: set PYTHON=python3.11 (or another Python 3.10+)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+export: $(STAMP)
+	$(PY) -m pipeline all --model $(MODEL) $(FORCE_FLAG)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf artifacts/*/ reports/*/ model_store/*.mar
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

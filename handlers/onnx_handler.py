@@ -1,0 +1,259 @@
+"""TorchServe handler: JSON in, ONNX Runtime, JSON out.
+
+Self-contained (numpy and onnxruntime only): it runs inside a TorchServe worker from
+the files in the archive. The model's I/O contract, `io_contract.json`, is written by
+the package stage from the model's spec.
+
+Request:  {"x": 5.0}            -> {"y": 11.0}
+          {"x": [1.0, 2.0, 3.0]} -> {"y": [3.0, 5.0, 7.0]}
+A value is one row (its row shape, trailing 1-sized axes optional) or a list of rows.
+Bad input gets HTTP 400 with {"error": ..., "code": 400}; with dynamic batching, one bad
+request fails alone and the others in the batch are still answered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CONTRACT_FILE = "io_contract.json"
+MODEL_FILE = "model.onnx"
+
+
+class RequestError(ValueError):
+    """A request the handler refuses; the message goes back to the client."""
+
+    def __init__(self, message: str, code: int = 400):
+        super().__init__(message)
+        self.code = code
+
+
+def _reject_constant(name: str):
+    raise RequestError(f"{name} is not a number JSON allows; send finite numbers")
+
+
+def decode_body(item: dict) -> dict:
+    """The request's JSON object, whether TorchServe already parsed it or not."""
+    body = item.get("body", item.get("data")) if isinstance(item, dict) else None
+    if isinstance(body, (bytes, bytearray)):
+        if not body:
+            raise RequestError('empty body; send a JSON object such as {"x": 5.0}')
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestError(f"body is not valid UTF-8 (byte {exc.start})") from None
+        body = text
+    if isinstance(body, str):
+        try:
+            body = json.loads(body, parse_constant=_reject_constant)
+        except json.JSONDecodeError as exc:
+            raise RequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except RecursionError:
+            raise RequestError("JSON nested too deeply") from None
+    if body is None:
+        raise RequestError('empty body; send a JSON object such as {"x": 5.0}')
+    if not isinstance(body, dict):
+        raise RequestError(f"body must be a JSON object with the model's inputs, got a JSON {_json_type(body)}")
+    return body
+
+
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null" if value is None else type(value).__name__
+
+
+def _check_leaves(name: str, value, integer: bool, depth: int = 0) -> None:
+    """Every leaf must be a number (not a bool, string, object or null); depth is bounded."""
+    if depth > 32:
+        raise RequestError(f"'{name}' is nested too deeply")
+    if isinstance(value, list):
+        for v in value:
+            _check_leaves(name, v, integer, depth + 1)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(f"'{name}' must hold numbers, found a {_json_type(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(f"'{name}' holds {value}; only finite numbers are accepted")
+    if integer and isinstance(value, float) and not value.is_integer():
+        raise RequestError(f"'{name}' must hold integers, found {value}")
+
+
+class Contract:
+    """The model's inputs and outputs as declared in io_contract.json."""
+
+    def __init__(self, data: dict):
+        self.model = data["model"]
+        self.inputs = data["inputs"]
+        self.outputs = data["outputs"]
+        self.max_rows = int(data.get("max_rows_per_request", 4096))
+
+    @staticmethod
+    def row_shapes(tensor: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The per-row shape, and the same without trailing 1-sized axes (the short form)."""
+        row = tuple(tensor["shape"][1:])
+        short = row
+        while short and short[-1] == 1:
+            short = short[:-1]
+        return row, short
+
+    def to_rows(self, tensor: dict, value) -> tuple[np.ndarray, bool]:
+        """(array of rows in the full row shape, whether the request sent a single row)."""
+        name = tensor["name"]
+        dtype = np.dtype(tensor["dtype"])
+        integer = np.issubdtype(dtype, np.integer)
+        _check_leaves(name, value, integer)
+        try:
+            arr = np.array(value, dtype=np.float64)
+        except ValueError:
+            raise RequestError(f"'{name}' is a ragged nested list; every row must have the same shape") from None
+        row, short = self.row_shapes(tensor)
+        if arr.shape == short and arr.ndim == len(short) and not (isinstance(value, list) and not short):
+            single, rows = True, arr.reshape((1, *row))
+        elif arr.ndim == len(short) + 1 and arr.shape[1:] == short:
+            single, rows = False, arr.reshape((arr.shape[0], *row))
+        elif arr.ndim == len(row) + 1 and arr.shape[1:] == row:
+            single, rows = False, arr
+        else:
+            want = "a number" if not short else f"an array of shape {list(short)}"
+            raise RequestError(f"'{name}' has shape {list(arr.shape)}; expected {want} for one row, or a list of those")
+        if rows.shape[0] == 0:
+            raise RequestError(f"'{name}' is an empty list; send at least one row")
+        if rows.shape[0] > self.max_rows:
+            raise RequestError(f"'{name}' has {rows.shape[0]} rows; at most {self.max_rows} per request")
+        if integer:
+            info = np.iinfo(dtype)
+            if rows.min() < info.min or rows.max() > info.max:
+                raise RequestError(f"'{name}' holds integers outside {dtype.name}")
+        with np.errstate(over="ignore"):
+            cast = rows.astype(dtype)
+        if not integer and not np.all(np.isfinite(cast)):
+            raise RequestError(f"'{name}' holds numbers too large for {dtype.name}")
+        return cast, single
+
+    def parse(self, body: dict) -> tuple[dict[str, np.ndarray], bool]:
+        expected = [t["name"] for t in self.inputs]
+        unknown = sorted(set(body) - set(expected))
+        if unknown:
+            raise RequestError(f"unknown field(s) {unknown}; this model takes {expected}")
+        missing = [n for n in expected if n not in body]
+        if missing:
+            raise RequestError(f"missing field(s) {missing}; send e.g. {{\"{missing[0]}\": ...}}")
+        feed, forms = {}, set()
+        for tensor in self.inputs:
+            feed[tensor["name"]], single = self.to_rows(tensor, body[tensor["name"]])
+            forms.add(single)
+        counts = {name: len(a) for name, a in feed.items()}
+        if len(set(counts.values())) > 1 or len(forms) > 1:
+            raise RequestError(f"inputs disagree on the number of rows: {counts}")
+        return feed, forms.pop()
+
+    def to_json(self, outputs: dict[str, np.ndarray], single: bool) -> dict:
+        answer = {}
+        for tensor in self.outputs:
+            _, short = self.row_shapes(tensor)
+            rows = outputs[tensor["name"]]
+            rows = rows.reshape((rows.shape[0], *short))
+            answer[tensor["name"]] = rows[0].tolist() if single else rows.tolist()
+        return answer
+
+
+class OnnxHandler:
+    """initialize -> handle(preprocess, inference, postprocess), one ORT call per batch."""
+
+    def __init__(self):
+        self.session = None
+        self.contract: Contract | None = None
+        self.provider = None
+        self.initialized = False
+
+    def initialize(self, context) -> None:
+        """Load the contract and create the ONNX Runtime session on the worker's device."""
+        import onnxruntime as ort
+
+        props = context.system_properties
+        model_dir = props.get("model_dir", ".")
+        with open(os.path.join(model_dir, CONTRACT_FILE)) as f:
+            self.contract = Contract(json.load(f))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        gpu_id = props.get("gpu_id")
+        providers: list = ["CPUExecutionProvider"]
+        if gpu_id is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+            if hasattr(ort, "preload_dlls"):
+                ort.preload_dlls()
+            providers = [("CUDAExecutionProvider", {"device_id": int(gpu_id)}), "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(os.path.join(model_dir, MODEL_FILE), sess_options=options, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        if gpu_id is not None and self.provider != "CUDAExecutionProvider":
+            # Never a silent fallback: say loudly that a GPU worker is running on the CPU.
+            log.warning("worker was assigned GPU %s but ONNX Runtime runs on %s (available: %s)",
+                        gpu_id, self.provider, ort.get_available_providers())
+        log.info("model %s: ONNX Runtime %s on %s", self.contract.model, ort.__version__, self.provider)
+        self.initialized = True
+
+    def handle(self, data: list, context) -> list:
+        """Answer every request in the batch; a bad one gets its own 400."""
+        responses: list = [None] * len(data)
+        parsed: list[tuple[int, dict[str, np.ndarray], bool]] = []
+        for idx, item in enumerate(data):
+            try:
+                feed, single = self.contract.parse(decode_body(item))
+                parsed.append((idx, feed, single))
+            except RequestError as exc:
+                responses[idx] = self._error(context, idx, exc.code, str(exc))
+        if parsed:
+            names = [t["name"] for t in self.contract.inputs]
+            batch = {n: np.concatenate([feed[n] for _, feed, _ in parsed]) for n in names}
+            out_names = [t["name"] for t in self.contract.outputs]
+            outputs = dict(zip(out_names, self.session.run(out_names, batch)))
+            start = 0
+            for idx, feed, single in parsed:
+                rows = len(feed[names[0]])
+                mine = {n: v[start:start + rows] for n, v in outputs.items()}
+                start += rows
+                responses[idx] = self._ok(context, idx, self.contract.to_json(mine, single))
+        return responses
+
+    @classmethod
+    def _ok(cls, context, idx: int, answer: dict) -> bytes:
+        try:
+            body = json.dumps(answer, allow_nan=False).encode("utf-8")
+        except ValueError:
+            return cls._error(context, idx, 500, "the model produced a non-finite output for this input")
+        if context is not None:
+            context.set_response_content_type(idx, "application/json")
+        return body
+
+    @staticmethod
+    def _error(context, idx: int, code: int, message: str) -> bytes:
+        if context is not None:
+            context.set_response_status(code, "Bad Request" if code == 400 else "Error", idx)
+            context.set_response_content_type(idx, "application/json")
+        return json.dumps({"error": message, "code": code}).encode("utf-8")
+
+
+_service = OnnxHandler()
+
+
+def handle(data, context):
+    """TorchServe's module-level entry point."""
+    if not _service.initialized:
+        _service.initialize(context)
+    if data is None:
+        return None
+    return _service.handle(data, context)

@@ -1,0 +1,101 @@
+"""Command line: `python -m pipeline <stage> [--model NAME|PATH] [--force]`.
+
+Stages: train, trace, export, parity, package; `all` runs them in order and prints
+a one-screen summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import export, package, parity, trace, train
+from .errors import PipelineError
+from .stage import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings, StageResult
+
+STAGES = {"train": train.run, "trace": trace.run, "export": export.run, "parity": parity.run, "package": package.run}
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("batch sizes must be positive integers, e.g. 1,2,7,64")
+    return sizes
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=[*STAGES, "all"], help="the stage to run, or all of them")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
+    p.add_argument("--root", type=Path, default=Path("."), help="project folder holding artifacts/, reports/, model_store/ (default: .)")
+    p.add_argument("--force", action="store_true", help="redo the stage(s) even when inputs and settings are unchanged")
+    p.add_argument("--seed", type=int, default=0, help="seed for training and sample inputs (default: 0)")
+    p.add_argument("--atol", type=float, help="parity absolute tolerance (default: the model's)")
+    p.add_argument("--rtol", type=float, help="parity relative tolerance (default: the model's)")
+    p.add_argument("--parity-batch-sizes", type=_batch_sizes, default=PARITY_BATCH_SIZES,
+                   help="batch sizes parity checks (default: %(default)s)")
+    return p
+
+
+def _line(result: StageResult) -> str:
+    mark = "·" if result.skipped else "✓"
+    verb = "skipped" if result.skipped else f"ran in {result.seconds:.1f}s"
+    return f"  {mark} {result.stage:<8} {verb:<14} {result.summary}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings(model=args.model, root=args.root, force=args.force, seed=args.seed, atol=args.atol,
+                        rtol=args.rtol, parity_batch_sizes=args.parity_batch_sizes)
+    names = list(STAGES) if args.stage == "all" else [args.stage]
+    start = time.perf_counter()
+    results: list[StageResult] = []
+    try:
+        for name in names:
+            result = STAGES[name](settings)
+            results.append(result)
+            print(_line(result), flush=True)
+    except PipelineError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished artifacts are kept, unfinished ones were not written", file=sys.stderr)
+        return 130
+    if args.stage == "all":
+        print(summary(results, settings, time.perf_counter() - start))
+    return 0
+
+
+def summary(results: list[StageResult], settings: Settings, seconds: float) -> str:
+    from .manifest import Manifest
+    from .stage import resolve
+
+    spec, layout = resolve(settings)
+    manifest = Manifest(layout.root, spec.name)
+    ran = [r.stage for r in results if not r.skipped]
+    skipped = [r.stage for r in results if r.skipped]
+    worst = manifest.records["parity"].details["worst"]
+    tol = manifest.records["parity"].settings
+    mar = manifest.records["mar"]
+    lines = [
+        "",
+        f"{spec.name}: done in {seconds:.1f}s — ran {len(ran)} stage(s){': ' + ', '.join(ran) if ran else ''}"
+        f"{'; skipped (up to date) ' + ', '.join(skipped) if skipped else ''}",
+        f"  parity   PASS; worst {worst['engine']} '{worst['output']}' at {worst['case']}: max abs {worst['max_abs']:.3g}, "
+        f"max rel {worst['max_rel']:.3g} vs atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want| ({worst['tolerance_used']:.2g}× the bound)",
+        f"  archive  {mar.path} ({mar.bytes / 1024:.1f} KiB)",
+        f"  reports  {layout.reports.relative_to(layout.root)}/parity.md, manifest {manifest.path.relative_to(layout.root)}",
+    ]
+    if skipped and not ran:
+        lines.append("  nothing changed; use --force (make export FORCE=1) to redo every stage")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

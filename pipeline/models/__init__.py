@@ -1,0 +1,1 @@
+"""Built-in example models; each module defines `SPEC`."""
