@@ -18,7 +18,9 @@ from .spec import ModelSpec
 
 def save(path: Path, state_dict: Mapping[str, torch.Tensor], model: str, model_args: Mapping[str, Any]) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    metadata = {"model": model, "model_args": json.dumps(dict(model_args), sort_keys=True)}
+    # One metadata key: safetensors writes several keys in a random order, which
+    # would make the same weights hash differently from run to run.
+    metadata = {"pipeline": json.dumps({"model": model, "model_args": dict(model_args)}, sort_keys=True)}
     with files.atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -30,8 +32,8 @@ def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.n
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         state = load_file(str(path))
-        model_args = json.loads(metadata.get("model_args", "{}"))
-    except (SafetensorError, json.JSONDecodeError, OSError) as exc:
+        model_args = json.loads(metadata["pipeline"])["model_args"]
+    except (SafetensorError, json.JSONDecodeError, OSError, KeyError, TypeError) as exc:
         raise IntegrityError(stage, f"{rec.path} is not a readable safetensors checkpoint: {exc}",
                              f"retrain: python -m pipeline train --model {spec.name} --force") from None
     model = spec.build(model_args)

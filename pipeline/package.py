@@ -69,11 +69,13 @@ def run(settings: Settings) -> StageResult:
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
     onnx_path, onnx_rec = manifest.verified("onnx", STAGE)
-    _, parity_rec = manifest.verified("parity", STAGE)
     # The gate: only a model whose parity passed for exactly this ONNX file ships.
-    if parity_rec.inputs.get("onnx") != onnx_rec.sha256 or not parity_rec.details.get("passed"):
-        raise PipelineError(STAGE, f"{spec.name}: parity has not passed for the current {onnx_rec.path}",
-                            f"run the parity stage: python -m pipeline parity --model {spec.name}")
+    parity_rec = manifest.records.get("parity")
+    if parity_rec is None or parity_rec.inputs.get("onnx") != onnx_rec.sha256 or not parity_rec.details.get("passed"):
+        raise PipelineError(STAGE, f"{spec.name}: parity has not passed for the current {onnx_rec.path} "
+                            f"(see {layout.reports.relative_to(layout.root)}/parity.md)",
+                            f"run the parity stage and fix what it reports: python -m pipeline parity --model {spec.name}")
+    manifest.verified("parity", STAGE)
     if not HANDLER.exists():
         raise IntegrityError(STAGE, f"handler {HANDLER} is missing", "restore handlers/ from the repository")
     inputs = {"onnx": onnx_rec.sha256, "parity": parity_rec.sha256, "handler": files.sha256_file(HANDLER)}
