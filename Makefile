@@ -7,11 +7,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FORCE_FLAG := $(if $(filter 1 yes true,$(FORCE)),--force,)
 
-.PHONY: help setup export test clean distclean
+.PHONY: help setup export test serve stop clean distclean
 
 help:
 	@echo "make export   train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo)"
 	@echo "make test     the whole test suite"
+	@echo "make serve    start TorchServe with model_store/$(MODEL).mar, wait for READY workers; make stop stops it"
 	@echo "make clean    remove generated artifacts, reports and archives"
 
 setup: $(STAMP)
@@ -34,3 +35,10 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info
+
+serve: $(STAMP)
+	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all --model $(MODEL)
+	$(PY) -m pipeline serve --model $(MODEL) $(SERVE_ARGS)
+
+stop: $(STAMP)
+	$(PY) -m pipeline stop --model $(MODEL)

@@ -40,7 +40,11 @@ def _reject_constant(name: str):
 
 def decode_body(item: dict) -> dict:
     """The request's JSON object, whether TorchServe already parsed it or not."""
-    body = item.get("body", item.get("data")) if isinstance(item, dict) else None
+    if not isinstance(item, dict) or ("body" not in item and "data" not in item):
+        # TorchServe splits form-encoded bodies (curl -d's default type) into fields.
+        raise RequestError("send the request as JSON with the header Content-Type: application/json "
+                           "(curl -d sends a form unless told otherwise)")
+    body = item.get("body", item.get("data"))
     if isinstance(body, (bytes, bytearray)):
         if not body:
             raise RequestError('empty body; send a JSON object such as {"x": 5.0}')

@@ -7,6 +7,7 @@ a one-screen summary.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from .errors import PipelineError
 from .stage import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings, StageResult
 
 STAGES = {"train": train.run, "trace": trace.run, "export": export.run, "parity": parity.run, "package": package.run}
+SERVER_COMMANDS = ("serve", "stop", "token")
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -31,7 +33,8 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=[*STAGES, "all"], help="the stage to run, or all of them")
+    p.add_argument("stage", choices=[*STAGES, "all", *SERVER_COMMANDS],
+                   help="a stage, all of them, or serve / stop / token for the TorchServe endpoint")
     p.add_argument("--model", default=DEFAULT_MODEL, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
     p.add_argument("--root", type=Path, default=Path("."), help="project folder holding artifacts/, reports/, model_store/ (default: .)")
     p.add_argument("--force", action="store_true", help="redo the stage(s) even when inputs and settings are unchanged")
@@ -40,6 +43,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, help="parity relative tolerance (default: the model's)")
     p.add_argument("--parity-batch-sizes", type=_batch_sizes, default=PARITY_BATCH_SIZES,
                    help="batch sizes parity checks (default: %(default)s)")
+    p.add_argument("--ports", choices=["config", "auto"], default="config",
+                   help="serve: ports from config/torchserve.properties, or free ones picked at start (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=120.0, help="serve: seconds to wait for READY workers (default: %(default)s)")
+    p.add_argument("--kind", choices=["inference", "management"], default="inference", help="token: which key to print")
     return p
 
 
@@ -53,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings(model=args.model, root=args.root, force=args.force, seed=args.seed, atol=args.atol,
                         rtol=args.rtol, parity_batch_sizes=args.parity_batch_sizes)
+    if args.stage in SERVER_COMMANDS:
+        try:
+            return server_command(args, settings)
+        except PipelineError as exc:
+            print(f"\nerror: {exc}", file=sys.stderr)
+            return 1
     names = list(STAGES) if args.stage == "all" else [args.stage]
     start = time.perf_counter()
     results: list[StageResult] = []
@@ -69,6 +82,41 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.stage == "all":
         print(summary(results, settings, time.perf_counter() - start))
+    return 0
+
+
+def server_command(args, settings: Settings) -> int:
+    import json
+    import shlex
+
+    from . import serve
+    from .stage import resolve
+
+    spec, layout = resolve(settings)
+    if args.stage == "stop":
+        stopped = serve.stop(settings)
+        print(f"stopped the {spec.name} server" if stopped else f"no {spec.name} server was running")
+        return 0
+    if args.stage == "token":
+        info = serve.load_info(layout)
+        if info is None or not info.key_file.exists():
+            print(f"error: no {spec.name} server is running; start one with make serve", file=sys.stderr)
+            return 1
+        print(info.token(args.kind))
+        return 0
+    info = serve.start(settings, auto_ports=args.ports == "auto", timeout=args.timeout)
+    workers = info.workers()
+    rel = lambda p: os.path.relpath(p, Path.cwd())  # noqa: E731
+    body = json.dumps(spec.example_request or {})
+    token_cmd = f"{rel(sys.executable)} -m pipeline token" + ("" if spec.name == "simple_nn" else f" --model {shlex.quote(args.model)}")
+    print(f"{spec.name} is served by TorchServe: {len(workers)} worker(s) READY "
+          f"(pid {', '.join(str(w['pid']) for w in workers)}; {'GPU' if any(w.get('gpu') for w in workers) else 'CPU'})")
+    print(f"  URL      {info.predictions_url}")
+    print(f"  token    {rel(info.key_file)} (\"inference\" key); print it with: {token_cmd}")
+    print(f"  try      curl -s -H \"Authorization: Bearer $({token_cmd})\" -H 'Content-Type: application/json' "
+          f"-d {shlex.quote(body)} {info.predictions_url}")
+    print(f"  logs     {rel(Path(info.run_dir) / 'logs')}/")
+    print("  stop     make stop")
     return 0
 
 

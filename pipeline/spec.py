@@ -71,6 +71,8 @@ class ModelSpec:
     tolerance: Tolerance = Tolerance()
     # Largest number of rows one HTTP request may carry (the handler enforces it).
     max_rows_per_request: int = 4096
+    # A request body users can paste to try the endpoint.
+    example_request: Mapping[str, Any] | None = None
     source: Path | None = field(default=None, compare=False)
 
     def contract(self) -> dict[str, Any]:

@@ -77,4 +77,5 @@ SPEC = ModelSpec(
     edge_inputs=edge_inputs,
     tolerance=Tolerance(atol=1e-5, rtol=1e-4),
     max_rows_per_request=4096,
+    example_request={"x": 5.0},
 )
