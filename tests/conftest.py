@@ -36,3 +36,14 @@ def project(built_root, tmp_path) -> tuple[Settings, Layout]:
 @pytest.fixture
 def built(built_root) -> tuple[Settings, Layout]:
     return Settings(root=built_root), Layout(built_root.resolve(), "simple_nn")
+
+
+# Figures measured by tests (restart time, latency ratios), printed after the run.
+MEASUREMENTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASUREMENTS:
+        terminalreporter.section("measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
