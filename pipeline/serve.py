@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -171,10 +172,18 @@ def _write_config(layout: Layout, folder: Path, auto_ports: bool) -> tuple[Path,
     return path, ports
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+_LOG_PREFIX = re.compile(r"^\S+ \[\w+\s*\] \S+ (MODEL_LOG|MODEL_METRICS) - ")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    """The end of a TorchServe log, without its timestamp prefixes, exceptions first."""
     if not path.exists():
         return f"({path} was not written)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    text = [_LOG_PREFIX.sub("", line) for line in path.read_text(errors="replace").splitlines()]
+    errors = list(dict.fromkeys(line for line in text if _EXCEPTION.match(line)))
+    head = "".join(f"  {e}\n" for e in errors[:5])
+    return head + "  ...\n" + "\n".join(f"  | {line}" for line in text[-lines:])
 
 
 def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0) -> ServerInfo:
