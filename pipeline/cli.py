@@ -106,7 +106,10 @@ def server_command(args, settings: Settings) -> int:
         return 0
     info = serve.start(settings, auto_ports=args.ports == "auto", timeout=args.timeout)
     workers = info.workers()
-    rel = lambda p: os.path.relpath(p, Path.cwd())  # noqa: E731
+
+    def rel(path) -> str:
+        return os.path.relpath(path, Path.cwd())
+
     body = json.dumps(spec.example_request or {})
     token_cmd = f"{rel(sys.executable)} -m pipeline token" + ("" if spec.name == "simple_nn" else f" --model {shlex.quote(args.model)}")
     print(f"{spec.name} is served by TorchServe: {len(workers)} worker(s) READY "

@@ -76,7 +76,7 @@ def cases(spec: ModelSpec, batch_sizes: tuple[int, ...], seed: int) -> list[tupl
     return out
 
 
-def engines(spec: ModelSpec, layout, manifest: Manifest, model: torch.nn.Module) -> tuple[list[Runner], list[dict]]:
+def engines(spec: ModelSpec, manifest: Manifest) -> tuple[list[Runner], list[dict]]:
     """The engines to compare with eager, and the ones skipped here with the reason."""
     ts_path, _ = manifest.verified("torchscript", STAGE)
     onnx_path, _ = manifest.verified("onnx", STAGE)
@@ -136,7 +136,7 @@ def run(settings: Settings) -> StageResult:
 
     start = time.perf_counter()
     reference = TorchRunner(REFERENCE, model, spec)
-    runners, skipped = engines(spec, layout, manifest, model)
+    runners, skipped = engines(spec, manifest)
     results: list[OutputDiff] = []
     for case, feed in cases(spec, settings.parity_batch_sizes, settings.seed):
         want = reference.infer(feed)

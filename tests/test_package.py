@@ -40,22 +40,20 @@ def test_manifest_records_archive(built):
     assert set(rec.inputs) == {"onnx", "parity", "handler"}
 
 
+def _copy_with_extra(src, dst, name, data):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for member in zin.namelist():
+            zout.writestr(member, zin.read(member))
+        zout.writestr(name, data)
+    return dst
+
+
 def test_inspect_refuses_stray_and_unsafe_members(built, tmp_path):
     _, layout = built
-    bad = tmp_path / "bad.mar"
-    with zipfile.ZipFile(layout.mar) as src, zipfile.ZipFile(bad, "w") as dst:
-        for name in src.namelist():
-            dst.writestr(name, src.read(name))
-        dst.writestr("../evil.py", "print('x')")
     with pytest.raises(IntegrityError, match="unsafe paths"):
-        package.inspect_archive(bad)
-    stray = tmp_path / "stray.mar"
-    with zipfile.ZipFile(layout.mar) as src, zipfile.ZipFile(stray, "w") as dst:
-        for name in src.namelist():
-            dst.writestr(name, src.read(name))
-        dst.writestr("notes.txt", "hello")
+        package.inspect_archive(_copy_with_extra(layout.mar, tmp_path / "bad.mar", "../evil.py", "print('x')"))
     with pytest.raises(IntegrityError, match="expected exactly"):
-        package.inspect_archive(stray)
+        package.inspect_archive(_copy_with_extra(layout.mar, tmp_path / "stray.mar", "notes.txt", "hello"))
     (tmp_path / "junk.mar").write_bytes(b"not a zip")
     with pytest.raises(IntegrityError, match="not a readable archive"):
         package.inspect_archive(tmp_path / "junk.mar")
