@@ -23,9 +23,11 @@ class Settings:
     atol: float | None = None
     rtol: float | None = None
     parity_batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES
-    # Serving defaults written into the archive's model-config.yaml.
+    # Serving defaults written into the archive's model-config.yaml. A lone request
+    # waits the whole batch delay: 5 ms cost 4.8 ms of p50 in sequential requests,
+    # 1 ms keeps batching under load at a fifth of that.
     serve_batch_size: int = 8
-    serve_max_batch_delay_ms: int = 5
+    serve_max_batch_delay_ms: int = 1
     serve_workers: int = 1
     serve_response_timeout_s: int = 30
 
