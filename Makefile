@@ -7,12 +7,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FORCE_FLAG := $(if $(filter 1 yes true,$(FORCE)),--force,)
 
-.PHONY: help setup export test serve stop clean distclean
+.PHONY: help setup export test serve stop bench reliability clean distclean
 
 help:
 	@echo "make export   train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo)"
 	@echo "make test     the whole test suite"
 	@echo "make serve    start TorchServe with model_store/$(MODEL).mar, wait for READY workers; make stop stops it"
+	@echo "make bench    latency report: eager vs TorchScript vs ONNX Runtime in process, and the served endpoint (BENCH_ARGS=...)"
+	@echo "make reliability  faults, hostile input and load against the pipeline and a real server -> reports/reliability.md"
 	@echo "make clean    remove generated artifacts, reports and archives"
 
 setup: $(STAMP)
@@ -42,3 +44,10 @@ serve: $(STAMP)
 
 stop: $(STAMP)
 	$(PY) -m pipeline stop --model $(MODEL)
+
+bench: $(STAMP)
+	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all --model $(MODEL)
+	$(PY) -m pipeline bench --model $(MODEL) $(BENCH_ARGS)
+
+reliability: $(STAMP)
+	$(PY) -m pipeline.reliability $(RELIABILITY_ARGS)
