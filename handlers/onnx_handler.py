@@ -4,9 +4,11 @@ Self-contained (numpy and onnxruntime only): it runs inside a TorchServe worker 
 the files in the archive. The model's I/O contract, `io_contract.json`, is written by
 the package stage from the model's spec.
 
-Request:  {"x": 5.0}            -> {"y": 11.0}
-          {"x": [1.0, 2.0, 3.0]} -> {"y": [3.0, 5.0, 7.0]}
-A value is one row (its row shape, trailing 1-sized axes optional) or a list of rows.
+Request (simple_nn):  {"x": 5.0}            -> {"y": 11.0}
+                      {"x": [1.0, 2.0, 3.0]} -> {"y": [3.0, 5.0, 7.0]}
+A value is one row (its row shape, trailing 1-sized axes optional) or a list of rows;
+a named axis other than "batch" (e.g. "seq") takes any length, the same for every row
+of a request. JSON keys are the contract's input and output names.
 Bad input gets HTTP 400 with {"error": ..., "code": 400}; with dynamic batching, one bad
 request fails alone and the others in the batch are still answered.
 """
@@ -38,7 +40,7 @@ def _reject_constant(name: str):
     raise RequestError(f"{name} is not a number JSON allows; send finite numbers")
 
 
-def decode_body(item: dict) -> dict:
+def decode_body(item: dict, example: str = '{"<input name>": <value>}') -> dict:
     """The request's JSON object, whether TorchServe already parsed it or not."""
     if not isinstance(item, dict) or ("body" not in item and "data" not in item):
         # TorchServe splits form-encoded bodies (curl -d's default type) into fields.
@@ -47,7 +49,7 @@ def decode_body(item: dict) -> dict:
     body = item.get("body", item.get("data"))
     if isinstance(body, (bytes, bytearray)):
         if not body:
-            raise RequestError('empty body; send a JSON object such as {"x": 5.0}')
+            raise RequestError(f"empty body; send a JSON object such as {example}")
         try:
             text = bytes(body).decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -61,7 +63,7 @@ def decode_body(item: dict) -> dict:
         except RecursionError:
             raise RequestError("JSON nested too deeply") from None
     if body is None:
-        raise RequestError('empty body; send a JSON object such as {"x": 5.0}')
+        raise RequestError(f"empty body; send a JSON object such as {example}")
     if not isinstance(body, dict):
         raise RequestError(f"body must be a JSON object with the model's inputs, got a JSON {_json_type(body)}")
     return body
@@ -97,6 +99,11 @@ def _check_leaves(name: str, value, integer: bool, depth: int = 0) -> None:
         raise RequestError(f"'{name}' must hold integers, found {value}")
 
 
+def _fits(shape: tuple[int, ...], pattern: tuple[int | str, ...]) -> bool:
+    """Whether an array shape matches a declared one; a named (dynamic) axis fits any length."""
+    return len(shape) == len(pattern) and all(isinstance(p, str) or p == s for s, p in zip(shape, pattern))
+
+
 class Contract:
     """The model's inputs and outputs as declared in io_contract.json."""
 
@@ -105,10 +112,12 @@ class Contract:
         self.inputs = data["inputs"]
         self.outputs = data["outputs"]
         self.max_rows = int(data.get("max_rows_per_request", 4096))
+        example = data.get("example_request") or {t["name"]: "..." for t in self.inputs}
+        self.example = json.dumps(example)
 
     @staticmethod
-    def row_shapes(tensor: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The per-row shape, and the same without trailing 1-sized axes (the short form)."""
+    def row_shapes(tensor: dict) -> tuple[tuple[int | str, ...], tuple[int | str, ...]]:
+        """The per-row shape (names for dynamic axes), and the same without trailing 1-sized axes (the short form)."""
         row = tuple(tensor["shape"][1:])
         short = row
         while short and short[-1] == 1:
@@ -121,16 +130,18 @@ class Contract:
         dtype = np.dtype(tensor["dtype"])
         integer = np.issubdtype(dtype, np.integer)
         _check_leaves(name, value, integer)
+        row, short = self.row_shapes(tensor)
         try:
             arr = np.array(value, dtype=np.float64)
         except ValueError:
-            raise RequestError(f"'{name}' is a ragged nested list; every row must have the same shape") from None
-        row, short = self.row_shapes(tensor)
-        if arr.shape == short and arr.ndim == len(short) and not (isinstance(value, list) and not short):
-            single, rows = True, arr.reshape((1, *row))
-        elif arr.ndim == len(short) + 1 and arr.shape[1:] == short:
-            single, rows = False, arr.reshape((arr.shape[0], *row))
-        elif arr.ndim == len(row) + 1 and arr.shape[1:] == row:
+            hint = "; send rows of different lengths as separate requests" if any(isinstance(d, str) for d in row) else ""
+            raise RequestError(f"'{name}' is a ragged nested list; every row must have the same shape{hint}") from None
+        ones = (1,) * (len(row) - len(short))
+        if _fits(arr.shape, short) and not (isinstance(value, list) and not short):
+            single, rows = True, arr.reshape((1, *arr.shape, *ones))
+        elif arr.ndim == len(short) + 1 and _fits(arr.shape[1:], short):
+            single, rows = False, arr.reshape((*arr.shape, *ones))
+        elif arr.ndim == len(row) + 1 and _fits(arr.shape[1:], row):
             single, rows = False, arr
         else:
             want = "a number" if not short else f"an array of shape {list(short)}"
@@ -139,6 +150,15 @@ class Contract:
             raise RequestError(f"'{name}' is an empty list; send at least one row")
         if rows.shape[0] > self.max_rows:
             raise RequestError(f"'{name}' has {rows.shape[0]} rows; at most {self.max_rows} per request")
+        for axis, dim in enumerate(row, 1):
+            if isinstance(dim, str) and rows.shape[axis] == 0:
+                raise RequestError(f"'{name}' is empty along '{dim}'; send at least one element")
+        low, high = tensor.get("low"), tensor.get("high")
+        # Checked here, per request: out of range (an embedding index past its table)
+        # ONNX Runtime would fail the whole batch instead of this one request.
+        if (low is not None and rows.min() < low) or (high is not None and rows.max() > high):
+            bad = rows.min() if low is not None and rows.min() < low else rows.max()
+            raise RequestError(f"'{name}' holds {bad:g}; values must lie in [{low}, {high}]")
         if integer:
             info = np.iinfo(dtype)
             if rows.min() < info.min or rows.max() > info.max:
@@ -164,6 +184,14 @@ class Contract:
         counts = {name: len(a) for name, a in feed.items()}
         if len(set(counts.values())) > 1 or len(forms) > 1:
             raise RequestError(f"inputs disagree on the number of rows: {counts}")
+        lengths: dict[str, dict[str, int]] = {}
+        for tensor in self.inputs:
+            for axis, dim in enumerate(tensor["shape"][1:], 1):
+                if isinstance(dim, str):
+                    lengths.setdefault(dim, {})[tensor["name"]] = feed[tensor["name"]].shape[axis]
+        for dim, by_input in lengths.items():
+            if len(set(by_input.values())) > 1:
+                raise RequestError(f"inputs disagree on the length of '{dim}': {by_input}")
         return feed, forms.pop()
 
     def to_json(self, outputs: dict[str, np.ndarray], single: bool) -> dict:
@@ -171,7 +199,7 @@ class Contract:
         for tensor in self.outputs:
             _, short = self.row_shapes(tensor)
             rows = outputs[tensor["name"]]
-            rows = rows.reshape((rows.shape[0], *short))
+            rows = rows.reshape(rows.shape[:1 + len(short)])  # drops only the trailing 1-sized axes
             answer[tensor["name"]] = rows[0].tolist() if single else rows.tolist()
         return answer
 
@@ -216,17 +244,23 @@ class OnnxHandler:
         parsed: list[tuple[int, dict[str, np.ndarray], bool]] = []
         for idx, item in enumerate(data):
             try:
-                feed, single = self.contract.parse(decode_body(item))
+                feed, single = self.contract.parse(decode_body(item, self.contract.example))
                 parsed.append((idx, feed, single))
             except RequestError as exc:
                 responses[idx] = self._error(context, idx, exc.code, str(exc))
-        if parsed:
-            names = [t["name"] for t in self.contract.inputs]
-            batch = {n: np.concatenate([feed[n] for _, feed, _ in parsed]) for n in names}
+        names = [t["name"] for t in self.contract.inputs]
+        # Requests can differ along a dynamic axis other than batch (a sequence length):
+        # those cannot be stacked, so each shape gets its own ONNX Runtime call. Padding
+        # would change the answers of a model that does not mask it.
+        groups: dict[tuple, list] = {}
+        for entry in parsed:
+            groups.setdefault(tuple(entry[1][n].shape[1:] for n in names), []).append(entry)
+        for group in groups.values():
+            batch = {n: np.concatenate([feed[n] for _, feed, _ in group]) for n in names}
             out_names = [t["name"] for t in self.contract.outputs]
             outputs = dict(zip(out_names, self.session.run(out_names, batch)))
             start = 0
-            for idx, feed, single in parsed:
+            for idx, feed, single in group:
                 rows = len(feed[names[0]])
                 mine = {n: v[start:start + rows] for n, v in outputs.items()}
                 start += rows

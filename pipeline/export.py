@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 import warnings
 
+import numpy as np
 import onnx
 import torch
 
@@ -28,6 +30,51 @@ def dynamic_shapes(spec: ModelSpec) -> dict[str, dict[int, torch.export.Dim]]:
     for t in spec.inputs:
         shapes[t.name] = {i: dims.setdefault(name, torch.export.Dim(name, min=1)) for i, name in t.dynamic_axes().items()}
     return shapes
+
+
+def check_example(spec: ModelSpec, example: tuple[torch.Tensor, ...]) -> None:
+    """torch.export fixes an axis whose example size is 0 or 1, and may merge axes of equal size."""
+    sizes: dict[str, int] = {}
+    for t, arr in zip(spec.inputs, example):
+        for axis, name in t.dynamic_axes().items():
+            sizes.setdefault(name, int(arr.shape[axis]))
+    fix = "make sample_inputs give every dynamic axis a size of 2 or more, each axis a different size (e.g. seq 12 when batch is 4)"
+    for name, size in sizes.items():
+        if size < 2:
+            raise PipelineError(STAGE, f"{spec.name}: the export example (sample_inputs(4, rng)) has size {size} on the "
+                                f"dynamic axis '{name}'; torch.export would fix the axis to that size", fix)
+    for name, size in sizes.items():
+        same = [n for n, s in sizes.items() if s == size and n != name]
+        if same:
+            raise PipelineError(STAGE, f"{spec.name}: the export example has size {size} on both dynamic axes '{name}' "
+                                f"and '{same[0]}'; torch.export would treat them as one axis", fix)
+
+
+def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str) -> PipelineError:
+    """The exporter's own reason (its innermost cause), where in forward() it arose, and a hint."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    full = f"{exc}\n{root}"
+    lines = [ln.strip() for ln in str(root).strip().splitlines() if ln.strip()]
+    reason = f"{type(root).__name__}: {lines[0] if lines else ''}"[:600]
+    call = re.search(r'The following call raised this error:\s*\n\s*(File "[^"]+", line \d+, in \w+)\s*\n\s*(\S.*)', full)
+    where = f" at {call.group(1)}: {call.group(2).strip()}" if call else ""
+    missing_op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", full)
+    if "data-dependent" in full or "GuardOnDataDependent" in full:
+        hint = ("forward() branches on a tensor's value (data-dependent control flow): compute both sides and pick "
+                "with torch.where, or use torch.cond for whole branches")
+    elif missing_op:
+        hint = (f"the op {missing_op.group(1)} has no ONNX translation: write that part of forward() with other ops, "
+                "or pass torch.onnx.export a custom_translation_table")
+    else:
+        hint = "see the exporter's reason above and https://pytorch.org/docs/stable/onnx_dynamo.html"
+    return PipelineError(
+        STAGE,
+        f"torch.onnx.export could not export {spec.name}{where}: {reason}",
+        f"{hint}. Earlier artifacts (checkpoint, TorchScript) are unchanged and no model.onnx was written; "
+        f"after fixing the model: python -m pipeline all --model {model_arg}",
+    )
 
 
 def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[str | int]]:
@@ -60,12 +107,16 @@ def check_graph(path, spec: ModelSpec) -> dict:
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path), load_external_data=False)
     dims = symbolic_dims(model)
+    elem_types = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+                  for v in (*model.graph.input, *model.graph.output)}
     problems = []
     for t in (*spec.inputs, *spec.outputs):
         if t.name not in dims:
             problems.append(f"{t.name} is not a graph input/output (graph has {sorted(dims)})")
             continue
         got = dims[t.name]
+        if elem_types[t.name] != np.dtype(t.dtype):
+            problems.append(f"{t.name} is {elem_types[t.name]} in the graph, declared {t.dtype}")
         if len(got) != len(t.shape):
             problems.append(f"{t.name} has rank {len(got)}, declared {len(t.shape)}")
             continue
@@ -95,7 +146,8 @@ def run(settings: Settings) -> StageResult:
 
     start = time.perf_counter()
     # Batch 4, not 1: torch.export specialises axes whose example size is 0 or 1.
-    example = example_args(spec, 4, settings.seed)
+    example = example_args(spec, 4, settings.seed, STAGE)
+    check_example(spec, example)
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
@@ -110,13 +162,7 @@ def run(settings: Settings) -> StageResult:
                 report=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
-        reason = str(exc).strip().splitlines()
-        raise PipelineError(
-            STAGE,
-            f"torch.onnx.export could not export {spec.name}: {type(exc).__name__}: " + " ".join(reason[:6])[:1200],
-            "data-dependent control flow needs torch.cond, unsupported ops need a custom "
-            "translation; earlier artifacts are unchanged. Re-run with --force after fixing the model",
-        ) from None
+        raise exporter_failure(spec, exc, settings.model) from None
     with files.atomic_path(layout.onnx) as tmp:
         program.save(str(tmp), external_data=False)
         try:

@@ -68,12 +68,15 @@ def compare(engine: str, case: str, output: str, want: np.ndarray, got: np.ndarr
 
 
 def cases(spec: ModelSpec, batch_sizes: tuple[int, ...], seed: int) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Seeded random inputs at each batch size, the edge values, and the spec's own cases."""
     out = []
     for b in batch_sizes:
         out.append((f"random b={b}", spec.sample_inputs(b, np.random.default_rng(seed * 1000 + b))))
     if spec.edge_inputs is not None:
         out.append(("edge values", spec.edge_inputs()))
-    return out
+    if spec.parity_cases is not None:
+        out.extend(spec.parity_cases(np.random.default_rng(seed)).items())
+    return [(name, spec.check_feed(feed, f"parity case {name!r}", STAGE)) for name, feed in out]
 
 
 def engines(spec: ModelSpec, manifest: Manifest) -> tuple[list[Runner], list[dict]]:
@@ -170,7 +173,7 @@ def run(settings: Settings) -> StageResult:
         raise ParityError(
             STAGE,
             f"{spec.name}: {len(failed)} of {len(results)} comparisons beyond tolerance; worst is "
-            f"{worst.engine} output '{worst.output}' at {worst.case}: max abs error {worst.max_abs:.3g}, "
+            f"{worst.engine} output '{worst.output}' at {worst.case} (batch {worst.batch_size}): max abs error {worst.max_abs:.3g}, "
             f"max rel {worst.max_rel:.3g} ({worst.tolerance_used:.3g}× the allowed atol {tol.atol:g} + rtol {tol.rtol:g}·|want|). "
             f"Report: {report_json.relative_to(layout.root)}",
             "re-export (python -m pipeline export --force), or if the difference is expected for this "

@@ -3,16 +3,20 @@
 Every stage reads the same `ModelSpec`: train builds and fits the model, trace and
 export use its example inputs and dynamic axes, parity its sample inputs and
 tolerance, package writes its I/O contract into the archive for the handler.
-A model module defines `SPEC = ModelSpec(...)`.
+A model module defines `SPEC = ModelSpec(...)`; README "Bring your own model" has a
+complete example.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
 import importlib
 import importlib.util
-import hashlib
 import inspect
+import re
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -23,21 +27,39 @@ from .errors import SpecError
 
 # A tensor dimension is either a fixed size or the name of a dynamic axis.
 Dim = int | str
+_AXIS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One named input or output; str dimensions are dynamic axes (e.g. "batch")."""
+    """One named input or output; str dimensions are dynamic axes (e.g. "batch").
+
+    `low`/`high` (inputs only, inclusive) bound the values a request may send: an
+    embedding's indices must lie in [0, num_embeddings - 1], or ONNX Runtime fails the
+    whole batch instead of refusing the one bad request.
+    """
 
     name: str
     dtype: str
     shape: tuple[Dim, ...]
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self):
+        # A list is the natural thing to type; a tuple keeps the spec hashable and frozen.
+        if isinstance(self.shape, list):
+            object.__setattr__(self, "shape", tuple(self.shape))
 
     def dynamic_axes(self) -> dict[int, str]:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.low is not None:
+            out["low"] = self.low
+        if self.high is not None:
+            out["high"] = self.high
+        return out
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,9 @@ class TrainResult:
     metrics: Mapping[str, float]
 
 
+Feed = dict[str, np.ndarray]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything the pipeline needs to know about one model."""
@@ -64,10 +89,16 @@ class ModelSpec:
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # build(model_args) -> nn.Module; model_args come from TrainResult, saved in the checkpoint.
     build: Callable[[Mapping[str, Any]], Any]
+    # train(seed) -> TrainResult; load pretrained weights here instead of training if you have them.
     train: Callable[[int], TrainResult]
-    sample_inputs: Callable[[int, np.random.Generator], dict[str, np.ndarray]]
-    edge_inputs: Callable[[], dict[str, np.ndarray]] | None = None
+    # sample_inputs(batch, rng) -> {input name: array}: trace and export examples, parity cases.
+    sample_inputs: Callable[[int, np.random.Generator], Feed]
+    edge_inputs: Callable[[], Feed] | None = None
+    # parity_cases(rng) -> {case name: feed}: more inputs parity (and the trace check) must
+    # pass, e.g. other sizes of a dynamic axis such as a sequence length of 1.
+    parity_cases: Callable[[np.random.Generator], Mapping[str, Feed]] | None = None
     tolerance: Tolerance = Tolerance()
     # Largest number of rows one HTTP request may carry (the handler enforces it).
     max_rows_per_request: int = 4096
@@ -77,12 +108,15 @@ class ModelSpec:
 
     def contract(self) -> dict[str, Any]:
         """The I/O contract the handler reads from inside the archive."""
-        return {
+        contract = {
             "model": self.name,
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "max_rows_per_request": self.max_rows_per_request,
         }
+        if self.example_request is not None:
+            contract["example_request"] = dict(self.example_request)
+        return contract
 
     def source_sha256(self) -> str:
         """Hash of the file that defines the model: changing the model retrains it."""
@@ -90,52 +124,163 @@ class ModelSpec:
             return ""
         return hashlib.sha256(self.source.read_bytes()).hexdigest()
 
+    def check_feed(self, feed: Any, what: str, stage: str) -> Feed:
+        """A feed from the spec's own hooks, checked against the declared inputs."""
+        where = f"{self.name}: {what}"
+        if not isinstance(feed, Mapping):
+            raise SpecError(stage, f"{where} is a {type(feed).__name__}, not a dict of arrays",
+                            "return {input name: numpy array} from sample_inputs / edge_inputs / parity_cases")
+        names = [t.name for t in self.inputs]
+        if sorted(feed) != sorted(names):
+            raise SpecError(stage, f"{where} has keys {sorted(feed)}, the spec's inputs are {names}",
+                            "return exactly one array per declared input, keyed by its name")
+        sizes: dict[str, int] = {}
+        for t in self.inputs:
+            value = feed[t.name]
+            if not isinstance(value, np.ndarray):
+                raise SpecError(stage, f"{where}: {t.name} is a {type(value).__name__}, not a numpy array",
+                                f"return np.asarray(...).astype(np.{t.dtype}) for {t.name}")
+            if value.dtype != np.dtype(t.dtype):
+                raise SpecError(stage, f"{where}: {t.name} is {value.dtype}, declared {t.dtype}",
+                                f"cast it: .astype(np.{t.dtype})")
+            if value.ndim != len(t.shape):
+                raise SpecError(stage, f"{where}: {t.name} has shape {list(value.shape)}, declared {list(t.shape)}",
+                                "make the array's rank match the declared shape")
+            for axis, (want, got) in enumerate(zip(t.shape, value.shape)):
+                if isinstance(want, int) and want != got:
+                    raise SpecError(stage, f"{where}: {t.name} axis {axis} has size {got}, declared {want}",
+                                    f"give {t.name} the declared shape {list(t.shape)}")
+                if isinstance(want, str) and sizes.setdefault(want, got) != got:
+                    raise SpecError(stage, f"{where}: axis '{want}' is {sizes[want]} in one input and {got} in {t.name}",
+                                    f"inputs that share the axis name '{want}' must have the same size along it")
+        return dict(feed)
+
+
+_FIELDS = [f.name for f in dataclasses.fields(ModelSpec) if f.name != "source"]
+_REQUIRED = [f.name for f in dataclasses.fields(ModelSpec) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+_EXAMPLE = ("SPEC = ModelSpec(name='my_model', inputs=(TensorSpec('x', 'float32', ('batch', 3)),), "
+            "outputs=(TensorSpec('y', 'float32', ('batch', 1)),), build=build, train=train, sample_inputs=sample_inputs)")
+
+
+def _check_tensor(t: Any, role: str, where: str) -> None:
+    if not isinstance(t, TensorSpec):
+        raise SpecError("model", f"{where}: {role} {t!r} is not a TensorSpec",
+                        f"declare each as TensorSpec(name, dtype, shape), e.g. TensorSpec('x', 'float32', ('batch', 3))")
+    if not isinstance(t.name, str) or not _AXIS_NAME.match(t.name):
+        raise SpecError("model", f"{where}: {role} name {t.name!r} must be an identifier (letters, digits, '_')",
+                        "it becomes a JSON key and an ONNX graph name; use e.g. 'image' or 'token_ids'")
+    try:
+        np.dtype(t.dtype)
+    except TypeError:
+        raise SpecError("model", f"{where}: {t.name} has unknown dtype {t.dtype!r}",
+                        "use a numpy dtype name such as 'float32' or 'int64'") from None
+    if not isinstance(t.shape, tuple) or not t.shape or t.shape[0] != "batch":
+        raise SpecError("model", f"{where}: {t.name} shape {t.shape!r} must start with the dynamic 'batch' axis",
+                        "write its shape as ('batch', ...)")
+    for d in t.shape:
+        ok = (isinstance(d, int) and not isinstance(d, bool) and d >= 1) or (isinstance(d, str) and _AXIS_NAME.match(d))
+        if not ok:
+            raise SpecError("model", f"{where}: {t.name} shape {t.shape!r} has the dimension {d!r}",
+                            "a dimension is a positive int (fixed) or an axis name such as 'seq' (dynamic)")
+    if role == "output" and (t.low is not None or t.high is not None):
+        raise SpecError("model", f"{where}: output {t.name} declares low/high",
+                        "value ranges are checked on requests; declare them on inputs only")
+    for bound in (t.low, t.high):
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
+            raise SpecError("model", f"{where}: {t.name} low/high must be numbers, got {bound!r}",
+                            "e.g. TensorSpec('token', 'int64', ('batch',), low=0, high=VOCAB - 1)")
+    if t.low is not None and t.high is not None and t.low > t.high:
+        raise SpecError("model", f"{where}: {t.name} has low {t.low} > high {t.high}",
+                        "low and high are inclusive bounds with low <= high")
+
 
 def _validate(spec: Any, where: str) -> ModelSpec:
-    fix = f"define `SPEC = ModelSpec(name=..., inputs=..., outputs=..., build=..., train=..., sample_inputs=...)` in {where}"
+    fix = f"define `{_EXAMPLE}` in {where}"
     if not isinstance(spec, ModelSpec):
         raise SpecError("model", f"{where}: SPEC is a {type(spec).__name__}, not a pipeline.spec.ModelSpec", fix)
-    if not spec.name or not spec.name.replace("_", "").replace("-", "").isalnum():
+    if not isinstance(spec.name, str) or not spec.name or not spec.name.replace("_", "").replace("-", "").isalnum():
         raise SpecError("model", f"{where}: name {spec.name!r} must be letters, digits, '_' or '-'", "use a name like 'my_model'")
-    if not spec.inputs or not spec.outputs:
-        raise SpecError("model", f"{where}: a model needs at least one input and one output", fix)
+    for role in ("inputs", "outputs"):
+        value = getattr(spec, role)
+        if isinstance(value, TensorSpec):
+            raise SpecError("model", f"{where}: {role} is one TensorSpec, not a tuple of them",
+                            f"write {role}=(TensorSpec(...),) — note the trailing comma")
+        if not isinstance(value, (tuple, list)) or not value:
+            raise SpecError("model", f"{where}: {role} must be a non-empty tuple of TensorSpec, got {value!r}", fix)
+        for t in value:
+            _check_tensor(t, role[:-1], where)
     names = [t.name for t in (*spec.inputs, *spec.outputs)]
     if len(set(names)) != len(names):
         raise SpecError("model", f"{where}: input and output names must be unique, got {names}", "rename the duplicates")
-    for t in (*spec.inputs, *spec.outputs):
-        if not isinstance(t, TensorSpec):
-            raise SpecError("model", f"{where}: {t!r} is not a TensorSpec", "declare inputs and outputs as TensorSpec(name, dtype, shape)")
-        try:
-            np.dtype(t.dtype)
-        except TypeError:
-            raise SpecError("model", f"{where}: {t.name} has unknown dtype {t.dtype!r}", "use a numpy dtype name such as 'float32' or 'int64'") from None
-        if not t.shape or t.shape[0] != "batch":
-            raise SpecError("model", f"{where}: {t.name} shape {t.shape} must start with the dynamic 'batch' axis", "write its shape as ('batch', ...)")
+    input_axes = {d for t in spec.inputs for d in t.shape if isinstance(d, str)}
+    for t in spec.outputs:
+        unknown = [d for d in t.shape if isinstance(d, str) and d not in input_axes]
+        if unknown:
+            raise SpecError("model", f"{where}: output {t.name} has dynamic axis {unknown[0]!r} that no input has",
+                            f"an output's dynamic axes must come from the inputs' ({sorted(input_axes)})")
     for attr in ("build", "train", "sample_inputs"):
         if not callable(getattr(spec, attr)):
-            raise SpecError("model", f"{where}: {attr} is not callable", fix)
+            raise SpecError("model", f"{where}: {attr} is {getattr(spec, attr)!r}, not a function", fix)
+    for attr in ("edge_inputs", "parity_cases"):
+        if getattr(spec, attr) is not None and not callable(getattr(spec, attr)):
+            raise SpecError("model", f"{where}: {attr} is {getattr(spec, attr)!r}, not a function or None",
+                            f"pass a function, or leave {attr} out")
+    if not isinstance(spec.tolerance, Tolerance):
+        raise SpecError("model", f"{where}: tolerance is {spec.tolerance!r}, not a Tolerance",
+                        "write tolerance=Tolerance(atol=1e-5, rtol=1e-4)")
+    if not isinstance(spec.max_rows_per_request, int) or spec.max_rows_per_request < 1:
+        raise SpecError("model", f"{where}: max_rows_per_request is {spec.max_rows_per_request!r}", "use a positive int such as 4096")
     return spec
 
 
+def _load_error(exc: Exception, where: str) -> SpecError:
+    """Turn an exception raised while importing a model file into a message with the fix."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == where]
+    at = f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
+    message = str(exc)
+    problem = f"{where} failed to import{at}: {type(exc).__name__}: {message}"
+    if isinstance(exc, TypeError) and ("ModelSpec" in message or "TensorSpec" in message):
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", message)
+        if unexpected:
+            fields = _FIELDS if "ModelSpec" in message else [f.name for f in dataclasses.fields(TensorSpec)]
+            close = difflib.get_close_matches(unexpected.group(1), fields, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            return SpecError("model", problem, f"{hint}the fields are: {', '.join(fields)}")
+        return SpecError("model", problem, f"ModelSpec needs {', '.join(_REQUIRED)}; optional: "
+                         f"{', '.join(f for f in _FIELDS if f not in _REQUIRED)}. For example: {_EXAMPLE}")
+    return SpecError("model", problem, "fix the error above; the file must import on its own and define SPEC")
+
+
 def load_spec(model: str) -> ModelSpec:
-    """Load a model's spec by built-in name (`simple_nn`) or by path to a .py file."""
+    """Load a model's spec by built-in name (`simple_nn`), module (`pkg.my_model`), or path to a .py file."""
     if model.endswith(".py") or "/" in model:
         path = Path(model).resolve()
         if not path.is_file():
             raise SpecError("model", f"model file {model} does not exist", "pass the path of a .py file that defines SPEC, or a built-in name such as simple_nn")
         module_spec = importlib.util.spec_from_file_location(f"user_model_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
         where = str(path)
-    else:
         try:
-            module = importlib.import_module(f"pipeline.models.{model}")
-        except ModuleNotFoundError:
-            known = ", ".join(sorted(p.stem for p in Path(__file__).with_name("models").glob("[!_]*.py")))
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # the user's file: any error it raises is theirs to fix
+            raise _load_error(exc, where) from None
+    else:
+        known = ", ".join(sorted(p.stem for p in Path(__file__).with_name("models").glob("[!_]*.py")))
+        module_name = model if "." in model else f"pipeline.models.{model}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise _load_error(exc, module_name) from None  # the module exists; one of its imports does not
+            if "." in model:
+                raise SpecError("model", f"no module named {model!r} on the Python path",
+                                "install or add its package to PYTHONPATH, or pass the path to the .py file") from None
             raise SpecError("model", f"no built-in model named {model!r}", f"use one of: {known}; or pass a path to your own .py file") from None
+        except Exception as exc:
+            raise _load_error(exc, module_name) from None
         where = module.__file__
     if not hasattr(module, "SPEC"):
-        raise SpecError("model", f"{where} does not define SPEC", "add `SPEC = ModelSpec(...)` at the bottom of the file")
+        raise SpecError("model", f"{where} does not define SPEC", f"add `{_EXAMPLE}` at the bottom of the file")
     spec = _validate(module.SPEC, where)
     if spec.source is None:
         spec = dataclasses.replace(spec, source=Path(inspect.getfile(module)))
