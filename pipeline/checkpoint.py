@@ -25,9 +25,34 @@ def save(path: Path, state_dict: Mapping[str, torch.Tensor], model: str, model_a
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+# What a file that is not safetensors starts with when it is a pickle in disguise.
+_PICKLE_MAGIC = {b"PK\x03\x04": "a zip archive (torch.save's format, pickled code inside)",
+                 b"\x80": "a Python pickle (unpickling it would run code)"}
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+def check_header(path: Path, stage: str) -> None:
+    """Refuse a checkpoint that is not safetensors before any parser reads it.
+
+    The manifest's hash proves the file is the one recorded, not that it is safe:
+    whoever can write the checkpoint can often write the manifest too.
+    """
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    fix = f"retrain to get a safetensors checkpoint: python -m pipeline train --model {path.parent.name} --force"
+    for magic, what in _PICKLE_MAGIC.items():
+        if head.startswith(magic):
+            raise IntegrityError(stage, f"{path} is {what}, not safetensors; refusing to load it", fix)
+    header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if not (2 <= header_len <= min(_MAX_HEADER, size - 8)) or head[8:9] != b"{":
+        raise IntegrityError(stage, f"{path} does not start with a safetensors header; refusing to load it", fix)
+
+
 def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.nn.Module, str]:
     """The eager model rebuilt from its verified checkpoint, in eval mode, and the checkpoint's sha256."""
     path, rec = manifest.verified("checkpoint", stage)
+    check_header(path, stage)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

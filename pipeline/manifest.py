@@ -113,6 +113,14 @@ class Manifest:
                 f"run the earlier stages first: make export MODEL={self.model}",
             )
         path = self.root / rec.path
+        # A link (or a recorded path with `..`) would let the hash vouch for a file
+        # outside the project that someone else controls.
+        if path.is_symlink() or not path.resolve().is_relative_to(self.root.resolve()):
+            raise IntegrityError(
+                stage,
+                f"{rec.path} is a symbolic link or lies outside {self.root}; refusing to follow it",
+                f"remove it and rebuild it: rm {path} && python -m pipeline {rec.stage} --model {self.model} --force",
+            )
         if not path.exists():
             raise IntegrityError(
                 stage,
@@ -132,8 +140,15 @@ class Manifest:
         return path, rec
 
     def is_fresh(self, key: str, inputs: dict[str, str], settings: dict[str, Any]) -> tuple[bool, str]:
-        """Whether artifact `key` exists intact and was made from these inputs and settings."""
+        """Whether artifact `key` exists intact and was made from these inputs and settings.
+
+        Every stage asks this first, so it also clears what a killed earlier run left
+        in the artifact's folder (temporary files of dead processes).
+        """
         rec = self.records.get(key)
+        files.sweep_stale(self.path.parent)
+        if rec is not None:
+            files.sweep_stale((self.root / rec.path).parent)
         if rec is None:
             return False, "not built yet"
         path = self.root / rec.path

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import stat
 import tempfile
 import time
 import zipfile
@@ -16,6 +18,7 @@ from model_archiver import ModelArchiver, ModelArchiverConfig
 from . import files
 from .errors import IntegrityError, PipelineError
 from .manifest import Manifest
+from .safety import check_onnx_bytes
 from .stage import Settings, StageResult, resolve
 
 STAGE = "package"
@@ -41,26 +44,72 @@ def expected_members() -> set[str]:
     return {"MAR-INF/MANIFEST.json", MODEL_NAME, HANDLER.name, CONTRACT_NAME, CONFIG_NAME}
 
 
+# Limits checked on the sizes an archive declares, before anything is decompressed.
+# An ONNX file cannot exceed protobuf's 2 GiB; real weights compress by 1-2x, while a
+# zip bomb's deflate stream expands up to ~1000x.
+MAX_MEMBER_BYTES = 2 << 30
+MAX_TOTAL_BYTES = 4 << 30
+MAX_RATIO = 100
+RATIO_FLOOR_BYTES = 1 << 20  # small members (configs, text) may compress better
+
+
+def _unsafe_name(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return (name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":")
+            or ".." in parts or "\x00" in name)
+
+
+def _check_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse unsafe entries by their headers alone: nothing is read or extracted yet."""
+    fix = "rebuild the archive with the package stage: python -m pipeline package --force"
+    names = [i.filename for i in infos]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise IntegrityError(STAGE, f"{path.name} has duplicate entries {dupes}; which one a reader takes is undefined", fix)
+    bad = [n for n in names if _unsafe_name(n)]
+    if bad:
+        raise IntegrityError(STAGE, f"{path.name} has unsafe paths {bad} (absolute or with '..')", fix)
+    links = [i.filename for i in infos if stat.S_ISLNK(i.external_attr >> 16)]
+    if links:
+        raise IntegrityError(STAGE, f"{path.name} has symbolic-link entries {links}; extracting them could write outside the model folder", fix)
+    encrypted = [i.filename for i in infos if i.flag_bits & 0x1]
+    if encrypted:
+        raise IntegrityError(STAGE, f"{path.name} has encrypted entries {encrypted}", fix)
+    for i in infos:
+        ratio = i.file_size / max(i.compress_size, 1)
+        if i.file_size > MAX_MEMBER_BYTES or (i.file_size > RATIO_FLOOR_BYTES and ratio > MAX_RATIO):
+            raise IntegrityError(STAGE, f"{path.name}: entry {i.filename!r} declares {i.file_size} bytes from "
+                                 f"{i.compress_size} compressed ({ratio:.0f}:1); refusing a possible zip bomb", fix)
+    total = sum(i.file_size for i in infos)
+    if total > MAX_TOTAL_BYTES:
+        raise IntegrityError(STAGE, f"{path.name} declares {total} bytes uncompressed in all; refusing a possible zip bomb", fix)
+
+
 def inspect_archive(path: Path, onnx_sha256: str | None = None) -> dict:
-    """Check an archive holds exactly the expected files, the right model, safe paths."""
+    """Check an archive holds exactly the expected files, the right model, safe paths.
+
+    Entry names, types and declared sizes are checked before any entry is read; the
+    model inside is checked for external data before anything loads it.
+    """
     try:
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            bad = [n for n in names if n.startswith("/") or ".." in Path(n).parts]
-            if bad:
-                raise IntegrityError(STAGE, f"{path.name} has unsafe paths {bad}", "rebuild the archive with the package stage")
+            infos = zf.infolist()
+            _check_members(path, infos)
+            names = [i.filename for i in infos]
             got = set(names)
             if got != expected_members():
                 raise IntegrityError(STAGE, f"{path.name} holds {sorted(got)}, expected exactly {sorted(expected_members())}",
                                      "rebuild the archive with the package stage")
             manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
-            model_sha = hashlib.sha256(zf.read(MODEL_NAME)).hexdigest()
+            model = zf.read(MODEL_NAME)
             contract = json.loads(zf.read(CONTRACT_NAME))
             config = yaml.safe_load(zf.read(CONFIG_NAME))
     except zipfile.BadZipFile as exc:
         raise IntegrityError(STAGE, f"{path} is not a readable archive: {exc}", "rebuild it: make export") from None
+    model_sha = hashlib.sha256(model).hexdigest()
     if onnx_sha256 is not None and model_sha != onnx_sha256:
         raise IntegrityError(STAGE, f"{path.name} holds a {MODEL_NAME} other than the verified one", "rebuild the archive")
+    check_onnx_bytes(model, f"{path.name}:{MODEL_NAME}")
     return {"members": sorted(names), "mar_manifest": manifest, "model_sha256": model_sha,
             "contract": contract, "model_config": config}
 
@@ -87,8 +136,11 @@ def run(settings: Settings) -> StageResult:
 
     start = time.perf_counter()
     layout.model_store.mkdir(parents=True, exist_ok=True)
-    # Stage everything in a private folder beside the store, then move the archive in atomically.
-    with tempfile.TemporaryDirectory(prefix=f".{spec.name}-", dir=layout.model_store) as tmp:
+    # Stage everything in a private folder beside the store, then move the archive in
+    # atomically. A killed run's folder carries its pid and is removed by the next run.
+    files.sweep_stale(layout.model_store)
+    with files.no_room_is_an_error(layout.mar), \
+            tempfile.TemporaryDirectory(prefix=f".{spec.name}-{os.getpid()}.", dir=layout.model_store) as tmp:
         staging = Path(tmp)
         shutil.copyfile(onnx_path, staging / MODEL_NAME)
         if files.sha256_file(staging / MODEL_NAME) != onnx_rec.sha256:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .errors import PipelineError
+from .safety import check_onnx_file
 from .spec import ModelSpec
 
 
@@ -63,6 +64,8 @@ def ort_session(path: Path, device: str = "cpu", threads: int | None = None):
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
+    # ORT follows external-data paths wherever they point: refuse such a file first.
+    check_onnx_file(path)
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     # ORT silently falls back to the CPU when the CUDA provider fails to load.
     if session.get_providers()[0] != providers[0]:
