@@ -18,6 +18,8 @@ from .stage import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings, StageResult
 
 STAGES = {"train": train.run, "trace": trace.run, "export": export.run, "parity": parity.run, "package": package.run}
 SERVER_COMMANDS = ("serve", "stop", "token")
+# `bench` has options of its own: python -m pipeline bench --help
+OWN_PARSER = ("bench",)
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -33,8 +35,9 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=[*STAGES, "all", *SERVER_COMMANDS],
-                   help="a stage, all of them, or serve / stop / token for the TorchServe endpoint")
+    p.add_argument("stage", choices=[*STAGES, "all", *SERVER_COMMANDS, *OWN_PARSER],
+                   help="a stage, all of them, serve / stop / token for the TorchServe endpoint, "
+                        "or bench for the latency report (see python -m pipeline bench --help)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
     p.add_argument("--root", type=Path, default=Path("."), help="project folder holding artifacts/, reports/, model_store/ (default: .)")
     p.add_argument("--force", action="store_true", help="redo the stage(s) even when inputs and settings are unchanged")
@@ -57,6 +60,11 @@ def _line(result: StageResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench":
+        from . import bench
+
+        return bench.main(argv[1:])
     args = parser().parse_args(argv)
     settings = Settings(model=args.model, root=args.root, force=args.force, seed=args.seed, atol=args.atol,
                         rtol=args.rtol, parity_batch_sizes=args.parity_batch_sizes)

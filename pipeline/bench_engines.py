@@ -1,0 +1,245 @@
+"""The engines the benchmark times, each reduced to one zero-argument call.
+
+`Engine.bind(feed)` puts the inputs where the engine wants them (torch tensors on the
+device, ONNX Runtime OrtValues bound to an IO binding) and returns a call that runs
+one inference and returns when its result is ready, so the timer measures inference
+and nothing else, the same way for every engine. GPU calls synchronise the device
+before returning. Each engine names its floor: the same API running an identity
+model, i.e. the per-call cost of the runtime itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import PipelineError
+from .spec import ModelSpec
+
+# Engines a user can ask for with --engines, in report order.
+ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run", "torch.compile", "onnxruntime-cudagraph")
+DEFAULT_ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run", "torch.compile")
+FLOOR_OF = {
+    "eager": "floor:eager",
+    "torch.compile": "floor:eager",
+    "torchscript": "floor:torchscript",
+    "onnxruntime": "floor:onnxruntime",
+    "onnxruntime-cudagraph": "floor:onnxruntime",
+    "onnxruntime-run": "floor:onnxruntime-run",
+}
+DESCRIPTION = {
+    "eager": "eager PyTorch, module(*tensors) under torch.inference_mode",
+    "torchscript": "torch.jit.trace module (model.ts) under torch.inference_mode",
+    "onnxruntime": "ONNX Runtime, inputs pre-bound as OrtValues on the device (IO binding), run_with_iobinding",
+    "onnxruntime-run": "ONNX Runtime, plain session.run with numpy arrays (copies in and out)",
+    "torch.compile": "torch.compile(model) (inductor), compiled during warm-up",
+    "onnxruntime-cudagraph": "ONNX Runtime CUDA provider with enable_cuda_graph, fixed buffers (one session per batch size)",
+    "floor:eager": "nn.Identity through the eager call path: torch's per-call overhead",
+    "floor:torchscript": "scripted identity through TorchScript: its per-call overhead",
+    "floor:onnxruntime": "identity ONNX graph through the same IO binding calls: ORT's per-call overhead",
+    "floor:onnxruntime-run": "identity ONNX graph through session.run: ORT's per-call overhead with copies",
+}
+
+
+@dataclass
+class Engine:
+    """A loaded engine: `bind(feed)` returns the call the timer runs."""
+
+    name: str
+    device: str
+    provider: str
+    bind: Callable[[dict[str, np.ndarray]], Callable[[], Any]]
+    floor: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _sync(device: str) -> Callable[[], None]:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def torch_engine(name: str, module, spec: ModelSpec, device: str) -> Engine:
+    """Eager, TorchScript or compiled module; inputs become tensors on the device up front."""
+    import torch
+
+    module = module.to(device)
+    sync = _sync(device)
+
+    def bind(feed):
+        args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])).to(device) for t in spec.inputs]
+        sync()
+
+        def call():
+            with torch.inference_mode():
+                out = module(*args)
+            sync()
+            return out
+
+        return call
+
+    provider = f"torch {device}" + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else "")
+    return Engine(name, device, provider, bind, FLOOR_OF.get(name))
+
+
+def ort_iobinding_engine(name: str, session, spec_inputs: list[str], device: str) -> Engine:
+    """ONNX Runtime with IO binding: inputs live as OrtValues on the device, outputs are allocated there."""
+    import onnxruntime as ort
+
+    ort_device = "cuda" if device == "cuda" else "cpu"
+    sync = _sync(device)
+    outputs = [o.name for o in session.get_outputs()]
+
+    def bind(feed):
+        binding = session.io_binding()
+        values = []
+        for name_ in spec_inputs:
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feed[name_]), ort_device, 0)
+            values.append(value)  # keep alive for the binding's lifetime
+            binding.bind_ortvalue_input(name_, value)
+        for out in outputs:
+            binding.bind_output(out, ort_device, 0)
+
+        def call():
+            session.run_with_iobinding(binding)
+            sync()
+            return values
+
+        return call
+
+    return Engine(name, device, session.get_providers()[0], bind, FLOOR_OF.get(name))
+
+
+def ort_run_engine(name: str, session, spec_inputs: list[str]) -> Engine:
+    """ONNX Runtime's plain numpy API: what most code calls."""
+    outputs = [o.name for o in session.get_outputs()]
+
+    def bind(feed):
+        arrays = {n: np.ascontiguousarray(feed[n]) for n in spec_inputs}
+        return lambda: session.run(outputs, arrays)
+
+    return Engine(name, "cpu", session.get_providers()[0], bind, FLOOR_OF.get(name))
+
+
+def ort_cudagraph_engine(path: Path, spec_inputs: list[str], threads: int) -> Engine:
+    """CUDA graphs capture one shape with fixed buffers, so each batch size gets its own session."""
+    import onnxruntime as ort
+    import torch
+
+    from .runtimes import cuda_available
+
+    if not cuda_available():
+        raise PipelineError("bench", "onnxruntime-cudagraph needs a CUDA GPU", "drop it from --engines or run on a GPU machine")
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+
+    def bind(feed):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), sess_options=options,
+                                       providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
+        if session.get_providers()[0] != "CUDAExecutionProvider":
+            raise PipelineError("bench", f"CUDA graphs session runs on {session.get_providers()}", "check the CUDA libraries")
+        arrays = {n: np.ascontiguousarray(feed[n]) for n in spec_inputs}
+        shapes = [o.shape for o in session.run(None, arrays)]  # first run captures the graph
+        outs = [o.name for o in session.get_outputs()]
+        binding = session.io_binding()
+        keep = []
+        for n in spec_inputs:
+            value = ort.OrtValue.ortvalue_from_numpy(arrays[n], "cuda", 0)
+            keep.append(value)
+            binding.bind_ortvalue_input(n, value)
+        for out, shape, meta in zip(outs, shapes, session.get_outputs()):
+            dtype = np.float32 if meta.type == "tensor(float)" else np.int64
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", 0)
+            keep.append(value)
+            binding.bind_ortvalue_output(out, value)
+        session.run_with_iobinding(binding)
+
+        def call():
+            session.run_with_iobinding(binding)
+            torch.cuda.synchronize()
+            return keep
+
+        return call
+
+    return Engine("onnxruntime-cudagraph", "cuda", "CUDAExecutionProvider (CUDA graphs)", bind, FLOOR_OF["onnxruntime-cudagraph"])
+
+
+def identity_onnx(spec: ModelSpec, path: Path) -> Path:
+    """An ONNX graph that returns its inputs: same inputs, same dtypes, same dynamic axes."""
+    import onnx
+    from onnx import helper
+
+    def value_info(name: str, t, prefix: str = ""):
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+        return helper.make_tensor_value_info(prefix + name, elem, list(t.shape))
+
+    nodes = [helper.make_node("Identity", [t.name], [f"out_{t.name}"]) for t in spec.inputs]
+    graph = helper.make_graph(nodes, "identity", [value_info(t.name, t) for t in spec.inputs],
+                              [value_info(t.name, t, "out_") for t in spec.inputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+class _Identity:
+    """Built lazily so importing this module does not import torch."""
+
+    @staticmethod
+    def module():
+        import torch
+
+        class Identity(torch.nn.Module):
+            def forward(self, *args):
+                return args[0] if len(args) == 1 else args
+
+        return Identity()
+
+
+def load(name: str, spec: ModelSpec, device: str, threads: int, paths: dict[str, Path], model_factory) -> Engine:
+    """Load one engine (or floor) by name; raises with the reason if it cannot run here."""
+    import torch
+
+    from .runtimes import ort_session
+
+    input_names = [t.name for t in spec.inputs]
+    if name == "eager":
+        return torch_engine(name, model_factory(), spec, device)
+    if name == "torch.compile":
+        return torch_engine(name, torch.compile(model_factory().to(device)), spec, device)
+    if name == "torchscript":
+        return torch_engine(name, torch.jit.load(str(paths["torchscript"]), map_location=device), spec, device)
+    if name == "onnxruntime":
+        return ort_iobinding_engine(name, ort_session(paths["onnx"], device, threads), input_names, device)
+    if name == "onnxruntime-run":
+        if device != "cpu":
+            raise PipelineError("bench", "onnxruntime-run is the CPU numpy path", "use onnxruntime (IO binding) on CUDA")
+        return ort_run_engine(name, ort_session(paths["onnx"], device, threads), input_names)
+    if name == "onnxruntime-cudagraph":
+        if device != "cuda":
+            raise PipelineError("bench", "CUDA graphs exist only on CUDA", "run with --device cuda")
+        return ort_cudagraph_engine(paths["onnx"], input_names, threads)
+    if name == "floor:eager":
+        return torch_engine(name, _Identity.module(), spec, device)
+    if name == "floor:torchscript":
+        feed = spec.sample_inputs(2, np.random.default_rng(0))
+        example = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_Identity.module(), example, check_trace=False)
+        return torch_engine(name, traced, spec, device)
+    if name == "floor:onnxruntime":
+        return ort_iobinding_engine(name, ort_session(paths["identity"], device, threads), input_names, device)
+    if name == "floor:onnxruntime-run":
+        return ort_run_engine(name, ort_session(paths["identity"], device, threads), input_names)
+    raise PipelineError("bench", f"unknown engine {name!r}", f"choose from {', '.join(ENGINES)}")
