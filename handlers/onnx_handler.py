@@ -62,6 +62,8 @@ def decode_body(item: dict, example: str = '{"<input name>": <value>}') -> dict:
             raise RequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         except RecursionError:
             raise RequestError("JSON nested too deeply") from None
+        except ValueError as exc:  # not a JSONDecodeError: an integer over Python's 4300-digit limit
+            raise RequestError(f"unreadable JSON: {exc}") from None
     if body is None:
         raise RequestError(f"empty body; send a JSON object such as {example}")
     if not isinstance(body, dict):
@@ -133,6 +135,8 @@ class Contract:
         row, short = self.row_shapes(tensor)
         try:
             arr = np.array(value, dtype=np.float64)
+        except OverflowError:  # a JSON integer beyond float64, e.g. 400 digits
+            raise RequestError(f"'{name}' holds numbers too large for {dtype.name}") from None
         except ValueError:
             hint = "; send rows of different lengths as separate requests" if any(isinstance(d, str) for d in row) else ""
             raise RequestError(f"'{name}' is a ragged nested list; every row must have the same shape{hint}") from None
