@@ -224,3 +224,20 @@ def test_load_goes_to_loopback_only():
 
     with pytest.raises(PipelineError, match="only 127.0.0.1"):
         run_load("http://10.0.0.1:8080/ping", [], 1, 1.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
+def test_cuda_engines_run_on_the_gpu(built_root, tmp_path):
+    import shutil
+
+    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    result = bench.run(tiny(tmp_path, engines=("eager", "onnxruntime", "onnxruntime-cudagraph"), batch_sizes=(1, 64),
+                            devices=("cpu", "cuda"), cold_start=False, served="off"))
+    assert result["failures"] == []
+    cuda = {(r["engine"], r["batch"]): r for r in result["in_process"] if r["device"] == "cuda"}
+    assert cuda[("onnxruntime", 1)]["provider"] == "CUDAExecutionProvider"
+    assert cuda[("eager", 1)]["provider"].startswith("torch cuda")
+    assert "CUDA graphs" in cuda[("onnxruntime-cudagraph", 64)]["provider"]
+    assert any(t["target"].startswith("CUDA batch 1") for t in result["targets"])
+    assert result["environment"]["gpu"]
