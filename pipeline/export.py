@@ -59,7 +59,7 @@ def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str) -> Pipelin
     lines = [ln.strip() for ln in str(root).strip().splitlines() if ln.strip()]
     reason = f"{type(root).__name__}: {lines[0] if lines else ''}"[:600]
     call = re.search(r'The following call raised this error:\s*\n\s*(File "[^"]+", line \d+, in \w+)\s*\n\s*(\S.*)', full)
-    where = f" at {call.group(1)}: {call.group(2).strip()}" if call else ""
+    where = f" (raised at {call.group(1)}: `{call.group(2).strip()}`)" if call else ""
     missing_op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", full)
     if "data-dependent" in full or "GuardOnDataDependent" in full:
         hint = ("forward() branches on a tensor's value (data-dependent control flow): compute both sides and pick "
@@ -71,8 +71,8 @@ def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str) -> Pipelin
         hint = "see the exporter's reason above and https://pytorch.org/docs/stable/onnx_dynamo.html"
     return PipelineError(
         STAGE,
-        f"torch.onnx.export could not export {spec.name}{where}: {reason}",
-        f"{hint}. Earlier artifacts (checkpoint, TorchScript) are unchanged and no model.onnx was written; "
+        f"torch.onnx.export could not export {spec.name}: {reason}{where}",
+        f"{hint}. The earlier stages' artifacts are unchanged and no model.onnx was written; "
         f"after fixing the model: python -m pipeline all --model {model_arg}",
     )
 
@@ -96,6 +96,8 @@ def _quiet_exporter():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            # Inputs that share an axis name share one Dim; the exporter notes it on every run.
+            warnings.filterwarnings("ignore", message=r"# The axis name: \w+ will not be used", category=UserWarning)
             yield
     finally:
         for lg, level in zip(loggers, levels):

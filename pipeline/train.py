@@ -36,5 +36,5 @@ def run(settings: Settings) -> StageResult:
     seconds = time.perf_counter() - start
     details = {"metrics": dict(result.metrics), "model_args": dict(result.model_args)}
     manifest.record("checkpoint", layout.checkpoint, STAGE, {}, stage_settings, seconds, details)
-    metrics = ", ".join(f"{k} {v:.6g}" for k, v in result.metrics.items())
+    metrics = ", ".join(f"{k} {v:.6g}" for k, v in result.metrics.items()) or "no metrics reported"
     return StageResult(STAGE, False, (layout.checkpoint,), seconds, f"trained: {metrics}", details)
