@@ -41,12 +41,13 @@ def check_header(path: Path, stage: str) -> None:
         head = f.read(9)
     size = path.stat().st_size
     fix = f"retrain to get a safetensors checkpoint: python -m pipeline train --model {path.parent.name} --force"
+    header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if 2 <= header_len <= min(_MAX_HEADER, size - 8) and head[8:9] == b"{":
+        return  # a safetensors header (its length's low byte may well be 0x80, like pickle's opcode)
     for magic, what in _PICKLE_MAGIC.items():
         if head.startswith(magic):
             raise IntegrityError(stage, f"{path} is {what}, not safetensors; refusing to load it", fix)
-    header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
-    if not (2 <= header_len <= min(_MAX_HEADER, size - 8)) or head[8:9] != b"{":
-        raise IntegrityError(stage, f"{path} does not start with a safetensors header; refusing to load it", fix)
+    raise IntegrityError(stage, f"{path} does not start with a safetensors header; refusing to load it", fix)
 
 
 def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.nn.Module, str]:
