@@ -141,7 +141,8 @@ def run(settings: Settings) -> StageResult:
     manifest = Manifest(layout.root, spec.name)
     model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
     inputs = {"checkpoint": ckpt_sha}
-    stage_settings = {"opset": OPSET, "dynamo": True, "seed": settings.seed, "torch": torch.__version__}
+    stage_settings = {"opset": OPSET, "dynamo": True, "seed": settings.seed, "torch": torch.__version__,
+                      "model_source_sha256": spec.source_sha256()}  # the example inputs live in the model file
     fresh, why = manifest.is_fresh("onnx", inputs, stage_settings)
     if fresh and not settings.force:
         return StageResult(STAGE, True, (layout.onnx,), 0.0, f"up to date ({why})")

@@ -130,7 +130,9 @@ def run(settings: Settings) -> StageResult:
     for key in ("torchscript", "onnx"):
         _, rec = manifest.verified(key, STAGE)
         inputs[key] = rec.sha256
+    # model_source_sha256: the model file holds the sample, edge and parity-case inputs.
     stage_settings = {"atol": tol.atol, "rtol": tol.rtol, "batch_sizes": list(settings.parity_batch_sizes),
+                      "model_source_sha256": spec.source_sha256(),
                       "seed": settings.seed, "cuda": cuda_available()}
     report_json = layout.reports / "parity.json"
     fresh, why = manifest.is_fresh("parity", inputs, stage_settings)

@@ -67,7 +67,9 @@ def run(settings: Settings) -> StageResult:
     manifest = Manifest(layout.root, spec.name)
     model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
     inputs = {"checkpoint": ckpt_sha}
-    stage_settings = {"seed": settings.seed, "torch": torch.__version__}
+    # The model file also holds the check inputs: editing them re-traces even when the
+    # (deterministic) retraining gives the same checkpoint bytes.
+    stage_settings = {"seed": settings.seed, "torch": torch.__version__, "model_source_sha256": spec.source_sha256()}
     fresh, why = manifest.is_fresh("torchscript", inputs, stage_settings)
     if fresh and not settings.force:
         return StageResult(STAGE, True, (layout.torchscript,), 0.0, f"up to date ({why})")
