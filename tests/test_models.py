@@ -134,23 +134,45 @@ def test_cnn_held_out_accuracy_is_in_the_manifest(chains):
     assert metrics["held_out_images"] >= 300
 
 
+def archive_handler(layout: Layout, folder):
+    """The handler module from the model's archive, initialised with a fake context, and that context."""
+    with zipfile.ZipFile(layout.mar) as zf:
+        zf.extractall(folder)
+    module_spec = importlib.util.spec_from_file_location(f"handler_{layout.model}", folder / "onnx_handler.py")
+    handler = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(handler)
+    ctx = FakeContext(folder)
+    handler.handle(None, ctx)
+    return handler, ctx
+
+
 @pytest.mark.slow
 def test_archive_handler_answers_the_example_request(chain, tmp_path):
     """The handler from the archive, in-process: example request in, eager's answer out."""
     spec, _, layout = chain
-    with zipfile.ZipFile(layout.mar) as zf:
-        zf.extractall(tmp_path)
-    module_spec = importlib.util.spec_from_file_location(f"handler_{spec.name}", tmp_path / "onnx_handler.py")
-    handler = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(handler)
-    ctx = FakeContext(tmp_path)
-    handler.handle(None, ctx)
+    handler, ctx = archive_handler(layout, tmp_path)
     [raw] = handler.handle([{"body": json.dumps(spec.example_request).encode()}], ctx)
     assert ctx.status.get(0, (200,))[0] == 200, raw
     assert_answer(spec, json.loads(raw), eager_outputs(spec, layout, request_feed(spec, spec.example_request)), single=True)
     # An empty body's message shows this model's own example, not another model's.
     [raw] = handler.handle([{"body": b""}], ctx)
     assert json.dumps(spec.example_request) in json.loads(raw)["error"]
+
+
+@pytest.mark.slow
+def test_handler_batch_mixing_sequence_lengths_and_a_bad_request(chains, tmp_path):
+    """One TorchServe batch with lengths 3, 1, 3 and 5 and a bad request: each answered on its own."""
+    spec = load_spec("seq_encoder")
+    _, layout = chains("seq_encoder")
+    handler, ctx = archive_handler(layout, tmp_path)
+    rng = np.random.default_rng(9)
+    feeds = [rng.integers(0, 10, size=(b, n)).astype(np.int64) for b, n in ((2, 3), (1, 1), (1, 3), (4, 5))]
+    bodies = [{"tokens": f.tolist()} for f in feeds]
+    bodies.insert(2, {"tokens": [[1, 2], [3]]})
+    raws = handler.handle([{"body": json.dumps(b).encode()} for b in bodies], ctx)
+    assert ctx.status.get(2, (200,))[0] == 400 and "separate requests" in json.loads(raws.pop(2))["error"]
+    for tokens, raw in zip(feeds, raws):
+        assert_answer(spec, json.loads(raw), eager_outputs(spec, layout, {"tokens": tokens}), single=False)
 
 
 # --- a real TorchServe per served model ---------------------------------------------------
