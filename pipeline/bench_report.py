@@ -108,17 +108,20 @@ def _served_markdown(served: dict | None) -> list[str]:
              "metrics, the handler time per batch from the worker.", ""]
     for config in served["configs"]:
         sc = config["server_config"]
+        server = ", ".join(f"{k}={v}" for k, v in config.get("changes", {}).get("server", {}).items())
         lines += [f"### {config['name']}: batchSize {sc.get('batchSize')}, maxBatchDelay {sc.get('maxBatchDelay')} ms, "
-                  f"workers {sc.get('minWorkers')}", "",
-                  "| clients | req/s | p50 | p90 | p99 | errors | /ping p50 | × ping | TS queue p50 | TS total p50 | handler/batch p50 | queue share |",
+                  f"workers {sc.get('minWorkers')}" + (f"; server: {server}" if server else ""), "",
+                  f"TorchServe's metrics from its {config['runs'][0]['torchserve_metrics']['source'] if config['runs'] else '—'}.", "",
+                  "| clients | req/s | p50 | p90 | p99 | errors | /ping p50 | × ping | TS queue mean | TS total mean | handler/batch | queue share |",
                   "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r, p in zip(config["runs"], config["ping"]):
             m = r["torchserve_metrics"]
             share = m.get("queue_share_of_total")
             lines.append(f"| {r['concurrency']} | {r['requests_per_s']:,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | "
                          f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} | "
-                         f"{_ms(m['queue'].get('p50_ms'))} | {_ms(m['frontend_total'].get('p50_ms'))} | "
-                         f"{_ms(m['handler_per_batch'].get('p50_ms'))} | {'—' if share is None else f'{share:.0%}'} |")
+                         f"{_ms(m['queue'].get('mean_ms'))} | {_ms(m['frontend_total'].get('mean_ms'))} | "
+                         f"{_ms(m['handler_per_batch'].get('mean_ms', m['handler_per_batch'].get('last_ms')))} | "
+                         f"{'—' if share is None else f'{share:.0%}'} |")
         lines.append("")
     for c in served.get("comparisons", []):
         lines += [f"### {c['other']} vs {c['base']}", "",

@@ -25,17 +25,21 @@ from .loadgen import run_load
 from .stage import Layout, Settings
 
 PING_SECONDS = 2.0
-# Serving configs compared. "unbatched" is what TorchServe does for an archive with no
-# model config (batchSize 1, one worker); "default" is what our archive ships (batches
-# of up to 8 gathered for at most 1 ms, which costs a lone request little); "tuned"
-# lets more concurrent requests share one ONNX Runtime call (a batch of 32 costs
-# little more than a batch of 1) and waits up to 2 ms for them to gather. One worker
-# in each: on a 2-core machine the other core is busy with the frontend and the load
-# generator, and a second worker measured slower at concurrency 16 and 64.
+# Serving configs compared: what goes into the archive's model-config.yaml (batching,
+# workers) and what the server's config.properties changes.
+# - "unbatched": TorchServe's behaviour for an archive without a model config.
+# - "default": what our archive and config/torchserve.properties ship: batches of up
+#   to 8 gathered for at most 1 ms, which costs a lone request little.
+# - "tuned": more concurrent requests share one ONNX Runtime call (a batch of 32 costs
+#   little more than a batch of 1), gathered for up to 2 ms; the frontend logs
+#   asynchronously and keeps metrics as Prometheus counters instead of writing five
+#   log lines per request. One worker in each: on a 2-core machine the other core is
+#   busy with the frontend and the load generator.
 SERVING_CONFIGS = {
-    "unbatched": {"serve_batch_size": 1, "serve_max_batch_delay_ms": 100, "serve_workers": 1},
-    "default": {},
-    "tuned": {"serve_batch_size": 32, "serve_max_batch_delay_ms": 2, "serve_workers": 1},
+    "unbatched": {"archive": {"serve_batch_size": 1, "serve_max_batch_delay_ms": 100, "serve_workers": 1}, "server": {}},
+    "default": {"archive": {}, "server": {}},
+    "tuned": {"archive": {"serve_batch_size": 32, "serve_max_batch_delay_ms": 2, "serve_workers": 1},
+              "server": {"async_logging": "true", "metrics_mode": "prometheus"}},
 }
 COMPARISONS = (("default", "tuned"), ("unbatched", "tuned"))
 _METRIC = re.compile(r"(ts_inference_latency_microseconds|ts_queue_latency_microseconds)\.Microseconds:([0-9.]+)")
@@ -49,9 +53,20 @@ def steps(settings) -> int:
     return configs * len(settings.concurrency) * 2
 
 
+def _pct(a: np.ndarray) -> dict:
+    if not a.size:
+        return {"n": 0}
+    p50, p99 = np.percentile(a, (50, 99))
+    return {"n": int(a.size), "mean_ms": float(a.mean()), "p50_ms": float(p50), "p99_ms": float(p99)}
+
+
+def _share(queue_ms: float, total_ms: float) -> float | None:
+    return queue_ms / total_ms if total_ms > 0 else None
+
+
 @dataclass
 class LogWindow:
-    """New lines appended to TorchServe's metrics logs since `mark()`."""
+    """New lines in TorchServe's metrics logs since `mark()` (metrics_mode=log: one line per request)."""
 
     logs: Path
     offsets: dict[str, int]
@@ -76,15 +91,54 @@ class LogWindow:
             values[name].append(float(value) / 1e3)
         handler = [float(v) for v in _PREDICTION.findall(self.read("model_metrics.log"))]
         total, queue = np.array(values["ts_inference_latency_microseconds"]), np.array(values["ts_queue_latency_microseconds"])
+        return {"source": "metrics logs, per request", "frontend_total": _pct(total), "queue": _pct(queue),
+                "handler_per_batch": _pct(np.array(handler)),
+                "queue_share_of_total": _share(float(queue.sum()), float(total.sum())) if total.size else None}
 
-        def pct(a: np.ndarray) -> dict:
-            if not a.size:
-                return {"n": 0}
-            p50, p99 = np.percentile(a, (50, 99))
-            return {"n": int(a.size), "mean_ms": float(a.mean()), "p50_ms": float(p50), "p99_ms": float(p99)}
 
-        return {"frontend_total": pct(total), "queue": pct(queue), "handler_per_batch": pct(np.array(handler)),
-                "queue_share_of_total": float(queue.sum() / total.sum()) if total.size and total.sum() > 0 else None}
+_PROM_LINE = re.compile(r'^(\w+)\{[^}]*\}\s+([0-9.eE+-]+)$', re.M)
+
+
+@dataclass
+class PrometheusWindow:
+    """Counter deltas from the metrics API since `mark()` (metrics_mode=prometheus: sums, so means only)."""
+
+    url: str
+    start: dict[str, float]
+
+    @staticmethod
+    def scrape(url: str) -> dict[str, float]:
+        status, body = serve.http("GET", url, timeout=10)
+        if status != 200:
+            return {}
+        out: dict[str, float] = {}
+        for name, value in _PROM_LINE.findall(body.decode("utf-8", "replace")):
+            out[name] = out.get(name, 0.0) + float(value)
+        return out
+
+    @classmethod
+    def mark(cls, url: str) -> "PrometheusWindow":
+        return cls(url, cls.scrape(url))
+
+    def breakdown(self) -> dict:
+        end = self.scrape(self.url)
+
+        def delta(name: str) -> float:
+            return end.get(name, 0.0) - self.start.get(name, 0.0)
+
+        n = int(delta("ts_inference_requests_total"))
+        total, queue = delta("ts_inference_latency_microseconds") / 1e3, delta("ts_queue_latency_microseconds") / 1e3
+        mean = (lambda v: {"n": n, "mean_ms": v / n}) if n else (lambda v: {"n": 0})
+        handler = end.get("PredictionTime")
+        return {"source": "metrics API counters, means", "frontend_total": mean(total), "queue": mean(queue),
+                "handler_per_batch": {"n": 1, "last_ms": handler} if handler is not None else {"n": 0},
+                "queue_share_of_total": _share(queue, total) if n else None}
+
+
+def metrics_window(info: serve.ServerInfo, properties: dict[str, str]):
+    if properties.get("metrics_mode") == "prometheus":
+        return PrometheusWindow.mark(f"{info.metrics}/metrics")
+    return LogWindow.mark(Path(info.run_dir) / "logs")
 
 
 def _project_for(config: dict, settings, layout: Layout, folder: Path) -> Settings:
@@ -99,15 +153,15 @@ def _project_for(config: dict, settings, layout: Layout, folder: Path) -> Settin
     return project
 
 
-def _sweep(info: serve.ServerInfo, settings, body: str, bar, label: str) -> tuple[list[dict], list[dict]]:
+def _sweep(info: serve.ServerInfo, properties: dict[str, str], settings, body: str, bar,
+           label: str) -> tuple[list[dict], list[dict]]:
     headers = {"Authorization": f"Bearer {info.token('inference')}"}
-    logs = Path(info.run_dir) / "logs"
     runs, floors = [], []
     # Warm-up: first requests pay for JIT and connection setup on both sides.
     run_load(info.predictions_url, [body], 4, 1.0, headers=headers, max_requests=200)
     for c in settings.concurrency:
         bar.set_postfix_str(f"served {label} c={c}")
-        window = LogWindow.mark(logs)
+        window = metrics_window(info, properties)
         result = run_load(info.predictions_url, [body], c, settings.served_seconds, headers=headers)
         runs.append({**result.summary(), "torchserve_metrics": window.breakdown()})
         bar.update(1)
@@ -136,16 +190,17 @@ def run(settings, spec, layout: Layout, bar) -> dict:
         if info is None or not info.processes():
             raise PipelineError("bench", f"--served running: no {spec.name} server is running",
                                 f"start one with make serve MODEL={settings.model}, or use --served auto")
-        runs, floors = _sweep(info, settings, body, bar, "running")
+        properties = serve.read_properties(Path(info.run_dir) / "config.properties")
+        runs, floors = _sweep(info, properties, settings, body, bar, "running")
         configs.append({"name": "running", "server_config": _describe(info), "runs": runs, "ping": floors})
         return {"request_body": body, "configs": configs, "comparisons": []}
     for name, config in SERVING_CONFIGS.items():
         with tempfile.TemporaryDirectory(prefix=f"bench-serve-{name}-") as tmp:
-            project = _project_for(config, settings, layout, Path(tmp))
-            info = serve.start(project, auto_ports=True)
+            project = _project_for(config["archive"], settings, layout, Path(tmp))
+            info = serve.start(project, auto_ports=True, properties=config["server"])
             try:
                 server_config = _describe(info)
-                runs, floors = _sweep(info, settings, body, bar, name)
+                runs, floors = _sweep(info, config["server"], settings, body, bar, name)
             finally:
                 serve.stop(project)
         configs.append({"name": name, "changes": config, "server_config": server_config, "runs": runs, "ping": floors})

@@ -152,8 +152,10 @@ def load_info(layout: Layout) -> ServerInfo | None:
     return ServerInfo(**json.loads(path.read_text()))
 
 
-def _write_config(layout: Layout, folder: Path, auto_ports: bool) -> tuple[Path, dict[str, int]]:
+def _write_config(layout: Layout, folder: Path, auto_ports: bool,
+                  overrides: dict[str, str] | None = None) -> tuple[Path, dict[str, int]]:
     props = read_properties(CONFIG_TEMPLATE)
+    props.update(overrides or {})
     store = layout.model_store.resolve()
     props["model_store"] = str(store)
     props["allowed_urls"] = f"file://{store}/.*"
@@ -186,8 +188,13 @@ def _tail(path: Path, lines: int = 20) -> str:
     return head + "  ...\n" + "\n".join(f"  | {line}" for line in text[-lines:])
 
 
-def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0) -> ServerInfo:
-    """Start TorchServe with model_store/<model>.mar; return once its workers are READY."""
+def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0,
+          properties: dict[str, str] | None = None) -> ServerInfo:
+    """Start TorchServe with model_store/<model>.mar; return once its workers are READY.
+
+    `properties` overrides entries of config/torchserve.properties for this server
+    only (the benchmark's tuned config); addresses and the model store stay ours.
+    """
     spec, layout = resolve(settings)
     if shutil.which("java") is None:
         raise PipelineError(STAGE, "java was not found: TorchServe's frontend needs Java 11 or newer",
@@ -204,7 +211,7 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0) 
         (folder / stale).unlink(missing_ok=True)
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     (folder / "tmp").mkdir(parents=True, exist_ok=True)
-    config, ports = _write_config(layout, folder, auto_ports)
+    config, ports = _write_config(layout, folder, auto_ports, properties)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
     env.update(TEMP=str(folder / "tmp"), TMPDIR=str(folder / "tmp"),
