@@ -119,7 +119,8 @@ def server_command(args, settings: Settings) -> int:
         return os.path.relpath(path, Path.cwd())
 
     body = json.dumps(spec.example_request or {})
-    token_cmd = f"{rel(sys.executable)} -m pipeline token" + ("" if spec.name == "simple_nn" else f" --model {shlex.quote(args.model)}")
+    model_arg = "" if args.model == DEFAULT_MODEL else f" --model {shlex.quote(args.model)}"
+    token_cmd = f"{rel(sys.executable)} -m pipeline token{model_arg}"
     print(f"{spec.name} is served by TorchServe: {len(workers)} worker(s) READY "
           f"(pid {', '.join(str(w['pid']) for w in workers)}; {'GPU' if any(w.get('gpu') for w in workers) else 'CPU'})")
     print(f"  URL      {info.predictions_url}")
@@ -127,7 +128,7 @@ def server_command(args, settings: Settings) -> int:
     print(f"  try      curl -s -H \"Authorization: Bearer $({token_cmd})\" -H 'Content-Type: application/json' "
           f"-d {shlex.quote(body)} {info.predictions_url}")
     print(f"  logs     {rel(Path(info.run_dir) / 'logs')}/")
-    print("  stop     make stop")
+    print("  stop     make stop" + ("" if args.model == DEFAULT_MODEL else f" MODEL={shlex.quote(args.model)}"))
     return 0
 
 
