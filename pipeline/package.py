@@ -119,8 +119,13 @@ def run(settings: Settings) -> StageResult:
     manifest = Manifest(layout.root, spec.name)
     onnx_path, onnx_rec = manifest.verified("onnx", STAGE)
     # The gate: only a model whose parity passed for exactly this ONNX file ships.
+    # Parity must also have run against the current checkpoint: after a retrain whose
+    # export failed, the old model.onnx still matches the old parity pass.
     parity_rec = manifest.records.get("parity")
-    if parity_rec is None or parity_rec.inputs.get("onnx") != onnx_rec.sha256 or not parity_rec.details.get("passed"):
+    checkpoint_rec = manifest.records.get("checkpoint")
+    current = (parity_rec is not None and parity_rec.inputs.get("onnx") == onnx_rec.sha256
+               and checkpoint_rec is not None and parity_rec.inputs.get("checkpoint") == checkpoint_rec.sha256)
+    if not current or not parity_rec.details.get("passed"):
         raise PipelineError(STAGE, f"{spec.name}: parity has not passed for the current {onnx_rec.path} "
                             f"(see {layout.reports.relative_to(layout.root)}/parity.md)",
                             f"run the parity stage and fix what it reports: python -m pipeline parity --model {spec.name}")

@@ -77,6 +77,17 @@ def test_gate_fails_on_perturbed_weights_and_blocks_packaging(project):
         package.run(settings)
 
 
+def test_gate_blocks_packaging_after_a_retrain_the_export_did_not_follow(project):
+    """A new checkpoint with the old model.onnx: the old parity pass must not ship it."""
+    settings, layout = project
+    manifest = Manifest(layout.root, "simple_nn")
+    rec = manifest.records["checkpoint"]
+    layout.checkpoint.write_bytes(layout.checkpoint.read_bytes() + b" ")  # stands in for a retrain
+    manifest.record("checkpoint", layout.checkpoint, rec.stage, rec.inputs, rec.settings, rec.seconds, rec.details)
+    with pytest.raises(PipelineError, match="parity has not passed"):
+        package.run(Settings(root=settings.root, force=True))
+
+
 def test_tolerance_override_is_honoured(project):
     settings, layout = project
     _perturb_onnx_weights(layout, 1e-3)
