@@ -174,6 +174,7 @@ def _write_config(layout: Layout, folder: Path, auto_ports: bool,
     return path, ports
 
 
+_SOCKET_PATH_MAX = 107  # sun_path on Linux holds 108 bytes with the terminating NUL
 _LOG_PREFIX = re.compile(r"^\S+ \[\w+\s*\] \S+ (MODEL_LOG|MODEL_METRICS) - ")
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
 
@@ -207,6 +208,13 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0,
     if existing is not None and existing.processes():
         raise PipelineError(STAGE, f"a server for {spec.name} is already running (pid {existing.pid}) at {existing.inference}",
                             "use it, or stop it first: make stop")
+    # Workers listen on Unix sockets in tmp/ (.ts.sock.<port>, ports from 9000 up), and a
+    # socket path longer than 107 bytes kills each worker at start with no other clue.
+    longest = len(str(folder / "tmp" / ".ts.sock.65535"))
+    if longest > _SOCKET_PATH_MAX:
+        raise PipelineError(STAGE, f"the project folder's path is too long for TorchServe: worker sockets in "
+                            f"{folder / 'tmp'} would be {longest} bytes, over the {_SOCKET_PATH_MAX}-byte Unix socket limit",
+                            "run from a folder with a shorter path (or pass a shorter --root)")
     for stale in ("server.json", "key_file.json"):
         (folder / stale).unlink(missing_ok=True)
     (folder / "logs").mkdir(parents=True, exist_ok=True)

@@ -264,3 +264,13 @@ def test_missing_java_is_explained(built, monkeypatch):
     monkeypatch.setattr(serve.shutil, "which", lambda name: None)
     with pytest.raises(PipelineError, match="(?s)java was not found.*openjdk-17-jre-headless"):
         serve.start(settings)
+
+
+def test_too_long_project_path_is_refused_before_start(project):
+    """Worker sockets live under run/<model>/tmp; past 107 bytes every worker would die."""
+    settings, layout = project
+    deep = layout.root / ("d" * 60) / ("e" * 60)
+    shutil.copytree(layout.root, deep)
+    with pytest.raises(PipelineError, match="too long for TorchServe"):
+        serve.start(Settings(root=deep), auto_ports=True, timeout=30)
+    assert not (deep / "run" / "simple_nn" / "server.json").exists()
