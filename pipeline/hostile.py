@@ -65,7 +65,7 @@ def _attempt(kind: str, name: str, load: Callable[[], object], marker: Path | No
     return HostileCase(kind, name, refused, message, bool(marker and marker.exists()))
 
 
-def _re_record(project: Project, key: str) -> None:
+def vouch_for(project: Project, key: str) -> None:
     """Make the manifest vouch for the file now at `key`'s path, as an attacker would."""
     manifest = _manifest(project)
     rec = manifest.records[key]
@@ -90,10 +90,10 @@ def pickle_checkpoints(project: Project) -> list[HostileCase]:
     for name, write in writers.items():
         marker = project.root / f"{MARKER}-{len(cases)}"
         write(path, marker)
-        _re_record(project, "checkpoint")
+        vouch_for(project, "checkpoint")
         cases.append(_attempt("checkpoint", name, lambda: trace.run(project.settings), marker))
         path.write_bytes(good)
-        _re_record(project, "checkpoint")
+        vouch_for(project, "checkpoint")
     return cases
 
 
@@ -141,17 +141,17 @@ def onnx_external_data(project: Project) -> list[HostileCase]:
     cases = []
     for name, location in EXTERNAL_LOCATIONS.items():
         path.write_bytes(external_data_model(good, location))
-        _re_record(project, "onnx")
+        vouch_for(project, "onnx")
         cases.append(_attempt("onnx", name, lambda: parity.run(replace(project.settings, force=True))))
     path.write_bytes(good)
-    _re_record(project, "onnx")
+    vouch_for(project, "onnx")
     weights.unlink()
     return cases
 
 
 # --- archives ------------------------------------------------------------------------------
 
-def _rebuild(src: Path, dst: Path, edit: Callable[[list[tuple[zipfile.ZipInfo, bytes]]], list]) -> Path:
+def rebuild_archive(src: Path, dst: Path, edit: Callable[[list[tuple[zipfile.ZipInfo, bytes]]], list]) -> Path:
     with zipfile.ZipFile(src) as zin:
         members = [(info, zin.read(info)) for info in zin.infolist()]
     with warnings.catch_warnings():
@@ -162,22 +162,22 @@ def _rebuild(src: Path, dst: Path, edit: Callable[[list[tuple[zipfile.ZipInfo, b
     return dst
 
 
-def _add(name: str, data: bytes = b"print('owned')\n"):
+def add_member(name: str, data: bytes = b"print('owned')\n"):
     return lambda members: [*members, (zipfile.ZipInfo(name), data)]
 
 
-def _swap(name: str, make: Callable[[zipfile.ZipInfo, bytes], tuple[zipfile.ZipInfo, bytes]]):
+def replace_member(name: str, make: Callable[[zipfile.ZipInfo, bytes], tuple[zipfile.ZipInfo, bytes]]):
     return lambda members: [make(info, data) if info.filename == name else (info, data) for info, data in members]
 
 
-def _symlink(info: zipfile.ZipInfo, data: bytes) -> tuple[zipfile.ZipInfo, bytes]:
+def as_symlink(info: zipfile.ZipInfo, data: bytes) -> tuple[zipfile.ZipInfo, bytes]:
     link = zipfile.ZipInfo(info.filename)
     link.create_system = 3  # unix, so external_attr carries the file type
     link.external_attr = (stat.S_IFLNK | 0o777) << 16
     return link, b"/etc/passwd"
 
 
-def _bomb(info: zipfile.ZipInfo, data: bytes) -> tuple[zipfile.ZipInfo, bytes]:
+def as_zip_bomb(info: zipfile.ZipInfo, data: bytes) -> tuple[zipfile.ZipInfo, bytes]:
     bomb = zipfile.ZipInfo(info.filename)
     bomb.compress_type = zipfile.ZIP_DEFLATED
     return bomb, b"\0" * (64 << 20)  # 64 MiB that deflate to ~64 KiB
@@ -206,19 +206,19 @@ def archive_cases(project: Project, work: Path) -> list[HostileCase]:
     good_model = zipfile.ZipFile(mar).read(MODEL_NAME)
     external = external_data_model(good_model, "../../../etc/passwd")
     variants = {
-        "entry with ../ (../evil.py)": _add("../evil.py"),
-        "absolute entry (/tmp/evil.py)": _add("/tmp/evil.py"),
-        "backslash entry (..\\evil.py)": _add("..\\evil.py"),
-        "symlink entry (handler -> /etc/passwd)": _swap("onnx_handler.py", _symlink),
-        "duplicate entry (second model.onnx)": _add(MODEL_NAME, good_model),
-        "zip bomb (64 MiB of zeros as model.onnx)": _swap(MODEL_NAME, _bomb),
-        "unexpected extra member (notes.txt)": _add("notes.txt", b"hello"),
-        "model with external data inside the archive": _swap(MODEL_NAME, lambda i, d: (i, external)),
+        "entry with ../ (../evil.py)": add_member("../evil.py"),
+        "absolute entry (/tmp/evil.py)": add_member("/tmp/evil.py"),
+        "backslash entry (..\\evil.py)": add_member("..\\evil.py"),
+        "symlink entry (handler -> /etc/passwd)": replace_member("onnx_handler.py", as_symlink),
+        "duplicate entry (second model.onnx)": add_member(MODEL_NAME, good_model),
+        "zip bomb (64 MiB of zeros as model.onnx)": replace_member(MODEL_NAME, as_zip_bomb),
+        "unexpected extra member (notes.txt)": add_member("notes.txt", b"hello"),
+        "model with external data inside the archive": replace_member(MODEL_NAME, lambda i, d: (i, external)),
     }
     work.mkdir(parents=True, exist_ok=True)
     cases = []
     for i, (name, edit) in enumerate(variants.items()):
-        path = _rebuild(mar, work / f"hostile-{i}.mar", edit)
+        path = rebuild_archive(mar, work / f"hostile-{i}.mar", edit)
         cases.append(_attempt("mar", name, lambda: inspect_archive(path)))
     lying = _lie_about_size(shutil.copyfile(mar, work / "hostile-size.mar"), MODEL_NAME, 0xFFFF_FFF0)
     cases.append(_attempt("mar", "size header declaring 4 GiB for model.onnx", lambda: inspect_archive(lying)))
