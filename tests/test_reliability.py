@@ -1,7 +1,7 @@
 """Served faults against a real TorchServe, and the `make reliability` report.
 
-One server for the module; the tests run in file order, the ones that replace the
-worker or stop the server last.
+One server for the module; the tests run in file order, the stop under load last.
+The worker killed under load is tested in test_serve.py, on its server.
 """
 
 from __future__ import annotations
@@ -82,23 +82,6 @@ def test_soak_20000_requests_at_concurrency_16_without_errors(served, bodies):
     MEASUREMENTS.append(f"soak: {result.load['requests']} requests at c=16, {result.load['errors']} errors, "
                         f"{result.load['requests_per_s']:.0f}/s; server RSS {sf.rss_mib(result.rss_before):.0f} -> "
                         f"{sf.rss_mib(result.rss_after):.0f} MiB ({result.growth_pct:+.1f}%)")
-
-
-@pytest.mark.slow
-@needs_java
-def test_worker_killed_with_requests_in_flight(served, bodies):
-    _, info = served
-    answer = _f5(info)
-    result = sf.kill_worker_in_flight(info, bodies, (VALID, answer), concurrency=8, after_requests=1000)
-    assert result.new_pid != result.old_pid
-    # Only requests in flight fail (one per client at most), with TorchServe's 507 "worker died".
-    assert 0 < result.errors <= 8, result
-    assert set(result.error_status) <= {"500", "503", "507"}, result.error_status
-    assert result.after_requests >= 1000 and result.after_errors == 0
-    assert result.worker_ready_s < 60 and result.recovery_s < 60
-    MEASUREMENTS.append(f"worker SIGKILLed under load (c=8): {result.errors} in-flight errors {result.error_status} "
-                        f"of {result.requests}; answered again after {result.recovery_s:.2f} s, "
-                        f"then {result.after_requests} requests without error")
 
 
 @pytest.mark.slow
