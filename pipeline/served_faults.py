@@ -7,6 +7,7 @@ a record of what was sent, what failed and how long recovery took, which
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -253,6 +254,14 @@ class Probe:
     passed: bool
 
 
+def _answer(status: int, answer: bytes) -> str:
+    """`400 InvalidKeyException`: the status and TorchServe's error type, for the report."""
+    try:
+        return f"{status} {json.loads(answer).get('type', '')}".strip()
+    except (ValueError, AttributeError):
+        return f"{status} {answer[:40]!r}"
+
+
 def _refused(status: int, answer: bytes) -> bool:
     # TorchServe 0.12 answers a failed token check with 400 InvalidKeyException, not 401.
     return status in (400, 401, 403) and b"Token Authorization failed" in answer
@@ -298,10 +307,10 @@ def security_probes(info: ServerInfo) -> list[Probe]:
         for label, token in (("no token", None), ("a wrong token", "not-the-token")):
             status, answer = http(method, url, payload, token)
             probes.append(Probe(f"{api} with {label} is refused", "400/401 Token Authorization failed",
-                                f"{status} {answer[:60]!r}", _refused(status, answer)))
+                                _answer(status, answer), _refused(status, answer)))
     status, answer = http("GET", f"{info.management}/models", token=info.token("inference"))
     probes.append(Probe("management with the inference key is refused", "400/401 Token Authorization failed",
-                        f"{status}", _refused(status, answer)))
+                        _answer(status, answer), _refused(status, answer)))
 
     mgmt = info.token("management")
     status, _ = http("POST", f"{info.management}/models?url={info.model}.mar&model_name=again", token=mgmt)
