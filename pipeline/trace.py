@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 import warnings
 
@@ -93,8 +94,11 @@ def run(settings: Settings) -> StageResult:
             ) from None
     _refuse_value_branches(spec, caught)
     messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
-    with files.atomic_path(layout.torchscript) as tmp:
-        torch.jit.save(traced, str(tmp))
+    # Serialise in memory, then write atomically: torch.jit.save writing to a file
+    # aborts the whole process (SIGABRT) when the disk fills, instead of raising.
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    files.write_bytes(layout.torchscript, buffer.getvalue())
 
     # Load back what was written and run it once: a file that cannot be loaded fails here.
     reloaded = torch.jit.load(str(layout.torchscript))

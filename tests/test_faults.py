@@ -49,10 +49,7 @@ def test_timed_kill_halfway_through_training(fresh, built_root):
     assert case.artifact in ("previous", "new")
 
 
-DISK = [("train", "fresh"), ("export", "fresh"), ("package", "fresh"), ("package", "replace"),
-        pytest.param("trace", "fresh", marks=pytest.mark.xfail(
-            strict=True, reason="torch.jit.save aborts the process on a full disk (std::__ios_failure in a destructor); "
-                                "pipeline/trace.py must save to a buffer and write it with files.write_bytes"))]
+DISK = [("train", "fresh"), ("trace", "fresh"), ("export", "fresh"), ("package", "fresh"), ("package", "replace")]
 
 
 @pytest.mark.parametrize("stage, mode", DISK)
