@@ -44,7 +44,7 @@ def test_writes_three_reports(report):
     assert json.loads((folder / "latency.json").read_text()) == json.loads(json.dumps(result))
     assert (folder / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (folder / "latency.md").read_text()
-    for heading in ("## Environment", "## Targets", "speedup over eager", "## Cold start", "## Served", "tuned vs default"):
+    for heading in ("## Environment", "## Targets", "speedup over eager", "## Cold start", "## Served", "tuned vs default", "tuned-large-batch vs tuned"):
         assert heading in md
 
 
@@ -123,8 +123,10 @@ def test_served_sweep_on_real_torchserve(report):
             assert metrics["handler_per_batch"]["n"] > 0
     sources = {c["name"]: c["runs"][0]["torchserve_metrics"]["source"] for c in served["configs"]}
     assert sources["default"].startswith("metrics logs") and sources["tuned"].startswith("metrics API")
+    changes = {c["name"]: c["changes"] for c in served["configs"]}
+    assert changes["tuned"] == {"archive": {}, "server": {}}  # exactly what the project ships
     sc = {c["name"]: c["server_config"] for c in served["configs"]}
-    assert sc["unbatched"]["batchSize"] == 1 and sc["tuned"]["batchSize"] == 32
+    assert sc["default"]["batchSize"] == 1 and sc["tuned"]["batchSize"] == 8 and sc["tuned-large-batch"]["batchSize"] == 32
     assert [(c["base"], c["other"]) for c in served["comparisons"]] == list(bench_served.COMPARISONS)
 
 
