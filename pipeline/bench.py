@@ -270,7 +270,7 @@ def targets(records: list[dict], served: dict | None) -> list[dict]:
         out.append({"target": "CPU batch 1: ONNX Runtime ≥ 2× faster than eager at p50", "value": eager["p50_ms"] / ort["p50_ms"],
                     "goal": 2.0, "met": eager["p50_ms"] / ort["p50_ms"] >= 2.0})
     if ort and floor:
-        out.append({"target": "CPU batch 1: ONNX Runtime within 1.5× of its floor at p50", "value": ort["p50_ms"] / floor["p50_ms"],
+        out.append({"target": "CPU batch 1: ONNX Runtime within 1.5× of its floor at p50 (an overhead target: a model with real compute sits far above its floor)", "value": ort["p50_ms"] / floor["p50_ms"],
                     "goal": 1.5, "met": ort["p50_ms"] / floor["p50_ms"] <= 1.5, "lower_is_better": True})
     ort, eager = index.get(("cuda", 1, "onnxruntime")), index.get(("cuda", 1, "eager"))
     if ort and eager:

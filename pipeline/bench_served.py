@@ -131,7 +131,7 @@ class PrometheusWindow:
         total, queue = delta("ts_inference_latency_microseconds") / 1e3, delta("ts_queue_latency_microseconds") / 1e3
         mean = (lambda v: {"n": n, "mean_ms": v / n}) if n else (lambda v: {"n": 0})
         handler = end.get("PredictionTime")
-        return {"source": "metrics API counters, means", "frontend_total": mean(total), "queue": mean(queue),
+        return {"source": "metrics API counters (queue and total are means over the run; handler time is the last batch's)", "frontend_total": mean(total), "queue": mean(queue),
                 "handler_per_batch": {"n": 1, "last_ms": handler} if handler is not None else {"n": 0},
                 "queue_share_of_total": _share(queue, total) if n else None}
 
