@@ -117,8 +117,9 @@ def _disk_full(path: Path, why: str) -> DiskFullError:
 def _check_room(path: Path) -> None:
     """Refuse up front a write that cannot fit: no free block, or a file-size limit below the old file's size.
 
-    Some writers (torch.jit.save) abort the whole process when the disk fills
-    mid-write instead of raising, so the obvious cases are caught before they start.
+    Some writers abort the whole process when the disk fills mid-write instead of
+    raising (torch.jit.save to a file name does; the trace stage serialises in memory
+    for that reason), so the obvious cases are caught before they start.
     """
     needed = max(path.stat().st_size if path.exists() else 0, 1)
     stat = os.statvfs(path.parent)
@@ -134,7 +135,7 @@ def _check_room(path: Path) -> None:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and move it into place.
 
-    For libraries that insist on writing a file by name (torch.jit.save, ONNX, zip).
+    For libraries that insist on writing a file by name (ONNX, safetensors, zip).
     On any exception the temporary file is removed and `path` is left untouched; an
     exception that means the disk is full becomes a `DiskFullError` naming `path`.
     """
