@@ -148,20 +148,22 @@ def ort_cudagraph_engine(path: Path, spec_inputs: list[str], threads: int) -> En
         if session.get_providers()[0] != "CUDAExecutionProvider":
             raise PipelineError("bench", f"CUDA graphs session runs on {session.get_providers()}", "check the CUDA libraries")
         arrays = {n: np.ascontiguousarray(feed[n]) for n in spec_inputs}
-        shapes = [o.shape for o in session.run(None, arrays)]  # first run captures the graph
-        outs = [o.name for o in session.get_outputs()]
+        # A captured graph replays fixed addresses: outputs must be preallocated, so
+        # their shapes and dtypes come from one run on the CPU provider first.
+        cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outs = [o.name for o in cpu.get_outputs()]
+        expected = cpu.run(outs, arrays)
         binding = session.io_binding()
         keep = []
         for n in spec_inputs:
             value = ort.OrtValue.ortvalue_from_numpy(arrays[n], "cuda", 0)
             keep.append(value)
             binding.bind_ortvalue_input(n, value)
-        for out, shape, meta in zip(outs, shapes, session.get_outputs()):
-            dtype = np.float32 if meta.type == "tensor(float)" else np.int64
-            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", 0)
+        for out, ref in zip(outs, expected):
+            value = ort.OrtValue.ortvalue_from_shape_and_type(list(ref.shape), ref.dtype, "cuda", 0)
             keep.append(value)
             binding.bind_ortvalue_output(out, value)
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)  # the first run captures the graph
 
         def call():
             session.run_with_iobinding(binding)
