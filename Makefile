@@ -50,4 +50,4 @@ bench: $(STAMP)
 	$(PY) -m pipeline bench --model $(MODEL) $(BENCH_ARGS)
 
 reliability: $(STAMP)
-	$(PY) -m pipeline.reliability $(RELIABILITY_ARGS)
+	$(PY) -m pipeline reliability $(RELIABILITY_ARGS)

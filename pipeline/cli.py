@@ -1,25 +1,33 @@
-"""Command line: `python -m pipeline <stage> [--model NAME|PATH] [--force]`.
+"""Command line: `python -m pipeline <command> [options]`; `python -m pipeline <command> --help`.
 
-Stages: train, trace, export, parity, package; `all` runs them in order and prints
-a one-screen summary.
+Stages: train, trace, export, parity, package; `all` runs them in order and prints a
+one-screen summary. serve / stop / token run the TorchServe endpoint; bench writes the
+latency report; reliability runs the fault harness. Each command takes only its own options.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
-from . import export, package, parity, trace, train
-from .errors import PipelineError
-from .stage import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings, StageResult
+from pipeline.errors import PipelineError
+from pipeline.settings import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings, StageResult
 
-STAGES = {"train": train.run, "trace": trace.run, "export": export.run, "parity": parity.run, "package": package.run}
-SERVER_COMMANDS = ("serve", "stop", "token")
-# `bench` has options of its own: python -m pipeline bench --help
-OWN_PARSER = ("bench",)
+STAGE_NAMES = ("train", "trace", "export", "parity", "package")
+STAGE_HELP = {
+    "train": "fit the model (or load its weights) and write the checkpoint",
+    "trace": "trace the model to TorchScript and check the trace",
+    "export": "export the model to ONNX with its dynamic axes",
+    "parity": "the gate: TorchScript and ONNX Runtime against eager PyTorch",
+    "package": "build model_store/<model>.mar from the verified ONNX file",
+    "all": "every stage in order, skipping what is up to date",
+}
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -32,25 +40,55 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=[*STAGES, "all", *SERVER_COMMANDS, *OWN_PARSER],
-                   help="a stage, all of them, serve / stop / token for the TorchServe endpoint, "
-                        "or bench for the latency report (see python -m pipeline bench --help)")
+def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
     p.add_argument("--root", type=Path, default=Path("."), help="project folder holding artifacts/, reports/, model_store/ (default: .)")
+
+
+def _stage_options(p: argparse.ArgumentParser, name: str) -> None:
+    _model_options(p)
     p.add_argument("--force", action="store_true", help="redo the stage(s) even when inputs and settings are unchanged")
-    p.add_argument("--seed", type=int, default=0, help="seed for training and sample inputs (default: 0)")
-    p.add_argument("--atol", type=float, help="parity absolute tolerance (default: the model's)")
-    p.add_argument("--rtol", type=float, help="parity relative tolerance (default: the model's)")
-    p.add_argument("--parity-batch-sizes", type=_batch_sizes, default=PARITY_BATCH_SIZES,
-                   help="batch sizes parity checks (default: %(default)s)")
-    p.add_argument("--ports", choices=["config", "auto"], default="config",
-                   help="serve: ports from config/torchserve.properties, or free ones picked at start (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=120.0, help="serve: seconds to wait for READY workers (default: %(default)s)")
-    p.add_argument("--kind", choices=["inference", "management"], default="inference", help="token: which key to print")
-    return p
+    if name in ("train", "all"):
+        p.add_argument("--seed", type=int, default=0, help="seed for training and sample inputs (default: 0)")
+    if name in ("parity", "package", "all"):
+        p.add_argument("--cuda-precision", choices=["fp32", "tf32"],
+                       help="CUDA precision to verify and serve: fp32 (exact, ONNX Runtime's TF32 off) or tf32 "
+                            "(needs the spec's tf32_tolerance) (default: the model's, fp32 unless it says tf32)")
+    if name in ("parity", "all"):
+        p.add_argument("--atol", type=float, help="parity absolute tolerance (default: the model's)")
+        p.add_argument("--rtol", type=float, help="parity relative tolerance (default: the model's)")
+        p.add_argument("--parity-batch-sizes", type=_batch_sizes, default=PARITY_BATCH_SIZES,
+                       help="batch sizes parity checks (default: %(default)s)")
+
+
+def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line and each command's own parser."""
+    from pipeline.bench import latency
+    from pipeline.reliability import suite
+
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = p.add_subparsers(dest="command", required=True, metavar="command")
+    for name in (*STAGE_NAMES, "all"):
+        _stage_options(commands.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name]), name)
+
+    serve = commands.add_parser("serve", help="start TorchServe with the model's archive and wait for READY workers")
+    _model_options(serve)
+    serve.add_argument("--ports", choices=["config", "auto"], default="config",
+                       help="ports from the shipped torchserve.properties, or free ones picked at start (default: %(default)s)")
+    serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for READY workers (default: %(default)s)")
+    _model_options(commands.add_parser("stop", help="stop the model's TorchServe and every process it started"))
+    token = commands.add_parser("token", help="print the running server's token")
+    _model_options(token)
+    token.add_argument("--kind", choices=["inference", "management"], default="inference", help="which key to print")
+
+    bench = commands.add_parser("bench", help="latency report: eager vs TorchScript vs ONNX Runtime, and the served endpoint",
+                                description=latency.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    latency.add_arguments(bench)
+    reliability = commands.add_parser("reliability", help="faults, hostile input and load -> reports/reliability.md",
+                                      description=suite.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    suite.add_arguments(reliability)
+    return p, commands.choices
 
 
 def _line(result: StageResult) -> str:
@@ -59,60 +97,100 @@ def _line(result: StageResult) -> str:
     return f"  {mark} {result.stage:<8} {verb:<14} {result.summary}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "bench":
-        from . import bench
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse; an option the command does not take exits 2 with that command's own usage."""
+    p, commands = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
-        return bench.main(argv[1:])
-    args = parser().parse_args(argv)
-    settings = Settings(model=args.model, root=args.root, force=args.force, seed=args.seed, atol=args.atol,
-                        rtol=args.rtol, parity_batch_sizes=args.parity_batch_sizes)
-    if args.stage in SERVER_COMMANDS:
-        try:
-            return server_command(args, settings)
-        except PipelineError as exc:
-            print(f"\nerror: {exc}", file=sys.stderr)
-            return 1
-    names = list(STAGES) if args.stage == "all" else [args.stage]
-    start = time.perf_counter()
-    results: list[StageResult] = []
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "serve": serve_command, "stop": stop_command, "token": token_command,
+        "bench": _bench, "reliability": _reliability,
+    }
     try:
-        for name in names:
-            result = STAGES[name](settings)
-            results.append(result)
-            print(_line(result), flush=True)
+        if args.command in commands:
+            return commands[args.command](args)
+        return stages_command(args)
     except PipelineError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted; finished artifacts are kept, unfinished ones were not written", file=sys.stderr)
         return 130
-    if args.stage == "all":
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import latency
+
+    return latency.main(args)
+
+
+def _reliability(args: argparse.Namespace) -> int:
+    from pipeline.reliability import suite
+
+    return suite.main(args)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The run's settings from whichever of them this command takes."""
+    return Settings(model=args.model, root=args.root, force=getattr(args, "force", False), seed=getattr(args, "seed", 0),
+                    atol=getattr(args, "atol", None), rtol=getattr(args, "rtol", None),
+                    parity_batch_sizes=getattr(args, "parity_batch_sizes", PARITY_BATCH_SIZES),
+                    cuda_precision=getattr(args, "cuda_precision", None))
+
+
+def stages_command(args: argparse.Namespace) -> int:
+    from pipeline.stages import STAGES
+
+    settings = settings_from(args)
+    names = list(STAGES) if args.command == "all" else [args.command]
+    start = time.perf_counter()
+    results: list[StageResult] = []
+    for name in names:
+        result = STAGES[name](settings)
+        results.append(result)
+        print(_line(result), flush=True)
+    if args.command == "all":
         print(summary(results, settings, time.perf_counter() - start))
     return 0
 
 
-def server_command(args, settings: Settings) -> int:
-    import json
-    import shlex
+def stop_command(args: argparse.Namespace) -> int:
+    from pipeline.serving import server
+    from pipeline.settings import resolve
 
-    from . import serve
-    from .stage import resolve
+    settings = settings_from(args)
+    spec, _ = resolve(settings)
+    stopped = server.stop(settings)
+    print(f"stopped the {spec.name} server" if stopped else f"no {spec.name} server was running")
+    return 0
 
-    spec, layout = resolve(settings)
-    if args.stage == "stop":
-        stopped = serve.stop(settings)
-        print(f"stopped the {spec.name} server" if stopped else f"no {spec.name} server was running")
-        return 0
-    if args.stage == "token":
-        info = serve.load_info(layout)
-        if info is None or not info.key_file.exists():
-            print(f"error: no {spec.name} server is running; start one with make serve", file=sys.stderr)
-            return 1
-        print(info.token(args.kind))
-        return 0
-    info = serve.start(settings, auto_ports=args.ports == "auto", timeout=args.timeout)
+
+def token_command(args: argparse.Namespace) -> int:
+    from pipeline.serving import server
+    from pipeline.settings import resolve
+
+    spec, layout = resolve(settings_from(args))
+    info = server.load_info(layout)
+    if info is None or not info.key_file.exists():
+        print(f"error: no {spec.name} server is running; start one with make serve", file=sys.stderr)
+        return 1
+    print(info.token(args.kind))
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from pipeline.serving import server
+    from pipeline.settings import resolve
+
+    settings = settings_from(args)
+    spec, _ = resolve(settings)
+    info = server.start(settings, auto_ports=args.ports == "auto", timeout=args.timeout)
     workers = info.workers()
 
     def rel(path) -> str:
@@ -133,23 +211,25 @@ def server_command(args, settings: Settings) -> int:
 
 
 def summary(results: list[StageResult], settings: Settings, seconds: float) -> str:
-    from .manifest import Manifest
-    from .stage import resolve
+    from pipeline.artifacts.manifest import Manifest
+    from pipeline.artifacts.names import MAR, PARITY
+    from pipeline.settings import resolve
 
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
     ran = [r.stage for r in results if not r.skipped]
     skipped = [r.stage for r in results if r.skipped]
-    worst = manifest.records["parity"].details["worst"]
-    tol = manifest.records["parity"].settings
-    mar = manifest.records["mar"]
+    parity = manifest.records[PARITY]
+    worst = parity.details["worst"]
+    tol = parity.settings
+    mar = manifest.records[MAR]
     lines = [
         "",
         f"{spec.name}: done in {seconds:.1f}s — ran {len(ran)} stage(s){': ' + ', '.join(ran) if ran else ''}"
         f"{'; skipped (up to date) ' + ', '.join(skipped) if skipped else ''}",
         f"  parity   PASS; worst {worst['engine']} '{worst['output']}' at {worst['case']}: max abs {worst['max_abs']:.3g}, "
         f"max rel {worst['max_rel']:.3g} vs atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want| ({worst['tolerance_used']:.2g}× the bound)",
-        f"  archive  {mar.path} ({mar.bytes / 1024:.1f} KiB)",
+        f"  archive  {mar.path} ({mar.bytes / 1024:.1f} KiB), CUDA precision {tol.get('cuda_precision', 'fp32')}",
         f"  reports  {layout.reports.relative_to(layout.root)}/parity.md, manifest {manifest.path.relative_to(layout.root)}",
     ]
     if skipped and not ran:

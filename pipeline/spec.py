@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .errors import SpecError
+from pipeline.errors import SpecError
 
 # A tensor dimension is either a fixed size or the name of a dynamic axis.
 Dim = int | str
@@ -100,19 +100,24 @@ class ModelSpec:
     # pass, e.g. other sizes of a dynamic axis such as a sequence length of 1.
     parity_cases: Callable[[np.random.Generator], Mapping[str, Feed]] | None = None
     tolerance: Tolerance = Tolerance()
+    # CUDA precision served and verified: "fp32" (exact; ONNX Runtime's TF32 off) or "tf32"
+    # (faster MatMul/Gemm/Conv on Ampere and newer, ~1e-3 error), which needs tf32_tolerance.
+    cuda_precision: str = "fp32"
+    tf32_tolerance: Tolerance | None = None
     # Largest number of rows one HTTP request may carry (the handler enforces it).
     max_rows_per_request: int = 4096
     # A request body users can paste to try the endpoint.
     example_request: Mapping[str, Any] | None = None
     source: Path | None = field(default=None, compare=False)
 
-    def contract(self) -> dict[str, Any]:
+    def contract(self, cuda_precision: str | None = None) -> dict[str, Any]:
         """The I/O contract the handler reads from inside the archive."""
         contract = {
             "model": self.name,
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "max_rows_per_request": self.max_rows_per_request,
+            "cuda_precision": cuda_precision or self.cuda_precision,
         }
         if self.example_request is not None:
             contract["example_request"] = dict(self.example_request)
@@ -228,6 +233,14 @@ def _validate(spec: Any, where: str) -> ModelSpec:
     if not isinstance(spec.tolerance, Tolerance):
         raise SpecError("model", f"{where}: tolerance is {spec.tolerance!r}, not a Tolerance",
                         "write tolerance=Tolerance(atol=1e-5, rtol=1e-4)")
+    if spec.cuda_precision not in ("fp32", "tf32"):
+        raise SpecError("model", f"{where}: cuda_precision is {spec.cuda_precision!r}", "use 'fp32' (exact) or 'tf32'")
+    if spec.tf32_tolerance is not None and not isinstance(spec.tf32_tolerance, Tolerance):
+        raise SpecError("model", f"{where}: tf32_tolerance is {spec.tf32_tolerance!r}, not a Tolerance",
+                        "write tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2), or leave it out")
+    if spec.cuda_precision == "tf32" and spec.tf32_tolerance is None:
+        raise SpecError("model", f"{where}: cuda_precision is 'tf32' but no tf32_tolerance is declared",
+                        "declare the error TF32 may make, e.g. tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2)")
     if not isinstance(spec.max_rows_per_request, int) or spec.max_rows_per_request < 1:
         raise SpecError("model", f"{where}: max_rows_per_request is {spec.max_rows_per_request!r}", "use a positive int such as 4096")
     return spec

@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
-from pipeline.stage import Layout, Settings
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run_all(settings: Settings) -> list:
-    return [stage(settings) for stage in cli.STAGES.values()]
+from pipeline.settings import Layout, Settings
+from pipeline.stages import run_all
+from tests.helpers import MEASUREMENTS
 
 
 @pytest.fixture(scope="session")
@@ -36,10 +31,6 @@ def project(built_root, tmp_path) -> tuple[Settings, Layout]:
 @pytest.fixture
 def built(built_root) -> tuple[Settings, Layout]:
     return Settings(root=built_root), Layout(built_root.resolve(), "simple_nn")
-
-
-# Figures measured by tests (restart time, latency ratios), printed after the run.
-MEASUREMENTS: list[str] = []
 
 
 def pytest_terminal_summary(terminalreporter):

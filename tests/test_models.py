@@ -19,13 +19,15 @@ import onnx
 import pytest
 import torch
 
-from pipeline import checkpoint, files, serve
-from pipeline.manifest import Manifest
-from pipeline.package import CONTRACT_NAME
+from pipeline.artifacts import checkpoint
+from pipeline.artifacts import files
+from pipeline.serving import server as serve
+from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.spec import load_spec
-from pipeline.stage import Layout, Settings
-from tests.conftest import run_all
-from tests.test_handler import FakeContext
+from pipeline.settings import Layout, Settings
+from pipeline.stages import run_all
+from tests.helpers import archive_handler
 
 MODELS = ["simple_nn", "digits_cnn", "store_demand", "seq_encoder"]
 SERVED = ["digits_cnn", "store_demand", "seq_encoder"]
@@ -100,7 +102,7 @@ def test_chain_writes_verified_artifacts_with_the_declared_contract(chain):
             assert dims[axis].dim_param, f"{t.name} axis {axis} is fixed"
         assert onnx.helper.tensor_dtype_to_np_dtype(values[t.name].type.tensor_type.elem_type) == np.dtype(t.dtype)
     with zipfile.ZipFile(layout.mar) as zf:
-        assert json.loads(zf.read(CONTRACT_NAME)) == spec.contract()
+        assert json.loads(zf.read(ARCHIVE_CONTRACT)) == spec.contract()
 
 
 @pytest.mark.slow
@@ -134,23 +136,11 @@ def test_cnn_held_out_accuracy_is_in_the_manifest(chains):
     assert metrics["held_out_images"] >= 300
 
 
-def archive_handler(layout: Layout, folder):
-    """The handler module from the model's archive, initialised with a fake context, and that context."""
-    with zipfile.ZipFile(layout.mar) as zf:
-        zf.extractall(folder)
-    module_spec = importlib.util.spec_from_file_location(f"handler_{layout.model}", folder / "onnx_handler.py")
-    handler = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(handler)
-    ctx = FakeContext(folder)
-    handler.handle(None, ctx)
-    return handler, ctx
-
-
 @pytest.mark.slow
 def test_archive_handler_answers_the_example_request(chain, tmp_path):
     """The handler from the archive, in-process: example request in, eager's answer out."""
     spec, _, layout = chain
-    handler, ctx = archive_handler(layout, tmp_path)
+    handler, ctx = archive_handler(layout.mar, tmp_path)
     [raw] = handler.handle([{"body": json.dumps(spec.example_request).encode()}], ctx)
     assert ctx.status.get(0, (200,))[0] == 200, raw
     assert_answer(spec, json.loads(raw), eager_outputs(spec, layout, request_feed(spec, spec.example_request)), single=True)
@@ -164,7 +154,7 @@ def test_handler_batch_mixing_sequence_lengths_and_a_bad_request(chains, tmp_pat
     """One TorchServe batch with lengths 3, 1, 3 and 5 and a bad request: each answered on its own."""
     spec = load_spec("seq_encoder")
     _, layout = chains("seq_encoder")
-    handler, ctx = archive_handler(layout, tmp_path)
+    handler, ctx = archive_handler(layout.mar, tmp_path)
     rng = np.random.default_rng(9)
     feeds = [rng.integers(0, 10, size=(b, n)).astype(np.int64) for b, n in ((2, 3), (1, 1), (1, 3), (4, 5))]
     bodies = [{"tokens": f.tolist()} for f in feeds]

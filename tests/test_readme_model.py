@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from pipeline import serve
+from pipeline.serving import server as serve
 from pipeline.spec import load_spec
-from pipeline.stage import Settings
-from tests.conftest import REPO
+from pipeline.settings import Settings
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,1 @@
+"""TorchServe entry modules that archives ship; the logic is in pipeline.serving."""

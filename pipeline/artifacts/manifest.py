@@ -1,0 +1,174 @@
+"""`artifacts/<model>/manifest.json`: what made each artifact, from what, and its hash.
+
+Stages read their inputs through `Manifest.verified`, which checks the file's sha256
+against the record before anything parses it, and decide whether to skip with
+`Manifest.is_fresh`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import files
+from pipeline.artifacts.environment import fingerprint
+from pipeline.errors import IntegrityError
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """One artifact: where it is (relative to the project root) and how it was made."""
+
+    path: str
+    stage: str
+    sha256: str
+    bytes: int
+    inputs: dict[str, str]
+    settings: dict[str, Any]
+    seconds: float
+    created: str
+    environment: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Manifest:
+    """The manifest of one model's artifacts; every change is written atomically."""
+
+    def __init__(self, root: Path, model: str):
+        self.root = Path(root)
+        self.model = model
+        self.path = self.root / "artifacts" / model / "manifest.json"
+        self.records: dict[str, ArtifactRecord] = {}
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text())
+            self.records = {key: ArtifactRecord(**rec) for key, rec in data["artifacts"].items()}
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise IntegrityError(
+                "manifest",
+                f"{self.path} is not a readable manifest ({exc})",
+                f"remove it and rebuild: rm {self.path} && make export MODEL={self.model}",
+            ) from None
+
+    def record(
+        self,
+        key: str,
+        path: Path,
+        stage: str,
+        inputs: dict[str, str],
+        settings: dict[str, Any],
+        seconds: float,
+        details: dict[str, Any] | None = None,
+    ) -> ArtifactRecord:
+        """Hash `path` and record it under `key`, replacing any earlier record."""
+        path = Path(path)
+        rec = ArtifactRecord(
+            path=str(path.resolve().relative_to(self.root.resolve())),
+            stage=stage,
+            sha256=files.sha256_file(path),
+            bytes=path.stat().st_size,
+            inputs=dict(inputs),
+            settings=_jsonable(settings),
+            seconds=round(seconds, 3),
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            environment=fingerprint(),
+            details=_jsonable(details or {}),
+        )
+        self.records[key] = rec
+        self.save()
+        return rec
+
+    def forget(self, key: str) -> None:
+        if self.records.pop(key, None) is not None:
+            self.save()
+
+    def save(self) -> None:
+        files.write_json(
+            self.path,
+            {
+                "format": FORMAT,
+                "model": self.model,
+                "artifacts": {key: asdict(rec) for key, rec in self.records.items()},
+            },
+        )
+
+    def verified(self, key: str, stage: str) -> tuple[Path, ArtifactRecord]:
+        """The path of artifact `key` after checking its hash; refuses a mismatch.
+
+        `stage` is the stage asking, for the error message.
+        """
+        rec = self.records.get(key)
+        if rec is None:
+            raise IntegrityError(
+                stage,
+                f"{self.model}: no {key} recorded in {self._rel(self.path)}; its stage has not run",
+                f"run the earlier stages first: make export MODEL={self.model}",
+            )
+        path = self.root / rec.path
+        # A link (or a recorded path with `..`) would let the hash vouch for a file
+        # outside the project that someone else controls.
+        if path.is_symlink() or not path.resolve().is_relative_to(self.root.resolve()):
+            raise IntegrityError(
+                stage,
+                f"{rec.path} is a symbolic link or lies outside {self.root}; refusing to follow it",
+                f"remove it and rebuild it: rm {path} && python -m pipeline {rec.stage} --model {self.model} --force",
+            )
+        if not path.exists():
+            raise IntegrityError(
+                stage,
+                f"{rec.path} is missing (recorded by the {rec.stage} stage)",
+                f"rebuild it: python -m pipeline {rec.stage} --model {self.model} --force",
+            )
+        size = path.stat().st_size
+        digest = files.sha256_file(path)
+        if digest != rec.sha256 or size != rec.bytes:
+            raise IntegrityError(
+                stage,
+                f"{rec.path} does not match the manifest: sha256 {digest[:12]}… ({size} bytes), "
+                f"recorded {rec.sha256[:12]}… ({rec.bytes} bytes). It was changed, truncated or "
+                f"corrupted after the {rec.stage} stage wrote it; refusing to load it",
+                f"rebuild it: python -m pipeline {rec.stage} --model {self.model} --force",
+            )
+        return path, rec
+
+    def is_fresh(self, key: str, inputs: dict[str, str], settings: dict[str, Any]) -> tuple[bool, str]:
+        """Whether artifact `key` exists intact and was made from these inputs and settings.
+
+        Every stage asks this first, so it also clears what a killed earlier run left
+        in the artifact's folder (temporary files of dead processes).
+        """
+        rec = self.records.get(key)
+        files.sweep_stale(self.path.parent)
+        if rec is not None:
+            files.sweep_stale((self.root / rec.path).parent)
+        if rec is None:
+            return False, "not built yet"
+        path = self.root / rec.path
+        if not path.exists():
+            return False, f"{rec.path} is missing"
+        if path.stat().st_size != rec.bytes or files.sha256_file(path) != rec.sha256:
+            return False, f"{rec.path} changed since it was written"
+        if rec.inputs != inputs:
+            return False, "its inputs changed"
+        if rec.settings != _jsonable(settings):
+            return False, "its settings changed"
+        return True, "inputs and settings unchanged"
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Round-trip through JSON so stored and freshly computed settings compare equal."""
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,326 @@
+"""The engines the benchmark times, each reduced to one zero-argument call.
+
+`Engine.bind(feed)` puts the inputs where the engine wants them (torch tensors on the
+device, ONNX Runtime OrtValues bound to an IO binding) and returns a call that runs
+one inference and returns when its result is ready, so the timer measures inference
+and nothing else, the same way for every engine. GPU calls synchronise the device
+before returning. Each engine names its floor: the same API running an identity
+model, i.e. the per-call cost of the runtime itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.runtimes.session import SessionConfig, create_session
+from pipeline.spec import ModelSpec
+
+# Engines a user can ask for with --engines, in report order.
+ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run", "torch.compile", "onnxruntime-cudagraph",
+           "torch-cudagraph", "torch.compile-cudagraphs")
+DEFAULT_ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run", "torch.compile")
+# The CUDA-graph engines: ONNX Runtime's, and its fair PyTorch peers (--cuda-graph adds all three).
+CUDA_GRAPH_ENGINES = ("onnxruntime-cudagraph", "torch-cudagraph", "torch.compile-cudagraphs")
+# Where each engine can exist; any other pairing is skipped with its reason, not failed.
+CUDA_ONLY = {name: "CUDA graphs exist only on CUDA" for name in CUDA_GRAPH_ENGINES}
+FLOOR_OF = {
+    "eager": "floor:eager",
+    "torch.compile": "floor:eager",
+    "torchscript": "floor:torchscript",
+    "onnxruntime": "floor:onnxruntime",
+    "onnxruntime-cudagraph": "floor:onnxruntime",
+    "onnxruntime-run": "floor:onnxruntime-run",
+    "torch-cudagraph": "floor:eager",
+    "torch.compile-cudagraphs": "floor:eager",
+}
+DESCRIPTION = {
+    "eager": "eager PyTorch, module(*tensors) under torch.inference_mode",
+    "torchscript": "torch.jit.trace module (model.ts) under torch.inference_mode",
+    "onnxruntime": "ONNX Runtime, inputs pre-bound as OrtValues on the device (IO binding), run_with_iobinding",
+    "onnxruntime-run": "ONNX Runtime, plain session.run with numpy arrays (copies in and out)",
+    "torch.compile": "torch.compile(model) (inductor), compiled during warm-up",
+    "onnxruntime-cudagraph": "ONNX Runtime CUDA provider with enable_cuda_graph, fixed buffers (one session per batch size)",
+    "torch-cudagraph": "eager PyTorch captured once per batch size in a torch.cuda.CUDAGraph, replayed on static inputs",
+    "torch.compile-cudagraphs": "torch.compile(mode=\"reduce-overhead\") (inductor + CUDA graphs), compiled during warm-up",
+    "floor:eager": "nn.Identity through the eager call path: torch's per-call overhead",
+    "floor:torchscript": "scripted identity through TorchScript: its per-call overhead",
+    "floor:onnxruntime": "identity ONNX graph through the same IO binding calls: ORT's per-call overhead",
+    "floor:onnxruntime-run": "identity ONNX graph through session.run: ORT's per-call overhead with copies",
+}
+
+
+@dataclass
+class Engine:
+    """A loaded engine: `bind(feed)` returns the call the timer runs."""
+
+    name: str
+    device: str
+    provider: str
+    bind: Callable[[dict[str, np.ndarray]], Callable[[], Any]]
+    floor: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _sync(device: str) -> Callable[[], None]:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def torch_engine(name: str, module, spec: ModelSpec, device: str) -> Engine:
+    """Eager, TorchScript or compiled module; inputs become tensors on the device up front."""
+    import torch
+
+    module = module.to(device)
+    sync = _sync(device)
+
+    def bind(feed):
+        args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])).to(device) for t in spec.inputs]
+        sync()
+
+        def call():
+            with torch.inference_mode():
+                out = module(*args)
+            sync()
+            return out
+
+        return call
+
+    provider = f"torch {device}" + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else "")
+    return Engine(name, device, provider, bind, FLOOR_OF.get(name))
+
+
+def ort_iobinding_engine(name: str, session, spec_inputs: list[str], device: str) -> Engine:
+    """ONNX Runtime with IO binding: inputs live as OrtValues on the device, outputs are allocated there."""
+    import onnxruntime as ort
+
+    ort_device = "cuda" if device == "cuda" else "cpu"
+    sync = _sync(device)
+    outputs = [o.name for o in session.get_outputs()]
+
+    def bind(feed):
+        binding = session.io_binding()
+        values = []
+        for name_ in spec_inputs:
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feed[name_]), ort_device, 0)
+            values.append(value)  # keep alive for the binding's lifetime
+            binding.bind_ortvalue_input(name_, value)
+        for out in outputs:
+            binding.bind_output(out, ort_device, 0)
+
+        def call():
+            session.run_with_iobinding(binding)
+            sync()
+            return values
+
+        return call
+
+    return Engine(name, device, session.get_providers()[0], bind, FLOOR_OF.get(name))
+
+
+def ort_run_engine(name: str, session, spec_inputs: list[str], device: str) -> Engine:
+    """ONNX Runtime's plain numpy API: what most code calls (on CUDA it copies in and out each call)."""
+    outputs = [o.name for o in session.get_outputs()]
+
+    def bind(feed):
+        arrays = {n: np.ascontiguousarray(feed[n]) for n in spec_inputs}
+        return lambda: session.run(outputs, arrays)
+
+    return Engine(name, device, session.get_providers()[0], bind, FLOOR_OF.get(name))
+
+
+def ort_cudagraph_engine(path: Path, spec_inputs: list[str], config: SessionConfig) -> Engine:
+    """CUDA graphs capture one shape with fixed buffers, so each batch size gets its own session."""
+    import onnxruntime as ort
+    import torch
+
+    graph_config = replace(config, device="cuda", cuda_graph=True)
+
+    def bind(feed):
+        session = create_session(path, graph_config)
+        arrays = {n: np.ascontiguousarray(feed[n]) for n in spec_inputs}
+        # A captured graph replays fixed addresses: outputs must be preallocated, so
+        # their shapes and dtypes come from one run on the CPU provider first.
+        cpu = create_session(path, SessionConfig("cpu"))
+        outs = [o.name for o in cpu.get_outputs()]
+        expected = cpu.run(outs, arrays)
+        binding = session.io_binding()
+        keep = []
+        for n in spec_inputs:
+            value = ort.OrtValue.ortvalue_from_numpy(arrays[n], "cuda", 0)
+            keep.append(value)
+            binding.bind_ortvalue_input(n, value)
+        for out, ref in zip(outs, expected):
+            value = ort.OrtValue.ortvalue_from_shape_and_type(list(ref.shape), ref.dtype, "cuda", 0)
+            keep.append(value)
+            binding.bind_ortvalue_output(out, value)
+        session.run_with_iobinding(binding)  # the first run captures the graph
+
+        def call():
+            session.run_with_iobinding(binding)
+            torch.cuda.synchronize()
+            return keep
+
+        return call
+
+    return Engine("onnxruntime-cudagraph", "cuda", "CUDAExecutionProvider (CUDA graphs)", bind,
+                  FLOOR_OF["onnxruntime-cudagraph"], {"session": graph_config.describe()})
+
+
+def torch_cudagraph_engine(module, spec: ModelSpec) -> Engine:
+    """Eager PyTorch captured in a torch.cuda.CUDAGraph per batch size, replayed on static inputs.
+
+    As the CUDA graphs docs say: warm up on a side stream first (allocator, cuDNN
+    autotuning), capture once, then each call copies nothing and replays the graph.
+    """
+    import torch
+
+    module = module.to("cuda").eval()
+
+    def bind(feed):
+        static = [torch.from_numpy(np.ascontiguousarray(feed[t.name])).to("cuda") for t in spec.inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(3):
+                module(*static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            outputs = module(*static)
+        torch.cuda.synchronize()
+
+        def call():
+            graph.replay()
+            torch.cuda.synchronize()
+            return outputs
+
+        return call
+
+    return Engine("torch-cudagraph", "cuda", f"torch cuda ({torch.cuda.get_device_name(0)}), CUDAGraph replay", bind,
+                  FLOOR_OF["torch-cudagraph"])
+
+
+def compiled_cudagraphs_engine(module, spec: ModelSpec, recompile_limit: int) -> Engine:
+    """torch.compile(mode="reduce-overhead"): inductor with CUDA graphs, one graph per batch size."""
+    import torch
+
+    _raise_recompile_limit(recompile_limit)
+    compiled = torch.compile(module.to("cuda").eval(), mode="reduce-overhead", dynamic=False)
+
+    def bind(feed):
+        args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])).to("cuda") for t in spec.inputs]
+
+        def call():
+            # Outputs of a CUDA-graph tree are overwritten by the next replay; marking the
+            # step tells torch the previous outputs are no longer read.
+            torch.compiler.cudagraph_mark_step_begin()
+            with torch.inference_mode():
+                out = compiled(*args)
+            torch.cuda.synchronize()
+            return out
+
+        return call
+
+    return Engine("torch.compile-cudagraphs", "cuda", f"torch cuda ({torch.cuda.get_device_name(0)}), inductor + CUDA graphs",
+                  bind, FLOOR_OF["torch.compile-cudagraphs"])
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    """A batch sweep compiles once per size; torch's default limit (8) would fall back to eager silently."""
+    import torch._dynamo
+
+    for key in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.6
+        if hasattr(torch._dynamo.config, key):
+            setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), limit))
+
+
+def identity_onnx(spec: ModelSpec, path: Path) -> Path:
+    """An ONNX graph that returns its inputs: same inputs, same dtypes, same dynamic axes."""
+    import onnx
+    from onnx import helper
+
+    def value_info(name: str, t, prefix: str = ""):
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+        return helper.make_tensor_value_info(prefix + name, elem, list(t.shape))
+
+    nodes = [helper.make_node("Identity", [t.name], [f"out_{t.name}"]) for t in spec.inputs]
+    graph = helper.make_graph(nodes, "identity", [value_info(t.name, t) for t in spec.inputs],
+                              [value_info(t.name, t, "out_") for t in spec.inputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+class _Identity:
+    """Built lazily so importing this module does not import torch."""
+
+    @staticmethod
+    def module():
+        import torch
+
+        class Identity(torch.nn.Module):
+            def forward(self, *args):
+                return args[0] if len(args) == 1 else args
+
+        return Identity()
+
+
+def skip_reason(name: str, device: str) -> str | None:
+    """Why `name` cannot exist on `device` (a pairing to skip, not a failure), or None."""
+    if device != "cuda" and name in CUDA_ONLY:
+        return CUDA_ONLY[name]
+    return None
+
+
+def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Path], model_factory,
+         recompile_limit: int = 16) -> Engine:
+    """Load one engine (or floor) on `config.device`; raises with the reason if it cannot run here."""
+    import torch
+
+    device = config.device
+    input_names = [t.name for t in spec.inputs]
+    reason = skip_reason(name, device)
+    if reason:
+        raise PipelineError("bench", f"{name} on {device}: {reason}", "it is skipped on this device")
+    if name == "eager":
+        return torch_engine(name, model_factory(), spec, device)
+    if name == "torch.compile":
+        _raise_recompile_limit(recompile_limit)
+        return torch_engine(name, torch.compile(model_factory().to(device), dynamic=False), spec, device)
+    if name == "torchscript":
+        return torch_engine(name, torch.jit.load(str(paths["torchscript"]), map_location=device), spec, device)
+    if name == "onnxruntime":
+        return ort_iobinding_engine(name, create_session(paths["onnx"], config), input_names, device)
+    if name == "onnxruntime-run":
+        return ort_run_engine(name, create_session(paths["onnx"], config), input_names, device)
+    if name == "onnxruntime-cudagraph":
+        return ort_cudagraph_engine(paths["onnx"], input_names, config)
+    if name == "torch-cudagraph":
+        return torch_cudagraph_engine(model_factory(), spec)
+    if name == "torch.compile-cudagraphs":
+        return compiled_cudagraphs_engine(model_factory(), spec, recompile_limit)
+    if name == "floor:eager":
+        return torch_engine(name, _Identity.module(), spec, device)
+    if name == "floor:torchscript":
+        feed = spec.sample_inputs(2, np.random.default_rng(0))
+        example = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_Identity.module(), example, check_trace=False)
+        return torch_engine(name, traced, spec, device)
+    if name == "floor:onnxruntime":
+        return ort_iobinding_engine(name, create_session(paths["identity"], config), input_names, device)
+    if name == "floor:onnxruntime-run":
+        return ort_run_engine(name, create_session(paths["identity"], config), input_names, device)
+    raise PipelineError("bench", f"unknown engine {name!r}", f"choose from {', '.join(ENGINES)}")

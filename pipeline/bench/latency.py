@@ -1,0 +1,470 @@
+"""Latency benchmark: eager PyTorch vs TorchScript vs ONNX Runtime, in process and served.
+
+`python -m pipeline bench` (or `make bench`) writes reports/<model>/latency.json,
+latency.md and latency.png. In process, every engine gets the same seeded inputs and
+the same intra-op thread count; warm-up is excluded; iterations are calibrated to a
+time budget; engines take turns in rounds so machine drift hits them alike; GPU
+calls are synchronised. Each engine is compared with its floor (the same API
+running an identity model) and with eager. Cold start is measured on its own in a
+fresh process per engine. The served part drives a real TorchServe with locust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import psutil
+from tqdm import tqdm
+
+from pipeline.artifacts import files
+from pipeline.bench.engines import (CUDA_GRAPH_ENGINES, DEFAULT_ENGINES, DESCRIPTION, ENGINES, FLOOR_OF, Engine,
+                                    identity_onnx, load, skip_reason)
+from pipeline.artifacts.environment import fingerprint
+from pipeline.errors import PipelineError
+from pipeline.artifacts.manifest import Manifest
+from pipeline.runtimes.runners import cuda_available
+from pipeline.runtimes.session import SessionConfig
+from pipeline.settings import DEFAULT_MODEL, Layout, resolve, Settings
+
+STAGE = "bench"
+BATCH_SIZES = (1, 8, 64, 512, 4096)
+CONCURRENCY = (1, 4, 16, 64)
+PERCENTILES = (50, 90, 99, 99.9)
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to measure and how long; recorded in the report."""
+
+    model: str = DEFAULT_MODEL
+    root: Path = Path(".")
+    engines: tuple[str, ...] = DEFAULT_ENGINES
+    batch_sizes: tuple[int, ...] = BATCH_SIZES
+    devices: tuple[Literal["cpu", "cuda"], ...] = ("cpu",)
+    # Intra-op threads for torch and ONNX Runtime alike: the physical cores.
+    threads: int = psutil.cpu_count(logical=False) or 1
+    # Seconds of timed calls per engine and batch size, split over the rounds.
+    budget_s: float = 1.0
+    rounds: int = 5
+    warmup_s: float = 0.2
+    seed: int = 0
+    cold_start: bool = True
+    served: Literal["auto", "running", "off"] = "auto"
+    concurrency: tuple[int, ...] = CONCURRENCY
+    served_seconds: float = 5.0
+    # Upper bound on timed calls per engine and batch (memory for the samples).
+    max_iterations: int = 200_000
+    # ONNX Runtime on CUDA: the precision the archive serves (fp32 unless the spec says
+    # tf32) and cuDNN's convolution algorithm search; both are recorded with each result.
+    cuda_precision: Literal["fp32", "tf32"] = "fp32"
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"
+
+    def session(self, device: str) -> SessionConfig:
+        """The ONNX Runtime session every ORT engine on `device` gets (floors included)."""
+        return SessionConfig(device=device, threads=self.threads, precision=self.cuda_precision,  # type: ignore[arg-type]
+                             cudnn_conv_algo_search=self.cudnn_conv_algo_search)
+
+
+@dataclass
+class Timing:
+    """Per-call latencies of one engine at one batch size."""
+
+    engine: str
+    device: str
+    provider: str
+    batch: int
+    # Seconds from bind to the end of warm-up: session per shape, graph capture, compilation.
+    setup_s: float = 0.0
+    samples_ns: list[np.ndarray] = field(default_factory=list)
+
+    def stats(self) -> dict:
+        ns = np.concatenate(self.samples_ns).astype(np.float64)
+        ms = ns / 1e6
+        pct = np.percentile(ms, PERCENTILES)
+        mean = float(ms.mean())
+        return {
+            "engine": self.engine,
+            "device": self.device,
+            "provider": self.provider,
+            "batch": self.batch,
+            "iterations": int(ms.size),
+            **{_pkey(p): float(v) for p, v in zip(PERCENTILES, pct)},
+            "mean_ms": mean,
+            "std_ms": float(ms.std()),
+            "min_ms": float(ms.min()),
+            "max_ms": float(ms.max()),
+            "throughput_per_s": self.batch / (mean / 1e3),
+            "setup_s": self.setup_s,
+        }
+
+
+def _pkey(p: float) -> str:
+    return f"p{str(p).replace('.', '')}_ms"
+
+
+def time_calls(call: Callable[[], object], n: int) -> np.ndarray:
+    """Wall time of each of n calls, in ns; the loop itself is outside the timed span."""
+    out = np.empty(n, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(n):
+        start = clock()
+        call()
+        out[i] = clock() - start
+    return out
+
+
+def calibrate(call: Callable[[], object], settings: BenchSettings) -> int:
+    """Warm up (compiles, caches, allocator pools), then size each round to the budget."""
+    deadline = time.perf_counter() + settings.warmup_s
+    warm = list(time_calls(call, 3))
+    while time.perf_counter() < deadline:
+        warm.extend(time_calls(call, 5))
+    per_call_s = max(float(np.median(warm[-10:])) / 1e9, 1e-9)
+    # At least a few calls per round, but never more than 3x the budget on a slow call.
+    total = max(settings.budget_s / per_call_s, 3 * settings.rounds)
+    total = min(total, max(settings.rounds, 3 * settings.budget_s / per_call_s), settings.max_iterations)
+    return max(1, math.ceil(total / settings.rounds))
+
+
+def _model_factory(spec, manifest: Manifest):
+    from pipeline.artifacts import checkpoint
+
+    def factory():
+        model, _ = checkpoint.load_model(manifest, spec, STAGE)
+        return model
+
+    return factory
+
+
+def _wanted(settings: BenchSettings, device: str | None = None) -> list[str]:
+    """Engines plus the floors they are compared with (on `device`, those that exist there), floors first."""
+    floors = sorted({FLOOR_OF[e] for e in settings.engines if e in FLOOR_OF and not (device and skip_reason(e, device))})
+    return [*floors, *settings.engines]
+
+
+def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path,
+               bar: tqdm) -> tuple[list[dict], list[dict], list[dict]]:
+    """Every engine × batch size on every device; (records, failures, skipped pairings)."""
+    import torch
+
+    manifest = Manifest(layout.root, spec.name)
+    paths = {"onnx": manifest.verified("onnx", STAGE)[0], "torchscript": manifest.verified("torchscript", STAGE)[0],
+             "identity": identity_onnx(spec, scratch / "identity.onnx")}
+    manifest.verified("checkpoint", STAGE)
+    torch.set_num_threads(settings.threads)
+    factory = _model_factory(spec, manifest)
+    records, failures, skipped = [], [], []
+    for device in settings.devices:
+        engines: dict[str, Engine] = {}
+        for name in _wanted(settings, device):
+            reason = skip_reason(name, device)
+            if reason:  # a pairing that cannot exist (CUDA graphs on the CPU) is not a failure
+                skipped.append({"engine": name, "device": device, "reason": reason})
+                continue
+            bar.set_postfix_str(f"{device} load {name}")
+            try:
+                engines[name] = load(name, spec, settings.session(device), paths, factory, len(settings.batch_sizes) + 8)
+            except Exception as exc:  # an engine that cannot run here is reported, not fatal
+                failures.append({"engine": name, "device": device, "batch": None, "error": _reason(exc)})
+        for batch in settings.batch_sizes:
+            feed = spec.sample_inputs(batch, np.random.default_rng(settings.seed * 1000 + batch))
+            calls, timings, per_round = {}, {}, {}
+            for name, engine in engines.items():
+                bar.set_postfix_str(f"{device} b={batch} warm up {name}")
+                try:
+                    setup = time.perf_counter()
+                    calls[name] = engine.bind(feed)
+                    per_round[name] = calibrate(calls[name], settings)
+                except Exception as exc:
+                    failures.append({"engine": name, "device": device, "batch": batch, "error": _reason(exc)})
+                    calls.pop(name, None)
+                    continue
+                timings[name] = Timing(name, device, engine.provider, batch, time.perf_counter() - setup)
+            order_rng = np.random.default_rng(settings.seed + batch)
+            gc.collect()
+            gc.disable()  # as timeit does: a collection inside one call is noise, not the engine
+            try:
+                for _ in range(settings.rounds):
+                    for name in order_rng.permutation(sorted(calls)):
+                        timings[name].samples_ns.append(time_calls(calls[name], per_round[name]))
+                    bar.update(1)
+            finally:
+                gc.enable()
+            del calls
+            records.extend(t.stats() for t in timings.values())
+    return _relate(records), failures, skipped
+
+
+def _relate(records: list[dict]) -> list[dict]:
+    """Add each engine's ratio to its floor and its speedup over eager (same device, batch)."""
+    index = {(r["device"], r["batch"], r["engine"]): r for r in records}
+    for r in records:
+        floor = index.get((r["device"], r["batch"], FLOOR_OF.get(r["engine"], "")))
+        eager = index.get((r["device"], r["batch"], "eager"))
+        r["floor"] = floor["engine"] if floor else None
+        r["ratio_to_floor_p50"] = r["p50_ms"] / floor["p50_ms"] if floor else None
+        is_floor = r["engine"].startswith("floor:")
+        r["speedup_vs_eager_p50"] = eager["p50_ms"] / r["p50_ms"] if eager and not is_floor else None
+    return records
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {' '.join(text[:3])[:400]}" if text else type(exc).__name__
+
+
+def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar: tqdm) -> list[dict]:
+    """Each engine in a fresh process: import, load/session creation, first inference."""
+    feed = spec.sample_inputs(1, np.random.default_rng(settings.seed))
+    feed_path = scratch / "cold_feed.npz"
+    np.savez(feed_path, **feed)
+    out = []
+    for device in settings.devices:
+        for engine in settings.engines:
+            if engine == "onnxruntime-run" or engine in CUDA_GRAPH_ENGINES:
+                continue  # the same session creation (or model load) as an engine measured here
+            bar.set_postfix_str(f"cold start {engine} ({device})")
+            job = {"engine": engine, "device": device, "threads": settings.threads, "feed": str(feed_path),
+                   "inputs": [t.name for t in spec.inputs], "onnx": str(layout.onnx),
+                   "torchscript": str(layout.torchscript), "model": settings.model, "root": str(layout.root),
+                   "session": asdict(settings.session(device))}
+            job_path = scratch / "cold_job.json"
+            job_path.write_text(json.dumps(job))
+            try:
+                proc = subprocess.run([sys.executable, "-m", "pipeline.bench.cold", str(job_path)],
+                                      capture_output=True, text=True, timeout=600)
+                if proc.returncode != 0:
+                    raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+                out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            except Exception as exc:
+                out.append({"engine": engine, "device": device, "error": _reason(exc)})
+            bar.update(1)
+    return out
+
+
+def environment(settings: BenchSettings) -> dict:
+    import torch
+
+    env = dict(fingerprint())
+    env.update({
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "intra_op_threads": settings.threads,
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    })
+    if cuda_available():
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["gpu_driver"] = _nvidia_driver()
+    return env
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def targets(records: list[dict], served: dict | None) -> list[dict]:
+    """The issue's targets, each with the figure measured in this run and whether it was met."""
+    index = {(r["device"], r["batch"], r["engine"]): r for r in records}
+    out = []
+    ort, eager, floor = (index.get(("cpu", 1, e)) for e in ("onnxruntime", "eager", "floor:onnxruntime"))
+    if ort and eager:
+        out.append({"target": "CPU batch 1: ONNX Runtime ≥ 2× faster than eager at p50", "value": eager["p50_ms"] / ort["p50_ms"],
+                    "goal": 2.0, "met": eager["p50_ms"] / ort["p50_ms"] >= 2.0})
+    if ort and floor:
+        out.append({"target": "CPU batch 1: ONNX Runtime within 1.5× of its floor at p50 (an overhead target: a model with real compute sits far above its floor)", "value": ort["p50_ms"] / floor["p50_ms"],
+                    "goal": 1.5, "met": ort["p50_ms"] / floor["p50_ms"] <= 1.5, "lower_is_better": True})
+    best_ort = _best(index, "cuda", 1, ORT_ENGINES)
+    best_torch = _best(index, "cuda", 1, TORCH_GRAPH_ENGINES)
+    eager = index.get(("cuda", 1, "eager"))
+    if best_ort and eager:
+        out.append({"target": f"CUDA batch 1: the best ONNX Runtime configuration ({best_ort['engine']}) ≥ 3× faster "
+                              "than eager CUDA at p50", "value": eager["p50_ms"] / best_ort["p50_ms"], "goal": 3.0,
+                    "met": eager["p50_ms"] / best_ort["p50_ms"] >= 3.0})
+    if best_ort and best_torch:
+        ratio = best_ort["p50_ms"] / best_torch["p50_ms"]
+        out.append({"target": f"CUDA batch 1: the best ONNX Runtime configuration ({best_ort['engine']}) within 1.25× "
+                              f"of PyTorch with CUDA graphs ({best_torch['engine']}) at p50", "value": ratio,
+                    "goal": 1.25, "met": ratio <= 1.25, "lower_is_better": True})
+    for c in (served or {}).get("comparisons", []):
+        if (c["base"], c["other"]) != ("default", "tuned"):
+            continue
+        out.append({"target": f"served, concurrency {c['concurrency']}: {c['other']} ≥ 2× {c['base']}'s requests/s, "
+                              f"no worse p99, zero errors", "value": c["rps_ratio"], "goal": 2.0, "met": c["met"]})
+    return out
+
+
+ORT_ENGINES = ("onnxruntime", "onnxruntime-run", "onnxruntime-cudagraph")
+TORCH_ENGINES = ("eager", "torchscript", "torch.compile", "torch-cudagraph", "torch.compile-cudagraphs")
+TORCH_GRAPH_ENGINES = ("torch-cudagraph", "torch.compile-cudagraphs")
+
+
+def _best(index: dict, device: str, batch: int, engines: tuple[str, ...]) -> dict | None:
+    found = [index[(device, batch, e)] for e in engines if (device, batch, e) in index]
+    return min(found, key=lambda r: r["p50_ms"]) if found else None
+
+
+def verdicts(records: list[dict]) -> list[dict]:
+    """At each device and batch size: the fastest ONNX Runtime engine against the fastest PyTorch one, at p50."""
+    index = {(r["device"], r["batch"], r["engine"]): r for r in records}
+    out = []
+    for device, batch in sorted({(r["device"], r["batch"]) for r in records}):
+        ort, torch_ = _best(index, device, batch, ORT_ENGINES), _best(index, device, batch, TORCH_ENGINES)
+        if not (ort and torch_):
+            continue
+        ort_wins = ort["p50_ms"] <= torch_["p50_ms"]
+        winner, loser = (ort, torch_) if ort_wins else (torch_, ort)
+        out.append({"device": device, "batch": batch, "onnxruntime": ort["engine"], "pytorch": torch_["engine"],
+                    "winner": "ONNX Runtime" if ort_wins else "PyTorch", "winner_engine": winner["engine"],
+                    "by": loser["p50_ms"] / winner["p50_ms"]})
+    return out
+
+
+def run(settings: BenchSettings) -> dict:
+    """Measure everything asked for and write latency.json, latency.md and latency.png."""
+    from pipeline.bench import report as bench_report
+    from pipeline.bench import served as bench_served
+
+    spec, layout = resolve(Settings(model=settings.model, root=settings.root))
+    if "cuda" in settings.devices and not cuda_available():
+        raise PipelineError(STAGE, "--device cuda was asked for, but torch sees no CUDA device on this machine",
+                            "run on a machine with an NVIDIA GPU (scripts/bench_cuda.sh), or use --device cpu; "
+                            "a CPU run is never labelled CUDA")
+    unknown = [e for e in settings.engines if e not in ENGINES]
+    if unknown:
+        raise PipelineError(STAGE, f"unknown engine(s) {unknown}", f"choose from {', '.join(ENGINES)}")
+    manifest = Manifest(layout.root, spec.name)
+    for key in ("checkpoint", "torchscript", "onnx"):
+        if key not in manifest.records:
+            raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: make export MODEL={settings.model}")
+    started = time.perf_counter()
+    steps = len(settings.devices) * len(settings.batch_sizes) * settings.rounds
+    steps += len(settings.devices) * len(settings.engines) if settings.cold_start else 0
+    steps += bench_served.steps(settings)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, \
+            tqdm(total=steps, desc=f"bench {spec.name}", unit="step", disable=None, mininterval=0.5) as bar:
+        scratch = Path(tmp)
+        records, failures, skipped = in_process(settings, spec, layout, scratch, bar)
+        cold = cold_starts(settings, spec, layout, scratch, bar) if settings.cold_start else []
+        served = bench_served.run(settings, spec, layout, bar) if settings.served != "off" else None
+    report = {
+        "schema": SCHEMA,
+        "model": spec.name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": time.perf_counter() - started,
+        "settings": {**asdict(settings), "root": str(settings.root)},
+        "environment": environment(settings),
+        "engines": {name: DESCRIPTION[name] for name in _wanted(settings)},
+        "onnx_sha256": manifest.records["onnx"].sha256,
+        "in_process": records,
+        "failures": failures,
+        "skipped": skipped,
+        "sessions": {device: settings.session(device).describe() for device in settings.devices},
+        "verdicts": verdicts(records),
+        "cold_start": cold,
+        "served": served,
+        "targets": targets(records, served),
+    }
+    out = layout.reports
+    files.write_json(out / "latency.json", report)
+    files.write_text(out / "latency.md", bench_report.markdown(report))
+    bench_report.plot(report, out / "latency.png")
+    return report
+
+
+def _csv(kind: Callable[[str], object], allowed: tuple | None = None):
+    def parse(text: str) -> tuple:
+        items = tuple(kind(s.strip()) for s in text.split(",") if s.strip())
+        if not items:
+            raise argparse.ArgumentTypeError("give at least one value")
+        if allowed is not None and any(i not in allowed for i in items):
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(map(str, allowed))}")
+        if kind is int and min(items) < 1:
+            raise argparse.ArgumentTypeError("values must be positive integers")
+        return items
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `python -m pipeline bench`."""
+    d = BenchSettings()
+    p.add_argument("--model", default=d.model, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
+    p.add_argument("--root", type=Path, default=d.root, help="project folder (default: .)")
+    p.add_argument("--engines", type=_csv(str, ENGINES), default=d.engines,
+                   help=f"comma-separated, from {', '.join(ENGINES)} (default: {','.join(d.engines)})")
+    p.add_argument("--batch-sizes", type=_csv(int), default=d.batch_sizes, help="default: 1,8,64,512,4096")
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                   help="cpu, cuda, or all: the CPU plus CUDA where a GPU is present (default: all)")
+    p.add_argument("--threads", type=int, default=d.threads, help="intra-op threads for torch and ONNX Runtime (default: physical cores, %(default)s)")
+    p.add_argument("--budget", type=float, default=d.budget_s, help="seconds of timed calls per engine and batch size (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="interleaved rounds (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=d.warmup_s, help="seconds of untimed warm-up per engine and batch (default: %(default)s)")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start processes")
+    p.add_argument("--served", choices=["auto", "running", "off"], default=d.served,
+                   help="auto: start TorchServe with the default and the tuned config; running: the server "
+                        "`make serve` started; off: in-process only (default: %(default)s)")
+    p.add_argument("--concurrency", type=_csv(int), default=d.concurrency, help="served client counts (default: 1,4,16,64)")
+    p.add_argument("--served-seconds", type=float, default=d.served_seconds, help="seconds of load per concurrency (default: %(default)s)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="on CUDA, add ONNX Runtime with CUDA graphs and its PyTorch peers (a CUDAGraph replay and "
+                        "torch.compile mode=reduce-overhead)")
+    p.add_argument("--cuda-precision", choices=["fp32", "tf32"], default=d.cuda_precision,
+                   help="ONNX Runtime CUDA precision (default: %(default)s, what archives serve unless the spec says tf32)")
+    p.add_argument("--cudnn-search", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"], default=d.cudnn_conv_algo_search,
+                   help="cuDNN convolution algorithm search for ONNX Runtime on CUDA (default: %(default)s)")
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    if args.device == "cpu":
+        devices = ("cpu",)
+    elif args.device == "cuda":
+        devices = ("cuda",)
+    else:
+        devices = ("cpu", "cuda") if cuda_available() else ("cpu",)
+    engines = args.engines
+    if args.cuda_graph:
+        engines = (*engines, *(e for e in CUDA_GRAPH_ENGINES if e not in engines))
+    if args.budget <= 0 or args.rounds < 1 or args.threads < 1 or args.served_seconds <= 0:
+        raise PipelineError(STAGE, "--budget, --rounds, --threads and --served-seconds must be positive", "e.g. --budget 1 --rounds 5")
+    return BenchSettings(model=args.model, root=args.root, engines=engines, batch_sizes=args.batch_sizes,
+                         devices=devices, threads=args.threads, budget_s=args.budget, rounds=args.rounds,
+                         warmup_s=args.warmup, cold_start=not args.no_cold_start, served=args.served,
+                         concurrency=args.concurrency, served_seconds=args.served_seconds,
+                         cuda_precision=args.cuda_precision, cudnn_conv_algo_search=args.cudnn_search)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark the options describe and print the summary; 1 on a PipelineError."""
+    try:
+        settings = settings_from_args(args)
+        report = run(settings)
+    except PipelineError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; no report was written", file=sys.stderr)
+        return 130
+    from pipeline.bench.report import console_summary
+
+    print(console_summary(report, settings))
+    return 0

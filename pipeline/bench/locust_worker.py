@@ -1,0 +1,78 @@
+"""Locust, run as a library in its own process: closed-loop POSTs, every request recorded.
+
+Run by `pipeline.bench.loadgen` as `python -m pipeline.bench.locust_worker CONFIG OUT`; never
+imported by the pipeline itself, because importing locust monkey-patches the
+standard library for gevent. Each of `concurrency` users sends its next request as
+soon as the previous one is answered (no think time) until the time limit or the
+request limit is reached. Every request's latency, status code and end time is
+written to OUT as JSON, so the parent computes exact percentiles (locust's own
+statistics round response times to whole milliseconds).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+
+import gevent
+from locust import FastHttpUser, constant, task
+from locust.env import Environment
+
+
+def main(config_path: str, out_path: str) -> int:
+    with open(config_path) as f:
+        config = json.load(f)
+    bodies = [body.encode("utf-8") for body in config["bodies"]]
+    next_body = itertools.cycle(range(len(bodies))).__next__
+    headers = {"Content-Type": "application/json", **config.get("headers", {})}
+    method = config.get("method", "POST")
+    limit = int(config.get("max_requests") or 0)
+    records: list[tuple[float, int, float]] = []
+
+    class Client(FastHttpUser):
+        host = config["host"]
+        wait_time = constant(0)
+        # Enough sockets for every user; keep-alive like a real client.
+        concurrency = 1
+        network_timeout = float(config.get("timeout_s", 30.0))
+        connection_timeout = float(config.get("timeout_s", 30.0))
+
+        @task
+        def send(self):
+            data = bodies[next_body()] if method == "POST" else None
+            with self.client.request(method, config["path"], data=data, headers=headers,
+                                     name="request", catch_response=True) as response:
+                # Status codes are counted by us; locust should not log each failure.
+                response.success()
+
+    env = Environment(user_classes=[Client], catch_exceptions=True)
+    runner = env.create_local_runner()
+
+    def on_request(response_time, response=None, exception=None, **_):
+        status = getattr(response, "status_code", 0) or 0
+        if exception is not None and status == 0:
+            status = 0
+        records.append((float(response_time), int(status), time.monotonic()))
+        if limit and len(records) >= limit:
+            runner.quit()
+
+    env.events.request.add_listener(on_request)
+    started = time.monotonic()
+    runner.start(int(config["concurrency"]), spawn_rate=int(config["concurrency"]))
+    gevent.spawn_later(float(config["duration_s"]), runner.quit)
+    runner.greenlet.join()
+    seconds = time.monotonic() - started
+    with open(out_path, "w") as f:
+        json.dump({
+            "seconds": seconds,
+            "latency_ms": [r[0] for r in records],
+            "status": [r[1] for r in records],
+            "end_s": [r[2] - started for r in records],
+        }, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))

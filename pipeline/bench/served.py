@@ -1,0 +1,248 @@
+"""The served half of the benchmark: a real TorchServe, locust load, TorchServe's own metrics.
+
+For each serving config (the archive's default and a tuned one) the model is packaged
+with that config into a private project folder, served on free loopback ports, and
+swept over client concurrency with locust. `/ping` on the same server under the same
+load is the floor. TorchServe's per-request metrics (queue time and total time in the
+frontend, the handler's time per batch in the worker) are read from its metrics logs
+for exactly the span of each run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.stages import package
+from pipeline.serving import server as serve
+from pipeline.errors import PipelineError
+from pipeline.bench.loadgen import run_load
+from pipeline.serving.client import http
+from pipeline.settings import Layout, Settings
+
+PING_SECONDS = 2.0
+# Serving configs compared: what goes into the archive's model-config.yaml (batching,
+# workers) and what changes in the server's config.properties.
+# - "default": stock TorchServe: an archive without a model config (batchSize 1, one
+#   worker) on a server that logs five metric lines per request, synchronously.
+# - "tuned": what this project ships (the archive's model-config.yaml and
+#   config/torchserve.properties): batches of up to 8 gathered for at most 1 ms,
+#   metrics as counters, asynchronous logging.
+# - "tuned-large-batch": batches of up to 32 gathered for up to 2 ms, to show where
+#   larger batches pay off (many clients) and where the wait costs (few).
+# One worker in each: on a 2-core machine the other core is busy with the frontend
+# and the load generator, and a second worker measured slower at 16 and 64 clients.
+SERVING_CONFIGS = {
+    "default": {"archive": {"serve_batch_size": 1, "serve_max_batch_delay_ms": 100, "serve_workers": 1},
+                "server": {"metrics_mode": "log", "async_logging": "false"}},
+    "tuned": {"archive": {}, "server": {}},
+    "tuned-large-batch": {"archive": {"serve_batch_size": 32, "serve_max_batch_delay_ms": 2}, "server": {}},
+}
+COMPARISONS = (("default", "tuned"), ("tuned", "tuned-large-batch"))
+_METRIC = re.compile(r"(ts_inference_latency_microseconds|ts_queue_latency_microseconds)\.Microseconds:([0-9.]+)")
+_PREDICTION = re.compile(r"PredictionTime\.ms:([0-9.]+)")
+
+
+def steps(settings) -> int:
+    if settings.served == "off":
+        return 0
+    configs = 1 if settings.served == "running" else len(SERVING_CONFIGS)
+    return configs * len(settings.concurrency) * 2
+
+
+def _pct(a: np.ndarray) -> dict:
+    if not a.size:
+        return {"n": 0}
+    p50, p99 = np.percentile(a, (50, 99))
+    return {"n": int(a.size), "mean_ms": float(a.mean()), "p50_ms": float(p50), "p99_ms": float(p99)}
+
+
+def _share(queue_ms: float, total_ms: float) -> float | None:
+    return queue_ms / total_ms if total_ms > 0 else None
+
+
+@dataclass
+class LogWindow:
+    """New lines in TorchServe's metrics logs since `mark()` (metrics_mode=log: one line per request)."""
+
+    logs: Path
+    offsets: dict[str, int]
+
+    @classmethod
+    def mark(cls, logs: Path) -> "LogWindow":
+        names = ("ts_metrics.log", "model_metrics.log")
+        return cls(logs, {n: (logs / n).stat().st_size if (logs / n).exists() else 0 for n in names})
+
+    def read(self, name: str) -> str:
+        path = self.logs / name
+        if not path.exists():
+            return ""
+        with open(path, "rb") as f:
+            f.seek(self.offsets[name])
+            return f.read().decode("utf-8", "replace")
+
+    def breakdown(self) -> dict:
+        """Queue vs model time per request, as TorchServe measured them."""
+        values: dict[str, list[float]] = {"ts_inference_latency_microseconds": [], "ts_queue_latency_microseconds": []}
+        for name, value in _METRIC.findall(self.read("ts_metrics.log")):
+            values[name].append(float(value) / 1e3)
+        handler = [float(v) for v in _PREDICTION.findall(self.read("model_metrics.log"))]
+        total, queue = np.array(values["ts_inference_latency_microseconds"]), np.array(values["ts_queue_latency_microseconds"])
+        return {"source": "metrics logs, per request", "frontend_total": _pct(total), "queue": _pct(queue),
+                "handler_per_batch": _pct(np.array(handler)),
+                "queue_share_of_total": _share(float(queue.sum()), float(total.sum())) if total.size else None}
+
+
+_PROM_LINE = re.compile(r'^(\w+)\{[^}]*\}\s+([0-9.eE+-]+)$', re.M)
+
+
+@dataclass
+class PrometheusWindow:
+    """Counter deltas from the metrics API since `mark()` (metrics_mode=prometheus: sums, so means only)."""
+
+    url: str
+    start: dict[str, float]
+
+    @staticmethod
+    def scrape(url: str) -> dict[str, float]:
+        status, body = http("GET", url, timeout=10)
+        if status != 200:
+            return {}
+        out: dict[str, float] = {}
+        for name, value in _PROM_LINE.findall(body.decode("utf-8", "replace")):
+            out[name] = out.get(name, 0.0) + float(value)
+        return out
+
+    @classmethod
+    def mark(cls, url: str) -> "PrometheusWindow":
+        return cls(url, cls.scrape(url))
+
+    def breakdown(self) -> dict:
+        end = self.scrape(self.url)
+
+        def delta(name: str) -> float:
+            return end.get(name, 0.0) - self.start.get(name, 0.0)
+
+        n = int(delta("ts_inference_requests_total"))
+        total, queue = delta("ts_inference_latency_microseconds") / 1e3, delta("ts_queue_latency_microseconds") / 1e3
+        mean = (lambda v: {"n": n, "mean_ms": v / n}) if n else (lambda v: {"n": 0})
+        handler = end.get("PredictionTime")
+        return {"source": "metrics API counters (queue and total are means over the run; handler time is the last batch's)", "frontend_total": mean(total), "queue": mean(queue),
+                "handler_per_batch": {"n": 1, "last_ms": handler} if handler is not None else {"n": 0},
+                "queue_share_of_total": _share(queue, total) if n else None}
+
+
+def metrics_window(info: serve.ServerInfo, properties: dict[str, str]):
+    mode = properties.get("metrics_mode", serve.shipped_properties().get("metrics_mode", "log"))
+    if mode == "prometheus":
+        return PrometheusWindow.mark(f"{info.metrics}/metrics")
+    return LogWindow.mark(Path(info.run_dir) / "logs")
+
+
+def _project_for(config: dict, settings, layout: Layout, folder: Path) -> Settings:
+    """A private project folder whose archive carries `config`: the user's archive is untouched."""
+    src = layout.root
+    (folder / "artifacts").mkdir(parents=True)
+    shutil.copytree(src / "artifacts" / layout.model, folder / "artifacts" / layout.model)
+    shutil.copytree(src / "reports" / layout.model, folder / "reports" / layout.model,
+                    ignore=shutil.ignore_patterns("latency*"))
+    project = Settings(model=settings.model, root=folder, force=True, **config)
+    package.run(project)
+    return project
+
+
+def _sweep(info: serve.ServerInfo, properties: dict[str, str], settings, body: str, bar,
+           label: str) -> tuple[list[dict], list[dict]]:
+    headers = {"Authorization": f"Bearer {info.token('inference')}"}
+    runs, floors = [], []
+    # Warm-up: first requests pay for JIT and connection setup on both sides.
+    run_load(info.predictions_url, [body], 4, 1.0, headers=headers, max_requests=200)
+    for c in settings.concurrency:
+        bar.set_postfix_str(f"served {label} c={c}")
+        window = metrics_window(info, properties)
+        result = run_load(info.predictions_url, [body], c, settings.served_seconds, headers=headers)
+        runs.append({**result.summary(), "torchserve_metrics": window.breakdown()})
+        bar.update(1)
+        bar.set_postfix_str(f"served {label} /ping c={c}")
+        ping = run_load(f"{info.inference}/ping", [], c, min(PING_SECONDS, settings.served_seconds),
+                        headers=headers, method="GET")
+        floors.append(ping.summary())
+        bar.update(1)
+    for r, f in zip(runs, floors):
+        r["ratio_to_ping_p50"] = r["p50_ms"] / f["p50_ms"] if f["p50_ms"] > 0 else None
+    return runs, floors
+
+
+def _describe(info: serve.ServerInfo) -> dict:
+    described = info.describe() or [{}]
+    d = described[0]
+    return {k: d.get(k) for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout")}
+
+
+def run(settings, spec, layout: Layout, bar) -> dict:
+    """Sweep concurrency against each serving config; compare default with tuned."""
+    body = json.dumps(spec.example_request or _first_row(spec))
+    configs: list[dict] = []
+    if settings.served == "running":
+        info = serve.load_info(layout)
+        if info is None or not info.processes():
+            raise PipelineError("bench", f"--served running: no {spec.name} server is running",
+                                f"start one with make serve MODEL={settings.model}, or use --served auto")
+        properties = serve.read_properties(Path(info.run_dir) / "config.properties")
+        runs, floors = _sweep(info, properties, settings, body, bar, "running")
+        configs.append({"name": "running", "server_config": _describe(info), "runs": runs, "ping": floors})
+        return {"request_body": body, "configs": configs, "comparisons": []}
+    for name, config in SERVING_CONFIGS.items():
+        with tempfile.TemporaryDirectory(prefix=f"bench-serve-{name}-") as tmp:
+            project = _project_for(config["archive"], settings, layout, Path(tmp))
+            info = serve.start(project, auto_ports=True, properties=config["server"])
+            try:
+                server_config = _describe(info)
+                runs, floors = _sweep(info, config["server"], settings, body, bar, name)
+            finally:
+                serve.stop(project)
+        configs.append({"name": name, "changes": config, "server_config": server_config, "runs": runs, "ping": floors})
+    comparisons = [c for c in (compare(configs, base, other) for base, other in COMPARISONS) if c]
+    return {"request_body": body, "configs": configs, "comparisons": comparisons}
+
+
+def compare(configs: list[dict], base: str, other: str, concurrency: int = 16) -> dict | None:
+    """`other` vs `base` at one concurrency: requests/s ratio, p99 and errors; and who wins where."""
+    by = {c["name"]: {r["concurrency"]: r for r in c["runs"]} for c in configs}
+    if base not in by or other not in by:
+        return None
+    if concurrency not in by[base]:
+        concurrency = max(by[base])
+    d, t = by[base][concurrency], by[other][concurrency]
+    ratio = t["requests_per_s"] / d["requests_per_s"] if d["requests_per_s"] else None
+    per_concurrency = {}
+    for c in sorted(by[base]):
+        dc, tc = by[base][c], by[other].get(c)
+        if tc:
+            per_concurrency[str(c)] = {
+                "winner_rps": other if tc["requests_per_s"] > dc["requests_per_s"] else base,
+                "rps_ratio": tc["requests_per_s"] / dc["requests_per_s"] if dc["requests_per_s"] else None,
+                "p99_ratio": tc["p99_ms"] / dc["p99_ms"] if dc["p99_ms"] else None,
+            }
+    return {
+        "base": base,
+        "other": other,
+        "concurrency": concurrency,
+        "rps_ratio": ratio,
+        "p99_base_ms": d["p99_ms"],
+        "p99_other_ms": t["p99_ms"],
+        "errors": d["errors"] + t["errors"],
+        "met": bool(ratio and ratio >= 2.0 and t["p99_ms"] <= d["p99_ms"] and d["errors"] + t["errors"] == 0),
+        "per_concurrency": per_concurrency,
+    }
+
+
+def _first_row(spec) -> dict:
+    feed = spec.sample_inputs(1, np.random.default_rng(0))
+    return {name: value[0].tolist() for name, value in feed.items()}

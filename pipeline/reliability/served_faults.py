@@ -1,0 +1,346 @@
+"""Faults against a real TorchServe: a killed worker, a long soak, a stop mid-load, the attack surface.
+
+Load comes from `pipeline.loadgen` (locust in a child process); each function returns
+a record of what was sent, what failed and how long recovery took, which
+`pipeline.reliability` reports and the tests assert on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import psutil
+
+from pipeline.serving import server as serve
+from pipeline.errors import PipelineError
+from pipeline.bench.loadgen import LoadResult, run_load
+from pipeline.serving.client import http
+from pipeline.serving.server import ServerInfo
+from pipeline.settings import Settings
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _load_in_background(info: ServerInfo, bodies: list[str], concurrency: int, duration_s: float,
+                        max_requests: int = 0) -> Future:
+    pool = ThreadPoolExecutor(max_workers=1)
+    headers = {"Authorization": f"Bearer {info.token('inference')}"}
+    future = pool.submit(run_load, info.predictions_url, bodies, concurrency, duration_s,
+                         max_requests=max_requests, headers=headers)
+    pool.shutdown(wait=False)
+    return future
+
+
+def wait_for_clients(info: ServerInfo, clients: int, timeout: float = 60.0) -> float:
+    """Seconds until `clients` connections to the inference port are open (the load is on)."""
+    start = time.monotonic()
+    port = info.ports["inference"]
+    while time.monotonic() - start < timeout:
+        for proc in info.processes():
+            try:
+                conns = proc.net_connections(kind="inet")
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            if sum(c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in conns) >= clients:
+                return time.monotonic() - start
+        time.sleep(0.05)
+    raise PipelineError("reliability", f"the load generator did not open {clients} connections within {timeout:.0f}s",
+                        "check that locust runs (make setup) and the server answers")
+
+
+def worker_pids(info: ServerInfo) -> list[int]:
+    return sorted(w["pid"] for w in info.workers())
+
+
+def server_rss(info: ServerInfo) -> dict[str, int]:
+    """Resident memory (bytes) of each of the server's processes, by `name pid`."""
+    rss = {}
+    for proc in info.processes():
+        try:
+            rss[f"{proc.name()} {proc.pid}"] = proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return rss
+
+
+# --- a worker killed with requests in flight ------------------------------------------------
+
+@dataclass(frozen=True)
+class WorkerKill:
+    """SIGKILL of the worker under load: what failed, how long until it answered again."""
+
+    old_pid: int
+    new_pid: int
+    requests: int
+    errors: int
+    error_status: dict[str, int]
+    concurrency: int
+    recovery_s: float  # SIGKILL -> first correct answer
+    worker_ready_s: float  # SIGKILL -> a new worker READY in the management API
+    after_requests: int
+    after_errors: int
+
+    @property
+    def survived(self) -> bool:
+        # Only requests in flight may fail (at most one per client); the new worker serves every later one.
+        return (self.new_pid != self.old_pid and 0 < self.errors <= self.concurrency
+                and self.after_requests > 0 and self.after_errors == 0)
+
+
+def kill_worker_in_flight(info: ServerInfo, bodies: list[str], valid: tuple[bytes, bytes], concurrency: int = 8,
+                          load_s: float = 8.0, after_requests: int = 2000) -> WorkerKill:
+    """Kill the worker while `concurrency` clients are sending; then prove every later request succeeds.
+
+    `valid` is a request body and the exact answer it must get back.
+    """
+    body, answer = valid
+    (old,) = worker_pids(info)[:1]
+    load = _load_in_background(info, bodies, concurrency, load_s)
+    wait_for_clients(info, concurrency)
+    time.sleep(0.5)  # let the load settle into full batches
+    killed = time.monotonic()
+    os.kill(old, signal.SIGKILL)
+    ready_s = recovery_s = None
+    deadline = killed + 120
+    while time.monotonic() < deadline and (ready_s is None or recovery_s is None):
+        if ready_s is None and (pids := worker_pids(info)) and old not in pids and info.ready():
+            ready_s = time.monotonic() - killed
+        if recovery_s is None:
+            try:
+                status, got = info.predict(body, timeout=60)
+            except OSError:
+                status, got = 0, b""
+            if status == 200 and got == answer:
+                recovery_s = time.monotonic() - killed
+        time.sleep(0.05)
+    if ready_s is None or recovery_s is None:
+        raise PipelineError("reliability", f"the worker was not back within 120 s of SIGKILL (pid {old})",
+                            f"see {info.run_dir}/logs/model_log.log")
+    during: LoadResult = load.result()
+    after = run_load(info.predictions_url, bodies, concurrency, 60.0, max_requests=after_requests,
+                     headers={"Authorization": f"Bearer {info.token('inference')}"})
+    errors = {code: n for code, n in during.status_counts().items() if code != "200"}
+    return WorkerKill(old, worker_pids(info)[0], during.requests, during.errors, errors, concurrency,
+                      round(recovery_s, 3), round(ready_s, 3), after.requests, after.errors)
+
+
+# --- soak -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Soak:
+    """Many requests at fixed concurrency, time-bounded, with the server's memory before and after."""
+
+    target_requests: int
+    time_limit_s: float
+    load: dict  # LoadResult.summary()
+    rss_before: dict[str, int]
+    rss_after: dict[str, int]
+    rss_peak_total: int
+    warmup_requests: int
+
+    @property
+    def growth_pct(self) -> float:
+        before, after = sum(self.rss_before.values()), sum(self.rss_after.values())
+        return 100.0 * (after - before) / before
+
+    @property
+    def survived(self) -> bool:
+        return self.load["requests"] >= self.target_requests and self.load["errors"] == 0
+
+
+def soak(info: ServerInfo, bodies: list[str], requests: int = 20_000, concurrency: int = 16,
+         time_limit_s: float = 180.0, warmup: int = 2_000) -> Soak:
+    """Warm up, note memory, send `requests` at `concurrency` within `time_limit_s`, note memory again."""
+    headers = {"Authorization": f"Bearer {info.token('inference')}"}
+    run_load(info.predictions_url, bodies, concurrency, 60.0, max_requests=warmup, headers=headers)
+    before = server_rss(info)
+    peak = [sum(before.values())]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.5):
+            peak[0] = max(peak[0], sum(server_rss(info).values()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = run_load(info.predictions_url, bodies, concurrency, time_limit_s, max_requests=requests, headers=headers)
+    finally:
+        done.set()
+        sampler.join()
+    after = server_rss(info)
+    return Soak(requests, time_limit_s, result.summary(), before, after, max(peak[0], sum(after.values())), warmup)
+
+
+# --- stop with requests in flight ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class GracefulStop:
+    """serve.stop while clients are sending, then a restart in the same folder."""
+
+    stop_s: float
+    load_status: dict[str, int]
+    processes_left: list[str]
+    ports_still_open: list[int]
+    key_file_left: bool
+    restart_s: float
+    restart_status: int
+    processes_left_after_restart: list[str]
+
+    @property
+    def survived(self) -> bool:
+        return (not self.processes_left and not self.ports_still_open and not self.key_file_left
+                and self.restart_status == 200 and not self.processes_left_after_restart)
+
+
+def _describe(procs: list[psutil.Process]) -> list[str]:
+    out = []
+    for p in procs:
+        try:
+            out.append(f"{p.name()} {p.pid}")
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _open_ports(ports) -> list[int]:
+    open_ = []
+    for port in ports:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                open_.append(port)
+    return open_
+
+
+def stop_under_load(settings: Settings, info: ServerInfo, bodies: list[str], body: bytes, concurrency: int = 8,
+                    load_s: float = 5.0) -> GracefulStop:
+    """Stop the server while `concurrency` clients are sending; check nothing is left; restart and serve."""
+    load = _load_in_background(info, bodies, concurrency, load_s)
+    wait_for_clients(info, concurrency)
+    time.sleep(0.5)
+    start = time.monotonic()
+    serve.stop(settings)
+    stop_s = time.monotonic() - start
+    left = _describe(info.processes())
+    ports = _open_ports(info.ports.values())
+    key_left = info.key_file.exists()
+    status_counts = load.result().status_counts()
+    start = time.monotonic()
+    again = serve.start(settings, auto_ports=True)
+    try:
+        status, _ = again.predict(body)
+        restart_s = time.monotonic() - start
+    finally:
+        serve.stop(settings)
+    return GracefulStop(round(stop_s, 3), status_counts, left, ports, key_left, round(restart_s, 3), status,
+                        _describe(again.processes()))
+
+
+# --- security posture -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Probe:
+    """One check of the running server's attack surface."""
+
+    name: str
+    expected: str
+    got: str
+    passed: bool
+
+
+def _answer(status: int, answer: bytes) -> str:
+    """`400 InvalidKeyException`: the status and TorchServe's error type, for the report."""
+    try:
+        return f"{status} {json.loads(answer).get('type', '')}".strip()
+    except (ValueError, AttributeError):
+        return f"{status} {answer[:40]!r}"
+
+
+def _refused(status: int, answer: bytes) -> bool:
+    # TorchServe 0.12 answers a failed token check with 400 InvalidKeyException, not 401.
+    return status in (400, 401, 403) and b"Token Authorization failed" in answer
+
+
+def _non_loopback_addresses() -> list[str]:
+    found = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6) and a.address.split("%")[0] not in LOOPBACK \
+                    and not a.address.startswith("fe80"):
+                found.append(a.address.split("%")[0])
+    return found
+
+
+def _reachable(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family) as s:
+        s.settimeout(1.0)
+        return s.connect_ex((address, port)) == 0
+
+
+def security_probes(info: ServerInfo) -> list[Probe]:
+    """Listeners, tokens, the model API and reachability from other interfaces, checked live."""
+    probes = []
+    listening = []
+    for proc in info.processes():
+        try:
+            listening += [c.laddr for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            continue
+    addresses = sorted({f"{a.ip}:{a.port}" for a in listening})
+    probes.append(Probe("every listening socket is on loopback", "127.0.0.1 only", ", ".join(addresses),
+                        bool(listening) and all(a.ip in LOOPBACK for a in listening)))
+    missing = sorted(set(info.ports.values()) - {a.port for a in listening})
+    probes.append(Probe("every configured port is listening (so the check above covers them)", "none missing",
+                        f"missing {missing}" if missing else "none missing", not missing))
+
+    body = b'{"x": 1.0}'
+    for api, method, url, payload in (("inference", "POST", info.predictions_url, body),
+                                      ("inference /ping", "GET", f"{info.inference}/ping", None),
+                                      ("management", "GET", f"{info.management}/models", None)):
+        for label, token in (("no token", None), ("a wrong token", "not-the-token")):
+            status, answer = http(method, url, payload, token)
+            probes.append(Probe(f"{api} with {label} is refused", "400/401 Token Authorization failed",
+                                _answer(status, answer), _refused(status, answer)))
+    status, answer = http("GET", f"{info.management}/models", token=info.token("inference"))
+    probes.append(Probe("management with the inference key is refused", "400/401 Token Authorization failed",
+                        _answer(status, answer), _refused(status, answer)))
+
+    mgmt = info.token("management")
+    status, _ = http("POST", f"{info.management}/models?url={info.model}.mar&model_name=again", token=mgmt)
+    probes.append(Probe("registering a model is refused", "405", str(status), status == 405))
+    status, _ = http("DELETE", f"{info.management}/models/{info.model}", token=mgmt)
+    probes.append(Probe("unregistering the model is refused", "405", str(status), status == 405))
+    probes.append(Probe("the model still serves after those attempts", "workers READY",
+                        "READY" if info.ready() else "not ready", info.ready()))
+
+    others = _non_loopback_addresses()
+    if not others:
+        probes.append(Probe("ports unreachable from other interfaces", "refused", "this machine has no non-loopback "
+                            "address; the listening-socket check covers it", True))
+    for address in others:
+        reached = [kind for kind, port in info.ports.items() if _reachable(address, port)]
+        probes.append(Probe(f"ports unreachable at {address} (metrics {info.ports['metrics']} included)", "all refused",
+                            f"reachable: {reached}" if reached else "all refused", not reached))
+    return probes
+
+
+def form_body_probe(info: ServerInfo) -> dict:
+    """The known TorchServe 0.12 frontend 500 (a form body with a bad %-escape); the worker must not notice."""
+    from pipeline.reliability.fuzz import FORM_BODY_500
+
+    before = worker_pids(info)
+    status, answer = http("POST", info.predictions_url, FORM_BODY_500[0], info.token("inference"), content_type=FORM_BODY_500[1])
+    return {"body": FORM_BODY_500[0].decode(), "content_type": FORM_BODY_500[1], "status": status,
+            "answer": answer[:120].decode("utf-8", "replace"), "worker_unchanged": worker_pids(info) == before}
+
+
+def rss_mib(rss: dict[str, int]) -> float:
+    return sum(rss.values()) / (1 << 20)

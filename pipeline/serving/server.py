@@ -1,0 +1,285 @@
+"""Serve an archive with a real TorchServe: start it, wait for READY workers, stop it.
+
+Each model's server runs from `run/<model>/`: its config.properties (made from
+pipeline/serving/torchserve.properties), key_file.json (the tokens TorchServe writes), logs/,
+tmp/ (TorchServe's pid file, worker sockets and unpacked archives, so servers in
+different folders never collide) and server.json (what `stop` needs).
+Readiness means the model's workers are READY in the management API: `/ping`
+answers Healthy even while every worker is dying.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from pipeline.artifacts import files
+from pipeline.errors import PipelineError
+from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.archive import inspect_archive
+from pipeline.serving.client import http
+from pipeline.settings import Layout, Settings, resolve
+
+STAGE = "serve"
+CONFIG_TEMPLATE = "torchserve.properties"  # package data beside this module
+PORT_KEYS = {
+    "inference": ("inference_address", None),
+    "management": ("management_address", None),
+    "metrics": ("metrics_address", None),
+    "grpc_inference": (None, "grpc_inference_port"),
+    "grpc_management": (None, "grpc_management_port"),
+}
+
+
+def shipped_properties() -> dict[str, str]:
+    """The server configuration this project ships (secure defaults); see the file's comments."""
+    return parse_properties((importlib.resources.files("pipeline.serving") / CONFIG_TEMPLATE).read_text())
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    return parse_properties(Path(path).read_text())
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    props = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_of(props: dict[str, str], kind: str) -> int:
+    address_key, port_key = PORT_KEYS[kind]
+    if port_key:
+        return int(props[port_key])
+    return int(props[address_key].rsplit(":", 1)[1])
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """A running server, as recorded in run/<model>/server.json."""
+
+    model: str
+    pid: int
+    run_dir: str
+    inference: str
+    management: str
+    metrics: str
+    ports: dict[str, int]
+
+    @property
+    def key_file(self) -> Path:
+        return Path(self.run_dir) / "key_file.json"
+
+    def token(self, kind: str = "inference") -> str:
+        return json.loads(self.key_file.read_text())[kind]["key"]
+
+    @property
+    def predictions_url(self) -> str:
+        return f"{self.inference}/predictions/{self.model}"
+
+    def predict(self, body: bytes, token: str | None = None, timeout: float = 30, **kw) -> tuple[int, bytes]:
+        return http("POST", self.predictions_url, body, token or self.token("inference"), timeout=timeout, **kw)
+
+    def describe(self, timeout: float = 5) -> list[dict] | None:
+        """The management API's description of the model, or None while it is not answering."""
+        try:
+            status, body = http("GET", f"{self.management}/models/{self.model}", token=self.token("management"), timeout=timeout)
+        except (OSError, KeyError, json.JSONDecodeError):
+            return None
+        return json.loads(body) if status == 200 else None
+
+    def workers(self) -> list[dict]:
+        described = self.describe()
+        return described[0]["workers"] if described else []
+
+    def ready(self) -> bool:
+        workers = self.workers()
+        return bool(workers) and all(w["status"] == "READY" for w in workers)
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this server: the launcher, Java and the Python workers."""
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if proc.info["pid"] == self.pid or self.run_dir + "/" in " ".join(proc.info["cmdline"] or ()):
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
+
+
+def run_dir(layout: Layout) -> Path:
+    return layout.root / "run" / layout.model
+
+
+def load_info(layout: Layout) -> ServerInfo | None:
+    path = run_dir(layout) / "server.json"
+    if not path.exists():
+        return None
+    return ServerInfo(**json.loads(path.read_text()))
+
+
+def _write_config(layout: Layout, folder: Path, auto_ports: bool,
+                  overrides: dict[str, str] | None = None) -> tuple[Path, dict[str, int]]:
+    props = shipped_properties()
+    props.update(overrides or {})
+    store = layout.model_store.resolve()
+    props["model_store"] = str(store)
+    props["allowed_urls"] = f"file://{store}/.*"
+    ports = {kind: free_port() if auto_ports else _port_of(props, kind) for kind in PORT_KEYS}
+    for kind, (address_key, port_key) in PORT_KEYS.items():
+        if address_key:
+            props[address_key] = f"http://127.0.0.1:{ports[kind]}"
+        else:
+            props[port_key] = str(ports[kind])
+    busy = [f"{kind} {port}" for kind, port in ports.items() if _port_in_use(port)]
+    if busy:
+        raise PipelineError(STAGE, f"port(s) already in use on 127.0.0.1: {', '.join(busy)}",
+                            "stop what holds them (make stop), or pick free ports: python -m pipeline serve --ports auto")
+    path = folder / "config.properties"
+    files.write_text(path, "".join(f"{k}={v}\n" for k, v in props.items()))
+    return path, ports
+
+
+_SOCKET_PATH_MAX = 107  # sun_path on Linux holds 108 bytes with the terminating NUL
+_LOG_PREFIX = re.compile(r"^\S+ \[\w+\s*\] \S+ (MODEL_LOG|MODEL_METRICS) - ")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    """The end of a TorchServe log, without its timestamp prefixes, exceptions first."""
+    if not path.exists():
+        return f"({path} was not written)"
+    text = [_LOG_PREFIX.sub("", line) for line in path.read_text(errors="replace").splitlines()]
+    errors = list(dict.fromkeys(line for line in text if _EXCEPTION.match(line)))
+    head = "".join(f"  {e}\n" for e in errors[:5])
+    return head + "  ...\n" + "\n".join(f"  | {line}" for line in text[-lines:])
+
+
+def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0,
+          properties: dict[str, str] | None = None) -> ServerInfo:
+    """Start TorchServe with model_store/<model>.mar; return once its workers are READY.
+
+    `properties` overrides entries of the shipped torchserve.properties for this server
+    only (the benchmark's tuned config); addresses and the model store stay ours.
+    """
+    spec, layout = resolve(settings)
+    if shutil.which("java") is None:
+        raise PipelineError(STAGE, "java was not found: TorchServe's frontend needs Java 11 or newer",
+                            "install it: sudo apt-get install -y openjdk-17-jre-headless (or your OS's JRE 17 package)")
+    manifest = Manifest(layout.root, spec.name)
+    mar, rec = manifest.verified("mar", STAGE)
+    inspect_archive(mar, manifest.records["onnx"].sha256)
+    folder = run_dir(layout)
+    existing = load_info(layout)
+    if existing is not None and existing.processes():
+        raise PipelineError(STAGE, f"a server for {spec.name} is already running (pid {existing.pid}) at {existing.inference}",
+                            "use it, or stop it first: make stop")
+    # Workers listen on Unix sockets in tmp/ (.ts.sock.<port>, ports from 9000 up), and a
+    # socket path longer than 107 bytes kills each worker at start with no other clue.
+    longest = len(str(folder / "tmp" / ".ts.sock.65535"))
+    if longest > _SOCKET_PATH_MAX:
+        raise PipelineError(STAGE, f"the project folder's path is too long for TorchServe: worker sockets in "
+                            f"{folder / 'tmp'} would be {longest} bytes, over the {_SOCKET_PATH_MAX}-byte Unix socket limit",
+                            "run from a folder with a shorter path (or pass a shorter --root)")
+    for stale in ("server.json", "key_file.json"):
+        (folder / stale).unlink(missing_ok=True)
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    (folder / "tmp").mkdir(parents=True, exist_ok=True)
+    config, ports = _write_config(layout, folder, auto_ports, properties)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
+    env.update(TEMP=str(folder / "tmp"), TMPDIR=str(folder / "tmp"),
+               LOG_LOCATION=str(folder / "logs"), METRICS_LOCATION=str(folder / "logs"))
+    torchserve = Path(sys.executable).with_name("torchserve")
+    command = [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(config),
+               "--model-store", str(layout.model_store.resolve()), "--models", f"{spec.name}={mar.name}"]
+    with open(folder / "logs" / "stdout.log", "ab") as out:
+        # Own session: stop() signals the whole group (launcher, Java, workers) at once.
+        proc = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    info = ServerInfo(model=spec.name, pid=proc.pid, run_dir=str(folder),
+                      inference=f"http://127.0.0.1:{ports['inference']}",
+                      management=f"http://127.0.0.1:{ports['management']}",
+                      metrics=f"http://127.0.0.1:{ports['metrics']}", ports=ports)
+    files.write_json(folder / "server.json", asdict(info))
+    try:
+        _wait_ready(info, proc, timeout)
+    except BaseException:
+        stop(settings)
+        raise
+    return info
+
+
+def _wait_ready(info: ServerInfo, proc: subprocess.Popen, timeout: float) -> None:
+    logs = Path(info.run_dir) / "logs"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PipelineError(STAGE, f"TorchServe exited with code {proc.returncode} during start-up:\n"
+                                f"{_tail(logs / 'stdout.log')}", f"see {logs}/ts_log.log")
+        model_log = logs / "model_log.log"
+        if model_log.exists() and "Backend worker process died" in model_log.read_text(errors="replace"):
+            raise PipelineError(STAGE, f"the {info.model} worker died while loading the model; model_log.log ends:\n"
+                                f"{_tail(model_log)}",
+                                "fix the error above (a missing package in the worker's Python, a broken archive), then make serve")
+        if info.key_file.exists() and info.ready():
+            return
+        time.sleep(0.25)
+    raise PipelineError(STAGE, f"{info.model} workers were not READY after {timeout:.0f}s; model_log.log ends:\n"
+                        f"{_tail(logs / 'model_log.log')}", f"see {logs} for TorchServe's logs")
+
+
+def stop(settings: Settings, timeout: float = 60.0) -> bool:
+    """Stop the model's server and every process it started; False if none was running."""
+    _, layout = resolve(settings)
+    info = load_info(layout)
+    if info is None:
+        return False
+    procs = info.processes()
+    try:
+        os.killpg(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    for p in procs:  # a worker that left the group still gets the signal
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    folder = Path(info.run_dir)
+    for name in ("key_file.json", "server.json", "tmp/.model_server.pid"):
+        (folder / name).unlink(missing_ok=True)
+    return bool(procs)

@@ -1,0 +1,116 @@
+"""What every part shares: a run's settings, where files go (`Layout`), and what a stage returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import SpecError
+from pipeline.spec import ModelSpec, Tolerance, load_spec
+
+DEFAULT_MODEL = "simple_nn"
+PARITY_BATCH_SIZES = (1, 2, 7, 64, 1000)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Options for a pipeline run; each stage records the ones it uses."""
+
+    model: str = DEFAULT_MODEL
+    root: Path = Path(".")
+    force: bool = False
+    seed: int = 0
+    atol: float | None = None
+    rtol: float | None = None
+    parity_batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES
+    # CUDA precision to verify and serve; None takes the model spec's (fp32 unless it says tf32).
+    cuda_precision: str | None = None
+    # Serving defaults written into the archive's model-config.yaml. A lone request
+    # waits the whole batch delay: 5 ms cost 4.8 ms of p50 in sequential requests,
+    # 1 ms keeps batching under load at a fifth of that.
+    serve_batch_size: int = 8
+    serve_max_batch_delay_ms: int = 1
+    serve_workers: int = 1
+    serve_response_timeout_s: int = 30
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Fixed places a user (and a script) can rely on."""
+
+    root: Path
+    model: str
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts" / self.model
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.artifacts / "checkpoint.safetensors"
+
+    @property
+    def torchscript(self) -> Path:
+        return self.artifacts / "model.ts"
+
+    @property
+    def onnx(self) -> Path:
+        return self.artifacts / "model.onnx"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports" / self.model
+
+    @property
+    def model_store(self) -> Path:
+        return self.root / "model_store"
+
+    @property
+    def mar(self) -> Path:
+        return self.model_store / f"{self.model}.mar"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage did: ran or skipped, what it wrote, and a line for the summary."""
+
+    stage: str
+    skipped: bool
+    outputs: tuple[Path, ...]
+    seconds: float
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(settings: Settings) -> tuple[ModelSpec, Layout]:
+    spec = load_spec(settings.model)
+    return spec, Layout(Path(settings.root).resolve(), spec.name)
+
+
+def tolerance(settings: Settings, spec: ModelSpec) -> Tolerance:
+    return Tolerance(
+        atol=spec.tolerance.atol if settings.atol is None else settings.atol,
+        rtol=spec.tolerance.rtol if settings.rtol is None else settings.rtol,
+    )
+
+
+def cuda_precision(settings: Settings, spec: ModelSpec) -> str:
+    """The CUDA precision parity verifies and the archive serves."""
+    return settings.cuda_precision or spec.cuda_precision
+
+
+def cuda_tolerance(settings: Settings, spec: ModelSpec) -> Tolerance:
+    """The bound for ONNX Runtime on CUDA: the model's own, or its declared TF32 tolerance in TF32."""
+    if cuda_precision(settings, spec) == "fp32":
+        return tolerance(settings, spec)
+    if spec.tf32_tolerance is None:
+        raise SpecError("parity", f"{spec.name}: TF32 was asked for, but the spec declares no tf32_tolerance",
+                        "declare the error TF32 may make in the spec, e.g. tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2), "
+                        "or serve in fp32 (--cuda-precision fp32)")
+    return spec.tf32_tolerance
+
+
+def contract(settings: Settings, spec: ModelSpec) -> dict[str, Any]:
+    """The I/O contract the archive carries, with the CUDA precision that was verified."""
+    return spec.contract(cuda_precision(settings, spec))

@@ -1,0 +1,22 @@
+"""The five stages, each one module with one verb, `run(settings) -> StageResult`.
+
+They meet only through files and the manifest: train writes the checkpoint, trace the
+TorchScript module, export the ONNX graph, parity the gate's report, package the archive.
+`STAGES` lists them in the order `python -m pipeline all` runs them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pipeline.settings import Settings, StageResult
+from pipeline.stages import export, package, parity, trace, train
+
+STAGES: dict[str, Callable[[Settings], StageResult]] = {
+    "train": train.run, "trace": trace.run, "export": export.run, "parity": parity.run, "package": package.run,
+}
+
+
+def run_all(settings: Settings) -> list[StageResult]:
+    """Every stage in order; each skips itself when its inputs and settings are unchanged."""
+    return [stage(settings) for stage in STAGES.values()]

@@ -1,0 +1,180 @@
+"""Stage 3: export to ONNX with the torch.export-based exporter, dynamic batch axis."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+import warnings
+
+import numpy as np
+import onnx
+import torch
+
+from pipeline.artifacts import checkpoint
+from pipeline.artifacts import files
+from pipeline.errors import PipelineError
+from pipeline.artifacts.manifest import Manifest
+from pipeline.spec import ModelSpec
+from pipeline.settings import Settings, StageResult, resolve
+from pipeline.stages.trace import example_args
+
+STAGE = "export"
+OPSET = 20
+
+
+def dynamic_shapes(spec: ModelSpec) -> dict[str, dict[int, torch.export.Dim]]:
+    """One `Dim` per axis name, shared by every input that uses the name."""
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = {}
+    for t in spec.inputs:
+        shapes[t.name] = {i: dims.setdefault(name, torch.export.Dim(name, min=1)) for i, name in t.dynamic_axes().items()}
+    return shapes
+
+
+def check_example(spec: ModelSpec, example: tuple[torch.Tensor, ...]) -> None:
+    """torch.export fixes an axis whose example size is 0 or 1, and may merge axes of equal size."""
+    sizes: dict[str, int] = {}
+    for t, arr in zip(spec.inputs, example):
+        for axis, name in t.dynamic_axes().items():
+            sizes.setdefault(name, int(arr.shape[axis]))
+    fix = "make sample_inputs give every dynamic axis a size of 2 or more, each axis a different size (e.g. seq 12 when batch is 4)"
+    for name, size in sizes.items():
+        if size < 2:
+            raise PipelineError(STAGE, f"{spec.name}: the export example (sample_inputs(4, rng)) has size {size} on the "
+                                f"dynamic axis '{name}'; torch.export would fix the axis to that size", fix)
+    for name, size in sizes.items():
+        same = [n for n, s in sizes.items() if s == size and n != name]
+        if same:
+            raise PipelineError(STAGE, f"{spec.name}: the export example has size {size} on both dynamic axes '{name}' "
+                                f"and '{same[0]}'; torch.export would treat them as one axis", fix)
+
+
+def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str) -> PipelineError:
+    """The exporter's own reason (its innermost cause), where in forward() it arose, and a hint."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    full = f"{exc}\n{root}"
+    lines = [ln.strip() for ln in str(root).strip().splitlines() if ln.strip()]
+    reason = f"{type(root).__name__}: {lines[0] if lines else ''}"[:600]
+    call = re.search(r'The following call raised this error:\s*\n\s*(File "[^"]+", line \d+, in \w+)\s*\n\s*(\S.*)', full)
+    where = f" (raised at {call.group(1)}: `{call.group(2).strip()}`)" if call else ""
+    missing_op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", full)
+    if "data-dependent" in full or "GuardOnDataDependent" in full:
+        hint = ("forward() branches on a tensor's value (data-dependent control flow): compute both sides and pick "
+                "with torch.where, or use torch.cond for whole branches")
+    elif missing_op:
+        hint = (f"the op {missing_op.group(1)} has no ONNX translation: write that part of forward() with other ops, "
+                "or pass torch.onnx.export a custom_translation_table")
+    else:
+        hint = "see the exporter's reason above and https://pytorch.org/docs/stable/onnx_dynamo.html"
+    return PipelineError(
+        STAGE,
+        f"torch.onnx.export could not export {spec.name}: {reason}{where}",
+        f"{hint}. The earlier stages' artifacts are unchanged and no model.onnx was written; "
+        f"after fixing the model: python -m pipeline all --model {model_arg}",
+    )
+
+
+def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[str | int]]:
+    """Each graph input's and output's dimensions: a name where symbolic, a size where fixed."""
+    out = {}
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        out[value.name] = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in dims]
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter logs notes (e.g. torchvision not installed) that are not ours to act on."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            # Inputs that share an axis name share one Dim; the exporter notes it on every run.
+            warnings.filterwarnings("ignore", message=r"# The axis name: \w+ will not be used", category=UserWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def check_graph(path, spec: ModelSpec) -> dict:
+    """onnx.checker plus our contract: names as declared, dynamic axes symbolic in the file."""
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path), load_external_data=False)
+    dims = symbolic_dims(model)
+    elem_types = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+                  for v in (*model.graph.input, *model.graph.output)}
+    problems = []
+    for t in (*spec.inputs, *spec.outputs):
+        if t.name not in dims:
+            problems.append(f"{t.name} is not a graph input/output (graph has {sorted(dims)})")
+            continue
+        got = dims[t.name]
+        if elem_types[t.name] != np.dtype(t.dtype):
+            problems.append(f"{t.name} is {elem_types[t.name]} in the graph, declared {t.dtype}")
+        if len(got) != len(t.shape):
+            problems.append(f"{t.name} has rank {len(got)}, declared {len(t.shape)}")
+            continue
+        for axis, name in t.dynamic_axes().items():
+            if not isinstance(got[axis], str) or not got[axis]:
+                problems.append(f"{t.name} axis {axis} ({name}) is fixed to {got[axis]} in the graph, not symbolic")
+    if problems:
+        raise PipelineError(STAGE, f"{spec.name}: exported graph breaks the declared contract: " + "; ".join(problems),
+                            "check the spec's inputs/outputs and that forward() does not specialise dynamic axes")
+    return {
+        "opset": {op.domain or "ai.onnx": op.version for op in model.opset_import},
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}",
+        "dims": dims,
+    }
+
+
+def run(settings: Settings) -> StageResult:
+    spec, layout = resolve(settings)
+    manifest = Manifest(layout.root, spec.name)
+    model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
+    inputs = {"checkpoint": ckpt_sha}
+    stage_settings = {"opset": OPSET, "dynamo": True, "seed": settings.seed, "torch": torch.__version__,
+                      "model_source_sha256": spec.source_sha256()}  # the example inputs live in the model file
+    fresh, why = manifest.is_fresh("onnx", inputs, stage_settings)
+    if fresh and not settings.force:
+        return StageResult(STAGE, True, (layout.onnx,), 0.0, f"up to date ({why})")
+
+    start = time.perf_counter()
+    # Batch 4, not 1: torch.export specialises axes whose example size is 0 or 1.
+    example = example_args(spec, 4, settings.seed, STAGE)
+    check_example(spec, example)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                model,
+                example,
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                opset_version=OPSET,
+                dynamo=True,
+                dynamic_shapes=tuple(dynamic_shapes(spec)[t.name] for t in spec.inputs),
+                verbose=False,
+                report=False,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean "cannot export"
+        raise exporter_failure(spec, exc, settings.model) from None
+    with files.atomic_path(layout.onnx) as tmp:
+        program.save(str(tmp), external_data=False)
+        try:
+            graph = check_graph(tmp, spec)
+        except onnx.checker.ValidationError as exc:
+            raise PipelineError(STAGE, f"exported ONNX graph fails onnx.checker: {exc}", "report this with the model") from None
+    seconds = time.perf_counter() - start
+    manifest.record("onnx", layout.onnx, STAGE, inputs, stage_settings, seconds, graph)
+    batch = graph["dims"][spec.inputs[0].name][0]
+    return StageResult(STAGE, False, (layout.onnx,), seconds,
+                       f"opset {graph['opset'].get('ai.onnx')}, IR {graph['ir_version']}, batch axis symbolic ({batch!r})", graph)

@@ -1,0 +1,115 @@
+"""Stage 5: build `model_store/<model>.mar` with torch-model-archiver and check what is in it."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from model_archiver import ModelArchiver, ModelArchiverConfig
+
+from pipeline.artifacts import files
+from pipeline.artifacts.archive import inspect_archive
+from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import ARCHIVE_CONFIG, ARCHIVE_CONTRACT, ARCHIVE_HANDLER, ARCHIVE_MODEL, MAR, ONNX, PARITY
+from pipeline.errors import IntegrityError, PipelineError
+from pipeline.settings import Settings, StageResult, contract, resolve
+
+STAGE = "package"
+VERSION = "1.0"
+
+
+def handler_source() -> bytes:
+    """The entry module every archive ships (package data, so a wheel install can package)."""
+    resource = importlib.resources.files("pipeline.handlers") / ARCHIVE_HANDLER
+    try:
+        return resource.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(STAGE, f"the handler {ARCHIVE_HANDLER} is missing from the installed pipeline package",
+                             "reinstall the project (make setup, or pip install the wheel again)") from None
+
+
+def model_config(settings: Settings) -> dict:
+    """TorchServe's per-model settings, read from the archive at registration."""
+    return {
+        "minWorkers": settings.serve_workers,
+        "maxWorkers": settings.serve_workers,
+        "batchSize": settings.serve_batch_size,
+        "maxBatchDelay": settings.serve_max_batch_delay_ms,
+        "responseTimeout": settings.serve_response_timeout_s,
+    }
+
+
+def run(settings: Settings) -> StageResult:
+    spec, layout = resolve(settings)
+    manifest = Manifest(layout.root, spec.name)
+    onnx_path, onnx_rec = manifest.verified(ONNX, STAGE)
+    # The gate: only a model whose parity passed for exactly this ONNX file ships.
+    # Parity must also have run against the current checkpoint: after a retrain whose
+    # export failed, the old model.onnx still matches the old parity pass.
+    parity_rec = manifest.records.get(PARITY)
+    checkpoint_rec = manifest.records.get("checkpoint")
+    current = (parity_rec is not None and parity_rec.inputs.get("onnx") == onnx_rec.sha256
+               and checkpoint_rec is not None and parity_rec.inputs.get("checkpoint") == checkpoint_rec.sha256)
+    if not current or not parity_rec.details.get("passed"):
+        raise PipelineError(STAGE, f"{spec.name}: parity has not passed for the current {onnx_rec.path} "
+                            f"(see {layout.reports.relative_to(layout.root)}/parity.md)",
+                            f"run the parity stage and fix what it reports: python -m pipeline parity --model {spec.name}")
+    manifest.verified(PARITY, STAGE)
+    handler = handler_source()
+    io_contract = contract(settings, spec)
+    if parity_rec.settings.get("cuda_precision", "fp32") != io_contract["cuda_precision"]:
+        raise PipelineError(STAGE, f"{spec.name}: parity verified CUDA precision {parity_rec.settings.get('cuda_precision', 'fp32')}, "
+                            f"this archive would serve {io_contract['cuda_precision']}",
+                            f"run parity with the same precision: python -m pipeline all --model {spec.name} "
+                            f"--cuda-precision {io_contract['cuda_precision']}")
+    inputs = {"onnx": onnx_rec.sha256, "parity": parity_rec.sha256, "handler": files.sha256_bytes(handler)}
+    config = model_config(settings)
+    stage_settings = {"model_config": config, "contract": io_contract, "version": VERSION}
+    fresh, why = manifest.is_fresh(MAR, inputs, stage_settings)
+    if fresh and not settings.force:
+        return StageResult(STAGE, True, (layout.mar,), 0.0, f"up to date ({why})", manifest.records[MAR].details)
+
+    start = time.perf_counter()
+    layout.model_store.mkdir(parents=True, exist_ok=True)
+    # Stage everything in a private folder beside the store, then move the archive in
+    # atomically. A killed run's folder carries its pid and is removed by the next run.
+    files.sweep_stale(layout.model_store)
+    with files.no_room_is_an_error(layout.mar), \
+            tempfile.TemporaryDirectory(prefix=f".{spec.name}-{os.getpid()}.", dir=layout.model_store) as tmp:
+        staging = Path(tmp)
+        shutil.copyfile(onnx_path, staging / ARCHIVE_MODEL)
+        if files.sha256_file(staging / ARCHIVE_MODEL) != onnx_rec.sha256:
+            raise IntegrityError(STAGE, f"{onnx_rec.path} changed while it was being packaged", "run make export again")
+        (staging / ARCHIVE_HANDLER).write_bytes(handler)
+        (staging / ARCHIVE_CONTRACT).write_text(json.dumps(io_contract, indent=2) + "\n")
+        (staging / ARCHIVE_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+        out = staging / "out"
+        out.mkdir()
+        try:
+            ModelArchiver.generate_model_archive(ModelArchiverConfig(
+                model_name=spec.name,
+                handler=str(staging / ARCHIVE_HANDLER),
+                version=VERSION,
+                serialized_file=str(staging / ARCHIVE_MODEL),
+                extra_files=str(staging / ARCHIVE_CONTRACT),
+                export_path=str(out),
+                archive_format="default",
+                force=True,
+                config_file=str(staging / ARCHIVE_CONFIG),
+            ))
+        except SystemExit as exc:  # the archiver exits on bad arguments instead of raising
+            raise PipelineError(STAGE, f"torch-model-archiver failed (exit {exc.code})", "see the archiver's message above") from None
+        built = out / f"{spec.name}.mar"
+        details = inspect_archive(built, onnx_rec.sha256)
+        with files.atomic_path(layout.mar) as final:
+            shutil.copyfile(built, final)
+    seconds = time.perf_counter() - start
+    details = {"members": details["members"], "model_config": config}
+    rec = manifest.record(MAR, layout.mar, STAGE, inputs, stage_settings, seconds, details)
+    return StageResult(STAGE, False, (layout.mar,), seconds, f"{rec.path} ({rec.bytes / 1024:.1f} KiB)", details)

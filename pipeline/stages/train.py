@@ -1,0 +1,40 @@
+"""Stage 1: train the model and write a safetensors checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from pipeline.artifacts import checkpoint
+from pipeline.artifacts.manifest import Manifest
+from pipeline.settings import Settings, StageResult, resolve
+
+STAGE = "train"
+
+
+def run(settings: Settings) -> StageResult:
+    spec, layout = resolve(settings)
+    manifest = Manifest(layout.root, spec.name)
+    stage_settings = {"seed": settings.seed, "model_source_sha256": spec.source_sha256()}
+    fresh, why = manifest.is_fresh("checkpoint", {}, stage_settings)
+    if fresh and not settings.force:
+        rec = manifest.records["checkpoint"]
+        return StageResult(STAGE, True, (layout.checkpoint,), 0.0, f"up to date ({why})", rec.details)
+
+    start = time.perf_counter()
+    # Single-threaded and deterministic, so the same seed gives the same bytes anywhere.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        result = spec.train(settings.seed)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
+    checkpoint.save(layout.checkpoint, result.state_dict, spec.name, result.model_args)
+    seconds = time.perf_counter() - start
+    details = {"metrics": dict(result.metrics), "model_args": dict(result.model_args)}
+    manifest.record("checkpoint", layout.checkpoint, STAGE, {}, stage_settings, seconds, details)
+    metrics = ", ".join(f"{k} {v:.6g}" for k, v in result.metrics.items()) or "no metrics reported"
+    return StageResult(STAGE, False, (layout.checkpoint,), seconds, f"trained: {metrics}", details)

@@ -1,0 +1,304 @@
+"""The latency benchmark on a tiny budget: report schema and sanity, never a wall-clock threshold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.bench import latency as bench
+from pipeline.bench import served as bench_served
+from pipeline.bench import engines
+from pipeline.bench.engines import CUDA_GRAPH_ENGINES, FLOOR_OF
+from pipeline.runtimes.runners import cuda_available
+
+from tests.helpers import REPO
+
+ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run")
+BATCHES = (1, 8)
+CONCURRENCY = (1, 4)
+PCTS = ("min_ms", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")
+
+
+def tiny(root, **kw) -> bench.BenchSettings:
+    base = dict(root=root, engines=ENGINES, batch_sizes=BATCHES, budget_s=0.05, rounds=2, warmup_s=0.02,
+                concurrency=CONCURRENCY, served_seconds=1.0)
+    return bench.BenchSettings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, built_root):
+    """One tiny but complete run: in process, cold start, and the served sweep on real TorchServe."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("bench")
+    shutil.copytree(built_root, root, dirs_exist_ok=True)
+    result = bench.run(tiny(root))
+    return root, result
+
+
+@pytest.mark.slow
+def test_writes_three_reports(report):
+    root, result = report
+    folder = root / "reports" / "simple_nn"
+    assert json.loads((folder / "latency.json").read_text()) == json.loads(json.dumps(result))
+    assert (folder / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (folder / "latency.md").read_text()
+    for heading in ("## Environment", "## Targets", "speedup over eager", "## Cold start", "## Served", "tuned vs default", "tuned-large-batch vs tuned"):
+        assert heading in md
+
+
+@pytest.mark.slow
+def test_every_engine_and_batch_present_with_ordered_positive_percentiles(report):
+    _, result = report
+    records = result["in_process"]
+    wanted = set(ENGINES) | {FLOOR_OF[e] for e in ENGINES}
+    assert {(r["engine"], r["batch"]) for r in records} == {(e, b) for e in wanted for b in BATCHES}
+    assert result["failures"] == []
+    for r in records:
+        values = [r[k] for k in PCTS]
+        assert all(v > 0 for v in values), r
+        assert values == sorted(values), r
+        assert r["iterations"] >= 2 * 10  # at least 10 calls per round
+        assert r["throughput_per_s"] == pytest.approx(r["batch"] / r["mean_ms"] * 1e3)
+        assert r["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_ratios_are_computed_against_the_same_run(report):
+    _, result = report
+    index = {(r["engine"], r["batch"]): r for r in result["in_process"]}
+    for b in BATCHES:
+        assert index[("eager", b)]["speedup_vs_eager_p50"] == 1.0
+        ort, eager, floor = index[("onnxruntime", b)], index[("eager", b)], index[("floor:onnxruntime", b)]
+        assert ort["speedup_vs_eager_p50"] == pytest.approx(eager["p50_ms"] / ort["p50_ms"])
+        assert ort["ratio_to_floor_p50"] == pytest.approx(ort["p50_ms"] / floor["p50_ms"])
+        assert index[("floor:eager", b)]["speedup_vs_eager_p50"] is None
+    cpu_targets = [t for t in result["targets"] if t["target"].startswith("CPU batch 1")]
+    assert len(cpu_targets) == 2 and all(t["value"] > 0 for t in cpu_targets)
+
+
+@pytest.mark.slow
+def test_labels_say_what_really_ran(report):
+    _, result = report
+    providers = {r["engine"]: r["provider"] for r in result["in_process"]}
+    assert providers["onnxruntime"] == providers["onnxruntime-run"] == "CPUExecutionProvider"
+    assert providers["eager"] == "torch cpu"
+    env = result["environment"]
+    assert env["intra_op_threads"] == result["settings"]["threads"] == env["torch_threads"]
+    for key in ("cpu", "physical_cores", "torch", "onnx", "onnxruntime", "torchserve"):
+        assert env[key]
+    if not cuda_available():
+        assert env["gpu"] is None
+        assert not any("cuda" in r["device"] or "CUDA" in r["provider"] for r in result["in_process"])
+
+
+@pytest.mark.slow
+def test_cold_start_per_engine(report):
+    _, result = report
+    cold = {c["engine"]: c for c in result["cold_start"]}
+    assert set(cold) == {"eager", "torchscript", "onnxruntime"}
+    for c in cold.values():
+        assert "error" not in c, c
+        assert 0 < c["first_inference_s"] and 0 < c["load_s"]
+        assert c["total_s"] == pytest.approx(c["import_s"] + c["load_s"] + c["first_inference_s"])
+
+
+@pytest.mark.slow
+def test_served_sweep_on_real_torchserve(report):
+    _, result = report
+    served = result["served"]
+    assert [c["name"] for c in served["configs"]] == list(bench_served.SERVING_CONFIGS)
+    for config in served["configs"]:
+        assert [r["concurrency"] for r in config["runs"]] == list(CONCURRENCY)
+        for run, ping in zip(config["runs"], config["ping"]):
+            assert run["requests"] > 0 and run["errors"] == 0, run
+            assert run["status"] == {"200": run["requests"]}
+            assert 0 < run["p50_ms"] <= run["p99_ms"]
+            assert ping["errors"] == 0 and ping["p50_ms"] > 0
+            metrics = run["torchserve_metrics"]
+            # TorchServe logged one queue and one total time per request the client sent.
+            assert metrics["frontend_total"]["n"] >= run["requests"] * 0.9
+            assert 0 <= metrics["queue"]["mean_ms"] <= metrics["frontend_total"]["mean_ms"]
+            assert metrics["handler_per_batch"]["n"] > 0
+    sources = {c["name"]: c["runs"][0]["torchserve_metrics"]["source"] for c in served["configs"]}
+    assert sources["default"].startswith("metrics logs") and sources["tuned"].startswith("metrics API")
+    changes = {c["name"]: c["changes"] for c in served["configs"]}
+    assert changes["tuned"] == {"archive": {}, "server": {}}  # exactly what the project ships
+    sc = {c["name"]: c["server_config"] for c in served["configs"]}
+    assert sc["default"]["batchSize"] == 1 and sc["tuned"]["batchSize"] == 8 and sc["tuned-large-batch"]["batchSize"] == 32
+    assert [(c["base"], c["other"]) for c in served["comparisons"]] == list(bench_served.COMPARISONS)
+
+
+@pytest.mark.slow
+def test_served_servers_are_gone_and_user_archive_untouched(report, built_root):
+    root, _ = report
+    assert not (root / "run").exists() or not any((root / "run").rglob("server.json"))
+    names = {p.name for p in (root / "model_store").glob("*.mar")}
+    assert names == {"simple_nn.mar"}
+    assert (root / "model_store" / "simple_nn.mar").read_bytes() == (built_root / "model_store" / "simple_nn.mar").read_bytes()
+
+
+def test_engine_that_cannot_run_is_reported_not_fatal(built_root, tmp_path, monkeypatch):
+    import shutil
+
+    from pipeline.errors import PipelineError
+
+    def broken(path, config):
+        raise PipelineError("runtime", "the CUDA provider failed to load", "check the libraries")
+
+    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    monkeypatch.setattr(engines, "create_session", broken)
+    result = bench.run(tiny(tmp_path, engines=("eager", "onnxruntime"), batch_sizes=(1,), cold_start=False, served="off"))
+    assert sorted(f["engine"] for f in result["failures"]) == ["floor:onnxruntime", "onnxruntime"]
+    assert "failed to load" in result["failures"][0]["error"]
+    assert {r["engine"] for r in result["in_process"]} == {"eager", "floor:eager"}
+    assert "could not run here" in (tmp_path / "reports" / "simple_nn" / "latency.md").read_text()
+
+
+def test_impossible_engine_and_device_pairs_are_skipped_not_failed(built_root, tmp_path):
+    import shutil
+
+    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    result = bench.run(tiny(tmp_path, engines=("eager", *CUDA_GRAPH_ENGINES), batch_sizes=(1,),
+                            cold_start=False, served="off"))
+    assert result["failures"] == []
+    assert {(s["engine"], s["device"]) for s in result["skipped"]} == {(e, "cpu") for e in CUDA_GRAPH_ENGINES}
+    assert all(s["reason"] == "CUDA graphs exist only on CUDA" for s in result["skipped"])
+    assert {r["engine"] for r in result["in_process"]} == {"eager", "floor:eager"}
+    assert "Skipped pairings" in (tmp_path / "reports" / "simple_nn" / "latency.md").read_text()
+
+
+@pytest.mark.parametrize("engine", CUDA_GRAPH_ENGINES)
+def test_cuda_graph_engines_refuse_the_cpu_in_load(engine):
+    assert engines.skip_reason(engine, "cpu") == "CUDA graphs exist only on CUDA"
+    assert engines.skip_reason(engine, "cuda") is None
+    assert engines.skip_reason("onnxruntime-run", "cuda") is None
+
+
+def test_cuda_graph_flag_adds_onnxruntime_graphs_and_both_pytorch_peers(tmp_path):
+    from pipeline import cli
+
+    p, commands = cli.parser()
+    args = p.parse_args(["bench", "--device", "cpu", "--cuda-graph", "--cuda-precision", "tf32", "--cudnn-search", "HEURISTIC"])
+    settings = bench.settings_from_args(args)
+    assert set(CUDA_GRAPH_ENGINES) <= set(settings.engines)
+    config = settings.session("cuda")
+    assert config.cuda_options()["use_tf32"] == "1" and config.cuda_options()["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert settings.session("cpu").describe() == {"device": "cpu", "threads": settings.threads}
+
+
+def test_verdicts_name_the_faster_runtime_and_by_how_much():
+    records = [{"device": "cuda", "batch": 1, "engine": e, "p50_ms": ms} for e, ms in
+               (("eager", 0.414), ("onnxruntime", 0.107), ("onnxruntime-cudagraph", 0.044), ("torch-cudagraph", 0.036))]
+    [verdict] = bench.verdicts(records)
+    assert verdict["winner"] == "PyTorch" and verdict["winner_engine"] == "torch-cudagraph"
+    assert verdict["onnxruntime"] == "onnxruntime-cudagraph"
+    assert verdict["by"] == pytest.approx(0.044 / 0.036)
+    eager_target, peer_target = bench.targets(records, None)
+    assert "onnxruntime-cudagraph" in eager_target["target"] and eager_target["value"] == pytest.approx(0.414 / 0.044)
+    assert "torch-cudagraph" in peer_target["target"] and peer_target["value"] == pytest.approx(0.044 / 0.036)
+    assert eager_target["met"] and peer_target["met"] and peer_target["lower_is_better"]
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the guard on a machine without CUDA")
+def test_cuda_request_without_cuda_is_a_clear_error(built_root, tmp_path):
+    import shutil
+
+    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "bench", "--device", "cuda", "--root", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1
+    assert "no CUDA device" in proc.stderr and "never labelled CUDA" in proc.stderr
+    assert not (tmp_path / "reports" / "simple_nn" / "latency.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engines", "eager,tensorrt"], "choose from"),
+    (["--batch-sizes", "0,8"], "positive"),
+    (["--concurrency", "x"], "invalid"),
+])
+def test_bad_options_exit_2_with_the_choices(args, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "bench", "--root", str(tmp_path), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_missing_artifacts_say_run_export_first(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "bench", "--root", str(tmp_path), "--served", "off"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1
+    assert "make export" in proc.stderr
+
+
+def test_served_running_without_a_server_is_a_clear_error(built_root, tmp_path):
+    import shutil
+
+    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    with pytest.raises(bench.PipelineError, match="no simple_nn server is running"):
+        bench.run(tiny(tmp_path, engines=("eager",), batch_sizes=(1,), cold_start=False, served="running"))
+
+
+def _runs(rps: list[float], p99: list[float], errors: int = 0) -> list[dict]:
+    return [{"concurrency": c, "requests_per_s": r, "p99_ms": p, "errors": errors} for c, r, p in zip((1, 16), rps, p99)]
+
+
+def test_compare_needs_throughput_p99_and_zero_errors():
+    configs = [{"name": "default", "runs": _runs([100, 500], [10, 50])},
+               {"name": "tuned", "runs": _runs([90, 1100], [12, 40])}]
+    c = bench_served.compare(configs, "default", "tuned")
+    assert c["rps_ratio"] == pytest.approx(2.2) and c["met"]
+    assert c["per_concurrency"]["1"]["winner_rps"] == "default"
+    assert c["per_concurrency"]["16"]["winner_rps"] == "tuned"
+    configs[1]["runs"] = _runs([90, 1100], [12, 60])  # faster but a worse p99
+    assert not bench_served.compare(configs, "default", "tuned")["met"]
+    configs[1]["runs"] = _runs([90, 1100], [12, 40], errors=1)
+    assert not bench_served.compare(configs, "default", "tuned")["met"]
+    assert bench_served.compare(configs, "default", "absent") is None
+
+
+def test_log_window_reads_only_new_metrics(tmp_path):
+    log = tmp_path / "ts_metrics.log"
+    log.write_text("x - ts_queue_latency_microseconds.Microseconds:9000.0|#model\n")
+    window = bench_served.LogWindow.mark(tmp_path)
+    with open(log, "a") as f:
+        f.write("x - ts_inference_latency_microseconds.Microseconds:3000.0|#m\n"
+                "x - ts_queue_latency_microseconds.Microseconds:1000.0|#m\n")
+    (tmp_path / "model_metrics.log").write_text("x - PredictionTime.ms:0.5|#m\n")
+    b = window.breakdown()
+    assert b["queue"]["n"] == 1 and b["queue"]["p50_ms"] == pytest.approx(1.0)
+    assert b["frontend_total"]["p50_ms"] == pytest.approx(3.0)
+    assert b["queue_share_of_total"] == pytest.approx(1 / 3)
+
+
+def test_load_goes_to_loopback_only():
+    from pipeline.errors import PipelineError
+    from pipeline.bench.loadgen import run_load
+
+    with pytest.raises(PipelineError, match="only 127.0.0.1"):
+        run_load("http://10.0.0.1:8080/ping", [], 1, 1.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
+def test_cuda_engines_run_on_the_gpu(built_root, tmp_path):
+    import shutil
+
+    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    result = bench.run(tiny(tmp_path, engines=("eager", "onnxruntime", "onnxruntime-run", *CUDA_GRAPH_ENGINES),
+                            batch_sizes=(1, 64), devices=("cpu", "cuda"), cold_start=False, served="off"))
+    assert result["failures"] == []
+    assert {(s["engine"], s["device"]) for s in result["skipped"]} == {(e, "cpu") for e in CUDA_GRAPH_ENGINES}
+    cuda = {(r["engine"], r["batch"]): r for r in result["in_process"] if r["device"] == "cuda"}
+    assert cuda[("onnxruntime", 1)]["provider"] == "CUDAExecutionProvider"
+    assert cuda[("eager", 1)]["provider"].startswith("torch cuda")
+    assert "CUDA graphs" in cuda[("onnxruntime-cudagraph", 64)]["provider"]
+    assert "CUDAGraph replay" in cuda[("torch-cudagraph", 64)]["provider"]
+    assert ("torch.compile-cudagraphs", 1) in cuda and cuda[("onnxruntime-run", 1)]["provider"] == "CUDAExecutionProvider"
+    assert result["sessions"]["cuda"]["provider_options"]["use_tf32"] == "0"
+    assert {v["device"] for v in result["verdicts"]} == {"cpu", "cuda"}
+    assert any(t["target"].startswith("CUDA batch 1") for t in result["targets"])
+    assert result["environment"]["gpu"]

@@ -1,0 +1,69 @@
+import hashlib
+import json
+import zipfile
+
+import pytest
+import yaml
+
+from pipeline.artifacts import archive
+from pipeline.stages import package
+from pipeline.errors import IntegrityError
+from pipeline.artifacts.manifest import Manifest
+from pipeline.spec import load_spec
+
+
+def test_archive_holds_model_handler_manifest_and_nothing_stray(built):
+    _, layout = built
+    with zipfile.ZipFile(layout.mar) as zf:
+        names = set(zf.namelist())
+        assert names == {"MAR-INF/MANIFEST.json", "model.onnx", "onnx_handler.py", "io_contract.json", "model-config.yaml"}
+        mar_manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
+        onnx_sha = hashlib.sha256(zf.read("model.onnx")).hexdigest()
+        contract = json.loads(zf.read("io_contract.json"))
+        config = yaml.safe_load(zf.read("model-config.yaml"))
+        handler = zf.read("onnx_handler.py")
+    assert mar_manifest["model"]["modelName"] == "simple_nn"
+    assert mar_manifest["model"]["serializedFile"] == "model.onnx"
+    assert mar_manifest["model"]["handler"] == "onnx_handler.py"
+    assert mar_manifest["model"]["configFile"] == "model-config.yaml"
+    manifest = Manifest(layout.root, "simple_nn")
+    assert onnx_sha == manifest.records["onnx"].sha256
+    assert contract == load_spec("simple_nn").contract()
+    assert config["batchSize"] >= 1 and config["maxBatchDelay"] >= 0 and config["minWorkers"] >= 1
+    assert handler == package.handler_source()
+
+
+def test_manifest_records_archive(built):
+    _, layout = built
+    rec = Manifest(layout.root, "simple_nn").records["mar"]
+    assert rec.path == "model_store/simple_nn.mar"
+    assert rec.bytes == layout.mar.stat().st_size
+    assert set(rec.inputs) == {"onnx", "parity", "handler"}
+
+
+def _copy_with_extra(src, dst, name, data):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for member in zin.namelist():
+            zout.writestr(member, zin.read(member))
+        zout.writestr(name, data)
+    return dst
+
+
+def test_inspect_refuses_stray_and_unsafe_members(built, tmp_path):
+    _, layout = built
+    with pytest.raises(IntegrityError, match="unsafe paths"):
+        archive.inspect_archive(_copy_with_extra(layout.mar, tmp_path / "bad.mar", "../evil.py", "print('x')"))
+    with pytest.raises(IntegrityError, match="expected exactly"):
+        archive.inspect_archive(_copy_with_extra(layout.mar, tmp_path / "stray.mar", "notes.txt", "hello"))
+    (tmp_path / "junk.mar").write_bytes(b"not a zip")
+    with pytest.raises(IntegrityError, match="not a readable archive"):
+        archive.inspect_archive(tmp_path / "junk.mar")
+
+
+def test_repackage_when_archive_damaged(project):
+    settings, layout = project
+    layout.mar.write_bytes(layout.mar.read_bytes()[:100])
+    result = package.run(settings)
+    assert not result.skipped
+    archive.inspect_archive(layout.mar, Manifest(layout.root, "simple_nn").records["onnx"].sha256)
+    assert package.run(settings).skipped
