@@ -214,7 +214,7 @@ def compiled_cudagraphs_engine(module, spec: ModelSpec, recompile_limit: int) ->
     import torch
 
     _raise_recompile_limit(recompile_limit)
-    compiled = torch.compile(module.to("cuda").eval(), mode="reduce-overhead", dynamic=False)
+    compiled = torch.compile(module.to("cuda").eval(), mode="reduce-overhead")
 
     def bind(feed):
         args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])).to("cuda") for t in spec.inputs]
@@ -297,7 +297,7 @@ def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Pat
         return torch_engine(name, model_factory(), spec, device)
     if name == "torch.compile":
         _raise_recompile_limit(recompile_limit)
-        return torch_engine(name, torch.compile(model_factory().to(device), dynamic=False), spec, device)
+        return torch_engine(name, torch.compile(model_factory().to(device)), spec, device)
     if name == "torchscript":
         return torch_engine(name, torch.jit.load(str(paths["torchscript"]), map_location=device), spec, device)
     if name == "onnxruntime":

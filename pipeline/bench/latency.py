@@ -57,11 +57,14 @@ class BenchSettings:
     # Intra-op threads for torch and ONNX Runtime alike: the physical cores.
     threads: int = psutil.cpu_count(logical=False) or 1
     # Seconds of timed calls per engine and batch size, split over the rounds.
-    budget_s: float = 1.0
+    budget_s: float = 0.5
     rounds: int = 5
     warmup_s: float = 0.2
     seed: int = 0
     cold_start: bool = True
+    # torch.compile's cold start compiles from scratch (a minute on some machines); its
+    # compile time is reported in process as setup s, so its fresh process is opt-in.
+    cold_start_compile: bool = False
     served: Literal["auto", "running", "off"] = "auto"
     concurrency: tuple[int, ...] = CONCURRENCY
     served_seconds: float = 5.0
@@ -127,9 +130,15 @@ def time_calls(call: Callable[[], object], n: int) -> np.ndarray:
 
 
 def calibrate(call: Callable[[], object], settings: BenchSettings) -> int:
-    """Warm up (compiles, caches, allocator pools), then size each round to the budget."""
+    """Warm up (compiles, caches, allocator pools), then size each round to the budget.
+
+    The first calls compile, capture or record (torch.compile's CUDA graphs replay from
+    the third call), so they are left out of the per-call estimate, and the warm-up runs
+    until both its time and a minimum number of calls are spent.
+    """
+    time_calls(call, 3)
     deadline = time.perf_counter() + settings.warmup_s
-    warm = list(time_calls(call, 3))
+    warm = list(time_calls(call, 10))
     while time.perf_counter() < deadline:
         warm.extend(time_calls(call, 5))
     per_call_s = max(float(np.median(warm[-10:])) / 1e9, 1e-9)
@@ -226,6 +235,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(text[:3])[:400]}" if text else type(exc).__name__
 
 
+def cold_engines(settings: BenchSettings) -> list[str]:
+    """The engines whose cold start is measured; the others share a session creation or model load with one."""
+    skip = {"onnxruntime-run", *CUDA_GRAPH_ENGINES, *(() if settings.cold_start_compile else ("torch.compile",))}
+    return [e for e in settings.engines if e not in skip]
+
+
 def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar: tqdm) -> list[dict]:
     """Each engine in a fresh process: import, load/session creation, first inference."""
     feed = spec.sample_inputs(1, np.random.default_rng(settings.seed))
@@ -233,9 +248,7 @@ def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, ba
     np.savez(feed_path, **feed)
     out = []
     for device in settings.devices:
-        for engine in settings.engines:
-            if engine == "onnxruntime-run" or engine in CUDA_GRAPH_ENGINES:
-                continue  # the same session creation (or model load) as an engine measured here
+        for engine in cold_engines(settings):
             bar.set_postfix_str(f"cold start {engine} ({device})")
             job = {"engine": engine, "device": device, "threads": settings.threads, "feed": str(feed_path),
                    "inputs": [t.name for t in spec.inputs], "onnx": str(layout.onnx),
@@ -359,7 +372,7 @@ def run(settings: BenchSettings) -> dict:
             raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: make export MODEL={settings.model}")
     started = time.perf_counter()
     steps = len(settings.devices) * len(settings.batch_sizes) * settings.rounds
-    steps += len(settings.devices) * len(settings.engines) if settings.cold_start else 0
+    steps += len(settings.devices) * len(cold_engines(settings)) if settings.cold_start else 0
     steps += bench_served.steps(settings)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, \
             tqdm(total=steps, desc=f"bench {spec.name}", unit="step", disable=None, mininterval=0.5) as bar:
@@ -420,6 +433,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=d.rounds, help="interleaved rounds (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=d.warmup_s, help="seconds of untimed warm-up per engine and batch (default: %(default)s)")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start processes")
+    p.add_argument("--cold-start-compile", action="store_true",
+                   help="also time torch.compile's cold start in a fresh process (compiles from scratch)")
     p.add_argument("--served", choices=["auto", "running", "off"], default=d.served,
                    help="auto: start TorchServe with the default and the tuned config; running: the server "
                         "`make serve` started; off: in-process only (default: %(default)s)")
@@ -448,7 +463,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         raise PipelineError(STAGE, "--budget, --rounds, --threads and --served-seconds must be positive", "e.g. --budget 1 --rounds 5")
     return BenchSettings(model=args.model, root=args.root, engines=engines, batch_sizes=args.batch_sizes,
                          devices=devices, threads=args.threads, budget_s=args.budget, rounds=args.rounds,
-                         warmup_s=args.warmup, cold_start=not args.no_cold_start, served=args.served,
+                         warmup_s=args.warmup, cold_start=not args.no_cold_start,
+                         cold_start_compile=args.cold_start_compile, served=args.served,
                          concurrency=args.concurrency, served_seconds=args.served_seconds,
                          cuda_precision=args.cuda_precision, cudnn_conv_algo_search=args.cudnn_search)
 

@@ -103,6 +103,9 @@ SPEC = ModelSpec(
     sample_inputs=sample_inputs,
     edge_inputs=edge_inputs,
     tolerance=Tolerance(atol=1e-5, rtol=1e-4),
+    # Only used with --cuda-precision tf32 (served precision stays fp32 unless asked):
+    # TF32 moved these probabilities by 2.5e-3 on an H200.
+    tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2),
     max_rows_per_request=1024,
     # A "1": a vertical bar.
     example_request={"image": [[0, 0, 0, 8, 8, 0, 0, 0]] * 8},

@@ -1,6 +1,6 @@
 """Pipeline faults injected for real: SIGKILL mid-write, a full disk, damaged artifacts.
 
-Each fault runs a stage in a child process (`python -m pipeline.faults ...`), kills
+Each fault runs a stage in a child process (`python -m pipeline.reliability.faults ...`), kills
 or starves it, and then checks what a user would find: the previous good artifact
 or none under its final name (never a partial one), a manifest that still vouches
 only for what it lists, and a next run that completes. The checks return records;
@@ -188,11 +188,10 @@ def _manifest_problems(project: Project) -> list[str]:
 
 def recover(project: Project) -> list[str]:
     """Run every stage as `make export` would (no --force); problems found, if any."""
-    from pipeline import cli
+    from pipeline.stages import run_all
 
     try:
-        for stage in cli.STAGES.values():
-            stage(project.settings)
+        run_all(project.settings)
     except PipelineError as exc:
         return [f"the next run failed: {exc.problem}"]
     problems = []
@@ -209,7 +208,7 @@ def recover(project: Project) -> list[str]:
 
 
 def _child(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.faults", *args], stdin=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "pipeline.reliability.faults", *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -363,6 +362,7 @@ def _install_kill_point(target: str, point: str) -> None:
 def _child_main(argv: list[str]) -> int:
     from pipeline import cli
     from pipeline.settings import resolve
+    from pipeline.stages import STAGES
 
     command, root, model, stage = argv[:4]
     settings = Settings(model=model, root=Path(root), force=True)
@@ -374,7 +374,7 @@ def _child_main(argv: list[str]) -> int:
                       "parity": layout.reports / "parity.json", "mar": layout.mar}[STAGE_ARTIFACT[stage]]
             _install_kill_point(target.name, point)
         print("READY", flush=True)
-        cli.STAGES[stage](settings)
+        STAGES[stage](settings)
         return 0
     if command == "disk":
         import resource

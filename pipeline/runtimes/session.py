@@ -88,6 +88,7 @@ def create_session(path: Path | str, config: SessionConfig = SessionConfig()):
 
     # ORT follows external-data paths wherever they point: refuse such a file first.
     check_onnx_file(Path(path))
+    ort.set_default_logger_severity(3)  # warnings only from the session options below, not the global logger
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if config.threads is not None:
@@ -114,8 +115,10 @@ def check_session(session, config: SessionConfig) -> None:
         raise PipelineError("runtime", f"ONNX Runtime was asked for {want} but runs on {got}",
                             "check the CUDA 13 / cuDNN 9 libraries (import torch first, or onnxruntime.preload_dlls())")
     if config.device == "cuda":
+        # The options that change results or how a call runs must read back as asked.
         applied = session.get_provider_options().get(CUDA, {})
-        wrong = {k: (v, applied.get(k)) for k, v in config.cuda_options().items() if applied.get(k, v) != v}
+        wanted = {k: v for k, v in config.cuda_options().items() if k in ("device_id", "use_tf32", "enable_cuda_graph")}
+        wrong = {k: (v, applied.get(k)) for k, v in wanted.items() if applied.get(k) != v}
         if wrong:
             raise PipelineError("runtime", f"the CUDA provider did not take these options (asked, got): {wrong}",
                                 "upgrade onnxruntime-gpu to the version in constraints.txt")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from pipeline.runtimes.runners import cuda_available
 from tests.helpers import FakeContext, archive_handler
 
 
@@ -76,3 +77,53 @@ def test_one_bad_request_in_a_batch_fails_alone(served):
     assert codes == [200, 400, 200, 400]
     assert results[0][1]["y"] == pytest.approx(3.0, abs=0.05)
     assert results[2][1]["y"] == pytest.approx([5.0, 7.0], abs=0.05)
+
+
+def _spy_sessions(monkeypatch) -> list:
+    """Record the SessionConfig the handler asks for; run a CPU session so no GPU is needed."""
+    from pipeline.runtimes.session import SessionConfig
+    from pipeline.serving import handler as handler_module
+
+    seen: list = []
+    real = handler_module.create_session
+
+    def spy(path, config):
+        seen.append(config)
+        return real(path, SessionConfig("cpu"))
+
+    monkeypatch.setattr(handler_module, "create_session", spy)
+    monkeypatch.setattr(handler_module, "cuda_provider_available", lambda: True)
+    return seen
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_a_gpu_worker_gets_the_contracts_precision(built_root, tmp_path, monkeypatch, precision):
+    """The provider options the archive's contract declares reach the handler's CUDA session."""
+    from pipeline.serving.handler import OnnxHandler
+
+    seen = _spy_sessions(monkeypatch)
+    archive_handler(built_root / "model_store" / "simple_nn.mar", tmp_path)  # unpacks it
+    contract = json.loads((tmp_path / "io_contract.json").read_text())
+    assert contract["cuda_precision"] == "fp32"  # what parity verified by default
+    contract["cuda_precision"] = precision
+    (tmp_path / "io_contract.json").write_text(json.dumps(contract))
+    handler = OnnxHandler()
+    handler(None, FakeContext(tmp_path, gpu_id=2))
+    config = seen[-1]
+    assert (config.device, config.precision, config.gpu_id) == ("cuda", precision, 2)
+    assert config.cuda_options()["use_tf32"] == ("1" if precision == "tf32" else "0")
+
+
+def test_a_cpu_worker_gets_a_cpu_session(built_root, tmp_path, monkeypatch):
+    seen = _spy_sessions(monkeypatch)
+    archive_handler(built_root / "model_store" / "simple_nn.mar", tmp_path)
+    assert seen[-1].device == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
+def test_handler_on_a_gpu_worker_runs_on_cuda_and_answers(built_root, tmp_path):
+    module, ctx = archive_handler(built_root / "model_store" / "simple_nn.mar", tmp_path, gpu_id=0)
+    assert module.handle.provider == "CUDAExecutionProvider"
+    [raw] = module.handle([{"body": b'{"x": [1.0, 2.0, 3.0]}'}], ctx)
+    assert json.loads(raw)["y"] == pytest.approx([3.0, 5.0, 7.0], abs=0.05)

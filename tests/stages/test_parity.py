@@ -11,6 +11,7 @@ from pipeline.errors import ParityError, PipelineError
 from pipeline.artifacts.manifest import Manifest
 from pipeline.spec import Tolerance
 from pipeline.settings import Settings
+from pipeline.spec import load_spec
 
 TOL = Tolerance(atol=1e-5, rtol=1e-4)
 
@@ -102,3 +103,57 @@ def test_tolerance_override_is_honoured(project):
 def test_parity_skips_when_unchanged(built):
     settings, _ = built
     assert parity.run(settings).skipped
+
+
+def test_parity_gives_the_cuda_engine_the_served_precision(built, monkeypatch):
+    """Parity's CUDA session comes from the same factory with the precision the archive will serve."""
+    from pipeline.runtimes.runners import OrtRunner
+    from pipeline.runtimes.session import SessionConfig
+
+    seen = []
+
+    def spy(name, path, spec, config):
+        seen.append((name, config))
+        return OrtRunner(name, path, spec, SessionConfig("cpu"))
+
+    monkeypatch.setattr(parity, "cuda_available", lambda: True)
+    monkeypatch.setattr(parity, "OrtRunner", spy)
+    _, layout = built
+    parity.engines(load_spec("simple_nn"), Manifest(layout.root, "simple_nn"), "tf32")
+    configs = dict(seen)
+    assert configs["onnxruntime-cpu"].device == "cpu"
+    assert configs["onnxruntime-cuda"].device == "cuda" and configs["onnxruntime-cuda"].precision == "tf32"
+
+
+def test_tf32_needs_a_declared_tolerance(built):
+    from pipeline.errors import SpecError
+    from pipeline.settings import cuda_tolerance
+
+    with pytest.raises(SpecError, match="declares no tf32_tolerance"):
+        cuda_tolerance(Settings(cuda_precision="tf32"), load_spec("simple_nn"))
+    digits = load_spec("digits_cnn")
+    assert cuda_tolerance(Settings(cuda_precision="tf32"), digits) == digits.tf32_tolerance
+    assert cuda_tolerance(Settings(), digits) == digits.tolerance  # fp32: the model's own bound
+
+
+def test_parity_report_and_manifest_record_the_cuda_precision(built):
+    import json
+
+    _, layout = built
+    report = json.loads((layout.reports / "parity.json").read_text())
+    assert report["cuda_precision"] == "fp32" and report["cuda_tolerance"] == report["tolerance"]
+    assert Manifest(layout.root, "simple_nn").records["parity"].settings["cuda_precision"] == "fp32"
+    assert "CUDA precision: **fp32**" in (layout.reports / "parity.md").read_text()
+
+
+def test_package_refuses_a_precision_parity_did_not_verify(project, monkeypatch):
+    from dataclasses import replace
+
+    from pipeline.stages import package as package_module
+
+    settings, _ = project
+    spec = replace(load_spec("simple_nn"), tf32_tolerance=Tolerance(1e-2, 1e-2))
+    original = package_module.resolve
+    monkeypatch.setattr(package_module, "resolve", lambda s: (spec, original(s)[1]))
+    with pytest.raises(PipelineError, match="parity verified CUDA precision fp32, this archive would serve tf32"):
+        package.run(replace(settings, cuda_precision="tf32", force=True))
