@@ -8,8 +8,10 @@ installed (`make serve` uses the project's own environment).
 try:
     from pipeline.serving.handler import OnnxHandler
 except ImportError as exc:  # a worker started from a Python without the project
-    raise ImportError(f"{exc}; this archive's handler needs the pipeline package in TorchServe's Python: "
-                      "pip install the project's wheel there (pip install pipeline-*.whl)") from exc
+    raise ImportError(
+        f"{exc}; this archive's handler needs the pipeline package in TorchServe's Python: "
+        "pip install the project's wheel there (pip install pipeline-*.whl)"
+    ) from exc
 
 # TorchServe calls handle(data, context); one handler per worker process.
 handle = OnnxHandler()

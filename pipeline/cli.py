@@ -13,8 +13,8 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pipeline.errors import PipelineError
 from pipeline.settings import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings, StageResult
@@ -51,14 +51,18 @@ def _stage_options(p: argparse.ArgumentParser, name: str) -> None:
     if name in ("train", "all"):
         p.add_argument("--seed", type=int, default=0, help="seed for training and sample inputs (default: 0)")
     if name in ("parity", "package", "all"):
-        p.add_argument("--cuda-precision", choices=["fp32", "tf32"],
-                       help="CUDA precision to verify and serve: fp32 (exact, ONNX Runtime's TF32 off) or tf32 "
-                            "(needs the spec's tf32_tolerance) (default: the model's, fp32 unless it says tf32)")
+        p.add_argument(
+            "--cuda-precision",
+            choices=["fp32", "tf32"],
+            help="CUDA precision to verify and serve: fp32 (exact, ONNX Runtime's TF32 off) or tf32 "
+            "(needs the spec's tf32_tolerance) (default: the model's, fp32 unless it says tf32)",
+        )
     if name in ("parity", "all"):
         p.add_argument("--atol", type=float, help="parity absolute tolerance (default: the model's)")
         p.add_argument("--rtol", type=float, help="parity relative tolerance (default: the model's)")
-        p.add_argument("--parity-batch-sizes", type=_batch_sizes, default=PARITY_BATCH_SIZES,
-                       help="batch sizes parity checks (default: %(default)s)")
+        p.add_argument(
+            "--parity-batch-sizes", type=_batch_sizes, default=PARITY_BATCH_SIZES, help="batch sizes parity checks (default: %(default)s)"
+        )
 
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -66,27 +70,38 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     from pipeline.bench import latency
     from pipeline.reliability import suite
 
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True, metavar="command")
     for name in (*STAGE_NAMES, "all"):
         _stage_options(commands.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name]), name)
 
     serve = commands.add_parser("serve", help="start TorchServe with the model's archive and wait for READY workers")
     _model_options(serve)
-    serve.add_argument("--ports", choices=["config", "auto"], default="config",
-                       help="ports from the shipped torchserve.properties, or free ones picked at start (default: %(default)s)")
+    serve.add_argument(
+        "--ports",
+        choices=["config", "auto"],
+        default="config",
+        help="ports from the shipped torchserve.properties, or free ones picked at start (default: %(default)s)",
+    )
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for READY workers (default: %(default)s)")
     _model_options(commands.add_parser("stop", help="stop the model's TorchServe and every process it started"))
     token = commands.add_parser("token", help="print the running server's token")
     _model_options(token)
     token.add_argument("--kind", choices=["inference", "management"], default="inference", help="which key to print")
 
-    bench = commands.add_parser("bench", help="latency report: eager vs TorchScript vs ONNX Runtime, and the served endpoint",
-                                description=latency.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench = commands.add_parser(
+        "bench",
+        help="latency report: eager vs TorchScript vs ONNX Runtime, and the served endpoint",
+        description=latency.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     latency.add_arguments(bench)
-    reliability = commands.add_parser("reliability", help="faults, hostile input and load -> reports/reliability.md",
-                                      description=suite.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    reliability = commands.add_parser(
+        "reliability",
+        help="faults, hostile input and load -> reports/reliability.md",
+        description=suite.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     suite.add_arguments(reliability)
     return p, commands.choices
 
@@ -109,8 +124,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "serve": serve_command, "stop": stop_command, "token": token_command,
-        "bench": _bench, "reliability": _reliability,
+        "serve": serve_command,
+        "stop": stop_command,
+        "token": token_command,
+        "bench": _bench,
+        "reliability": _reliability,
     }
     try:
         if args.command in commands:
@@ -138,10 +156,16 @@ def _reliability(args: argparse.Namespace) -> int:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The run's settings from whichever of them this command takes."""
-    return Settings(model=args.model, root=args.root, force=getattr(args, "force", False), seed=getattr(args, "seed", 0),
-                    atol=getattr(args, "atol", None), rtol=getattr(args, "rtol", None),
-                    parity_batch_sizes=getattr(args, "parity_batch_sizes", PARITY_BATCH_SIZES),
-                    cuda_precision=getattr(args, "cuda_precision", None))
+    return Settings(
+        model=args.model,
+        root=args.root,
+        force=getattr(args, "force", False),
+        seed=getattr(args, "seed", 0),
+        atol=getattr(args, "atol", None),
+        rtol=getattr(args, "rtol", None),
+        parity_batch_sizes=getattr(args, "parity_batch_sizes", PARITY_BATCH_SIZES),
+        cuda_precision=getattr(args, "cuda_precision", None),
+    )
 
 
 def stages_command(args: argparse.Namespace) -> int:
@@ -199,12 +223,16 @@ def serve_command(args: argparse.Namespace) -> int:
     body = json.dumps(spec.example_request or {})
     model_arg = "" if args.model == DEFAULT_MODEL else f" --model {shlex.quote(args.model)}"
     token_cmd = f"{rel(sys.executable)} -m pipeline token{model_arg}"
-    print(f"{spec.name} is served by TorchServe: {len(workers)} worker(s) READY "
-          f"(pid {', '.join(str(w['pid']) for w in workers)}; {'GPU' if any(w.get('gpu') for w in workers) else 'CPU'})")
+    print(
+        f"{spec.name} is served by TorchServe: {len(workers)} worker(s) READY "
+        f"(pid {', '.join(str(w['pid']) for w in workers)}; {'GPU' if any(w.get('gpu') for w in workers) else 'CPU'})"
+    )
     print(f"  URL      {info.predictions_url}")
-    print(f"  token    {rel(info.key_file)} (\"inference\" key); print it with: {token_cmd}")
-    print(f"  try      curl -s -H \"Authorization: Bearer $({token_cmd})\" -H 'Content-Type: application/json' "
-          f"-d {shlex.quote(body)} {info.predictions_url}")
+    print(f'  token    {rel(info.key_file)} ("inference" key); print it with: {token_cmd}')
+    print(
+        f"  try      curl -s -H \"Authorization: Bearer $({token_cmd})\" -H 'Content-Type: application/json' "
+        f"-d {shlex.quote(body)} {info.predictions_url}"
+    )
     print(f"  logs     {rel(Path(info.run_dir) / 'logs')}/")
     print("  stop     make stop" + ("" if args.model == DEFAULT_MODEL else f" MODEL={shlex.quote(args.model)}"))
     return 0

@@ -105,9 +105,12 @@ def cuda_tolerance(settings: Settings, spec: ModelSpec) -> Tolerance:
     if cuda_precision(settings, spec) == "fp32":
         return tolerance(settings, spec)
     if spec.tf32_tolerance is None:
-        raise SpecError("parity", f"{spec.name}: TF32 was asked for, but the spec declares no tf32_tolerance",
-                        "declare the error TF32 may make in the spec, e.g. tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2), "
-                        "or serve in fp32 (--cuda-precision fp32)")
+        raise SpecError(
+            "parity",
+            f"{spec.name}: TF32 was asked for, but the spec declares no tf32_tolerance",
+            "declare the error TF32 may make in the spec, e.g. tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2), "
+            "or serve in fp32 (--cuda-precision fp32)",
+        )
     return spec.tf32_tolerance
 
 

@@ -17,9 +17,10 @@ import importlib.util
 import inspect
 import re
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -133,70 +134,103 @@ class ModelSpec:
         """A feed from the spec's own hooks, checked against the declared inputs."""
         where = f"{self.name}: {what}"
         if not isinstance(feed, Mapping):
-            raise SpecError(stage, f"{where} is a {type(feed).__name__}, not a dict of arrays",
-                            "return {input name: numpy array} from sample_inputs / edge_inputs / parity_cases")
+            raise SpecError(
+                stage,
+                f"{where} is a {type(feed).__name__}, not a dict of arrays",
+                "return {input name: numpy array} from sample_inputs / edge_inputs / parity_cases",
+            )
         names = [t.name for t in self.inputs]
         if sorted(feed) != sorted(names):
-            raise SpecError(stage, f"{where} has keys {sorted(feed)}, the spec's inputs are {names}",
-                            "return exactly one array per declared input, keyed by its name")
+            raise SpecError(
+                stage,
+                f"{where} has keys {sorted(feed)}, the spec's inputs are {names}",
+                "return exactly one array per declared input, keyed by its name",
+            )
         sizes: dict[str, int] = {}
         for t in self.inputs:
             value = feed[t.name]
             if not isinstance(value, np.ndarray):
-                raise SpecError(stage, f"{where}: {t.name} is a {type(value).__name__}, not a numpy array",
-                                f"return np.asarray(...).astype(np.{t.dtype}) for {t.name}")
+                raise SpecError(
+                    stage,
+                    f"{where}: {t.name} is a {type(value).__name__}, not a numpy array",
+                    f"return np.asarray(...).astype(np.{t.dtype}) for {t.name}",
+                )
             if value.dtype != np.dtype(t.dtype):
-                raise SpecError(stage, f"{where}: {t.name} is {value.dtype}, declared {t.dtype}",
-                                f"cast it: .astype(np.{t.dtype})")
+                raise SpecError(stage, f"{where}: {t.name} is {value.dtype}, declared {t.dtype}", f"cast it: .astype(np.{t.dtype})")
             if value.ndim != len(t.shape):
-                raise SpecError(stage, f"{where}: {t.name} has shape {list(value.shape)}, declared {list(t.shape)}",
-                                "make the array's rank match the declared shape")
+                raise SpecError(
+                    stage,
+                    f"{where}: {t.name} has shape {list(value.shape)}, declared {list(t.shape)}",
+                    "make the array's rank match the declared shape",
+                )
             for axis, (want, got) in enumerate(zip(t.shape, value.shape)):
                 if isinstance(want, int) and want != got:
-                    raise SpecError(stage, f"{where}: {t.name} axis {axis} has size {got}, declared {want}",
-                                    f"give {t.name} the declared shape {list(t.shape)}")
+                    raise SpecError(
+                        stage,
+                        f"{where}: {t.name} axis {axis} has size {got}, declared {want}",
+                        f"give {t.name} the declared shape {list(t.shape)}",
+                    )
                 if isinstance(want, str) and sizes.setdefault(want, got) != got:
-                    raise SpecError(stage, f"{where}: axis '{want}' is {sizes[want]} in one input and {got} in {t.name}",
-                                    f"inputs that share the axis name '{want}' must have the same size along it")
+                    raise SpecError(
+                        stage,
+                        f"{where}: axis '{want}' is {sizes[want]} in one input and {got} in {t.name}",
+                        f"inputs that share the axis name '{want}' must have the same size along it",
+                    )
         return dict(feed)
 
 
 _FIELDS = [f.name for f in dataclasses.fields(ModelSpec) if f.name != "source"]
 _REQUIRED = [f.name for f in dataclasses.fields(ModelSpec) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-_EXAMPLE = ("SPEC = ModelSpec(name='my_model', inputs=(TensorSpec('x', 'float32', ('batch', 3)),), "
-            "outputs=(TensorSpec('y', 'float32', ('batch', 1)),), build=build, train=train, sample_inputs=sample_inputs)")
+_EXAMPLE = (
+    "SPEC = ModelSpec(name='my_model', inputs=(TensorSpec('x', 'float32', ('batch', 3)),), "
+    "outputs=(TensorSpec('y', 'float32', ('batch', 1)),), build=build, train=train, sample_inputs=sample_inputs)"
+)
 
 
 def _check_tensor(t: Any, role: str, where: str) -> None:
     if not isinstance(t, TensorSpec):
-        raise SpecError("model", f"{where}: {role} {t!r} is not a TensorSpec",
-                        f"declare each as TensorSpec(name, dtype, shape), e.g. TensorSpec('x', 'float32', ('batch', 3))")
+        raise SpecError(
+            "model",
+            f"{where}: {role} {t!r} is not a TensorSpec",
+            "declare each as TensorSpec(name, dtype, shape), e.g. TensorSpec('x', 'float32', ('batch', 3))",
+        )
     if not isinstance(t.name, str) or not _AXIS_NAME.match(t.name):
-        raise SpecError("model", f"{where}: {role} name {t.name!r} must be an identifier (letters, digits, '_')",
-                        "it becomes a JSON key and an ONNX graph name; use e.g. 'image' or 'token_ids'")
+        raise SpecError(
+            "model",
+            f"{where}: {role} name {t.name!r} must be an identifier (letters, digits, '_')",
+            "it becomes a JSON key and an ONNX graph name; use e.g. 'image' or 'token_ids'",
+        )
     try:
         np.dtype(t.dtype)
     except TypeError:
-        raise SpecError("model", f"{where}: {t.name} has unknown dtype {t.dtype!r}",
-                        "use a numpy dtype name such as 'float32' or 'int64'") from None
+        raise SpecError(
+            "model", f"{where}: {t.name} has unknown dtype {t.dtype!r}", "use a numpy dtype name such as 'float32' or 'int64'"
+        ) from None
     if not isinstance(t.shape, tuple) or not t.shape or t.shape[0] != "batch":
-        raise SpecError("model", f"{where}: {t.name} shape {t.shape!r} must start with the dynamic 'batch' axis",
-                        "write its shape as ('batch', ...)")
+        raise SpecError(
+            "model", f"{where}: {t.name} shape {t.shape!r} must start with the dynamic 'batch' axis", "write its shape as ('batch', ...)"
+        )
     for d in t.shape:
         ok = (isinstance(d, int) and not isinstance(d, bool) and d >= 1) or (isinstance(d, str) and _AXIS_NAME.match(d))
         if not ok:
-            raise SpecError("model", f"{where}: {t.name} shape {t.shape!r} has the dimension {d!r}",
-                            "a dimension is a positive int (fixed) or an axis name such as 'seq' (dynamic)")
+            raise SpecError(
+                "model",
+                f"{where}: {t.name} shape {t.shape!r} has the dimension {d!r}",
+                "a dimension is a positive int (fixed) or an axis name such as 'seq' (dynamic)",
+            )
     if role == "output" and (t.low is not None or t.high is not None):
-        raise SpecError("model", f"{where}: output {t.name} declares low/high",
-                        "value ranges are checked on requests; declare them on inputs only")
+        raise SpecError(
+            "model", f"{where}: output {t.name} declares low/high", "value ranges are checked on requests; declare them on inputs only"
+        )
     for bound in (t.low, t.high):
         if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
-            raise SpecError("model", f"{where}: {t.name} low/high must be numbers, got {bound!r}",
-                            "e.g. TensorSpec('token', 'int64', ('batch',), low=0, high=VOCAB - 1)")
+            raise SpecError(
+                "model",
+                f"{where}: {t.name} low/high must be numbers, got {bound!r}",
+                "e.g. TensorSpec('token', 'int64', ('batch',), low=0, high=VOCAB - 1)",
+            )
     if t.low is not None and t.high is not None and t.low > t.high:
-        raise SpecError("model", f"{where}: {t.name} has low {t.low} > high {t.high}",
-                        "low and high are inclusive bounds with low <= high")
+        raise SpecError("model", f"{where}: {t.name} has low {t.low} > high {t.high}", "low and high are inclusive bounds with low <= high")
 
 
 def _validate(spec: Any, where: str) -> ModelSpec:
@@ -208,8 +242,11 @@ def _validate(spec: Any, where: str) -> ModelSpec:
     for role in ("inputs", "outputs"):
         value = getattr(spec, role)
         if isinstance(value, TensorSpec):
-            raise SpecError("model", f"{where}: {role} is one TensorSpec, not a tuple of them",
-                            f"write {role}=(TensorSpec(...),) — note the trailing comma")
+            raise SpecError(
+                "model",
+                f"{where}: {role} is one TensorSpec, not a tuple of them",
+                f"write {role}=(TensorSpec(...),) — note the trailing comma",
+            )
         if not isinstance(value, (tuple, list)) or not value:
             raise SpecError("model", f"{where}: {role} must be a non-empty tuple of TensorSpec, got {value!r}", fix)
         for t in value:
@@ -221,26 +258,37 @@ def _validate(spec: Any, where: str) -> ModelSpec:
     for t in spec.outputs:
         unknown = [d for d in t.shape if isinstance(d, str) and d not in input_axes]
         if unknown:
-            raise SpecError("model", f"{where}: output {t.name} has dynamic axis {unknown[0]!r} that no input has",
-                            f"an output's dynamic axes must come from the inputs' ({sorted(input_axes)})")
+            raise SpecError(
+                "model",
+                f"{where}: output {t.name} has dynamic axis {unknown[0]!r} that no input has",
+                f"an output's dynamic axes must come from the inputs' ({sorted(input_axes)})",
+            )
     for attr in ("build", "train", "sample_inputs"):
         if not callable(getattr(spec, attr)):
             raise SpecError("model", f"{where}: {attr} is {getattr(spec, attr)!r}, not a function", fix)
     for attr in ("edge_inputs", "parity_cases"):
         if getattr(spec, attr) is not None and not callable(getattr(spec, attr)):
-            raise SpecError("model", f"{where}: {attr} is {getattr(spec, attr)!r}, not a function or None",
-                            f"pass a function, or leave {attr} out")
+            raise SpecError(
+                "model", f"{where}: {attr} is {getattr(spec, attr)!r}, not a function or None", f"pass a function, or leave {attr} out"
+            )
     if not isinstance(spec.tolerance, Tolerance):
-        raise SpecError("model", f"{where}: tolerance is {spec.tolerance!r}, not a Tolerance",
-                        "write tolerance=Tolerance(atol=1e-5, rtol=1e-4)")
+        raise SpecError(
+            "model", f"{where}: tolerance is {spec.tolerance!r}, not a Tolerance", "write tolerance=Tolerance(atol=1e-5, rtol=1e-4)"
+        )
     if spec.cuda_precision not in ("fp32", "tf32"):
         raise SpecError("model", f"{where}: cuda_precision is {spec.cuda_precision!r}", "use 'fp32' (exact) or 'tf32'")
     if spec.tf32_tolerance is not None and not isinstance(spec.tf32_tolerance, Tolerance):
-        raise SpecError("model", f"{where}: tf32_tolerance is {spec.tf32_tolerance!r}, not a Tolerance",
-                        "write tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2), or leave it out")
+        raise SpecError(
+            "model",
+            f"{where}: tf32_tolerance is {spec.tf32_tolerance!r}, not a Tolerance",
+            "write tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2), or leave it out",
+        )
     if spec.cuda_precision == "tf32" and spec.tf32_tolerance is None:
-        raise SpecError("model", f"{where}: cuda_precision is 'tf32' but no tf32_tolerance is declared",
-                        "declare the error TF32 may make, e.g. tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2)")
+        raise SpecError(
+            "model",
+            f"{where}: cuda_precision is 'tf32' but no tf32_tolerance is declared",
+            "declare the error TF32 may make, e.g. tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2)",
+        )
     if not isinstance(spec.max_rows_per_request, int) or spec.max_rows_per_request < 1:
         raise SpecError("model", f"{where}: max_rows_per_request is {spec.max_rows_per_request!r}", "use a positive int such as 4096")
     return spec
@@ -259,8 +307,12 @@ def _load_error(exc: Exception, where: str) -> SpecError:
             close = difflib.get_close_matches(unexpected.group(1), fields, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             return SpecError("model", problem, f"{hint}the fields are: {', '.join(fields)}")
-        return SpecError("model", problem, f"ModelSpec needs {', '.join(_REQUIRED)}; optional: "
-                         f"{', '.join(f for f in _FIELDS if f not in _REQUIRED)}. For example: {_EXAMPLE}")
+        return SpecError(
+            "model",
+            problem,
+            f"ModelSpec needs {', '.join(_REQUIRED)}; optional: "
+            f"{', '.join(f for f in _FIELDS if f not in _REQUIRED)}. For example: {_EXAMPLE}",
+        )
     return SpecError("model", problem, "fix the error above; the file must import on its own and define SPEC")
 
 
@@ -269,7 +321,11 @@ def load_spec(model: str) -> ModelSpec:
     if model.endswith(".py") or "/" in model:
         path = Path(model).resolve()
         if not path.is_file():
-            raise SpecError("model", f"model file {model} does not exist", "pass the path of a .py file that defines SPEC, or a built-in name such as simple_nn")
+            raise SpecError(
+                "model",
+                f"model file {model} does not exist",
+                "pass the path of a .py file that defines SPEC, or a built-in name such as simple_nn",
+            )
         module_spec = importlib.util.spec_from_file_location(f"user_model_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         where = str(path)
@@ -286,9 +342,14 @@ def load_spec(model: str) -> ModelSpec:
             if exc.name is None or not module_name.startswith(exc.name):
                 raise _load_error(exc, module_name) from None  # the module exists; one of its imports does not
             if "." in model:
-                raise SpecError("model", f"no module named {model!r} on the Python path",
-                                "install or add its package to PYTHONPATH, or pass the path to the .py file") from None
-            raise SpecError("model", f"no built-in model named {model!r}", f"use one of: {known}; or pass a path to your own .py file") from None
+                raise SpecError(
+                    "model",
+                    f"no module named {model!r} on the Python path",
+                    "install or add its package to PYTHONPATH, or pass the path to the .py file",
+                ) from None
+            raise SpecError(
+                "model", f"no built-in model named {model!r}", f"use one of: {known}; or pass a path to your own .py file"
+            ) from None
         except Exception as exc:
             raise _load_error(exc, module_name) from None
         where = module.__file__

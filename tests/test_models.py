@@ -8,7 +8,6 @@ different dtypes, a dynamic sequence axis) are also served by a real TorchServe.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import zipfile
@@ -19,13 +18,12 @@ import onnx
 import pytest
 import torch
 
-from pipeline.artifacts import checkpoint
-from pipeline.artifacts import files
-from pipeline.serving import server as serve
+from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT
-from pipeline.spec import load_spec
+from pipeline.serving import server as serve
 from pipeline.settings import Layout, Settings
+from pipeline.spec import load_spec
 from pipeline.stages import run_all
 from tests.helpers import archive_handler
 
@@ -223,8 +221,7 @@ def check_digits(spec, layout, info):
     assert all(isinstance(v, int) for v in answer["label"])
     status, answer = post(info, {"image": images[0].tolist()})  # one 8x8 image as a nested list
     assert status == 200 and answer["label"] == labels[0] and len(answer["probabilities"]) == 10
-    for bad, message in [({"image": [[0] * 8] * 7}, "has shape [7, 8]"),
-                         ({"image": [[17] * 8] * 8}, "values must lie in [0.0, 16.0]")]:
+    for bad, message in [({"image": [[0] * 8] * 7}, "has shape [7, 8]"), ({"image": [[17] * 8] * 8}, "values must lie in [0.0, 16.0]")]:
         status, answer = post(info, bad)
         assert status == 400 and message in answer["error"], answer
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from pipeline.serving import server as serve
-from pipeline.spec import load_spec
 from pipeline.settings import Settings
+from pipeline.spec import load_spec
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,13 @@ def test_readme_model_goes_through_the_chain_and_serves(tmp_path_factory):
     user = tmp_path_factory.mktemp("byom")
     (user / "my_model.py").write_text(readme_model_source())
     # As a user runs it: from their own folder, with the path of their file.
-    result = subprocess.run([sys.executable, "-m", "pipeline", "all", "--model", "my_model.py", "--root", "p"],
-                            cwd=user, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "all", "--model", "my_model.py", "--root", "p"],
+        cwd=user,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "parity   PASS" in result.stdout and "model_store/my_model.mar" in result.stdout
 

@@ -22,7 +22,7 @@ def main(job_path: str) -> int:
         import onnxruntime  # noqa: F401
 
         if device == "cuda":
-            import torch  # noqa: F401  (CUDA and cuDNN libraries for the CUDA provider)
+            import torch
         # The project's one session factory, as the handler uses it (it imports onnx for
         # the external-data check, which a served cold start pays too).
         from pipeline.runtimes.session import SessionConfig, create_session
@@ -61,8 +61,20 @@ def main(job_path: str) -> int:
         if device == "cuda":
             torch.cuda.synchronize()
     t3 = time.perf_counter()
-    print(json.dumps({"engine": engine, "device": device, "provider": provider, "session": job["session"], "import_s": t1 - t0,
-                      "load_s": t2 - t1, "first_inference_s": t3 - t2, "total_s": t3 - t0}))
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "device": device,
+                "provider": provider,
+                "session": job["session"],
+                "import_s": t1 - t0,
+                "load_s": t2 - t1,
+                "first_inference_s": t3 - t2,
+                "total_s": t3 - t0,
+            }
+        )
+    )
     return 0
 
 

@@ -11,9 +11,10 @@ model, i.e. the per-call cost of the runtime itself.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,16 @@ from pipeline.runtimes.session import SessionConfig, create_session
 from pipeline.spec import ModelSpec
 
 # Engines a user can ask for with --engines, in report order.
-ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run", "torch.compile", "onnxruntime-cudagraph",
-           "torch-cudagraph", "torch.compile-cudagraphs")
+ENGINES = (
+    "eager",
+    "torchscript",
+    "onnxruntime",
+    "onnxruntime-run",
+    "torch.compile",
+    "onnxruntime-cudagraph",
+    "torch-cudagraph",
+    "torch.compile-cudagraphs",
+)
 DEFAULT_ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run", "torch.compile")
 # The CUDA-graph engines: ONNX Runtime's, and its fair PyTorch peers (--cuda-graph adds all three).
 CUDA_GRAPH_ENGINES = ("onnxruntime-cudagraph", "torch-cudagraph", "torch.compile-cudagraphs")
@@ -47,7 +56,7 @@ DESCRIPTION = {
     "torch.compile": "torch.compile(model) (inductor), compiled during warm-up",
     "onnxruntime-cudagraph": "ONNX Runtime CUDA provider with enable_cuda_graph, fixed buffers (one session per batch size)",
     "torch-cudagraph": "eager PyTorch captured once per batch size in a torch.cuda.CUDAGraph, replayed on static inputs",
-    "torch.compile-cudagraphs": "torch.compile(mode=\"reduce-overhead\") (inductor + CUDA graphs), compiled during warm-up",
+    "torch.compile-cudagraphs": 'torch.compile(mode="reduce-overhead") (inductor + CUDA graphs), compiled during warm-up',
     "floor:eager": "nn.Identity through the eager call path: torch's per-call overhead",
     "floor:torchscript": "scripted identity through TorchScript: its per-call overhead",
     "floor:onnxruntime": "identity ONNX graph through the same IO binding calls: ORT's per-call overhead",
@@ -171,8 +180,14 @@ def ort_cudagraph_engine(path: Path, spec_inputs: list[str], config: SessionConf
 
         return call
 
-    return Engine("onnxruntime-cudagraph", "cuda", "CUDAExecutionProvider (CUDA graphs)", bind,
-                  FLOOR_OF["onnxruntime-cudagraph"], {"session": graph_config.describe()})
+    return Engine(
+        "onnxruntime-cudagraph",
+        "cuda",
+        "CUDAExecutionProvider (CUDA graphs)",
+        bind,
+        FLOOR_OF["onnxruntime-cudagraph"],
+        {"session": graph_config.describe()},
+    )
 
 
 def torch_cudagraph_engine(module, spec: ModelSpec) -> Engine:
@@ -205,8 +220,9 @@ def torch_cudagraph_engine(module, spec: ModelSpec) -> Engine:
 
         return call
 
-    return Engine("torch-cudagraph", "cuda", f"torch cuda ({torch.cuda.get_device_name(0)}), CUDAGraph replay", bind,
-                  FLOOR_OF["torch-cudagraph"])
+    return Engine(
+        "torch-cudagraph", "cuda", f"torch cuda ({torch.cuda.get_device_name(0)}), CUDAGraph replay", bind, FLOOR_OF["torch-cudagraph"]
+    )
 
 
 def compiled_cudagraphs_engine(module, spec: ModelSpec, recompile_limit: int) -> Engine:
@@ -230,8 +246,13 @@ def compiled_cudagraphs_engine(module, spec: ModelSpec, recompile_limit: int) ->
 
         return call
 
-    return Engine("torch.compile-cudagraphs", "cuda", f"torch cuda ({torch.cuda.get_device_name(0)}), inductor + CUDA graphs",
-                  bind, FLOOR_OF["torch.compile-cudagraphs"])
+    return Engine(
+        "torch.compile-cudagraphs",
+        "cuda",
+        f"torch cuda ({torch.cuda.get_device_name(0)}), inductor + CUDA graphs",
+        bind,
+        FLOOR_OF["torch.compile-cudagraphs"],
+    )
 
 
 def _raise_recompile_limit(limit: int) -> None:
@@ -253,8 +274,9 @@ def identity_onnx(spec: ModelSpec, path: Path) -> Path:
         return helper.make_tensor_value_info(prefix + name, elem, list(t.shape))
 
     nodes = [helper.make_node("Identity", [t.name], [f"out_{t.name}"]) for t in spec.inputs]
-    graph = helper.make_graph(nodes, "identity", [value_info(t.name, t) for t in spec.inputs],
-                              [value_info(t.name, t, "out_") for t in spec.inputs])
+    graph = helper.make_graph(
+        nodes, "identity", [value_info(t.name, t) for t in spec.inputs], [value_info(t.name, t, "out_") for t in spec.inputs]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     model.ir_version = 10
     onnx.checker.check_model(model)
@@ -283,8 +305,7 @@ def skip_reason(name: str, device: str) -> str | None:
     return None
 
 
-def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Path], model_factory,
-         recompile_limit: int = 16) -> Engine:
+def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Path], model_factory, recompile_limit: int = 16) -> Engine:
     """Load one engine (or floor) on `config.device`; raises with the reason if it cannot run here."""
     import torch
 

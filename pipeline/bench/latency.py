@@ -20,23 +20,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import psutil
 from tqdm import tqdm
 
 from pipeline.artifacts import files
-from pipeline.bench.engines import (CUDA_GRAPH_ENGINES, DEFAULT_ENGINES, DESCRIPTION, ENGINES, FLOOR_OF, Engine,
-                                    identity_onnx, load, skip_reason)
 from pipeline.artifacts.environment import fingerprint
-from pipeline.errors import PipelineError
 from pipeline.artifacts.manifest import Manifest
+from pipeline.bench.engines import (
+    CUDA_GRAPH_ENGINES,
+    DEFAULT_ENGINES,
+    DESCRIPTION,
+    ENGINES,
+    FLOOR_OF,
+    Engine,
+    identity_onnx,
+    load,
+    skip_reason,
+)
+from pipeline.errors import PipelineError
 from pipeline.runtimes.runners import cuda_available
 from pipeline.runtimes.session import SessionConfig
-from pipeline.settings import DEFAULT_MODEL, Layout, resolve, Settings
+from pipeline.settings import DEFAULT_MODEL, Layout, Settings, resolve
 
 STAGE = "bench"
 BATCH_SIZES = (1, 8, 64, 512, 4096)
@@ -77,8 +87,12 @@ class BenchSettings:
 
     def session(self, device: str) -> SessionConfig:
         """The ONNX Runtime session every ORT engine on `device` gets (floors included)."""
-        return SessionConfig(device=device, threads=self.threads, precision=self.cuda_precision,  # type: ignore[arg-type]
-                             cudnn_conv_algo_search=self.cudnn_conv_algo_search)
+        return SessionConfig(
+            device=device,
+            threads=self.threads,
+            precision=self.cuda_precision,  # type: ignore[arg-type]
+            cudnn_conv_algo_search=self.cudnn_conv_algo_search,
+        )
 
 
 @dataclass
@@ -164,14 +178,16 @@ def _wanted(settings: BenchSettings, device: str | None = None) -> list[str]:
     return [*floors, *settings.engines]
 
 
-def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path,
-               bar: tqdm) -> tuple[list[dict], list[dict], list[dict]]:
+def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar: tqdm) -> tuple[list[dict], list[dict], list[dict]]:
     """Every engine × batch size on every device; (records, failures, skipped pairings)."""
     import torch
 
     manifest = Manifest(layout.root, spec.name)
-    paths = {"onnx": manifest.verified("onnx", STAGE)[0], "torchscript": manifest.verified("torchscript", STAGE)[0],
-             "identity": identity_onnx(spec, scratch / "identity.onnx")}
+    paths = {
+        "onnx": manifest.verified("onnx", STAGE)[0],
+        "torchscript": manifest.verified("torchscript", STAGE)[0],
+        "identity": identity_onnx(spec, scratch / "identity.onnx"),
+    }
     manifest.verified("checkpoint", STAGE)
     torch.set_num_threads(settings.threads)
     factory = _model_factory(spec, manifest)
@@ -250,15 +266,24 @@ def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, ba
     for device in settings.devices:
         for engine in cold_engines(settings):
             bar.set_postfix_str(f"cold start {engine} ({device})")
-            job = {"engine": engine, "device": device, "threads": settings.threads, "feed": str(feed_path),
-                   "inputs": [t.name for t in spec.inputs], "onnx": str(layout.onnx),
-                   "torchscript": str(layout.torchscript), "model": settings.model, "root": str(layout.root),
-                   "session": asdict(settings.session(device))}
+            job = {
+                "engine": engine,
+                "device": device,
+                "threads": settings.threads,
+                "feed": str(feed_path),
+                "inputs": [t.name for t in spec.inputs],
+                "onnx": str(layout.onnx),
+                "torchscript": str(layout.torchscript),
+                "model": settings.model,
+                "root": str(layout.root),
+                "session": asdict(settings.session(device)),
+            }
             job_path = scratch / "cold_job.json"
             job_path.write_text(json.dumps(job))
             try:
-                proc = subprocess.run([sys.executable, "-m", "pipeline.bench.cold", str(job_path)],
-                                      capture_output=True, text=True, timeout=600)
+                proc = subprocess.run(
+                    [sys.executable, "-m", "pipeline.bench.cold", str(job_path)], capture_output=True, text=True, timeout=600
+                )
                 if proc.returncode != 0:
                     raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
                 out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -272,13 +297,15 @@ def environment(settings: BenchSettings) -> dict:
     import torch
 
     env = dict(fingerprint())
-    env.update({
-        "physical_cores": psutil.cpu_count(logical=False),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "intra_op_threads": settings.threads,
-        "torch_threads": torch.get_num_threads(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-    })
+    env.update(
+        {
+            "physical_cores": psutil.cpu_count(logical=False),
+            "logical_cores": psutil.cpu_count(logical=True),
+            "intra_op_threads": settings.threads,
+            "torch_threads": torch.get_num_threads(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        }
+    )
     if cuda_available():
         env["cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version()
@@ -289,8 +316,9 @@ def environment(settings: BenchSettings) -> dict:
 
 def _nvidia_driver() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -302,28 +330,59 @@ def targets(records: list[dict], served: dict | None) -> list[dict]:
     out = []
     ort, eager, floor = (index.get(("cpu", 1, e)) for e in ("onnxruntime", "eager", "floor:onnxruntime"))
     if ort and eager:
-        out.append({"target": "CPU batch 1: ONNX Runtime ≥ 2× faster than eager at p50", "value": eager["p50_ms"] / ort["p50_ms"],
-                    "goal": 2.0, "met": eager["p50_ms"] / ort["p50_ms"] >= 2.0})
+        out.append(
+            {
+                "target": "CPU batch 1: ONNX Runtime ≥ 2× faster than eager at p50",
+                "value": eager["p50_ms"] / ort["p50_ms"],
+                "goal": 2.0,
+                "met": eager["p50_ms"] / ort["p50_ms"] >= 2.0,
+            }
+        )
     if ort and floor:
-        out.append({"target": "CPU batch 1: ONNX Runtime within 1.5× of its floor at p50 (an overhead target: a model with real compute sits far above its floor)", "value": ort["p50_ms"] / floor["p50_ms"],
-                    "goal": 1.5, "met": ort["p50_ms"] / floor["p50_ms"] <= 1.5, "lower_is_better": True})
+        out.append(
+            {
+                "target": "CPU batch 1: ONNX Runtime within 1.5× of its floor at p50 (an overhead target: a model with real compute sits far above its floor)",
+                "value": ort["p50_ms"] / floor["p50_ms"],
+                "goal": 1.5,
+                "met": ort["p50_ms"] / floor["p50_ms"] <= 1.5,
+                "lower_is_better": True,
+            }
+        )
     best_ort = _best(index, "cuda", 1, ORT_ENGINES)
     best_torch = _best(index, "cuda", 1, TORCH_GRAPH_ENGINES)
     eager = index.get(("cuda", 1, "eager"))
     if best_ort and eager:
-        out.append({"target": f"CUDA batch 1: the best ONNX Runtime configuration ({best_ort['engine']}) ≥ 3× faster "
-                              "than eager CUDA at p50", "value": eager["p50_ms"] / best_ort["p50_ms"], "goal": 3.0,
-                    "met": eager["p50_ms"] / best_ort["p50_ms"] >= 3.0})
+        out.append(
+            {
+                "target": f"CUDA batch 1: the best ONNX Runtime configuration ({best_ort['engine']}) ≥ 3× faster than eager CUDA at p50",
+                "value": eager["p50_ms"] / best_ort["p50_ms"],
+                "goal": 3.0,
+                "met": eager["p50_ms"] / best_ort["p50_ms"] >= 3.0,
+            }
+        )
     if best_ort and best_torch:
         ratio = best_ort["p50_ms"] / best_torch["p50_ms"]
-        out.append({"target": f"CUDA batch 1: the best ONNX Runtime configuration ({best_ort['engine']}) within 1.25× "
-                              f"of PyTorch with CUDA graphs ({best_torch['engine']}) at p50", "value": ratio,
-                    "goal": 1.25, "met": ratio <= 1.25, "lower_is_better": True})
+        out.append(
+            {
+                "target": f"CUDA batch 1: the best ONNX Runtime configuration ({best_ort['engine']}) within 1.25× "
+                f"of PyTorch with CUDA graphs ({best_torch['engine']}) at p50",
+                "value": ratio,
+                "goal": 1.25,
+                "met": ratio <= 1.25,
+                "lower_is_better": True,
+            }
+        )
     for c in (served or {}).get("comparisons", []):
         if (c["base"], c["other"]) != ("default", "tuned"):
             continue
-        out.append({"target": f"served, concurrency {c['concurrency']}: {c['other']} ≥ 2× {c['base']}'s requests/s, "
-                              f"no worse p99, zero errors", "value": c["rps_ratio"], "goal": 2.0, "met": c["met"]})
+        out.append(
+            {
+                "target": f"served, concurrency {c['concurrency']}: {c['other']} ≥ 2× {c['base']}'s requests/s, no worse p99, zero errors",
+                "value": c["rps_ratio"],
+                "goal": 2.0,
+                "met": c["met"],
+            }
+        )
     return out
 
 
@@ -347,9 +406,17 @@ def verdicts(records: list[dict]) -> list[dict]:
             continue
         ort_wins = ort["p50_ms"] <= torch_["p50_ms"]
         winner, loser = (ort, torch_) if ort_wins else (torch_, ort)
-        out.append({"device": device, "batch": batch, "onnxruntime": ort["engine"], "pytorch": torch_["engine"],
-                    "winner": "ONNX Runtime" if ort_wins else "PyTorch", "winner_engine": winner["engine"],
-                    "by": loser["p50_ms"] / winner["p50_ms"]})
+        out.append(
+            {
+                "device": device,
+                "batch": batch,
+                "onnxruntime": ort["engine"],
+                "pytorch": torch_["engine"],
+                "winner": "ONNX Runtime" if ort_wins else "PyTorch",
+                "winner_engine": winner["engine"],
+                "by": loser["p50_ms"] / winner["p50_ms"],
+            }
+        )
     return out
 
 
@@ -360,9 +427,11 @@ def run(settings: BenchSettings) -> dict:
 
     spec, layout = resolve(Settings(model=settings.model, root=settings.root))
     if "cuda" in settings.devices and not cuda_available():
-        raise PipelineError(STAGE, "--device cuda was asked for, but torch sees no CUDA device on this machine",
-                            "run on a machine with an NVIDIA GPU (scripts/bench_cuda.sh), or use --device cpu; "
-                            "a CPU run is never labelled CUDA")
+        raise PipelineError(
+            STAGE,
+            "--device cuda was asked for, but torch sees no CUDA device on this machine",
+            "run on a machine with an NVIDIA GPU (scripts/bench_cuda.sh), or use --device cpu; a CPU run is never labelled CUDA",
+        )
     unknown = [e for e in settings.engines if e not in ENGINES]
     if unknown:
         raise PipelineError(STAGE, f"unknown engine(s) {unknown}", f"choose from {', '.join(ENGINES)}")
@@ -374,8 +443,10 @@ def run(settings: BenchSettings) -> dict:
     steps = len(settings.devices) * len(settings.batch_sizes) * settings.rounds
     steps += len(settings.devices) * len(cold_engines(settings)) if settings.cold_start else 0
     steps += bench_served.steps(settings)
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, \
-            tqdm(total=steps, desc=f"bench {spec.name}", unit="step", disable=None, mininterval=0.5) as bar:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
+        tqdm(total=steps, desc=f"bench {spec.name}", unit="step", disable=None, mininterval=0.5) as bar,
+    ):
         scratch = Path(tmp)
         records, failures, skipped = in_process(settings, spec, layout, scratch, bar)
         cold = cold_starts(settings, spec, layout, scratch, bar) if settings.cold_start else []
@@ -415,6 +486,7 @@ def _csv(kind: Callable[[str], object], allowed: tuple | None = None):
         if kind is int and min(items) < 1:
             raise argparse.ArgumentTypeError("values must be positive integers")
         return items
+
     return parse
 
 
@@ -423,30 +495,59 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = BenchSettings()
     p.add_argument("--model", default=d.model, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
     p.add_argument("--root", type=Path, default=d.root, help="project folder (default: .)")
-    p.add_argument("--engines", type=_csv(str, ENGINES), default=d.engines,
-                   help=f"comma-separated, from {', '.join(ENGINES)} (default: {','.join(d.engines)})")
+    p.add_argument(
+        "--engines",
+        type=_csv(str, ENGINES),
+        default=d.engines,
+        help=f"comma-separated, from {', '.join(ENGINES)} (default: {','.join(d.engines)})",
+    )
     p.add_argument("--batch-sizes", type=_csv(int), default=d.batch_sizes, help="default: 1,8,64,512,4096")
-    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                   help="cpu, cuda, or all: the CPU plus CUDA where a GPU is present (default: all)")
-    p.add_argument("--threads", type=int, default=d.threads, help="intra-op threads for torch and ONNX Runtime (default: physical cores, %(default)s)")
-    p.add_argument("--budget", type=float, default=d.budget_s, help="seconds of timed calls per engine and batch size (default: %(default)s)")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "all"],
+        default="all",
+        help="cpu, cuda, or all: the CPU plus CUDA where a GPU is present (default: all)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=d.threads, help="intra-op threads for torch and ONNX Runtime (default: physical cores, %(default)s)"
+    )
+    p.add_argument(
+        "--budget", type=float, default=d.budget_s, help="seconds of timed calls per engine and batch size (default: %(default)s)"
+    )
     p.add_argument("--rounds", type=int, default=d.rounds, help="interleaved rounds (default: %(default)s)")
-    p.add_argument("--warmup", type=float, default=d.warmup_s, help="seconds of untimed warm-up per engine and batch (default: %(default)s)")
+    p.add_argument(
+        "--warmup", type=float, default=d.warmup_s, help="seconds of untimed warm-up per engine and batch (default: %(default)s)"
+    )
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start processes")
-    p.add_argument("--cold-start-compile", action="store_true",
-                   help="also time torch.compile's cold start in a fresh process (compiles from scratch)")
-    p.add_argument("--served", choices=["auto", "running", "off"], default=d.served,
-                   help="auto: start TorchServe with the default and the tuned config; running: the server "
-                        "`make serve` started; off: in-process only (default: %(default)s)")
+    p.add_argument(
+        "--cold-start-compile", action="store_true", help="also time torch.compile's cold start in a fresh process (compiles from scratch)"
+    )
+    p.add_argument(
+        "--served",
+        choices=["auto", "running", "off"],
+        default=d.served,
+        help="auto: start TorchServe with the default and the tuned config; running: the server "
+        "`make serve` started; off: in-process only (default: %(default)s)",
+    )
     p.add_argument("--concurrency", type=_csv(int), default=d.concurrency, help="served client counts (default: 1,4,16,64)")
     p.add_argument("--served-seconds", type=float, default=d.served_seconds, help="seconds of load per concurrency (default: %(default)s)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="on CUDA, add ONNX Runtime with CUDA graphs and its PyTorch peers (a CUDAGraph replay and "
-                        "torch.compile mode=reduce-overhead)")
-    p.add_argument("--cuda-precision", choices=["fp32", "tf32"], default=d.cuda_precision,
-                   help="ONNX Runtime CUDA precision (default: %(default)s, what archives serve unless the spec says tf32)")
-    p.add_argument("--cudnn-search", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"], default=d.cudnn_conv_algo_search,
-                   help="cuDNN convolution algorithm search for ONNX Runtime on CUDA (default: %(default)s)")
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="on CUDA, add ONNX Runtime with CUDA graphs and its PyTorch peers (a CUDAGraph replay and torch.compile mode=reduce-overhead)",
+    )
+    p.add_argument(
+        "--cuda-precision",
+        choices=["fp32", "tf32"],
+        default=d.cuda_precision,
+        help="ONNX Runtime CUDA precision (default: %(default)s, what archives serve unless the spec says tf32)",
+    )
+    p.add_argument(
+        "--cudnn-search",
+        choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"],
+        default=d.cudnn_conv_algo_search,
+        help="cuDNN convolution algorithm search for ONNX Runtime on CUDA (default: %(default)s)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
@@ -461,12 +562,24 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         engines = (*engines, *(e for e in CUDA_GRAPH_ENGINES if e not in engines))
     if args.budget <= 0 or args.rounds < 1 or args.threads < 1 or args.served_seconds <= 0:
         raise PipelineError(STAGE, "--budget, --rounds, --threads and --served-seconds must be positive", "e.g. --budget 1 --rounds 5")
-    return BenchSettings(model=args.model, root=args.root, engines=engines, batch_sizes=args.batch_sizes,
-                         devices=devices, threads=args.threads, budget_s=args.budget, rounds=args.rounds,
-                         warmup_s=args.warmup, cold_start=not args.no_cold_start,
-                         cold_start_compile=args.cold_start_compile, served=args.served,
-                         concurrency=args.concurrency, served_seconds=args.served_seconds,
-                         cuda_precision=args.cuda_precision, cudnn_conv_algo_search=args.cudnn_search)
+    return BenchSettings(
+        model=args.model,
+        root=args.root,
+        engines=engines,
+        batch_sizes=args.batch_sizes,
+        devices=devices,
+        threads=args.threads,
+        budget_s=args.budget,
+        rounds=args.rounds,
+        warmup_s=args.warmup,
+        cold_start=not args.no_cold_start,
+        cold_start_compile=args.cold_start_compile,
+        served=args.served,
+        concurrency=args.concurrency,
+        served_seconds=args.served_seconds,
+        cuda_precision=args.cuda_precision,
+        cudnn_conv_algo_search=args.cudnn_search,
+    )
 
 
 def main(args: argparse.Namespace) -> int:

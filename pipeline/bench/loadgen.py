@@ -59,16 +59,29 @@ class LoadResult:
         }
 
 
-def run_load(url: str, bodies: list[str], concurrency: int, duration_s: float, *, max_requests: int = 0,
-             headers: dict[str, str] | None = None, method: str = "POST", timeout_s: float = 30.0) -> LoadResult:
+def run_load(
+    url: str,
+    bodies: list[str],
+    concurrency: int,
+    duration_s: float,
+    *,
+    max_requests: int = 0,
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+    timeout_s: float = 30.0,
+) -> LoadResult:
     """Closed-loop load: `concurrency` clients, each sending its next request on the last answer."""
     parts = urlsplit(url)
     if parts.hostname not in LOOPBACK:
-        raise PipelineError("load", f"refusing to send load to {parts.hostname}: only 127.0.0.1 is allowed",
-                            "start the server locally and point the load at 127.0.0.1")
+        raise PipelineError(
+            "load",
+            f"refusing to send load to {parts.hostname}: only 127.0.0.1 is allowed",
+            "start the server locally and point the load at 127.0.0.1",
+        )
     if concurrency < 1 or duration_s <= 0:
-        raise PipelineError("load", f"concurrency {concurrency} and duration {duration_s}s must be positive",
-                            "pass e.g. concurrency 16 for 10 s")
+        raise PipelineError(
+            "load", f"concurrency {concurrency} and duration {duration_s}s must be positive", "pass e.g. concurrency 16 for 10 s"
+        )
     config = {
         "host": f"{parts.scheme}://{parts.netloc}",
         "path": parts.path + (f"?{parts.query}" if parts.query else ""),
@@ -84,16 +97,29 @@ def run_load(url: str, bodies: list[str], concurrency: int, duration_s: float, *
         config_path, out_path = Path(tmp) / "config.json", Path(tmp) / "out.json"
         config_path.write_text(json.dumps(config))
         try:
-            proc = subprocess.run([sys.executable, "-m", "pipeline.bench.locust_worker", str(config_path), str(out_path)],
-                                  capture_output=True, text=True, timeout=duration_s + timeout_s + 30)
+            proc = subprocess.run(
+                [sys.executable, "-m", "pipeline.bench.locust_worker", str(config_path), str(out_path)],
+                capture_output=True,
+                text=True,
+                timeout=duration_s + timeout_s + 30,
+            )
         except subprocess.TimeoutExpired:
-            raise PipelineError("load", f"the load generator did not stop within {duration_s + timeout_s + 30:.0f}s",
-                                "the server may be hung; check its logs") from None
+            raise PipelineError(
+                "load",
+                f"the load generator did not stop within {duration_s + timeout_s + 30:.0f}s",
+                "the server may be hung; check its logs",
+            ) from None
         if proc.returncode != 0 or not out_path.exists():
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-            raise PipelineError("load", f"the load generator (locust) failed with exit code {proc.returncode}:\n{tail}",
-                                "check that locust is installed (make setup)")
+            raise PipelineError(
+                "load",
+                f"the load generator (locust) failed with exit code {proc.returncode}:\n{tail}",
+                "check that locust is installed (make setup)",
+            )
         data = json.loads(out_path.read_text())
-    return LoadResult(concurrency=concurrency, seconds=float(data["seconds"]),
-                      latency_ms=np.asarray(data["latency_ms"], dtype=np.float64),
-                      status=np.asarray(data["status"], dtype=np.int64))
+    return LoadResult(
+        concurrency=concurrency,
+        seconds=float(data["seconds"]),
+        latency_ms=np.asarray(data["latency_ms"], dtype=np.float64),
+        status=np.asarray(data["status"], dtype=np.int64),
+    )

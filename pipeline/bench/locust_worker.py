@@ -42,8 +42,7 @@ def main(config_path: str, out_path: str) -> int:
         @task
         def send(self):
             data = bodies[next_body()] if method == "POST" else None
-            with self.client.request(method, config["path"], data=data, headers=headers,
-                                     name="request", catch_response=True) as response:
+            with self.client.request(method, config["path"], data=data, headers=headers, name="request", catch_response=True) as response:
                 # Status codes are counted by us; locust should not log each failure.
                 response.success()
 
@@ -65,12 +64,15 @@ def main(config_path: str, out_path: str) -> int:
     runner.greenlet.join()
     seconds = time.monotonic() - started
     with open(out_path, "w") as f:
-        json.dump({
-            "seconds": seconds,
-            "latency_ms": [r[0] for r in records],
-            "status": [r[1] for r in records],
-            "end_s": [r[2] - started for r in records],
-        }, f)
+        json.dump(
+            {
+                "seconds": seconds,
+                "latency_ms": [r[0] for r in records],
+                "status": [r[1] for r in records],
+                "end_s": [r[2] - started for r in records],
+            },
+            f,
+        )
     return 0
 
 

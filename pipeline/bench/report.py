@@ -19,7 +19,9 @@ def _x(v) -> str:
 
 
 def _environment_lines(env: dict) -> list[str]:
-    gpu = f"{env.get('gpu')} (driver {env.get('gpu_driver')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')})" if env.get("gpu") else "none"
+    gpu = (
+        f"{env.get('gpu')} (driver {env.get('gpu_driver')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')})" if env.get("gpu") else "none"
+    )
     return [
         f"- CPU: {env['cpu']}, {env['physical_cores']} physical / {env['logical_cores']} logical cores, "
         f"{env['memory_gib']} GiB; intra-op threads {env['intra_op_threads']} (torch and ONNX Runtime alike)",
@@ -50,16 +52,26 @@ def markdown(report: dict) -> str:
             lines.append(f"| {t['target']} | {_x(t['value'])} | {sign} {t['goal']}× | {'yes' if t['met'] else '**no**'} |")
         lines.append("")
     if report.get("verdicts"):
-        lines += ["## ONNX Runtime or PyTorch: the fastest of each at p50", "",
-                  "| device | batch | fastest ONNX Runtime | fastest PyTorch | winner | by |", "| --- | ---: | --- | --- | --- | ---: |"]
+        lines += [
+            "## ONNX Runtime or PyTorch: the fastest of each at p50",
+            "",
+            "| device | batch | fastest ONNX Runtime | fastest PyTorch | winner | by |",
+            "| --- | ---: | --- | --- | --- | ---: |",
+        ]
         for v in report["verdicts"]:
-            lines.append(f"| {v['device']} | {v['batch']} | {v['onnxruntime']} | {v['pytorch']} | "
-                         f"**{v['winner']}** ({v['winner_engine']}) | {_x(v['by'])} |")
+            lines.append(
+                f"| {v['device']} | {v['batch']} | {v['onnxruntime']} | {v['pytorch']} | "
+                f"**{v['winner']}** ({v['winner_engine']}) | {_x(v['by'])} |"
+            )
         lines.append("")
     sessions = report.get("sessions") or {}
     if sessions:
-        lines += ["ONNX Runtime sessions (every ORT engine on a device, floors included): "
-                  + "; ".join(f"{d}: {s}" for d, s in sessions.items()) + ".", ""]
+        lines += [
+            "ONNX Runtime sessions (every ORT engine on a device, floors included): "
+            + "; ".join(f"{d}: {s}" for d, s in sessions.items())
+            + ".",
+            "",
+        ]
     records = report["in_process"]
     devices = list(dict.fromkeys(r["device"] for r in records))
     batches = list(dict.fromkeys(r["batch"] for r in records))
@@ -67,47 +79,71 @@ def markdown(report: dict) -> str:
         mine = [r for r in records if r["device"] == device]
         engines = list(dict.fromkeys(r["engine"] for r in mine))
         index = {(r["engine"], r["batch"]): r for r in mine}
-        lines += [f"## In process, {device.upper()}: speedup over eager at p50 (higher is faster)", "",
-                  "| engine | " + " | ".join(f"batch {b}" for b in batches) + " |",
-                  "| --- |" + " ---: |" * len(batches)]
+        lines += [
+            f"## In process, {device.upper()}: speedup over eager at p50 (higher is faster)",
+            "",
+            "| engine | " + " | ".join(f"batch {b}" for b in batches) + " |",
+            "| --- |" + " ---: |" * len(batches),
+        ]
         for e in engines:
             if e.startswith("floor:"):
                 continue
             lines.append(f"| {e} | " + " | ".join(_x(index.get((e, b), {}).get("speedup_vs_eager_p50")) for b in batches) + " |")
-        lines += ["", f"## In process, {device.upper()}: latency per call", "",
-                  "| engine | batch | p50 | p90 | p99 | p99.9 | mean | std | samples/s | calls | × floor (p50) | × eager (speedup) | setup s |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"## In process, {device.upper()}: latency per call",
+            "",
+            "| engine | batch | p50 | p90 | p99 | p99.9 | mean | std | samples/s | calls | × floor (p50) | × eager (speedup) | setup s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for b in batches:
             for e in engines:
                 r = index.get((e, b))
                 if r is None:
                     continue
                 p999 = _ms(r["p999_ms"]) + ("†" if r["iterations"] < 1000 else "")
-                lines.append(f"| {e} | {b} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | {_ms(r['p99_ms'])} | {p999} | "
-                             f"{_ms(r['mean_ms'])} | {_ms(r['std_ms'])} | {r['throughput_per_s']:,.0f} | {r['iterations']} | "
-                             f"{_x(r['ratio_to_floor_p50'])} | {_x(r['speedup_vs_eager_p50'])} | {r.get('setup_s', 0):.2f} |")
+                lines.append(
+                    f"| {e} | {b} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | {_ms(r['p99_ms'])} | {p999} | "
+                    f"{_ms(r['mean_ms'])} | {_ms(r['std_ms'])} | {r['throughput_per_s']:,.0f} | {r['iterations']} | "
+                    f"{_x(r['ratio_to_floor_p50'])} | {_x(r['speedup_vs_eager_p50'])} | {r.get('setup_s', 0):.2f} |"
+                )
         lines.append("")
-    lines += ["† fewer than 1,000 calls: p99.9 is close to the maximum seen. *setup s*: from binding the inputs to "
-              "the end of warm-up (a session per shape, graph capture, compilation), kept out of the timed calls.", "",
-              "Providers that really ran: " + ", ".join(sorted({f"{r['engine']} → {r['provider']}" for r in records
-                                                                if not r["engine"].startswith("floor:")})) + ".", ""]
+    lines += [
+        "† fewer than 1,000 calls: p99.9 is close to the maximum seen. *setup s*: from binding the inputs to "
+        "the end of warm-up (a session per shape, graph capture, compilation), kept out of the timed calls.",
+        "",
+        "Providers that really ran: "
+        + ", ".join(sorted({f"{r['engine']} → {r['provider']}" for r in records if not r["engine"].startswith("floor:")}))
+        + ".",
+        "",
+    ]
     if report.get("skipped"):
-        lines += ["Skipped pairings (they cannot exist, so they are not failures): "
-                  + "; ".join(f"{s['engine']} on {s['device']} ({s['reason']})" for s in report["skipped"]) + ".", ""]
+        lines += [
+            "Skipped pairings (they cannot exist, so they are not failures): "
+            + "; ".join(f"{s['engine']} on {s['device']} ({s['reason']})" for s in report["skipped"])
+            + ".",
+            "",
+        ]
     if report["failures"]:
         lines += ["## Engines that could not run here", "", "| engine | device | batch | reason |", "| --- | --- | --- | --- |"]
         for f in report["failures"]:
             lines.append(f"| {f['engine']} | {f['device']} | {f['batch'] if f['batch'] is not None else 'all'} | {f['error']} |")
         lines.append("")
     if report["cold_start"]:
-        lines += ["## Cold start (fresh process per engine, batch 1)", "",
-                  "| engine | device | import | load / session | first inference | total |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "## Cold start (fresh process per engine, batch 1)",
+            "",
+            "| engine | device | import | load / session | first inference | total |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
         for c in report["cold_start"]:
             if "error" in c:
                 lines.append(f"| {c['engine']} | {c['device']} | failed: {c['error']} | | | |")
             else:
-                lines.append(f"| {c['engine']} | {c['device']} | {c['import_s']:.3f} s | {c['load_s']:.3f} s | "
-                             f"{c['first_inference_s'] * 1e3:.1f} ms | {c['total_s']:.3f} s |")
+                lines.append(
+                    f"| {c['engine']} | {c['device']} | {c['import_s']:.3f} s | {c['load_s']:.3f} s | "
+                    f"{c['first_inference_s'] * 1e3:.1f} ms | {c['total_s']:.3f} s |"
+                )
         lines.append("")
     lines += _served_markdown(report.get("served"))
     lines += ["## Engines", ""] + [f"- **{k}**: {v}" for k, v in report["engines"].items()] + [""]
@@ -117,32 +153,47 @@ def markdown(report: dict) -> str:
 def _served_markdown(served: dict | None) -> list[str]:
     if not served:
         return []
-    lines = ["## Served (real TorchServe on 127.0.0.1, locust closed-loop clients)", "",
-             f"Request body: `{served['request_body']}`. Latency is what the client saw; the floor is `/ping` on the "
-             "same server at the same concurrency; queue and frontend time come from TorchServe's own per-request "
-             "metrics, the handler time per batch from the worker.", ""]
+    lines = [
+        "## Served (real TorchServe on 127.0.0.1, locust closed-loop clients)",
+        "",
+        f"Request body: `{served['request_body']}`. Latency is what the client saw; the floor is `/ping` on the "
+        "same server at the same concurrency; queue and frontend time come from TorchServe's own per-request "
+        "metrics, the handler time per batch from the worker.",
+        "",
+    ]
     for config in served["configs"]:
         sc = config["server_config"]
         server = ", ".join(f"{k}={v}" for k, v in config.get("changes", {}).get("server", {}).items())
-        lines += [f"### {config['name']}: batchSize {sc.get('batchSize')}, maxBatchDelay {sc.get('maxBatchDelay')} ms, "
-                  f"workers {sc.get('minWorkers')}" + (f"; server: {server}" if server else ""), "",
-                  f"TorchServe's metrics from its {config['runs'][0]['torchserve_metrics']['source'] if config['runs'] else '—'}.", "",
-                  "| clients | req/s | p50 | p90 | p99 | errors | /ping p50 | × ping | TS queue mean | TS total mean | handler/batch | queue share |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"### {config['name']}: batchSize {sc.get('batchSize')}, maxBatchDelay {sc.get('maxBatchDelay')} ms, "
+            f"workers {sc.get('minWorkers')}" + (f"; server: {server}" if server else ""),
+            "",
+            f"TorchServe's metrics from its {config['runs'][0]['torchserve_metrics']['source'] if config['runs'] else '—'}.",
+            "",
+            "| clients | req/s | p50 | p90 | p99 | errors | /ping p50 | × ping | TS queue mean | TS total mean | handler/batch | queue share |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r, p in zip(config["runs"], config["ping"]):
             m = r["torchserve_metrics"]
             share = m.get("queue_share_of_total")
-            lines.append(f"| {r['concurrency']} | {r['requests_per_s']:,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | "
-                         f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} | "
-                         f"{_ms(m['queue'].get('mean_ms'))} | {_ms(m['frontend_total'].get('mean_ms'))} | "
-                         f"{_ms(m['handler_per_batch'].get('mean_ms', m['handler_per_batch'].get('last_ms')))} | "
-                         f"{'—' if share is None else f'{share:.0%}'} |")
+            lines.append(
+                f"| {r['concurrency']} | {r['requests_per_s']:,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | "
+                f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} | "
+                f"{_ms(m['queue'].get('mean_ms'))} | {_ms(m['frontend_total'].get('mean_ms'))} | "
+                f"{_ms(m['handler_per_batch'].get('mean_ms', m['handler_per_batch'].get('last_ms')))} | "
+                f"{'—' if share is None else f'{share:.0%}'} |"
+            )
         lines.append("")
     for c in served.get("comparisons", []):
-        lines += [f"### {c['other']} vs {c['base']}", "",
-                  f"At {c['concurrency']} clients: {_x(c['rps_ratio'])} the requests/s; p99 {_ms(c['p99_other_ms'])} vs "
-                  f"{_ms(c['p99_base_ms'])} ms; errors {c['errors']}.", "",
-                  "| clients | more req/s | req/s ratio | p99 ratio |", "| ---: | --- | ---: | ---: |"]
+        lines += [
+            f"### {c['other']} vs {c['base']}",
+            "",
+            f"At {c['concurrency']} clients: {_x(c['rps_ratio'])} the requests/s; p99 {_ms(c['p99_other_ms'])} vs "
+            f"{_ms(c['p99_base_ms'])} ms; errors {c['errors']}.",
+            "",
+            "| clients | more req/s | req/s ratio | p99 ratio |",
+            "| ---: | --- | ---: | ---: |",
+        ]
         for conc, w in c["per_concurrency"].items():
             lines.append(f"| {conc} | {w['winner_rps']} | {_x(w['rps_ratio'])} | {_x(w['p99_ratio'])} |")
         lines.append("")
@@ -166,17 +217,22 @@ def plot(report: dict, path: Path) -> None:
             rows = sorted((r for r in records if r["device"] == device and r["engine"] == engine), key=lambda r: r["batch"])
             b = [r["batch"] for r in rows]
             style = "--" if engine.startswith("floor:") else "-"
-            line, = ax.plot(b, [r["p50_ms"] for r in rows], style, marker="o", ms=3, label=f"{engine} ({device})")
+            (line,) = ax.plot(b, [r["p50_ms"] for r in rows], style, marker="o", ms=3, label=f"{engine} ({device})")
             ax.fill_between(b, [r["p50_ms"] for r in rows], [r["p99_ms"] for r in rows], color=line.get_color(), alpha=0.12)
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per call (line p50, band to p99)",
-           title=f"{report['model']}: in process")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="ms per call (line p50, band to p99)",
+        title=f"{report['model']}: in process",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     if served:
         lat, thr = axes[0][1], axes[0][2]
         for config in served["configs"]:
             c = [r["concurrency"] for r in config["runs"]]
-            line, = lat.plot(c, [r["p50_ms"] for r in config["runs"]], marker="o", label=f"{config['name']} p50")
+            (line,) = lat.plot(c, [r["p50_ms"] for r in config["runs"]], marker="o", label=f"{config['name']} p50")
             lat.plot(c, [r["p99_ms"] for r in config["runs"]], ":", marker="^", color=line.get_color(), label=f"{config['name']} p99")
             thr.plot(c, [r["requests_per_s"] for r in config["runs"]], marker="o", color=line.get_color(), label=config["name"])
         ping = served["configs"][0]["ping"]
@@ -199,8 +255,10 @@ def console_summary(report: dict, settings) -> str:
     index = {(r["device"], r["batch"], r["engine"]): r for r in report["in_process"]}
     for (device, batch, engine), r in index.items():
         if batch == min(settings.batch_sizes) and r["speedup_vs_eager_p50"] is not None and engine != "eager":
-            out.append(f"  {device} batch {batch}: {engine:<22} p50 {_ms(r['p50_ms'])} ms, {_x(r['speedup_vs_eager_p50'])} eager, "
-                       f"{_x(r['ratio_to_floor_p50'])} its floor")
+            out.append(
+                f"  {device} batch {batch}: {engine:<22} p50 {_ms(r['p50_ms'])} ms, {_x(r['speedup_vs_eager_p50'])} eager, "
+                f"{_x(r['ratio_to_floor_p50'])} its floor"
+            )
     for f in report["failures"]:
         out.append(f"  could not run {f['engine']} ({f['device']}): {f['error'][:120]}")
     for t in report["targets"]:

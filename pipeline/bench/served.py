@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.stages import package
-from pipeline.serving import server as serve
-from pipeline.errors import PipelineError
 from pipeline.bench.loadgen import run_load
+from pipeline.errors import PipelineError
+from pipeline.serving import server as serve
 from pipeline.serving.client import http
 from pipeline.settings import Layout, Settings
+from pipeline.stages import package
 
 PING_SECONDS = 2.0
 # Serving configs compared: what goes into the archive's model-config.yaml (batching,
@@ -39,8 +39,10 @@ PING_SECONDS = 2.0
 # One worker in each: on a 2-core machine the other core is busy with the frontend
 # and the load generator, and a second worker measured slower at 16 and 64 clients.
 SERVING_CONFIGS = {
-    "default": {"archive": {"serve_batch_size": 1, "serve_max_batch_delay_ms": 100, "serve_workers": 1},
-                "server": {"metrics_mode": "log", "async_logging": "false"}},
+    "default": {
+        "archive": {"serve_batch_size": 1, "serve_max_batch_delay_ms": 100, "serve_workers": 1},
+        "server": {"metrics_mode": "log", "async_logging": "false"},
+    },
     "tuned": {"archive": {}, "server": {}},
     "tuned-large-batch": {"archive": {"serve_batch_size": 32, "serve_max_batch_delay_ms": 2}, "server": {}},
 }
@@ -75,7 +77,7 @@ class LogWindow:
     offsets: dict[str, int]
 
     @classmethod
-    def mark(cls, logs: Path) -> "LogWindow":
+    def mark(cls, logs: Path) -> LogWindow:
         names = ("ts_metrics.log", "model_metrics.log")
         return cls(logs, {n: (logs / n).stat().st_size if (logs / n).exists() else 0 for n in names})
 
@@ -94,12 +96,16 @@ class LogWindow:
             values[name].append(float(value) / 1e3)
         handler = [float(v) for v in _PREDICTION.findall(self.read("model_metrics.log"))]
         total, queue = np.array(values["ts_inference_latency_microseconds"]), np.array(values["ts_queue_latency_microseconds"])
-        return {"source": "metrics logs, per request", "frontend_total": _pct(total), "queue": _pct(queue),
-                "handler_per_batch": _pct(np.array(handler)),
-                "queue_share_of_total": _share(float(queue.sum()), float(total.sum())) if total.size else None}
+        return {
+            "source": "metrics logs, per request",
+            "frontend_total": _pct(total),
+            "queue": _pct(queue),
+            "handler_per_batch": _pct(np.array(handler)),
+            "queue_share_of_total": _share(float(queue.sum()), float(total.sum())) if total.size else None,
+        }
 
 
-_PROM_LINE = re.compile(r'^(\w+)\{[^}]*\}\s+([0-9.eE+-]+)$', re.M)
+_PROM_LINE = re.compile(r"^(\w+)\{[^}]*\}\s+([0-9.eE+-]+)$", re.M)
 
 
 @dataclass
@@ -120,7 +126,7 @@ class PrometheusWindow:
         return out
 
     @classmethod
-    def mark(cls, url: str) -> "PrometheusWindow":
+    def mark(cls, url: str) -> PrometheusWindow:
         return cls(url, cls.scrape(url))
 
     def breakdown(self) -> dict:
@@ -133,9 +139,13 @@ class PrometheusWindow:
         total, queue = delta("ts_inference_latency_microseconds") / 1e3, delta("ts_queue_latency_microseconds") / 1e3
         mean = (lambda v: {"n": n, "mean_ms": v / n}) if n else (lambda v: {"n": 0})
         handler = end.get("PredictionTime")
-        return {"source": "metrics API counters (queue and total are means over the run; handler time is the last batch's)", "frontend_total": mean(total), "queue": mean(queue),
-                "handler_per_batch": {"n": 1, "last_ms": handler} if handler is not None else {"n": 0},
-                "queue_share_of_total": _share(queue, total) if n else None}
+        return {
+            "source": "metrics API counters (queue and total are means over the run; handler time is the last batch's)",
+            "frontend_total": mean(total),
+            "queue": mean(queue),
+            "handler_per_batch": {"n": 1, "last_ms": handler} if handler is not None else {"n": 0},
+            "queue_share_of_total": _share(queue, total) if n else None,
+        }
 
 
 def metrics_window(info: serve.ServerInfo, properties: dict[str, str]):
@@ -150,15 +160,13 @@ def _project_for(config: dict, settings, layout: Layout, folder: Path) -> Settin
     src = layout.root
     (folder / "artifacts").mkdir(parents=True)
     shutil.copytree(src / "artifacts" / layout.model, folder / "artifacts" / layout.model)
-    shutil.copytree(src / "reports" / layout.model, folder / "reports" / layout.model,
-                    ignore=shutil.ignore_patterns("latency*"))
+    shutil.copytree(src / "reports" / layout.model, folder / "reports" / layout.model, ignore=shutil.ignore_patterns("latency*"))
     project = Settings(model=settings.model, root=folder, force=True, **config)
     package.run(project)
     return project
 
 
-def _sweep(info: serve.ServerInfo, properties: dict[str, str], settings, body: str, bar,
-           label: str) -> tuple[list[dict], list[dict]]:
+def _sweep(info: serve.ServerInfo, properties: dict[str, str], settings, body: str, bar, label: str) -> tuple[list[dict], list[dict]]:
     headers = {"Authorization": f"Bearer {info.token('inference')}"}
     runs, floors = [], []
     # Warm-up: first requests pay for JIT and connection setup on both sides.
@@ -170,8 +178,7 @@ def _sweep(info: serve.ServerInfo, properties: dict[str, str], settings, body: s
         runs.append({**result.summary(), "torchserve_metrics": window.breakdown()})
         bar.update(1)
         bar.set_postfix_str(f"served {label} /ping c={c}")
-        ping = run_load(f"{info.inference}/ping", [], c, min(PING_SECONDS, settings.served_seconds),
-                        headers=headers, method="GET")
+        ping = run_load(f"{info.inference}/ping", [], c, min(PING_SECONDS, settings.served_seconds), headers=headers, method="GET")
         floors.append(ping.summary())
         bar.update(1)
     for r, f in zip(runs, floors):
@@ -192,8 +199,11 @@ def run(settings, spec, layout: Layout, bar) -> dict:
     if settings.served == "running":
         info = serve.load_info(layout)
         if info is None or not info.processes():
-            raise PipelineError("bench", f"--served running: no {spec.name} server is running",
-                                f"start one with make serve MODEL={settings.model}, or use --served auto")
+            raise PipelineError(
+                "bench",
+                f"--served running: no {spec.name} server is running",
+                f"start one with make serve MODEL={settings.model}, or use --served auto",
+            )
         properties = serve.read_properties(Path(info.run_dir) / "config.properties")
         runs, floors = _sweep(info, properties, settings, body, bar, "running")
         configs.append({"name": "running", "server_config": _describe(info), "runs": runs, "ping": floors})

@@ -8,7 +8,8 @@ so training needs no download.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,10 @@ class DigitsCNN(nn.Module):
     def __init__(self, channels: int = 16):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * channels * 4 * 4, 64), nn.ReLU(), nn.Linear(64, CLASSES))
@@ -49,8 +52,7 @@ def load_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
     digits = load_digits()
     images = digits.images.astype(np.float32)
-    return tuple(train_test_split(images, digits.target.astype(np.int64), test_size=HELD_OUT,
-                                  random_state=seed, stratify=digits.target))
+    return tuple(train_test_split(images, digits.target.astype(np.int64), test_size=HELD_OUT, random_state=seed, stratify=digits.target))
 
 
 def train(seed: int, epochs: int = 15, batch_size: int = 64, lr: float = 2e-3, channels: int = 16) -> TrainResult:

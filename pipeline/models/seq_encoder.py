@@ -13,7 +13,8 @@ the input, which the trace check rightly refuses.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -9,7 +9,8 @@ The data is synthetic: each store has its own linear demand curve.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch

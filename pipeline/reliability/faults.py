@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.artifacts import files
@@ -208,8 +208,13 @@ def recover(project: Project) -> list[str]:
 
 
 def _child(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.reliability.faults", *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.reliability.faults", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill_stage(project: Project, stage: str, point: str | None = None, delay_s: float | None = None) -> KillCase:
@@ -239,8 +244,16 @@ def kill_stage(project: Project, stage: str, point: str | None = None, delay_s: 
     problems += _manifest_problems(project)
     leftovers = len(temporaries(project))
     recovery = recover(project)
-    return KillCase(stage, point or f"after {delay_s * 1000:.0f} ms", killed, state, leftovers, not recovery,
-                    round(time.monotonic() - start, 2), tuple(problems + recovery))
+    return KillCase(
+        stage,
+        point or f"after {delay_s * 1000:.0f} ms",
+        killed,
+        state,
+        leftovers,
+        not recovery,
+        round(time.monotonic() - start, 2),
+        tuple(problems + recovery),
+    )
 
 
 def disk_full(project: Project, stage: str, mode: str = "replace") -> DiskFullCase:
@@ -276,22 +289,19 @@ def disk_full(project: Project, stage: str, mode: str = "replace") -> DiskFullCa
 
 # --- damage: every byte of every artifact is covered by its hash -------------------------
 
+
 def _consumers(project: Project) -> dict:
     """For each artifact, the stage (or server start-up) that reads it next."""
-    from pipeline.stages import package
-    from pipeline.stages import parity
-    from pipeline.stages import trace
+    from pipeline.stages import package, parity, trace
 
     def serve_reads_mar(settings):
         # What serve.start does first, before java or TorchServe are involved.
         project.manifest().verified("mar", "serve")
 
-    return {"checkpoint": trace.run, "torchscript": parity.run, "onnx": package.run,
-            "parity": package.run, "mar": serve_reads_mar}
+    return {"checkpoint": trace.run, "torchscript": parity.run, "onnx": package.run, "parity": package.run, "mar": serve_reads_mar}
 
 
-def damage_case(project: Project, key: str, offset: int | None = None, xor: int = 0xFF,
-                truncate_to: int | None = None) -> DamageCase:
+def damage_case(project: Project, key: str, offset: int | None = None, xor: int = 0xFF, truncate_to: int | None = None) -> DamageCase:
     """Flip one byte (or truncate) artifact `key`, hand it to its reader, restore it."""
     path = artifact_path(project, key)
     original = path.read_bytes()
@@ -327,6 +337,7 @@ def damage_sweep(project: Project, per_artifact: int, seed: int = 0) -> list[Dam
 
 
 # --- the child side -------------------------------------------------------------------------
+
 
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
@@ -370,8 +381,13 @@ def _child_main(argv: list[str]) -> int:
         point = argv[4]
         if point != "none":
             _, layout = resolve(settings)
-            target = {"checkpoint": layout.checkpoint, "torchscript": layout.torchscript, "onnx": layout.onnx,
-                      "parity": layout.reports / "parity.json", "mar": layout.mar}[STAGE_ARTIFACT[stage]]
+            target = {
+                "checkpoint": layout.checkpoint,
+                "torchscript": layout.torchscript,
+                "onnx": layout.onnx,
+                "parity": layout.reports / "parity.json",
+                "mar": layout.mar,
+            }[STAGE_ARTIFACT[stage]]
             _install_kill_point(target.name, point)
         print("READY", flush=True)
         STAGES[stage](settings)

@@ -26,8 +26,7 @@ MAX_REQUEST = 1 << 20  # config/torchserve.properties: max_request_size
 # on purpose: TorchServe 0.12's frontend (Netty's form decoder) answers 500 to a bad
 # %-escape such as `x=%zz` before the worker sees it. That is reported on its own
 # (FORM_BODY_500); it is not fixable in the handler.
-CONTENT_TYPES = ("text/plain", "application/octet-stream", "multipart/form-data; boundary=xyz",
-                 "application/json; charset=latin-1")
+CONTENT_TYPES = ("text/plain", "application/octet-stream", "multipart/form-data; boundary=xyz", "application/json; charset=latin-1")
 FORM_BODY_500 = (b"x=%zz", "application/x-www-form-urlencoded")
 
 
@@ -37,8 +36,9 @@ def _dumps(value) -> bytes:
 
 def _json_values():
     leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=6),
-                        max_leaves=30)
+    return st.recursive(
+        leaves, lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=6), max_leaves=30
+    )
 
 
 def body_classes(name: str) -> dict[str, st.SearchStrategy[tuple[bytes, str]]]:
@@ -51,8 +51,8 @@ def body_classes(name: str) -> dict[str, st.SearchStrategy[tuple[bytes, str]]]:
 
     numbers = st.floats(-1e3, 1e3, allow_nan=False, width=32)
     huge = st.one_of(
-        st.integers(300, 6000).map(lambda n: b"9" * n),                      # beyond float64, beyond 4300 digits
-        st.integers(39, 400).map(lambda e: f"1e{e}".encode()),               # beyond float32, beyond float64
+        st.integers(300, 6000).map(lambda n: b"9" * n),  # beyond float64, beyond 4300 digits
+        st.integers(39, 400).map(lambda e: f"1e{e}".encode()),  # beyond float32, beyond float64
         st.integers(2**64, 2**2000).map(lambda i: str(-i).encode()),
         st.sampled_from([b"1.7976931348623157e308", b"-3.5e38", b"1e-400", b"123456789012345678901234567890.5"]),
     )
@@ -60,23 +60,32 @@ def body_classes(name: str) -> dict[str, st.SearchStrategy[tuple[bytes, str]]]:
     return {
         "random JSON": _json_values().map(lambda v: (_dumps(v), as_json)),
         "random JSON in the field": _json_values().map(lambda v: (_dumps({name: v}), as_json)),
-        "wrong types": st.one_of(st.text(), st.booleans(), st.none(), st.dictionaries(st.text(max_size=5), numbers, max_size=3),
-                                 st.lists(st.text(max_size=3), min_size=1, max_size=5),
-                                 st.lists(st.one_of(numbers, st.text(max_size=2), st.none()), min_size=2, max_size=6))
-                         .map(lambda v: (_dumps({name: v}), as_json)),
-        "huge numbers": st.one_of(huge.map(field), st.lists(huge, min_size=1, max_size=4).map(lambda xs: field(b"[" + b", ".join(xs) + b"]")))
-                          .map(lambda b: (b, as_json)),
+        "wrong types": st.one_of(
+            st.text(),
+            st.booleans(),
+            st.none(),
+            st.dictionaries(st.text(max_size=5), numbers, max_size=3),
+            st.lists(st.text(max_size=3), min_size=1, max_size=5),
+            st.lists(st.one_of(numbers, st.text(max_size=2), st.none()), min_size=2, max_size=6),
+        ).map(lambda v: (_dumps({name: v}), as_json)),
+        "huge numbers": st.one_of(
+            huge.map(field), st.lists(huge, min_size=1, max_size=4).map(lambda xs: field(b"[" + b", ".join(xs) + b"]"))
+        ).map(lambda b: (b, as_json)),
         "deep nesting": st.tuples(nesting, st.booleans()).map(
-            lambda t: ((field(b"[" * t[0] + b"1.0" + b"]" * t[0]) if t[1] else b'{"a": ' * t[0] + b"1" + b"}" * t[0]), as_json)),
-        "invalid UTF-8": st.tuples(st.binary(max_size=40), st.binary(min_size=1, max_size=4).map(lambda b: bytes(0x80 | c for c in b)))
-                           .map(lambda t: (field(b'"' + t[0] + t[1] + b'"'), as_json)),
+            lambda t: ((field(b"[" * t[0] + b"1.0" + b"]" * t[0]) if t[1] else b'{"a": ' * t[0] + b"1" + b"}" * t[0]), as_json)
+        ),
+        "invalid UTF-8": st.tuples(st.binary(max_size=40), st.binary(min_size=1, max_size=4).map(lambda b: bytes(0x80 | c for c in b))).map(
+            lambda t: (field(b'"' + t[0] + t[1] + b'"'), as_json)
+        ),
         "empty or blank": st.sampled_from([b"", b" ", b"\n\t ", b"null", b"{}", b"[]", b'""', b"0"]).map(lambda b: (b, as_json)),
         "oversized (over 1 MiB)": st.integers(MAX_REQUEST + 1, MAX_REQUEST + (256 << 10)).map(
-            lambda n: (field(b"[" + b"1.0," * ((n - len(key) - 6) // 4) + b"1.0]"), as_json)),
+            lambda n: (field(b"[" + b"1.0," * ((n - len(key) - 6) // 4) + b"1.0]"), as_json)
+        ),
         "random bytes": st.binary(max_size=2000).map(lambda b: (b, as_json)),
         "other content types": st.tuples(st.binary(max_size=200) | _json_values().map(_dumps), st.sampled_from(CONTENT_TYPES)),
-        "valid": st.one_of(numbers.map(lambda x: {name: x}), st.lists(numbers, min_size=1, max_size=50).map(lambda xs: {name: xs}))
-                   .map(lambda v: (_dumps(v), as_json)),
+        "valid": st.one_of(numbers.map(lambda x: {name: x}), st.lists(numbers, min_size=1, max_size=50).map(lambda xs: {name: xs})).map(
+            lambda v: (_dumps(v), as_json)
+        ),
     }
 
 
@@ -99,8 +108,12 @@ class FuzzResult:
 
     @property
     def survived(self) -> bool:
-        return (not self.failures and self.worker_pids_before == self.worker_pids_after
-                and self.valid_after == self.valid_before and self.valid_before[0] == 200)
+        return (
+            not self.failures
+            and self.worker_pids_before == self.worker_pids_after
+            and self.valid_after == self.valid_before
+            and self.valid_before[0] == 200
+        )
 
 
 def generate_bodies(name: str, examples: int) -> list[tuple[str, bytes, str]]:
@@ -114,8 +127,14 @@ def generate_bodies(name: str, examples: int) -> list[tuple[str, bytes, str]]:
     labelled = st.one_of(*(strategy.map(lambda case, label=label: (label, *case)) for label, strategy in classes.items()))
     cases: list[tuple[str, bytes, str]] = []
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(labelled)
     def collect(case):
         cases.append(case)
@@ -148,12 +167,26 @@ def fuzz_endpoint(info: ServerInfo, name: str, valid_body: bytes, examples: int 
         by_class[label][str(status)] += 1
         statuses[str(status)] += 1
         if status == 0 or status >= 500 or (label == "valid" and status != 200):
-            failures.append({"class": label, "status": status, "content_type": content_type,
-                             "body": body[:160].decode("utf-8", "replace"),
-                             "answer": answer[:200].decode("utf-8", "replace")})
+            failures.append(
+                {
+                    "class": label,
+                    "status": status,
+                    "content_type": content_type,
+                    "body": body[:160].decode("utf-8", "replace"),
+                    "answer": answer[:200].decode("utf-8", "replace"),
+                }
+            )
     pids_after, valid_after = _pids(info), valid()
-    return FuzzResult(len(cases), {k: dict(sorted(v.items())) for k, v in by_class.items()}, failures,
-                      pids_before, pids_after, valid_before, valid_after, dict(sorted(statuses.items())))
+    return FuzzResult(
+        len(cases),
+        {k: dict(sorted(v.items())) for k, v in by_class.items()},
+        failures,
+        pids_before,
+        pids_after,
+        valid_before,
+        valid_after,
+        dict(sorted(statuses.items())),
+    )
 
 
 def post_expecting_continue(url: str, body: bytes, token: str, timeout: float = 60) -> tuple[int, bytes]:
@@ -164,8 +197,10 @@ def post_expecting_continue(url: str, body: bytes, token: str, timeout: float = 
     connection reset about a third of the time.
     """
     parts = urlsplit(url)
-    head = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n")
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+    )
     with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
         sock.sendall(head.encode())
         status, answer = _read_response(sock)
@@ -184,8 +219,7 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
-    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
-                   if line.lower().startswith(b"content-length:")), 0)
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:] if line.lower().startswith(b"content-length:")), 0)
     while len(rest) < length:
         chunk = sock.recv(65536)
         if not chunk:

@@ -18,9 +18,9 @@ import stat
 import struct
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from pipeline.errors import PipelineError
 from pipeline.reliability.faults import Project
@@ -73,6 +73,7 @@ def vouch_for(project: Project, key: str) -> None:
 
 
 # --- checkpoints ---------------------------------------------------------------------------
+
 
 def pickle_checkpoints(project: Project) -> list[HostileCase]:
     """torch.save and plain-pickle files posing as the checkpoint; the next stage must refuse them."""
@@ -151,6 +152,7 @@ def onnx_external_data(project: Project) -> list[HostileCase]:
 
 # --- archives ------------------------------------------------------------------------------
 
+
 def rebuild_archive(src: Path, dst: Path, edit: Callable[[list[tuple[zipfile.ZipInfo, bytes]]], list]) -> Path:
     with zipfile.ZipFile(src) as zin:
         members = [(info, zin.read(info)) for info in zin.infolist()]
@@ -190,7 +192,7 @@ def _lie_about_size(path: Path, name: str, size: int) -> Path:
     at = data.find(b"PK\x01\x02", struct.unpack_from("<I", data, end + 16)[0])
     while at != -1:
         name_len = struct.unpack_from("<H", data, at + 28)[0]
-        if data[at + 46:at + 46 + name_len] == name.encode():
+        if data[at + 46 : at + 46 + name_len] == name.encode():
             struct.pack_into("<I", data, at + 24, size)
             path.write_bytes(bytes(data))
             return path
@@ -220,13 +222,14 @@ def archive_cases(project: Project, work: Path) -> list[HostileCase]:
     cases = []
     for i, (name, edit) in enumerate(variants.items()):
         path = rebuild_archive(mar, work / f"hostile-{i}.mar", edit)
-        cases.append(_attempt("mar", name, lambda: inspect_archive(path)))
+        cases.append(_attempt("mar", name, lambda path=path: inspect_archive(path)))
     lying = _lie_about_size(shutil.copyfile(mar, work / "hostile-size.mar"), MODEL_NAME, 0xFFFF_FFF0)
     cases.append(_attempt("mar", "size header declaring 4 GiB for model.onnx", lambda: inspect_archive(lying)))
     return cases
 
 
 # --- links and paths out of the project ---------------------------------------------------
+
 
 def escaping_artifacts(project: Project, outside: Path) -> list[HostileCase]:
     """An artifact swapped for a symlink to an identical file outside, and a manifest path with `..`."""
@@ -239,8 +242,11 @@ def escaping_artifacts(project: Project, outside: Path) -> list[HostileCase]:
     good = path.read_bytes()
     path.unlink()
     path.symlink_to(target)  # same bytes, so the hash matches: only the link check stops it
-    cases.append(_attempt("artifact", "model.onnx replaced by a symlink out of the project",
-                          lambda: parity.run(replace(project.settings, force=True))))
+    cases.append(
+        _attempt(
+            "artifact", "model.onnx replaced by a symlink out of the project", lambda: parity.run(replace(project.settings, force=True))
+        )
+    )
     path.unlink()
     path.write_bytes(good)
     manifest = project.manifest()
@@ -248,13 +254,20 @@ def escaping_artifacts(project: Project, outside: Path) -> list[HostileCase]:
     escaped = Path("..") / ".." / ".." / ".." / target.relative_to("/") if target.is_absolute() else target
     manifest.records["onnx"] = replace(rec, path=str(Path(rec.path).parent / escaped))
     manifest.save()
-    cases.append(_attempt("artifact", "manifest path leading out of the project (../../..)",
-                          lambda: parity.run(replace(project.settings, force=True))))
+    cases.append(
+        _attempt(
+            "artifact", "manifest path leading out of the project (../../..)", lambda: parity.run(replace(project.settings, force=True))
+        )
+    )
     manifest.records["onnx"] = rec
     manifest.save()
     return cases
 
 
 def all_cases(project: Project, work: Path) -> list[HostileCase]:
-    return [*pickle_checkpoints(project), *onnx_external_data(project), *archive_cases(project, work / "archives"),
-            *escaping_artifacts(project, work / "outside")]
+    return [
+        *pickle_checkpoints(project),
+        *onnx_external_data(project),
+        *archive_cases(project, work / "archives"),
+        *escaping_artifacts(project, work / "outside"),
+    ]

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import psutil
 
-from pipeline.serving import server as serve
-from pipeline.errors import PipelineError
 from pipeline.bench.loadgen import LoadResult, run_load
+from pipeline.errors import PipelineError
+from pipeline.serving import server as serve
 from pipeline.serving.client import http
 from pipeline.serving.server import ServerInfo
 from pipeline.settings import Settings
@@ -28,12 +28,10 @@ from pipeline.settings import Settings
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def _load_in_background(info: ServerInfo, bodies: list[str], concurrency: int, duration_s: float,
-                        max_requests: int = 0) -> Future:
+def _load_in_background(info: ServerInfo, bodies: list[str], concurrency: int, duration_s: float, max_requests: int = 0) -> Future:
     pool = ThreadPoolExecutor(max_workers=1)
     headers = {"Authorization": f"Bearer {info.token('inference')}"}
-    future = pool.submit(run_load, info.predictions_url, bodies, concurrency, duration_s,
-                         max_requests=max_requests, headers=headers)
+    future = pool.submit(run_load, info.predictions_url, bodies, concurrency, duration_s, max_requests=max_requests, headers=headers)
     pool.shutdown(wait=False)
     return future
 
@@ -51,8 +49,11 @@ def wait_for_clients(info: ServerInfo, clients: int, timeout: float = 60.0) -> f
             if sum(c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in conns) >= clients:
                 return time.monotonic() - start
         time.sleep(0.05)
-    raise PipelineError("reliability", f"the load generator did not open {clients} connections within {timeout:.0f}s",
-                        "check that locust runs (make setup) and the server answers")
+    raise PipelineError(
+        "reliability",
+        f"the load generator did not open {clients} connections within {timeout:.0f}s",
+        "check that locust runs (make setup) and the server answers",
+    )
 
 
 def worker_pids(info: ServerInfo) -> list[int]:
@@ -72,6 +73,7 @@ def server_rss(info: ServerInfo) -> dict[str, int]:
 
 # --- a worker killed with requests in flight ------------------------------------------------
 
+
 @dataclass(frozen=True)
 class WorkerKill:
     """SIGKILL of the worker under load: what failed, how long until it answered again."""
@@ -90,12 +92,12 @@ class WorkerKill:
     @property
     def survived(self) -> bool:
         # Only requests in flight may fail (at most one per client); the new worker serves every later one.
-        return (self.new_pid != self.old_pid and 0 < self.errors <= self.concurrency
-                and self.after_requests > 0 and self.after_errors == 0)
+        return self.new_pid != self.old_pid and 0 < self.errors <= self.concurrency and self.after_requests > 0 and self.after_errors == 0
 
 
-def kill_worker_in_flight(info: ServerInfo, bodies: list[str], valid: tuple[bytes, bytes], concurrency: int = 8,
-                          load_s: float = 8.0, after_requests: int = 2000) -> WorkerKill:
+def kill_worker_in_flight(
+    info: ServerInfo, bodies: list[str], valid: tuple[bytes, bytes], concurrency: int = 8, load_s: float = 8.0, after_requests: int = 2000
+) -> WorkerKill:
     """Kill the worker while `concurrency` clients are sending; then prove every later request succeeds.
 
     `valid` is a request body and the exact answer it must get back.
@@ -121,17 +123,35 @@ def kill_worker_in_flight(info: ServerInfo, bodies: list[str], valid: tuple[byte
                 recovery_s = time.monotonic() - killed
         time.sleep(0.05)
     if ready_s is None or recovery_s is None:
-        raise PipelineError("reliability", f"the worker was not back within 120 s of SIGKILL (pid {old})",
-                            f"see {info.run_dir}/logs/model_log.log")
+        raise PipelineError(
+            "reliability", f"the worker was not back within 120 s of SIGKILL (pid {old})", f"see {info.run_dir}/logs/model_log.log"
+        )
     during: LoadResult = load.result()
-    after = run_load(info.predictions_url, bodies, concurrency, 60.0, max_requests=after_requests,
-                     headers={"Authorization": f"Bearer {info.token('inference')}"})
+    after = run_load(
+        info.predictions_url,
+        bodies,
+        concurrency,
+        60.0,
+        max_requests=after_requests,
+        headers={"Authorization": f"Bearer {info.token('inference')}"},
+    )
     errors = {code: n for code, n in during.status_counts().items() if code != "200"}
-    return WorkerKill(old, worker_pids(info)[0], during.requests, during.errors, errors, concurrency,
-                      round(recovery_s, 3), round(ready_s, 3), after.requests, after.errors)
+    return WorkerKill(
+        old,
+        worker_pids(info)[0],
+        during.requests,
+        during.errors,
+        errors,
+        concurrency,
+        round(recovery_s, 3),
+        round(ready_s, 3),
+        after.requests,
+        after.errors,
+    )
 
 
 # --- soak -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Soak:
@@ -155,8 +175,9 @@ class Soak:
         return self.load["requests"] >= self.target_requests and self.load["errors"] == 0
 
 
-def soak(info: ServerInfo, bodies: list[str], requests: int = 20_000, concurrency: int = 16,
-         time_limit_s: float = 180.0, warmup: int = 2_000) -> Soak:
+def soak(
+    info: ServerInfo, bodies: list[str], requests: int = 20_000, concurrency: int = 16, time_limit_s: float = 180.0, warmup: int = 2_000
+) -> Soak:
     """Warm up, note memory, send `requests` at `concurrency` within `time_limit_s`, note memory again."""
     headers = {"Authorization": f"Bearer {info.token('inference')}"}
     run_load(info.predictions_url, bodies, concurrency, 60.0, max_requests=warmup, headers=headers)
@@ -181,6 +202,7 @@ def soak(info: ServerInfo, bodies: list[str], requests: int = 20_000, concurrenc
 
 # --- stop with requests in flight ----------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class GracefulStop:
     """serve.stop while clients are sending, then a restart in the same folder."""
@@ -196,8 +218,13 @@ class GracefulStop:
 
     @property
     def survived(self) -> bool:
-        return (not self.processes_left and not self.ports_still_open and not self.key_file_left
-                and self.restart_status == 200 and not self.processes_left_after_restart)
+        return (
+            not self.processes_left
+            and not self.ports_still_open
+            and not self.key_file_left
+            and self.restart_status == 200
+            and not self.processes_left_after_restart
+        )
 
 
 def _describe(procs: list[psutil.Process]) -> list[str]:
@@ -219,8 +246,9 @@ def _open_ports(ports) -> list[int]:
     return open_
 
 
-def stop_under_load(settings: Settings, info: ServerInfo, bodies: list[str], body: bytes, concurrency: int = 8,
-                    load_s: float = 5.0) -> GracefulStop:
+def stop_under_load(
+    settings: Settings, info: ServerInfo, bodies: list[str], body: bytes, concurrency: int = 8, load_s: float = 5.0
+) -> GracefulStop:
     """Stop the server while `concurrency` clients are sending; check nothing is left; restart and serve."""
     load = _load_in_background(info, bodies, concurrency, load_s)
     wait_for_clients(info, concurrency)
@@ -239,11 +267,11 @@ def stop_under_load(settings: Settings, info: ServerInfo, bodies: list[str], bod
         restart_s = time.monotonic() - start
     finally:
         serve.stop(settings)
-    return GracefulStop(round(stop_s, 3), status_counts, left, ports, key_left, round(restart_s, 3), status,
-                        _describe(again.processes()))
+    return GracefulStop(round(stop_s, 3), status_counts, left, ports, key_left, round(restart_s, 3), status, _describe(again.processes()))
 
 
 # --- security posture -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -272,8 +300,11 @@ def _non_loopback_addresses() -> list[str]:
     found = []
     for addrs in psutil.net_if_addrs().values():
         for a in addrs:
-            if a.family in (socket.AF_INET, socket.AF_INET6) and a.address.split("%")[0] not in LOOPBACK \
-                    and not a.address.startswith("fe80"):
+            if (
+                a.family in (socket.AF_INET, socket.AF_INET6)
+                and a.address.split("%")[0] not in LOOPBACK
+                and not a.address.startswith("fe80")
+            ):
                 found.append(a.address.split("%")[0])
     return found
 
@@ -295,40 +326,79 @@ def security_probes(info: ServerInfo) -> list[Probe]:
         except psutil.NoSuchProcess:
             continue
     addresses = sorted({f"{a.ip}:{a.port}" for a in listening})
-    probes.append(Probe("every listening socket is on loopback", "127.0.0.1 only", ", ".join(addresses),
-                        bool(listening) and all(a.ip in LOOPBACK for a in listening)))
+    probes.append(
+        Probe(
+            "every listening socket is on loopback",
+            "127.0.0.1 only",
+            ", ".join(addresses),
+            bool(listening) and all(a.ip in LOOPBACK for a in listening),
+        )
+    )
     missing = sorted(set(info.ports.values()) - {a.port for a in listening})
-    probes.append(Probe("every configured port is listening (so the check above covers them)", "none missing",
-                        f"missing {missing}" if missing else "none missing", not missing))
+    probes.append(
+        Probe(
+            "every configured port is listening (so the check above covers them)",
+            "none missing",
+            f"missing {missing}" if missing else "none missing",
+            not missing,
+        )
+    )
 
     body = b'{"x": 1.0}'
-    for api, method, url, payload in (("inference", "POST", info.predictions_url, body),
-                                      ("inference /ping", "GET", f"{info.inference}/ping", None),
-                                      ("management", "GET", f"{info.management}/models", None)):
+    for api, method, url, payload in (
+        ("inference", "POST", info.predictions_url, body),
+        ("inference /ping", "GET", f"{info.inference}/ping", None),
+        ("management", "GET", f"{info.management}/models", None),
+    ):
         for label, token in (("no token", None), ("a wrong token", "not-the-token")):
             status, answer = http(method, url, payload, token)
-            probes.append(Probe(f"{api} with {label} is refused", "400/401 Token Authorization failed",
-                                _answer(status, answer), _refused(status, answer)))
+            probes.append(
+                Probe(
+                    f"{api} with {label} is refused",
+                    "400/401 Token Authorization failed",
+                    _answer(status, answer),
+                    _refused(status, answer),
+                )
+            )
     status, answer = http("GET", f"{info.management}/models", token=info.token("inference"))
-    probes.append(Probe("management with the inference key is refused", "400/401 Token Authorization failed",
-                        _answer(status, answer), _refused(status, answer)))
+    probes.append(
+        Probe(
+            "management with the inference key is refused",
+            "400/401 Token Authorization failed",
+            _answer(status, answer),
+            _refused(status, answer),
+        )
+    )
 
     mgmt = info.token("management")
     status, _ = http("POST", f"{info.management}/models?url={info.model}.mar&model_name=again", token=mgmt)
     probes.append(Probe("registering a model is refused", "405", str(status), status == 405))
     status, _ = http("DELETE", f"{info.management}/models/{info.model}", token=mgmt)
     probes.append(Probe("unregistering the model is refused", "405", str(status), status == 405))
-    probes.append(Probe("the model still serves after those attempts", "workers READY",
-                        "READY" if info.ready() else "not ready", info.ready()))
+    probes.append(
+        Probe("the model still serves after those attempts", "workers READY", "READY" if info.ready() else "not ready", info.ready())
+    )
 
     others = _non_loopback_addresses()
     if not others:
-        probes.append(Probe("ports unreachable from other interfaces", "refused", "this machine has no non-loopback "
-                            "address; the listening-socket check covers it", True))
+        probes.append(
+            Probe(
+                "ports unreachable from other interfaces",
+                "refused",
+                "this machine has no non-loopback address; the listening-socket check covers it",
+                True,
+            )
+        )
     for address in others:
         reached = [kind for kind, port in info.ports.items() if _reachable(address, port)]
-        probes.append(Probe(f"ports unreachable at {address} (metrics {info.ports['metrics']} included)", "all refused",
-                            f"reachable: {reached}" if reached else "all refused", not reached))
+        probes.append(
+            Probe(
+                f"ports unreachable at {address} (metrics {info.ports['metrics']} included)",
+                "all refused",
+                f"reachable: {reached}" if reached else "all refused",
+                not reached,
+            )
+        )
     return probes
 
 
@@ -338,8 +408,13 @@ def form_body_probe(info: ServerInfo) -> dict:
 
     before = worker_pids(info)
     status, answer = http("POST", info.predictions_url, FORM_BODY_500[0], info.token("inference"), content_type=FORM_BODY_500[1])
-    return {"body": FORM_BODY_500[0].decode(), "content_type": FORM_BODY_500[1], "status": status,
-            "answer": answer[:120].decode("utf-8", "replace"), "worker_unchanged": worker_pids(info) == before}
+    return {
+        "body": FORM_BODY_500[0].decode(),
+        "content_type": FORM_BODY_500[1],
+        "status": status,
+        "answer": answer[:120].decode("utf-8", "replace"),
+        "worker_unchanged": worker_pids(info) == before,
+    }
 
 
 def rss_mib(rss: dict[str, int]) -> float:

@@ -23,9 +23,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -54,11 +54,26 @@ class Plan:
     worker_kills: int
 
 
-FULL = Plan("full", {stage: KILL_POINTS for stage in STAGE_ARTIFACT}, (0.25, 0.5, 0.75),
-            tuple(STAGE_ARTIFACT), 25, 2000, 50_000, 16, 300.0, 3)
-QUICK = Plan("quick", {"train": ("torn-temp", "after-rename"), "trace": ("before-rename", "manifest-write"),
-                       "export": ("torn-temp",), "package": ("temp-created", "after-rename")}, (),
-             ("train", "trace", "export", "package"), 5, 500, 20_000, 16, 120.0, 1)
+FULL = Plan(
+    "full", {stage: KILL_POINTS for stage in STAGE_ARTIFACT}, (0.25, 0.5, 0.75), tuple(STAGE_ARTIFACT), 25, 2000, 50_000, 16, 300.0, 3
+)
+QUICK = Plan(
+    "quick",
+    {
+        "train": ("torn-temp", "after-rename"),
+        "trace": ("before-rename", "manifest-write"),
+        "export": ("torn-temp",),
+        "package": ("temp-created", "after-rename"),
+    },
+    (),
+    ("train", "trace", "export", "package"),
+    5,
+    500,
+    20_000,
+    16,
+    120.0,
+    1,
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,7 @@ def _survival(cases) -> str:
 
 # --- sections -------------------------------------------------------------------------------
 
+
 def run_pipeline(run: Run) -> None:
     from pipeline.reliability import faults
 
@@ -113,8 +129,12 @@ def run_pipeline(run: Run) -> None:
     run.data["kills"] = [faults.as_dict(c) for c in kills]
     bad = [f"{c.stage}@{c.point}: {'; '.join(c.problems)}" for c in kills if not c.survived]
     states = {s: sum(c.artifact == s for c in kills) for s in ("previous", "new", "none", "partial")}
-    run.check("pipeline", "SIGKILL mid-write leaves the previous artifact or none, and the next run completes",
-              not bad, f"{_survival(kills)}; artifact afterwards {states}" + (f"; {bad[:3]}" if bad else ""))
+    run.check(
+        "pipeline",
+        "SIGKILL mid-write leaves the previous artifact or none, and the next run completes",
+        not bad,
+        f"{_survival(kills)}; artifact afterwards {states}" + (f"; {bad[:3]}" if bad else ""),
+    )
 
     disk = []
     for stage in run.plan.disk_full_stages:
@@ -122,15 +142,23 @@ def run_pipeline(run: Run) -> None:
             disk.append(faults.disk_full(run.project(), stage, mode))
     run.data["disk_full"] = [faults.as_dict(c) for c in disk]
     bad = [f"{c.stage}/{c.mode}: {'; '.join(c.problems)}" for c in disk if not c.survived]
-    run.check("pipeline", "disk full (file-size limit): a clear error naming the file, no partial file",
-              not bad, _survival(disk) + (f"; {bad[:3]}" if bad else ""))
+    run.check(
+        "pipeline",
+        "disk full (file-size limit): a clear error naming the file, no partial file",
+        not bad,
+        _survival(disk) + (f"; {bad[:3]}" if bad else ""),
+    )
 
     project = run.project()
     damage = faults.damage_sweep(project, run.plan.damage_per_artifact)
     run.data["damage"] = [asdict(c) for c in damage]
     accepted = [f"{c.artifact} {c.damage}: {c.message}" for c in damage if not c.refused]
-    run.check("pipeline", "any byte change or truncation is refused by hash before parsing",
-              not accepted, f"{len(damage) - len(accepted)}/{len(damage)} refused" + (f"; {accepted[:3]}" if accepted else ""))
+    run.check(
+        "pipeline",
+        "any byte change or truncation is refused by hash before parsing",
+        not accepted,
+        f"{len(damage) - len(accepted)}/{len(damage)} refused" + (f"; {accepted[:3]}" if accepted else ""),
+    )
 
 
 def run_hostile(run: Run) -> None:
@@ -142,8 +170,12 @@ def run_hostile(run: Run) -> None:
     run.data["hostile"] = [{**asdict(c), "survived": c.survived} for c in cases]
     run.data["pickle_payload_live"] = live
     bad = [f"{c.name}: {c.message}" for c in cases if not c.survived]
-    run.check("hostile", "hostile files refused by our own check before use", not bad and live,
-              f"{_survival(cases)}; the pickle payload does run when unpickled: {live}" + (f"; {bad[:3]}" if bad else ""))
+    run.check(
+        "hostile",
+        "hostile files refused by our own check before use",
+        not bad and live,
+        f"{_survival(cases)}; the pickle payload does run when unpickled: {live}" + (f"; {bad[:3]}" if bad else ""),
+    )
 
 
 def load_bodies(spec, count: int = 64) -> list[str]:
@@ -157,8 +189,8 @@ def load_bodies(spec, count: int = 64) -> list[str]:
 
 def run_served(run: Run) -> None:
     from pipeline.reliability import fuzz
-    from pipeline.serving import server as serve
     from pipeline.reliability import served_faults as sf
+    from pipeline.serving import server as serve
 
     if shutil.which("java") is None:
         run.check("served", "a real TorchServe", False, "java was not found; install openjdk-17-jre-headless")
@@ -173,40 +205,65 @@ def run_served(run: Run) -> None:
         probes = sf.security_probes(info)
         run.data["security"] = [asdict(p) for p in probes]
         failed = [p.name for p in probes if not p.passed]
-        run.check("served", "security posture: loopback only, tokens required, model API off", not failed,
-                  f"{len(probes) - len(failed)}/{len(probes)} probes passed" + (f"; failed: {failed}" if failed else ""))
+        run.check(
+            "served",
+            "security posture: loopback only, tokens required, model API off",
+            not failed,
+            f"{len(probes) - len(failed)}/{len(probes)} probes passed" + (f"; failed: {failed}" if failed else ""),
+        )
 
         result = fuzz.fuzz_endpoint(info, spec.inputs[0].name, body, run.plan.fuzz_examples)
         run.data["fuzz"] = {**asdict(result), "server_errors": result.server_errors, "survived": result.survived}
-        run.check("served", f"fuzzing ({result.requests} hypothesis bodies): no 5xx, worker unchanged, valid answer unchanged",
-                  result.survived and result.requests >= run.plan.fuzz_examples,
-                  f"statuses {result.statuses}; worker {result.worker_pids_before} -> {result.worker_pids_after}"
-                  + (f"; failures {result.failures[:3]}" if result.failures else ""))
+        run.check(
+            "served",
+            f"fuzzing ({result.requests} hypothesis bodies): no 5xx, worker unchanged, valid answer unchanged",
+            result.survived and result.requests >= run.plan.fuzz_examples,
+            f"statuses {result.statuses}; worker {result.worker_pids_before} -> {result.worker_pids_after}"
+            + (f"; failures {result.failures[:3]}" if result.failures else ""),
+        )
         run.data["form_body_500"] = sf.form_body_probe(info)
 
         soak = sf.soak(info, bodies, run.plan.soak_requests, run.plan.soak_concurrency, run.plan.soak_time_limit_s)
         run.data["soak"] = {**asdict(soak), "growth_pct": soak.growth_pct, "survived": soak.survived}
         load = soak.load
-        run.check("served", f"soak: {run.plan.soak_requests} requests at concurrency {run.plan.soak_concurrency} "
-                  f"within {run.plan.soak_time_limit_s:.0f}s, zero errors", soak.survived,
-                  f"{load['requests']} requests, {load['errors']} errors in {load['seconds']:.1f}s "
-                  f"({load['requests_per_s']:.0f}/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms)")
-        run.check("served", "soak: server resident memory grows under 10% after warm-up", soak.growth_pct < 10,
-                  f"{sf.rss_mib(soak.rss_before):.0f} -> {sf.rss_mib(soak.rss_after):.0f} MiB ({soak.growth_pct:+.1f}%), "
-                  f"peak {soak.rss_peak_total / (1 << 20):.0f} MiB")
+        run.check(
+            "served",
+            f"soak: {run.plan.soak_requests} requests at concurrency {run.plan.soak_concurrency} "
+            f"within {run.plan.soak_time_limit_s:.0f}s, zero errors",
+            soak.survived,
+            f"{load['requests']} requests, {load['errors']} errors in {load['seconds']:.1f}s "
+            f"({load['requests_per_s']:.0f}/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms)",
+        )
+        run.check(
+            "served",
+            "soak: server resident memory grows under 10% after warm-up",
+            soak.growth_pct < 10,
+            f"{sf.rss_mib(soak.rss_before):.0f} -> {sf.rss_mib(soak.rss_after):.0f} MiB ({soak.growth_pct:+.1f}%), "
+            f"peak {soak.rss_peak_total / (1 << 20):.0f} MiB",
+        )
 
         kills = [sf.kill_worker_in_flight(info, bodies, (body, answer[1])) for _ in range(run.plan.worker_kills)]
         run.data["worker_kills"] = [{**asdict(k), "survived": k.survived} for k in kills]
-        run.check("served", "worker SIGKILLed under load: only in-flight requests fail, every later one succeeds",
-                  all(k.survived for k in kills),
-                  "; ".join(f"{k.errors} in-flight errors {k.error_status} of {k.requests}, recovered in {k.recovery_s:.2f}s, "
-                            f"then {k.after_requests - k.after_errors}/{k.after_requests} OK" for k in kills))
+        run.check(
+            "served",
+            "worker SIGKILLed under load: only in-flight requests fail, every later one succeeds",
+            all(k.survived for k in kills),
+            "; ".join(
+                f"{k.errors} in-flight errors {k.error_status} of {k.requests}, recovered in {k.recovery_s:.2f}s, "
+                f"then {k.after_requests - k.after_errors}/{k.after_requests} OK"
+                for k in kills
+            ),
+        )
 
         stop = sf.stop_under_load(project.settings, info, bodies, body)
         run.data["graceful_stop"] = {**asdict(stop), "survived": stop.survived}
-        run.check("served", "stop under load: no process left, ports closed, token removed; a restart serves",
-                  stop.survived, f"stopped in {stop.stop_s:.1f}s, left {stop.processes_left or 'nothing'}, "
-                  f"restart answered {stop.restart_status} after {stop.restart_s:.1f}s")
+        run.check(
+            "served",
+            "stop under load: no process left, ports closed, token removed; a restart serves",
+            stop.survived,
+            f"stopped in {stop.stop_s:.1f}s, left {stop.processes_left or 'nothing'}, "
+            f"restart answered {stop.restart_status} after {stop.restart_s:.1f}s",
+        )
     finally:
         serve.stop(project.settings)
 
@@ -215,6 +272,7 @@ SECTION_RUNNERS: dict[str, Callable[[Run], None]] = {"pipeline": run_pipeline, "
 
 
 # --- report ---------------------------------------------------------------------------------
+
 
 def summary(run: Run) -> dict:
     d = run.data
@@ -245,78 +303,145 @@ def summary(run: Run) -> dict:
 def render_markdown(report: dict) -> str:
     s, d = report["summary"], report["details"]
     growth = "-" if s["memory_growth_pct"] is None else f"{s['memory_growth_pct']:+.1f}%"
-    lines = [f"# Reliability: {report['model']} ({report['plan']} run)", "",
-             f"{'PASS' if report['passed'] else 'FAIL'} — {sum(c['passed'] for c in report['checks'])}/{len(report['checks'])} "
-             f"checks held; {report['seconds']:.0f}s on {report['environment'].get('cpu', 'this machine')}, {report['created']}.", "",
-             "| figure | value |", "| --- | ---: |",
-             f"| faults injected / survived | {s['faults_injected']} / {s['faults_survived']} |",
-             f"| bad files tried / refused | {s['bad_files_tried']} / {s['bad_files_refused']} |",
-             f"| fuzz requests / 5xx | {s['fuzz_requests']} / {s['fuzz_5xx']} |",
-             f"| load requests / errors (soak, and after each worker recovery) | {s['load_requests']} / {s['load_errors']} |",
-             f"| in-flight errors when the worker was killed | {s['in_flight_errors_at_worker_kill']} |",
-             f"| time to recovery after worker SIGKILL (s) | {', '.join(f'{r:.2f}' for r in s['recovery_s']) or '-'} |",
-             f"| server memory growth over the soak | {growth} |",
-             "", "## Checks", "", "| section | promise | result | figures |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"# Reliability: {report['model']} ({report['plan']} run)",
+        "",
+        f"{'PASS' if report['passed'] else 'FAIL'} — {sum(c['passed'] for c in report['checks'])}/{len(report['checks'])} "
+        f"checks held; {report['seconds']:.0f}s on {report['environment'].get('cpu', 'this machine')}, {report['created']}.",
+        "",
+        "| figure | value |",
+        "| --- | ---: |",
+        f"| faults injected / survived | {s['faults_injected']} / {s['faults_survived']} |",
+        f"| bad files tried / refused | {s['bad_files_tried']} / {s['bad_files_refused']} |",
+        f"| fuzz requests / 5xx | {s['fuzz_requests']} / {s['fuzz_5xx']} |",
+        f"| load requests / errors (soak, and after each worker recovery) | {s['load_requests']} / {s['load_errors']} |",
+        f"| in-flight errors when the worker was killed | {s['in_flight_errors_at_worker_kill']} |",
+        f"| time to recovery after worker SIGKILL (s) | {', '.join(f'{r:.2f}' for r in s['recovery_s']) or '-'} |",
+        f"| server memory growth over the soak | {growth} |",
+        "",
+        "## Checks",
+        "",
+        "| section | promise | result | figures |",
+        "| --- | --- | --- | --- |",
+    ]
     for c in report["checks"]:
         lines.append(f"| {c['section']} | {c['name']} | {'✓' if c['passed'] else '✗ FAIL'} | {_cell(c['detail'])} |")
     if "kills" in d:
-        lines += ["", "## SIGKILL mid-write", "", "| stage | kill point | killed | artifact after | temporaries left | next run | s |",
-                  "| --- | --- | --- | --- | ---: | --- | ---: |"]
-        lines += [f"| {k['stage']} | {k['point']} | {'yes' if k['killed'] else 'finished first'} | {k['artifact']} | "
-                  f"{k['leftovers']} | {'completed' if k['recovered'] else '✗ ' + _cell('; '.join(k['problems']))} | {k['seconds']:.1f} |"
-                  for k in d["kills"]]
+        lines += [
+            "",
+            "## SIGKILL mid-write",
+            "",
+            "| stage | kill point | killed | artifact after | temporaries left | next run | s |",
+            "| --- | --- | --- | --- | ---: | --- | ---: |",
+        ]
+        lines += [
+            f"| {k['stage']} | {k['point']} | {'yes' if k['killed'] else 'finished first'} | {k['artifact']} | "
+            f"{k['leftovers']} | {'completed' if k['recovered'] else '✗ ' + _cell('; '.join(k['problems']))} | {k['seconds']:.1f} |"
+            for k in d["kills"]
+        ]
     if "disk_full" in d:
-        lines += ["", "## Disk full (file-size limit of half the artifact)", "", "| stage | previous artifact | exit | artifact after | error |",
-                  "| --- | --- | ---: | --- | --- |"]
-        lines += [f"| {c['stage']} | {'present' if c['mode'] == 'replace' else 'absent'} | {c['exit_code']} | {c['artifact']} | "
-                  f"{'✓' if c['survived'] else '✗'} {_cell(c['message'][:160])} |" for c in d["disk_full"]]
+        lines += [
+            "",
+            "## Disk full (file-size limit of half the artifact)",
+            "",
+            "| stage | previous artifact | exit | artifact after | error |",
+            "| --- | --- | ---: | --- | --- |",
+        ]
+        lines += [
+            f"| {c['stage']} | {'present' if c['mode'] == 'replace' else 'absent'} | {c['exit_code']} | {c['artifact']} | "
+            f"{'✓' if c['survived'] else '✗'} {_cell(c['message'][:160])} |"
+            for c in d["disk_full"]
+        ]
     if "damage" in d:
-        lines += ["", "## Damaged artifacts (refused by hash)", "", "| artifact | byte changes refused | truncations refused |",
-                  "| --- | ---: | ---: |"]
+        lines += [
+            "",
+            "## Damaged artifacts (refused by hash)",
+            "",
+            "| artifact | byte changes refused | truncations refused |",
+            "| --- | ---: | ---: |",
+        ]
         for key in dict.fromkeys(c["artifact"] for c in d["damage"]):
             flips = [c for c in d["damage"] if c["artifact"] == key and c["damage"].startswith("byte")]
             cuts = [c for c in d["damage"] if c["artifact"] == key and c["damage"].startswith("trunc")]
             lines.append(f"| {key} | {sum(c['refused'] for c in flips)}/{len(flips)} | {sum(c['refused'] for c in cuts)}/{len(cuts)} |")
     if "hostile" in d:
         lines += ["", "## Hostile files", "", "| kind | input | refused | payload ran | message |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {c['kind']} | {_cell(c['name'])} | {'✓' if c['refused'] else '✗'} | {'YES' if c['payload_ran'] else 'no'} | "
-                  f"{_cell(c['message'][:180])} |" for c in d["hostile"]]
+        lines += [
+            f"| {c['kind']} | {_cell(c['name'])} | {'✓' if c['refused'] else '✗'} | {'YES' if c['payload_ran'] else 'no'} | "
+            f"{_cell(c['message'][:180])} |"
+            for c in d["hostile"]
+        ]
     if "fuzz" in d:
         f = d["fuzz"]
-        lines += ["", f"## Fuzzing: {f['requests']} hypothesis-generated bodies", "", "| body class | sent | status codes |",
-                  "| --- | ---: | --- |"]
-        lines += [f"| {label} | {sum(codes.values())} | {', '.join(f'{k}: {v}' for k, v in codes.items())} |"
-                  for label, codes in f["by_class"].items()]
-        lines += ["", f"Worker pid before {f['worker_pids_before']}, after {f['worker_pids_after']}; a valid request answered "
-                  f"`{f['valid_after'][1][:60]}` after as before. 5xx or no answer: {f['server_errors']}."]
+        lines += [
+            "",
+            f"## Fuzzing: {f['requests']} hypothesis-generated bodies",
+            "",
+            "| body class | sent | status codes |",
+            "| --- | ---: | --- |",
+        ]
+        lines += [
+            f"| {label} | {sum(codes.values())} | {', '.join(f'{k}: {v}' for k, v in codes.items())} |"
+            for label, codes in f["by_class"].items()
+        ]
+        lines += [
+            "",
+            f"Worker pid before {f['worker_pids_before']}, after {f['worker_pids_after']}; a valid request answered "
+            f"`{f['valid_after'][1][:60]}` after as before. 5xx or no answer: {f['server_errors']}.",
+        ]
         if "form_body_500" in d:
             fb = d["form_body_500"]
-            lines += ["", f"Known TorchServe 0.12 limitation, outside the fuzzed JSON endpoint: a form-encoded body with a bad "
-                      f"%-escape (`{fb['body']}`, `{fb['content_type']}`) gets {fb['status']} from the Java frontend's decoder "
-                      f"before any worker sees it (worker unchanged: {fb['worker_unchanged']})."]
+            lines += [
+                "",
+                f"Known TorchServe 0.12 limitation, outside the fuzzed JSON endpoint: a form-encoded body with a bad "
+                f"%-escape (`{fb['body']}`, `{fb['content_type']}`) gets {fb['status']} from the Java frontend's decoder "
+                f"before any worker sees it (worker unchanged: {fb['worker_unchanged']}).",
+            ]
     if "soak" in d:
         so, load = d["soak"], d["soak"]["load"]
-        lines += ["", "## Load", "", "| run | requests | errors | seconds | req/s | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-                  f"| soak, concurrency {load['concurrency']} | {load['requests']} | {load['errors']} | {load['seconds']:.1f} | "
-                  f"{load['requests_per_s']:.0f} | {load['p50_ms']:.2f} | {load['p99_ms']:.2f} |"]
+        lines += [
+            "",
+            "## Load",
+            "",
+            "| run | requests | errors | seconds | req/s | p50 ms | p99 ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| soak, concurrency {load['concurrency']} | {load['requests']} | {load['errors']} | {load['seconds']:.1f} | "
+            f"{load['requests_per_s']:.0f} | {load['p50_ms']:.2f} | {load['p99_ms']:.2f} |",
+        ]
         for k in d.get("worker_kills", []):
-            lines.append(f"| worker SIGKILL, concurrency {k['concurrency']} | {k['requests']} | {k['errors']} "
-                         f"({', '.join(f'{c}: {n}' for c, n in k['error_status'].items())}) | | | | |")
-            lines.append(f"| after recovery ({k['recovery_s']:.2f}s; new worker READY after {k['worker_ready_s']:.2f}s) | "
-                         f"{k['after_requests']} | {k['after_errors']} | | | | |")
-        lines += ["", f"Server resident memory after a {so['warmup_requests']}-request warm-up, then after the soak:", "",
-                  "| process | before MiB | after MiB | growth |", "| --- | ---: | ---: | ---: |"]
+            lines.append(
+                f"| worker SIGKILL, concurrency {k['concurrency']} | {k['requests']} | {k['errors']} "
+                f"({', '.join(f'{c}: {n}' for c, n in k['error_status'].items())}) | | | | |"
+            )
+            lines.append(
+                f"| after recovery ({k['recovery_s']:.2f}s; new worker READY after {k['worker_ready_s']:.2f}s) | "
+                f"{k['after_requests']} | {k['after_errors']} | | | | |"
+            )
+        lines += [
+            "",
+            f"Server resident memory after a {so['warmup_requests']}-request warm-up, then after the soak:",
+            "",
+            "| process | before MiB | after MiB | growth |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for name, before in so["rss_before"].items():
             after = so["rss_after"].get(name, 0)
             lines.append(f"| {name} | {before / 2**20:.1f} | {after / 2**20:.1f} | {100 * (after - before) / before:+.1f}% |")
-        lines.append(f"| all | {sum(so['rss_before'].values()) / 2**20:.1f} | {sum(so['rss_after'].values()) / 2**20:.1f} | "
-                     f"{so['growth_pct']:+.1f}% |")
+        lines.append(
+            f"| all | {sum(so['rss_before'].values()) / 2**20:.1f} | {sum(so['rss_after'].values()) / 2**20:.1f} | "
+            f"{so['growth_pct']:+.1f}% |"
+        )
     if "graceful_stop" in d:
         g = d["graceful_stop"]
-        lines += ["", "## Stop under load", "", f"`serve.stop` with 8 clients sending took {g['stop_s']:.2f}s; load statuses "
-                  f"{g['load_status']} (0 = connection refused once the server was gone); processes left: "
-                  f"{g['processes_left'] or 'none'}; ports still open: {g['ports_still_open'] or 'none'}; key file left: "
-                  f"{g['key_file_left']}; restart answered {g['restart_status']} after {g['restart_s']:.2f}s."]
+        lines += [
+            "",
+            "## Stop under load",
+            "",
+            f"`serve.stop` with 8 clients sending took {g['stop_s']:.2f}s; load statuses "
+            f"{g['load_status']} (0 = connection refused once the server was gone); processes left: "
+            f"{g['processes_left'] or 'none'}; ports still open: {g['ports_still_open'] or 'none'}; key file left: "
+            f"{g['key_file_left']}; restart answered {g['restart_status']} after {g['restart_s']:.2f}s.",
+        ]
     if "security" in d:
         lines += ["", "## Security posture (probed live)", "", "| probe | expected | got | result |", "| --- | --- | --- | --- |"]
         lines += [f"| {p['name']} | {p['expected']} | {_cell(p['got'][:90])} | {'✓' if p['passed'] else '✗'} |" for p in d["security"]]
@@ -360,8 +485,7 @@ def main(args: argparse.Namespace) -> int:
             try:
                 SECTION_RUNNERS[section](run)
             except Exception as exc:  # one section crashing must not hide the others' results
-                errors.append({"section": section, "error": f"{type(exc).__name__}: {exc}",
-                               "traceback": traceback.format_exc()})
+                errors.append({"section": section, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
                 run.check(section, "section ran to the end", False, f"{type(exc).__name__}: {exc}")
     report = {
         "model": run.model,
@@ -380,9 +504,11 @@ def main(args: argparse.Namespace) -> int:
     files.write_json(out / "reliability.json", report)
     files.write_text(out / "reliability.md", render_markdown(report))
     s = report["summary"]
-    print(f"\n{'PASS' if report['passed'] else 'FAIL'}: {sum(c.passed for c in run.checks)}/{len(run.checks)} checks held in "
-          f"{report['seconds']:.0f}s; faults {s['faults_survived']}/{s['faults_injected']} survived, bad files "
-          f"{s['bad_files_refused']}/{s['bad_files_tried']} refused, fuzz 5xx {s['fuzz_5xx']}/{s['fuzz_requests']}, "
-          f"load errors {s['load_errors']}/{s['load_requests']}, in-flight errors at worker kill "
-          f"{s['in_flight_errors_at_worker_kill']}\n  report: {out / 'reliability.md'}")
+    print(
+        f"\n{'PASS' if report['passed'] else 'FAIL'}: {sum(c.passed for c in run.checks)}/{len(run.checks)} checks held in "
+        f"{report['seconds']:.0f}s; faults {s['faults_survived']}/{s['faults_injected']} survived, bad files "
+        f"{s['bad_files_refused']}/{s['bad_files_tried']} refused, fuzz 5xx {s['fuzz_5xx']}/{s['fuzz_requests']}, "
+        f"load errors {s['load_errors']}/{s['load_requests']}, in-flight errors at worker kill "
+        f"{s['in_flight_errors_at_worker_kill']}\n  report: {out / 'reliability.md'}"
+    )
     return 0 if report["passed"] else 1

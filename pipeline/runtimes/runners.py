@@ -26,8 +26,11 @@ def cuda_available() -> bool:
 def _named(spec: ModelSpec, result) -> dict[str, np.ndarray]:
     values = result if isinstance(result, (tuple, list)) else (result,)
     if len(values) != len(spec.outputs):
-        raise PipelineError("runtime", f"{spec.name} returned {len(values)} outputs, the spec declares {len(spec.outputs)}",
-                            "make forward() return the outputs listed in the spec, in order")
+        raise PipelineError(
+            "runtime",
+            f"{spec.name} returned {len(values)} outputs, the spec declares {len(spec.outputs)}",
+            "make forward() return the outputs listed in the spec, in order",
+        )
     return {t.name: v.detach().cpu().numpy() for t, v in zip(spec.outputs, values)}
 
 

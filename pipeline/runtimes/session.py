@@ -95,9 +95,12 @@ def create_session(path: Path | str, config: SessionConfig = SessionConfig()):
         options.intra_op_num_threads = config.threads
     if config.device == "cuda":
         if CUDA not in ort.get_available_providers():
-            raise PipelineError("runtime", f"CUDA was asked for, but this onnxruntime ({ort.__version__}) has no CUDA "
-                                f"provider (it has {ort.get_available_providers()})",
-                                "install onnxruntime-gpu (not onnxruntime) on a machine with an NVIDIA GPU, or use the CPU")
+            raise PipelineError(
+                "runtime",
+                f"CUDA was asked for, but this onnxruntime ({ort.__version__}) has no CUDA "
+                f"provider (it has {ort.get_available_providers()})",
+                "install onnxruntime-gpu (not onnxruntime) on a machine with an NVIDIA GPU, or use the CPU",
+            )
         # onnxruntime-gpu needs CUDA and cuDNN libraries; reuse the ones torch ships.
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
@@ -112,13 +115,19 @@ def check_session(session, config: SessionConfig) -> None:
     got = session.get_providers()
     # ORT silently falls back to the CPU when the CUDA provider fails to load.
     if not got or got[0] != want:
-        raise PipelineError("runtime", f"ONNX Runtime was asked for {want} but runs on {got}",
-                            "check the CUDA 13 / cuDNN 9 libraries (import torch first, or onnxruntime.preload_dlls())")
+        raise PipelineError(
+            "runtime",
+            f"ONNX Runtime was asked for {want} but runs on {got}",
+            "check the CUDA 13 / cuDNN 9 libraries (import torch first, or onnxruntime.preload_dlls())",
+        )
     if config.device == "cuda":
         # The options that change results or how a call runs must read back as asked.
         applied = session.get_provider_options().get(CUDA, {})
         wanted = {k: v for k, v in config.cuda_options().items() if k in ("device_id", "use_tf32", "enable_cuda_graph")}
         wrong = {k: (v, applied.get(k)) for k, v in wanted.items() if applied.get(k) != v}
         if wrong:
-            raise PipelineError("runtime", f"the CUDA provider did not take these options (asked, got): {wrong}",
-                                "upgrade onnxruntime-gpu to the version in constraints.txt")
+            raise PipelineError(
+                "runtime",
+                f"the CUDA provider did not take these options (asked, got): {wrong}",
+                "upgrade onnxruntime-gpu to the version in constraints.txt",
+            )

@@ -6,8 +6,14 @@ import urllib.error
 import urllib.request
 
 
-def http(method: str, url: str, body: bytes | None = None, token: str | None = None,
-         content_type: str | None = "application/json", timeout: float = 30) -> tuple[int, bytes]:
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    token: str | None = None,
+    content_type: str | None = "application/json",
+    timeout: float = 30,
+) -> tuple[int, bytes]:
     """(status, body) of one HTTP request; HTTP errors are answers, not exceptions."""
     headers = {}
     if token:

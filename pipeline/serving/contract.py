@@ -37,8 +37,9 @@ def decode_body(item: dict, example: str = '{"<input name>": <value>}') -> dict:
     """The request's JSON object, whether TorchServe already parsed it or not."""
     if not isinstance(item, dict) or ("body" not in item and "data" not in item):
         # TorchServe splits form-encoded bodies (curl -d's default type) into fields.
-        raise RequestError("send the request as JSON with the header Content-Type: application/json "
-                           "(curl -d sends a form unless told otherwise)")
+        raise RequestError(
+            "send the request as JSON with the header Content-Type: application/json (curl -d sends a form unless told otherwise)"
+        )
     body = item.get("body", item.get("data"))
     if isinstance(body, (bytes, bytearray)):
         if not body:
@@ -175,7 +176,7 @@ class Contract:
             raise RequestError(f"unknown field(s) {unknown}; this model takes {expected}")
         missing = [n for n in expected if n not in body]
         if missing:
-            raise RequestError(f"missing field(s) {missing}; send e.g. {{\"{missing[0]}\": ...}}")
+            raise RequestError(f'missing field(s) {missing}; send e.g. {{"{missing[0]}": ...}}')
         feed, forms = {}, set()
         for tensor in self.inputs:
             feed[tensor["name"]], single = self.to_rows(tensor, body[tensor["name"]])
@@ -198,6 +199,6 @@ class Contract:
         for tensor in self.outputs:
             _, short = self.row_shapes(tensor)
             rows = outputs[tensor["name"]]
-            rows = rows.reshape(rows.shape[:1 + len(short)])  # drops only the trailing 1-sized axes
+            rows = rows.reshape(rows.shape[: 1 + len(short)])  # drops only the trailing 1-sized axes
             answer[tensor["name"]] = rows[0].tolist() if single else rows.tolist()
         return answer

@@ -49,12 +49,16 @@ class OnnxHandler:
         # onnxruntime there serves on the CPU, and says so.
         on_gpu = gpu_id is not None and cuda_provider_available()
         if gpu_id is not None and not on_gpu:
-            log.warning("worker was assigned GPU %s but this onnxruntime has no CUDA provider (%s): serving on the CPU",
-                        gpu_id, ort.get_available_providers())
+            log.warning(
+                "worker was assigned GPU %s but this onnxruntime has no CUDA provider (%s): serving on the CPU",
+                gpu_id,
+                ort.get_available_providers(),
+            )
         # The same factory and the same precision parity verified: a CUDA session
         # that lands on the CPU is refused, not served.
-        config = SessionConfig(device="cuda" if on_gpu else "cpu", threads=threads, gpu_id=int(gpu_id or 0),
-                               precision=self.contract.cuda_precision)
+        config = SessionConfig(
+            device="cuda" if on_gpu else "cpu", threads=threads, gpu_id=int(gpu_id or 0), precision=self.contract.cuda_precision
+        )
         self.session = create_session(model_dir / ARCHIVE_MODEL, config)
         self.provider = self.session.get_providers()[0]
         log.info("model %s: ONNX Runtime %s on %s (%s)", self.contract.model, ort.__version__, self.provider, config.describe())
@@ -91,7 +95,7 @@ class OnnxHandler:
             start = 0
             for idx, feed, single in group:
                 rows = len(feed[names[0]])
-                mine = {n: v[start:start + rows] for n, v in outputs.items()}
+                mine = {n: v[start : start + rows] for n, v in outputs.items()}
                 start += rows
                 responses[idx] = self._ok(context, idx, self.contract.to_json(mine, single))
         return responses

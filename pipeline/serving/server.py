@@ -26,9 +26,9 @@ from pathlib import Path
 import psutil
 
 from pipeline.artifacts import files
-from pipeline.errors import PipelineError
-from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.archive import inspect_archive
+from pipeline.artifacts.manifest import Manifest
+from pipeline.errors import PipelineError
 from pipeline.serving.client import http
 from pipeline.settings import Layout, Settings, resolve
 
@@ -145,8 +145,7 @@ def load_info(layout: Layout) -> ServerInfo | None:
     return ServerInfo(**json.loads(path.read_text()))
 
 
-def _write_config(layout: Layout, folder: Path, auto_ports: bool,
-                  overrides: dict[str, str] | None = None) -> tuple[Path, dict[str, int]]:
+def _write_config(layout: Layout, folder: Path, auto_ports: bool, overrides: dict[str, str] | None = None) -> tuple[Path, dict[str, int]]:
     props = shipped_properties()
     props.update(overrides or {})
     store = layout.model_store.resolve()
@@ -160,8 +159,11 @@ def _write_config(layout: Layout, folder: Path, auto_ports: bool,
             props[port_key] = str(ports[kind])
     busy = [f"{kind} {port}" for kind, port in ports.items() if _port_in_use(port)]
     if busy:
-        raise PipelineError(STAGE, f"port(s) already in use on 127.0.0.1: {', '.join(busy)}",
-                            "stop what holds them (make stop), or pick free ports: python -m pipeline serve --ports auto")
+        raise PipelineError(
+            STAGE,
+            f"port(s) already in use on 127.0.0.1: {', '.join(busy)}",
+            "stop what holds them (make stop), or pick free ports: python -m pipeline serve --ports auto",
+        )
     path = folder / "config.properties"
     files.write_text(path, "".join(f"{k}={v}\n" for k, v in props.items()))
     return path, ports
@@ -182,8 +184,7 @@ def _tail(path: Path, lines: int = 20) -> str:
     return head + "  ...\n" + "\n".join(f"  | {line}" for line in text[-lines:])
 
 
-def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0,
-          properties: dict[str, str] | None = None) -> ServerInfo:
+def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, properties: dict[str, str] | None = None) -> ServerInfo:
     """Start TorchServe with model_store/<model>.mar; return once its workers are READY.
 
     `properties` overrides entries of the shipped torchserve.properties for this server
@@ -191,23 +192,32 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0,
     """
     spec, layout = resolve(settings)
     if shutil.which("java") is None:
-        raise PipelineError(STAGE, "java was not found: TorchServe's frontend needs Java 11 or newer",
-                            "install it: sudo apt-get install -y openjdk-17-jre-headless (or your OS's JRE 17 package)")
+        raise PipelineError(
+            STAGE,
+            "java was not found: TorchServe's frontend needs Java 11 or newer",
+            "install it: sudo apt-get install -y openjdk-17-jre-headless (or your OS's JRE 17 package)",
+        )
     manifest = Manifest(layout.root, spec.name)
     mar, rec = manifest.verified("mar", STAGE)
     inspect_archive(mar, manifest.records["onnx"].sha256)
     folder = run_dir(layout)
     existing = load_info(layout)
     if existing is not None and existing.processes():
-        raise PipelineError(STAGE, f"a server for {spec.name} is already running (pid {existing.pid}) at {existing.inference}",
-                            "use it, or stop it first: make stop")
+        raise PipelineError(
+            STAGE,
+            f"a server for {spec.name} is already running (pid {existing.pid}) at {existing.inference}",
+            "use it, or stop it first: make stop",
+        )
     # Workers listen on Unix sockets in tmp/ (.ts.sock.<port>, ports from 9000 up), and a
     # socket path longer than 107 bytes kills each worker at start with no other clue.
     longest = len(str(folder / "tmp" / ".ts.sock.65535"))
     if longest > _SOCKET_PATH_MAX:
-        raise PipelineError(STAGE, f"the project folder's path is too long for TorchServe: worker sockets in "
-                            f"{folder / 'tmp'} would be {longest} bytes, over the {_SOCKET_PATH_MAX}-byte Unix socket limit",
-                            "run from a folder with a shorter path (or pass a shorter --root)")
+        raise PipelineError(
+            STAGE,
+            f"the project folder's path is too long for TorchServe: worker sockets in "
+            f"{folder / 'tmp'} would be {longest} bytes, over the {_SOCKET_PATH_MAX}-byte Unix socket limit",
+            "run from a folder with a shorter path (or pass a shorter --root)",
+        )
     for stale in ("server.json", "key_file.json"):
         (folder / stale).unlink(missing_ok=True)
     (folder / "logs").mkdir(parents=True, exist_ok=True)
@@ -215,19 +225,36 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0,
     config, ports = _write_config(layout, folder, auto_ports, properties)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
-    env.update(TEMP=str(folder / "tmp"), TMPDIR=str(folder / "tmp"),
-               LOG_LOCATION=str(folder / "logs"), METRICS_LOCATION=str(folder / "logs"))
+    env.update(
+        TEMP=str(folder / "tmp"), TMPDIR=str(folder / "tmp"), LOG_LOCATION=str(folder / "logs"), METRICS_LOCATION=str(folder / "logs")
+    )
     torchserve = Path(sys.executable).with_name("torchserve")
-    command = [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(config),
-               "--model-store", str(layout.model_store.resolve()), "--models", f"{spec.name}={mar.name}"]
+    command = [
+        str(torchserve),
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--ts-config",
+        str(config),
+        "--model-store",
+        str(layout.model_store.resolve()),
+        "--models",
+        f"{spec.name}={mar.name}",
+    ]
     with open(folder / "logs" / "stdout.log", "ab") as out:
         # Own session: stop() signals the whole group (launcher, Java, workers) at once.
-        proc = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    info = ServerInfo(model=spec.name, pid=proc.pid, run_dir=str(folder),
-                      inference=f"http://127.0.0.1:{ports['inference']}",
-                      management=f"http://127.0.0.1:{ports['management']}",
-                      metrics=f"http://127.0.0.1:{ports['metrics']}", ports=ports)
+        proc = subprocess.Popen(
+            command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    info = ServerInfo(
+        model=spec.name,
+        pid=proc.pid,
+        run_dir=str(folder),
+        inference=f"http://127.0.0.1:{ports['inference']}",
+        management=f"http://127.0.0.1:{ports['management']}",
+        metrics=f"http://127.0.0.1:{ports['metrics']}",
+        ports=ports,
+    )
     files.write_json(folder / "server.json", asdict(info))
     try:
         _wait_ready(info, proc, timeout)
@@ -242,18 +269,26 @@ def _wait_ready(info: ServerInfo, proc: subprocess.Popen, timeout: float) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise PipelineError(STAGE, f"TorchServe exited with code {proc.returncode} during start-up:\n"
-                                f"{_tail(logs / 'stdout.log')}", f"see {logs}/ts_log.log")
+            raise PipelineError(
+                STAGE,
+                f"TorchServe exited with code {proc.returncode} during start-up:\n{_tail(logs / 'stdout.log')}",
+                f"see {logs}/ts_log.log",
+            )
         model_log = logs / "model_log.log"
         if model_log.exists() and "Backend worker process died" in model_log.read_text(errors="replace"):
-            raise PipelineError(STAGE, f"the {info.model} worker died while loading the model; model_log.log ends:\n"
-                                f"{_tail(model_log)}",
-                                "fix the error above (a missing package in the worker's Python, a broken archive), then make serve")
+            raise PipelineError(
+                STAGE,
+                f"the {info.model} worker died while loading the model; model_log.log ends:\n{_tail(model_log)}",
+                "fix the error above (a missing package in the worker's Python, a broken archive), then make serve",
+            )
         if info.key_file.exists() and info.ready():
             return
         time.sleep(0.25)
-    raise PipelineError(STAGE, f"{info.model} workers were not READY after {timeout:.0f}s; model_log.log ends:\n"
-                        f"{_tail(logs / 'model_log.log')}", f"see {logs} for TorchServe's logs")
+    raise PipelineError(
+        STAGE,
+        f"{info.model} workers were not READY after {timeout:.0f}s; model_log.log ends:\n{_tail(logs / 'model_log.log')}",
+        f"see {logs} for TorchServe's logs",
+    )
 
 
 def stop(settings: Settings, timeout: float = 60.0) -> bool:

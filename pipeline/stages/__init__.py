@@ -7,13 +7,17 @@ TorchScript module, export the ONNX graph, parity the gate's report, package the
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline.settings import Settings, StageResult
 from pipeline.stages import export, package, parity, trace, train
 
 STAGES: dict[str, Callable[[Settings], StageResult]] = {
-    "train": train.run, "trace": trace.run, "export": export.run, "parity": parity.run, "package": package.run,
+    "train": train.run,
+    "trace": trace.run,
+    "export": export.run,
+    "parity": parity.run,
+    "package": package.run,
 }
 
 

@@ -12,12 +12,11 @@ import numpy as np
 import onnx
 import torch
 
-from pipeline.artifacts import checkpoint
-from pipeline.artifacts import files
-from pipeline.errors import PipelineError
+from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
-from pipeline.spec import ModelSpec
+from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
+from pipeline.spec import ModelSpec
 from pipeline.stages.trace import example_args
 
 STAGE = "export"
@@ -42,13 +41,21 @@ def check_example(spec: ModelSpec, example: tuple[torch.Tensor, ...]) -> None:
     fix = "make sample_inputs give every dynamic axis a size of 2 or more, each axis a different size (e.g. seq 12 when batch is 4)"
     for name, size in sizes.items():
         if size < 2:
-            raise PipelineError(STAGE, f"{spec.name}: the export example (sample_inputs(4, rng)) has size {size} on the "
-                                f"dynamic axis '{name}'; torch.export would fix the axis to that size", fix)
+            raise PipelineError(
+                STAGE,
+                f"{spec.name}: the export example (sample_inputs(4, rng)) has size {size} on the "
+                f"dynamic axis '{name}'; torch.export would fix the axis to that size",
+                fix,
+            )
     for name, size in sizes.items():
         same = [n for n, s in sizes.items() if s == size and n != name]
         if same:
-            raise PipelineError(STAGE, f"{spec.name}: the export example has size {size} on both dynamic axes '{name}' "
-                                f"and '{same[0]}'; torch.export would treat them as one axis", fix)
+            raise PipelineError(
+                STAGE,
+                f"{spec.name}: the export example has size {size} on both dynamic axes '{name}' "
+                f"and '{same[0]}'; torch.export would treat them as one axis",
+                fix,
+            )
 
 
 def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str) -> PipelineError:
@@ -63,11 +70,15 @@ def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str) -> Pipelin
     where = f" (raised at {call.group(1)}: `{call.group(2).strip()}`)" if call else ""
     missing_op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", full)
     if "data-dependent" in full or "GuardOnDataDependent" in full:
-        hint = ("forward() branches on a tensor's value (data-dependent control flow): compute both sides and pick "
-                "with torch.where, or use torch.cond for whole branches")
+        hint = (
+            "forward() branches on a tensor's value (data-dependent control flow): compute both sides and pick "
+            "with torch.where, or use torch.cond for whole branches"
+        )
     elif missing_op:
-        hint = (f"the op {missing_op.group(1)} has no ONNX translation: write that part of forward() with other ops, "
-                "or pass torch.onnx.export a custom_translation_table")
+        hint = (
+            f"the op {missing_op.group(1)} has no ONNX translation: write that part of forward() with other ops, "
+            "or pass torch.onnx.export a custom_translation_table"
+        )
     else:
         hint = "see the exporter's reason above and https://pytorch.org/docs/stable/onnx_dynamo.html"
     return PipelineError(
@@ -110,8 +121,9 @@ def check_graph(path, spec: ModelSpec) -> dict:
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path), load_external_data=False)
     dims = symbolic_dims(model)
-    elem_types = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
-                  for v in (*model.graph.input, *model.graph.output)}
+    elem_types = {
+        v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type) for v in (*model.graph.input, *model.graph.output)
+    }
     problems = []
     for t in (*spec.inputs, *spec.outputs):
         if t.name not in dims:
@@ -127,8 +139,11 @@ def check_graph(path, spec: ModelSpec) -> dict:
             if not isinstance(got[axis], str) or not got[axis]:
                 problems.append(f"{t.name} axis {axis} ({name}) is fixed to {got[axis]} in the graph, not symbolic")
     if problems:
-        raise PipelineError(STAGE, f"{spec.name}: exported graph breaks the declared contract: " + "; ".join(problems),
-                            "check the spec's inputs/outputs and that forward() does not specialise dynamic axes")
+        raise PipelineError(
+            STAGE,
+            f"{spec.name}: exported graph breaks the declared contract: " + "; ".join(problems),
+            "check the spec's inputs/outputs and that forward() does not specialise dynamic axes",
+        )
     return {
         "opset": {op.domain or "ai.onnx": op.version for op in model.opset_import},
         "ir_version": model.ir_version,
@@ -142,8 +157,13 @@ def run(settings: Settings) -> StageResult:
     manifest = Manifest(layout.root, spec.name)
     model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
     inputs = {"checkpoint": ckpt_sha}
-    stage_settings = {"opset": OPSET, "dynamo": True, "seed": settings.seed, "torch": torch.__version__,
-                      "model_source_sha256": spec.source_sha256()}  # the example inputs live in the model file
+    stage_settings = {
+        "opset": OPSET,
+        "dynamo": True,
+        "seed": settings.seed,
+        "torch": torch.__version__,
+        "model_source_sha256": spec.source_sha256(),
+    }  # the example inputs live in the model file
     fresh, why = manifest.is_fresh("onnx", inputs, stage_settings)
     if fresh and not settings.force:
         return StageResult(STAGE, True, (layout.onnx,), 0.0, f"up to date ({why})")
@@ -176,5 +196,11 @@ def run(settings: Settings) -> StageResult:
     seconds = time.perf_counter() - start
     manifest.record("onnx", layout.onnx, STAGE, inputs, stage_settings, seconds, graph)
     batch = graph["dims"][spec.inputs[0].name][0]
-    return StageResult(STAGE, False, (layout.onnx,), seconds,
-                       f"opset {graph['opset'].get('ai.onnx')}, IR {graph['ir_version']}, batch axis symbolic ({batch!r})", graph)
+    return StageResult(
+        STAGE,
+        False,
+        (layout.onnx,),
+        seconds,
+        f"opset {graph['opset'].get('ai.onnx')}, IR {graph['ir_version']}, batch axis symbolic ({batch!r})",
+        graph,
+    )

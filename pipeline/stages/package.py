@@ -30,8 +30,11 @@ def handler_source() -> bytes:
     try:
         return resource.read_bytes()
     except FileNotFoundError:
-        raise IntegrityError(STAGE, f"the handler {ARCHIVE_HANDLER} is missing from the installed pipeline package",
-                             "reinstall the project (make setup, or pip install the wheel again)") from None
+        raise IntegrityError(
+            STAGE,
+            f"the handler {ARCHIVE_HANDLER} is missing from the installed pipeline package",
+            "reinstall the project (make setup, or pip install the wheel again)",
+        ) from None
 
 
 def model_config(settings: Settings) -> dict:
@@ -54,20 +57,29 @@ def run(settings: Settings) -> StageResult:
     # export failed, the old model.onnx still matches the old parity pass.
     parity_rec = manifest.records.get(PARITY)
     checkpoint_rec = manifest.records.get("checkpoint")
-    current = (parity_rec is not None and parity_rec.inputs.get("onnx") == onnx_rec.sha256
-               and checkpoint_rec is not None and parity_rec.inputs.get("checkpoint") == checkpoint_rec.sha256)
+    current = (
+        parity_rec is not None
+        and parity_rec.inputs.get("onnx") == onnx_rec.sha256
+        and checkpoint_rec is not None
+        and parity_rec.inputs.get("checkpoint") == checkpoint_rec.sha256
+    )
     if not current or not parity_rec.details.get("passed"):
-        raise PipelineError(STAGE, f"{spec.name}: parity has not passed for the current {onnx_rec.path} "
-                            f"(see {layout.reports.relative_to(layout.root)}/parity.md)",
-                            f"run the parity stage and fix what it reports: python -m pipeline parity --model {spec.name}")
+        raise PipelineError(
+            STAGE,
+            f"{spec.name}: parity has not passed for the current {onnx_rec.path} (see {layout.reports.relative_to(layout.root)}/parity.md)",
+            f"run the parity stage and fix what it reports: python -m pipeline parity --model {spec.name}",
+        )
     manifest.verified(PARITY, STAGE)
     handler = handler_source()
     io_contract = contract(settings, spec)
     if parity_rec.settings.get("cuda_precision", "fp32") != io_contract["cuda_precision"]:
-        raise PipelineError(STAGE, f"{spec.name}: parity verified CUDA precision {parity_rec.settings.get('cuda_precision', 'fp32')}, "
-                            f"this archive would serve {io_contract['cuda_precision']}",
-                            f"run parity with the same precision: python -m pipeline all --model {spec.name} "
-                            f"--cuda-precision {io_contract['cuda_precision']}")
+        raise PipelineError(
+            STAGE,
+            f"{spec.name}: parity verified CUDA precision {parity_rec.settings.get('cuda_precision', 'fp32')}, "
+            f"this archive would serve {io_contract['cuda_precision']}",
+            f"run parity with the same precision: python -m pipeline all --model {spec.name} "
+            f"--cuda-precision {io_contract['cuda_precision']}",
+        )
     inputs = {"onnx": onnx_rec.sha256, "parity": parity_rec.sha256, "handler": files.sha256_bytes(handler)}
     config = model_config(settings)
     stage_settings = {"model_config": config, "contract": io_contract, "version": VERSION}
@@ -80,8 +92,10 @@ def run(settings: Settings) -> StageResult:
     # Stage everything in a private folder beside the store, then move the archive in
     # atomically. A killed run's folder carries its pid and is removed by the next run.
     files.sweep_stale(layout.model_store)
-    with files.no_room_is_an_error(layout.mar), \
-            tempfile.TemporaryDirectory(prefix=f".{spec.name}-{os.getpid()}.", dir=layout.model_store) as tmp:
+    with (
+        files.no_room_is_an_error(layout.mar),
+        tempfile.TemporaryDirectory(prefix=f".{spec.name}-{os.getpid()}.", dir=layout.model_store) as tmp,
+    ):
         staging = Path(tmp)
         shutil.copyfile(onnx_path, staging / ARCHIVE_MODEL)
         if files.sha256_file(staging / ARCHIVE_MODEL) != onnx_rec.sha256:
@@ -92,17 +106,19 @@ def run(settings: Settings) -> StageResult:
         out = staging / "out"
         out.mkdir()
         try:
-            ModelArchiver.generate_model_archive(ModelArchiverConfig(
-                model_name=spec.name,
-                handler=str(staging / ARCHIVE_HANDLER),
-                version=VERSION,
-                serialized_file=str(staging / ARCHIVE_MODEL),
-                extra_files=str(staging / ARCHIVE_CONTRACT),
-                export_path=str(out),
-                archive_format="default",
-                force=True,
-                config_file=str(staging / ARCHIVE_CONFIG),
-            ))
+            ModelArchiver.generate_model_archive(
+                ModelArchiverConfig(
+                    model_name=spec.name,
+                    handler=str(staging / ARCHIVE_HANDLER),
+                    version=VERSION,
+                    serialized_file=str(staging / ARCHIVE_MODEL),
+                    extra_files=str(staging / ARCHIVE_CONTRACT),
+                    export_path=str(out),
+                    archive_format="default",
+                    force=True,
+                    config_file=str(staging / ARCHIVE_CONFIG),
+                )
+            )
         except SystemExit as exc:  # the archiver exits on bad arguments instead of raising
             raise PipelineError(STAGE, f"torch-model-archiver failed (exit {exc.code})", "see the archiver's message above") from None
         built = out / f"{spec.name}.mar"

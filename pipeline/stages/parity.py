@@ -13,12 +13,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from pipeline.artifacts import checkpoint
-from pipeline.artifacts import files
+from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.environment import fingerprint
-from pipeline.errors import ParityError
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import CHECKPOINT, ONNX, PARITY, TORCHSCRIPT
+from pipeline.errors import ParityError
 from pipeline.runtimes.runners import OrtRunner, Runner, TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import Settings, StageResult, cuda_precision, cuda_tolerance, resolve, tolerance
@@ -114,23 +113,33 @@ def render_markdown(report: dict) -> str:
         f"of that bound (≤ 1 passes).",
         "",
         f"CUDA precision: **{report.get('cuda_precision', 'fp32')}** (what the archive serves with); "
-        + ("ONNX Runtime's TF32 is off, so CUDA is held to the same bound."
-           if report.get("cuda_precision", "fp32") == "fp32" else
-           f"onnxruntime-cuda is held to the declared TF32 bound atol {cuda_tol['atol']:g}, rtol {cuda_tol['rtol']:g}."),
+        + (
+            "ONNX Runtime's TF32 is off, so CUDA is held to the same bound."
+            if report.get("cuda_precision", "fp32") == "fp32"
+            else f"onnxruntime-cuda is held to the declared TF32 bound atol {cuda_tol['atol']:g}, rtol {cuda_tol['rtol']:g}."
+        ),
         "",
     ]
     if report["worst"]:
         w = report["worst"]
-        lines += [f"Worst: **{w['engine']}** output `{w['output']}` at {w['case']}: max abs {w['max_abs']:.3g}, "
-                  f"max rel {w['max_rel']:.3g}, tol used {w['tolerance_used']:.3g}.", ""]
+        lines += [
+            f"Worst: **{w['engine']}** output `{w['output']}` at {w['case']}: max abs {w['max_abs']:.3g}, "
+            f"max rel {w['max_rel']:.3g}, tol used {w['tolerance_used']:.3g}.",
+            "",
+        ]
     for s in report["skipped_engines"]:
         lines.append(f"Skipped: {s['engine']} ({s['reason']}).")
-    lines += ["", "| engine | case | batch | output | max abs | max rel | mean abs | tol used | result |",
-              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "| engine | case | batch | output | max abs | max rel | mean abs | tol used | result |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     for r in report["results"]:
         mark = "✓" if r["passed"] else "✗ FAIL"
-        lines.append(f"| {r['engine']} | {r['case']} | {r['batch_size']} | {r['output']} | {r['max_abs']:.3g} | "
-                     f"{r['max_rel']:.3g} | {r['mean_abs']:.3g} | {r['tolerance_used']:.3g} | {mark} |")
+        lines.append(
+            f"| {r['engine']} | {r['case']} | {r['batch_size']} | {r['output']} | {r['max_abs']:.3g} | "
+            f"{r['max_rel']:.3g} | {r['mean_abs']:.3g} | {r['tolerance_used']:.3g} | {mark} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -146,10 +155,17 @@ def run(settings: Settings) -> StageResult:
         _, rec = manifest.verified(key, STAGE)
         inputs[key] = rec.sha256
     # model_source_sha256: the model file holds the sample, edge and parity-case inputs.
-    stage_settings = {"atol": tol.atol, "rtol": tol.rtol, "batch_sizes": list(settings.parity_batch_sizes),
-                      "model_source_sha256": spec.source_sha256(),
-                      "seed": settings.seed, "cuda": cuda_available(), "cuda_precision": precision,
-                      "cuda_atol": cuda_tol.atol, "cuda_rtol": cuda_tol.rtol}
+    stage_settings = {
+        "atol": tol.atol,
+        "rtol": tol.rtol,
+        "batch_sizes": list(settings.parity_batch_sizes),
+        "model_source_sha256": spec.source_sha256(),
+        "seed": settings.seed,
+        "cuda": cuda_available(),
+        "cuda_precision": precision,
+        "cuda_atol": cuda_tol.atol,
+        "cuda_rtol": cuda_tol.rtol,
+    }
     report_json = layout.reports / "parity.json"
     fresh, why = manifest.is_fresh(PARITY, inputs, stage_settings)
     if fresh and not settings.force and manifest.records[PARITY].details.get("passed"):
@@ -200,9 +216,20 @@ def run(settings: Settings) -> StageResult:
             "re-export (python -m pipeline export --force), or if the difference is expected for this "
             "model, set its tolerance in the model's spec or pass --atol/--rtol",
         )
-    details = {"passed": True, "worst": asdict(worst), "comparisons": len(results), "engines": report["engines"],
-               "cuda_precision": precision}
+    details = {
+        "passed": True,
+        "worst": asdict(worst),
+        "comparisons": len(results),
+        "engines": report["engines"],
+        "cuda_precision": precision,
+    }
     manifest.record(PARITY, report_json, STAGE, inputs, stage_settings, seconds, details)
-    return StageResult(STAGE, False, (report_json, layout.reports / "parity.md"), seconds,
-                       f"{len(results)} comparisons passed; worst {worst.engine} '{worst.output}' {worst.case}: "
-                       f"max abs {worst.max_abs:.2g} ({worst.tolerance_used:.2g}× tolerance)", details)
+    return StageResult(
+        STAGE,
+        False,
+        (report_json, layout.reports / "parity.md"),
+        seconds,
+        f"{len(results)} comparisons passed; worst {worst.engine} '{worst.output}' {worst.case}: "
+        f"max abs {worst.max_abs:.2g} ({worst.tolerance_used:.2g}× tolerance)",
+        details,
+    )

@@ -9,10 +9,9 @@ import warnings
 import numpy as np
 import torch
 
-from pipeline.artifacts import checkpoint
-from pipeline.artifacts import files
-from pipeline.errors import PipelineError
+from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
+from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
 
 STAGE = "trace"
@@ -61,7 +60,8 @@ def _same(want, got) -> bool:
     want = want if isinstance(want, (tuple, list)) else (want,)
     got = got if isinstance(got, (tuple, list)) else (got,)
     return len(want) == len(got) and all(
-        w.shape == g.shape and torch.allclose(w.double(), g.double(), atol=1e-5, rtol=1e-4) for w, g in zip(want, got))
+        w.shape == g.shape and torch.allclose(w.double(), g.double(), atol=1e-5, rtol=1e-4) for w, g in zip(want, got)
+    )
 
 
 def run(settings: Settings) -> StageResult:
@@ -90,8 +90,7 @@ def run(settings: Settings) -> StageResult:
             raise PipelineError(
                 STAGE,
                 f"torch.jit.trace could not trace {spec.name}: {type(exc).__name__}: {str(exc).strip()[:800]}",
-                "make forward() free of Python control flow that depends on tensor values, "
-                "or drop TorchScript and serve the ONNX model",
+                "make forward() free of Python control flow that depends on tensor values, or drop TorchScript and serve the ONNX model",
             ) from None
     _refuse_value_branches(spec, caught)
     messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
@@ -107,8 +106,11 @@ def run(settings: Settings) -> StageResult:
         want = model(*example)
         got = reloaded(*example)
     if not _same(want, got):
-        raise PipelineError(STAGE, f"{layout.torchscript.name} loaded back gives different outputs from eager",
-                            "report this with the model; parity will show the size of the difference")
+        raise PipelineError(
+            STAGE,
+            f"{layout.torchscript.name} loaded back gives different outputs from eager",
+            "report this with the model; parity will show the size of the difference",
+        )
     seconds = time.perf_counter() - start
     details = {
         "deprecated": "torch.jit.trace is deprecated since torch 2.11 in favour of torch.export; kept because users still deploy TorchScript",
@@ -117,4 +119,6 @@ def run(settings: Settings) -> StageResult:
         "trace_checks": len(checks) + 1,
     }
     manifest.record("torchscript", layout.torchscript, STAGE, inputs, stage_settings, seconds, details)
-    return StageResult(STAGE, False, (layout.torchscript,), seconds, f"traced, {len(messages)} warning(s) recorded in the manifest", details)
+    return StageResult(
+        STAGE, False, (layout.torchscript,), seconds, f"traced, {len(messages)} warning(s) recorded in the manifest", details
+    )

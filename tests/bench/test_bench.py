@@ -8,12 +8,11 @@ import sys
 
 import pytest
 
+from pipeline.bench import engines
 from pipeline.bench import latency as bench
 from pipeline.bench import served as bench_served
-from pipeline.bench import engines
 from pipeline.bench.engines import CUDA_GRAPH_ENGINES, FLOOR_OF
 from pipeline.runtimes.runners import cuda_available
-
 from tests.helpers import REPO
 
 ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run")
@@ -23,8 +22,9 @@ PCTS = ("min_ms", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")
 
 
 def tiny(root, **kw) -> bench.BenchSettings:
-    base = dict(root=root, engines=ENGINES, batch_sizes=BATCHES, budget_s=0.05, rounds=2, warmup_s=0.02,
-                concurrency=CONCURRENCY, served_seconds=1.0)
+    base = dict(
+        root=root, engines=ENGINES, batch_sizes=BATCHES, budget_s=0.05, rounds=2, warmup_s=0.02, concurrency=CONCURRENCY, served_seconds=1.0
+    )
     return bench.BenchSettings(**{**base, **kw})
 
 
@@ -46,7 +46,15 @@ def test_writes_three_reports(report):
     assert json.loads((folder / "latency.json").read_text()) == json.loads(json.dumps(result))
     assert (folder / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (folder / "latency.md").read_text()
-    for heading in ("## Environment", "## Targets", "speedup over eager", "## Cold start", "## Served", "tuned vs default", "tuned-large-batch vs tuned"):
+    for heading in (
+        "## Environment",
+        "## Targets",
+        "speedup over eager",
+        "## Cold start",
+        "## Served",
+        "tuned vs default",
+        "tuned-large-batch vs tuned",
+    ):
         assert heading in md
 
 
@@ -102,7 +110,7 @@ def test_cold_start_per_engine(report):
     assert set(cold) == {"eager", "torchscript", "onnxruntime"}
     for c in cold.values():
         assert "error" not in c, c
-        assert 0 < c["first_inference_s"] and 0 < c["load_s"]
+        assert c["first_inference_s"] > 0 and c["load_s"] > 0
         assert c["total_s"] == pytest.approx(c["import_s"] + c["load_s"] + c["first_inference_s"])
 
 
@@ -162,8 +170,7 @@ def test_impossible_engine_and_device_pairs_are_skipped_not_failed(built_root, t
     import shutil
 
     shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
-    result = bench.run(tiny(tmp_path, engines=("eager", *CUDA_GRAPH_ENGINES), batch_sizes=(1,),
-                            cold_start=False, served="off"))
+    result = bench.run(tiny(tmp_path, engines=("eager", *CUDA_GRAPH_ENGINES), batch_sizes=(1,), cold_start=False, served="off"))
     assert result["failures"] == []
     assert {(s["engine"], s["device"]) for s in result["skipped"]} == {(e, "cpu") for e in CUDA_GRAPH_ENGINES}
     assert all(s["reason"] == "CUDA graphs exist only on CUDA" for s in result["skipped"])
@@ -191,8 +198,10 @@ def test_cuda_graph_flag_adds_onnxruntime_graphs_and_both_pytorch_peers(tmp_path
 
 
 def test_verdicts_name_the_faster_runtime_and_by_how_much():
-    records = [{"device": "cuda", "batch": 1, "engine": e, "p50_ms": ms} for e, ms in
-               (("eager", 0.414), ("onnxruntime", 0.107), ("onnxruntime-cudagraph", 0.044), ("torch-cudagraph", 0.036))]
+    records = [
+        {"device": "cuda", "batch": 1, "engine": e, "p50_ms": ms}
+        for e, ms in (("eager", 0.414), ("onnxruntime", 0.107), ("onnxruntime-cudagraph", 0.044), ("torch-cudagraph", 0.036))
+    ]
     [verdict] = bench.verdicts(records)
     assert verdict["winner"] == "PyTorch" and verdict["winner_engine"] == "torch-cudagraph"
     assert verdict["onnxruntime"] == "onnxruntime-cudagraph"
@@ -208,28 +217,42 @@ def test_cuda_request_without_cuda_is_a_clear_error(built_root, tmp_path):
     import shutil
 
     shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "bench", "--device", "cuda", "--root", str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", "--device", "cuda", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "no CUDA device" in proc.stderr and "never labelled CUDA" in proc.stderr
     assert not (tmp_path / "reports" / "simple_nn" / "latency.json").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--engines", "eager,tensorrt"], "choose from"),
-    (["--batch-sizes", "0,8"], "positive"),
-    (["--concurrency", "x"], "invalid"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--engines", "eager,tensorrt"], "choose from"),
+        (["--batch-sizes", "0,8"], "positive"),
+        (["--concurrency", "x"], "invalid"),
+    ],
+)
 def test_bad_options_exit_2_with_the_choices(args, message, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "bench", "--root", str(tmp_path), *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", "--root", str(tmp_path), *args], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert proc.returncode == 2
     assert message in proc.stderr
 
 
 def test_missing_artifacts_say_run_export_first(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "bench", "--root", str(tmp_path), "--served", "off"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", "--root", str(tmp_path), "--served", "off"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "make export" in proc.stderr
 
@@ -247,8 +270,7 @@ def _runs(rps: list[float], p99: list[float], errors: int = 0) -> list[dict]:
 
 
 def test_compare_needs_throughput_p99_and_zero_errors():
-    configs = [{"name": "default", "runs": _runs([100, 500], [10, 50])},
-               {"name": "tuned", "runs": _runs([90, 1100], [12, 40])}]
+    configs = [{"name": "default", "runs": _runs([100, 500], [10, 50])}, {"name": "tuned", "runs": _runs([90, 1100], [12, 40])}]
     c = bench_served.compare(configs, "default", "tuned")
     assert c["rps_ratio"] == pytest.approx(2.2) and c["met"]
     assert c["per_concurrency"]["1"]["winner_rps"] == "default"
@@ -265,8 +287,7 @@ def test_log_window_reads_only_new_metrics(tmp_path):
     log.write_text("x - ts_queue_latency_microseconds.Microseconds:9000.0|#model\n")
     window = bench_served.LogWindow.mark(tmp_path)
     with open(log, "a") as f:
-        f.write("x - ts_inference_latency_microseconds.Microseconds:3000.0|#m\n"
-                "x - ts_queue_latency_microseconds.Microseconds:1000.0|#m\n")
+        f.write("x - ts_inference_latency_microseconds.Microseconds:3000.0|#m\nx - ts_queue_latency_microseconds.Microseconds:1000.0|#m\n")
     (tmp_path / "model_metrics.log").write_text("x - PredictionTime.ms:0.5|#m\n")
     b = window.breakdown()
     assert b["queue"]["n"] == 1 and b["queue"]["p50_ms"] == pytest.approx(1.0)
@@ -275,8 +296,8 @@ def test_log_window_reads_only_new_metrics(tmp_path):
 
 
 def test_load_goes_to_loopback_only():
-    from pipeline.errors import PipelineError
     from pipeline.bench.loadgen import run_load
+    from pipeline.errors import PipelineError
 
     with pytest.raises(PipelineError, match="only 127.0.0.1"):
         run_load("http://10.0.0.1:8080/ping", [], 1, 1.0)
@@ -288,8 +309,16 @@ def test_cuda_engines_run_on_the_gpu(built_root, tmp_path):
     import shutil
 
     shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
-    result = bench.run(tiny(tmp_path, engines=("eager", "onnxruntime", "onnxruntime-run", *CUDA_GRAPH_ENGINES),
-                            batch_sizes=(1, 64), devices=("cpu", "cuda"), cold_start=False, served="off"))
+    result = bench.run(
+        tiny(
+            tmp_path,
+            engines=("eager", "onnxruntime", "onnxruntime-run", *CUDA_GRAPH_ENGINES),
+            batch_sizes=(1, 64),
+            devices=("cpu", "cuda"),
+            cold_start=False,
+            served="off",
+        )
+    )
     assert result["failures"] == []
     assert {(s["engine"], s["device"]) for s in result["skipped"]} == {(e, "cpu") for e in CUDA_GRAPH_ENGINES}
     cuda = {(r["engine"], r["batch"]): r for r in result["in_process"] if r["device"] == "cuda"}

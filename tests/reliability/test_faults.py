@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.reliability import faults
 from pipeline.artifacts.manifest import Manifest
+from pipeline.reliability import faults
 from pipeline.reliability.suite import QUICK
 
 pytestmark = pytest.mark.slow
@@ -61,4 +61,3 @@ def test_disk_full_is_a_clear_error_and_leaves_no_partial_file(fresh, stage, mod
     assert case.artifact == ("previous" if mode == "replace" else "none")
     assert case.leftovers == 0
     assert case.recovered and case.problems == ()
-

@@ -7,12 +7,11 @@ import shutil
 import pytest
 
 from pipeline.artifacts import archive, checkpoint
+from pipeline.errors import IntegrityError
 from pipeline.reliability import hostile
-from pipeline.stages import package
+from pipeline.reliability.faults import Project, copy_project
 from pipeline.runtimes.session import create_session
 from pipeline.serving import server as serve
-from pipeline.errors import IntegrityError
-from pipeline.reliability.faults import Project, copy_project
 
 
 @pytest.fixture
@@ -101,8 +100,7 @@ def test_symlinked_artifact_and_escaping_manifest_path_are_refused(victim, tmp_p
 @pytest.mark.skipif(shutil.which("java") is None, reason="serve.start checks for java first")
 def test_serve_refuses_a_hostile_archive_before_starting_anything(victim, tmp_path):
     mar = victim.layout.mar
-    hostile.rebuild_archive(shutil.copyfile(mar, tmp_path / "good.mar"), mar,
-                            hostile.replace_member("onnx_handler.py", hostile.as_symlink))
+    hostile.rebuild_archive(shutil.copyfile(mar, tmp_path / "good.mar"), mar, hostile.replace_member("onnx_handler.py", hostile.as_symlink))
     hostile.vouch_for(victim, "mar")
     with pytest.raises(IntegrityError, match="symbolic-link entries"):
         serve.start(victim.settings, auto_ports=True)

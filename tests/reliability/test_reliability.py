@@ -14,10 +14,10 @@ import pytest
 
 from pipeline import cli
 from pipeline.reliability import fuzz
-from pipeline.reliability import suite as reliability
-from pipeline.serving import server as serve
 from pipeline.reliability import served_faults as sf
+from pipeline.reliability import suite as reliability
 from pipeline.reliability.faults import copy_project
+from pipeline.serving import server as serve
 from pipeline.spec import load_spec
 from tests.helpers import MEASUREMENTS
 
@@ -82,9 +82,11 @@ def test_soak_20000_requests_at_concurrency_16_without_errors(served, bodies):
     assert result.load["requests"] >= 20_000, "the time bound was hit before 20,000 requests"
     assert result.load["errors"] == 0, result.load["status"]
     assert result.rss_before and result.rss_after
-    MEASUREMENTS.append(f"soak: {result.load['requests']} requests at c=16, {result.load['errors']} errors, "
-                        f"{result.load['requests_per_s']:.0f}/s; server RSS {sf.rss_mib(result.rss_before):.0f} -> "
-                        f"{sf.rss_mib(result.rss_after):.0f} MiB ({result.growth_pct:+.1f}%)")
+    MEASUREMENTS.append(
+        f"soak: {result.load['requests']} requests at c=16, {result.load['errors']} errors, "
+        f"{result.load['requests_per_s']:.0f}/s; server RSS {sf.rss_mib(result.rss_before):.0f} -> "
+        f"{sf.rss_mib(result.rss_after):.0f} MiB ({result.growth_pct:+.1f}%)"
+    )
 
 
 @pytest.mark.slow
@@ -117,14 +119,44 @@ def test_reliability_report_for_one_section(tmp_path, capsys):
 
 def test_report_renders_every_section_from_a_recorded_run():
     """render_markdown on a full report's shape (figures made up, structure real)."""
-    soak = {"load": {"concurrency": 16, "requests": 20000, "errors": 0, "seconds": 14.0, "requests_per_s": 1428.0,
-                     "p50_ms": 8.0, "p99_ms": 40.0, "status": {"200": 20000}},
-            "rss_before": {"java 1": 200 << 20}, "rss_after": {"java 1": 202 << 20}, "growth_pct": 1.0, "warmup_requests": 2000}
-    kill = {"concurrency": 8, "requests": 3000, "errors": 4, "error_status": {"507": 4}, "recovery_s": 3.0,
-            "worker_ready_s": 3.1, "after_requests": 2000, "after_errors": 0, "survived": True}
-    report = {"model": "m", "plan": "full", "passed": True, "seconds": 1.0, "created": "now", "environment": {},
-              "checks": [{"section": "served", "name": "n", "passed": True, "detail": "a|b"}], "errors": [],
-              "details": {"soak": soak, "worker_kills": [kill]}}
+    soak = {
+        "load": {
+            "concurrency": 16,
+            "requests": 20000,
+            "errors": 0,
+            "seconds": 14.0,
+            "requests_per_s": 1428.0,
+            "p50_ms": 8.0,
+            "p99_ms": 40.0,
+            "status": {"200": 20000},
+        },
+        "rss_before": {"java 1": 200 << 20},
+        "rss_after": {"java 1": 202 << 20},
+        "growth_pct": 1.0,
+        "warmup_requests": 2000,
+    }
+    kill = {
+        "concurrency": 8,
+        "requests": 3000,
+        "errors": 4,
+        "error_status": {"507": 4},
+        "recovery_s": 3.0,
+        "worker_ready_s": 3.1,
+        "after_requests": 2000,
+        "after_errors": 0,
+        "survived": True,
+    }
+    report = {
+        "model": "m",
+        "plan": "full",
+        "passed": True,
+        "seconds": 1.0,
+        "created": "now",
+        "environment": {},
+        "checks": [{"section": "served", "name": "n", "passed": True, "detail": "a|b"}],
+        "errors": [],
+        "details": {"soak": soak, "worker_kills": [kill]},
+    }
     run = reliability.Run(reliability.FULL, "m", Path("unused"))
     run.data = report["details"]
     report["summary"] = reliability.summary(run)

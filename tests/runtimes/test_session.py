@@ -26,11 +26,14 @@ def test_cuda_providers_carry_the_options_and_the_cpu_has_none():
     assert config.describe()["precision"] == "tf32" and "provider_options" not in SessionConfig("cpu").describe()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"device": "cpu", "cuda_graph": True}, "CUDA graphs exist only on CUDA"),
-    ({"device": "cuda", "precision": "fp16"}, "unknown CUDA precision"),
-    ({"device": "tpu"}, "unknown device"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"device": "cpu", "cuda_graph": True}, "CUDA graphs exist only on CUDA"),
+        ({"device": "cuda", "precision": "fp16"}, "unknown CUDA precision"),
+        ({"device": "tpu"}, "unknown device"),
+    ],
+)
 def test_impossible_configurations_are_refused(kwargs, message):
     with pytest.raises(PipelineError, match=message):
         SessionConfig(**kwargs)
@@ -53,8 +56,10 @@ def test_a_cuda_session_that_runs_on_the_cpu_is_refused():
 
 
 def test_options_the_provider_did_not_take_are_refused():
-    fake = FakeSession(["CUDAExecutionProvider", "CPUExecutionProvider"],
-                       {"CUDAExecutionProvider": {**SessionConfig("cuda").cuda_options(), "use_tf32": "1"}})
+    fake = FakeSession(
+        ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        {"CUDAExecutionProvider": {**SessionConfig("cuda").cuda_options(), "use_tf32": "1"}},
+    )
     with pytest.raises(PipelineError, match=r"did not take these options.*use_tf32"):
         check_session(fake, SessionConfig("cuda"))
     fake.options["CUDAExecutionProvider"]["use_tf32"] = "0"

@@ -13,14 +13,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
-from pipeline.stages import export
-from pipeline.stages import parity
-from pipeline.stages import trace
-from pipeline.stages import train
-from pipeline.errors import ParityError, PipelineError, SpecError
 from pipeline.artifacts.manifest import Manifest
-from pipeline.spec import load_spec
+from pipeline.errors import ParityError, PipelineError, SpecError
 from pipeline.settings import Layout, Settings
+from pipeline.spec import load_spec
+from pipeline.stages import export, parity, trace, train
 from tests.helpers import REPO
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -113,7 +110,8 @@ def test_parity_failure_names_the_output_batch_and_worst_error(tmp_path):
 
 def _spec_file(tmp_path: Path, body: str) -> str:
     path = tmp_path / "my_model.py"
-    path.write_text(textwrap.dedent('''\
+    path.write_text(
+        textwrap.dedent("""\
         import numpy as np
         from torch import nn
         from pipeline.spec import ModelSpec, TensorSpec, Tolerance, TrainResult
@@ -129,52 +127,71 @@ def _spec_file(tmp_path: Path, body: str) -> str:
 
         X = TensorSpec("x", "float32", ("batch", 3))
         Y = TensorSpec("y", "float32", ("batch", 1))
-        ''') + textwrap.dedent(body))
+        """)
+        + textwrap.dedent(body)
+    )
     return str(path)
 
 
 BAD_SPECS = [
-    ("missing field",
-     "SPEC = ModelSpec(name='m', inputs=(X,), outputs=(Y,), build=build, train=train)\n",
-     r"failed to import \(line \d+: SPEC = ModelSpec.*missing 1 required positional argument: 'sample_inputs'",
-     "ModelSpec needs name, inputs, outputs, build, train, sample_inputs; optional: edge_inputs, parity_cases"),
-    ("misspelt field",
-     "SPEC = ModelSpec(name='m', input=(X,), outputs=(Y,), build=build, train=train, sample_inputs=sample_inputs)\n",
-     r"unexpected keyword argument 'input'",
-     "did you mean 'inputs'?"),
-    ("misspelt TensorSpec field",
-     "SPEC = ModelSpec(name='m', inputs=(TensorSpec('x', 'int64', ('batch',), lo=0),), outputs=(Y,),"
-     " build=build, train=train, sample_inputs=sample_inputs)\n",
-     r"unexpected keyword argument 'lo'",
-     "did you mean 'low'?"),
-    ("one TensorSpec, not a tuple",
-     "SPEC = ModelSpec(name='m', inputs=X, outputs=(Y,), build=build, train=train, sample_inputs=sample_inputs)\n",
-     r"inputs is one TensorSpec, not a tuple of them",
-     "trailing comma"),
-    ("output axis no input has",
-     "SPEC = ModelSpec(name='m', inputs=(X,), outputs=(TensorSpec('y', 'float32', ('batch', 'seq')),),"
-     " build=build, train=train, sample_inputs=sample_inputs)\n",
-     r"output y has dynamic axis 'seq' that no input has",
-     "must come from the inputs'"),
-    ("bad dimension",
-     "SPEC = ModelSpec(name='m', inputs=(TensorSpec('x', 'float32', ('batch', 0)),), outputs=(Y,),"
-     " build=build, train=train, sample_inputs=sample_inputs)\n",
-     r"has the dimension 0",
-     "a positive int (fixed) or an axis name"),
-    ("tolerance as a number",
-     "SPEC = ModelSpec(name='m', inputs=(X,), outputs=(Y,), build=build, train=train, sample_inputs=sample_inputs,"
-     " tolerance=1e-3)\n",
-     r"tolerance is 0.001, not a Tolerance",
-     "Tolerance(atol="),
-    ("range upside down",
-     "SPEC = ModelSpec(name='m', inputs=(TensorSpec('x', 'int64', ('batch',), low=9, high=0),), outputs=(Y,),"
-     " build=build, train=train, sample_inputs=sample_inputs)\n",
-     r"x has low 9 > high 0",
-     "inclusive bounds"),
-    ("train not a function",
-     "SPEC = ModelSpec(name='m', inputs=(X,), outputs=(Y,), build=build, train='train.py', sample_inputs=sample_inputs)\n",
-     r"train is 'train.py', not a function",
-     "SPEC = ModelSpec(name='my_model'"),
+    (
+        "missing field",
+        "SPEC = ModelSpec(name='m', inputs=(X,), outputs=(Y,), build=build, train=train)\n",
+        r"failed to import \(line \d+: SPEC = ModelSpec.*missing 1 required positional argument: 'sample_inputs'",
+        "ModelSpec needs name, inputs, outputs, build, train, sample_inputs; optional: edge_inputs, parity_cases",
+    ),
+    (
+        "misspelt field",
+        "SPEC = ModelSpec(name='m', input=(X,), outputs=(Y,), build=build, train=train, sample_inputs=sample_inputs)\n",
+        r"unexpected keyword argument 'input'",
+        "did you mean 'inputs'?",
+    ),
+    (
+        "misspelt TensorSpec field",
+        "SPEC = ModelSpec(name='m', inputs=(TensorSpec('x', 'int64', ('batch',), lo=0),), outputs=(Y,),"
+        " build=build, train=train, sample_inputs=sample_inputs)\n",
+        r"unexpected keyword argument 'lo'",
+        "did you mean 'low'?",
+    ),
+    (
+        "one TensorSpec, not a tuple",
+        "SPEC = ModelSpec(name='m', inputs=X, outputs=(Y,), build=build, train=train, sample_inputs=sample_inputs)\n",
+        r"inputs is one TensorSpec, not a tuple of them",
+        "trailing comma",
+    ),
+    (
+        "output axis no input has",
+        "SPEC = ModelSpec(name='m', inputs=(X,), outputs=(TensorSpec('y', 'float32', ('batch', 'seq')),),"
+        " build=build, train=train, sample_inputs=sample_inputs)\n",
+        r"output y has dynamic axis 'seq' that no input has",
+        "must come from the inputs'",
+    ),
+    (
+        "bad dimension",
+        "SPEC = ModelSpec(name='m', inputs=(TensorSpec('x', 'float32', ('batch', 0)),), outputs=(Y,),"
+        " build=build, train=train, sample_inputs=sample_inputs)\n",
+        r"has the dimension 0",
+        "a positive int (fixed) or an axis name",
+    ),
+    (
+        "tolerance as a number",
+        "SPEC = ModelSpec(name='m', inputs=(X,), outputs=(Y,), build=build, train=train, sample_inputs=sample_inputs, tolerance=1e-3)\n",
+        r"tolerance is 0.001, not a Tolerance",
+        "Tolerance(atol=",
+    ),
+    (
+        "range upside down",
+        "SPEC = ModelSpec(name='m', inputs=(TensorSpec('x', 'int64', ('batch',), low=9, high=0),), outputs=(Y,),"
+        " build=build, train=train, sample_inputs=sample_inputs)\n",
+        r"x has low 9 > high 0",
+        "inclusive bounds",
+    ),
+    (
+        "train not a function",
+        "SPEC = ModelSpec(name='m', inputs=(X,), outputs=(Y,), build=build, train='train.py', sample_inputs=sample_inputs)\n",
+        r"train is 'train.py', not a function",
+        "SPEC = ModelSpec(name='my_model'",
+    ),
 ]
 
 
@@ -196,12 +213,15 @@ def _trained(path: str, tmp_path: Path) -> Settings:
 
 
 def test_sample_inputs_of_the_wrong_dtype_are_refused_by_the_stage_that_uses_them(tmp_path):
-    path = _spec_file(tmp_path, """\
+    path = _spec_file(
+        tmp_path,
+        """\
         def sample_inputs_f64(batch, rng):
             return {"x": rng.uniform(-1, 1, size=(batch, 3))}
 
         SPEC = ModelSpec(name='m', inputs=(X,), outputs=(Y,), build=build, train=train, sample_inputs=sample_inputs_f64)
-        """)
+        """,
+    )
     settings = _trained(path, tmp_path)
     with pytest.raises(SpecError, match=r"\[trace\] m: sample_inputs\(4, rng\): x is float64, declared float32") as info:
         trace.run(settings)
@@ -209,7 +229,9 @@ def test_sample_inputs_of_the_wrong_dtype_are_refused_by_the_stage_that_uses_the
 
 
 def test_export_example_with_a_dynamic_axis_the_size_of_the_batch_is_refused(tmp_path):
-    path = _spec_file(tmp_path, """\
+    path = _spec_file(
+        tmp_path,
+        """\
         def tokens(batch, rng):
             return {"t": rng.integers(0, 5, size=(batch, batch)).astype(np.int64)}
 
@@ -217,7 +239,8 @@ def test_export_example_with_a_dynamic_axis_the_size_of_the_batch_is_refused(tmp
                          outputs=(TensorSpec('y', 'float32', ('batch', 'seq', 2)),),
                          build=lambda args: nn.Embedding(5, 2), train=lambda seed: TrainResult(nn.Embedding(5, 2).state_dict(), {}, {}),
                          sample_inputs=tokens)
-        """)
+        """,
+    )
     settings = _trained(path, tmp_path)
     with pytest.raises(PipelineError, match=r"\[export\] m: the export example has size 4 on both dynamic axes 'batch' and 'seq'") as info:
         export.run(settings)
@@ -226,8 +249,9 @@ def test_export_example_with_a_dynamic_axis_the_size_of_the_batch_is_refused(tmp
 
 def test_command_line_prints_the_spec_error_and_fix_without_a_traceback(tmp_path):
     path = _spec_file(tmp_path, "SPEC = ModelSpec(name='m', inputs=(X,), outputs=(Y,), build=build, train=train)\n")
-    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "--model", path, "--root", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", "--model", path, "--root", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1
     assert f"error: [model] {path} failed to import (line 16: SPEC = ModelSpec(" in result.stderr
     assert "what to do: ModelSpec needs name, inputs, outputs, build, train, sample_inputs" in result.stderr

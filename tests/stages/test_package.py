@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from pipeline.artifacts import archive
-from pipeline.stages import package
-from pipeline.errors import IntegrityError
 from pipeline.artifacts.manifest import Manifest
+from pipeline.errors import IntegrityError
 from pipeline.spec import load_spec
+from pipeline.stages import package
 
 
 def test_archive_holds_model_handler_manifest_and_nothing_stray(built):

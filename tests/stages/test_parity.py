@@ -5,13 +5,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from pipeline.stages import package
-from pipeline.stages import parity
-from pipeline.errors import ParityError, PipelineError
 from pipeline.artifacts.manifest import Manifest
-from pipeline.spec import Tolerance
+from pipeline.errors import ParityError, PipelineError
 from pipeline.settings import Settings
-from pipeline.spec import load_spec
+from pipeline.spec import Tolerance, load_spec
+from pipeline.stages import package, parity
 
 TOL = Tolerance(atol=1e-5, rtol=1e-4)
 

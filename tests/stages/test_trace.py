@@ -1,9 +1,9 @@
 import torch
 
 from pipeline.artifacts import checkpoint
-from pipeline.stages import trace
 from pipeline.artifacts.manifest import Manifest
 from pipeline.spec import load_spec
+from pipeline.stages import trace
 
 
 def test_torchscript_matches_eager(built):
@@ -24,8 +24,8 @@ def test_deprecation_recorded_not_printed(built):
 
 
 def test_retrace_after_retrain_with_other_seed(project):
-    from pipeline.stages import train
     from pipeline.settings import Settings
+    from pipeline.stages import train
 
     settings, layout = project
     train.run(Settings(root=settings.root, seed=3))

@@ -4,11 +4,11 @@ import torch
 from safetensors import safe_open
 
 from pipeline.artifacts import checkpoint
-from pipeline.stages import train
 from pipeline.artifacts.manifest import Manifest
 from pipeline.models.simple_nn import SimpleNN
-from pipeline.spec import load_spec
 from pipeline.settings import Settings
+from pipeline.spec import load_spec
+from pipeline.stages import train
 
 
 def test_trained_model_predicts_f5(built):
