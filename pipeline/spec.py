@@ -327,6 +327,12 @@ def load_spec(model: str) -> ModelSpec:
                 "pass the path of a .py file that defines SPEC, or a built-in name such as simple_nn",
             )
         module_spec = importlib.util.spec_from_file_location(f"user_model_{path.stem}", path)
+        if module_spec is None or module_spec.loader is None:  # not a Python source file
+            raise SpecError(
+                "model",
+                f"model file {model} is not a Python module (it must end in .py)",
+                "pass the path of the .py file that defines SPEC",
+            )
         module = importlib.util.module_from_spec(module_spec)
         where = str(path)
         try:
@@ -352,7 +358,7 @@ def load_spec(model: str) -> ModelSpec:
             ) from None
         except Exception as exc:
             raise _load_error(exc, module_name) from None
-        where = module.__file__
+        where = str(module.__file__)  # None (a namespace package) reads as before in the messages
     if not hasattr(module, "SPEC"):
         raise SpecError("model", f"{where} does not define SPEC", f"add `{_EXAMPLE}` at the bottom of the file")
     spec = _validate(module.SPEC, where)

@@ -60,3 +60,10 @@ def test_spec_with_unknown_dtype(tmp_path):
     )
     with pytest.raises(SpecError, match="unknown dtype 'float99'"):
         load_spec(str(f))
+
+
+def test_a_model_path_that_is_not_python_is_a_clear_error(tmp_path):
+    path = tmp_path / "model.txt"
+    path.write_text("SPEC = None\n")
+    with pytest.raises(SpecError, match=r"is not a Python module \(it must end in .py\)"):
+        load_spec(str(path))

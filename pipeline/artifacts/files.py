@@ -84,7 +84,7 @@ def sweep_stale(folder: Path) -> list[Path]:
     They are what a killed writer leaves behind; a live writer's are kept, so two
     processes writing the same folder never remove each other's work.
     """
-    removed = []
+    removed: list[Path] = []
     if not Path(folder).is_dir():
         return removed
     for entry in Path(folder).iterdir():

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import psutil
@@ -85,12 +85,12 @@ class BenchSettings:
     cuda_precision: Literal["fp32", "tf32"] = "fp32"
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"
 
-    def session(self, device: str) -> SessionConfig:
+    def session(self, device: Literal["cpu", "cuda"]) -> SessionConfig:
         """The ONNX Runtime session every ORT engine on `device` gets (floors included)."""
         return SessionConfig(
             device=device,
             threads=self.threads,
-            precision=self.cuda_precision,  # type: ignore[arg-type]
+            precision=self.cuda_precision,
             cudnn_conv_algo_search=self.cudnn_conv_algo_search,
         )
 
@@ -191,7 +191,9 @@ def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar
     manifest.verified("checkpoint", STAGE)
     torch.set_num_threads(settings.threads)
     factory = _model_factory(spec, manifest)
-    records, failures, skipped = [], [], []
+    records: list[dict] = []
+    failures: list[dict] = []
+    skipped: list[dict] = []
     for device in settings.devices:
         engines: dict[str, Engine] = {}
         for name in _wanted(settings, device):
@@ -483,7 +485,7 @@ def _csv(kind: Callable[[str], object], allowed: tuple | None = None):
             raise argparse.ArgumentTypeError("give at least one value")
         if allowed is not None and any(i not in allowed for i in items):
             raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(map(str, allowed))}")
-        if kind is int and min(items) < 1:
+        if kind is int and min(cast(tuple[int, ...], items)) < 1:
             raise argparse.ArgumentTypeError("values must be positive integers")
         return items
 
@@ -551,6 +553,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    devices: tuple[Literal["cpu", "cuda"], ...]
     if args.device == "cpu":
         devices = ("cpu",)
     elif args.device == "cuda":

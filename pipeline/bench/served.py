@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ PING_SECONDS = 2.0
 #   larger batches pay off (many clients) and where the wait costs (few).
 # One worker in each: on a 2-core machine the other core is busy with the frontend
 # and the load generator, and a second worker measured slower at 16 and 64 clients.
-SERVING_CONFIGS = {
+SERVING_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
         "archive": {"serve_batch_size": 1, "serve_max_batch_delay_ms": 100, "serve_workers": 1},
         "server": {"metrics_mode": "log", "async_logging": "false"},

@@ -224,6 +224,7 @@ def kill_stage(project: Project, stage: str, point: str | None = None, delay_s: 
     start = time.monotonic()
     proc = _child(["kill", str(project.root), project.model, stage, point or "none"])
     if delay_s is not None:
+        assert proc.stdout is not None  # _child opens it as a pipe
         proc.stdout.readline()  # "READY": imports done, the stage starts now
         time.sleep(delay_s)
         proc.send_signal(signal.SIGKILL)
@@ -244,9 +245,14 @@ def kill_stage(project: Project, stage: str, point: str | None = None, delay_s: 
     problems += _manifest_problems(project)
     leftovers = len(temporaries(project))
     recovery = recover(project)
+    if point:
+        where = point
+    else:
+        assert delay_s is not None  # callers give point or delay_s
+        where = f"after {delay_s * 1000:.0f} ms"
     return KillCase(
         stage,
-        point or f"after {delay_s * 1000:.0f} ms",
+        where,
         killed,
         state,
         leftovers,
@@ -308,6 +314,7 @@ def damage_case(project: Project, key: str, offset: int | None = None, xor: int 
     if truncate_to is not None:
         damaged, what = original[:truncate_to], f"truncated to {truncate_to} of {len(original)} bytes"
     else:
+        assert offset is not None  # callers give offset or truncate_to
         data = bytearray(original)
         data[offset] ^= xor
         damaged, what = bytes(data), f"byte {offset} of {len(original)} xor 0x{xor:02x}"

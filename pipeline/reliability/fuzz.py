@@ -116,6 +116,10 @@ class FuzzResult:
         )
 
 
+def _labelled(label: str, strategy: st.SearchStrategy[tuple[bytes, str]]) -> st.SearchStrategy[tuple[str, bytes, str]]:
+    return strategy.map(lambda case: (label, *case))
+
+
 def generate_bodies(name: str, examples: int) -> list[tuple[str, bytes, str]]:
     """`examples` (class, body, content type) triples from hypothesis, the same on every run.
 
@@ -124,7 +128,7 @@ def generate_bodies(name: str, examples: int) -> list[tuple[str, bytes, str]]:
     server's timing.
     """
     classes = body_classes(name)
-    labelled = st.one_of(*(strategy.map(lambda case, label=label: (label, *case)) for label, strategy in classes.items()))
+    labelled = st.one_of(*(_labelled(label, strategy) for label, strategy in classes.items()))
     cases: list[tuple[str, bytes, str]] = []
 
     @settings(

@@ -12,6 +12,7 @@ Each case returns a `HostileCase`; `pipeline.reliability` reports them, tests as
 
 from __future__ import annotations
 
+import functools
 import pickle
 import shutil
 import stat
@@ -81,7 +82,7 @@ def pickle_checkpoints(project: Project) -> list[HostileCase]:
 
     from pipeline.stages import trace
 
-    cases = []
+    cases: list[HostileCase] = []
     path = project.layout.checkpoint
     good = path.read_bytes()
     writers = {
@@ -219,10 +220,10 @@ def archive_cases(project: Project, work: Path) -> list[HostileCase]:
         "model with external data inside the archive": replace_member(MODEL_NAME, lambda i, d: (i, external)),
     }
     work.mkdir(parents=True, exist_ok=True)
-    cases = []
+    cases: list[HostileCase] = []
     for i, (name, edit) in enumerate(variants.items()):
         path = rebuild_archive(mar, work / f"hostile-{i}.mar", edit)
-        cases.append(_attempt("mar", name, lambda path=path: inspect_archive(path)))
+        cases.append(_attempt("mar", name, functools.partial(inspect_archive, path)))
     lying = _lie_about_size(shutil.copyfile(mar, work / "hostile-size.mar"), MODEL_NAME, 0xFFFF_FFF0)
     cases.append(_attempt("mar", "size header declaring 4 GiB for model.onnx", lambda: inspect_archive(lying)))
     return cases

@@ -26,6 +26,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -487,7 +488,7 @@ def main(args: argparse.Namespace) -> int:
             except Exception as exc:  # one section crashing must not hide the others' results
                 errors.append({"section": section, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
                 run.check(section, "section ran to the end", False, f"{type(exc).__name__}: {exc}")
-    report = {
+    report: dict[str, Any] = {
         "model": run.model,
         "plan": plan.name,
         "sections": sections,

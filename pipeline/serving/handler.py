@@ -73,6 +73,7 @@ class OnnxHandler:
 
     def handle(self, data: list, context) -> list:
         """Answer every request in the batch; a bad one gets its own 400."""
+        assert self.contract is not None and self.session is not None  # set by initialize(), which __call__ runs first
         responses: list = [None] * len(data)
         parsed: list[tuple[int, dict[str, np.ndarray], bool]] = []
         for idx, item in enumerate(data):

@@ -72,6 +72,7 @@ def _port_of(props: dict[str, str], kind: str) -> int:
     address_key, port_key = PORT_KEYS[kind]
     if port_key:
         return int(props[port_key])
+    assert address_key is not None  # every PORT_KEYS row names one of the two
     return int(props[address_key].rsplit(":", 1)[1])
 
 
@@ -156,6 +157,7 @@ def _write_config(layout: Layout, folder: Path, auto_ports: bool, overrides: dic
         if address_key:
             props[address_key] = f"http://127.0.0.1:{ports[kind]}"
         else:
+            assert port_key is not None  # every PORT_KEYS row names one of the two
             props[port_key] = str(ports[kind])
     busy = [f"{kind} {port}" for kind, port in ports.items() if _port_in_use(port)]
     if busy:

@@ -60,7 +60,7 @@ def check_example(spec: ModelSpec, example: tuple[torch.Tensor, ...]) -> None:
 
 def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str) -> PipelineError:
     """The exporter's own reason (its innermost cause), where in forward() it arose, and a hint."""
-    root = exc
+    root: BaseException = exc
     while root.__cause__ is not None:
         root = root.__cause__
     full = f"{exc}\n{root}"
@@ -187,6 +187,7 @@ def run(settings: Settings) -> StageResult:
             )
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
         raise exporter_failure(spec, exc, settings.model) from None
+    assert program is not None  # dynamo=True always returns an ONNXProgram
     with files.atomic_path(layout.onnx) as tmp:
         program.save(str(tmp), external_data=False)
         try:

@@ -63,7 +63,7 @@ def run(settings: Settings) -> StageResult:
         and checkpoint_rec is not None
         and parity_rec.inputs.get("checkpoint") == checkpoint_rec.sha256
     )
-    if not current or not parity_rec.details.get("passed"):
+    if not current or parity_rec is None or not parity_rec.details.get("passed"):
         raise PipelineError(
             STAGE,
             f"{spec.name}: parity has not passed for the current {onnx_rec.path} (see {layout.reports.relative_to(layout.root)}/parity.md)",

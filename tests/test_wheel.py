@@ -1,0 +1,53 @@
+"""The package as a user installs it: a wheel, not an editable checkout, used in an empty folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from pipeline.serving.client import http
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str], cwd, env, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java (.ci/run installs it)")
+def test_wheel_runs_all_and_serve_in_an_empty_folder(tmp_path):
+    dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "w"
+    work.mkdir()
+    built = _run(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)], REPO, os.environ)
+    assert built.returncode == 0, built.stderr
+    [wheel] = dist.glob("pipeline-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"pipeline/handlers/onnx_handler.py", "pipeline/serving/torchserve.properties"} <= names
+    installed = _run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], tmp_path, os.environ)
+    assert installed.returncode == 0, installed.stderr
+
+    # The wheel's copy, not the checkout: PYTHONPATH comes before the editable install.
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = _run(["-c", "import pipeline; print(pipeline.__file__)"], work, env)
+    assert where.stdout.strip().startswith(str(site)), where.stdout
+    done = _run(["-m", "pipeline", "all"], work, env)
+    assert done.returncode == 0, done.stderr
+    assert (work / "model_store" / "simple_nn.mar").is_file() and (work / "reports" / "simple_nn" / "parity.md").is_file()
+
+    try:
+        served = _run(["-m", "pipeline", "serve", "--ports", "auto", "--timeout", "120"], work, env)
+        assert served.returncode == 0, served.stdout + served.stderr
+        info = json.loads((work / "run" / "simple_nn" / "server.json").read_text())
+        token = json.loads((work / "run" / "simple_nn" / "key_file.json").read_text())["inference"]["key"]
+        status, body = http("POST", f"{info['inference']}/predictions/simple_nn", b'{"x": 4.0}', token)
+        assert status == 200 and json.loads(body)["y"] == pytest.approx(9.0, abs=0.05)
+    finally:
+        stopped = _run(["-m", "pipeline", "stop"], work, env)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
