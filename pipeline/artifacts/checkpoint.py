@@ -14,6 +14,7 @@ from pipeline.artifacts import files
 from pipeline.errors import IntegrityError
 from pipeline.artifacts.manifest import Manifest
 from pipeline.spec import ModelSpec
+from pipeline.artifacts.names import CHECKPOINT
 
 
 def save(path: Path, state_dict: Mapping[str, torch.Tensor], model: str, model_args: Mapping[str, Any]) -> None:
@@ -52,7 +53,7 @@ def check_header(path: Path, stage: str) -> None:
 
 def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.nn.Module, str]:
     """The eager model rebuilt from its verified checkpoint, in eval mode, and the checkpoint's sha256."""
-    path, rec = manifest.verified("checkpoint", stage)
+    path, rec = manifest.verified(CHECKPOINT, stage)
     check_header(path, stage)
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from pipeline.artifacts import files
 from pipeline.artifacts.environment import fingerprint
 from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import CHECKPOINT, ONNX, TORCHSCRIPT
 from pipeline.bench.engines import (
     CUDA_GRAPH_ENGINES,
     DEFAULT_ENGINES,
@@ -184,11 +185,11 @@ def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar
 
     manifest = Manifest(layout.root, spec.name)
     paths = {
-        "onnx": manifest.verified("onnx", STAGE)[0],
-        "torchscript": manifest.verified("torchscript", STAGE)[0],
+        "onnx": manifest.verified(ONNX, STAGE)[0],
+        "torchscript": manifest.verified(TORCHSCRIPT, STAGE)[0],
         "identity": identity_onnx(spec, scratch / "identity.onnx"),
     }
-    manifest.verified("checkpoint", STAGE)
+    manifest.verified(CHECKPOINT, STAGE)
     torch.set_num_threads(settings.threads)
     factory = _model_factory(spec, manifest)
     records: list[dict] = []
@@ -438,7 +439,7 @@ def run(settings: BenchSettings) -> dict:
     if unknown:
         raise PipelineError(STAGE, f"unknown engine(s) {unknown}", f"choose from {', '.join(ENGINES)}")
     manifest = Manifest(layout.root, spec.name)
-    for key in ("checkpoint", "torchscript", "onnx"):
+    for key in (CHECKPOINT, TORCHSCRIPT, ONNX):
         if key not in manifest.records:
             raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: make export MODEL={settings.model}")
     started = time.perf_counter()
@@ -461,7 +462,7 @@ def run(settings: BenchSettings) -> dict:
         "settings": {**asdict(settings), "root": str(settings.root)},
         "environment": environment(settings),
         "engines": {name: DESCRIPTION[name] for name in _wanted(settings)},
-        "onnx_sha256": manifest.records["onnx"].sha256,
+        "onnx_sha256": manifest.records[ONNX].sha256,
         "in_process": records,
         "failures": failures,
         "skipped": skipped,

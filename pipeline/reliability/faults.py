@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pipeline.artifacts import files
 from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import MAR
 from pipeline.errors import PipelineError
 from pipeline.settings import Layout, Settings
 
@@ -302,7 +303,7 @@ def _consumers(project: Project) -> dict:
 
     def serve_reads_mar(settings):
         # What serve.start does first, before java or TorchServe are involved.
-        project.manifest().verified("mar", "serve")
+        project.manifest().verified(MAR, "serve")
 
     return {"checkpoint": trace.run, "torchscript": parity.run, "onnx": package.run, "parity": package.run, "mar": serve_reads_mar}
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pipeline.artifacts.names import ONNX
 from pipeline.errors import PipelineError
 from pipeline.reliability.faults import Project
 
@@ -251,16 +252,16 @@ def escaping_artifacts(project: Project, outside: Path) -> list[HostileCase]:
     path.unlink()
     path.write_bytes(good)
     manifest = project.manifest()
-    rec = manifest.records["onnx"]
+    rec = manifest.records[ONNX]
     escaped = Path("..") / ".." / ".." / ".." / target.relative_to("/") if target.is_absolute() else target
-    manifest.records["onnx"] = replace(rec, path=str(Path(rec.path).parent / escaped))
+    manifest.records[ONNX] = replace(rec, path=str(Path(rec.path).parent / escaped))
     manifest.save()
     cases.append(
         _attempt(
             "artifact", "manifest path leading out of the project (../../..)", lambda: parity.run(replace(project.settings, force=True))
         )
     )
-    manifest.records["onnx"] = rec
+    manifest.records[ONNX] = rec
     manifest.save()
     return cases
 

@@ -28,6 +28,7 @@ import psutil
 from pipeline.artifacts import files
 from pipeline.artifacts.archive import inspect_archive
 from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import MAR, ONNX
 from pipeline.errors import PipelineError
 from pipeline.serving.client import http
 from pipeline.settings import Layout, Settings, resolve
@@ -200,8 +201,8 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
             "install it: sudo apt-get install -y openjdk-17-jre-headless (or your OS's JRE 17 package)",
         )
     manifest = Manifest(layout.root, spec.name)
-    mar, rec = manifest.verified("mar", STAGE)
-    inspect_archive(mar, manifest.records["onnx"].sha256)
+    mar, rec = manifest.verified(MAR, STAGE)
+    inspect_archive(mar, manifest.records[ONNX].sha256)
     folder = run_dir(layout)
     existing = load_info(layout)
     if existing is not None and existing.processes():

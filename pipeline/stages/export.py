@@ -14,6 +14,7 @@ import torch
 
 from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import ONNX
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
 from pipeline.spec import ModelSpec
@@ -164,7 +165,7 @@ def run(settings: Settings) -> StageResult:
         "torch": torch.__version__,
         "model_source_sha256": spec.source_sha256(),
     }  # the example inputs live in the model file
-    fresh, why = manifest.is_fresh("onnx", inputs, stage_settings)
+    fresh, why = manifest.is_fresh(ONNX, inputs, stage_settings)
     if fresh and not settings.force:
         return StageResult(STAGE, True, (layout.onnx,), 0.0, f"up to date ({why})")
 
@@ -195,7 +196,7 @@ def run(settings: Settings) -> StageResult:
         except onnx.checker.ValidationError as exc:
             raise PipelineError(STAGE, f"exported ONNX graph fails onnx.checker: {exc}", "report this with the model") from None
     seconds = time.perf_counter() - start
-    manifest.record("onnx", layout.onnx, STAGE, inputs, stage_settings, seconds, graph)
+    manifest.record(ONNX, layout.onnx, STAGE, inputs, stage_settings, seconds, graph)
     batch = graph["dims"][spec.inputs[0].name][0]
     return StageResult(
         STAGE,

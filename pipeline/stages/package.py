@@ -16,7 +16,7 @@ from model_archiver import ModelArchiver, ModelArchiverConfig
 from pipeline.artifacts import files
 from pipeline.artifacts.archive import inspect_archive
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import ARCHIVE_CONFIG, ARCHIVE_CONTRACT, ARCHIVE_HANDLER, ARCHIVE_MODEL, MAR, ONNX, PARITY
+from pipeline.artifacts.names import ARCHIVE_CONFIG, ARCHIVE_CONTRACT, ARCHIVE_HANDLER, ARCHIVE_MODEL, CHECKPOINT, MAR, ONNX, PARITY
 from pipeline.errors import IntegrityError, PipelineError
 from pipeline.settings import Settings, StageResult, contract, resolve
 
@@ -56,7 +56,7 @@ def run(settings: Settings) -> StageResult:
     # Parity must also have run against the current checkpoint: after a retrain whose
     # export failed, the old model.onnx still matches the old parity pass.
     parity_rec = manifest.records.get(PARITY)
-    checkpoint_rec = manifest.records.get("checkpoint")
+    checkpoint_rec = manifest.records.get(CHECKPOINT)
     current = (
         parity_rec is not None
         and parity_rec.inputs.get("onnx") == onnx_rec.sha256

@@ -11,6 +11,7 @@ import torch
 
 from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import TORCHSCRIPT
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
 
@@ -72,7 +73,7 @@ def run(settings: Settings) -> StageResult:
     # The model file also holds the check inputs: editing them re-traces even when the
     # (deterministic) retraining gives the same checkpoint bytes.
     stage_settings = {"seed": settings.seed, "torch": torch.__version__, "model_source_sha256": spec.source_sha256()}
-    fresh, why = manifest.is_fresh("torchscript", inputs, stage_settings)
+    fresh, why = manifest.is_fresh(TORCHSCRIPT, inputs, stage_settings)
     if fresh and not settings.force:
         return StageResult(STAGE, True, (layout.torchscript,), 0.0, f"up to date ({why})")
 
@@ -118,7 +119,7 @@ def run(settings: Settings) -> StageResult:
         "trace_checked_batch_sizes": [4, 1, 7],
         "trace_checks": len(checks) + 1,
     }
-    manifest.record("torchscript", layout.torchscript, STAGE, inputs, stage_settings, seconds, details)
+    manifest.record(TORCHSCRIPT, layout.torchscript, STAGE, inputs, stage_settings, seconds, details)
     return StageResult(
         STAGE, False, (layout.torchscript,), seconds, f"traced, {len(messages)} warning(s) recorded in the manifest", details
     )

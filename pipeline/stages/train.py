@@ -8,6 +8,7 @@ import torch
 
 from pipeline.artifacts import checkpoint
 from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import CHECKPOINT
 from pipeline.settings import Settings, StageResult, resolve
 
 STAGE = "train"
@@ -17,9 +18,9 @@ def run(settings: Settings) -> StageResult:
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
     stage_settings = {"seed": settings.seed, "model_source_sha256": spec.source_sha256()}
-    fresh, why = manifest.is_fresh("checkpoint", {}, stage_settings)
+    fresh, why = manifest.is_fresh(CHECKPOINT, {}, stage_settings)
     if fresh and not settings.force:
-        rec = manifest.records["checkpoint"]
+        rec = manifest.records[CHECKPOINT]
         return StageResult(STAGE, True, (layout.checkpoint,), 0.0, f"up to date ({why})", rec.details)
 
     start = time.perf_counter()
@@ -35,6 +36,6 @@ def run(settings: Settings) -> StageResult:
     checkpoint.save(layout.checkpoint, result.state_dict, spec.name, result.model_args)
     seconds = time.perf_counter() - start
     details = {"metrics": dict(result.metrics), "model_args": dict(result.model_args)}
-    manifest.record("checkpoint", layout.checkpoint, STAGE, {}, stage_settings, seconds, details)
+    manifest.record(CHECKPOINT, layout.checkpoint, STAGE, {}, stage_settings, seconds, details)
     metrics = ", ".join(f"{k} {v:.6g}" for k, v in result.metrics.items()) or "no metrics reported"
     return StageResult(STAGE, False, (layout.checkpoint,), seconds, f"trained: {metrics}", details)
