@@ -1,7 +1,10 @@
 """The command line, as a user runs it: the whole chain in a temporary folder."""
 
+import re
 import subprocess
 import sys
+
+import pytest
 
 from tests.helpers import REPO
 
@@ -46,3 +49,40 @@ def test_bad_batch_sizes_are_a_usage_error(tmp_path):
     result = pipeline("parity", "--parity-batch-sizes", "1,x", "--root", str(tmp_path), cwd=REPO)
     assert result.returncode == 2
     assert "comma-separated list of integers" in result.stderr
+
+
+def test_help_lists_every_command():
+    result = pipeline("--help", cwd=REPO)
+    assert result.returncode == 0
+    for command in ("train", "trace", "export", "parity", "package", "all", "serve", "stop", "token", "bench", "reliability"):
+        assert f"    {command}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, usage",
+    [
+        (["train", "--ports", "auto"], "usage: python -m pipeline train"),
+        (["serve", "--atol", "1"], "usage: python -m pipeline serve"),
+        (["bench", "--force"], "usage: python -m pipeline bench"),
+        (["package", "--seed", "3"], "usage: python -m pipeline package"),
+    ],
+)
+def test_an_option_the_command_does_not_take_exits_2_with_its_usage(tmp_path, args, usage):
+    result = pipeline(*args, "--root", str(tmp_path), cwd=REPO)
+    assert result.returncode == 2
+    assert usage in result.stderr and "unrecognized arguments" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_each_command_declares_only_its_own_options():
+    from pipeline import cli
+
+    _, commands = cli.parser()
+
+    def options(name):
+        return set(re.findall(r"--[a-z][a-z-]*", commands[name].format_usage()))
+
+    assert "--ports" in options("serve") and "--ports" not in options("train")
+    assert "--cuda-precision" in options("parity") and "--cuda-precision" not in options("train")
+    assert "--engines" in options("bench") and "--quick" in options("reliability")
+    assert "--kind" in options("token") and options("stop") == {"--model", "--root"}

@@ -305,6 +305,8 @@ def environment(settings: BenchSettings) -> dict:
             "physical_cores": psutil.cpu_count(logical=False),
             "logical_cores": psutil.cpu_count(logical=True),
             "intra_op_threads": settings.threads,
+            # The ONNX Runtime provider options every ORT engine and cold start ran with.
+            "onnxruntime_sessions": {device: settings.session(device).describe() for device in settings.devices},
             "torch_threads": torch.get_num_threads(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         }

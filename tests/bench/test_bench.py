@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 
@@ -112,6 +113,11 @@ def test_cold_start_per_engine(report):
         assert "error" not in c, c
         assert c["first_inference_s"] > 0 and c["load_s"] > 0
         assert c["total_s"] == pytest.approx(c["import_s"] + c["load_s"] + c["first_inference_s"])
+    # The cold session is made by the same factory with the options the in-process engines ran with.
+    assert cold["onnxruntime"]["session"] == asdict(bench.BenchSettings(threads=1).session("cpu")) | {
+        "threads": result["settings"]["threads"]
+    }
+    assert result["environment"]["onnxruntime_sessions"] == result["sessions"]
 
 
 @pytest.mark.slow
