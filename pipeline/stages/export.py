@@ -18,7 +18,7 @@ from pipeline.artifacts.names import ONNX
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
 from pipeline.spec import ModelSpec
-from pipeline.stages.trace import example_args
+from pipeline.stages.capture import example_args
 
 STAGE = "export"
 OPSET = 20

@@ -6,7 +6,6 @@ import io
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from pipeline.artifacts import checkpoint, files
@@ -14,31 +13,12 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import TORCHSCRIPT
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
+from pipeline.stages.capture import check_args, example_args
 
 STAGE = "trace"
 # The tracer's warning for `if tensor:` / `bool(tensor)` in forward(): the branch taken
 # for the example is baked into the trace and silently wrong for other inputs.
 VALUE_DEPENDENT = "Converting a tensor to a Python boolean"
-
-
-def as_args(spec, feed: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(np.ascontiguousarray(feed[t.name])) for t in spec.inputs)
-
-
-def example_args(spec, batch: int, seed: int, stage: str = STAGE) -> tuple[torch.Tensor, ...]:
-    feed = spec.check_feed(spec.sample_inputs(batch, np.random.default_rng(seed)), f"sample_inputs({batch}, rng)", stage)
-    return as_args(spec, feed)
-
-
-def check_args(spec, seed: int) -> list[tuple[torch.Tensor, ...]]:
-    """Inputs the trace must also reproduce: other batch sizes, edge values, the spec's parity cases."""
-    checks = [example_args(spec, b, seed + 1 + i) for i, b in enumerate((1, 7))]
-    if spec.edge_inputs is not None:
-        checks.append(as_args(spec, spec.check_feed(spec.edge_inputs(), "edge_inputs()", STAGE)))
-    if spec.parity_cases is not None:
-        for name, feed in spec.parity_cases(np.random.default_rng(seed)).items():
-            checks.append(as_args(spec, spec.check_feed(feed, f"parity_cases()[{name!r}]", STAGE)))
-    return checks
 
 
 def _refuse_value_branches(spec, caught: list[warnings.WarningMessage]) -> None:
@@ -78,10 +58,10 @@ def run(settings: Settings) -> StageResult:
         return StageResult(STAGE, True, (layout.torchscript,), 0.0, f"up to date ({why})")
 
     start = time.perf_counter()
-    example = example_args(spec, 4, settings.seed)
+    example = example_args(spec, 4, settings.seed, STAGE)
     # Trace checks re-run the trace on other batch sizes and values: a model whose
     # control flow depends on the input's values fails here instead of shipping.
-    checks = check_args(spec, settings.seed)
+    checks = check_args(spec, settings.seed, STAGE)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
