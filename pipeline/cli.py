@@ -50,6 +50,13 @@ def _stage_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--force", action="store_true", help="redo the stage(s) even when inputs and settings are unchanged")
     if name in ("train", "all"):
         p.add_argument("--seed", type=int, default=0, help="seed for training and sample inputs (default: 0)")
+    if name in ("export", "all"):
+        p.add_argument(
+            "--exporter-fallback",
+            action="store_true",
+            help="where the torch.export-based ONNX exporter fails, use the TorchScript-based one "
+            "(recorded in the manifest, checked by the same parity gate)",
+        )
     if name in ("parity", "package", "all"):
         p.add_argument(
             "--cuda-precision",
@@ -165,6 +172,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         rtol=getattr(args, "rtol", None),
         parity_batch_sizes=getattr(args, "parity_batch_sizes", PARITY_BATCH_SIZES),
         cuda_precision=getattr(args, "cuda_precision", None),
+        exporter_fallback=getattr(args, "exporter_fallback", False),
     )
 
 

@@ -24,6 +24,8 @@ class Settings:
     atol: float | None = None
     rtol: float | None = None
     parity_batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES
+    # Allow the TorchScript-based exporter where the torch.export-based one fails (or the spec says so).
+    exporter_fallback: bool = False
     # CUDA precision to verify and serve; None takes the model spec's (fp32 unless it says tf32).
     cuda_precision: str | None = None
     # Serving defaults written into the archive's model-config.yaml. A lone request

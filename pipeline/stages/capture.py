@@ -1,6 +1,10 @@
-"""What trace and export share: the example inputs they capture the model with."""
+"""What trace and export share: the example inputs they capture the model with, and the
+torch settings both capture it under (`capture_mode`)."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -27,3 +31,20 @@ def check_args(spec: ModelSpec, seed: int, stage: str) -> list[tuple[torch.Tenso
         for name, feed in spec.parity_cases(np.random.default_rng(seed)).items():
             checks.append(as_args(spec, spec.check_feed(feed, f"parity_cases()[{name!r}]", stage)))
     return checks
+
+
+@contextlib.contextmanager
+def capture_mode() -> Iterator[None]:
+    """Multi-head attention's fused fast path off while tracing, exporting and checking.
+
+    Under no_grad (the trace checker, parity's reference) nn.MultiheadAttention and
+    nn.TransformerEncoderLayer take a fused kernel (`aten::_transformer_encoder_layer_fwd`,
+    nested tensors for padding masks) that the trace did not record, so the graphs
+    differ. The previous setting is restored afterwards.
+    """
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)

@@ -1,4 +1,9 @@
-"""Stage 3: export to ONNX with the torch.export-based exporter, dynamic batch axis."""
+"""Stage 3: export to ONNX with the torch.export-based exporter, dynamic batch axis.
+
+Where that exporter fails, the TorchScript-based one (`dynamo=False`) is an explicit
+fallback: only when the spec (`exporter_fallback=True`) or the run (`--exporter-fallback`)
+asks for it, recorded in the manifest, and checked by the same parity gate.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from pipeline.artifacts.names import ONNX
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
 from pipeline.spec import ModelSpec
-from pipeline.stages.capture import example_args
+from pipeline.stages.capture import capture_mode, example_args
 
 STAGE = "export"
 OPSET = 20
@@ -59,7 +64,7 @@ def check_example(spec: ModelSpec, example: tuple[torch.Tensor, ...]) -> None:
             )
 
 
-def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str) -> PipelineError:
+def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, fallback_tried: str | None = None) -> PipelineError:
     """The exporter's own reason (its innermost cause), where in forward() it arose, and a hint."""
     root: BaseException = exc
     while root.__cause__ is not None:
@@ -82,12 +87,36 @@ def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str) -> Pipelin
         )
     else:
         hint = "see the exporter's reason above and https://pytorch.org/docs/stable/onnx_dynamo.html"
+    if fallback_tried is None:
+        fallback = (
+            "; or allow the TorchScript-based exporter as a fallback (checked by the same parity gate): "
+            f"python -m pipeline all --model {model_arg} --exporter-fallback, or exporter_fallback=True in the spec"
+        )
+    else:
+        fallback = f" (the TorchScript-based fallback failed too: {fallback_tried})"
     return PipelineError(
         STAGE,
         f"torch.onnx.export could not export {spec.name}: {reason}{where}",
-        f"{hint}. The earlier stages' artifacts are unchanged and no model.onnx was written; "
+        f"{hint}{fallback}. The earlier stages' artifacts are unchanged and no model.onnx was written; "
         f"after fixing the model: python -m pipeline all --model {model_arg}",
     )
+
+
+def export_torchscript_based(model, spec: ModelSpec, example: tuple[torch.Tensor, ...], path) -> None:
+    """The fallback: torch.onnx.export(dynamo=False), the same names and dynamic axes."""
+    axes = {t.name: {i: name for i, name in t.dynamic_axes().items()} for t in (*spec.inputs, *spec.outputs)}
+    with _quiet_exporter(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation notice is the reason this is opt-in
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            opset_version=OPSET,
+            dynamo=False,
+            dynamic_axes=axes,
+        )
 
 
 def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[str | int]]:
@@ -158,9 +187,11 @@ def run(settings: Settings) -> StageResult:
     manifest = Manifest(layout.root, spec.name)
     model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
     inputs = {"checkpoint": ckpt_sha}
+    fallback_allowed = settings.exporter_fallback or spec.exporter_fallback
     stage_settings = {
         "opset": OPSET,
         "dynamo": True,
+        "exporter_fallback": fallback_allowed,
         "seed": settings.seed,
         "torch": torch.__version__,
         "model_source_sha256": spec.source_sha256(),
@@ -173,8 +204,10 @@ def run(settings: Settings) -> StageResult:
     # Batch 4, not 1: torch.export specialises axes whose example size is 0 or 1.
     example = example_args(spec, 4, settings.seed, STAGE)
     check_example(spec, example)
+    exporter, dynamo_failure = "torch.export-based (dynamo=True)", None
+    program = None
     try:
-        with _quiet_exporter():
+        with _quiet_exporter(), capture_mode():
             program = torch.onnx.export(
                 model,
                 example,
@@ -187,22 +220,46 @@ def run(settings: Settings) -> StageResult:
                 report=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
-        raise exporter_failure(spec, exc, settings.model) from None
-    assert program is not None  # dynamo=True always returns an ONNXProgram
+        if not fallback_allowed:
+            raise exporter_failure(spec, exc, settings.model) from None
+        dynamo_failure = exporter_failure(spec, exc, settings.model).problem
     with files.atomic_path(layout.onnx) as tmp:
-        program.save(str(tmp), external_data=False)
+        if program is not None:
+            program.save(str(tmp), external_data=False)
+        else:
+            exporter = "TorchScript-based (dynamo=False), the fallback"
+            try:
+                with capture_mode():
+                    export_torchscript_based(model, spec, example, tmp)
+            except Exception as fallback_exc:
+                first = str(fallback_exc).strip().splitlines()
+                tried = f"{type(fallback_exc).__name__}: {first[0] if first else ''}"[:300]
+                raise PipelineError(
+                    STAGE,
+                    f"{dynamo_failure}; the TorchScript-based fallback failed too: {tried}",
+                    "see the reasons above; no model.onnx was written",
+                ) from None
         try:
             graph = check_graph(tmp, spec)
         except onnx.checker.ValidationError as exc:
             raise PipelineError(STAGE, f"exported ONNX graph fails onnx.checker: {exc}", "report this with the model") from None
     seconds = time.perf_counter() - start
+    graph["exporter"] = exporter
+    if dynamo_failure:
+        graph["dynamo_failure"] = dynamo_failure
     manifest.record(ONNX, layout.onnx, STAGE, inputs, stage_settings, seconds, graph)
     batch = graph["dims"][spec.inputs[0].name][0]
+    if dynamo_failure:
+        warnings.warn(
+            f"{spec.name}: exported with the TorchScript-based fallback; the torch.export-based exporter failed: {dynamo_failure}",
+            stacklevel=2,
+        )
     return StageResult(
         STAGE,
         False,
         (layout.onnx,),
         seconds,
-        f"opset {graph['opset'].get('ai.onnx')}, IR {graph['ir_version']}, batch axis symbolic ({batch!r})",
+        f"opset {graph['opset'].get('ai.onnx')}, IR {graph['ir_version']}, batch axis symbolic ({batch!r})"
+        + (" — TorchScript-based fallback exporter (see the manifest)" if dynamo_failure else ""),
         graph,
     )

@@ -22,6 +22,7 @@ from pipeline.runtimes.runners import OrtRunner, Runner, TorchRunner, cuda_avail
 from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import Settings, StageResult, cuda_precision, cuda_tolerance, resolve, tolerance
 from pipeline.spec import ModelSpec, Tolerance
+from pipeline.stages.capture import capture_mode
 
 STAGE = "parity"
 REFERENCE = "eager"
@@ -176,7 +177,10 @@ def run(settings: Settings) -> StageResult:
     runners, skipped = engines(spec, manifest, precision)
     results: list[OutputDiff] = []
     for case, feed in cases(spec, settings.parity_batch_sizes, settings.seed):
-        want = reference.infer(feed)
+        # The reference computes what was traced and exported: attention's fused fast path
+        # (nested tensors zero padded positions) is off here as it was there.
+        with capture_mode():
+            want = reference.infer(feed)
         for runner in runners:
             got = runner.infer(feed)
             for t in spec.outputs:

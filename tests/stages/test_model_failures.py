@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,45 @@ def test_trace_refuses_a_value_dependent_branch_and_nothing_ships(tmp_path):
     assert not layout.torchscript.exists()
     assert cli.main(["all", "--model", settings.model, "--root", str(tmp_path)]) == 1
     assert not layout.mar.exists()
+
+
+@pytest.mark.parametrize("fastpath", [True, False])
+def test_torch_internal_shape_assertions_are_recorded_not_refused(tmp_path, fastpath):
+    """Attention's own `if tensor != ...: raise` lines meet the tracer; only the user's code is refused."""
+    import torch
+
+    settings, layout = fixture_settings("attention_model", tmp_path)
+    torch.backends.mha.set_fastpath_enabled(fastpath)
+    try:
+        train.run(settings)
+        trace.run(settings)
+        export.run(settings)
+        assert torch.backends.mha.get_fastpath_enabled() is fastpath  # restored after trace and export
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    details = Manifest(layout.root, "attention_model").records["torchscript"].details
+    internal = details["torch_internal_value_checks"]
+    assert internal and all("/torch/" in place for place in internal)
+    assert parity.run(settings).details["passed"]
+
+
+def test_export_fallback_is_offered_then_used_only_when_asked(tmp_path):
+    settings, layout = fixture_settings("cdist_model", tmp_path)
+    train.run(settings)
+    trace.run(settings)
+    with pytest.raises(PipelineError) as info:
+        export.run(settings)
+    assert "aten._cdist_forward" in info.value.problem and "--exporter-fallback" in info.value.fix
+    assert not layout.onnx.exists()
+
+    fallback = replace(settings, exporter_fallback=True)
+    with pytest.warns(UserWarning, match="TorchScript-based fallback"):
+        result = export.run(fallback)
+    assert "fallback" in result.summary
+    record = Manifest(layout.root, "cdist_model").records["onnx"]
+    assert record.details["exporter"].startswith("TorchScript-based") and "cdist" in record.details["dynamo_failure"]
+    assert record.settings["exporter_fallback"] is True
+    assert parity.run(fallback).details["passed"]  # the same gate holds the fallback's graph
 
 
 @pytest.mark.slow
