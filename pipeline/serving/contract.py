@@ -79,14 +79,20 @@ def _json_type(value) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _check_leaves(name: str, value, integer: bool, depth: int = 0) -> None:
-    """Every leaf must be a number (not a bool, string, object or null); depth is bounded."""
+def _check_leaves(name: str, value, kind: str, depth: int = 0) -> None:
+    """Every leaf must be a number, or true/false for a bool input (never a string, object or null); depth is bounded."""
     if depth > 32:
         raise RequestError(f"'{name}' is nested too deeply")
     if isinstance(value, list):
         for v in value:
-            _check_leaves(name, v, integer, depth + 1)
+            _check_leaves(name, v, kind, depth + 1)
         return
+    if kind == "bool":
+        if not (isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))):
+            found = value if isinstance(value, (int, float)) else f"a {_json_type(value)}"
+            raise RequestError(f"'{name}' must hold true or false (or 0 and 1), found {found}")
+        return
+    integer = kind == "int"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(f"'{name}' must hold numbers, found a {_json_type(value)}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -127,7 +133,7 @@ class Contract:
         name = tensor["name"]
         dtype = np.dtype(tensor["dtype"])
         integer = np.issubdtype(dtype, np.integer)
-        _check_leaves(name, value, integer)
+        _check_leaves(name, value, "bool" if dtype == np.bool_ else "int" if integer else "float")
         row, short = self.row_shapes(tensor)
         try:
             arr = np.array(value, dtype=np.float64)

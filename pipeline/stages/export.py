@@ -64,7 +64,13 @@ def check_example(spec: ModelSpec, example: tuple[torch.Tensor, ...]) -> None:
             )
 
 
-def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, fallback_tried: str | None = None) -> PipelineError:
+FALLBACK_HINT = (
+    "; or allow the TorchScript-based exporter as a fallback (checked by the same parity gate): "
+    "python -m pipeline all --model {model} --exporter-fallback, or exporter_fallback=True in the spec"
+)
+
+
+def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, offer_fallback: bool = True) -> PipelineError:
     """The exporter's own reason (its innermost cause), where in forward() it arose, and a hint."""
     root: BaseException = exc
     while root.__cause__ is not None:
@@ -87,13 +93,7 @@ def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, fallback_t
         )
     else:
         hint = "see the exporter's reason above and https://pytorch.org/docs/stable/onnx_dynamo.html"
-    if fallback_tried is None:
-        fallback = (
-            "; or allow the TorchScript-based exporter as a fallback (checked by the same parity gate): "
-            f"python -m pipeline all --model {model_arg} --exporter-fallback, or exporter_fallback=True in the spec"
-        )
-    else:
-        fallback = f" (the TorchScript-based fallback failed too: {fallback_tried})"
+    fallback = FALLBACK_HINT.format(model=model_arg) if offer_fallback else ""
     return PipelineError(
         STAGE,
         f"torch.onnx.export could not export {spec.name}: {reason}{where}",
@@ -144,6 +144,14 @@ def _quiet_exporter():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def checked_graph(path, spec: ModelSpec) -> dict:
+    """check_graph, with onnx.checker's failure as a PipelineError."""
+    try:
+        return check_graph(path, spec)
+    except onnx.checker.ValidationError as exc:
+        raise PipelineError(STAGE, f"exported ONNX graph fails onnx.checker: {exc}", "report this with the model") from None
 
 
 def check_graph(path, spec: ModelSpec) -> dict:
@@ -204,7 +212,7 @@ def run(settings: Settings) -> StageResult:
     # Batch 4, not 1: torch.export specialises axes whose example size is 0 or 1.
     example = example_args(spec, 4, settings.seed, STAGE)
     check_example(spec, example)
-    exporter, dynamo_failure = "torch.export-based (dynamo=True)", None
+    exporter, dynamo_failure, dynamo_fix = "torch.export-based (dynamo=True)", None, ""
     program = None
     try:
         with _quiet_exporter(), capture_mode():
@@ -222,11 +230,20 @@ def run(settings: Settings) -> StageResult:
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
         if not fallback_allowed:
             raise exporter_failure(spec, exc, settings.model) from None
-        dynamo_failure = exporter_failure(spec, exc, settings.model).problem
+        failure = exporter_failure(spec, exc, settings.model, offer_fallback=False)
+        dynamo_failure, dynamo_fix = failure.problem, failure.fix
     with files.atomic_path(layout.onnx) as tmp:
         if program is not None:
             program.save(str(tmp), external_data=False)
-        else:
+            try:
+                graph = checked_graph(tmp, spec)
+            except PipelineError as exc:
+                # The exporter can also succeed with a graph that breaks the contract: it
+                # fixes a recurrent layer's time axis to the example's length.
+                if not fallback_allowed:
+                    raise PipelineError(STAGE, exc.problem, exc.fix + FALLBACK_HINT.format(model=settings.model)) from None
+                dynamo_failure, dynamo_fix, program = exc.problem, exc.fix, None
+        if program is None:
             exporter = "TorchScript-based (dynamo=False), the fallback"
             try:
                 with capture_mode():
@@ -237,12 +254,9 @@ def run(settings: Settings) -> StageResult:
                 raise PipelineError(
                     STAGE,
                     f"{dynamo_failure}; the TorchScript-based fallback failed too: {tried}",
-                    "see the reasons above; no model.onnx was written",
+                    dynamo_fix,
                 ) from None
-        try:
-            graph = check_graph(tmp, spec)
-        except onnx.checker.ValidationError as exc:
-            raise PipelineError(STAGE, f"exported ONNX graph fails onnx.checker: {exc}", "report this with the model") from None
+            graph = checked_graph(tmp, spec)
     seconds = time.perf_counter() - start
     graph["exporter"] = exporter
     if dynamo_failure:

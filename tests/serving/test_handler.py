@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from pipeline.runtimes.runners import cuda_available
@@ -127,3 +128,31 @@ def test_handler_on_a_gpu_worker_runs_on_cuda_and_answers(built_root, tmp_path):
     assert module.handle.provider == "CUDAExecutionProvider"
     [raw] = module.handle([{"body": b'{"x": [1.0, 2.0, 3.0]}'}], ctx)
     assert json.loads(raw)["y"] == pytest.approx([3.0, 5.0, 7.0], abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [(True, True), ([True, False], True), ([1, 0], True), (0.5, False), (2, False), ("true", False), (None, False)],
+)
+def test_bool_inputs_take_true_false_or_0_1_and_nothing_else(value, ok):
+    from pipeline.serving.contract import Contract, RequestError
+
+    contract = Contract(
+        {"model": "m", "inputs": [{"name": "flag", "dtype": "bool", "shape": ["batch"]}], "outputs": [], "max_rows_per_request": 8}
+    )
+    if ok:
+        feed, _ = contract.parse({"flag": value})
+        assert feed["flag"].dtype == bool and feed["flag"].tolist() == [bool(v) for v in np.atleast_1d(value)]
+    else:
+        with pytest.raises(RequestError, match="must hold true or false"):
+            contract.parse({"flag": value})
+
+
+def test_numeric_inputs_still_refuse_booleans():
+    from pipeline.serving.contract import Contract, RequestError
+
+    contract = Contract(
+        {"model": "m", "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch"]}], "outputs": [], "max_rows_per_request": 8}
+    )
+    with pytest.raises(RequestError, match="must hold numbers, found a boolean"):
+        contract.parse({"x": True})

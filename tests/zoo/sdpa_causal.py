@@ -1,0 +1,66 @@
+"""One causal attention block: linear q/k/v projections and F.scaled_dot_product_attention(is_causal=True)."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.spec import ModelSpec, TensorSpec, TrainResult
+
+DIM = 16
+SAMPLE_LENGTH = 12  # >= 2 and unlike the export batch of 4
+
+
+class Net(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+
+        def split(t):
+            return t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+        att = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)), is_causal=True)
+        return self.out(att.transpose(1, 2).reshape(b, n, d))
+
+
+ARGS = {"dim": DIM, "heads": 2}
+
+
+def build(args):
+    return Net(args["dim"], args["heads"])
+
+
+def train(seed):
+    torch.manual_seed(seed)
+    return TrainResult(build(ARGS).state_dict(), ARGS, {})
+
+
+def feed(batch, length, rng):
+    return {"x": rng.standard_normal((batch, length, DIM)).astype(np.float32)}
+
+
+def sample_inputs(batch, rng):
+    return feed(batch, SAMPLE_LENGTH, rng)
+
+
+def parity_cases(rng):
+    return {f"seq={n} b={b}": feed(b, n, rng) for b, n in [(1, 1), (5, 1), (3, 2), (7, 33)]}
+
+
+SPEC = ModelSpec(
+    name="sdpa_causal",
+    inputs=(TensorSpec("x", "float32", ("batch", "seq", DIM)),),
+    outputs=(TensorSpec("y", "float32", ("batch", "seq", DIM)),),
+    build=build,
+    train=train,
+    sample_inputs=sample_inputs,
+    parity_cases=parity_cases,
+    example_request={"x": [[0.1 * i] * DIM for i in range(3)]},
+)
