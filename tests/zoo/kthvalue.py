@@ -9,7 +9,7 @@ from pipeline.spec import ModelSpec, TensorSpec, TrainResult
 # Neither ONNX exporter translates aten::kthvalue (torch 2.13; https://github.com/onnx/onnx/issues/3586
 # sent it back to PyTorch). The model pattern to change: torch.topk(x, k, largest=False).values[..., -1]
 # computes the same and exports.
-LIMITATION = "no ONNX translation for aten::kthvalue (onnx/onnx#3586); use torch.topk(x, k, largest=False)"
+LIMITATION = "no ONNX translation for aten::kthvalue ([onnx/onnx#3586](https://github.com/onnx/onnx/issues/3586)); use torch.topk(x, k, largest=False)"
 
 
 class KthValue(nn.Module):

@@ -50,7 +50,7 @@ def parity_cases(rng):
 # only that length, so the export check refuses it. The TorchScript-based exporter keeps
 # the axis dynamic; parity checks its graph at lengths 1, 12 and 33 all the same.
 LIMITATION = (
-    "torch.export fixes the time axis (pytorch/pytorch#115092): exported by the TorchScript-based "
+    "torch.export fixes the time axis ([pytorch/pytorch#115092](https://github.com/pytorch/pytorch/issues/115092)): exported by the TorchScript-based "
     "fallback, exporter_fallback=True in the spec"
 )
 

@@ -134,10 +134,10 @@ def render(rows: list[Row]) -> str:
     ]
     for r in rows:
         worst = "—" if r.worst_abs is None else f"{r.worst_abs:.1e}"
-        why = _one_line(r.note)
+        why = _one_line(r.note, 400)
         if not r.through:
             why = (
-                f"**{_one_line(r.note)}**. [{r.stage}] {_one_line(r.reason)} — {_one_line(r.fix)}"
+                f"**{_one_line(r.note, 400)}**. [{r.stage}] {_one_line(r.reason)} — {_one_line(r.fix)}"
                 if r.note
                 else f"[{r.stage}] {_one_line(r.reason)} — {_one_line(r.fix)}"
             )
