@@ -1,8 +1,8 @@
 """The TorchServe handler: JSON in, ONNX Runtime, JSON out.
 
-The archive ships a thin entry module (`handlers/onnx_handler.py`) that calls `handle`
-here; the request format and its errors are `pipeline.serving.contract`, the session
-comes from `pipeline.runtimes.session`, so every server answers alike.
+The archive ships a thin entry module (`handlers/onnx_handler.py`) whose `handle` is an
+`OnnxHandler` from here; the request format and its errors are `pipeline.serving.contract`,
+the session comes from `pipeline.runtimes.session`, so every server answers alike.
 Bad input gets HTTP 400 with {"error": ..., "code": 400}; with dynamic batching, one bad
 request fails alone and the others in the batch are still answered.
 """
