@@ -83,17 +83,17 @@ def test_one_bad_request_in_a_batch_fails_alone(served):
 def _spy_sessions(monkeypatch) -> list:
     """Record the SessionConfig the handler asks for; run a CPU session so no GPU is needed."""
     from pipeline.runtimes.session import SessionConfig
-    from pipeline.serving import handler as handler_module
+    from pipeline.serving import predictor as predictor_module
 
     seen: list = []
-    real = handler_module.create_session
+    real = predictor_module.create_session
 
     def spy(path, config):
         seen.append(config)
         return real(path, SessionConfig("cpu"))
 
-    monkeypatch.setattr(handler_module, "create_session", spy)
-    monkeypatch.setattr(handler_module, "cuda_provider_available", lambda: True)
+    monkeypatch.setattr(predictor_module, "create_session", spy)
+    monkeypatch.setattr(predictor_module, "cuda_provider_available", lambda: True)
     return seen
 
 

@@ -1,0 +1,107 @@
+"""The one serving code path: a batch of JSON requests in, one ONNX Runtime call per shape, answers out.
+
+Every front end uses it: the TorchServe handler (`pipeline.serving.handler`) and the Ray
+Serve application (`pipeline.serving.ray_app`). `open_model` makes the session the way
+parity verified it (the contract's CUDA precision, a CUDA session that lands on the CPU
+refused); `Predictor.answer` parses with the contract, runs, and encodes, so a bad
+request gets the same 400 and message from every server, and fails alone in its batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.runtimes.session import SessionConfig, create_session, cuda_provider_available
+from pipeline.serving.contract import Contract, RequestError, decode_body
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's HTTP status and JSON body."""
+
+    status: int
+    body: bytes
+
+    @classmethod
+    def error(cls, code: int, message: str) -> Answer:
+        return cls(code, json.dumps({"error": message, "code": code}).encode("utf-8"))
+
+
+def session_config(contract: Contract, gpu_id: int | None, threads: int | None) -> SessionConfig:
+    """CUDA on the given GPU where this onnxruntime can, else the CPU (and a warning saying why)."""
+    on_gpu = gpu_id is not None and cuda_provider_available()
+    if gpu_id is not None and not on_gpu:
+        import onnxruntime as ort
+
+        log.warning(
+            "assigned GPU %s but this onnxruntime has no CUDA provider (%s): serving on the CPU", gpu_id, ort.get_available_providers()
+        )
+    return SessionConfig(device="cuda" if on_gpu else "cpu", threads=threads, gpu_id=int(gpu_id or 0), precision=contract.cuda_precision)
+
+
+class Predictor:
+    """A model's contract and its ONNX Runtime session; `answer` serves a batch of requests."""
+
+    def __init__(self, contract: Contract, session):
+        self.contract = contract
+        self.session = session
+        self.provider = session.get_providers()[0]
+        self.input_names = [t["name"] for t in contract.inputs]
+        self.output_names = [t["name"] for t in contract.outputs]
+
+    def answer(self, items: list) -> list[Answer]:
+        """Answer every request; each item is TorchServe's {"body": bytes | str | dict} form."""
+        answers: list[Answer | None] = [None] * len(items)
+        parsed: list[tuple[int, dict[str, np.ndarray], bool]] = []
+        for idx, item in enumerate(items):
+            try:
+                feed, single = self.contract.parse(decode_body(item, self.contract.example))
+                parsed.append((idx, feed, single))
+            except RequestError as exc:
+                answers[idx] = Answer.error(exc.code, str(exc))
+        for idx, outputs, single in self.run(parsed):
+            answers[idx] = self.encode(outputs, single)
+        assert all(a is not None for a in answers)
+        return answers  # type: ignore[return-value]  # every slot was filled above
+
+    def run(self, parsed: list[tuple[int, dict[str, np.ndarray], bool]]):
+        """(index, that request's outputs, single) for every parsed request, one ONNX Runtime call per shape.
+
+        Requests can differ along a dynamic axis other than batch (a sequence length):
+        those cannot be stacked, so each shape gets its own call. Padding would change
+        the answers of a model that does not mask it.
+        """
+        groups: dict[tuple, list] = {}
+        for entry in parsed:
+            groups.setdefault(tuple(entry[1][n].shape[1:] for n in self.input_names), []).append(entry)
+        for group in groups.values():
+            batch = {n: np.concatenate([feed[n] for _, feed, _ in group]) for n in self.input_names}
+            outputs = dict(zip(self.output_names, self.session.run(self.output_names, batch)))
+            start = 0
+            for idx, feed, single in group:
+                rows = len(feed[self.input_names[0]])
+                yield idx, {n: v[start : start + rows] for n, v in outputs.items()}, single
+                start += rows
+
+    def encode(self, outputs: dict[str, np.ndarray], single: bool) -> Answer:
+        try:
+            return Answer(200, json.dumps(self.contract.to_json(outputs, single), allow_nan=False).encode("utf-8"))
+        except ValueError:
+            return Answer.error(500, "the model produced a non-finite output for this input")
+
+
+def open_model(model_path: Path, contract: Contract, gpu_id: int | None = None, threads: int | None = None) -> Predictor:
+    """The predictor for an unpacked archive's model, on the GPU it was given if there is one."""
+    import onnxruntime as ort
+
+    config = session_config(contract, gpu_id, threads)
+    predictor = Predictor(contract, create_session(model_path, config))
+    log.info("model %s: ONNX Runtime %s on %s (%s)", contract.model, ort.__version__, predictor.provider, config.describe())
+    return predictor
