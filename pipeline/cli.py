@@ -72,6 +72,15 @@ def _stage_options(p: argparse.ArgumentParser, name: str) -> None:
         )
 
 
+def _on_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--on",
+        choices=["torchserve", "ray"],
+        default="torchserve",
+        help="the single TorchServe endpoint, or the same archive on Ray Serve (default: %(default)s)",
+    )
+
+
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The command line and each command's own parser."""
     from pipeline.bench import latency
@@ -82,8 +91,21 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     for name in (*STAGE_NAMES, "all"):
         _stage_options(commands.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name]), name)
 
-    serve = commands.add_parser("serve", help="start TorchServe with the model's archive and wait for READY workers")
+    serve = commands.add_parser("serve", help="serve the model's archive (TorchServe, or Ray Serve) and wait until it answers")
     _model_options(serve)
+    _on_option(serve)
+    serve.add_argument(
+        "--replicas",
+        default="1",
+        help="Ray only: replica count, or 'auto' for autoscaling between --min-replicas and --max-replicas (default: %(default)s)",
+    )
+    serve.add_argument("--min-replicas", type=int, default=1, help="Ray only, with --replicas auto (default: %(default)s)")
+    serve.add_argument("--max-replicas", type=int, default=4, help="Ray only, with --replicas auto (default: %(default)s)")
+    serve.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray only: deploy onto this running cluster (default: $RAY_ADDRESS; unset starts a local one on 127.0.0.1)",
+    )
     serve.add_argument(
         "--ports",
         choices=["config", "auto"],
@@ -91,9 +113,12 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         help="ports from the shipped torchserve.properties, or free ones picked at start (default: %(default)s)",
     )
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for READY workers (default: %(default)s)")
-    _model_options(commands.add_parser("stop", help="stop the model's TorchServe and every process it started"))
+    stop = commands.add_parser("stop", help="stop the model's server and every process it started")
+    _model_options(stop)
+    _on_option(stop)
     token = commands.add_parser("token", help="print the running server's token")
     _model_options(token)
+    _on_option(token)
     token.add_argument("--kind", choices=["inference", "management"], default="inference", help="which key to print")
 
     bench = commands.add_parser(
@@ -193,57 +218,85 @@ def stages_command(args: argparse.Namespace) -> int:
 
 
 def stop_command(args: argparse.Namespace) -> int:
-    from pipeline.serving import server
+    from pipeline.serving import ray_server, server
     from pipeline.settings import resolve
 
     settings = settings_from(args)
     spec, _ = resolve(settings)
-    stopped = server.stop(settings)
-    print(f"stopped the {spec.name} server" if stopped else f"no {spec.name} server was running")
+    if args.on == "ray":
+        stopped = ray_server.stop(settings)
+    else:
+        stopped = server.stop(settings)
+    kind = "Ray" if args.on == "ray" else "TorchServe"
+    print(f"stopped the {spec.name} {kind} server" if stopped else f"no {spec.name} {kind} server was running")
     return 0
 
 
 def token_command(args: argparse.Namespace) -> int:
-    from pipeline.serving import server
+    from pipeline.serving import ray_server, server
     from pipeline.settings import resolve
 
     spec, layout = resolve(settings_from(args))
-    info = server.load_info(layout)
+    if args.on == "ray":
+        info: server.ServerInfo | ray_server.RayInfo | None = ray_server.load_info(layout)
+    else:
+        info = server.load_info(layout)
     if info is None or not info.key_file.exists():
-        print(f"error: no {spec.name} server is running; start one with make serve", file=sys.stderr)
+        start = "make serve-ray" if args.on == "ray" else "make serve"
+        print(f"error: no {spec.name} server is running; start one with {start}", file=sys.stderr)
+        return 1
+    if args.on == "ray" and args.kind != "inference":
+        print("error: the Ray application has one key, 'inference'", file=sys.stderr)
         return 1
     print(info.token(args.kind))
     return 0
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from pipeline.serving import server
+    from pipeline.serving import ray_server, server
     from pipeline.settings import resolve
 
     settings = settings_from(args)
     spec, _ = resolve(settings)
-    info = server.start(settings, auto_ports=args.ports == "auto", timeout=args.timeout)
-    workers = info.workers()
-
-    def rel(path) -> str:
-        return os.path.relpath(path, Path.cwd())
-
-    body = json.dumps(spec.example_request or {})
+    started = time.perf_counter()
     model_arg = "" if args.model == DEFAULT_MODEL else f" --model {shlex.quote(args.model)}"
-    token_cmd = f"{rel(sys.executable)} -m pipeline token{model_arg}"
-    print(
-        f"{spec.name} is served by TorchServe: {len(workers)} worker(s) READY "
-        f"(pid {', '.join(str(w['pid']) for w in workers)}; {'GPU' if any(w.get('gpu') for w in workers) else 'CPU'})"
-    )
+    model_var = "" if args.model == DEFAULT_MODEL else f" MODEL={shlex.quote(args.model)}"
+    info: server.ServerInfo | ray_server.RayInfo
+    if args.on == "ray":
+        extra = {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas} if args.replicas == "auto" else {}
+        info = ray_server.start(
+            settings, replicas=args.replicas, address=args.address, auto_ports=args.ports == "auto", timeout=args.timeout, **extra
+        )
+        where = f"the cluster at {info.address}" if info.address else "a local Ray cluster on 127.0.0.1"
+        scale = f"autoscaling {args.min_replicas}-{args.max_replicas} replicas" if args.replicas == "auto" else f"{args.replicas} replica(s)"
+        print(f"{spec.name} is served by Ray Serve on {where}: {scale}, answered in {time.perf_counter() - started:.1f}s")
+        token_cmd = f"{_rel(sys.executable)} -m pipeline token --on ray{model_arg}"
+        stop_cmd = "make stop-ray" + model_var
+    else:
+        info = server.start(settings, auto_ports=args.ports == "auto", timeout=args.timeout)
+        workers = info.workers()
+        print(
+            f"{spec.name} is served by TorchServe: {len(workers)} worker(s) READY "
+            f"(pid {', '.join(str(w['pid']) for w in workers)}; {'GPU' if any(w.get('gpu') for w in workers) else 'CPU'})"
+        )
+        token_cmd = f"{_rel(sys.executable)} -m pipeline token{model_arg}"
+        stop_cmd = "make stop" + model_var
+    body = json.dumps(spec.example_request or {})
     print(f"  URL      {info.predictions_url}")
-    print(f'  token    {rel(info.key_file)} ("inference" key); print it with: {token_cmd}')
+    print(f'  token    {_rel(info.key_file)} ("inference" key); print it with: {token_cmd}')
     print(
         f"  try      curl -s -H \"Authorization: Bearer $({token_cmd})\" -H 'Content-Type: application/json' "
         f"-d {shlex.quote(body)} {info.predictions_url}"
     )
-    print(f"  logs     {rel(Path(info.run_dir) / 'logs')}/")
-    print("  stop     make stop" + ("" if args.model == DEFAULT_MODEL else f" MODEL={shlex.quote(args.model)}"))
+    if args.on == "ray":
+        print(f"  OIP v2   {info.url}/v2/models/{spec.name} (metadata) and {info.url}/v2/models/{spec.name}/infer, same token")
+    print(f"  logs     {_rel(Path(info.run_dir) / 'logs')}/")
+    print(f"  stop     {stop_cmd}")
     return 0
+
+
+def _rel(path) -> str:
+    return os.path.relpath(path, Path.cwd())
 
 
 def summary(results: list[StageResult], settings: Settings, seconds: float) -> str:

@@ -1,0 +1,175 @@
+"""The Open Inference Protocol (v2, REST) over the model's contract.
+
+KServe's and Triton's clients speak it: `GET /v2/models/<model>` for metadata and
+`POST /v2/models/<model>/infer` with tensors as {"name", "shape", "datatype", "data"}.
+The binary tensor extension (raw bytes after a JSON header whose length is in the
+`Inference-Header-Content-Length` header) is what `tritonclient` sends by default.
+
+An infer request becomes the project's own JSON body ({input name: nested rows}), so the
+contract's checks, and their messages, are the same as on the JSON route; the answer's
+arrays go back as OIP tensors.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from pipeline.serving.contract import Contract, RequestError
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# OIP datatype <-> numpy; BYTES (strings) has no place in a numeric contract.
+DATATYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+_BY_DTYPE = {np.dtype(v).name: k for k, v in DATATYPES.items()}
+
+
+def datatype(dtype: str) -> str:
+    return _BY_DTYPE[np.dtype(dtype).name]
+
+
+def _shape(tensor: dict) -> list[int]:
+    """The contract's shape with -1 for every named (dynamic) axis, as OIP writes it."""
+    return [d if isinstance(d, int) else -1 for d in tensor["shape"]]
+
+
+def metadata(contract: Contract, platform: str = "onnxruntime_onnx") -> dict:
+    """GET /v2/models/<model>."""
+    return {
+        "name": contract.model,
+        "versions": ["1"],
+        "platform": platform,
+        "inputs": [{"name": t["name"], "datatype": datatype(t["dtype"]), "shape": _shape(t)} for t in contract.inputs],
+        "outputs": [{"name": t["name"], "datatype": datatype(t["dtype"]), "shape": _shape(t)} for t in contract.outputs],
+    }
+
+
+def _split(raw: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """The JSON header and the binary tail of an infer request."""
+    if header_length is None:
+        cut = len(raw)
+    else:
+        try:
+            cut = int(header_length)
+        except ValueError:
+            raise RequestError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        if not 0 < cut <= len(raw):
+            raise RequestError(f"{HEADER_LENGTH} is {cut}, but the body has {len(raw)} bytes")
+    try:
+        head = json.loads(raw[:cut].decode("utf-8"), parse_constant=lambda name: float("nan"))
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"the JSON header is not valid UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (RecursionError, ValueError) as exc:
+        raise RequestError(f"unreadable JSON: {exc}") from None
+    if not isinstance(head, dict):
+        raise RequestError('an OIP infer request is a JSON object: {"inputs": [{"name", "shape", "datatype", "data"}]}')
+    return head, raw[cut:]
+
+
+def _nest(flat: list, shape: list[int]) -> list:
+    """A flat list as nested lists of `shape` (row-major), without converting its values."""
+    if len(shape) <= 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> tuple[dict, dict]:
+    """(the project's JSON body for this request, how to answer it) from an OIP infer request."""
+    head, tail = _split(raw, header_length)
+    inputs = head.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise RequestError('"inputs" must be a non-empty list of tensors {"name", "shape", "datatype", "data"}')
+    declared = {t["name"]: t for t in contract.inputs}
+    body: dict = {}
+    offset = 0
+    for tensor in inputs:
+        if not isinstance(tensor, dict):
+            raise RequestError("each entry of \"inputs\" must be an object {\"name\", \"shape\", \"datatype\", \"data\"}")
+        name = tensor.get("name")
+        if name not in declared:
+            raise RequestError(f"unknown input {name!r}; this model takes {list(declared)}")
+        if name in body:
+            raise RequestError(f"input {name!r} is given twice")
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise RequestError(f"input {name!r}: \"shape\" must be a list of non-negative integers, got {shape!r}")
+        want = datatype(declared[name]["dtype"])
+        if tensor.get("datatype") != want:
+            raise RequestError(f"input {name!r} is {want}, not {tensor.get('datatype')!r}")
+        count = int(np.prod(shape)) if shape else 1
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            item = np.dtype(DATATYPES[want]).itemsize
+            if not isinstance(size, int) or size != count * item or offset + size > len(tail):
+                raise RequestError(
+                    f"input {name!r}: binary_data_size {size!r} does not match shape {shape} of {want} "
+                    f"({count * item} bytes) within the {len(tail) - offset} bytes left"
+                )
+            values = np.frombuffer(tail[offset : offset + size], dtype=DATATYPES[want]).tolist()
+            offset += size
+        else:
+            values = tensor.get("data")
+            if not isinstance(values, list):
+                raise RequestError(f"input {name!r} has no \"data\" list (or binary_data_size)")
+            if values and all(not isinstance(v, list) for v in values) and len(values) != count:
+                raise RequestError(f"input {name!r} has {len(values)} values for shape {shape} ({count})")
+            if values and any(isinstance(v, list) for v in values):
+                body[name] = values  # already nested: the contract checks its shape
+                continue
+        body[name] = _nest(values, shape) if shape else (values[0] if values else values)
+    if offset != len(tail):
+        raise RequestError(f"{len(tail) - offset} bytes of binary data follow the inputs that no input claims")
+    parameters = head.get("parameters") or {}
+    requested = head.get("outputs")
+    outputs = [t["name"] for t in contract.outputs]
+    binary: dict[str, bool] = {n: bool(parameters.get("binary_data_output", False)) for n in outputs}
+    if requested is not None:
+        if not isinstance(requested, list) or not all(isinstance(o, dict) and o.get("name") in outputs for o in requested):
+            raise RequestError(f"\"outputs\" must name outputs of this model: {outputs}")
+        binary = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", False)) for o in requested}
+    return body, {"id": head.get("id"), "binary": binary}
+
+
+def encode_infer(answer: dict, plan: dict, contract: Contract) -> tuple[bytes, int | None]:
+    """(response body, JSON header length when binary data follows) for the project's JSON answer."""
+    outputs, tails = [], []
+    for tensor in contract.outputs:
+        name = tensor["name"]
+        if name not in plan["binary"]:
+            continue
+        row, short = Contract.row_shapes(tensor)
+        arr = np.asarray(answer[name], dtype=tensor["dtype"])
+        if arr.ndim == len(short):  # a single row was answered as one row: give it its batch axis
+            arr = arr[None]
+        arr = arr.reshape(arr.shape + (1,) * (len(row) - len(short)))
+        entry: dict = {"name": name, "datatype": datatype(tensor["dtype"]), "shape": list(arr.shape)}
+        if plan["binary"][name]:
+            data = np.ascontiguousarray(arr).tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            tails.append(data)
+        else:
+            entry["data"] = arr.reshape(-1).tolist()
+        outputs.append(entry)
+    head: dict = {"model_name": contract.model, "model_version": "1", "outputs": outputs}
+    if plan.get("id") is not None:
+        head["id"] = plan["id"]
+    text = json.dumps(head, allow_nan=False).encode("utf-8")
+    if not tails:
+        return text, None
+    return text + b"".join(tails), len(text)

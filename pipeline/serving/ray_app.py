@@ -1,0 +1,314 @@
+"""The Ray Serve application: the same verified `.mar` that TorchServe serves, on a Ray cluster.
+
+Each replica fetches the archive (a path, or a file:// / http(s):// URL), checks its
+SHA-256 against the one the manifest recorded, checks its members like every server
+(`inspect_archive`), and serves its `model.onnx` through `pipeline.serving.predictor`,
+the code path the TorchServe handler uses. Requests are batched with `@serve.batch`,
+sized from the archive's own model-config.yaml.
+
+Routes (all under the model's name, beside each other):
+    POST /predictions/<model>          the project's JSON format, as on TorchServe
+    GET  /v2/health/live, /v2/health/ready
+    GET  /v2, /v2/models/<model>, /v2/models/<model>/ready
+    POST /v2/models/<model>/infer      Open Inference Protocol v2 (JSON and binary tensors)
+Ray Serve has no data-plane authentication, so the application checks a bearer token
+(read from a key file) on every inference and metadata route; only health is open.
+Bodies over the cap get 413.
+
+Entry point for `serve run`, a Serve config file and KubeRay: `pipeline.serving.ray_app:build`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.artifacts.archive import MAX_TOTAL_BYTES, inspect_archive
+from pipeline.artifacts.names import ARCHIVE_MODEL
+from pipeline.errors import IntegrityError, PipelineError
+from pipeline.serving import oip
+from pipeline.serving.contract import Contract, RequestError
+from pipeline.serving.predictor import Answer, Predictor, open_model
+
+log = logging.getLogger(__name__)
+STAGE = "serve"
+ENTRY_POINT = "pipeline.serving.ray_app:build"
+MAX_REQUEST_BYTES = 1 << 20  # as TorchServe's max_request_size in torchserve.properties
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@dataclass(frozen=True)
+class RayAppOptions:
+    """The application's arguments (`serve run ... key=value`, a config file's `args`)."""
+
+    archive: str  # path or file:// / http(s):// URL of the .mar
+    sha256: str  # the archive's hash, from the manifest's "mar" record
+    token_file: str  # JSON key file {"inference": {"key": ...}}, mode 0600
+    replicas: int | str = 1  # a count, or "auto" for autoscaling between the two below
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_ongoing_requests: int = 8  # autoscaling's per-replica target
+    num_cpus: float = 1.0  # per replica
+    num_gpus: float = 0.0  # per replica; 1 serves on the GPU Ray assigns (as the handler does)
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    batch_size: int | None = None  # default: the archive's batchSize
+    batch_wait_ms: float | None = None  # default: the archive's maxBatchDelay
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> RayAppOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise PipelineError(STAGE, f"unknown Ray application option(s) {unknown}", f"the options are {sorted(known)}")
+        missing = [n for n in ("archive", "sha256", "token_file") if not args.get(n)]
+        if missing:
+            raise PipelineError(STAGE, f"the Ray application needs {missing}", "pass archive=<path or URL> sha256=<hash> token_file=<path>")
+        options = cls(**args)
+        if options.replicas != "auto" and not (isinstance(options.replicas, int) and options.replicas >= 1):
+            try:
+                options = cls(**{**args, "replicas": int(options.replicas)})
+            except ValueError:
+                raise PipelineError(STAGE, f"replicas must be a positive integer or 'auto', got {options.replicas!r}", "e.g. replicas=2") from None
+            if int(options.replicas) < 1:
+                raise PipelineError(STAGE, f"replicas must be at least 1, got {options.replicas}", "e.g. replicas=2")
+        if not 1 <= options.min_replicas <= options.max_replicas:
+            raise PipelineError(STAGE, f"need 1 <= min_replicas <= max_replicas, got {options.min_replicas} and {options.max_replicas}", "e.g. min 1, max 4")
+        return options
+
+    def to_args(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def fetch_archive(source: str, sha256: str, folder: Path) -> Path:
+    """The archive copied into `folder`, refused unless its SHA-256 is the one given."""
+    parts = urlsplit(source)
+    dest = folder / "model.mar"
+    digest = hashlib.sha256()
+    fix = "point archive= at the .mar that make export built, with sha256= from its manifest (artifacts/<model>/manifest.json, 'mar')"
+    try:
+        if parts.scheme in ("http", "https"):
+            reader = urllib.request.urlopen(source, timeout=60)
+        elif parts.scheme in ("", "file"):
+            reader = open(parts.path if parts.scheme else source, "rb")
+        else:
+            raise PipelineError(STAGE, f"cannot fetch an archive from a {parts.scheme}:// URL", "use a path, file:// or http(s)://")
+        with reader, open(dest, "wb") as out:
+            total = 0
+            while chunk := reader.read(1 << 20):
+                total += len(chunk)
+                if total > MAX_TOTAL_BYTES:
+                    raise IntegrityError(STAGE, f"{source} is over {MAX_TOTAL_BYTES} bytes; refusing it", fix)
+                digest.update(chunk)
+                out.write(chunk)
+    except OSError as exc:
+        raise PipelineError(STAGE, f"cannot read the archive {source}: {exc}", fix) from None
+    if not hmac.compare_digest(digest.hexdigest(), sha256.lower()):
+        raise IntegrityError(STAGE, f"{source} has SHA-256 {digest.hexdigest()}, not the verified archive's {sha256}", fix)
+    return dest
+
+
+def read_token(path: str) -> str:
+    """The inference key from a key file; refused if others can read it."""
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode & 0o777
+        key = json.loads(file.read_text())["inference"]["key"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(STAGE, f"cannot read the token from {path}: {exc}", 'write {"inference": {"key": "<token>"}} there, mode 0600') from None
+    if mode & 0o077:
+        raise PipelineError(STAGE, f"{path} is readable by others (mode {mode:o})", f"chmod 600 {path}")
+    if not isinstance(key, str) or len(key) < 16:
+        raise PipelineError(STAGE, f"the token in {path} is too short", "use at least 16 random characters")
+    return key
+
+
+def load(options: RayAppOptions, folder: Path, gpu_id: int | None = None) -> tuple[Predictor, dict]:
+    """The predictor and the archive's model config, from a verified archive."""
+    mar = fetch_archive(options.archive, options.sha256, folder)
+    info = inspect_archive(mar)
+    with zipfile.ZipFile(mar) as zf:
+        (folder / ARCHIVE_MODEL).write_bytes(zf.read(ARCHIVE_MODEL))
+    contract = Contract(info["contract"])
+    threads = max(1, int(options.num_cpus)) if options.num_cpus >= 1 else 1
+    return open_model(folder / ARCHIVE_MODEL, contract, gpu_id, threads), info["model_config"] or {}
+
+
+def batch_settings(options: RayAppOptions, model_config: dict) -> tuple[int, float]:
+    size = options.batch_size or int(model_config.get("batchSize", 1))
+    wait_ms = options.batch_wait_ms if options.batch_wait_ms is not None else float(model_config.get("maxBatchDelay", 1))
+    return max(1, size), max(0.0, wait_ms) / 1000.0
+
+
+def _json(status: int, payload: dict | bytes, headers: dict[str, str] | None = None):
+    from starlette.responses import Response
+
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(code: int, message: str):
+    return _json(code, Answer.error(code, message).body)
+
+
+class ModelServer:
+    """One replica: a verified model, a token, and routes. Wrapped by `serve.deployment` in `build`."""
+
+    def __init__(self, args: dict[str, Any]):
+        import ray
+
+        self.options = RayAppOptions.from_args(args)
+        self.folder = Path(tempfile.mkdtemp(prefix="pipeline-ray-"))
+        gpus = ray.get_gpu_ids() if self.options.num_gpus > 0 else []
+        # Ray sets CUDA_VISIBLE_DEVICES to the replica's GPU, which is device 0 inside it.
+        self.predictor, model_config = load(self.options, self.folder, 0 if gpus else None)
+        self.contract = self.predictor.contract
+        self.token = read_token(self.options.token_file).encode("utf-8")
+        size, wait_s = batch_settings(self.options, model_config)
+        if size > max_ongoing(self.options):
+            log.warning("batch size %d is over max_ongoing_requests %d: batches are capped there", size, max_ongoing(self.options))
+            size = max_ongoing(self.options)
+        self.predict.set_max_batch_size(size)
+        self.predict.set_batch_wait_timeout_s(wait_s)
+        model = self.contract.model
+        self.routes = {
+            ("POST", f"/predictions/{model}"): self.native,
+            ("POST", f"/v2/models/{model}/infer"): self.infer,
+            ("GET", f"/v2/models/{model}"): self.model_metadata,
+            ("GET", f"/v2/models/{model}/ready"): self.ready,
+            ("GET", "/v2"): self.server_metadata,
+            ("GET", "/v2/health/live"): self.ready,
+            ("GET", "/v2/health/ready"): self.ready,
+        }
+        self.open_paths = {"/v2/health/live", "/v2/health/ready"}
+        log.info("replica serving %s on %s, batches of up to %d within %.1f ms", model, self.predictor.provider, size, wait_s * 1e3)
+
+    def __del__(self):
+        shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
+
+    def check_health(self) -> None:
+        """Ray Serve's health check: the session still answers."""
+        self.predictor.session.get_inputs()
+
+    async def predict(self, items: list[dict]) -> list[Answer]:
+        """One batch through the shared predictor; wrapped by `serve.batch` in `build`."""
+        return self.predictor.answer(items)
+
+    async def __call__(self, request):
+        path = request.url.path.rstrip("/") or "/"
+        route = self.routes.get((request.method, path))
+        if route is None:
+            if any(p == path for _, p in self.routes):
+                return _error(405, f"{request.method} is not allowed on {path}")
+            return _error(404, f"no route {path}; this server has {sorted({p for _, p in self.routes})}")
+        if path not in self.open_paths and not self._authorized(request):
+            return _error(401, "missing or wrong bearer token: send the header Authorization: Bearer <token> (python -m pipeline token --on ray)")
+        return await route(request)
+
+    def _authorized(self, request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8"), self.token)
+
+    async def _body(self, request) -> bytes | None:
+        """The body, or None once it passes the cap (read no further)."""
+        cap = self.options.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            return None
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > cap:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self):
+        return _error(413, f"request body over {self.options.max_request_bytes} bytes; send fewer rows per request")
+
+    async def native(self, request):
+        raw = await self._body(request)
+        if raw is None:
+            return self._too_large()
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        # TorchServe turns a form body into fields; the contract's hint is the same here.
+        item = {} if content_type in FORM_TYPES else {"body": raw}
+        answer = await self.predict(item)
+        return _json(answer.status, answer.body)
+
+    async def infer(self, request):
+        raw = await self._body(request)
+        if raw is None:
+            return self._too_large()
+        try:
+            body, plan = oip.decode_infer(raw, request.headers.get(oip.HEADER_LENGTH), self.contract)
+        except RequestError as exc:
+            return _error(exc.code, str(exc))
+        answer = await self.predict({"body": body})
+        if answer.status != 200:
+            return _json(answer.status, answer.body)
+        payload, header_length = oip.encode_infer(json.loads(answer.body), plan, self.contract)
+        if header_length is None:
+            return _json(200, payload)
+        from starlette.responses import Response
+
+        return Response(payload, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(header_length)})
+
+    async def model_metadata(self, request):
+        return _json(200, oip.metadata(self.contract))
+
+    async def server_metadata(self, request):
+        import ray
+
+        return _json(200, {"name": "pipeline-ray-serve", "version": ray.__version__, "extensions": ["binary_tensor_data"]})
+
+    async def ready(self, request):
+        return _json(200, {"ready": True})
+
+
+DEFAULT_MAX_ONGOING = 64
+
+
+def max_ongoing(options: RayAppOptions) -> int:
+    """Requests a replica takes at once: at least twice the batch size, or batches never fill."""
+    return max(2 * options.batch_size, 16) if options.batch_size else DEFAULT_MAX_ONGOING
+
+
+def deployment_options(options: RayAppOptions) -> dict[str, Any]:
+    """Replicas or autoscaling, resources, and enough ongoing requests for batches to fill."""
+    out: dict[str, Any] = {
+        "max_ongoing_requests": max_ongoing(options),
+        "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+        "health_check_period_s": 2,
+        "health_check_timeout_s": 10,
+    }
+    if options.replicas == "auto":
+        out["autoscaling_config"] = {
+            "min_replicas": options.min_replicas,
+            "max_replicas": options.max_replicas,
+            "target_ongoing_requests": options.target_ongoing_requests,
+        }
+    else:
+        out["num_replicas"] = int(options.replicas)
+    return out
+
+
+def build(args: dict[str, Any]):
+    """The Serve application for `args` (see RayAppOptions): `serve run pipeline.serving.ray_app:build archive=...`."""
+    from ray import serve
+
+    options = RayAppOptions.from_args(dict(args))
+    # serve.batch wraps the method here, so this module imports without Ray; each replica
+    # then sizes its batches from the archive it verified.
+    server = type("ModelServer", (ModelServer,), {"predict": serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)(ModelServer.predict)})
+    deployment = serve.deployment(name="ModelServer", **deployment_options(options))(server)
+    return deployment.bind(options.to_args())

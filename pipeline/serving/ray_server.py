@@ -1,0 +1,319 @@
+"""Serve an archive on Ray Serve: a local cluster on this machine, or a cluster you name.
+
+Local (the default): a launcher process (`python -m pipeline.serving.ray_server`) starts
+a one-node Ray cluster with every port on 127.0.0.1 and no dashboard, deploys the
+application (`pipeline.serving.ray_app`) and holds the cluster until `stop`. With an
+address (`--address` or RAY_ADDRESS), the application is deployed onto that cluster and
+`stop` deletes it; the cluster itself is yours.
+
+Each model's Ray server runs from `run/<model>/ray/`: key_file.json (the bearer token,
+mode 0600, the same format as TorchServe's), server.json (what `stop` needs) and logs/.
+Readiness means a real request was answered, not only that Serve says RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from pipeline.artifacts import files
+from pipeline.artifacts.archive import inspect_archive
+from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import MAR, ONNX
+from pipeline.errors import PipelineError
+from pipeline.serving.client import http
+from pipeline.serving.ray_app import RayAppOptions
+from pipeline.serving.server import free_port
+from pipeline.settings import Layout, Settings, resolve
+
+STAGE = "serve"
+DEFAULT_HTTP_PORT = 8000
+# Ray binds its servers to the node's address; with this set (Ray's own switch for
+# single-machine clusters) the node's address is 127.0.0.1, so nothing listens outside.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@dataclass(frozen=True)
+class RayInfo:
+    """A deployed Ray application, as recorded in run/<model>/ray/server.json."""
+
+    model: str
+    run_dir: str
+    url: str  # the HTTP proxy, http://127.0.0.1:<port>
+    replicas: str
+    pid: int | None = None  # the launcher holding a local cluster; None on a cluster given by address
+    address: str | None = None
+    temp_dir: str | None = None  # the local cluster's Ray temp folder: every one of its processes names it
+
+    @property
+    def key_file(self) -> Path:
+        return Path(self.run_dir) / "key_file.json"
+
+    def token(self, kind: str = "inference") -> str:
+        return json.loads(self.key_file.read_text())[kind]["key"]
+
+    @property
+    def predictions_url(self) -> str:
+        return f"{self.url}/predictions/{self.model}"
+
+    @property
+    def inference(self) -> str:
+        return self.url
+
+    def predict(self, body: bytes, token: str | None = None, timeout: float = 30, **kw) -> tuple[int, bytes]:
+        return http("POST", self.predictions_url, body, token or self.token(), timeout=timeout, **kw)
+
+    def processes(self) -> list[psutil.Process]:
+        """The launcher and every Ray process of its cluster (none for a cluster given by address)."""
+        if self.pid is None:
+            return []
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                line = " ".join(proc.info["cmdline"] or ())
+                if proc.info["pid"] == self.pid or (self.temp_dir and self.temp_dir + "/" in line):
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        if psutil.pid_exists(self.pid):
+            try:
+                found.extend(psutil.Process(self.pid).children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+        return list({p.pid: p for p in found}.values())
+
+
+def run_dir(layout: Layout) -> Path:
+    return layout.root / "run" / layout.model / "ray"
+
+
+def load_info(layout: Layout) -> RayInfo | None:
+    path = run_dir(layout) / "server.json"
+    return RayInfo(**json.loads(path.read_text())) if path.exists() else None
+
+
+def write_key_file(path: Path) -> None:
+    """A fresh bearer token, readable by this user only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"inference": {"key": secrets.token_urlsafe(24)}}, f)
+
+
+def app_options(settings: Settings, replicas: str, key_file: Path, **extra: Any) -> RayAppOptions:
+    """The application's options for the project's verified archive."""
+    spec, layout = resolve(settings)
+    manifest = Manifest(layout.root, spec.name)
+    mar, rec = manifest.verified(MAR, STAGE)
+    inspect_archive(mar, manifest.records[ONNX].sha256)
+    return RayAppOptions.from_args(
+        {"archive": str(Path(mar).resolve()), "sha256": rec.sha256, "token_file": str(key_file), "replicas": replicas, **extra}
+    )
+
+
+def deploy(options: RayAppOptions, name: str, http_port: int | None) -> None:
+    """Deploy onto the Ray cluster this process is connected to; returns once Serve has it RUNNING."""
+    from ray import serve
+
+    from pipeline.serving.ray_app import build
+
+    if http_port is not None:
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    serve.run(build(options.to_args()), name=name, route_prefix="/", blocking=False)
+    # serve.run returns once the application is RUNNING: replicas constructed and healthy.
+
+
+def start(
+    settings: Settings,
+    replicas: str = "1",
+    address: str | None = None,
+    auto_ports: bool = False,
+    timeout: float = 120.0,
+    **extra: Any,
+) -> RayInfo:
+    """Deploy the archive on Ray; return once a real request has been answered."""
+    spec, layout = resolve(settings)
+    folder = run_dir(layout)
+    existing = load_info(layout)
+    if existing is not None and (existing.processes() or existing.address):
+        raise PipelineError(STAGE, f"{spec.name} is already served on Ray at {existing.url}", "use it, or stop it first: make stop-ray")
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    (folder / "server.json").unlink(missing_ok=True)
+    write_key_file(folder / "key_file.json")
+    options = app_options(settings, replicas, folder / "key_file.json", **extra)
+    port = free_port() if auto_ports else DEFAULT_HTTP_PORT
+    if address:
+        info = _deploy_to(address, options, spec.name, folder, port, replicas)
+    else:
+        info = _launch(options, spec.name, folder, port, replicas, timeout)
+    try:
+        _wait_answered(info, json.dumps(spec.example_request or {}).encode(), timeout)
+    except BaseException:
+        stop(settings)
+        raise
+    return info
+
+
+def _deploy_to(address: str, options: RayAppOptions, name: str, folder: Path, port: int, replicas: str) -> RayInfo:
+    import ray
+
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        deploy(options, name, port)
+    finally:
+        ray.shutdown()
+    info = RayInfo(model=name, run_dir=str(folder), url=f"http://127.0.0.1:{port}", replicas=replicas, address=address)
+    files.write_json(folder / "server.json", asdict(info))
+    return info
+
+
+def _launch(options: RayAppOptions, name: str, folder: Path, port: int, replicas: str, timeout: float) -> RayInfo:
+    if _port_open(port):
+        raise PipelineError(STAGE, f"port {port} is already in use on 127.0.0.1", "stop what holds it (make stop-ray), or use --ports auto")
+    status = folder / "launcher.json"
+    status.unlink(missing_ok=True)
+    config = folder / "launch.json"
+    # Short and in /tmp: Ray's sockets live under it, and a Unix socket path has 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="pipeline-ray-")
+    files.write_json(config, {"options": options.to_args(), "name": name, "http_port": port, "status": str(status), "temp_dir": temp_dir})
+    env = {**os.environ, **LOOPBACK_ENV}
+    env.pop("RAY_ADDRESS", None)
+    with open(folder / "logs" / "launcher.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serving.ray_server", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    info = RayInfo(model=name, run_dir=str(folder), url=f"http://127.0.0.1:{port}", replicas=replicas, pid=proc.pid, temp_dir=temp_dir)
+    files.write_json(folder / "server.json", asdict(info))
+    deadline = time.monotonic() + timeout
+    while not status.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log = (folder / "logs" / "launcher.log").read_text(errors="replace").strip().splitlines()
+            tail = "\n".join(f"  | {line}" for line in log[-15:])
+            stop_info(info)
+            why = f"exited with code {proc.returncode}" if proc.returncode is not None else f"was not deployed after {timeout:.0f}s"
+            raise PipelineError(STAGE, f"the Ray launcher {why}:\n{tail}", f"see {folder / 'logs'}/launcher.log")
+        time.sleep(0.2)
+    launched = json.loads(status.read_text())
+    if "error" in launched:
+        stop_info(info)
+        raise PipelineError(STAGE, f"deploying {name} on Ray failed: {launched['error']}", f"see {folder / 'logs'}/launcher.log")
+    return info
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_answered(info: RayInfo, body: bytes, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status, answer = info.predict(body, timeout=10)
+            if status == 200:
+                return
+            last = f"HTTP {status}: {answer[:200]!r}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise PipelineError(STAGE, f"{info.model} on Ray did not answer a request within {timeout:.0f}s (last: {last})", f"see {info.run_dir}/logs")
+
+
+def stop_info(info: RayInfo, timeout: float = 30.0) -> bool:
+    """Stop a launcher and its cluster, or delete the application from a cluster given by address."""
+    if info.address:
+        import ray
+        from ray import serve
+
+        ray.init(address=info.address, logging_level="ERROR", log_to_driver=False)
+        try:
+            serve.delete(info.model)
+        finally:
+            ray.shutdown()
+        stopped = True
+    else:
+        procs = info.processes()
+        for p in procs:
+            if p.pid == info.pid:
+                try:
+                    p.send_signal(signal.SIGTERM)  # the launcher shuts Serve and Ray down
+                except psutil.NoSuchProcess:
+                    pass
+        _, alive = psutil.wait_procs([p for p in procs if p.pid == info.pid], timeout=timeout)
+        for p in alive + [p for p in procs if p.pid != info.pid]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        if info.temp_dir:
+            shutil.rmtree(info.temp_dir, ignore_errors=True)
+        stopped = bool(procs)
+    folder = Path(info.run_dir)
+    for name in ("key_file.json", "server.json", "launcher.json"):
+        (folder / name).unlink(missing_ok=True)
+    return stopped
+
+
+def stop(settings: Settings) -> bool:
+    """Stop the model's Ray application; False if none was running."""
+    _, layout = resolve(settings)
+    info = load_info(layout)
+    return stop_info(info) if info is not None else False
+
+
+def _launcher(config_path: str) -> int:
+    """Hold a local Ray cluster serving the application until SIGTERM."""
+    import ray
+    from ray import serve
+
+    config = json.loads(Path(config_path).read_text())
+    status = Path(config["status"])
+    stopping = False
+
+    def on_term(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    ray.init(include_dashboard=False, logging_level="WARNING", object_store_memory=256 << 20, _temp_dir=config["temp_dir"])
+    try:
+        deploy(RayAppOptions.from_args(config["options"]), config["name"], config["http_port"])
+        files.write_json(status, {"deployed": True, "pid": os.getpid()})
+        while not stopping:
+            time.sleep(0.2)
+    except Exception as exc:
+        files.write_json(status, {"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_launcher(sys.argv[1]))
