@@ -8,8 +8,12 @@ STAMP  := $(VENV)/.installed
 FORCE_FLAG := $(if $(filter 1 yes true,$(FORCE)),--force,)
 # Every target's needs: the core, the benchmark, the fault harness, the examples, the tools.
 EXTRAS := bench,reliability,examples,dev
+# Ray Serve, for the targets that serve on Ray (and the tests and reports that cover it).
+RAY_STAMP := $(VENV)/.installed-ray
+REPLICAS ?= 1
+REPLICA_FLAGS := --replicas $(REPLICAS)
 
-.PHONY: help setup export test test-fast lint fmt typecheck serve stop bench reliability clean distclean
+.PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench reliability clean distclean
 
 help:
 	@echo "make export     train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo)"
@@ -17,6 +21,8 @@ help:
 	@echo "make test-fast  the tests that need no server and no whole-chain run"
 	@echo "make lint       ruff (lint and format check); make fmt formats; make typecheck runs mypy"
 	@echo "make serve      start TorchServe with model_store/$(MODEL).mar, wait for READY workers; make stop stops it"
+	@echo "make serve-ray  the same archive on Ray Serve: a local cluster on 127.0.0.1 (RAY_ADDRESS=... joins one); REPLICAS=2 or REPLICAS=auto"
+	@echo "make stop-ray   stop it (the local cluster too)"
 	@echo "make bench      latency report: eager vs TorchScript vs ONNX Runtime in process, and the served endpoint (BENCH_ARGS=...)"
 	@echo "make reliability  faults, hostile input and load against the pipeline and a real server -> reports/reliability.md"
 	@echo "make clean      remove generated artifacts, reports and archives"
@@ -30,10 +36,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
 	@touch $@
 
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS),ray]'
+	@touch $@
+
 export: $(STAMP)
 	$(PY) -m pipeline all --model $(MODEL) $(FORCE_FLAG)
 
-test: $(STAMP)
+test: $(RAY_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -63,9 +73,16 @@ serve: $(STAMP)
 stop: $(STAMP)
 	$(PY) -m pipeline stop --model $(MODEL)
 
-bench: $(STAMP)
+serve-ray: $(RAY_STAMP)
+	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all --model $(MODEL)
+	$(PY) -m pipeline serve --on ray --model $(MODEL) $(REPLICA_FLAGS) $(SERVE_ARGS)
+
+stop-ray: $(STAMP)
+	$(PY) -m pipeline stop --on ray --model $(MODEL)
+
+bench: $(RAY_STAMP)
 	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all --model $(MODEL)
 	$(PY) -m pipeline bench --model $(MODEL) $(BENCH_ARGS)
 
-reliability: $(STAMP)
+reliability: $(RAY_STAMP)
 	$(PY) -m pipeline reliability $(RELIABILITY_ARGS)

@@ -268,7 +268,9 @@ def serve_command(args: argparse.Namespace) -> int:
             settings, replicas=args.replicas, address=args.address, auto_ports=args.ports == "auto", timeout=args.timeout, **extra
         )
         where = f"the cluster at {info.address}" if info.address else "a local Ray cluster on 127.0.0.1"
-        scale = f"autoscaling {args.min_replicas}-{args.max_replicas} replicas" if args.replicas == "auto" else f"{args.replicas} replica(s)"
+        scale = (
+            f"autoscaling {args.min_replicas}-{args.max_replicas} replicas" if args.replicas == "auto" else f"{args.replicas} replica(s)"
+        )
         print(f"{spec.name} is served by Ray Serve on {where}: {scale}, answered in {time.perf_counter() - started:.1f}s")
         token_cmd = f"{_rel(sys.executable)} -m pipeline token --on ray{model_arg}"
         stop_cmd = "make stop-ray" + model_var
@@ -288,7 +290,7 @@ def serve_command(args: argparse.Namespace) -> int:
         f"  try      curl -s -H \"Authorization: Bearer $({token_cmd})\" -H 'Content-Type: application/json' "
         f"-d {shlex.quote(body)} {info.predictions_url}"
     )
-    if args.on == "ray":
+    if isinstance(info, ray_server.RayInfo):
         print(f"  OIP v2   {info.url}/v2/models/{spec.name} (metadata) and {info.url}/v2/models/{spec.name}/infer, same token")
     print(f"  logs     {_rel(Path(info.run_dir) / 'logs')}/")
     print(f"  stop     {stop_cmd}")

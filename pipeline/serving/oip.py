@@ -100,7 +100,7 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
     offset = 0
     for tensor in inputs:
         if not isinstance(tensor, dict):
-            raise RequestError("each entry of \"inputs\" must be an object {\"name\", \"shape\", \"datatype\", \"data\"}")
+            raise RequestError('each entry of "inputs" must be an object {"name", "shape", "datatype", "data"}')
         name = tensor.get("name")
         if name not in declared:
             raise RequestError(f"unknown input {name!r}; this model takes {list(declared)}")
@@ -108,7 +108,7 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
             raise RequestError(f"input {name!r} is given twice")
         shape = tensor.get("shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise RequestError(f"input {name!r}: \"shape\" must be a list of non-negative integers, got {shape!r}")
+            raise RequestError(f'input {name!r}: "shape" must be a list of non-negative integers, got {shape!r}')
         want = datatype(declared[name]["dtype"])
         if tensor.get("datatype") != want:
             raise RequestError(f"input {name!r} is {want}, not {tensor.get('datatype')!r}")
@@ -126,7 +126,7 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
         else:
             values = tensor.get("data")
             if not isinstance(values, list):
-                raise RequestError(f"input {name!r} has no \"data\" list (or binary_data_size)")
+                raise RequestError(f'input {name!r} has no "data" list (or binary_data_size)')
             if values and all(not isinstance(v, list) for v in values) and len(values) != count:
                 raise RequestError(f"input {name!r} has {len(values)} values for shape {shape} ({count})")
             if values and any(isinstance(v, list) for v in values):
@@ -141,7 +141,7 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
     binary: dict[str, bool] = {n: bool(parameters.get("binary_data_output", False)) for n in outputs}
     if requested is not None:
         if not isinstance(requested, list) or not all(isinstance(o, dict) and o.get("name") in outputs for o in requested):
-            raise RequestError(f"\"outputs\" must name outputs of this model: {outputs}")
+            raise RequestError(f'"outputs" must name outputs of this model: {outputs}')
         binary = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", False)) for o in requested}
     return body, {"id": head.get("id"), "binary": binary}
 

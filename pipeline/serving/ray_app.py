@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,15 @@ class RayAppOptions:
             try:
                 options = cls(**{**args, "replicas": int(options.replicas)})
             except ValueError:
-                raise PipelineError(STAGE, f"replicas must be a positive integer or 'auto', got {options.replicas!r}", "e.g. replicas=2") from None
+                raise PipelineError(
+                    STAGE, f"replicas must be a positive integer or 'auto', got {options.replicas!r}", "e.g. replicas=2"
+                ) from None
             if int(options.replicas) < 1:
                 raise PipelineError(STAGE, f"replicas must be at least 1, got {options.replicas}", "e.g. replicas=2")
         if not 1 <= options.min_replicas <= options.max_replicas:
-            raise PipelineError(STAGE, f"need 1 <= min_replicas <= max_replicas, got {options.min_replicas} and {options.max_replicas}", "e.g. min 1, max 4")
+            raise PipelineError(
+                STAGE, f"need 1 <= min_replicas <= max_replicas, got {options.min_replicas} and {options.max_replicas}", "e.g. min 1, max 4"
+            )
         return options
 
     def to_args(self) -> dict[str, Any]:
@@ -99,7 +104,7 @@ def fetch_archive(source: str, sha256: str, folder: Path) -> Path:
         if parts.scheme in ("http", "https"):
             reader = urllib.request.urlopen(source, timeout=60)
         elif parts.scheme in ("", "file"):
-            reader = open(parts.path if parts.scheme else source, "rb")
+            reader = open(parts.path if parts.scheme else source, "rb")  # noqa: SIM115 (closed by the with below)
         else:
             raise PipelineError(STAGE, f"cannot fetch an archive from a {parts.scheme}:// URL", "use a path, file:// or http(s)://")
         with reader, open(dest, "wb") as out:
@@ -124,7 +129,9 @@ def read_token(path: str) -> str:
         mode = file.stat().st_mode & 0o777
         key = json.loads(file.read_text())["inference"]["key"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PipelineError(STAGE, f"cannot read the token from {path}: {exc}", 'write {"inference": {"key": "<token>"}} there, mode 0600') from None
+        raise PipelineError(
+            STAGE, f"cannot read the token from {path}: {exc}", 'write {"inference": {"key": "<token>"}} there, mode 0600'
+        ) from None
     if mode & 0o077:
         raise PipelineError(STAGE, f"{path} is readable by others (mode {mode:o})", f"chmod 600 {path}")
     if not isinstance(key, str) or len(key) < 16:
@@ -165,6 +172,7 @@ class ModelServer:
 
     def __init__(self, args: dict[str, Any]):
         import ray
+        from ray import serve
 
         self.options = RayAppOptions.from_args(args)
         self.folder = Path(tempfile.mkdtemp(prefix="pipeline-ray-"))
@@ -177,8 +185,8 @@ class ModelServer:
         if size > max_ongoing(self.options):
             log.warning("batch size %d is over max_ongoing_requests %d: batches are capped there", size, max_ongoing(self.options))
             size = max_ongoing(self.options)
-        self.predict.set_max_batch_size(size)
-        self.predict.set_batch_wait_timeout_s(wait_s)
+        # One batcher per replica, sized from the archive this replica verified.
+        self.predict: Callable[[dict], Awaitable[Answer]] = serve.batch(max_batch_size=size, batch_wait_timeout_s=wait_s)(self.answer)
         model = self.contract.model
         self.routes = {
             ("POST", f"/predictions/{model}"): self.native,
@@ -199,8 +207,8 @@ class ModelServer:
         """Ray Serve's health check: the session still answers."""
         self.predictor.session.get_inputs()
 
-    async def predict(self, items: list[dict]) -> list[Answer]:
-        """One batch through the shared predictor; wrapped by `serve.batch` in `build`."""
+    async def answer(self, items: list[dict]) -> list[Answer]:
+        """One batch through the shared predictor; `self.predict` is this behind `serve.batch`."""
         return self.predictor.answer(items)
 
     async def __call__(self, request):
@@ -211,7 +219,9 @@ class ModelServer:
                 return _error(405, f"{request.method} is not allowed on {path}")
             return _error(404, f"no route {path}; this server has {sorted({p for _, p in self.routes})}")
         if path not in self.open_paths and not self._authorized(request):
-            return _error(401, "missing or wrong bearer token: send the header Authorization: Bearer <token> (python -m pipeline token --on ray)")
+            return _error(
+                401, "missing or wrong bearer token: send the header Authorization: Bearer <token> (python -m pipeline token --on ray)"
+            )
         return await route(request)
 
     def _authorized(self, request) -> bool:
@@ -307,8 +317,5 @@ def build(args: dict[str, Any]):
     from ray import serve
 
     options = RayAppOptions.from_args(dict(args))
-    # serve.batch wraps the method here, so this module imports without Ray; each replica
-    # then sizes its batches from the archive it verified.
-    server = type("ModelServer", (ModelServer,), {"predict": serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)(ModelServer.predict)})
-    deployment = serve.deployment(name="ModelServer", **deployment_options(options))(server)
+    deployment = serve.deployment(name="ModelServer", **deployment_options(options))(ModelServer)
     return deployment.bind(options.to_args())

@@ -14,6 +14,7 @@ Readiness means a real request was answered, not only that Serve says RUNNING.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -124,14 +125,19 @@ def app_options(settings: Settings, replicas: str, key_file: Path, **extra: Any)
     )
 
 
-def deploy(options: RayAppOptions, name: str, http_port: int | None) -> None:
-    """Deploy onto the Ray cluster this process is connected to; returns once Serve has it RUNNING."""
+def deploy(options: RayAppOptions, name: str, http_port: int | None, proxy_location: str = "EveryNode") -> None:
+    """Deploy onto the Ray cluster this process is connected to; returns once Serve has it RUNNING.
+
+    `proxy_location="HeadOnly"` where several nodes share one address (a multi-node
+    cluster on one machine): their proxies would share the port, and the kernel would
+    hand connections to a proxy on a node that may die.
+    """
     from ray import serve
 
     from pipeline.serving.ray_app import build
 
     if http_port is not None:
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port}, proxy_location=proxy_location)
     serve.run(build(options.to_args()), name=name, route_prefix="/", blocking=False)
     # serve.run returns once the application is RUNNING: replicas constructed and healthy.
 
@@ -170,7 +176,7 @@ def start(
 def _deploy_to(address: str, options: RayAppOptions, name: str, folder: Path, port: int, replicas: str) -> RayInfo:
     import ray
 
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     try:
         deploy(options, name, port)
     finally:
@@ -237,7 +243,9 @@ def _wait_answered(info: RayInfo, body: bytes, timeout: float) -> None:
         except OSError as exc:
             last = str(exc)
         time.sleep(0.2)
-    raise PipelineError(STAGE, f"{info.model} on Ray did not answer a request within {timeout:.0f}s (last: {last})", f"see {info.run_dir}/logs")
+    raise PipelineError(
+        STAGE, f"{info.model} on Ray did not answer a request within {timeout:.0f}s (last: {last})", f"see {info.run_dir}/logs"
+    )
 
 
 def stop_info(info: RayInfo, timeout: float = 30.0) -> bool:
@@ -246,7 +254,7 @@ def stop_info(info: RayInfo, timeout: float = 30.0) -> bool:
         import ray
         from ray import serve
 
-        ray.init(address=info.address, logging_level="ERROR", log_to_driver=False)
+        ray.init(address=info.address, logging_level=logging.ERROR, log_to_driver=False)
         try:
             serve.delete(info.model)
         finally:
@@ -298,7 +306,7 @@ def _launcher(config_path: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    ray.init(include_dashboard=False, logging_level="WARNING", object_store_memory=256 << 20, _temp_dir=config["temp_dir"])
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, object_store_memory=256 << 20, _temp_dir=config["temp_dir"])
     try:
         deploy(RayAppOptions.from_args(config["options"]), config["name"], config["http_port"])
         files.write_json(status, {"deployed": True, "pid": os.getpid()})

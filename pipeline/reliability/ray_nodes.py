@@ -1,0 +1,172 @@
+"""Kill a Ray worker node under load and measure what the Ray Serve application loses.
+
+A multi-node cluster on this one machine (`ray.cluster_utils.Cluster`): a head with no
+CPUs (it runs the controller and the HTTP proxy, never a replica) and two worker nodes.
+Two replicas are deployed and must land on both workers. Closed-loop clients send
+requests through the proxy; one worker node is killed without warning while they run.
+Every request's start, end and status are kept, so the report can say which failures
+were in flight at the kill, how long until the application served from a replacement
+replica again, and whether any request after that failed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.serving import ray_server
+from pipeline.serving.server import free_port
+from pipeline.settings import Settings, resolve
+
+
+@dataclass
+class Traffic:
+    """Closed-loop clients against one URL; every request as (start, end, status)."""
+
+    host: str
+    port: int
+    path: str
+    body: bytes
+    token: str
+    records: list[tuple[float, float, int]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def client(self) -> None:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        while not self.stop.is_set():
+            start = time.monotonic()
+            try:
+                conn.request("POST", self.path, self.body, headers)
+                response = conn.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                status = 0
+                conn.close()
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            with self.lock:
+                self.records.append((start, time.monotonic(), status))
+        conn.close()
+
+    def run(self, clients: int) -> list[threading.Thread]:
+        threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        return threads
+
+
+def replica_nodes(app: str) -> dict[str, str]:
+    """Replica actor name -> node id, for the application's live replicas."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    return {str(a.name): str(a.node_id) for a in actors if a.class_name and a.class_name.startswith(f"ServeReplica:{app}:")}
+
+
+def running_replicas(app: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None:
+        return 0
+    return sum(n for d in status.deployments.values() for state, n in d.replica_states.items() if state == "RUNNING")
+
+
+def node_kill(
+    settings: Settings, work: Path, clients: int = 4, before_s: float = 3.0, after_s: float = 5.0, recover_limit_s: float = 30.0
+) -> dict[str, Any]:
+    """The figures of one node kill under load (see the module's docstring)."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    spec, _ = resolve(settings)
+    os.environ.update(ray_server.LOOPBACK_ENV)  # every node on 127.0.0.1, as `serve --on ray` does
+    key_file = work / "key_file.json"
+    ray_server.write_key_file(key_file)
+    options = ray_server.app_options(settings, "2", key_file, num_cpus=1)
+    node_args: dict[str, Any] = {"include_dashboard": False, "object_store_memory": 128 << 20}
+    # The head keeps the dashboard, on loopback, for Ray's state API (where each replica runs).
+    head_args = {"num_cpus": 0, **node_args, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port()}
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args=head_args)
+    figures: dict[str, Any] = {"nodes": "head (0 CPUs: controller and proxy) + 2 workers (2 CPUs each)", "replicas": 2, "clients": clients}
+    try:
+        workers = [cluster.add_node(num_cpus=2, **node_args) for _ in range(2)]
+        cluster.wait_for_nodes()
+        port = free_port()
+        started = time.monotonic()
+        ray_server.deploy(options, spec.name, port, proxy_location="HeadOnly")
+        figures["deploy_s"] = time.monotonic() - started
+        placed = replica_nodes(spec.name)
+        worker_ids = {w.node_id: f"worker {i + 1}" for i, w in enumerate(workers)}
+        figures["placement"] = sorted(worker_ids.get(n, "head") for n in placed.values())
+        figures["replicas_on_both_workers"] = set(placed.values()) == set(worker_ids)
+
+        traffic = Traffic(
+            "127.0.0.1",
+            port,
+            f"/predictions/{spec.name}",
+            json.dumps(spec.example_request).encode(),
+            json.loads(key_file.read_text())["inference"]["key"],
+        )
+        threads = traffic.run(clients)
+        time.sleep(before_s)
+        victim = next(w for w in workers if w.node_id in placed.values())
+        kill_at = time.monotonic()
+        cluster.remove_node(victim, allow_graceful=False)
+        figures["killed"] = worker_ids[victim.node_id]
+        # Recovered: a replacement replica (one that was not there before) runs, and Serve runs two.
+        recovered_at = None
+        while time.monotonic() - kill_at < recover_limit_s:
+            time.sleep(0.25)
+            if set(replica_nodes(spec.name)) - set(placed) and running_replicas(spec.name) >= 2:
+                recovered_at = time.monotonic()
+                break
+        time.sleep(after_s)
+        traffic.stop.set()
+        for t in threads:
+            t.join(timeout=35)
+        records = list(traffic.records)
+        replacement = replica_nodes(spec.name)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+    failed = [(s, e, st) for s, e, st in records if st != 200]
+    in_flight = [r for r in failed if r[0] <= kill_at <= r[1]]
+    after_kill = [r for r in failed if r[0] > kill_at]
+    later = [r for r in records if recovered_at is not None and r[0] >= recovered_at]
+    figures.update(
+        requests=len(records),
+        requests_before_kill=sum(1 for r in records if r[1] < kill_at),
+        in_flight_at_kill=sum(1 for r in records if r[0] <= kill_at <= r[1]),
+        errors=len(failed),
+        errors_in_flight=len(in_flight),
+        errors_started_after_kill=len(after_kill),
+        error_statuses=sorted({st for _, _, st in failed}),
+        last_error_after_kill_s=max((e - kill_at for _, e, _ in failed), default=0.0),
+        recovered=recovered_at is not None,
+        recover_s=(recovered_at - kill_at) if recovered_at is not None else None,
+        requests_after_recovery=len(later),
+        errors_after_recovery=sum(1 for r in later if r[2] != 200),
+        replacement_placement=sorted(worker_ids.get(n, "head") for n in replacement.values()),
+        failures=[{"start_s": round(s - kill_at, 3), "end_s": round(e - kill_at, 3), "status": st} for s, e, st in failed],
+    )
+    return figures
+
+
+if __name__ == "__main__":  # a quick look: python -m pipeline.reliability.ray_nodes
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(node_kill(Settings(), Path(tmp)), indent=2))

@@ -1,0 +1,207 @@
+"""The Ray application's parts that need no cluster: the OIP codec, its options, archive fetching, the token."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from pipeline.errors import IntegrityError, PipelineError
+from pipeline.serving import oip
+from pipeline.serving.contract import Contract, RequestError
+from pipeline.serving.ray_app import RayAppOptions, deployment_options, fetch_archive, load, read_token
+
+CONTRACT = Contract(
+    {
+        "model": "m",
+        "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 1]}, {"name": "ids", "dtype": "int64", "shape": ["batch", "seq"]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 1]}],
+        "max_rows_per_request": 8,
+    }
+)
+
+
+def _binary(head: dict, *arrays: np.ndarray) -> tuple[bytes, str]:
+    text = json.dumps(head).encode()
+    return text + b"".join(a.tobytes() for a in arrays), str(len(text))
+
+
+def test_metadata_names_dynamic_axes_minus_one():
+    meta = oip.metadata(CONTRACT)
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}, {"name": "ids", "datatype": "INT64", "shape": [-1, -1]}]
+
+
+def test_json_tensors_become_the_contracts_body():
+    raw = json.dumps(
+        {
+            "id": "7",
+            "inputs": [
+                {"name": "x", "shape": [2, 1], "datatype": "FP32", "data": [1.0, 2.0]},
+                {"name": "ids", "shape": [2, 3], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]},
+            ],
+        }
+    ).encode()
+    body, plan = oip.decode_infer(raw, None, CONTRACT)
+    assert body == {"x": [[1.0], [2.0]], "ids": [[1, 2, 3], [4, 5, 6]]}
+    assert plan == {"id": "7", "binary": {"y": False}}
+    feed, single = CONTRACT.parse(body)
+    assert feed["ids"].shape == (2, 3) and not single
+
+
+def test_binary_tensors_are_read_in_order():
+    x, ids = np.array([[1.5]], np.float32), np.array([[7, 8]], np.int64)
+    head = {
+        "inputs": [
+            {"name": "x", "shape": [1, 1], "datatype": "FP32", "parameters": {"binary_data_size": 4}},
+            {"name": "ids", "shape": [1, 2], "datatype": "INT64", "parameters": {"binary_data_size": 16}},
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    body, plan = oip.decode_infer(*_binary(head, x, ids), CONTRACT)
+    assert body == {"x": [[1.5]], "ids": [[7, 8]]} and plan["binary"] == {"y": True}
+
+
+@pytest.mark.parametrize(
+    "head, arrays, header, message",
+    [
+        (
+            {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]},
+            [np.zeros(1, np.float32)],
+            True,
+            "binary_data_size 8",
+        ),
+        ({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [1.0]}]}, [], False, "input 'x' is FP32"),
+        ({"inputs": [{"name": "z", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, [], False, "unknown input 'z'"),
+        ({"inputs": [{"name": "x", "shape": [2, 1], "datatype": "FP32", "data": [1.0]}]}, [], False, "1 values for shape [2, 1]"),
+        ({"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1.0]}]}, [], False, "non-negative integers"),
+        ({"inputs": []}, [], False, "non-empty list"),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}], "outputs": [{"name": "q"}]},
+            [],
+            False,
+            "name outputs",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]},
+            [np.zeros(2, np.float32)],
+            True,
+            "no input claims",
+        ),
+    ],
+    ids=["size mismatch", "datatype", "unknown input", "count", "negative shape", "no inputs", "unknown output", "extra bytes"],
+)
+def test_bad_oip_requests_say_what_is_wrong(head, arrays, header, message):
+    raw, length = _binary(head, *arrays)
+    with pytest.raises(RequestError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        oip.decode_infer(raw, length if header else None, CONTRACT)
+
+
+def test_a_header_length_beyond_the_body_is_refused():
+    with pytest.raises(RequestError, match="the body has 2 bytes"):
+        oip.decode_infer(b"{}", "10", CONTRACT)
+
+
+def test_answers_are_oip_tensors_json_or_binary():
+    answer = {"y": [3.0, 5.0]}  # the contract's JSON answer for two rows
+    body, length = oip.encode_infer(answer, {"id": None, "binary": {"y": False}}, CONTRACT)
+    assert length is None and json.loads(body)["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [2, 1], "data": [3.0, 5.0]}]
+    body, length = oip.encode_infer(answer, {"id": "a", "binary": {"y": True}}, CONTRACT)
+    head = json.loads(body[:length])
+    assert head["id"] == "a" and head["outputs"][0]["parameters"] == {"binary_data_size": 8}
+    np.testing.assert_array_equal(np.frombuffer(body[length:], np.float32), [3.0, 5.0])
+    one, _ = oip.encode_infer({"y": 11.0}, {"id": None, "binary": {"y": False}}, CONTRACT)  # a single row
+    assert json.loads(one)["outputs"][0]["shape"] == [1, 1]
+
+
+# --- options, the archive and the token ------------------------------------------------------
+
+
+def _options(**kw) -> dict:
+    return {"archive": "a.mar", "sha256": "0" * 64, "token_file": "k.json", **kw}
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"replica": 2}, "unknown Ray application option"),
+        ({"replicas": "many"}, "positive integer or 'auto'"),
+        ({"replicas": 0}, "at least 1"),
+        ({"min_replicas": 3, "max_replicas": 2}, "min_replicas"),
+    ],
+)
+def test_bad_options_are_refused(kw, message):
+    with pytest.raises(PipelineError, match=message):
+        RayAppOptions.from_args(_options(**kw))
+
+
+def test_missing_options_are_named():
+    with pytest.raises(PipelineError, match="sha256"):
+        RayAppOptions.from_args({"archive": "a.mar", "token_file": "k"})
+
+
+def test_replicas_or_autoscaling():
+    fixed = deployment_options(RayAppOptions.from_args(_options(replicas="2")))
+    assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
+    auto = deployment_options(RayAppOptions.from_args(_options(replicas="auto", min_replicas=1, max_replicas=3)))
+    assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8}
+    assert auto["max_ongoing_requests"] >= 16  # at least twice any batch the archive declares by default
+    sized = deployment_options(RayAppOptions.from_args(_options(batch_size=32)))
+    assert sized["max_ongoing_requests"] >= 32
+
+
+def test_archive_with_another_hash_is_refused(built_root, tmp_path):
+    mar = built_root / "model_store" / "simple_nn.mar"
+    with pytest.raises(IntegrityError, match="not the verified archive"):
+        fetch_archive(str(mar), "0" * 64, tmp_path)
+    good = hashlib.sha256(mar.read_bytes()).hexdigest()
+    assert fetch_archive(mar.as_uri(), good, tmp_path).read_bytes() == mar.read_bytes()
+
+
+def test_archive_that_is_not_there_is_explained(tmp_path):
+    with pytest.raises(PipelineError, match="cannot read the archive"):
+        fetch_archive(str(tmp_path / "missing.mar"), "0" * 64, tmp_path)
+
+
+def test_tampered_archive_with_a_matching_hash_is_still_inspected(built_root, tmp_path):
+    """A hash pins the bytes; the members are checked as every server checks them."""
+    evil = tmp_path / "evil.mar"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../escape.txt", "x")
+    options = RayAppOptions.from_args(_options(archive=str(evil), sha256=hashlib.sha256(evil.read_bytes()).hexdigest()))
+    (tmp_path / "work").mkdir()
+    with pytest.raises(IntegrityError, match="unsafe paths"):
+        load(options, tmp_path / "work")
+
+
+def test_cuda_replica_gets_the_contracts_precision(built_root, tmp_path, monkeypatch):
+    """A replica given a GPU makes the session the handler would: CUDA, the contract's precision."""
+    from pipeline.runtimes.session import SessionConfig
+    from pipeline.serving import predictor
+
+    seen = []
+    real = predictor.create_session
+    monkeypatch.setattr(predictor, "create_session", lambda path, config: seen.append(config) or real(path, SessionConfig("cpu")))
+    monkeypatch.setattr(predictor, "cuda_provider_available", lambda: True)
+    mar = built_root / "model_store" / "simple_nn.mar"
+    options = RayAppOptions.from_args(_options(archive=str(mar), sha256=hashlib.sha256(mar.read_bytes()).hexdigest()))
+    load(options, tmp_path, gpu_id=0)
+    assert (seen[-1].device, seen[-1].gpu_id, seen[-1].precision) == ("cuda", 0, "fp32")
+
+
+@pytest.mark.parametrize(
+    "mode, content, message",
+    [
+        (0o644, {"inference": {"key": "k" * 32}}, "readable by others"),
+        (0o600, {"inference": {"key": "short"}}, "too short"),
+        (0o600, {"other": 1}, "cannot read the token"),
+    ],
+)
+def test_token_file_is_checked(tmp_path, mode, content, message):
+    path = tmp_path / "key_file.json"
+    path.write_text(json.dumps(content))
+    path.chmod(mode)
+    with pytest.raises(PipelineError, match=message):
+        read_token(str(path))

@@ -1,0 +1,189 @@
+"""The archive on Ray Serve: a real local Ray cluster, the real archive, real HTTP, a client nobody here wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import psutil
+import pytest
+
+from pipeline.reliability.served_faults import LOOPBACK
+from pipeline.serving import ray_server
+from pipeline.serving.client import http
+from pipeline.settings import Settings
+from tests.helpers import MEASUREMENTS
+from tests.serving.cases import BAD_INPUTS
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
+httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a dev dependency (make setup)")
+
+
+@pytest.fixture(scope="module")
+def app(built_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray") / "project"
+    shutil.copytree(built_root, root)
+    settings = Settings(root=root)
+    info = ray_server.start(settings, auto_ports=True, timeout=120)
+    yield info
+    assert ray_server.stop(settings)
+    assert info.processes() == [], "Ray processes left behind"
+    assert not info.key_file.exists()
+
+
+def post(info, obj=None, raw: bytes | None = None, **kw):
+    status, answer = info.predict(raw if raw is not None else json.dumps(obj).encode(), **kw)
+    return status, json.loads(answer) if answer else None
+
+
+def test_answers_as_torchserve_does(app):
+    assert post(app, {"x": 5.0}) == (200, {"y": pytest.approx(11.0, abs=0.05)})
+    status, answer = post(app, {"x": [1.0, 2.0, 3.0]})
+    assert status == 200 and answer["y"] == pytest.approx([3.0, 5.0, 7.0], abs=0.05)
+
+
+@pytest.mark.parametrize("body, message", [(b, m) for _, b, m in BAD_INPUTS], ids=[n for n, _, _ in BAD_INPUTS])
+def test_bad_input_is_a_400_with_the_same_message(app, body, message):
+    status, answer = post(app, raw=body)
+    assert status == 400, answer
+    assert answer["code"] == 400 and message in answer["error"]
+    assert post(app, {"x": 1.0})[0] == 200
+
+
+def test_form_encoded_body_gets_the_same_hint(app):
+    status, answer = post(app, raw=b'{"x": 5.0}', content_type="application/x-www-form-urlencoded")
+    assert status == 400 and "Content-Type: application/json" in answer["error"]
+
+
+def test_oversized_body_is_a_413(app):
+    status, answer = post(app, raw=json.dumps({"x": [1.0] * 300_000}).encode())
+    assert status == 413 and "bytes" in answer["error"]
+    assert post(app, {"x": 1.0})[0] == 200
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [("POST", "/predictions/simple_nn"), ("GET", "/v2/models/simple_nn"), ("POST", "/v2/models/simple_nn/infer"), ("GET", "/v2")],
+)
+@pytest.mark.parametrize("token", [None, "wrong-token-of-some-length"])
+def test_every_inference_and_metadata_route_needs_the_token(app, method, path, token):
+    status, answer = http(method, app.url + path, b'{"x": 1.0}' if method == "POST" else None, token)
+    assert status == 401 and "bearer token" in json.loads(answer)["error"]
+
+
+def test_health_is_open_and_unknown_routes_are_404(app):
+    assert http("GET", app.url + "/v2/health/live")[0] == 200
+    assert http("GET", app.url + "/v2/health/ready")[0] == 200
+    status, answer = http("GET", app.url + "/v2/models/other", token=app.token())
+    assert status == 404 and "/v2/models/simple_nn" in json.loads(answer)["error"]
+
+
+def test_key_file_is_private(app):
+    assert stat.S_IMODE(os.stat(app.key_file).st_mode) == 0o600
+
+
+def test_concurrent_clients_get_their_own_answers(app):
+    xs = [round(-10 + i * 0.1, 3) for i in range(200)]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda x: post(app, {"x": x}), xs))
+    assert all(status == 200 for status, _ in results)
+    status, together = post(app, {"x": xs})  # the same rows in one request: the answers each client must get
+    assert status == 200
+    assert [a["y"] for _, a in results] == pytest.approx(together["y"], abs=1e-5)
+
+
+def test_every_ray_port_is_on_loopback_but_the_replicas_internal_grpc(app):
+    """Ray's servers bind the node address, 127.0.0.1 here. Ray Serve 2.60's replica binds its
+    inter-deployment gRPC server to [::]:0 in code (replica.py), with no setting: that one
+    listener is named in the README, and nothing else may listen outside loopback."""
+    outside = []
+    for proc in app.processes():
+        try:
+            for c in proc.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN and c.laddr.ip not in LOOPBACK:
+                    outside.append((" ".join(proc.cmdline())[:60], c.laddr.ip, c.laddr.port))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    assert all(cmd.startswith("ray::ServeReplica") for cmd, _, _ in outside), outside
+    assert len(outside) <= 1, outside
+
+
+# --- the Open Inference Protocol, through tritonclient ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def triton(app):
+    client = httpclient.InferenceServerClient(app.url.removeprefix("http://"))
+    # A function, not a dict: tritonclient adds its own headers to the dict it is given.
+    yield client, lambda: {"Authorization": f"Bearer {app.token()}"}
+    client.close()
+
+
+def test_oip_health_and_metadata(triton):
+    client, auth = triton
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("simple_nn", headers=auth())
+    meta = client.get_model_metadata("simple_nn", headers=auth())
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}]
+    assert meta["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary tensors", "JSON tensors"])
+def test_oip_infer_two_rows(triton, binary):
+    client, auth = triton
+    x = httpclient.InferInput("x", [2, 1], "FP32")
+    x.set_data_from_numpy(np.array([[1.0], [2.0]], dtype=np.float32), binary_data=binary)
+    result = client.infer(
+        "simple_nn", [x], headers=auth(), outputs=[httpclient.InferRequestedOutput("y", binary_data=binary)], request_id="r1"
+    )
+    y = result.as_numpy("y")
+    assert y.shape == (2, 1) and y.dtype == np.float32
+    np.testing.assert_allclose(y[:, 0], [3.0, 5.0], atol=0.05)
+    assert result.get_response()["id"] == "r1"
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, data, message",
+    [
+        ([2, 2], "FP32", np.ones((2, 2), np.float32), "has shape [2, 2]"),
+        ([1, 1], "FP64", np.ones((1, 1), np.float64), "input 'x' is FP32"),
+        ([1, 1], "FP32", np.array([[np.nan]], np.float32), "finite"),
+    ],
+    ids=["wrong shape", "wrong datatype", "NaN"],
+)
+def test_oip_bad_request_is_a_400(triton, shape, dtype, data, message):
+    client, auth = triton
+    x = httpclient.InferInput("x", shape, dtype)
+    x.set_data_from_numpy(data)
+    with pytest.raises(Exception) as raised:
+        client.infer("simple_nn", [x], headers=auth())
+    assert "[400]" in str(raised.value) and message in str(raised.value)
+
+
+# --- start, stop, time to answer ----------------------------------------------------------
+
+
+def test_serve_to_a_ready_answer_and_stop(built_root, tmp_path):
+    """`serve --on ray` returns only once a real request was answered; stop leaves nothing."""
+    import time
+
+    root = tmp_path / "project"
+    shutil.copytree(built_root, root)
+    settings = Settings(root=root)
+    started = time.perf_counter()
+    info = ray_server.start(settings, auto_ports=True, replicas="2", timeout=120)
+    seconds = time.perf_counter() - started
+    try:
+        MEASUREMENTS.append(f"Ray Serve: 2 replicas on a fresh local cluster answered in {seconds:.1f} s")
+        assert post(info, {"x": 1.0})[0] == 200
+        with pytest.raises(Exception, match="already served on Ray"):
+            ray_server.start(settings, auto_ports=True)
+    finally:
+        assert ray_server.stop(settings)
+    assert info.processes() == []
+    assert not ray_server.stop(settings)  # nothing left to stop
