@@ -14,12 +14,19 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from pipeline.artifacts import files
+from pipeline.errors import PipelineError
 from pipeline.serving import ray_server
 from pipeline.serving.server import free_port
 from pipeline.settings import Settings, resolve
@@ -71,6 +78,36 @@ def replica_nodes(app: str) -> dict[str, str]:
     return {str(a.name): str(a.node_id) for a in actors if a.class_name and a.class_name.startswith(f"ServeReplica:{app}:")}
 
 
+def power_off(node) -> float:
+    """SIGKILL every process of a node at once, as a power loss would; the moment it happened.
+
+    `Cluster.remove_node` kills the raylet first and the node's workers exit only when
+    they notice, a second or two later, so a replica keeps taking requests it will never
+    answer. A dead machine does not do that.
+    """
+    procs = []
+    for infos in node.all_processes.values():
+        for info in infos:
+            try:
+                proc = psutil.Process(info.process.pid)
+                procs += [proc, *proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+    for proc in procs:
+        try:
+            proc.suspend()  # first stop them all, so none acts on another's death
+        except psutil.NoSuchProcess:
+            pass
+    moment = time.monotonic()
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    return moment
+
+
 def running_replicas(app: str) -> int:
     from ray import serve
 
@@ -89,7 +126,6 @@ def node_kill(
     from ray.cluster_utils import Cluster
 
     spec, _ = resolve(settings)
-    os.environ.update(ray_server.LOOPBACK_ENV)  # every node on 127.0.0.1, as `serve --on ray` does
     key_file = work / "key_file.json"
     ray_server.write_key_file(key_file)
     options = ray_server.app_options(settings, "2", key_file, num_cpus=1)
@@ -120,8 +156,8 @@ def node_kill(
         threads = traffic.run(clients)
         time.sleep(before_s)
         victim = next(w for w in workers if w.node_id in placed.values())
-        kill_at = time.monotonic()
-        cluster.remove_node(victim, allow_graceful=False)
+        kill_at = power_off(victim)
+        cluster.remove_node(victim, allow_graceful=False)  # Ray's bookkeeping; its processes are gone already
         figures["killed"] = worker_ids[victim.node_id]
         # Recovered: a replacement replica (one that was not there before) runs, and Serve runs two.
         recovered_at = None
@@ -165,8 +201,33 @@ def node_kill(
     return figures
 
 
-if __name__ == "__main__":  # a quick look: python -m pipeline.reliability.ray_nodes
-    import tempfile
+def node_kill_in_child(settings: Settings, work: Path, timeout: float = 240.0) -> dict[str, Any]:
+    """`node_kill` in a child process of its own: Ray's state stays out of this one, every node is
+    on 127.0.0.1 (set before Ray is imported), and a hung run is killed with its whole cluster."""
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "node_kill.json"
+    env = {**os.environ, **ray_server.LOOPBACK_ENV}
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "pipeline.reliability.ray_nodes", str(settings.root), settings.model, str(work)]
+    with open(work / "node_kill.log", "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise PipelineError(
+                "reliability", f"the node-kill run did not finish within {timeout:.0f}s", f"see {work / 'node_kill.log'}"
+            ) from None
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join((work / "node_kill.log").read_text(errors="replace").splitlines()[-15:])
+        raise PipelineError(
+            "reliability", f"the node-kill run failed with exit code {proc.returncode}:\n{tail}", f"see {work / 'node_kill.log'}"
+        )
+    return json.loads(out.read_text())
 
-    with tempfile.TemporaryDirectory() as tmp:
-        print(json.dumps(node_kill(Settings(), Path(tmp)), indent=2))
+
+if __name__ == "__main__":  # the child of node_kill_in_child: root model work
+    root, model, folder = sys.argv[1:4]
+    figures = node_kill(Settings(model=model, root=Path(root)), Path(folder))
+    files.write_json(Path(folder) / "node_kill.json", figures)

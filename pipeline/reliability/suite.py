@@ -3,12 +3,14 @@
     python -m pipeline reliability [--quick] [--root DIR] [--model NAME] [--only SECTION ...]
 
 Builds the model's artifacts from scratch in a temporary folder (faults damage them),
-then runs three sections, each bounded in time:
+then runs four sections, each bounded in time:
   pipeline  SIGKILL of every stage at chosen points of its write and at timed moments,
             a file-size limit (disk full), random byte flips and truncations
   hostile   pickle checkpoints, ONNX external data, unsafe archives, symlinks
   served    a real TorchServe on 127.0.0.1: hypothesis fuzzing, the worker killed under
             load, a soak, a stop under load, the security posture
+  ray       the same archive on Ray Serve across a multi-node cluster on this machine:
+            a worker node killed under load (in-flight errors, recovery, requests after)
 and writes reports/reliability.json and reliability.md under --root. Exits 1 if any
 check failed. `--quick` is the CI-sized run (about three minutes on two cores).
 """
@@ -36,7 +38,7 @@ from pipeline.errors import PipelineError
 from pipeline.reliability.faults import KILL_POINTS, STAGE_ARTIFACT, Project, copy_project
 from pipeline.settings import DEFAULT_MODEL, Settings, resolve
 
-SECTIONS = ("pipeline", "hostile", "served")
+SECTIONS = ("pipeline", "hostile", "served", "ray")
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,35 @@ def run_served(run: Run) -> None:
         serve.stop(project.settings)
 
 
-SECTION_RUNNERS: dict[str, Callable[[Run], None]] = {"pipeline": run_pipeline, "hostile": run_hostile, "served": run_served}
+def run_ray(run: Run) -> None:
+    from pipeline.reliability.ray_nodes import node_kill_in_child
+
+    project = run.project()
+    k = node_kill_in_child(project.settings, run.work / "ray-node-kill")
+    run.data["ray_node_kill"] = k
+    run.check("ray", "two replicas land on the two worker nodes", k["replicas_on_both_workers"], f"placement {k['placement']}")
+    run.check(
+        "ray",
+        "worker node killed under load: only requests in flight at the kill fail",
+        k["errors_started_after_kill"] == 0 and k["errors"] == k["errors_in_flight"],
+        f"{k['errors']} errors {k['error_statuses']} of {k['requests']} requests; {k['in_flight_at_kill']} were in flight at the kill, "
+        f"{k['errors_started_after_kill']} failures started after it",
+    )
+    run.check(
+        "ray",
+        "a replacement replica serves within 30 s",
+        bool(k["recovered"]) and k["recover_s"] <= 30,
+        f"recovered in {k['recover_s']:.1f}s; replicas now on {k['replacement_placement']}" if k["recovered"] else "not recovered",
+    )
+    run.check(
+        "ray",
+        "every request after recovery succeeds",
+        k["requests_after_recovery"] > 0 and k["errors_after_recovery"] == 0,
+        f"{k['requests_after_recovery'] - k['errors_after_recovery']}/{k['requests_after_recovery']} OK",
+    )
+
+
+SECTION_RUNNERS: dict[str, Callable[[Run], None]] = {"pipeline": run_pipeline, "hostile": run_hostile, "served": run_served, "ray": run_ray}
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -442,6 +472,25 @@ def render_markdown(report: dict) -> str:
             f"{g['load_status']} (0 = connection refused once the server was gone); processes left: "
             f"{g['processes_left'] or 'none'}; ports still open: {g['ports_still_open'] or 'none'}; key file left: "
             f"{g['key_file_left']}; restart answered {g['restart_status']} after {g['restart_s']:.2f}s.",
+        ]
+    if "ray_node_kill" in d:
+        k = d["ray_node_kill"]
+        recover = f"{k['recover_s']:.1f}" if k["recovered"] else "not recovered"
+        lines += [
+            "",
+            "## Ray Serve: a worker node killed under load",
+            "",
+            f"{k['nodes']}; {k['replicas']} replicas placed on {', '.join(k['placement'])}; {k['clients']} closed-loop clients "
+            f"through the head's proxy; {k['killed']} killed without warning.",
+            "",
+            "| figure | value |",
+            "| --- | ---: |",
+            f"| requests / errors | {k['requests']} / {k['errors']} |",
+            f"| requests in flight at the kill / of them failed | {k['in_flight_at_kill']} / {k['errors_in_flight']} |",
+            f"| failures of requests started after the kill | {k['errors_started_after_kill']} |",
+            f"| seconds to a replacement replica serving | {recover} |",
+            f"| requests after recovery / errors | {k['requests_after_recovery']} / {k['errors_after_recovery']} |",
+            f"| replicas after recovery | {', '.join(k['replacement_placement'])} |",
         ]
     if "security" in d:
         lines += ["", "## Security posture (probed live)", "", "| probe | expected | got | result |", "| --- | --- | --- | --- |"]
