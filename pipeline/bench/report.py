@@ -163,6 +163,23 @@ def _served_markdown(served: dict | None) -> list[str]:
     ]
     for config in served["configs"]:
         sc = config["server_config"]
+        if config.get("server") == "ray":
+            lines += [
+                f"### {config['name']}: Ray Serve, {sc['replicas']} replica(s), serve.batch up to {sc.get('batchSize')} "
+                f"within {sc.get('maxBatchDelay')} ms (the archive's model config); a local Ray cluster on 127.0.0.1",
+                "",
+                "The floor is `/v2/health/live` through the same proxy.",
+                "",
+                "| clients | req/s | p50 | p90 | p99 | errors | floor p50 | × floor |",
+                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for r, p in zip(config["runs"], config["ping"]):
+                lines.append(
+                    f"| {r['concurrency']} | {r['requests_per_s']:,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | "
+                    f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} |"
+                )
+            lines.append("")
+            continue
         server = ", ".join(f"{k}={v}" for k, v in config.get("changes", {}).get("server", {}).items())
         lines += [
             f"### {config['name']}: batchSize {sc.get('batchSize')}, maxBatchDelay {sc.get('maxBatchDelay')} ms, "
@@ -184,12 +201,16 @@ def _served_markdown(served: dict | None) -> list[str]:
                 f"{'—' if share is None else f'{share:.0%}'} |"
             )
         lines.append("")
+    if any(c.get("server") == "ray" for c in served["configs"]):
+        lines += side_by_side(served["configs"])
     for c in served.get("comparisons", []):
+        goal = c.get("goal")
+        verdict = "" if goal is None else f" Goal {goal:g}×: {'met' if c['met'] else 'NOT met'}."
         lines += [
             f"### {c['other']} vs {c['base']}",
             "",
             f"At {c['concurrency']} clients: {_x(c['rps_ratio'])} the requests/s; p99 {_ms(c['p99_other_ms'])} vs "
-            f"{_ms(c['p99_base_ms'])} ms; errors {c['errors']}.",
+            f"{_ms(c['p99_base_ms'])} ms; errors {c['errors']}.{verdict}",
             "",
             "| clients | more req/s | req/s ratio | p99 ratio |",
             "| ---: | --- | ---: | ---: |",
@@ -198,6 +219,27 @@ def _served_markdown(served: dict | None) -> list[str]:
             lines.append(f"| {conc} | {w['winner_rps']} | {_x(w['rps_ratio'])} | {_x(w['p99_ratio'])} |")
         lines.append("")
     return lines
+
+
+def side_by_side(configs: list[dict]) -> list[str]:
+    """TorchServe and Ray Serve at each concurrency: req/s, p50, p99, errors, one row per concurrency."""
+    names = [c["name"] for c in configs]
+    by = {c["name"]: {r["concurrency"]: r for r in c["runs"]} for c in configs}
+    lines = [
+        "### TorchServe and Ray Serve side by side",
+        "",
+        "Each cell: req/s · p50 · p99 (ms) · errors.",
+        "",
+        "| clients | " + " | ".join(names) + " |",
+        "| ---: | " + " | ".join("---" for _ in names) + " |",
+    ]
+    for conc in sorted({c for runs in by.values() for c in runs}):
+        cells = []
+        for name in names:
+            r = by[name].get(conc)
+            cells.append("—" if r is None else f"{r['requests_per_s']:,.0f} · {_ms(r['p50_ms'])} · {_ms(r['p99_ms'])} · {r['errors']}")
+        lines.append(f"| {conc} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def plot(report: dict, path: Path) -> None:
@@ -236,7 +278,7 @@ def plot(report: dict, path: Path) -> None:
             lat.plot(c, [r["p99_ms"] for r in config["runs"]], ":", marker="^", color=line.get_color(), label=f"{config['name']} p99")
             thr.plot(c, [r["requests_per_s"] for r in config["runs"]], marker="o", color=line.get_color(), label=config["name"])
         ping = served["configs"][0]["ping"]
-        lat.plot([p["concurrency"] for p in ping], [p["p50_ms"] for p in ping], "--", color="grey", label="/ping p50 (floor)")
+        lat.plot([p["concurrency"] for p in ping], [p["p50_ms"] for p in ping], "--", color="grey", label="TorchServe /ping p50 (floor)")
         lat.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms per request", title="served latency")
         thr.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s", title="served throughput")
         for a in (lat, thr):
