@@ -121,6 +121,19 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     _on_option(token)
     token.add_argument("--kind", choices=["inference", "management"], default="inference", help="which key to print")
 
+    kuberay = commands.add_parser(
+        "rayservice",
+        help="write model_store/<model>.rayservice.yaml: a KubeRay RayService serving the verified archive",
+        description="Write a KubeRay RayService for the model's verified archive (the package stage writes one with default values).",
+    )
+    _model_options(kuberay)
+    kuberay.add_argument(
+        "--archive-url", help="where the replicas fetch the .mar (https:// URL or a path in the pods; default: /models/<model>.mar)"
+    )
+    kuberay.add_argument("--image", help="a container image with this project installed (pip install 'pipeline[ray]')")
+    kuberay.add_argument("--replicas", default="2", help="replica count, or 'auto' (default: %(default)s)")
+    kuberay.add_argument("--workers", type=int, default=2, help="worker pods (default: %(default)s)")
+
     bench = commands.add_parser(
         "bench",
         help="latency report: eager vs TorchScript vs ONNX Runtime, and the served endpoint",
@@ -159,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": serve_command,
         "stop": stop_command,
         "token": token_command,
+        "rayservice": rayservice_command,
         "bench": _bench,
         "reliability": _reliability,
     }
@@ -229,6 +243,19 @@ def stop_command(args: argparse.Namespace) -> int:
         stopped = server.stop(settings)
     kind = "Ray" if args.on == "ray" else "TorchServe"
     print(f"stopped the {spec.name} {kind} server" if stopped else f"no {spec.name} {kind} server was running")
+    return 0
+
+
+def rayservice_command(args: argparse.Namespace) -> int:
+    from pipeline.artifacts.manifest import Manifest
+    from pipeline.artifacts.names import MAR
+    from pipeline.serving import rayservice
+    from pipeline.settings import resolve
+
+    spec, layout = resolve(settings_from(args))
+    Manifest(layout.root, spec.name).verified(MAR, "rayservice")  # the archive the file pins must be the verified one
+    path = rayservice.write(layout, archive=args.archive_url, image=args.image, replicas=args.replicas, workers=args.workers)
+    print(f"wrote {_rel(path)}: a KubeRay RayService for {spec.name}; read its header before kubectl apply -f {_rel(path)}")
     return 0
 
 

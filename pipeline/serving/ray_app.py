@@ -46,6 +46,9 @@ STAGE = "serve"
 ENTRY_POINT = "pipeline.serving.ray_app:build"
 MAX_REQUEST_BYTES = 1 << 20  # as TorchServe's max_request_size in torchserve.properties
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Serve's logging for the proxy and the replicas: no access-log line per request (each one
+# flushed on its own); warnings and errors still reach Ray's logs.
+QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,10 @@ def fetch_archive(source: str, sha256: str, folder: Path) -> Path:
 
 
 def read_token(path: str) -> str:
-    """The inference key from a key file; refused if others can read it."""
+    """The inference key from a key file; refused if any other user can read it or its group can write it.
+
+    (A Kubernetes Secret mounted for a non-root user is group-readable by that user's group.)
+    """
     file = Path(path)
     try:
         mode = file.stat().st_mode & 0o777
@@ -132,8 +138,8 @@ def read_token(path: str) -> str:
         raise PipelineError(
             STAGE, f"cannot read the token from {path}: {exc}", 'write {"inference": {"key": "<token>"}} there, mode 0600'
         ) from None
-    if mode & 0o077:
-        raise PipelineError(STAGE, f"{path} is readable by others (mode {mode:o})", f"chmod 600 {path}")
+    if mode & 0o027:
+        raise PipelineError(STAGE, f"{path} is open to other users (mode {mode:o})", f"chmod 600 {path}")
     if not isinstance(key, str) or len(key) < 16:
         raise PipelineError(STAGE, f"the token in {path} is too short", "use at least 16 random characters")
     return key
@@ -312,10 +318,14 @@ def deployment_options(options: RayAppOptions) -> dict[str, Any]:
     return out
 
 
-def build(args: dict[str, Any]):
-    """The Serve application for `args` (see RayAppOptions): `serve run pipeline.serving.ray_app:build archive=...`."""
+def deployment(options: RayAppOptions):
+    """The Serve deployment of ModelServer with these options (replicas or autoscaling, resources)."""
     from ray import serve
 
+    return serve.deployment(name="ModelServer", **deployment_options(options))(ModelServer)
+
+
+def build(args: dict[str, Any]):
+    """The Serve application for `args` (see RayAppOptions): `serve run pipeline.serving.ray_app:build archive=...`."""
     options = RayAppOptions.from_args(dict(args))
-    deployment = serve.deployment(name="ModelServer", **deployment_options(options))(ModelServer)
-    return deployment.bind(options.to_args())
+    return deployment(options).bind(options.to_args())

@@ -35,7 +35,7 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import MAR, ONNX
 from pipeline.errors import PipelineError
 from pipeline.serving.client import http
-from pipeline.serving.ray_app import RayAppOptions
+from pipeline.serving.ray_app import QUIET, RayAppOptions
 from pipeline.serving.server import free_port
 from pipeline.settings import Layout, Settings, resolve
 
@@ -137,8 +137,8 @@ def deploy(options: RayAppOptions, name: str, http_port: int | None, proxy_locat
     from pipeline.serving.ray_app import build
 
     if http_port is not None:
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port}, proxy_location=proxy_location)
-    serve.run(build(options.to_args()), name=name, route_prefix="/", blocking=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port}, proxy_location=proxy_location, logging_config=QUIET)
+    serve.run(build(options.to_args()), name=name, route_prefix="/", blocking=False, logging_config=QUIET)
     # serve.run returns once the application is RUNNING: replicas constructed and healthy.
 
 

@@ -18,6 +18,7 @@ from pipeline.artifacts.archive import inspect_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONFIG, ARCHIVE_CONTRACT, ARCHIVE_HANDLER, ARCHIVE_MODEL, CHECKPOINT, MAR, ONNX, PARITY
 from pipeline.errors import IntegrityError, PipelineError
+from pipeline.serving import rayservice
 from pipeline.settings import Settings, StageResult, contract, resolve
 
 STAGE = "package"
@@ -128,4 +129,5 @@ def run(settings: Settings) -> StageResult:
     seconds = time.perf_counter() - start
     details = {"members": details["members"], "model_config": config}
     rec = manifest.record(MAR, layout.mar, STAGE, inputs, stage_settings, seconds, details)
+    rayservice.write(layout)  # the same archive on a Ray cluster: model_store/<model>.rayservice.yaml
     return StageResult(STAGE, False, (layout.mar,), seconds, f"{rec.path} ({rec.bytes / 1024:.1f} KiB)", details)

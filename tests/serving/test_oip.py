@@ -194,7 +194,7 @@ def test_cuda_replica_gets_the_contracts_precision(built_root, tmp_path, monkeyp
 @pytest.mark.parametrize(
     "mode, content, message",
     [
-        (0o644, {"inference": {"key": "k" * 32}}, "readable by others"),
+        (0o644, {"inference": {"key": "k" * 32}}, "open to other users"),
         (0o600, {"inference": {"key": "short"}}, "too short"),
         (0o600, {"other": 1}, "cannot read the token"),
     ],

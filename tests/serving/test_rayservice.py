@@ -1,0 +1,73 @@
+"""The KubeRay RayService file cannot drift from the application: its entry point, options, hash and Ray version are the code's."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import re
+
+import pytest
+
+from pipeline import cli
+from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import MAR
+from pipeline.serving import ray_app, rayservice
+from tests.helpers import REPO
+
+
+def _entry_point(import_path: str):
+    module, _, name = import_path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_package_writes_it_next_to_the_archive(built):
+    _, layout = built
+    path = rayservice.path_for(layout)
+    assert path.parent == layout.mar.parent and path.exists()
+    document, serve_config = rayservice.read(path)
+    assert document["apiVersion"] == "ray.io/v1" and document["kind"] == "RayService"
+    [app] = serve_config["applications"]
+    assert _entry_point(app["import_path"]) is ray_app.build
+    options = ray_app.RayAppOptions.from_args(app["args"])  # the options a replica will parse
+    assert options.sha256 == Manifest(layout.root, "simple_nn").records[MAR].sha256
+    assert options.token_file.startswith(rayservice.TOKEN_DIR)
+    mounts = document["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert any(options.archive.startswith(m["mountPath"] + "/") for m in mounts)  # the archive path lies on a mounted volume
+    assert serve_config["logging_config"] == ray_app.QUIET
+
+
+def test_ray_version_is_the_pinned_one():
+    pinned = re.search(r"^ray==(\S+)$", (REPO / "constraints.txt").read_text(), re.M)
+    assert pinned and pinned.group(1) == rayservice.RAY_VERSION
+    try:
+        assert importlib.metadata.version("ray") == rayservice.RAY_VERSION
+    except importlib.metadata.PackageNotFoundError:
+        pass  # the ray extra is not installed here; the pin is what the file names
+
+
+def test_its_args_build_the_real_application(built, tmp_path):
+    """The Serve config's args, with a local archive, make the deployment the cluster would run."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
+    _, layout = built
+    assert (
+        cli.main(["rayservice", "--root", str(layout.root), "--replicas", "auto", "--archive-url", "https://models.example.com/m.mar"]) == 0
+    )
+    _, serve_config = rayservice.read(rayservice.path_for(layout))
+    args = serve_config["applications"][0]["args"]
+    assert args["archive"] == "https://models.example.com/m.mar"
+    from ray.serve import Application
+
+    assert isinstance(_entry_point(serve_config["applications"][0]["import_path"])(args), Application)
+    deployment = ray_app.deployment(ray_app.RayAppOptions.from_args(args))  # what build() binds
+    assert deployment.func_or_class is ray_app.ModelServer
+    assert deployment.max_ongoing_requests >= 16 and deployment.ray_actor_options["num_cpus"] == 1.0
+    assert ray_app.deployment_options(ray_app.RayAppOptions.from_args(args))["autoscaling_config"]["max_replicas"] == args["max_replicas"]
+    rayservice.write(layout)  # leave the shared project as the package stage wrote it
+
+
+def test_a_bad_option_is_refused_before_anything_is_written(built, capsys):
+    _, layout = built
+    before = rayservice.path_for(layout).read_text()
+    assert cli.main(["rayservice", "--root", str(layout.root), "--replicas", "none"]) == 1
+    assert "replicas must be a positive integer or 'auto'" in capsys.readouterr().err
+    assert rayservice.path_for(layout).read_text() == before
