@@ -337,3 +337,41 @@ def test_cuda_engines_run_on_the_gpu(built_root, tmp_path):
     assert {v["device"] for v in result["verdicts"]} == {"cpu", "cuda"}
     assert any(t["target"].startswith("CUDA batch 1") for t in result["targets"])
     assert result["environment"]["gpu"]
+
+
+def test_ray_comparison_counts_throughput_and_errors_not_p99():
+    """Ray Serve's goal is 0.8× tuned TorchServe: a slower p99 is expected, errors are not."""
+    configs = [{"name": "tuned", "runs": _runs([300, 1000], [5, 10])}, {"name": "ray-1", "runs": _runs([100, 850], [9, 30])}]
+    c = bench_served.compare(configs, "tuned", "ray-1")
+    assert c["goal"] == 0.8 and c["rps_ratio"] == pytest.approx(0.85) and c["met"]
+    configs[1]["runs"] = _runs([100, 700], [9, 30])
+    assert not bench_served.compare(configs, "tuned", "ray-1")["met"]
+    configs[1]["runs"] = _runs([100, 850], [9, 30], errors=1)
+    assert not bench_served.compare(configs, "tuned", "ray-1")["met"]
+    assert bench_served.compare(configs, "tuned", "ray-1")["goal"] is not None
+    assert bench_served.compare([*configs, {"name": "ray-2", "runs": _runs([1, 1], [1, 1])}], "tuned", "ray-2")["met"] is None  # no goal
+
+
+@pytest.mark.slow
+def test_served_ray_puts_torchserve_and_ray_side_by_side(built_root, tmp_path):
+    """--served ray: TorchServe (default, tuned) and Ray Serve (1 and 2 replicas), real servers, one sweep each."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
+    import shutil
+
+    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    result = bench.run(tiny(tmp_path, engines=("onnxruntime",), batch_sizes=(1,), cold_start=False, served="ray"))
+    served = result["served"]
+    assert [c["name"] for c in served["configs"]] == ["default", "tuned", "ray-1", "ray-2"]
+    for config in served["configs"]:
+        assert [r["concurrency"] for r in config["runs"]] == list(CONCURRENCY)
+        assert all(r["requests"] > 0 and r["errors"] == 0 for r in config["runs"]), config["name"]
+        assert all(p["requests"] > 0 and p["errors"] == 0 for p in config["ping"]), config["name"]  # the floor answered too
+    assert {c["name"]: c["server_config"].get("replicas") for c in served["configs"][2:]} == {"ray-1": 1, "ray-2": 2}
+    assert [(c["base"], c["other"]) for c in served["comparisons"]] == list(bench_served.RAY_COMPARISONS)
+    assert any("Ray Serve with 1 replica ≥ 0.8×" in t["target"] for t in result["targets"])
+    md = (tmp_path / "reports" / "simple_nn" / "latency.md").read_text()
+    assert "### TorchServe and Ray Serve side by side" in md and "| clients | default | tuned | ray-1 | ray-2 |" in md
+    import psutil
+
+    left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if "/pipeline-ray-" in " ".join(p.info["cmdline"] or ())]
+    assert left == []  # every process of both local Ray clusters is gone (they all name the cluster's temp folder)
