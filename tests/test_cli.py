@@ -54,7 +54,7 @@ def test_bad_batch_sizes_are_a_usage_error(tmp_path):
 def test_help_lists_every_command():
     result = pipeline("--help", cwd=REPO)
     assert result.returncode == 0
-    for command in ("train", "trace", "export", "parity", "package", "all", "serve", "stop", "token", "bench", "reliability"):
+    for command in ("train", "trace", "export", "parity", "package", "all", "serve", "stop", "token", "rayservice", "bench", "reliability"):
         assert f"    {command}" in result.stdout
 
 
@@ -85,4 +85,6 @@ def test_each_command_declares_only_its_own_options():
     assert "--ports" in options("serve") and "--ports" not in options("train")
     assert "--cuda-precision" in options("parity") and "--cuda-precision" not in options("train")
     assert "--engines" in options("bench") and "--quick" in options("reliability")
-    assert "--kind" in options("token") and options("stop") == {"--model", "--root"}
+    assert "--kind" in options("token") and options("stop") == {"--model", "--root", "--on"}
+    assert {"--on", "--replicas", "--address"} <= options("serve") and "--replicas" not in options("stop")
+    assert "--archive-url" in options("rayservice") and "--on" not in options("rayservice")
