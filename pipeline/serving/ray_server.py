@@ -173,10 +173,32 @@ def start(
     return info
 
 
+def _connect(address: str) -> None:
+    """Join the cluster at `address` as a driver, or say why not."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    except AuthenticationError:
+        raise PipelineError(
+            STAGE,
+            f"the Ray cluster at {address} refused the connection: RAY_AUTH_TOKEN is missing or not the cluster's",
+            "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's token (as on every node), then run again",
+        ) from None
+    except ConnectionError as exc:
+        raise PipelineError(
+            STAGE,
+            f"could not join the Ray cluster at {address}: {exc} (no cluster there, or it refused this RAY_AUTH_TOKEN)",
+            "check the address (RAY_ADDRESS or --address) and that RAY_AUTH_MODE=token and RAY_AUTH_TOKEN match the cluster's; "
+            "unset the address to start a local cluster",
+        ) from None
+
+
 def _deploy_to(address: str, options: RayAppOptions, name: str, folder: Path, port: int, replicas: str) -> RayInfo:
     import ray
 
-    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    _connect(address)
     try:
         deploy(options, name, port)
     finally:
@@ -254,7 +276,7 @@ def stop_info(info: RayInfo, timeout: float = 30.0) -> bool:
         import ray
         from ray import serve
 
-        ray.init(address=info.address, logging_level=logging.ERROR, log_to_driver=False)
+        _connect(info.address)
         try:
             serve.delete(info.model)
         finally:

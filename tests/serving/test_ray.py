@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -187,3 +188,71 @@ def test_serve_to_a_ready_answer_and_stop(built_root, tmp_path):
         assert ray_server.stop(settings)
     assert info.processes() == []
     assert not ray_server.stop(settings)  # nothing left to stop
+
+
+def test_deploy_onto_a_running_cluster_by_address(built_root, tmp_path):
+    """`serve --on ray --address` deploys onto a cluster someone else started; `stop` deletes only the application."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from pipeline.serving.server import free_port
+
+    root = tmp_path / "project"
+    shutil.copytree(built_root, root)
+    # Ray's control plane with its token, as on a real cluster; the token in the environment of both sides.
+    env = {**os.environ, **ray_server.LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = tempfile.mkdtemp(prefix="pipeline-ray-")
+    port = free_port()
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+
+    def cluster() -> list[psutil.Process]:  # every process of that cluster names its temp folder
+        return [p for p in psutil.process_iter(["cmdline"]) if temp_dir + "/" in " ".join(p.info["cmdline"] or ())]
+
+    head = [
+        ray_cli,
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    try:
+        subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
+        pipeline = [sys.executable, "-m", "pipeline"]
+        served = subprocess.run(
+            [*pipeline, "serve", "--on", "ray", "--address", f"127.0.0.1:{port}", "--ports", "auto", "--root", str(root)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert served.returncode == 0, served.stderr[-2000:]
+        assert f"the cluster at 127.0.0.1:{port}" in served.stdout
+        info = ray_server.load_info(ray_server.resolve(Settings(root=root))[1])
+        assert info is not None and info.address == f"127.0.0.1:{port}" and info.pid is None
+        assert post(info, {"x": 1.0})[0] == 200
+        stopped = subprocess.run(
+            [*pipeline, "stop", "--on", "ray", "--root", str(root)], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr[-2000:]
+        assert http("GET", f"{info.url}/v2/health/live", timeout=5)[0] == 404  # Serve runs on, without the application
+        assert cluster(), "the cluster itself is left running: it is not ours"
+        wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        refused = subprocess.run(
+            [*pipeline, "serve", "--on", "ray", "--address", f"127.0.0.1:{port}", "--ports", "auto", "--root", str(root)],
+            env=wrong,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert refused.returncode == 1 and "refused this RAY_AUTH_TOKEN" in refused.stderr, refused.stderr[-2000:]
+    finally:
+        procs = cluster()
+        for proc in procs:
+            proc.kill()
+        psutil.wait_procs(procs, timeout=10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
