@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+from typing import NamedTuple
 
 import numpy as np
+import orjson
 
 
 class RequestError(ValueError):
@@ -41,28 +43,37 @@ def decode_body(item: dict, example: str = '{"<input name>": <value>}') -> dict:
             "send the request as JSON with the header Content-Type: application/json (curl -d sends a form unless told otherwise)"
         )
     body = item.get("body", item.get("data"))
-    if isinstance(body, (bytes, bytearray)):
+    if isinstance(body, (bytes, bytearray, str)):
         if not body:
             raise RequestError(f"empty body; send a JSON object such as {example}")
         try:
-            text = bytes(body).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RequestError(f"body is not valid UTF-8 (byte {exc.start})") from None
-        body = text
-    if isinstance(body, str):
-        try:
-            body = json.loads(body, parse_constant=_reject_constant)
-        except json.JSONDecodeError as exc:
-            raise RequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-        except RecursionError:
-            raise RequestError("JSON nested too deeply") from None
-        except ValueError as exc:  # not a JSONDecodeError: an integer over Python's 4300-digit limit
-            raise RequestError(f"unreadable JSON: {exc}") from None
+            body = orjson.loads(body)  # the fast parser; it rejects what the standard one does, and more
+        except orjson.JSONDecodeError:
+            body = _parse_strictly(body)  # the same outcome, with the message that says why
     if body is None:
         raise RequestError(f"empty body; send a JSON object such as {example}")
     if not isinstance(body, dict):
         raise RequestError(f"body must be a JSON object with the model's inputs, got a JSON {_json_type(body)}")
     return body
+
+
+def _parse_strictly(body: bytes | bytearray | str):
+    """Python's own parser, for a body orjson refused: it says what is wrong (NaN, invalid UTF-8,
+    an integer too long, nesting too deep) or, for what only orjson refuses (integers beyond
+    64 bits, lone surrogates), parses it as before."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestError(f"body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise RequestError("JSON nested too deeply") from None
+    except ValueError as exc:  # not a JSONDecodeError: an integer over Python's 4300-digit limit
+        raise RequestError(f"unreadable JSON: {exc}") from None
 
 
 def _json_type(value) -> str:
@@ -106,6 +117,21 @@ def _fits(shape: tuple[int, ...], pattern: tuple[int | str, ...]) -> bool:
     return len(shape) == len(pattern) and all(isinstance(p, str) or p == s for s, p in zip(shape, pattern))
 
 
+class _InputLayout(NamedTuple):
+    dtype: np.dtype
+    integer: bool
+    kind: str  # what its JSON leaves must be: "bool", "int" or "float"
+    row: tuple[int | str, ...]
+    short: tuple[int | str, ...]
+
+    @classmethod
+    def of(cls, tensor: dict) -> _InputLayout:
+        dtype = np.dtype(tensor["dtype"])
+        integer = bool(np.issubdtype(dtype, np.integer))
+        row, short = Contract.row_shapes(tensor)
+        return cls(dtype, integer, "bool" if dtype == np.bool_ else "int" if integer else "float", row, short)
+
+
 class Contract:
     """The model's inputs and outputs as declared in io_contract.json."""
 
@@ -118,6 +144,8 @@ class Contract:
         self.cuda_precision = data.get("cuda_precision", "fp32")
         example = data.get("example_request") or {t["name"]: "..." for t in self.inputs}
         self.example = json.dumps(example)
+        # Per input, what every request's checks need: worked out once, not per request.
+        self._layout = {t["name"]: _InputLayout.of(t) for t in self.inputs}
 
     @staticmethod
     def row_shapes(tensor: dict) -> tuple[tuple[int | str, ...], tuple[int | str, ...]]:
@@ -131,10 +159,8 @@ class Contract:
     def to_rows(self, tensor: dict, value) -> tuple[np.ndarray, bool]:
         """(array of rows in the full row shape, whether the request sent a single row)."""
         name = tensor["name"]
-        dtype = np.dtype(tensor["dtype"])
-        integer = np.issubdtype(dtype, np.integer)
-        _check_leaves(name, value, "bool" if dtype == np.bool_ else "int" if integer else "float")
-        row, short = self.row_shapes(tensor)
+        dtype, integer, kind, row, short = self._layout[name]
+        _check_leaves(name, value, kind)
         try:
             arr = np.array(value, dtype=np.float64)
         except OverflowError:  # a JSON integer beyond float64, e.g. 400 digits

@@ -9,12 +9,12 @@ request gets the same 400 and message from every server, and fails alone in its 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from pipeline.runtimes.session import SessionConfig, create_session, cuda_provider_available
 from pipeline.serving.contract import Contract, RequestError, decode_body
@@ -31,7 +31,7 @@ class Answer:
 
     @classmethod
     def error(cls, code: int, message: str) -> Answer:
-        return cls(code, json.dumps({"error": message, "code": code}).encode("utf-8"))
+        return cls(code, orjson.dumps({"error": message, "code": code}))
 
 
 def session_config(contract: Contract, gpu_id: int | None, threads: int | None) -> SessionConfig:
@@ -82,7 +82,10 @@ class Predictor:
         for entry in parsed:
             groups.setdefault(tuple(entry[1][n].shape[1:] for n in self.input_names), []).append(entry)
         for group in groups.values():
-            batch = {n: np.concatenate([feed[n] for _, feed, _ in group]) for n in self.input_names}
+            if len(group) == 1:  # the common lone request: its arrays as they are
+                batch = group[0][1]
+            else:
+                batch = {n: np.concatenate([feed[n] for _, feed, _ in group]) for n in self.input_names}
             outputs = dict(zip(self.output_names, self.session.run(self.output_names, batch)))
             start = 0
             for idx, feed, single in group:
@@ -91,10 +94,10 @@ class Predictor:
                 start += rows
 
     def encode(self, outputs: dict[str, np.ndarray], single: bool) -> Answer:
-        try:
-            return Answer(200, json.dumps(self.contract.to_json(outputs, single), allow_nan=False).encode("utf-8"))
-        except ValueError:
+        # JSON has no NaN or Infinity (orjson would write null): refuse them here.
+        if not all(np.isfinite(v).all() for v in outputs.values() if v.dtype.kind == "f"):
             return Answer.error(500, "the model produced a non-finite output for this input")
+        return Answer(200, orjson.dumps(self.contract.to_json(outputs, single)))
 
 
 def open_model(model_path: Path, contract: Contract, gpu_id: int | None = None, threads: int | None = None) -> Predictor:
