@@ -79,6 +79,8 @@ class BenchSettings:
     served: Literal["auto", "running", "ray", "off"] = "auto"
     concurrency: tuple[int, ...] = CONCURRENCY
     served_seconds: float = 5.0
+    # The served load: wrk (C, one thread) where installed, locust otherwise; or either, forced.
+    load_generator: Literal["auto", "wrk", "locust"] = "auto"
     # Upper bound on timed calls per engine and batch (memory for the samples).
     max_iterations: int = 200_000
     # ONNX Runtime on CUDA: the precision the archive serves (fp32 unless the spec says
@@ -377,6 +379,31 @@ def targets(records: list[dict], served: dict | None) -> list[dict]:
                 "lower_is_better": True,
             }
         )
+    handler = (served or {}).get("handler")
+    if handler:
+        us = handler["us_per_request"]["1"]
+        out.append(
+            {
+                "target": "handler in process, batch 1: ≤ 50 µs per request (p50 of single calls)",
+                "value": us,
+                "goal": 50.0,
+                "met": us <= 50.0,
+                "lower_is_better": True,
+            }
+        )
+    for config in (served or {}).get("configs", []):
+        one = next((r for r in config["runs"] if r["concurrency"] == 1), None)
+        if config["name"] == "tuned" and one:
+            ms = one["p50_ms"]
+            out.append(
+                {
+                    "target": "served, 1 client, the shipped config (tuned): p50 ≤ 1.5 ms",
+                    "value": ms,
+                    "goal": 1.5,
+                    "met": ms <= 1.5 and one["errors"] == 0,
+                    "lower_is_better": True,
+                }
+            )
     for c in (served or {}).get("comparisons", []):
         if (c["base"], c["other"]) == ("default", "tuned"):
             target = f"served, concurrency {c['concurrency']}: {c['other']} ≥ 2× {c['base']}'s requests/s, no worse p99, zero errors"
@@ -535,6 +562,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=_csv(int), default=d.concurrency, help="served client counts (default: 1,4,16,64)")
     p.add_argument("--served-seconds", type=float, default=d.served_seconds, help="seconds of load per concurrency (default: %(default)s)")
     p.add_argument(
+        "--load-generator",
+        choices=["auto", "wrk", "locust"],
+        default=d.load_generator,
+        help="the served load: wrk where installed (auto), else locust (default: %(default)s)",
+    )
+    p.add_argument(
         "--cuda-graph",
         action="store_true",
         help="on CUDA, add ONNX Runtime with CUDA graphs and its PyTorch peers (a CUDAGraph replay and torch.compile mode=reduce-overhead)",
@@ -581,6 +614,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         served=args.served,
         concurrency=args.concurrency,
         served_seconds=args.served_seconds,
+        load_generator=args.load_generator,
         cuda_precision=args.cuda_precision,
         cudnn_conv_algo_search=args.cudnn_search,
     )

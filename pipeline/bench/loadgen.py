@@ -1,16 +1,22 @@
-"""Load generation against an HTTP endpoint with locust, in a child process.
+"""Load generation against an HTTP endpoint, in a child process, loopback only.
 
 `run_load` starts `pipeline.bench.locust_worker` (locust used as a library), waits for it
-within a hard deadline, and returns every request's latency and status code.
+within a hard deadline, and returns every request's latency and status code: what the
+fault harness needs. `measure` is the benchmark's: `wrk` (a C load generator) where it is
+installed, locust otherwise, and says which ran. Both record the generator's own CPU time,
+because on a small machine the load generator competes with the server for the cores.
 Only loopback targets are allowed: load is never sent to another machine.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +29,42 @@ PERCENTILES = (50, 90, 99, 99.9)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
+def _check_target(url: str, concurrency: int, duration_s: float):
+    parts = urlsplit(url)
+    if parts.hostname not in LOOPBACK:
+        raise PipelineError(
+            "load",
+            f"refusing to send load to {parts.hostname}: only 127.0.0.1 is allowed",
+            "start the server locally and point the load at 127.0.0.1",
+        )
+    if concurrency < 1 or duration_s <= 0:
+        raise PipelineError(
+            "load", f"concurrency {concurrency} and duration {duration_s}s must be positive", "pass e.g. concurrency 16 for 10 s"
+        )
+    return parts
+
+
+def _run_child(command: list[str], deadline_s: float, what: str) -> tuple[int, str, float]:
+    """(exit code, output, CPU seconds the child used) of a command killed at its deadline."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + deadline_s
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise PipelineError(
+                    "load", f"the load generator ({what}) did not stop within {deadline_s:.0f}s", "the server may be hung; check its logs"
+                )
+            time.sleep(0.02)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        return proc.returncode, out.read().decode("utf-8", "replace"), usage.ru_utime + usage.ru_stime
+
+
 @dataclass(frozen=True)
 class LoadResult:
     """What one load run did: per-request latency (ms) and status (0 = no response)."""
@@ -31,6 +73,7 @@ class LoadResult:
     seconds: float
     latency_ms: np.ndarray
     status: np.ndarray
+    cpu_s: float = 0.0  # the load generator's own CPU time
 
     @property
     def requests(self) -> int:
@@ -56,7 +99,14 @@ class LoadResult:
             "requests_per_s": self.requests / self.seconds if self.seconds > 0 else 0.0,
             **{f"p{str(p).replace('.', '')}_ms": float(v) for p, v in zip(PERCENTILES, pct)},
             "mean_ms": float(ok.mean()) if ok.size else float("nan"),
+            **generator_share("locust", self.cpu_s, self.seconds),
         }
+
+
+def generator_share(name: str, cpu_s: float, seconds: float) -> dict:
+    """Which load generator ran, and the share of the machine's CPU it used meanwhile."""
+    cores = os.cpu_count() or 1
+    return {"generator": name, "generator_cpu_s": cpu_s, "generator_cpu_share": cpu_s / (seconds * cores) if seconds > 0 else None}
 
 
 def run_load(
@@ -71,17 +121,7 @@ def run_load(
     timeout_s: float = 30.0,
 ) -> LoadResult:
     """Closed-loop load: `concurrency` clients, each sending its next request on the last answer."""
-    parts = urlsplit(url)
-    if parts.hostname not in LOOPBACK:
-        raise PipelineError(
-            "load",
-            f"refusing to send load to {parts.hostname}: only 127.0.0.1 is allowed",
-            "start the server locally and point the load at 127.0.0.1",
-        )
-    if concurrency < 1 or duration_s <= 0:
-        raise PipelineError(
-            "load", f"concurrency {concurrency} and duration {duration_s}s must be positive", "pass e.g. concurrency 16 for 10 s"
-        )
+    parts = _check_target(url, concurrency, duration_s)
     config = {
         "host": f"{parts.scheme}://{parts.netloc}",
         "path": parts.path + (f"?{parts.query}" if parts.query else ""),
@@ -96,24 +136,13 @@ def run_load(
     with tempfile.TemporaryDirectory(prefix="pipeline-load-") as tmp:
         config_path, out_path = Path(tmp) / "config.json", Path(tmp) / "out.json"
         config_path.write_text(json.dumps(config))
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "pipeline.bench.locust_worker", str(config_path), str(out_path)],
-                capture_output=True,
-                text=True,
-                timeout=duration_s + timeout_s + 30,
-            )
-        except subprocess.TimeoutExpired:
+        command = [sys.executable, "-m", "pipeline.bench.locust_worker", str(config_path), str(out_path)]
+        code, output, cpu_s = _run_child(command, duration_s + timeout_s + 30, "locust")
+        if code != 0 or not out_path.exists():
+            tail = "\n".join(output.strip().splitlines()[-8:])
             raise PipelineError(
                 "load",
-                f"the load generator did not stop within {duration_s + timeout_s + 30:.0f}s",
-                "the server may be hung; check its logs",
-            ) from None
-        if proc.returncode != 0 or not out_path.exists():
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-            raise PipelineError(
-                "load",
-                f"the load generator (locust) failed with exit code {proc.returncode}:\n{tail}",
+                f"the load generator (locust) failed with exit code {code}:\n{tail}",
                 "check that locust is installed (make setup)",
             )
         data = json.loads(out_path.read_text())
@@ -122,4 +151,88 @@ def run_load(
         seconds=float(data["seconds"]),
         latency_ms=np.asarray(data["latency_ms"], dtype=np.float64),
         status=np.asarray(data["status"], dtype=np.int64),
+        cpu_s=cpu_s,
     )
+
+
+# wrk reports through a Lua script: status counts from every thread, percentiles in µs.
+WRK_SCRIPT = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function response(status, hdrs, b) statuses[status] = (statuses[status] or 0) + 1 end
+function done(summary, latency, requests)
+  local counts = {}
+  for _, t in ipairs(threads) do
+    for code, n in pairs(t:get("statuses")) do counts[tostring(code)] = (counts[tostring(code)] or 0) + n end
+  end
+  local parts = {}
+  for code, n in pairs(counts) do table.insert(parts, string.format('"%s": %d', code, n)) end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK-JSON {"requests": %d, "duration_us": %d, "status": {%s}, "socket_errors": %d, '
+    .. '"p50_us": %f, "p90_us": %f, "p99_us": %f, "p999_us": %f, "mean_us": %f}\\n',
+    summary.requests, summary.duration, table.concat(parts, ", "), e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9), latency.mean))
+end
+"""
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def run_wrk(
+    url: str, body: str, concurrency: int, duration_s: float, *, headers: dict[str, str] | None = None, method: str = "POST"
+) -> dict:
+    """wrk, one thread, `concurrency` connections, for whole seconds: the summary `LoadResult.summary()` gives."""
+    _check_target(url, concurrency, duration_s)
+    seconds = max(1, round(duration_s))
+    lines = [f"wrk.method = {json.dumps(method)}"]
+    if method == "POST":
+        lines += [f"wrk.body = {json.dumps(body)}", 'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="pipeline-wrk-", delete=False) as script:
+        script.write("\n".join(lines) + "\n" + WRK_SCRIPT)
+    try:
+        command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s", script.name, url]
+        code, output, cpu_s = _run_child(command, seconds + 60, "wrk")
+    finally:
+        os.unlink(script.name)
+    found = [line for line in output.splitlines() if line.startswith("WRK-JSON ")]
+    if code != 0 or not found:
+        raise PipelineError(
+            "load",
+            f"wrk failed with exit code {code}:\n{output.strip()[-800:]}",
+            "check that wrk runs (apt-get install wrk), or use locust",
+        )
+    data = json.loads(found[-1].removeprefix("WRK-JSON "))
+    wall = data["duration_us"] / 1e6
+    status = {str(k): int(v) for k, v in data["status"].items()}
+    if data["socket_errors"]:
+        status["0"] = status.get("0", 0) + int(data["socket_errors"])
+    errors = sum(n for code, n in status.items() if code != "200")
+    return {
+        "concurrency": concurrency,
+        "requests": int(data["requests"]),
+        "errors": errors,
+        "status": status,
+        "seconds": wall,
+        "requests_per_s": data["requests"] / wall if wall > 0 else 0.0,
+        **{f"p{p}_ms": data[f"p{p}_us"] / 1e3 for p in ("50", "90", "99", "999")},
+        "mean_ms": data["mean_us"] / 1e3,
+        **generator_share("wrk", cpu_s, wall),
+    }
+
+
+def measure(
+    url: str, body: str, concurrency: int, duration_s: float, *, headers=None, method: str = "POST", generator: str = "auto"
+) -> dict:
+    """The benchmark's load: wrk where installed (or asked for), locust otherwise; the summary says which ran."""
+    if generator == "wrk" or (generator == "auto" and wrk_available()):
+        if not wrk_available():
+            raise PipelineError(
+                "load", "--load-generator wrk: wrk is not installed", "sudo apt-get install -y wrk, or use --load-generator locust"
+            )
+        return run_wrk(url, body, concurrency, duration_s, headers=headers, method=method)
+    return run_load(url, [body] if body else [], concurrency, duration_s, headers=headers, method=method).summary()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.artifacts import files
 
 
@@ -153,8 +155,11 @@ def markdown(report: dict) -> str:
 def _served_markdown(served: dict | None) -> list[str]:
     if not served:
         return []
+    generators = sorted({r.get("generator", "locust") for c in served["configs"] for r in c["runs"]})
     lines = [
-        "## Served (real TorchServe on 127.0.0.1, locust closed-loop clients)",
+        f"## Served (real servers on 127.0.0.1; load from {' and '.join(generators)}, closed-loop clients on the same machine)",
+        "",
+        *verdicts(served["configs"]),
         "",
         f"Request body: `{served['request_body']}`. Latency is what the client saw; the floor is `/ping` on the "
         "same server at the same concurrency; queue and frontend time come from TorchServe's own per-request "
@@ -170,13 +175,13 @@ def _served_markdown(served: dict | None) -> list[str]:
                 "",
                 "The floor is `/v2/health/live` through the same proxy.",
                 "",
-                "| clients | req/s | p50 | p90 | p99 | errors | floor p50 | × floor |",
-                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+                "| clients | req/s | p50 | p90 | p99 | errors | floor p50 | × floor | load CPU |",
+                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             ]
             for r, p in zip(config["runs"], config["ping"]):
                 lines.append(
                     f"| {r['concurrency']} | {r['requests_per_s']:,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | "
-                    f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} |"
+                    f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} | {_share(r)} |"
                 )
             lines.append("")
             continue
@@ -187,8 +192,8 @@ def _served_markdown(served: dict | None) -> list[str]:
             "",
             f"TorchServe's metrics from its {config['runs'][0]['torchserve_metrics']['source'] if config['runs'] else '—'}.",
             "",
-            "| clients | req/s | p50 | p90 | p99 | errors | /ping p50 | × ping | TS queue mean | TS total mean | handler/batch | queue share |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| clients | req/s | p50 | p90 | p99 | errors | /ping p50 | × ping | TS queue mean | TS total mean | handler/batch | queue share | load CPU |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r, p in zip(config["runs"], config["ping"]):
             m = r["torchserve_metrics"]
@@ -198,11 +203,12 @@ def _served_markdown(served: dict | None) -> list[str]:
                 f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} | "
                 f"{_ms(m['queue'].get('mean_ms'))} | {_ms(m['frontend_total'].get('mean_ms'))} | "
                 f"{_ms(m['handler_per_batch'].get('mean_ms', m['handler_per_batch'].get('last_ms')))} | "
-                f"{'—' if share is None else f'{share:.0%}'} |"
+                f"{'—' if share is None else f'{share:.0%}'} | {_share(r)} |"
             )
         lines.append("")
     if any(c.get("server") == "ray" for c in served["configs"]):
         lines += side_by_side(served["configs"])
+    lines += _profile_markdown(served)
     for c in served.get("comparisons", []):
         goal = c.get("goal")
         verdict = "" if goal is None else f" Goal {goal:g}×: {'met' if c['met'] else 'NOT met'}."
@@ -218,6 +224,65 @@ def _served_markdown(served: dict | None) -> list[str]:
         for conc, w in c["per_concurrency"].items():
             lines.append(f"| {conc} | {w['winner_rps']} | {_x(w['rps_ratio'])} | {_x(w['p99_ratio'])} |")
         lines.append("")
+    return lines
+
+
+PROFILE_PARTS = (
+    ("client_to_frontend_and_back_ms", "client ↔ frontend (HTTP; client mean − TorchServe's total)"),
+    ("queue_ms", "queue (TorchServe's ts_queue_latency)"),
+    ("rest_ms", "batch assembly, frontend ↔ worker, worker protocol, metrics and logs"),
+    ("handler_ms", "handler: parse, validate, run, encode (timed in process)"),
+)
+
+
+def _profile_markdown(served: dict) -> list[str]:
+    rows, handler = served.get("profile"), served.get("handler")
+    if not rows or not handler:
+        return []
+    us = handler["us_per_request"]
+    lines = [
+        "### Where a request's time goes (tuned)",
+        "",
+        "Means per request, in ms: the client's mean latency split with TorchServe's own counters (total and queue "
+        "time in the frontend) and the handler timed in this process on the same archive "
+        f"({', '.join(f'batch {b}: {v:.1f} µs per request' for b, v in us.items())}). The handler's share uses batch 1 "
+        "for one client and the largest batch for more, where batches fill. The stacked bar is in latency.png.",
+        "",
+        "| clients | client mean | " + " | ".join(label for _, label in PROFILE_PARTS) + " |",
+        "| ---: | ---: | " + " | ".join("---:" for _ in PROFILE_PARTS) + " |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['concurrency']} | {_ms(r['client_mean_ms'])} | " + " | ".join(_ms(r[key]) for key, _ in PROFILE_PARTS) + " |")
+    return [*lines, ""]
+
+
+def _share(run: dict) -> str:
+    share = run.get("generator_cpu_share")
+    return "—" if share is None else f"{run.get('generator', '?')} {share:.0%}"
+
+
+def verdicts(configs: list[dict]) -> list[str]:
+    """One line per concurrency: who served most, by how much over the first config, and what the load generator cost."""
+    base = configs[0]["name"]
+    by = {c["name"]: {r["concurrency"]: r for r in c["runs"]} for c in configs}
+    lines = ["Verdict per concurrency:", ""]
+    for conc in sorted({c for runs in by.values() for c in runs}):
+        rows = {name: runs[conc] for name, runs in by.items() if conc in runs}
+        best = max(rows, key=lambda name: rows[name]["requests_per_s"])
+        r, b = rows[best], rows.get(base)
+        versus = f"; {_x(r['requests_per_s'] / b['requests_per_s'])} {base}'s" if b and best != base and b["requests_per_s"] else ""
+        errors = sum(x["errors"] for x in rows.values())
+        shares = [x["generator_cpu_share"] for x in rows.values() if x.get("generator_cpu_share") is not None]
+        spread = (
+            f"{min(shares):.0%}"
+            if shares and f"{min(shares):.0%}" == f"{max(shares):.0%}"
+            else f"{min(shares or [0]):.0%}-{max(shares or [0]):.0%}"
+        )
+        load = f"; the load generator used {spread} of the machine's CPU" if shares else ""
+        lines.append(
+            f"- **{conc} client{'s' if conc > 1 else ''}**: {best} serves most, {r['requests_per_s']:,.0f} req/s at p50 {_ms(r['p50_ms'])} / "
+            f"p99 {_ms(r['p99_ms'])} ms{versus}; {errors} error(s) across configs{load}."
+        )
     return lines
 
 
@@ -250,7 +315,8 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     served = report.get("served")
-    panels = 3 if served else 1
+    profile_rows = (served or {}).get("profile") or []
+    panels = (3 if served else 1) + (1 if profile_rows else 0)
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5), squeeze=False)
     ax = axes[0][0]
     records = report["in_process"]
@@ -284,6 +350,16 @@ def plot(report: dict, path: Path) -> None:
         for a in (lat, thr):
             a.grid(True, which="both", alpha=0.3)
             a.legend(fontsize=7)
+    if profile_rows:
+        bars = axes[0][-1]
+        labels = [str(r["concurrency"]) for r in profile_rows]
+        bottom = np.zeros(len(profile_rows))
+        for key, label in PROFILE_PARTS:
+            values = np.array([r[key] for r in profile_rows])
+            bars.bar(labels, values, bottom=bottom, label=label.split(" (")[0])
+            bottom += values
+        bars.set(xlabel="concurrent clients", ylabel="ms per request (mean)", title="tuned: where a request's time goes")
+        bars.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

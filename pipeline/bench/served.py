@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench.loadgen import run_load
+from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import MAR
+from pipeline.bench import handler_time
+from pipeline.bench.loadgen import measure
 from pipeline.errors import PipelineError
 from pipeline.serving import server as serve
 from pipeline.serving.client import http
@@ -183,17 +186,18 @@ def _sweep(
     headers = {"Authorization": f"Bearer {info.token('inference')}"}
     floor = f"{info.inference}/v2/health/live" if isinstance(info, RayInfo) else f"{info.inference}/ping"
     runs, floors = [], []
+    generator = settings.load_generator
     # Warm-up: first requests pay for JIT and connection setup on both sides.
-    run_load(info.predictions_url, [body], 4, 1.0, headers=headers, max_requests=200)
+    measure(info.predictions_url, body, 4, 1.0, headers=headers, generator=generator)
     for c in settings.concurrency:
         bar.set_postfix_str(f"served {label} c={c}")
         window = metrics_window(info, properties) if isinstance(info, serve.ServerInfo) and properties is not None else None
-        result = run_load(info.predictions_url, [body], c, settings.served_seconds, headers=headers)
-        runs.append({**result.summary(), **({"torchserve_metrics": window.breakdown()} if window else {})})
+        result = measure(info.predictions_url, body, c, settings.served_seconds, headers=headers, generator=generator)
+        runs.append({**result, **({"torchserve_metrics": window.breakdown()} if window else {})})
         bar.update(1)
         bar.set_postfix_str(f"served {label} floor c={c}")
-        ping = run_load(floor, [], c, min(PING_SECONDS, settings.served_seconds), headers=headers, method="GET")
-        floors.append(ping.summary())
+        ping = measure(floor, "", c, min(PING_SECONDS, settings.served_seconds), headers=headers, method="GET", generator=generator)
+        floors.append(ping)
         bar.update(1)
     for r, f in zip(runs, floors):
         r["ratio_to_ping_p50"] = r["p50_ms"] / f["p50_ms"] if f["p50_ms"] > 0 else None
@@ -204,6 +208,36 @@ def _describe(info: serve.ServerInfo) -> dict:
     described = info.describe() or [{}]
     d = described[0]
     return {k: d.get(k) for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout")}
+
+
+def profile(configs: list[dict], handler: dict, name: str = "tuned") -> list[dict]:
+    """Where a request's time goes on `name`, per concurrency (means, ms): client to frontend and back,
+    TorchServe's queue, the handler (timed in process), and the rest (batch assembly, frontend to
+    worker and back, the worker's protocol, metrics and logs)."""
+    config = next((c for c in configs if c["name"] == name), None)
+    if config is None:
+        return []
+    rows = []
+    per_request = handler["us_per_request"]
+    for r in config["runs"]:
+        m = r.get("torchserve_metrics", {})
+        total, queue = m.get("frontend_total", {}).get("mean_ms"), m.get("queue", {}).get("mean_ms")
+        if total is None or queue is None:
+            continue
+        batch = "1" if r["concurrency"] == 1 else max(per_request, key=int)
+        handler_ms = per_request[batch] / 1e3
+        rows.append(
+            {
+                "concurrency": r["concurrency"],
+                "client_mean_ms": r["mean_ms"],
+                "client_to_frontend_and_back_ms": max(r["mean_ms"] - total, 0.0),
+                "queue_ms": queue,
+                "handler_ms": handler_ms,
+                "handler_batch": int(batch),
+                "rest_ms": max(total - queue - handler_ms, 0.0),
+            }
+        )
+    return rows
 
 
 def run(settings, spec, layout: Layout, bar) -> dict:
@@ -240,7 +274,9 @@ def run(settings, spec, layout: Layout, bar) -> dict:
         configs += [_ray_config(name, replicas, settings, layout, body, bar) for name, replicas in RAY_REPLICAS.items()]
     pairs = RAY_COMPARISONS if settings.served == "ray" else COMPARISONS
     comparisons = [c for c in (compare(configs, base, other) for base, other in pairs) if c]
-    return {"request_body": body, "configs": configs, "comparisons": comparisons}
+    mar, _ = Manifest(layout.root, layout.model).verified(MAR, "bench")
+    handler = handler_time.measure_in_child(mar, body)
+    return {"request_body": body, "configs": configs, "comparisons": comparisons, "handler": handler, "profile": profile(configs, handler)}
 
 
 def _ray_config(name: str, replicas: int, settings, layout: Layout, body: str, bar) -> dict:

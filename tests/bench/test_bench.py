@@ -147,6 +147,40 @@ def test_served_sweep_on_real_torchserve(report):
 
 
 @pytest.mark.slow
+def test_served_load_generator_handler_and_profile_are_reported(report):
+    """Which load generator ran and what it cost, the handler timed alone, and where a request's time went."""
+    from pipeline.bench.loadgen import wrk_available
+
+    root, result = report
+    served = result["served"]
+    runs = [r for c in served["configs"] for r in [*c["runs"], *c["ping"]]]
+    assert {r["generator"] for r in runs} == {"wrk" if wrk_available() else "locust"}
+    assert all(0 < r["generator_cpu_share"] < 1 for r in runs)
+    per_request = served["handler"]["us_per_request"]
+    assert set(per_request) == {"1", "8"} and all(v > 0 for v in per_request.values())
+    rows = served["profile"]
+    assert [r["concurrency"] for r in rows] == list(CONCURRENCY)
+    parts = ("client_to_frontend_and_back_ms", "queue_ms", "rest_ms", "handler_ms")
+    for r in rows:
+        assert all(r[p] >= 0 for p in parts)
+        assert sum(r[p] for p in parts) >= r["client_mean_ms"] * 0.99  # the parts account for the whole mean
+    targets = {t["target"] for t in result["targets"]}
+    assert any(t.startswith("handler in process, batch 1") for t in targets)
+    assert any(t.startswith("served, 1 client, the shipped config") for t in targets)
+    md = (root / "reports" / "simple_nn" / "latency.md").read_text()
+    assert "Verdict per concurrency:" in md and "- **1 client**:" in md and "- **4 clients**:" in md
+    assert "### Where a request's time goes (tuned)" in md
+
+
+def test_handler_is_timed_on_its_own(built_root):
+    from pipeline.bench import handler_time
+
+    timed = handler_time.measure_in_child(built_root / "model_store" / "simple_nn.mar", '{"x": 5.0}')
+    assert set(timed["us_per_request"]) == {"1", "8"}
+    assert 0 < timed["us_per_request"]["8"] < timed["us_per_request"]["1"] * 8  # a batch costs less than its requests one by one
+
+
+@pytest.mark.slow
 def test_served_servers_are_gone_and_user_archive_untouched(report, built_root):
     root, _ = report
     assert not (root / "run").exists() or not any((root / "run").rglob("server.json"))

@@ -276,3 +276,19 @@ def test_too_long_project_path_is_refused_before_start(project):
     with pytest.raises(PipelineError, match="too long for TorchServe"):
         serve.start(Settings(root=deep), auto_ports=True, timeout=30)
     assert not (deep / "run" / "simple_nn" / "server.json").exists()
+
+
+@pytest.mark.parametrize("generator", ["wrk", "locust"])
+def test_the_benchmarks_load_generators_measure_the_real_server(server, generator):
+    """wrk (where installed) and locust both load the server, count its answers, and say what they cost."""
+    from pipeline.bench.loadgen import measure, wrk_available
+
+    if generator == "wrk" and not wrk_available():
+        pytest.skip("wrk is not installed (.ci/run installs it)")
+    headers = {"Authorization": f"Bearer {server.token()}"}
+    r = measure(server.predictions_url, '{"x": 5.0}', 4, 1.0, headers=headers, generator=generator)
+    assert r["generator"] == generator and r["requests"] > 50 and r["errors"] == 0 and r["status"] == {"200": r["requests"]}
+    assert 0 < r["p50_ms"] <= r["p99_ms"] and r["requests_per_s"] > 0
+    assert 0 < r["generator_cpu_share"] < 1
+    bad = measure(server.predictions_url, '{"x": "five"}', 2, 1.0, headers=headers, generator=generator)
+    assert bad["errors"] == bad["requests"] > 0 and set(bad["status"]) == {"400"}  # every answer counted by its status
