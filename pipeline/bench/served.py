@@ -168,7 +168,7 @@ def metrics_window(info: serve.ServerInfo, properties: dict[str, str]):
     return LogWindow.mark(Path(info.run_dir) / "logs")
 
 
-def _project_for(config: dict, settings, layout: Layout, folder: Path) -> Settings:
+def project_for(config: dict, settings, layout: Layout, folder: Path) -> Settings:
     """A private project folder whose archive carries `config`: the user's archive is untouched."""
     src = layout.root
     (folder / "artifacts").mkdir(parents=True)
@@ -260,7 +260,7 @@ def run(settings, spec, layout: Layout, bar) -> dict:
     for name in names:
         config = SERVING_CONFIGS[name]
         with tempfile.TemporaryDirectory(prefix=f"bench-serve-{name}-") as tmp:
-            project = _project_for(config["archive"], settings, layout, Path(tmp))
+            project = project_for(config["archive"], settings, layout, Path(tmp))
             info = serve.start(project, auto_ports=True, properties=config["server"])
             try:
                 server_config = _describe(info)
@@ -284,7 +284,7 @@ def _ray_config(name: str, replicas: int, settings, layout: Layout, body: str, b
     from pipeline.serving import ray_server
 
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
-        project = _project_for({}, settings, layout, Path(tmp))
+        project = project_for({}, settings, layout, Path(tmp))
         info = ray_server.start(project, replicas=str(replicas), auto_ports=True)
         try:
             runs, floors = _sweep(info, None, settings, body, bar, name)

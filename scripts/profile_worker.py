@@ -1,0 +1,122 @@
+"""Where a TorchServe worker's time goes under load: py-spy samples of the Python worker, grouped.
+
+    .venv/bin/python scripts/profile_worker.py [--clients 16] [--seconds 6] [--model simple_nn]
+
+Starts the model's shipped archive on a private TorchServe (free loopback ports), loads it
+with wrk (or locust) at the given concurrency, and samples the worker with py-spy (idle
+time included). Prints each group's share of the worker's wall time: waiting for the
+frontend, reading and decoding its message, the handler (ours), encoding and sending the
+answer, metrics and logging. Needs py-spy (it comes with the ray extra) and ptrace rights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import psutil
+
+from pipeline.bench.loadgen import measure
+from pipeline.bench.served import project_for
+from pipeline.serving import server as serve
+from pipeline.settings import Layout, Settings
+from pipeline.spec import load_spec
+
+# First match wins, looking from the innermost frame outwards.
+GROUPS = (
+    ("handler (pipeline/serving)", ("pipeline/serving/",)),
+    ("metrics", ("ts/metrics/", "metric")),
+    ("logging", ("logging/", "ts/utils/util.py:log")),
+    ("decode the frontend's message", ("_retrieve", "retrieve_msg", "otf_message_handler.py:_retrieve", "_retrieve_buffer")),
+    ("encode and send the answer", ("create_predict_response", "send", "sendall")),
+)
+
+
+def group(stack: str) -> str:
+    frames = stack.split(";")
+    if frames[-1].startswith("_retrieve_buffer"):  # blocked in recv: the worker has nothing to do
+        return "idle: waiting for the frontend's next batch"
+    for frame in reversed(frames):
+        for name, needles in GROUPS:
+            if any(n in frame for n in needles):
+                return name
+    return "other TorchServe worker code"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="simple_nn")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--seconds", type=int, default=6)
+    args = p.parse_args()
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    layout = Layout(Path(".").resolve(), args.model)
+    with tempfile.TemporaryDirectory(prefix="profile-worker-") as tmp:
+        project = project_for({}, Settings(model=args.model), layout, Path(tmp))
+        info = serve.start(project, auto_ports=True)
+        try:
+            [worker] = [w["pid"] for w in info.workers()]
+            headers = {"Authorization": f"Bearer {info.token()}"}
+            body = json.dumps(load_spec(args.model).example_request)
+            result: dict = {}
+            load = threading.Thread(
+                target=lambda: result.update(measure(info.predictions_url, body, args.clients, args.seconds + 4, headers=headers))
+            )
+            load.start()
+            out = Path(tmp) / "worker.txt"
+            procs = {p.pid: p for p in info.processes()}
+            for proc in procs.values():
+                proc.cpu_percent()
+            subprocess.run(
+                [py_spy, "record", "-p", str(worker), "-d", str(args.seconds), "-r", "500", "--idle", "-f", "raw", "-o", str(out)],
+                check=True,
+                capture_output=True,
+                timeout=args.seconds + 60,
+            )
+            cpu = {}
+            for pid, proc in procs.items():
+                try:
+                    cpu[f"{proc.name()} {'(worker)' if pid == worker else ''}".strip()] = proc.cpu_percent()
+                except psutil.NoSuchProcess:
+                    continue
+            load.join()
+        finally:
+            serve.stop(project)
+        counts: collections.Counter = collections.Counter()
+        leaves: collections.Counter = collections.Counter()
+        callers: collections.Counter = collections.Counter()
+        for line in out.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            counts[group(stack)] += int(n)
+            leaves[stack.split(";")[-1]] += int(n)
+            if group(stack) == "logging":
+                callers[next((f for f in reversed(stack.split(";")) if "logging/" not in f), "?")] += int(n)
+    total = sum(counts.values())
+    print(
+        f"{args.model}, {args.clients} clients: {result.get('requests_per_s', 0):,.0f} req/s ({result.get('generator')}), p50 {result.get('p50_ms', 0):.2f} ms"
+    )
+    print(
+        "CPU while sampling (% of one core): "
+        + ", ".join(f"{name} {pct:.0f}%" for name, pct in sorted(cpu.items(), key=lambda kv: -kv[1]) if pct >= 1)
+    )
+    print(f"worker wall time by group ({total} samples at 500 Hz, idle included):")
+    for name, n in counts.most_common():
+        print(f"  {n / total:6.1%}  {name}")
+    print("logging, by the code that logs:")
+    for name, n in callers.most_common(4):
+        print(f"  {n / total:6.1%}  {name}")
+    print("innermost frames:")
+    for name, n in leaves.most_common(8):
+        print(f"  {n / total:6.1%}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
