@@ -41,7 +41,7 @@ $(RAY_STAMP): $(STAMP)
 	@touch $@
 
 export: $(STAMP)
-	$(PY) -m pipeline all --model $(MODEL) $(FORCE_FLAG)
+	$(PY) -m pipeline all --model $(MODEL) $(FORCE_FLAG) $(EXPORT_ARGS)
 
 test: $(RAY_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

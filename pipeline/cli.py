@@ -40,6 +40,16 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
     p.add_argument("--root", type=Path, default=Path("."), help="project folder holding artifacts/, reports/, model_store/ (default: .)")
@@ -63,6 +73,23 @@ def _stage_options(p: argparse.ArgumentParser, name: str) -> None:
             choices=["fp32", "tf32"],
             help="CUDA precision to verify and serve: fp32 (exact, ONNX Runtime's TF32 off) or tf32 "
             "(needs the spec's tf32_tolerance) (default: the model's, fp32 unless it says tf32)",
+        )
+    if name in ("package", "all"):
+        p.add_argument(
+            "--batch-size",
+            type=_positive,
+            default=Settings.serve_batch_size,
+            help="TorchServe batches requests up to this size (default: %(default)s; 1 turns batching off)",
+        )
+        p.add_argument(
+            "--max-batch-delay-ms",
+            type=_positive,
+            default=Settings.serve_max_batch_delay_ms,
+            help="how long TorchServe waits to fill a batch, in whole ms; it always waits this long for a second "
+            "request, and 0 would mean its 100 ms default (default: %(default)s)",
+        )
+        p.add_argument(
+            "--workers", type=_positive, default=Settings.serve_workers, help="TorchServe workers for the model (default: %(default)s)"
         )
     if name in ("parity", "all"):
         p.add_argument("--atol", type=float, help="parity absolute tolerance (default: the model's)")
@@ -212,6 +239,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         parity_batch_sizes=getattr(args, "parity_batch_sizes", PARITY_BATCH_SIZES),
         cuda_precision=getattr(args, "cuda_precision", None),
         exporter_fallback=getattr(args, "exporter_fallback", False),
+        serve_batch_size=getattr(args, "batch_size", Settings.serve_batch_size),
+        serve_max_batch_delay_ms=getattr(args, "max_batch_delay_ms", Settings.serve_max_batch_delay_ms),
+        serve_workers=getattr(args, "workers", Settings.serve_workers),
     )
 
 

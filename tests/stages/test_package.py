@@ -67,3 +67,18 @@ def test_repackage_when_archive_damaged(project):
     assert not result.skipped
     archive.inspect_archive(layout.mar, Manifest(layout.root, "simple_nn").records["onnx"].sha256)
     assert package.run(settings).skipped
+
+
+def test_batching_options_reach_the_archives_model_config(project, capsys):
+    """`package --batch-size 1 --workers 2` (the latency-first choice) repackages with that model config; 0 ms is refused."""
+    from pipeline import cli
+
+    settings, layout = project
+    assert cli.main(["package", "--root", str(layout.root), "--batch-size", "1", "--workers", "2"]) == 0
+    with zipfile.ZipFile(layout.mar) as zf:
+        config = yaml.safe_load(zf.read("model-config.yaml"))
+    assert (config["batchSize"], config["minWorkers"], config["maxWorkers"], config["maxBatchDelay"]) == (1, 2, 2, 1)
+    assert "ran in" in capsys.readouterr().out  # a changed model config is a changed archive
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["package", "--root", str(layout.root), "--max-batch-delay-ms", "0"])
+    assert exited.value.code == 2 and "must be at least 1" in capsys.readouterr().err
