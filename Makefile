@@ -16,7 +16,7 @@ REPLICA_FLAGS := --replicas $(REPLICAS)
 .PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench reliability clean distclean
 
 help:
-	@echo "make export     train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo)"
+	@echo "make export     train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
 	@echo "make test       the whole test suite (TorchServe end-to-end included)"
 	@echo "make test-fast  the tests that need no server and no whole-chain run"
 	@echo "make lint       ruff (lint and format check); make fmt formats; make typecheck runs mypy"
