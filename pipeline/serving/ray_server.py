@@ -13,6 +13,7 @@ Readiness means a real request was answered, not only that Serve says RUNNING.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -96,6 +97,16 @@ class RayInfo:
         return list({p.pid: p for p in found}.values())
 
 
+def require_ray() -> None:
+    """Ray Serve is an extra: say how to get it rather than fail inside a child process."""
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+        raise PipelineError(
+            STAGE,
+            "Ray Serve is not installed in this Python",
+            "install the ray extra: pip install -c constraints.txt -e '.[ray]' (make serve-ray does it)",
+        )
+
+
 def run_dir(layout: Layout) -> Path:
     return layout.root / "run" / layout.model / "ray"
 
@@ -152,6 +163,7 @@ def start(
 ) -> RayInfo:
     """Deploy the archive on Ray; return once a real request has been answered."""
     spec, layout = resolve(settings)
+    require_ray()
     folder = run_dir(layout)
     existing = load_info(layout)
     if existing is not None and (existing.processes() or existing.address):

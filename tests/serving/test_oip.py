@@ -205,3 +205,17 @@ def test_token_file_is_checked(tmp_path, mode, content, message):
     path.chmod(mode)
     with pytest.raises(PipelineError, match=message):
         read_token(str(path))
+
+
+def test_serving_on_ray_without_ray_installed_says_how_to_get_it(built, monkeypatch):
+    import importlib.util
+
+    from pipeline.serving import ray_server
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("ray") else real(name, *a))
+    settings, layout = built
+    with pytest.raises(PipelineError, match=r"Ray Serve is not installed") as raised:
+        ray_server.start(settings, auto_ports=True)
+    assert "pip install" in raised.value.fix
+    assert not ray_server.run_dir(layout).exists()  # nothing was started or written
