@@ -348,7 +348,7 @@ def serve_command(args: argparse.Namespace) -> int:
         f"-d {shlex.quote(body)} {info.predictions_url}"
     )
     if isinstance(info, ray_server.RayInfo):
-        print(f"  OIP v2   {info.url}/v2/models/{spec.name} (metadata) and {info.url}/v2/models/{spec.name}/infer, same token")
+        print(f"  OIP v2   {info.inference}/v2/models/{spec.name} (metadata) and {info.inference}/v2/models/{spec.name}/infer, same token")
     print(f"  logs     {_rel(Path(info.run_dir) / 'logs')}/")
     print(f"  stop     {stop_cmd}")
     return 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 
 def http(
@@ -26,3 +28,26 @@ def http(
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+class Endpoint:
+    """What the record of every running server shares (TorchServe's ServerInfo, Ray's RayInfo):
+    its folder's key file, the token in it, and the model's prediction route."""
+
+    model: str
+    run_dir: str
+    inference: str  # the inference address, http://127.0.0.1:<port>
+
+    @property
+    def key_file(self) -> Path:
+        return Path(self.run_dir) / "key_file.json"
+
+    def token(self, kind: str = "inference") -> str:
+        return json.loads(self.key_file.read_text())[kind]["key"]
+
+    @property
+    def predictions_url(self) -> str:
+        return f"{self.inference}/predictions/{self.model}"
+
+    def predict(self, body: bytes, token: str | None = None, timeout: float = 30, **kw) -> tuple[int, bytes]:
+        return http("POST", self.predictions_url, body, token or self.token("inference"), timeout=timeout, **kw)

@@ -35,9 +35,9 @@ from pipeline.artifacts.archive import inspect_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import MAR, ONNX
 from pipeline.errors import PipelineError
-from pipeline.serving.client import http
+from pipeline.serving.client import Endpoint
 from pipeline.serving.ray_app import QUIET, RayAppOptions
-from pipeline.serving.server import free_port
+from pipeline.serving.server import free_port, port_in_use
 from pipeline.settings import Layout, Settings, resolve
 
 STAGE = "serve"
@@ -48,34 +48,16 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 
 
 @dataclass(frozen=True)
-class RayInfo:
+class RayInfo(Endpoint):
     """A deployed Ray application, as recorded in run/<model>/ray/server.json."""
 
     model: str
     run_dir: str
-    url: str  # the HTTP proxy, http://127.0.0.1:<port>
+    inference: str  # the HTTP proxy, http://127.0.0.1:<port>
     replicas: str
     pid: int | None = None  # the launcher holding a local cluster; None on a cluster given by address
     address: str | None = None
     temp_dir: str | None = None  # the local cluster's Ray temp folder: every one of its processes names it
-
-    @property
-    def key_file(self) -> Path:
-        return Path(self.run_dir) / "key_file.json"
-
-    def token(self, kind: str = "inference") -> str:
-        return json.loads(self.key_file.read_text())[kind]["key"]
-
-    @property
-    def predictions_url(self) -> str:
-        return f"{self.url}/predictions/{self.model}"
-
-    @property
-    def inference(self) -> str:
-        return self.url
-
-    def predict(self, body: bytes, token: str | None = None, timeout: float = 30, **kw) -> tuple[int, bytes]:
-        return http("POST", self.predictions_url, body, token or self.token(), timeout=timeout, **kw)
 
     def processes(self) -> list[psutil.Process]:
         """The launcher and every Ray process of its cluster (none for a cluster given by address)."""
@@ -167,7 +149,9 @@ def start(
     folder = run_dir(layout)
     existing = load_info(layout)
     if existing is not None and (existing.processes() or existing.address):
-        raise PipelineError(STAGE, f"{spec.name} is already served on Ray at {existing.url}", "use it, or stop it first: make stop-ray")
+        raise PipelineError(
+            STAGE, f"{spec.name} is already served on Ray at {existing.inference}", "use it, or stop it first: make stop-ray"
+        )
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     (folder / "server.json").unlink(missing_ok=True)
     write_key_file(folder / "key_file.json")
@@ -215,13 +199,13 @@ def _deploy_to(address: str, options: RayAppOptions, name: str, folder: Path, po
         deploy(options, name, port)
     finally:
         ray.shutdown()
-    info = RayInfo(model=name, run_dir=str(folder), url=f"http://127.0.0.1:{port}", replicas=replicas, address=address)
+    info = RayInfo(model=name, run_dir=str(folder), inference=f"http://127.0.0.1:{port}", replicas=replicas, address=address)
     files.write_json(folder / "server.json", asdict(info))
     return info
 
 
 def _launch(options: RayAppOptions, name: str, folder: Path, port: int, replicas: str, timeout: float) -> RayInfo:
-    if _port_open(port):
+    if port_in_use(port):
         raise PipelineError(STAGE, f"port {port} is already in use on 127.0.0.1", "stop what holds it (make stop-ray), or use --ports auto")
     status = folder / "launcher.json"
     status.unlink(missing_ok=True)
@@ -240,7 +224,9 @@ def _launch(options: RayAppOptions, name: str, folder: Path, port: int, replicas
             env=env,
             start_new_session=True,
         )
-    info = RayInfo(model=name, run_dir=str(folder), url=f"http://127.0.0.1:{port}", replicas=replicas, pid=proc.pid, temp_dir=temp_dir)
+    info = RayInfo(
+        model=name, run_dir=str(folder), inference=f"http://127.0.0.1:{port}", replicas=replicas, pid=proc.pid, temp_dir=temp_dir
+    )
     files.write_json(folder / "server.json", asdict(info))
     deadline = time.monotonic() + timeout
     while not status.exists():
@@ -256,13 +242,6 @@ def _launch(options: RayAppOptions, name: str, folder: Path, port: int, replicas
         stop_info(info)
         raise PipelineError(STAGE, f"deploying {name} on Ray failed: {launched['error']}", f"see {folder / 'logs'}/launcher.log")
     return info
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _wait_answered(info: RayInfo, body: bytes, timeout: float) -> None:

@@ -30,7 +30,7 @@ from pipeline.artifacts.archive import inspect_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import MAR, ONNX
 from pipeline.errors import PipelineError
-from pipeline.serving.client import http
+from pipeline.serving.client import Endpoint, http
 from pipeline.settings import Layout, Settings, resolve
 
 STAGE = "serve"
@@ -77,13 +77,13 @@ def _port_of(props: dict[str, str], kind: str) -> int:
     return int(props[address_key].rsplit(":", 1)[1])
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass(frozen=True)
-class ServerInfo:
+class ServerInfo(Endpoint):
     """A running server, as recorded in run/<model>/server.json."""
 
     model: str
@@ -93,20 +93,6 @@ class ServerInfo:
     management: str
     metrics: str
     ports: dict[str, int]
-
-    @property
-    def key_file(self) -> Path:
-        return Path(self.run_dir) / "key_file.json"
-
-    def token(self, kind: str = "inference") -> str:
-        return json.loads(self.key_file.read_text())[kind]["key"]
-
-    @property
-    def predictions_url(self) -> str:
-        return f"{self.inference}/predictions/{self.model}"
-
-    def predict(self, body: bytes, token: str | None = None, timeout: float = 30, **kw) -> tuple[int, bytes]:
-        return http("POST", self.predictions_url, body, token or self.token("inference"), timeout=timeout, **kw)
 
     def describe(self, timeout: float = 5) -> list[dict] | None:
         """The management API's description of the model, or None while it is not answering."""
@@ -160,7 +146,7 @@ def _write_config(layout: Layout, folder: Path, auto_ports: bool, overrides: dic
         else:
             assert port_key is not None  # every PORT_KEYS row names one of the two
             props[port_key] = str(ports[kind])
-    busy = [f"{kind} {port}" for kind, port in ports.items() if _port_in_use(port)]
+    busy = [f"{kind} {port}" for kind, port in ports.items() if port_in_use(port)]
     if busy:
         raise PipelineError(
             STAGE,

@@ -73,14 +73,14 @@ def test_oversized_body_is_a_413(app):
 )
 @pytest.mark.parametrize("token", [None, "wrong-token-of-some-length"])
 def test_every_inference_and_metadata_route_needs_the_token(app, method, path, token):
-    status, answer = http(method, app.url + path, b'{"x": 1.0}' if method == "POST" else None, token)
+    status, answer = http(method, app.inference + path, b'{"x": 1.0}' if method == "POST" else None, token)
     assert status == 401 and "bearer token" in json.loads(answer)["error"]
 
 
 def test_health_is_open_and_unknown_routes_are_404(app):
-    assert http("GET", app.url + "/v2/health/live")[0] == 200
-    assert http("GET", app.url + "/v2/health/ready")[0] == 200
-    status, answer = http("GET", app.url + "/v2/models/other", token=app.token())
+    assert http("GET", app.inference + "/v2/health/live")[0] == 200
+    assert http("GET", app.inference + "/v2/health/ready")[0] == 200
+    status, answer = http("GET", app.inference + "/v2/models/other", token=app.token())
     assert status == 404 and "/v2/models/simple_nn" in json.loads(answer)["error"]
 
 
@@ -119,7 +119,7 @@ def test_every_ray_port_is_on_loopback_but_the_replicas_internal_grpc(app):
 
 @pytest.fixture(scope="module")
 def triton(app):
-    client = httpclient.InferenceServerClient(app.url.removeprefix("http://"))
+    client = httpclient.InferenceServerClient(app.inference.removeprefix("http://"))
     # A function, not a dict: tritonclient adds its own headers to the dict it is given.
     yield client, lambda: {"Authorization": f"Bearer {app.token()}"}
     client.close()
@@ -239,7 +239,7 @@ def test_deploy_onto_a_running_cluster_by_address(built_root, tmp_path):
             [*pipeline, "stop", "--on", "ray", "--root", str(root)], env=env, capture_output=True, text=True, timeout=120
         )
         assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr[-2000:]
-        assert http("GET", f"{info.url}/v2/health/live", timeout=5)[0] == 404  # Serve runs on, without the application
+        assert http("GET", f"{info.inference}/v2/health/live", timeout=5)[0] == 404  # Serve runs on, without the application
         assert cluster(), "the cluster itself is left running: it is not ours"
         wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         refused = subprocess.run(
