@@ -273,12 +273,10 @@ def verdicts(configs: list[dict]) -> list[str]:
         versus = f"; {_x(r['requests_per_s'] / b['requests_per_s'])} {base}'s" if b and best != base and b["requests_per_s"] else ""
         errors = sum(x["errors"] for x in rows.values())
         shares = [x["generator_cpu_share"] for x in rows.values() if x.get("generator_cpu_share") is not None]
-        spread = (
-            f"{min(shares):.0%}"
-            if shares and f"{min(shares):.0%}" == f"{max(shares):.0%}"
-            else f"{min(shares or [0]):.0%}-{max(shares or [0]):.0%}"
-        )
-        load = f"; the load generator used {spread} of the machine's CPU" if shares else ""
+        load = ""
+        if shares:
+            low, high = f"{min(shares):.0%}", f"{max(shares):.0%}"
+            load = f"; the load generator used {low if low == high else f'{low}-{high}'} of the machine's CPU"
         lines.append(
             f"- **{conc} client{'s' if conc > 1 else ''}**: {best} serves most, {r['requests_per_s']:,.0f} req/s at p50 {_ms(r['p50_ms'])} / "
             f"p99 {_ms(r['p99_ms'])} ms{versus}; {errors} error(s) across configs{load}."

@@ -152,7 +152,7 @@ def load(options: RayAppOptions, folder: Path, gpu_id: int | None = None) -> tup
     with zipfile.ZipFile(mar) as zf:
         (folder / ARCHIVE_MODEL).write_bytes(zf.read(ARCHIVE_MODEL))
     contract = Contract(info["contract"])
-    threads = max(1, int(options.num_cpus)) if options.num_cpus >= 1 else 1
+    threads = max(1, int(options.num_cpus))
     return open_model(folder / ARCHIVE_MODEL, contract, gpu_id, threads), info["model_config"] or {}
 
 
