@@ -27,6 +27,7 @@ STAGE_HELP = {
     "parity": "the gate: TorchScript and ONNX Runtime against eager PyTorch",
     "package": "build model_store/<model>.mar from the verified ONNX file",
     "all": "every stage in order, skipping what is up to date",
+    "variants": "int8 (CPU) and fp16 (CUDA) variants of the verified model: built, gated by parity and the task metric, packaged",
 }
 
 
@@ -118,9 +119,22 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     for name in (*STAGE_NAMES, "all"):
         _stage_options(commands.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name]), name)
 
+    variants = commands.add_parser("variants", help=STAGE_HELP["variants"], description=STAGE_HELP["variants"])
+    _model_options(variants)
+    variants.add_argument("--int8", action="store_true", help="the int8 variant, for the CPU")
+    variants.add_argument("--fp16", action="store_true", help="the fp16 variant, for CUDA (its gate needs a GPU)")
+    variants.add_argument("--force", action="store_true", help="rebuild and re-gate even when inputs and settings are unchanged")
+    variants.add_argument("--seed", type=int, default=0, help="seed for the calibration and parity inputs (default: 0)")
+    variants.add_argument(
+        "--parity-batch-sizes", type=_batch_sizes, default=PARITY_BATCH_SIZES, help="batch sizes the gate checks (default: %(default)s)"
+    )
+
     serve = commands.add_parser("serve", help="serve the model's archive (TorchServe, or Ray Serve) and wait until it answers")
     _model_options(serve)
     _on_option(serve)
+    serve.add_argument(
+        "--variant", choices=["int8", "fp16"], help="serve the variant's archive (model_store/<model>-<variant>.mar) instead of fp32"
+    )
     serve.add_argument(
         "--replicas",
         default="1",
@@ -200,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "stop": stop_command,
         "token": token_command,
         "rayservice": rayservice_command,
+        "variants": variants_command,
         "bench": _bench,
         "reliability": _reliability,
     }
@@ -242,7 +257,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
         serve_batch_size=getattr(args, "batch_size", Settings.serve_batch_size),
         serve_max_batch_delay_ms=getattr(args, "max_batch_delay_ms", Settings.serve_max_batch_delay_ms),
         serve_workers=getattr(args, "workers", Settings.serve_workers),
+        variant=getattr(args, "variant", None),
     )
+
+
+def variants_command(args: argparse.Namespace) -> int:
+    from pipeline.stages import variants
+
+    wanted = tuple(v for v in ("int8", "fp16") if getattr(args, v))
+    if not wanted:
+        print("error: name at least one variant: --int8 and/or --fp16", file=sys.stderr)
+        return 2
+    for result in variants.run(settings_from(args), wanted):
+        print(_line(result), flush=True)
+    return 0
 
 
 def stages_command(args: argparse.Namespace) -> int:

@@ -35,6 +35,8 @@ class Settings:
     serve_max_batch_delay_ms: int = 1
     serve_workers: int = 1
     serve_response_timeout_s: int = 30
+    # Which archive to serve: None for the fp32 model, or a variant ("int8", "fp16").
+    variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,16 @@ class Layout:
     @property
     def mar(self) -> Path:
         return self.model_store / f"{self.model}.mar"
+
+    def variant_onnx(self, variant: str) -> Path:
+        return self.artifacts / f"model.{variant}.onnx"
+
+    def served_name(self, variant: str | None) -> str:
+        """The model's name on the server (and of its archive): `digits_cnn`, `digits_cnn-int8`."""
+        return f"{self.model}-{variant}" if variant else self.model
+
+    def archive(self, variant: str | None) -> Path:
+        return self.model_store / f"{self.served_name(variant)}.mar"
 
 
 @dataclass(frozen=True)

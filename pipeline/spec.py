@@ -28,6 +28,7 @@ from pipeline.errors import SpecError
 
 # A tensor dimension is either a fixed size or the name of a dynamic axis.
 Dim = int | str
+Feed = dict[str, np.ndarray]
 _AXIS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -65,10 +66,36 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Element-wise pass rule: |got - want| <= atol + rtol * |want|."""
+    """Element-wise pass rule: |got - want| <= atol + rtol * |want|.
+
+    `max_mismatch` is the fraction of elements allowed beyond that bound (0: none). It is
+    for smaller variants, whose rounding can flip a near-tie (an argmax label) without
+    the model getting worse; the task metric is then what proves it did not.
+    """
 
     atol: float = 1e-5
     rtol: float = 1e-4
+    max_mismatch: float = 0.0
+
+
+@dataclass(frozen=True)
+class TaskMetric:
+    """How well the model does its job on held-out data, and how much a smaller variant may lose.
+
+    `evaluate(infer, seed)` runs `infer(feed) -> {output name: array}` over the held-out
+    data of the model trained with `seed` and returns one number. A variant (int8, fp16)
+    ships only if its value is within `max_drop` of fp32's, in the metric's own units
+    (0.005 is half a point of accuracy), worse meaning lower when `higher_is_better`.
+    """
+
+    name: str
+    evaluate: Callable[[Callable[[Feed], Mapping[str, np.ndarray]], int], float]
+    max_drop: float
+    higher_is_better: bool = True
+
+    def drop(self, reference: float, value: float) -> float:
+        """How much worse `value` is than `reference` (negative: better)."""
+        return reference - value if self.higher_is_better else value - reference
 
 
 @dataclass(frozen=True)
@@ -78,9 +105,6 @@ class TrainResult:
     state_dict: Mapping[str, Any]
     model_args: Mapping[str, Any]
     metrics: Mapping[str, float]
-
-
-Feed = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -110,6 +134,14 @@ class ModelSpec:
     tf32_tolerance: Tolerance | None = None
     # Largest number of rows one HTTP request may carry (the handler enforces it).
     max_rows_per_request: int = 4096
+    # Smaller variants (python -m pipeline variants): each is held to its own declared
+    # parity tolerance against eager fp32, and to the task metric's max_drop where one is given.
+    int8_tolerance: Tolerance | None = None
+    fp16_tolerance: Tolerance | None = None
+    task_metric: TaskMetric | None = None
+    # calibration_inputs(rng) -> feed of representative inputs for static int8 quantization
+    # (default: sample_inputs, which may be noise rather than the data the model sees).
+    calibration_inputs: Callable[[np.random.Generator], Feed] | None = None
     # A request body users can paste to try the endpoint.
     example_request: Mapping[str, Any] | None = None
     source: Path | None = field(default=None, compare=False)
@@ -269,7 +301,7 @@ def _validate(spec: Any, where: str) -> ModelSpec:
     for attr in ("build", "train", "sample_inputs"):
         if not callable(getattr(spec, attr)):
             raise SpecError("model", f"{where}: {attr} is {getattr(spec, attr)!r}, not a function", fix)
-    for attr in ("edge_inputs", "parity_cases"):
+    for attr in ("edge_inputs", "parity_cases", "calibration_inputs"):
         if getattr(spec, attr) is not None and not callable(getattr(spec, attr)):
             raise SpecError(
                 "model", f"{where}: {attr} is {getattr(spec, attr)!r}, not a function or None", f"pass a function, or leave {attr} out"
@@ -280,11 +312,33 @@ def _validate(spec: Any, where: str) -> ModelSpec:
         )
     if spec.cuda_precision not in ("fp32", "tf32"):
         raise SpecError("model", f"{where}: cuda_precision is {spec.cuda_precision!r}", "use 'fp32' (exact) or 'tf32'")
-    if spec.tf32_tolerance is not None and not isinstance(spec.tf32_tolerance, Tolerance):
+    for attr in ("tf32_tolerance", "int8_tolerance", "fp16_tolerance"):
+        value = getattr(spec, attr)
+        if value is not None and not isinstance(value, Tolerance):
+            raise SpecError(
+                "model", f"{where}: {attr} is {value!r}, not a Tolerance", f"write {attr}=Tolerance(atol=1e-2, rtol=1e-2), or leave it out"
+            )
+    for attr in ("tolerance", "tf32_tolerance", "int8_tolerance", "fp16_tolerance"):
+        value = getattr(spec, attr)
+        if value is not None and not 0.0 <= value.max_mismatch < 1.0:
+            raise SpecError(
+                "model",
+                f"{where}: {attr}.max_mismatch is {value.max_mismatch!r}",
+                "it is the fraction of elements allowed beyond the bound: 0 <= max_mismatch < 1, e.g. 0.01",
+            )
+    metric = spec.task_metric
+    if metric is not None and (
+        not isinstance(metric, TaskMetric)
+        or not callable(metric.evaluate)
+        or isinstance(metric.max_drop, bool)
+        or not isinstance(metric.max_drop, (int, float))
+        or metric.max_drop < 0
+    ):
         raise SpecError(
             "model",
-            f"{where}: tf32_tolerance is {spec.tf32_tolerance!r}, not a Tolerance",
-            "write tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2), or leave it out",
+            f"{where}: task_metric is {metric!r}",
+            "write task_metric=TaskMetric('held-out accuracy', evaluate, max_drop=0.005), "
+            "with evaluate(infer, seed) -> float and max_drop >= 0 in the metric's units",
         )
     if spec.cuda_precision == "tf32" and spec.tf32_tolerance is None:
         raise SpecError(

@@ -8,6 +8,19 @@ PARITY = "parity"
 MAR = "mar"
 KEYS = (CHECKPOINT, TORCHSCRIPT, ONNX, PARITY, MAR)
 
+# Smaller variants of the verified model (python -m pipeline variants), each with three
+# records of its own: its ONNX file ("int8"), its gate ("gate-int8"), its archive ("mar-int8").
+VARIANTS = ("int8", "fp16")
+
+
+def gate_key(variant: str) -> str:
+    return f"gate-{variant}"
+
+
+def archive_key(variant: str | None) -> str:
+    """The manifest key of the model's archive, or of one variant's."""
+    return f"mar-{variant}" if variant else MAR
+
 # The files inside model_store/<model>.mar.
 ARCHIVE_MANIFEST = "MAR-INF/MANIFEST.json"
 ARCHIVE_MODEL = "model.onnx"

@@ -142,6 +142,9 @@ class Contract:
         self.max_rows = int(data["max_rows_per_request"])
         # "fp32" or "tf32": the CUDA precision parity verified; servers create their session with it.
         self.cuda_precision = data.get("cuda_precision", "fp32")
+        # A smaller variant ("int8", "fp16") says so, and names the one device its gate ran on.
+        self.variant: str | None = data.get("variant")
+        self.device: str | None = data.get("device")
         example = data.get("example_request") or {t["name"]: "..." for t in self.inputs}
         self.example = json.dumps(example)
         # Per input, what every request's checks need: worked out once, not per request.

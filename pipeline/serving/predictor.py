@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from pipeline.errors import PipelineError
 from pipeline.runtimes.session import SessionConfig, create_session, cuda_provider_available
 from pipeline.serving.contract import Contract, RequestError, decode_body
 
@@ -35,9 +36,20 @@ class Answer:
 
 
 def session_config(contract: Contract, gpu_id: int | None, threads: int | None) -> SessionConfig:
-    """CUDA on the given GPU where this onnxruntime can, else the CPU (and a warning saying why)."""
-    on_gpu = gpu_id is not None and cuda_provider_available()
-    if gpu_id is not None and not on_gpu:
+    """CUDA on the given GPU where this onnxruntime can, else the CPU (and a warning saying why).
+
+    A variant runs only where its gate verified it: an int8 archive on the CPU even on a
+    GPU worker, an fp16 archive on CUDA or not at all.
+    """
+    on_gpu = gpu_id is not None and cuda_provider_available() and contract.device != "cpu"
+    if contract.device == "cuda" and not on_gpu:
+        raise PipelineError(
+            "serve",
+            f"{contract.model} is the {contract.variant} variant, verified on CUDA only, and this worker has no CUDA "
+            f"({'no GPU was assigned' if gpu_id is None else 'this onnxruntime has no CUDA provider'})",
+            "serve it on a GPU machine with onnxruntime-gpu, or serve the fp32 archive (drop VARIANT=)",
+        )
+    if gpu_id is not None and not on_gpu and contract.device != "cpu":
         import onnxruntime as ort
 
         log.warning(

@@ -33,7 +33,7 @@ import psutil
 from pipeline.artifacts import files
 from pipeline.artifacts.archive import inspect_archive
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import MAR, ONNX
+from pipeline.artifacts.names import ONNX, archive_key
 from pipeline.errors import PipelineError
 from pipeline.serving.client import Endpoint
 from pipeline.serving.ray_app import QUIET, RayAppOptions
@@ -111,8 +111,8 @@ def app_options(settings: Settings, replicas: str, key_file: Path, **extra: Any)
     """The application's options for the project's verified archive."""
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
-    mar, rec = manifest.verified(MAR, STAGE)
-    inspect_archive(mar, manifest.records[ONNX].sha256)
+    mar, rec = manifest.verified(archive_key(settings.variant), STAGE)
+    inspect_archive(mar, manifest.records[settings.variant or ONNX].sha256)
     return RayAppOptions.from_args(
         {"archive": str(Path(mar).resolve()), "sha256": rec.sha256, "token_file": str(key_file), "replicas": replicas, **extra}
     )
@@ -157,10 +157,11 @@ def start(
     write_key_file(folder / "key_file.json")
     options = app_options(settings, replicas, folder / "key_file.json", **extra)
     port = free_port() if auto_ports else DEFAULT_HTTP_PORT
+    name = layout.served_name(settings.variant)
     if address:
-        info = _deploy_to(address, options, spec.name, folder, port, replicas)
+        info = _deploy_to(address, options, name, folder, port, replicas)
     else:
-        info = _launch(options, spec.name, folder, port, replicas, timeout)
+        info = _launch(options, name, folder, port, replicas, timeout)
     try:
         _wait_answered(info, json.dumps(spec.example_request or {}).encode(), timeout)
     except BaseException:

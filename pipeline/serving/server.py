@@ -28,7 +28,7 @@ import psutil
 from pipeline.artifacts import files
 from pipeline.artifacts.archive import inspect_archive
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import MAR, ONNX
+from pipeline.artifacts.names import ONNX, archive_key
 from pipeline.errors import PipelineError
 from pipeline.serving.client import Endpoint, http
 from pipeline.settings import Layout, Settings, resolve
@@ -187,8 +187,9 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
             "install it: sudo apt-get install -y openjdk-17-jre-headless (or your OS's JRE 17 package)",
         )
     manifest = Manifest(layout.root, spec.name)
-    mar, rec = manifest.verified(MAR, STAGE)
-    inspect_archive(mar, manifest.records[ONNX].sha256)
+    mar, _ = manifest.verified(archive_key(settings.variant), STAGE)
+    inspect_archive(mar, manifest.records[settings.variant or ONNX].sha256)
+    name = layout.served_name(settings.variant)
     folder = run_dir(layout)
     existing = load_info(layout)
     if existing is not None and existing.processes():
@@ -228,7 +229,7 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
         "--model-store",
         str(layout.model_store.resolve()),
         "--models",
-        f"{spec.name}={mar.name}",
+        f"{name}={mar.name}",
     ]
     with open(folder / "logs" / "stdout.log", "ab") as out:
         # Own session: stop() signals the whole group (launcher, Java, workers) at once.
@@ -236,7 +237,7 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
             command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
     info = ServerInfo(
-        model=spec.name,
+        model=name,
         pid=proc.pid,
         run_dir=str(folder),
         inference=f"http://127.0.0.1:{ports['inference']}",

@@ -19,7 +19,7 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONFIG, ARCHIVE_CONTRACT, ARCHIVE_HANDLER, ARCHIVE_MODEL, CHECKPOINT, MAR, ONNX, PARITY
 from pipeline.errors import IntegrityError, PipelineError
 from pipeline.serving import rayservice
-from pipeline.settings import Settings, StageResult, contract, resolve
+from pipeline.settings import Layout, Settings, StageResult, contract, resolve
 
 STAGE = "package"
 VERSION = "1.0"
@@ -71,7 +71,6 @@ def run(settings: Settings) -> StageResult:
             f"run the parity stage and fix what it reports: python -m pipeline parity --model {spec.name}",
         )
     manifest.verified(PARITY, STAGE)
-    handler = handler_source()
     io_contract = contract(settings, spec)
     if parity_rec.settings.get("cuda_precision", "fp32") != io_contract["cuda_precision"]:
         raise PipelineError(
@@ -81,12 +80,37 @@ def run(settings: Settings) -> StageResult:
             f"run parity with the same precision: python -m pipeline all --model {spec.name} "
             f"--cuda-precision {io_contract['cuda_precision']}",
         )
-    inputs = {"onnx": onnx_rec.sha256, "parity": parity_rec.sha256, "handler": files.sha256_bytes(handler)}
+    inputs = {"onnx": onnx_rec.sha256, "parity": parity_rec.sha256}
+    result = archive(settings, layout, manifest, MAR, onnx_path, onnx_rec.sha256, io_contract, inputs)
+    if not result.skipped:
+        rayservice.write(layout)  # the same archive on a Ray cluster: model_store/<model>.rayservice.yaml
+    return result
+
+
+def archive(
+    settings: Settings,
+    layout: Layout,
+    manifest: Manifest,
+    key: str,
+    model_path: Path,
+    model_sha256: str,
+    io_contract: dict,
+    inputs: dict[str, str],
+) -> StageResult:
+    """Build the archive recorded under `key` (the model's, or a variant's) from a verified ONNX file.
+
+    The archive is named after the contract's model (`digits_cnn`, `digits_cnn-int8`);
+    it is staged privately, checked member by member, and moved into the store atomically.
+    """
+    name = io_contract["model"]
+    path = layout.model_store / f"{name}.mar"
+    handler = handler_source()
+    inputs = {**inputs, "handler": files.sha256_bytes(handler)}
     config = model_config(settings)
     stage_settings = {"model_config": config, "contract": io_contract, "version": VERSION}
-    fresh, why = manifest.is_fresh(MAR, inputs, stage_settings)
+    fresh, why = manifest.is_fresh(key, inputs, stage_settings)
     if fresh and not settings.force:
-        return StageResult(STAGE, True, (layout.mar,), 0.0, f"up to date ({why})", manifest.records[MAR].details)
+        return StageResult(STAGE, True, (path,), 0.0, f"up to date ({why})", manifest.records[key].details)
 
     start = time.perf_counter()
     layout.model_store.mkdir(parents=True, exist_ok=True)
@@ -94,13 +118,13 @@ def run(settings: Settings) -> StageResult:
     # atomically. A killed run's folder carries its pid and is removed by the next run.
     files.sweep_stale(layout.model_store)
     with (
-        files.no_room_is_an_error(layout.mar),
-        tempfile.TemporaryDirectory(prefix=f".{spec.name}-{os.getpid()}.", dir=layout.model_store) as tmp,
+        files.no_room_is_an_error(path),
+        tempfile.TemporaryDirectory(prefix=f".{name}-{os.getpid()}.", dir=layout.model_store) as tmp,
     ):
         staging = Path(tmp)
-        shutil.copyfile(onnx_path, staging / ARCHIVE_MODEL)
-        if files.sha256_file(staging / ARCHIVE_MODEL) != onnx_rec.sha256:
-            raise IntegrityError(STAGE, f"{onnx_rec.path} changed while it was being packaged", "run make export again")
+        shutil.copyfile(model_path, staging / ARCHIVE_MODEL)
+        if files.sha256_file(staging / ARCHIVE_MODEL) != model_sha256:
+            raise IntegrityError(STAGE, f"{model_path} changed while it was being packaged", "run make export again")
         (staging / ARCHIVE_HANDLER).write_bytes(handler)
         (staging / ARCHIVE_CONTRACT).write_text(json.dumps(io_contract, indent=2) + "\n")
         (staging / ARCHIVE_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
@@ -109,7 +133,7 @@ def run(settings: Settings) -> StageResult:
         try:
             ModelArchiver.generate_model_archive(
                 ModelArchiverConfig(
-                    model_name=spec.name,
+                    model_name=name,
                     handler=str(staging / ARCHIVE_HANDLER),
                     version=VERSION,
                     serialized_file=str(staging / ARCHIVE_MODEL),
@@ -122,12 +146,11 @@ def run(settings: Settings) -> StageResult:
             )
         except SystemExit as exc:  # the archiver exits on bad arguments instead of raising
             raise PipelineError(STAGE, f"torch-model-archiver failed (exit {exc.code})", "see the archiver's message above") from None
-        built = out / f"{spec.name}.mar"
-        details = inspect_archive(built, onnx_rec.sha256)
-        with files.atomic_path(layout.mar) as final:
+        built = out / f"{name}.mar"
+        details = inspect_archive(built, model_sha256)
+        with files.atomic_path(path) as final:
             shutil.copyfile(built, final)
     seconds = time.perf_counter() - start
     details = {"members": details["members"], "model_config": config}
-    rec = manifest.record(MAR, layout.mar, STAGE, inputs, stage_settings, seconds, details)
-    rayservice.write(layout)  # the same archive on a Ray cluster: model_store/<model>.rayservice.yaml
-    return StageResult(STAGE, False, (layout.mar,), seconds, f"{rec.path} ({rec.bytes / 1024:.1f} KiB)", details)
+    rec = manifest.record(key, path, STAGE, inputs, stage_settings, seconds, details)
+    return StageResult(STAGE, False, (path,), seconds, f"{rec.path} ({rec.bytes / 1024:.1f} KiB)", details)
