@@ -28,6 +28,22 @@ def project(built_root, tmp_path) -> tuple[Settings, Layout]:
     return Settings(root=root), Layout(root.resolve(), "simple_nn")
 
 
+@pytest.fixture(scope="session")
+def chains(built_root, tmp_path_factory):
+    """model name -> (Settings, Layout) of a project where every stage ran for it; built on first use. Do not modify them."""
+    built: dict[str, tuple[Settings, Layout]] = {"simple_nn": (Settings(root=built_root), Layout(built_root.resolve(), "simple_nn"))}
+
+    def get(model: str) -> tuple[Settings, Layout]:
+        if model not in built:
+            root = tmp_path_factory.mktemp(model)
+            settings = Settings(model=model, root=root)
+            run_all(settings)
+            built[model] = (settings, Layout(root.resolve(), model))
+        return built[model]
+
+    return get
+
+
 @pytest.fixture
 def built(built_root) -> tuple[Settings, Layout]:
     return Settings(root=built_root), Layout(built_root.resolve(), "simple_nn")

@@ -24,28 +24,11 @@ from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.serving import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.spec import load_spec
-from pipeline.stages import run_all
 from tests.helpers import archive_handler
 
 MODELS = ["simple_nn", "digits_cnn", "store_demand", "seq_encoder"]
 SERVED = ["digits_cnn", "store_demand", "seq_encoder"]
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java (.ci/run installs it)")
-
-
-@pytest.fixture(scope="session")
-def chains(built_root, tmp_path_factory):
-    """model name -> (Settings, Layout) of a project where every stage ran for it; built on first use."""
-    built: dict[str, tuple[Settings, Layout]] = {"simple_nn": (Settings(root=built_root), Layout(built_root.resolve(), "simple_nn"))}
-
-    def get(model: str) -> tuple[Settings, Layout]:
-        if model not in built:
-            root = tmp_path_factory.mktemp(model)
-            settings = Settings(model=model, root=root)
-            run_all(settings)
-            built[model] = (settings, Layout(root.resolve(), model))
-        return built[model]
-
-    return get
 
 
 @pytest.fixture(params=MODELS)
