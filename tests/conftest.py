@@ -44,6 +44,21 @@ def chains(built_root, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def digits_int8(chains, tmp_path_factory):
+    """A copy of the digits_cnn project with its int8 variant built, gated and packaged. Do not modify it."""
+    from pipeline.artifacts import files
+    from pipeline.stages import variants
+
+    _, layout = chains("digits_cnn")
+    root = tmp_path_factory.mktemp("variants") / "digits_cnn"
+    shutil.copytree(layout.root, root)
+    settings = Settings(model="digits_cnn", root=root)
+    fp32_mar = files.sha256_file(Layout(root.resolve(), "digits_cnn").mar)
+    results = list(variants.run(settings, ("int8",)))
+    return settings, Layout(root.resolve(), "digits_cnn"), results, fp32_mar
+
+
 @pytest.fixture
 def built(built_root) -> tuple[Settings, Layout]:
     return Settings(root=built_root), Layout(built_root.resolve(), "simple_nn")

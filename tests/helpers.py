@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
+
+# TorchServe's frontend is Java: tests that start a real server skip cleanly without it.
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java (.ci/run installs it)")
 
 # Figures measured by tests (restart time, latency ratios), printed after the run.
 MEASUREMENTS: list[str] = []

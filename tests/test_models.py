@@ -24,11 +24,10 @@ from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.serving import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.spec import load_spec
-from tests.helpers import archive_handler
+from tests.helpers import archive_handler, needs_java
 
 MODELS = ["simple_nn", "digits_cnn", "store_demand", "seq_encoder"]
 SERVED = ["digits_cnn", "store_demand", "seq_encoder"]
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java (.ci/run installs it)")
 
 
 @pytest.fixture(params=MODELS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,7 +11,7 @@ import zipfile
 import pytest
 
 from pipeline.serving.client import http
-from tests.helpers import REPO
+from tests.helpers import REPO, needs_java
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +20,7 @@ def _run(args: list[str], cwd, env, timeout: float = 600) -> subprocess.Complete
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java (.ci/run installs it)")
+@needs_java
 def test_wheel_runs_all_and_serve_in_an_empty_folder(tmp_path):
     dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "w"
     work.mkdir()

@@ -7,7 +7,6 @@ The worker killed under load is tested in test_serve.py, on its server.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,8 @@ from pipeline.reliability import suite as reliability
 from pipeline.reliability.faults import copy_project
 from pipeline.serving import server as serve
 from pipeline.spec import load_spec
-from tests.helpers import MEASUREMENTS
+from tests.helpers import MEASUREMENTS, needs_java
 
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java (.ci/run installs it)")
 VALID = b'{"x": 5.0}'
 
 

@@ -23,12 +23,12 @@ from pipeline.serving.client import http
 from pipeline.settings import Settings
 from pipeline.spec import load_spec
 from pipeline.stages import package
-from tests.helpers import MEASUREMENTS
+from tests.helpers import MEASUREMENTS, needs_java
 from tests.serving.cases import BAD_INPUTS
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java (.ci/run installs it)"),
+    needs_java,
 ]
 
 

@@ -19,11 +19,13 @@ from pipeline.artifacts.names import ARCHIVE_CONTRACT, MAR, archive_key, gate_ke
 from pipeline.errors import ParityError, PipelineError, SpecError
 from pipeline.runtimes.runners import cuda_available
 from pipeline.runtimes.session import SessionConfig, create_session
+from pipeline.serving import server
 from pipeline.serving.contract import Contract
 from pipeline.serving.predictor import session_config
 from pipeline.settings import Layout, Settings
 from pipeline.spec import TaskMetric, Tolerance, load_spec
 from pipeline.stages import parity, variants
+from tests.helpers import needs_java
 
 no_cuda = pytest.mark.skipif(cuda_available(), reason="checks the refusal on a machine without CUDA")
 
@@ -33,18 +35,6 @@ def private_copy(chains, tmp_path, model: str) -> tuple[Settings, Layout]:
     root = tmp_path / model
     shutil.copytree(layout.root, root)
     return Settings(model=model, root=root), Layout(root.resolve(), model)
-
-
-@pytest.fixture(scope="module")
-def digits_int8(chains, tmp_path_factory):
-    """A copy of the digits_cnn project with its int8 variant built, gated and packaged."""
-    _, layout = chains("digits_cnn")
-    root = tmp_path_factory.mktemp("variants") / "digits_cnn"
-    shutil.copytree(layout.root, root)
-    settings = Settings(model="digits_cnn", root=root)
-    fp32_mar = files.sha256_file(Layout(root.resolve(), "digits_cnn").mar)
-    results = list(variants.run(settings, ("int8",)))
-    return settings, Layout(root.resolve(), "digits_cnn"), results, fp32_mar
 
 
 def replace_spec(monkeypatch, module_name: str, **changes) -> None:
@@ -240,3 +230,43 @@ def test_spec_refuses_a_bad_task_metric_or_mismatch(tmp_path, field, message):
     )
     with pytest.raises(SpecError, match=message):
         load_spec(str(path))
+
+
+@pytest.mark.slow
+@needs_java
+def test_served_int8_answers_as_its_gate_verified(digits_int8):
+    """A real TorchServe serves model_store/digits_cnn-int8.mar; its answers are the variant's, within the variant's parity."""
+    settings, layout, _, _ = digits_int8
+    spec = load_spec("digits_cnn")
+    variant = dataclasses.replace(settings, variant="int8")
+    info = server.start(variant, auto_ports=True, timeout=120)
+    try:
+        assert info.model == "digits_cnn-int8" and info.predictions_url.endswith("/predictions/digits_cnn-int8")
+        from pipeline.models.digits_cnn import load_split
+
+        images = load_split(0)[1][:64]
+        status, body = info.predict(json.dumps({"image": images.tolist()}).encode())
+        assert status == 200, body
+        answer = json.loads(body)
+        # Exactly what the gated int8 file computes...
+        own = create_session(layout.variant_onnx("int8"), SessionConfig("cpu")).run(None, {"image": images})
+        np.testing.assert_allclose(answer["probabilities"], own[0], atol=1e-6)
+        # ...and within the variant's declared parity of eager fp32.
+        want = parity.TorchRunner("eager", _eager(layout, spec), spec).infer({"image": images})
+        tol = spec.int8_tolerance
+        diff = parity.compare(
+            "served", "digits", "probabilities", want["probabilities"], np.asarray(answer["probabilities"], np.float32), tol
+        )
+        assert diff.passed, diff
+        assert np.mean(np.asarray(answer["label"]) == want["label"]) >= 1 - tol.max_mismatch
+        status, body = info.predict(json.dumps({"image": [[17] * 8] * 8}).encode())  # the contract's checks are the same
+        assert status == 400 and b"values must lie in [0.0, 16.0]" in body
+    finally:
+        server.stop(variant)
+    assert info.processes() == []
+
+
+def _eager(layout, spec):
+    from pipeline.artifacts import checkpoint
+
+    return checkpoint.load_model(Manifest(layout.root, spec.name), spec, "test")[0]
