@@ -12,15 +12,22 @@ EXTRAS := bench,reliability,examples,dev
 RAY_STAMP := $(VENV)/.installed-ray
 REPLICAS ?= 1
 REPLICA_FLAGS := --replicas $(REPLICAS)
+# Smaller variants: VARIANTS=int8 (or int8,fp16) for make export; VARIANT=int8 serves one.
+VARIANTS ?=
+VARIANT  ?=
+comma := ,
+VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
+ARCHIVE := model_store/$(notdir $(basename $(MODEL)))$(if $(VARIANT),-$(VARIANT)).mar
 
 .PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench reliability clean distclean
 
 help:
 	@echo "make export     train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
+	@echo "                VARIANTS=int8 (or int8,fp16) also builds, gates and packages the smaller variants"
 	@echo "make test       the whole test suite (TorchServe end-to-end included)"
 	@echo "make test-fast  the tests that need no server and no whole-chain run"
 	@echo "make lint       ruff (lint and format check); make fmt formats; make typecheck runs mypy"
-	@echo "make serve      start TorchServe with model_store/$(MODEL).mar, wait for READY workers; make stop stops it"
+	@echo "make serve      start TorchServe with model_store/$(MODEL).mar, wait for READY workers (VARIANT=int8 serves <model>-int8.mar); make stop stops it"
 	@echo "make serve-ray  the same archive on Ray Serve: a local cluster on 127.0.0.1 (RAY_ADDRESS=... joins one); REPLICAS=2 or REPLICAS=auto"
 	@echo "make stop-ray   stop it (the local cluster too)"
 	@echo "make bench      latency report: eager vs TorchScript vs ONNX Runtime in process, and the served endpoint (BENCH_ARGS=...)"
@@ -42,6 +49,7 @@ $(RAY_STAMP): $(STAMP)
 
 export: $(STAMP)
 	$(PY) -m pipeline all --model $(MODEL) $(FORCE_FLAG) $(EXPORT_ARGS)
+	$(if $(VARIANTS),$(PY) -m pipeline variants --model $(MODEL) $(VARIANT_FLAGS) $(FORCE_FLAG))
 
 test: $(RAY_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -68,14 +76,16 @@ distclean: clean
 
 serve: $(STAMP)
 	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all --model $(MODEL)
-	$(PY) -m pipeline serve --model $(MODEL) $(SERVE_ARGS)
+	@test -z "$(VARIANT)" || test -f $(ARCHIVE) || $(PY) -m pipeline variants --model $(MODEL) --$(VARIANT)
+	$(PY) -m pipeline serve --model $(MODEL) $(if $(VARIANT),--variant $(VARIANT)) $(SERVE_ARGS)
 
 stop: $(STAMP)
 	$(PY) -m pipeline stop --model $(MODEL)
 
 serve-ray: $(RAY_STAMP)
 	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all --model $(MODEL)
-	$(PY) -m pipeline serve --on ray --model $(MODEL) $(REPLICA_FLAGS) $(SERVE_ARGS)
+	@test -z "$(VARIANT)" || test -f $(ARCHIVE) || $(PY) -m pipeline variants --model $(MODEL) --$(VARIANT)
+	$(PY) -m pipeline serve --on ray --model $(MODEL) $(REPLICA_FLAGS) $(if $(VARIANT),--variant $(VARIANT)) $(SERVE_ARGS)
 
 stop-ray: $(STAMP)
 	$(PY) -m pipeline stop --on ray --model $(MODEL)

@@ -32,12 +32,19 @@ ENGINES = (
     "onnxruntime-cudagraph",
     "torch-cudagraph",
     "torch.compile-cudagraphs",
+    "onnxruntime-int8",
+    "onnxruntime-fp16",
 )
+# The gated smaller variants (python -m pipeline variants), each on the device its gate ran on;
+# the benchmark adds the ones that passed beside fp32.
+VARIANT_ENGINES = {"onnxruntime-int8": "int8", "onnxruntime-fp16": "fp16"}
 DEFAULT_ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run", "torch.compile")
 # The CUDA-graph engines: ONNX Runtime's, and its fair PyTorch peers (--cuda-graph adds all three).
 CUDA_GRAPH_ENGINES = ("onnxruntime-cudagraph", "torch-cudagraph", "torch.compile-cudagraphs")
 # Where each engine can exist; any other pairing is skipped with its reason, not failed.
 CUDA_ONLY = {name: "CUDA graphs exist only on CUDA" for name in CUDA_GRAPH_ENGINES}
+CUDA_ONLY["onnxruntime-fp16"] = "the fp16 variant is made and verified for CUDA"
+CPU_ONLY = {"onnxruntime-int8": "the int8 variant is made and verified for the CPU"}
 FLOOR_OF = {
     "eager": "floor:eager",
     "torch.compile": "floor:eager",
@@ -47,6 +54,8 @@ FLOOR_OF = {
     "onnxruntime-run": "floor:onnxruntime-run",
     "torch-cudagraph": "floor:eager",
     "torch.compile-cudagraphs": "floor:eager",
+    "onnxruntime-int8": "floor:onnxruntime",
+    "onnxruntime-fp16": "floor:onnxruntime",
 }
 DESCRIPTION = {
     "eager": "eager PyTorch, module(*tensors) under torch.inference_mode",
@@ -57,6 +66,8 @@ DESCRIPTION = {
     "onnxruntime-cudagraph": "ONNX Runtime CUDA provider with enable_cuda_graph, fixed buffers (one session per batch size)",
     "torch-cudagraph": "eager PyTorch captured once per batch size in a torch.cuda.CUDAGraph, replayed on static inputs",
     "torch.compile-cudagraphs": 'torch.compile(mode="reduce-overhead") (inductor + CUDA graphs), compiled during warm-up',
+    "onnxruntime-int8": "the gated int8 variant (model.int8.onnx) through the same IO binding calls",
+    "onnxruntime-fp16": "the gated fp16 variant (model.fp16.onnx, float32 in and out) through the same IO binding calls",
     "floor:eager": "nn.Identity through the eager call path: torch's per-call overhead",
     "floor:torchscript": "scripted identity through TorchScript: its per-call overhead",
     "floor:onnxruntime": "identity ONNX graph through the same IO binding calls: ORT's per-call overhead",
@@ -302,6 +313,8 @@ def skip_reason(name: str, device: str) -> str | None:
     """Why `name` cannot exist on `device` (a pairing to skip, not a failure), or None."""
     if device != "cuda" and name in CUDA_ONLY:
         return CUDA_ONLY[name]
+    if device != "cpu" and name in CPU_ONLY:
+        return CPU_ONLY[name]
     return None
 
 
@@ -325,6 +338,13 @@ def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Pat
         return ort_iobinding_engine(name, create_session(paths["onnx"], config), input_names, device)
     if name == "onnxruntime-run":
         return ort_run_engine(name, create_session(paths["onnx"], config), input_names, device)
+    if name in VARIANT_ENGINES:
+        variant = VARIANT_ENGINES[name]
+        if variant not in paths:
+            raise PipelineError(
+                "bench", f"{name}: the {variant} variant has not passed its gates", "python -m pipeline variants --" + variant
+            )
+        return ort_iobinding_engine(name, create_session(paths[variant], config), input_names, device)
     if name == "onnxruntime-cudagraph":
         return ort_cudagraph_engine(paths["onnx"], input_names, config)
     if name == "torch-cudagraph":

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, cast
 
@@ -32,13 +32,14 @@ from tqdm import tqdm
 from pipeline.artifacts import files
 from pipeline.artifacts.environment import fingerprint
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import CHECKPOINT, ONNX, TORCHSCRIPT
+from pipeline.artifacts.names import CHECKPOINT, ONNX, TORCHSCRIPT, VARIANTS, gate_key
 from pipeline.bench.engines import (
     CUDA_GRAPH_ENGINES,
     DEFAULT_ENGINES,
     DESCRIPTION,
     ENGINES,
     FLOOR_OF,
+    VARIANT_ENGINES,
     Engine,
     identity_onnx,
     load,
@@ -190,6 +191,7 @@ def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar
         "onnx": manifest.verified(ONNX, STAGE)[0],
         "torchscript": manifest.verified(TORCHSCRIPT, STAGE)[0],
         "identity": identity_onnx(spec, scratch / "identity.onnx"),
+        **{v: manifest.verified(v, STAGE)[0] for v in gated_variants(manifest)},
     }
     manifest.verified(CHECKPOINT, STAGE)
     torch.set_num_threads(settings.threads)
@@ -256,6 +258,53 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(text[:3])[:400]}" if text else type(exc).__name__
 
 
+def gated_variants(manifest: Manifest) -> list[str]:
+    """The variants whose gate passed for their current file and the current fp32 model."""
+    out = []
+    for variant in VARIANTS:
+        gate, rec, fp32 = manifest.records.get(gate_key(variant)), manifest.records.get(variant), manifest.records.get(ONNX)
+        if (
+            gate
+            and rec
+            and fp32
+            and gate.details.get("passed")
+            and gate.inputs.get(variant) == rec.sha256
+            and gate.inputs.get(ONNX) == fp32.sha256
+        ):
+            out.append(variant)
+    return out
+
+
+def variants_summary(manifest: Manifest, records: list[dict], cold: list[dict]) -> list[dict]:
+    """Per gated variant: size on disk, the task metric, cold start and throughput against fp32 ONNX Runtime."""
+    out = []
+    index = {(r["device"], r["batch"], r["engine"]): r for r in records}
+    for variant in gated_variants(manifest):
+        engine = f"onnxruntime-{variant}"
+        gate = manifest.records[gate_key(variant)].details
+        device = gate["device"]
+        throughput = {}
+        for (d, batch, e), r in index.items():
+            base = index.get((d, batch, "onnxruntime"))
+            if d == device and e == engine and base:
+                throughput[batch] = base["p50_ms"] / r["p50_ms"]
+        colds = {c["engine"]: c for c in cold if c.get("device") == device and "total_s" in c}
+        out.append(
+            {
+                "variant": variant,
+                "device": device,
+                "method": manifest.records[variant].details.get("method"),
+                "bytes": manifest.records[variant].bytes,
+                "size_vs_fp32": manifest.records[variant].bytes / manifest.records[ONNX].bytes,
+                "task_metric": gate.get("task_metric"),
+                "throughput_vs_fp32_p50": throughput,
+                "cold_start_s": colds.get(engine, {}).get("total_s"),
+                "fp32_cold_start_s": colds.get("onnxruntime", {}).get("total_s"),
+            }
+        )
+    return out
+
+
 def cold_engines(settings: BenchSettings) -> list[str]:
     """The engines whose cold start is measured; the others share a session creation or model load with one."""
     skip = {"onnxruntime-run", *CUDA_GRAPH_ENGINES, *(() if settings.cold_start_compile else ("torch.compile",))}
@@ -277,7 +326,7 @@ def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, ba
                 "threads": settings.threads,
                 "feed": str(feed_path),
                 "inputs": [t.name for t in spec.inputs],
-                "onnx": str(layout.onnx),
+                "onnx": str(layout.variant_onnx(VARIANT_ENGINES[engine]) if engine in VARIANT_ENGINES else layout.onnx),
                 "torchscript": str(layout.torchscript),
                 "model": settings.model,
                 "root": str(layout.root),
@@ -468,6 +517,8 @@ def run(settings: BenchSettings) -> dict:
     for key in (CHECKPOINT, TORCHSCRIPT, ONNX):
         if key not in manifest.records:
             raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: make export MODEL={settings.model}")
+    if settings.engines == DEFAULT_ENGINES:  # the gated variants run beside fp32 unless --engines names others
+        settings = replace(settings, engines=(*settings.engines, *(f"onnxruntime-{v}" for v in gated_variants(manifest))))
     started = time.perf_counter()
     steps = len(settings.devices) * len(settings.batch_sizes) * settings.rounds
     steps += len(settings.devices) * len(cold_engines(settings)) if settings.cold_start else 0
@@ -495,6 +546,7 @@ def run(settings: BenchSettings) -> dict:
         "sessions": {device: settings.session(device).describe() for device in settings.devices},
         "verdicts": verdicts(records),
         "cold_start": cold,
+        "variants": variants_summary(manifest, records, cold),
         "served": served,
         "targets": targets(records, served),
     }

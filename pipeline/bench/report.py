@@ -33,6 +33,38 @@ def _environment_lines(env: dict) -> list[str]:
     ]
 
 
+def _variant_lines(variants: list[dict]) -> list[str]:
+    """Each gated variant against fp32 ONNX Runtime on its own device: size, task metric, cold start, throughput."""
+    batches = sorted({int(b) for v in variants for b in v["throughput_vs_fp32_p50"]})
+    lines = [
+        "## Smaller variants against fp32 ONNX Runtime",
+        "",
+        "Each passed its gates (parity with its declared tolerance, and the task metric) before it was packaged; "
+        "see reports/<model>/variant-<variant>.md. Throughput is fp32 p50 over the variant's p50 at the same batch "
+        "(the same IO binding calls, the same intra-op threads as every engine; see Environment).",
+        "",
+        "| variant | device | method | size | task metric (fp32 → variant) | cold start (fp32) | "
+        + " | ".join(f"throughput b={b}" for b in batches)
+        + " |",
+        "| --- | --- | --- | ---: | --- | ---: |" + " ---: |" * len(batches),
+    ]
+    for v in variants:
+        task = v["task_metric"]
+        metric = f"{task['name']}: {task['fp32']:.4g} → {task[v['variant']]:.4g}" if task else "none declared"
+        cold = (
+            f"{v['cold_start_s']:.2f} s ({v['fp32_cold_start_s']:.2f} s)"
+            if v["cold_start_s"] is not None and v["fp32_cold_start_s"] is not None
+            else "—"
+        )
+        through = {int(b): r for b, r in v["throughput_vs_fp32_p50"].items()}
+        lines.append(
+            f"| {v['variant']} | {v['device']} | {v['method']} | {v['bytes'] / 1024:.1f} KiB ({v['size_vs_fp32']:.2f}×) | {metric} | {cold} | "
+            + " | ".join(_x(through.get(b)) for b in batches)
+            + " |"
+        )
+    return [*lines, ""]
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [
@@ -53,6 +85,8 @@ def markdown(report: dict) -> str:
             sign = "≤" if t.get("lower_is_better") else "≥"
             lines.append(f"| {t['target']} | {_x(t['value'])} | {sign} {t['goal']}× | {'yes' if t['met'] else '**no**'} |")
         lines.append("")
+    if report.get("variants"):
+        lines += _variant_lines(report["variants"])
     if report.get("verdicts"):
         lines += [
             "## ONNX Runtime or PyTorch: the fastest of each at p50",

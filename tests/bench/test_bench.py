@@ -409,3 +409,23 @@ def test_served_ray_puts_torchserve_and_ray_side_by_side(built_root, tmp_path):
 
     left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if "/pipeline-ray-" in " ".join(p.info["cmdline"] or ())]
     assert left == []  # every process of both local Ray clusters is gone (they all name the cluster's temp folder)
+
+
+@pytest.mark.slow
+def test_gated_variants_run_beside_fp32_with_size_metric_and_cold_start(digits_int8):
+    settings, layout, _, _ = digits_int8
+    result = bench.run(tiny(settings.root, model="digits_cnn", engines=bench.DEFAULT_ENGINES, served="off", batch_sizes=(1, 64)))
+    ran = {(r["engine"], r["batch"]) for r in result["in_process"]}
+    assert {("onnxruntime-int8", 1), ("onnxruntime-int8", 64), ("onnxruntime", 64)} <= ran
+    (variant,) = result["variants"]
+    assert variant["variant"] == "int8" and variant["device"] == "cpu" and variant["size_vs_fp32"] <= 0.35
+    assert set(variant["throughput_vs_fp32_p50"]) == {1, 64} and all(v > 0 for v in variant["throughput_vs_fp32_p50"].values())
+    assert variant["task_metric"]["name"] == "held-out accuracy" and variant["cold_start_s"] > 0
+    text = (layout.reports / "latency.md").read_text()
+    assert "## Smaller variants against fp32 ONNX Runtime" in text and "| int8 | cpu | static |" in text
+
+
+def test_variant_engines_run_only_on_the_device_their_gate_ran_on():
+    assert engines.skip_reason("onnxruntime-int8", "cuda") == "the int8 variant is made and verified for the CPU"
+    assert engines.skip_reason("onnxruntime-fp16", "cpu") == "the fp16 variant is made and verified for CUDA"
+    assert engines.skip_reason("onnxruntime-int8", "cpu") is None
