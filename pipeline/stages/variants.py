@@ -130,9 +130,23 @@ def calibration_feed(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
     return spec.check_feed(spec.sample_inputs(CALIBRATION_ROWS, rng), "sample_inputs (for calibration)", STAGE)
 
 
+@contextlib.contextmanager
+def _tools(what: str) -> Iterator[None]:
+    """ONNX Runtime's conversion tools are Python modules beside the runtime; a partial install lacks them."""
+    try:
+        yield
+    except ImportError as exc:
+        raise PipelineError(
+            STAGE,
+            f"{what} cannot be imported ({type(exc).__name__}: {exc}); this onnxruntime install is missing its Python tools",
+            "reinstall the pinned runtime: pip install -c constraints.txt --force-reinstall --no-deps onnxruntime-gpu onnx-ir",
+        ) from None
+
+
 def make_int8(spec: ModelSpec, source: Path, target: Path, seed: int) -> dict[str, Any]:
     """Quantize `source` into `target`; returns the plan that was carried out."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    with _tools("onnxruntime.quantization"):
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     model = onnx.load(str(source))
     plan = int8_plan(model)
@@ -170,8 +184,9 @@ def make_int8(spec: ModelSpec, source: Path, target: Path, seed: int) -> dict[st
 
 def make_fp16(source: Path, target: Path) -> dict[str, Any]:
     """Weights and compute in float16; inputs and outputs stay float32 (the contract is unchanged)."""
-    import onnx_ir
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    with _tools("onnxruntime.transformers.float16 and onnx_ir"):
+        import onnx_ir
+        from onnxruntime.transformers.float16 import convert_float_to_float16
 
     converted = onnx_ir.from_proto(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
     converted.graph.sort()  # the converter appends its input casts after the nodes that read them

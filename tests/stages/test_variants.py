@@ -270,3 +270,12 @@ def _eager(layout, spec):
     from pipeline.artifacts import checkpoint
 
     return checkpoint.load_model(Manifest(layout.root, spec.name), spec, "test")[0]
+
+
+def test_missing_quantization_tools_are_a_clear_error(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)  # as in an install without its Python tools
+    with pytest.raises(PipelineError, match="onnxruntime.quantization cannot be imported") as info:
+        variants.make_int8(load_spec("simple_nn"), tmp_path / "in.onnx", tmp_path / "out.onnx", 0)
+    assert "reinstall the pinned runtime" in info.value.fix
