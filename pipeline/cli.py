@@ -76,28 +76,33 @@ def _stage_options(p: argparse.ArgumentParser, name: str) -> None:
             "(needs the spec's tf32_tolerance) (default: the model's, fp32 unless it says tf32)",
         )
     if name in ("package", "all"):
-        p.add_argument(
-            "--batch-size",
-            type=_positive,
-            default=Settings.serve_batch_size,
-            help="TorchServe batches requests up to this size (default: %(default)s; 1 turns batching off)",
-        )
-        p.add_argument(
-            "--max-batch-delay-ms",
-            type=_positive,
-            default=Settings.serve_max_batch_delay_ms,
-            help="how long TorchServe waits to fill a batch, in whole ms; it always waits this long for a second "
-            "request, and 0 would mean its 100 ms default (default: %(default)s)",
-        )
-        p.add_argument(
-            "--workers", type=_positive, default=Settings.serve_workers, help="TorchServe workers for the model (default: %(default)s)"
-        )
+        _archive_options(p)
     if name in ("parity", "all"):
         p.add_argument("--atol", type=float, help="parity absolute tolerance (default: the model's)")
         p.add_argument("--rtol", type=float, help="parity relative tolerance (default: the model's)")
         p.add_argument(
             "--parity-batch-sizes", type=_batch_sizes, default=PARITY_BATCH_SIZES, help="batch sizes parity checks (default: %(default)s)"
         )
+
+
+def _archive_options(p: argparse.ArgumentParser) -> None:
+    """The TorchServe model config an archive carries (package, all, variants)."""
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=Settings.serve_batch_size,
+        help="TorchServe batches requests up to this size (default: %(default)s; 1 turns batching off)",
+    )
+    p.add_argument(
+        "--max-batch-delay-ms",
+        type=_positive,
+        default=Settings.serve_max_batch_delay_ms,
+        help="how long TorchServe waits to fill a batch, in whole ms; it always waits this long for a second "
+        "request, and 0 would mean its 100 ms default (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=_positive, default=Settings.serve_workers, help="TorchServe workers for the model (default: %(default)s)"
+    )
 
 
 def _on_option(p: argparse.ArgumentParser) -> None:
@@ -128,6 +133,7 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     variants.add_argument(
         "--parity-batch-sizes", type=_batch_sizes, default=PARITY_BATCH_SIZES, help="batch sizes the gate checks (default: %(default)s)"
     )
+    _archive_options(variants)
 
     serve = commands.add_parser("serve", help="serve the model's archive (TorchServe, or Ray Serve) and wait until it answers")
     _model_options(serve)
@@ -356,14 +362,14 @@ def serve_command(args: argparse.Namespace) -> int:
         scale = (
             f"autoscaling {args.min_replicas}-{args.max_replicas} replicas" if args.replicas == "auto" else f"{args.replicas} replica(s)"
         )
-        print(f"{spec.name} is served by Ray Serve on {where}: {scale}, answered in {time.perf_counter() - started:.1f}s")
+        print(f"{info.model} is served by Ray Serve on {where}: {scale}, answered in {time.perf_counter() - started:.1f}s")
         token_cmd = f"{_rel(sys.executable)} -m pipeline token --on ray{model_arg}"
         stop_cmd = "make stop-ray" + model_var
     else:
         info = server.start(settings, auto_ports=args.ports == "auto", timeout=args.timeout)
         workers = info.workers()
         print(
-            f"{spec.name} is served by TorchServe: {len(workers)} worker(s) READY "
+            f"{info.model} is served by TorchServe: {len(workers)} worker(s) READY "
             f"(pid {', '.join(str(w['pid']) for w in workers)}; {'GPU' if any(w.get('gpu') for w in workers) else 'CPU'})"
         )
         token_cmd = f"{_rel(sys.executable)} -m pipeline token{model_arg}"
@@ -376,7 +382,9 @@ def serve_command(args: argparse.Namespace) -> int:
         f"-d {shlex.quote(body)} {info.predictions_url}"
     )
     if isinstance(info, ray_server.RayInfo):
-        print(f"  OIP v2   {info.inference}/v2/models/{spec.name} (metadata) and {info.inference}/v2/models/{spec.name}/infer, same token")
+        print(
+            f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.inference}/v2/models/{info.model}/infer, same token"
+        )
     print(f"  logs     {_rel(Path(info.run_dir) / 'logs')}/")
     print(f"  stop     {stop_cmd}")
     return 0
