@@ -10,12 +10,22 @@ one bad request fails alone and the others in the batch are still answered.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from pipeline.artifacts.names import ARCHIVE_CONTRACT, ARCHIVE_MODEL
 from pipeline.serving.contract import Contract
 from pipeline.serving.predictor import Predictor, open_model
+
+# TorchServe's worker logs this line for every batch it receives (ts/protocol/otf_message_handler.py);
+# its frontend then reads, parses and logs it again. It carries nothing the access log lacks.
+PER_BATCH_LINE = "Backend received inference at: %d"
+
+
+def drop_per_batch_line(record: logging.LogRecord) -> bool:
+    """A logging filter: False for TorchServe's per-batch "Backend received inference" line."""
+    return record.msg != PER_BATCH_LINE
 
 
 class OnnxHandler:
@@ -43,6 +53,8 @@ class OnnxHandler:
         # TorchServe assigns a GPU to every worker on a GPU machine; a CPU-only
         # onnxruntime there serves on the CPU, and says so.
         self.predictor = open_model(model_dir / ARCHIVE_MODEL, contract, None if gpu_id is None else int(gpu_id), threads)
+        if os.environ.get("PIPELINE_WORKER_LOG_PER_BATCH") != "1":  # 1 keeps TorchServe's line, for debugging
+            logging.getLogger().addFilter(drop_per_batch_line)
         self.initialized = True
 
     def __call__(self, data: list | None, context) -> list | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,19 @@ def test_numeric_inputs_still_refuse_booleans():
     )
     with pytest.raises(RequestError, match="must hold numbers, found a boolean"):
         contract.parse({"x": True})
+
+
+def test_torchserve_per_batch_log_line_is_dropped_and_others_kept():
+    import logging
+
+    from pipeline.serving.handler import PER_BATCH_LINE, drop_per_batch_line
+
+    def record(msg, *args):
+        return logging.LogRecord("root", logging.INFO, __file__, 1, msg, args, None)
+
+    assert not drop_per_batch_line(record(PER_BATCH_LINE, 1_700_000_000))
+    assert drop_per_batch_line(record("model %s: ONNX Runtime %s on %s (%s)", "m", "1.31", "CPU", "{}"))
+    # the line TorchServe's worker writes, word for word
+    from ts.protocol import otf_message_handler
+
+    assert PER_BATCH_LINE in Path(otf_message_handler.__file__).read_text()
