@@ -1,12 +1,15 @@
 """Where a TorchServe worker's time goes under load: py-spy samples of the Python worker, grouped.
 
-    .venv/bin/python scripts/profile_worker.py [--clients 16] [--seconds 6] [--model simple_nn]
+    .venv/bin/python scripts/profile_worker.py [--clients 16] [--seconds 6] [--model simple_nn] [--frontend]
 
 Starts the model's shipped archive on a private TorchServe (free loopback ports), loads it
 with wrk (or locust) at the given concurrency, and samples the worker with py-spy (idle
 time included). Prints each group's share of the worker's wall time: waiting for the
 frontend, reading and decoding its message, the handler (ours), encoding and sending the
 answer, metrics and logging. Needs py-spy (it comes with the ray extra) and ptrace rights.
+
+`--frontend` profiles the Java frontend instead, with the JDK's Flight Recorder (jcmd and
+jfr, which come with the JDK): CPU samples by thread and by the innermost frame's package.
 """
 
 from __future__ import annotations
@@ -50,11 +53,69 @@ def group(stack: str) -> str:
     return "other TorchServe worker code"
 
 
+# The frontend's packages, by what they do; the first prefix that matches the innermost frame wins.
+JAVA_GROUPS = (
+    ("netty (HTTP and the worker socket)", ("io.netty.",)),
+    ("logging (log4j)", ("org.apache.logging.", "org.slf4j.")),
+    ("metrics", ("io.prometheus.", "org.pytorch.serve.metrics.")),
+    ("JSON", ("com.google.gson.",)),
+    ("TorchServe frontend", ("org.pytorch.serve.",)),
+    ("JDK: NIO and sockets", ("sun.nio.", "java.nio.")),
+    ("JDK: concurrency", ("java.util.concurrent.", "jdk.internal.misc.Unsafe")),
+    ("JDK: strings and collections", ("java.lang.String", "java.util.", "java.lang.AbstractStringBuilder")),
+)
+
+
+def java_group(frame: str) -> str:
+    for name, prefixes in JAVA_GROUPS:
+        if frame.startswith(prefixes):
+            return name
+    return "other: " + ".".join(frame.split(".")[:2])
+
+
+def frontend_samples(pid: int, seconds: int, folder: Path) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
+    """(samples by thread, by group, by innermost method) from a Flight Recorder run on the frontend."""
+    recording = folder / "frontend.jfr"
+    jcmd, jfr = shutil.which("jcmd"), shutil.which("jfr")
+    if not jcmd or not jfr:
+        raise SystemExit("error: --frontend needs jcmd and jfr from a JDK 11+ (apt-get install openjdk-17-jdk-headless)")
+    subprocess.run(
+        [jcmd, str(pid), "JFR.start", "settings=profile", f"duration={seconds}s", f"filename={recording}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    deadline = seconds + 30
+    for _ in range(deadline * 2):
+        if recording.exists() and recording.stat().st_size:
+            break
+        threading.Event().wait(0.5)
+    threading.Event().wait(1.0)
+    printed = subprocess.run(
+        [jfr, "print", "--json", "--events", "jdk.ExecutionSample", str(recording)], check=True, capture_output=True, text=True
+    )
+    threads: collections.Counter = collections.Counter()
+    groups: collections.Counter = collections.Counter()
+    leaves: collections.Counter = collections.Counter()
+    for event in json.loads(printed.stdout)["recording"]["events"]:
+        values = event["values"]
+        name = (values.get("sampledThread") or {}).get("javaName") or "?"
+        threads[name.rstrip("0123456789-")] += 1
+        frames = (values.get("stackTrace") or {}).get("frames") or []
+        if frames:
+            method = frames[0]["method"]
+            frame = f"{method['type']['name'].replace('/', '.')}.{method['name']}"
+            groups[java_group(frame)] += 1
+            leaves[frame] += 1
+    return threads, groups, leaves
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="simple_nn")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=int, default=6)
+    p.add_argument("--frontend", action="store_true", help="profile the Java frontend (Flight Recorder) instead of the Python worker")
     args = p.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     layout = Layout(Path(".").resolve(), args.model)
@@ -74,6 +135,11 @@ def main() -> int:
             procs = {p.pid: p for p in info.processes()}
             for proc in procs.values():
                 proc.cpu_percent()
+            if args.frontend:
+                [java] = [pid for pid, proc in procs.items() if proc.name() == "java"]
+                threads, groups, leaves = frontend_samples(java, args.seconds, Path(tmp))
+                load.join()
+                return report_frontend(args, result, threads, groups, leaves)
             subprocess.run(
                 [py_spy, "record", "-p", str(worker), "-d", str(args.seconds), "-r", "500", "--idle", "-f", "raw", "-o", str(out)],
                 check=True,
@@ -114,6 +180,24 @@ def main() -> int:
         print(f"  {n / total:6.1%}  {name}")
     print("innermost frames:")
     for name, n in leaves.most_common(8):
+        print(f"  {n / total:6.1%}  {name}")
+    return 0
+
+
+def report_frontend(args, result: dict, threads: collections.Counter, groups: collections.Counter, leaves: collections.Counter) -> int:
+    total = sum(threads.values()) or 1
+    print(
+        f"{args.model}, {args.clients} clients: {result.get('requests_per_s', 0):,.0f} req/s ({result.get('generator')}), "
+        f"p50 {result.get('p50_ms', 0):.2f} ms"
+    )
+    print(f"frontend CPU samples ({total}, Flight Recorder 'profile' settings), by thread:")
+    for name, n in threads.most_common(8):
+        print(f"  {n / total:6.1%}  {name}")
+    print("by the innermost frame's package:")
+    for name, n in groups.most_common():
+        print(f"  {n / total:6.1%}  {name}")
+    print("innermost frames:")
+    for name, n in leaves.most_common(12):
         print(f"  {n / total:6.1%}  {name}")
     return 0
 

@@ -44,6 +44,9 @@ PORT_KEYS = {
 }
 
 
+LOG_CONFIG = "log4j2.xml"
+
+
 def shipped_properties() -> dict[str, str]:
     """The server configuration this project ships (secure defaults); see the file's comments."""
     return parse_properties((importlib.resources.files("pipeline.serving") / CONFIG_TEMPLATE).read_text())
@@ -226,6 +229,9 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
         "--ncs",
         "--ts-config",
         str(config),
+        # The frontend logs what happens to it, not every request (see the file's comment).
+        "--log-config",
+        str(importlib.resources.files("pipeline.serving") / LOG_CONFIG),
         "--model-store",
         str(layout.model_store.resolve()),
         "--models",

@@ -8,6 +8,7 @@ import socket
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -292,3 +293,19 @@ def test_the_benchmarks_load_generators_measure_the_real_server(server, generato
     assert 0 < r["generator_cpu_share"] < 1
     bad = measure(server.predictions_url, '{"x": "five"}', 2, 1.0, headers=headers, generator=generator)
     assert bad["errors"] == bad["requests"] > 0 and set(bad["status"]) == {"400"}  # every answer counted by its status
+
+
+def test_the_frontend_logs_one_access_line_per_request_and_nothing_else(server):
+    """The shipped log4j2.xml: TorchServe's default wrote about eight lines per request to ts_log.log and the console."""
+    logs = Path(server.run_dir) / "logs"
+
+    def lines() -> dict[str, int]:
+        return {f.name: len(f.read_text(errors="replace").splitlines()) for f in logs.glob("*.log")}
+
+    before = lines()
+    for _ in range(10):
+        assert post(server, {"x": 1.0})[0] == 200
+    time.sleep(1.0)  # async logging
+    grown = {name: n - before.get(name, 0) for name, n in lines().items()}
+    assert grown["access_log.log"] == 10
+    assert all(n == 0 for name, n in grown.items() if name != "access_log.log"), grown
