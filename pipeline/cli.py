@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.artifacts.names import VARIANTS
 from pipeline.errors import PipelineError
 from pipeline.settings import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings, StageResult
 
@@ -139,7 +140,7 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     _model_options(serve)
     _on_option(serve)
     serve.add_argument(
-        "--variant", choices=["int8", "fp16"], help="serve the variant's archive (model_store/<model>-<variant>.mar) instead of fp32"
+        "--variant", choices=VARIANTS, help="serve the variant's archive (model_store/<model>-<variant>.mar) instead of fp32"
     )
     serve.add_argument(
         "--replicas",
@@ -270,7 +271,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def variants_command(args: argparse.Namespace) -> int:
     from pipeline.stages import variants
 
-    wanted = tuple(v for v in ("int8", "fp16") if getattr(args, v))
+    wanted = tuple(v for v in VARIANTS if getattr(args, v))
     if not wanted:
         print("error: name at least one variant: --int8 and/or --fp16", file=sys.stderr)
         return 2

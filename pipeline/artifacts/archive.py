@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.artifacts.names import (ARCHIVE_CONFIG, ARCHIVE_CONTRACT, ARCHIVE_MANIFEST, ARCHIVE_MEMBERS,
-                                      ARCHIVE_MODEL)
+                                      ARCHIVE_MODEL, ONNX, archive_key)
+from pipeline.artifacts.manifest import ArtifactRecord, Manifest
 from pipeline.artifacts.safety import check_onnx_bytes
 from pipeline.errors import IntegrityError
 
@@ -91,3 +92,10 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None) -> dict:
     check_onnx_bytes(model, f"{path.name}:{ARCHIVE_MODEL}")
     return {"members": sorted(names), "mar_manifest": manifest, "model_sha256": model_sha,
             "contract": contract, "model_config": config}
+
+
+def verified_archive(manifest: Manifest, variant: str | None, stage: str) -> tuple[Path, ArtifactRecord]:
+    """The model's archive, or a variant's: its hash checked against the manifest, then what it holds."""
+    path, rec = manifest.verified(archive_key(variant), stage)
+    inspect_archive(path, manifest.records[variant or ONNX].sha256)
+    return path, rec

@@ -260,19 +260,9 @@ def _reason(exc: BaseException) -> str:
 
 def gated_variants(manifest: Manifest) -> list[str]:
     """The variants whose gate passed for their current file and the current fp32 model."""
-    out = []
-    for variant in VARIANTS:
-        gate, rec, fp32 = manifest.records.get(gate_key(variant)), manifest.records.get(variant), manifest.records.get(ONNX)
-        if (
-            gate
-            and rec
-            and fp32
-            and gate.details.get("passed")
-            and gate.inputs.get(variant) == rec.sha256
-            and gate.inputs.get(ONNX) == fp32.sha256
-        ):
-            out.append(variant)
-    return out
+    from pipeline.stages.variants import gate_passed
+
+    return [v for v in VARIANTS if gate_passed(manifest, v)]
 
 
 def variants_summary(manifest: Manifest, records: list[dict], cold: list[dict]) -> list[dict]:

@@ -31,9 +31,8 @@ from typing import Any
 import psutil
 
 from pipeline.artifacts import files
-from pipeline.artifacts.archive import inspect_archive
+from pipeline.artifacts.archive import verified_archive
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import ONNX, archive_key
 from pipeline.errors import PipelineError
 from pipeline.serving.client import Endpoint
 from pipeline.serving.ray_app import QUIET, RayAppOptions
@@ -111,8 +110,7 @@ def app_options(settings: Settings, replicas: str, key_file: Path, **extra: Any)
     """The application's options for the project's verified archive."""
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
-    mar, rec = manifest.verified(archive_key(settings.variant), STAGE)
-    inspect_archive(mar, manifest.records[settings.variant or ONNX].sha256)
+    mar, rec = verified_archive(manifest, settings.variant, STAGE)
     return RayAppOptions.from_args(
         {"archive": str(Path(mar).resolve()), "sha256": rec.sha256, "token_file": str(key_file), "replicas": replicas, **extra}
     )

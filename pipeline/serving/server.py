@@ -26,9 +26,8 @@ from pathlib import Path
 import psutil
 
 from pipeline.artifacts import files
-from pipeline.artifacts.archive import inspect_archive
+from pipeline.artifacts.archive import verified_archive
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import ONNX, archive_key
 from pipeline.errors import PipelineError
 from pipeline.serving.client import Endpoint, http
 from pipeline.settings import Layout, Settings, resolve
@@ -190,8 +189,7 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
             "install it: sudo apt-get install -y openjdk-17-jre-headless (or your OS's JRE 17 package)",
         )
     manifest = Manifest(layout.root, spec.name)
-    mar, _ = manifest.verified(archive_key(settings.variant), STAGE)
-    inspect_archive(mar, manifest.records[settings.variant or ONNX].sha256)
+    mar, _ = verified_archive(manifest, settings.variant, STAGE)
     name = layout.served_name(settings.variant)
     folder = run_dir(layout)
     existing = load_info(layout)

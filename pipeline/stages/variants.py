@@ -422,19 +422,31 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gate_passed(manifest: Manifest, variant: str) -> bool:
+    """Whether the variant's gate passed for its current file, made from the current fp32 model."""
+    gate, rec, fp32 = manifest.records.get(gate_key(variant)), manifest.records.get(variant), manifest.records.get(ONNX)
+    return bool(
+        gate
+        and rec
+        and fp32
+        and gate.details.get("passed")
+        and gate.inputs.get(variant) == rec.sha256
+        and gate.inputs.get(ONNX) == fp32.sha256
+    )
+
+
 def package_variant(settings: Settings, variant: str) -> StageResult:
     """model_store/<model>-<variant>.mar, only from a variant whose gate passed for exactly this file."""
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
     path, rec = manifest.verified(variant, STAGE)
-    gate_rec = manifest.records.get(gate_key(variant))
-    if gate_rec is None or gate_rec.inputs.get(variant) != rec.sha256 or not gate_rec.details.get("passed"):
+    if not gate_passed(manifest, variant):
         raise PipelineError(
             STAGE,
             f"{spec.name}: the {variant} gate has not passed for the current {rec.path}",
             f"run it: python -m pipeline variants --model {settings.model} --{variant}",
         )
-    manifest.verified(gate_key(variant), STAGE)
+    _, gate_rec = manifest.verified(gate_key(variant), STAGE)
     io_contract = {**contract(settings, spec), "model": layout.served_name(variant), "variant": variant, "device": DEVICE[variant]}
     inputs = {variant: rec.sha256, "gate": gate_rec.sha256}
     return package.archive(settings, layout, manifest, archive_key(variant), path, rec.sha256, io_contract, inputs)

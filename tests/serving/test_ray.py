@@ -223,13 +223,8 @@ def test_deploy_onto_a_running_cluster_by_address(built_root, tmp_path):
     try:
         subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
         pipeline = [sys.executable, "-m", "pipeline"]
-        served = subprocess.run(
-            [*pipeline, "serve", "--on", "ray", "--address", f"127.0.0.1:{port}", "--ports", "auto", "--root", str(root)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        serve = [*pipeline, "serve", "--on", "ray", "--address", f"127.0.0.1:{port}", "--ports", "auto", "--root", str(root)]
+        served = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=180)
         assert served.returncode == 0, served.stderr[-2000:]
         assert f"the cluster at 127.0.0.1:{port}" in served.stdout
         info = ray_server.load_info(ray_server.resolve(Settings(root=root))[1])
@@ -242,13 +237,7 @@ def test_deploy_onto_a_running_cluster_by_address(built_root, tmp_path):
         assert http("GET", f"{info.inference}/v2/health/live", timeout=5)[0] == 404  # Serve runs on, without the application
         assert cluster(), "the cluster itself is left running: it is not ours"
         wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-        refused = subprocess.run(
-            [*pipeline, "serve", "--on", "ray", "--address", f"127.0.0.1:{port}", "--ports", "auto", "--root", str(root)],
-            env=wrong,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        refused = subprocess.run(serve, env=wrong, capture_output=True, text=True, timeout=180)
         assert refused.returncode == 1 and "refused this RAY_AUTH_TOKEN" in refused.stderr, refused.stderr[-2000:]
     finally:
         procs = cluster()
