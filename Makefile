@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FORCE_FLAG := $(if $(filter 1 yes true,$(FORCE)),--force,)
 # Every target's needs: the core, the benchmark, the fault harness, the examples, the tools.
-EXTRAS := bench,reliability,examples,dev
+EXTRAS := bench,reliability,examples,transformers,dev
 # Ray Serve, for the targets that serve on Ray (and the tests and reports that cover it).
 RAY_STAMP := $(VENV)/.installed-ray
 REPLICAS ?= 1
