@@ -66,7 +66,13 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Element-wise pass rule: |got - want| <= atol + rtol * |want|.
+    """Element-wise pass rule: |got - want| <= atol + rtol * |want| + scaled * scale.
+
+    `scale` is the output's own magnitude in that case: the largest |want| of that
+    output over the case's whole batch. A deep fp32 net (ResNet-50's logits) differs from
+    eager by about 1e-6 of its scale wherever an element sits, near zero included, where
+    a fixed atol alone fails it; a real bug (a wrong op, drift of 1e-3 of the scale) is
+    still 100x over the bound.
 
     `max_mismatch` is the fraction of elements allowed beyond that bound (0: none). It is
     for smaller variants, whose rounding can flip a near-tie (an argmax label) without
@@ -76,6 +82,7 @@ class Tolerance:
     atol: float = 1e-5
     rtol: float = 1e-4
     max_mismatch: float = 0.0
+    scaled: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,9 @@ class ModelSpec:
     tf32_tolerance: Tolerance | None = None
     # Largest number of rows one HTTP request may carry (the handler enforces it).
     max_rows_per_request: int = 4096
+    # Longest a dynamic axis other than batch may be, per axis name: {"seq": 512} for a
+    # model with 512 positions. A longer request is a 400 before ONNX Runtime runs.
+    max_lengths: Mapping[str, int] = field(default_factory=dict)
     # Smaller variants (python -m pipeline variants): each is held to its own declared
     # parity tolerance against eager fp32, and to the task metric's max_drop where one is given.
     int8_tolerance: Tolerance | None = None
@@ -346,6 +356,18 @@ def _validate(spec: Any, where: str) -> ModelSpec:
             f"{where}: cuda_precision is 'tf32' but no tf32_tolerance is declared",
             "declare the error TF32 may make, e.g. tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2)",
         )
+    axes = {d for t in spec.inputs for d in t.shape if isinstance(d, str) and d != "batch"}
+    if not isinstance(spec.max_lengths, Mapping):
+        raise SpecError("model", f"{where}: max_lengths is {spec.max_lengths!r}", "write max_lengths={'seq': 512}")
+    for axis, length in spec.max_lengths.items():
+        if axis not in axes:
+            raise SpecError(
+                "model",
+                f"{where}: max_lengths names {axis!r}, which is not a dynamic axis of the inputs",
+                f"name one of the inputs' dynamic axes other than batch: {sorted(axes)}",
+            )
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise SpecError("model", f"{where}: max_lengths[{axis!r}] is {length!r}", "use a positive int such as 512")
     if not isinstance(spec.max_rows_per_request, int) or spec.max_rows_per_request < 1:
         raise SpecError("model", f"{where}: max_rows_per_request is {spec.max_rows_per_request!r}", "use a positive int such as 4096")
     return spec
