@@ -11,19 +11,68 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from pipeline.artifacts import files
-from pipeline.errors import IntegrityError
+from pipeline.errors import IntegrityError, PipelineError
 from pipeline.artifacts.manifest import Manifest
 from pipeline.spec import ModelSpec
 from pipeline.artifacts.names import CHECKPOINT
 
 
+def untie(state_dict: Mapping[str, Any], model: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors to write, and each tied name -> the name whose tensor it shares.
+
+    Real models tie weights (GPT-2's `lm_head.weight` is `transformer.wte.weight`), and
+    safetensors refuses to write one storage twice. A tie is written once and recorded;
+    `load_model` restores it. A view that overlaps another without being the same tensor
+    is written as a copy of its own values.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise PipelineError(
+                "train",
+                f"{model}: the state_dict entry {name!r} is a {type(value).__name__}, not a tensor; a checkpoint holds tensors only",
+                "return model.state_dict() from train(), and put other values in model_args (JSON) instead",
+            )
+        tensor = value.detach().cpu()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        storage = tensor.untyped_storage().data_ptr()
+        shared = tensor.numel() and storage in storages
+        storages.add(storage)
+        tensors[name] = tensor.clone() if shared else tensor.contiguous()
+    return tensors, aliases
+
+
 def save(path: Path, state_dict: Mapping[str, torch.Tensor], model: str, model_args: Mapping[str, Any]) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    # One metadata key: safetensors writes several keys in a random order, which
-    # would make the same weights hash differently from run to run.
-    metadata = {"pipeline": json.dumps({"model": model, "model_args": dict(model_args)}, sort_keys=True)}
+    tensors, aliases = untie(state_dict, model)
+    meta: dict[str, Any] = {"model": model, "model_args": dict(model_args)}
+    if aliases:
+        meta["aliases"] = aliases
+    try:
+        # One metadata key: safetensors writes several keys in a random order, which
+        # would make the same weights hash differently from run to run.
+        metadata = {"pipeline": json.dumps(meta, sort_keys=True)}
+    except TypeError as exc:
+        raise PipelineError(
+            "train", f"{model}: model_args cannot be written as JSON ({exc})", "return only JSON values (numbers, strings, lists, dicts) in model_args"
+        ) from None
     with files.atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except (SafetensorError, ValueError, TypeError, RuntimeError) as exc:
+            if files.no_room(exc):
+                raise
+            raise PipelineError(
+                "train",
+                f"{model}: safetensors cannot hold this state_dict: {type(exc).__name__}: {str(exc).strip()[:400]}",
+                "return plain dense tensors from train() (model.state_dict() of an ordinary nn.Module)",
+            ) from None
 
 
 # What a file that is not safetensors starts with when it is a pickle in disguise.
@@ -59,7 +108,10 @@ def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.n
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         state = load_file(str(path))
-        model_args = json.loads(metadata["pipeline"])["model_args"]
+        meta = json.loads(metadata["pipeline"])
+        model_args = meta["model_args"]
+        for name, target in meta.get("aliases", {}).items():
+            state[name] = state[target]
     except (SafetensorError, json.JSONDecodeError, OSError, KeyError, TypeError) as exc:
         raise IntegrityError(stage, f"{rec.path} is not a readable safetensors checkpoint: {exc}",
                              f"retrain: python -m pipeline train --model {spec.name} --force") from None
@@ -70,3 +122,4 @@ def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.n
         raise IntegrityError(stage, f"{rec.path} does not fit the model {spec.name} builds: {exc}",
                              f"retrain after changing the model: python -m pipeline train --model {spec.name} --force") from None
     return model.eval(), rec.sha256
+

@@ -104,7 +104,7 @@ def temp_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}."
 
 
-def _no_room(exc: BaseException) -> bool:
+def no_room(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in _NO_ROOM_ERRNOS:
         return True
     return any(word in str(exc) for word in _NO_ROOM_WORDS)
@@ -171,7 +171,7 @@ def no_room_is_an_error(path: Path) -> Iterator[None]:
     except DiskFullError:
         raise
     except Exception as exc:
-        if _no_room(exc):
+        if no_room(exc):
             raise _disk_full(Path(path), f"{type(exc).__name__}: {exc}") from None
         raise
 
