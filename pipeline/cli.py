@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.artifacts import cost
 from pipeline.artifacts.names import VARIANTS
 from pipeline.errors import PipelineError
 from pipeline.settings import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings, StageResult
@@ -82,7 +83,29 @@ def _stage_options(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--atol", type=float, help="parity absolute tolerance (default: the model's)")
         p.add_argument("--rtol", type=float, help="parity relative tolerance (default: the model's)")
         p.add_argument(
+            "--scaled", type=float, help="parity tolerance as a fraction of each output's scale, its largest |value| (default: the model's)"
+        )
+        p.add_argument(
             "--parity-batch-sizes", type=_batch_sizes, default=PARITY_BATCH_SIZES, help="batch sizes parity checks (default: %(default)s)"
+        )
+        p.add_argument(
+            "--parity-sweep",
+            choices=["sized", "full"],
+            default=Settings.parity_sweep,
+            help="sized: batches over 7 run only where the model's measured cost fits the budget; full: every batch size asked for "
+            "(default: %(default)s)",
+        )
+        p.add_argument(
+            "--parity-budget-s",
+            type=float,
+            default=Settings.parity_budget_s,
+            help="seconds the sized sweep may spend on every engine together (default: %(default)s)",
+        )
+        p.add_argument(
+            "--parity-budget-mb",
+            type=float,
+            default=Settings.parity_budget_mb,
+            help="memory one case may take above the loaded model, in MiB (default: %(default)s)",
         )
 
 
@@ -199,10 +222,11 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     return p, commands.choices
 
 
-def _line(result: StageResult) -> str:
+def _line(result: StageResult, peak_mb: float | None = None) -> str:
     mark = "·" if result.skipped else "✓"
     verb = "skipped" if result.skipped else f"ran in {result.seconds:.1f}s"
-    return f"  {mark} {result.stage:<8} {verb:<14} {result.summary}"
+    peak = f"peak {peak_mb / 1024:.1f} GiB" if peak_mb is not None and not result.skipped else ""
+    return f"  {mark} {result.stage:<8} {verb:<14} {peak:<15} {result.summary}"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -259,6 +283,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         atol=getattr(args, "atol", None),
         rtol=getattr(args, "rtol", None),
         parity_batch_sizes=getattr(args, "parity_batch_sizes", PARITY_BATCH_SIZES),
+        scaled=getattr(args, "scaled", None),
+        parity_sweep=getattr(args, "parity_sweep", Settings.parity_sweep),
+        parity_budget_s=getattr(args, "parity_budget_s", Settings.parity_budget_s),
+        parity_budget_mb=getattr(args, "parity_budget_mb", Settings.parity_budget_mb),
         cuda_precision=getattr(args, "cuda_precision", None),
         exporter_fallback=getattr(args, "exporter_fallback", False),
         serve_batch_size=getattr(args, "batch_size", Settings.serve_batch_size),
@@ -275,8 +303,9 @@ def variants_command(args: argparse.Namespace) -> int:
     if not wanted:
         print("error: name at least one variant: --int8 and/or --fp16", file=sys.stderr)
         return 2
+    cost.start()
     for result in variants.run(settings_from(args), wanted):
-        print(_line(result), flush=True)
+        print(_line(result, cost.peak_mb()), flush=True)
     return 0
 
 
@@ -288,9 +317,10 @@ def stages_command(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     results: list[StageResult] = []
     for name in names:
+        cost.start()
         result = STAGES[name](settings)
         results.append(result)
-        print(_line(result), flush=True)
+        print(_line(result, cost.peak_mb()), flush=True)
     if args.command == "all":
         print(summary(results, settings, time.perf_counter() - start))
     return 0
@@ -345,6 +375,7 @@ def token_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    from pipeline.artifacts import files
     from pipeline.serving import ray_server, server
     from pipeline.settings import resolve
 
@@ -376,11 +407,15 @@ def serve_command(args: argparse.Namespace) -> int:
         token_cmd = f"{_rel(sys.executable)} -m pipeline token{model_arg}"
         stop_cmd = "make stop" + model_var
     body = json.dumps(spec.example_request or {})
+    # A large example (an image is megabytes of JSON) is over what a shell takes as one
+    # argument: it goes in a file beside the server's logs, sent with --data-binary @file.
+    example = Path(info.run_dir) / "example_request.json"
+    files.write_text(example, body)
+    data = f"-d {shlex.quote(body)}" if len(body) <= 4096 else f"--data-binary @{shlex.quote(_rel(example))}"
     print(f"  URL      {info.predictions_url}")
     print(f'  token    {_rel(info.key_file)} ("inference" key); print it with: {token_cmd}')
     print(
-        f"  try      curl -s -H \"Authorization: Bearer $({token_cmd})\" -H 'Content-Type: application/json' "
-        f"-d {shlex.quote(body)} {info.predictions_url}"
+        f"  try      curl -s -H \"Authorization: Bearer $({token_cmd})\" -H 'Content-Type: application/json' {data} {info.predictions_url}"
     )
     if isinstance(info, ray_server.RayInfo):
         print(
@@ -397,7 +432,7 @@ def _rel(path) -> str:
 
 def summary(results: list[StageResult], settings: Settings, seconds: float) -> str:
     from pipeline.artifacts.manifest import Manifest
-    from pipeline.artifacts.names import MAR, PARITY
+    from pipeline.artifacts.names import KEYS, MAR, PARITY
     from pipeline.settings import resolve
 
     spec, layout = resolve(settings)
@@ -408,13 +443,22 @@ def summary(results: list[StageResult], settings: Settings, seconds: float) -> s
     worst = parity.details["worst"]
     tol = parity.settings
     mar = manifest.records[MAR]
+    stages = [manifest.records[key] for key in KEYS if key in manifest.records]
     lines = [
         "",
         f"{spec.name}: done in {seconds:.1f}s — ran {len(ran)} stage(s){': ' + ', '.join(ran) if ran else ''}"
         f"{'; skipped (up to date) ' + ', '.join(skipped) if skipped else ''}",
-        f"  parity   PASS; worst {worst['engine']} '{worst['output']}' at {worst['case']}: max abs {worst['max_abs']:.3g}, "
-        f"max rel {worst['max_rel']:.3g} vs atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want| ({worst['tolerance_used']:.2g}× the bound)",
+        f"  parity   PASS; worst {worst['engine']} '{worst['output']}' at {worst['case']}: max abs {worst['max_abs']:.3g} "
+        f"({worst.get('max_scaled', 0):.2g} of its scale), max rel {worst['max_rel']:.3g} vs atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want| "
+        f"+ scaled {tol.get('scaled', 0):g}·scale ({worst['tolerance_used']:.2g}× the bound)",
+        f"  sweep    batch sizes {parity.details.get('batch_sizes', tol['batch_sizes'])}"
+        + (f"; left out {', '.join(parity.details['left_out'])} (over the budget, see parity.md)" if parity.details.get("left_out") else ""),
+    ]
+    for v in parity.details.get("vacuous", []):
+        lines.append(f"  WARNING  output '{v['output']}' proves nothing: {v['why']}")
+    lines += [
         f"  archive  {mar.path} ({mar.bytes / 1024:.1f} KiB), CUDA precision {tol.get('cuda_precision', 'fp32')}",
+        "  cost     " + ", ".join(f"{r.stage} {r.seconds:.1f}s {r.peak_rss_mb / 1024:.1f} GiB" for r in stages) + " (as recorded: time, peak memory)",
         f"  reports  {layout.reports.relative_to(layout.root)}/parity.md, manifest {manifest.path.relative_to(layout.root)}",
     ]
     if skipped and not ran:

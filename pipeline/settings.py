@@ -24,6 +24,12 @@ class Settings:
     atol: float | None = None
     rtol: float | None = None
     parity_batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES
+    scaled: float | None = None
+    # "sized": batches past MIN_SWEEP run only where the model's measured cost fits the
+    # budget below; "full": every batch size asked for, whatever it costs.
+    parity_sweep: str = "sized"
+    parity_budget_s: float = 60.0
+    parity_budget_mb: float = 1536.0
     # Allow the TorchScript-based exporter where the torch.export-based one fails (or the spec says so).
     exporter_fallback: bool = False
     # CUDA precision to verify and serve; None takes the model spec's (fp32 unless it says tf32).
@@ -106,6 +112,7 @@ def tolerance(settings: Settings, spec: ModelSpec) -> Tolerance:
     return Tolerance(
         atol=spec.tolerance.atol if settings.atol is None else settings.atol,
         rtol=spec.tolerance.rtol if settings.rtol is None else settings.rtol,
+        scaled=spec.tolerance.scaled if settings.scaled is None else settings.scaled,
     )
 
 

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import files
+from pipeline.artifacts import cost, files
 from pipeline.artifacts.environment import fingerprint
+from pipeline.artifacts.names import EXTERNAL_DATA
 from pipeline.errors import IntegrityError
 
 FORMAT = 1
@@ -34,6 +35,8 @@ class ArtifactRecord:
     created: str
     environment: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
+    # The stage's peak resident memory while it made this artifact (MiB; 0 in older manifests).
+    peak_rss_mb: float = 0.0
 
 
 class Manifest:
@@ -68,7 +71,10 @@ class Manifest:
         seconds: float,
         details: dict[str, Any] | None = None,
     ) -> ArtifactRecord:
-        """Hash `path` and record it under `key`, replacing any earlier record."""
+        """Hash `path` and record it under `key`, replacing any earlier record.
+
+        The record carries the stage's peak memory so far (`cost.peak_mb`).
+        """
         path = Path(path)
         rec = ArtifactRecord(
             path=str(path.resolve().relative_to(self.root.resolve())),
@@ -81,6 +87,7 @@ class Manifest:
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             environment=fingerprint(),
             details=_jsonable(details or {}),
+            peak_rss_mb=cost.peak_mb(),
         )
         self.records[key] = rec
         self.save()
@@ -112,32 +119,34 @@ class Manifest:
                 f"{self.model}: no {key} recorded in {self._rel(self.path)}; its stage has not run",
                 f"run the earlier stages first: make export MODEL={self.model}",
             )
-        path = self.root / rec.path
-        # A link (or a recorded path with `..`) would let the hash vouch for a file
-        # outside the project that someone else controls.
-        if path.is_symlink() or not path.resolve().is_relative_to(self.root.resolve()):
-            raise IntegrityError(
-                stage,
-                f"{rec.path} is a symbolic link or lies outside {self.root}; refusing to follow it",
-                f"remove it and rebuild it: rm {path} && python -m pipeline {rec.stage} --model {self.model} --force",
-            )
-        if not path.exists():
-            raise IntegrityError(
-                stage,
-                f"{rec.path} is missing (recorded by the {rec.stage} stage)",
-                f"rebuild it: python -m pipeline {rec.stage} --model {self.model} --force",
-            )
-        size = path.stat().st_size
-        digest = files.sha256_file(path)
-        if digest != rec.sha256 or size != rec.bytes:
-            raise IntegrityError(
-                stage,
-                f"{rec.path} does not match the manifest: sha256 {digest[:12]}… ({size} bytes), "
-                f"recorded {rec.sha256[:12]}… ({rec.bytes} bytes). It was changed, truncated or "
-                f"corrupted after the {rec.stage} stage wrote it; refusing to load it",
-                f"rebuild it: python -m pipeline {rec.stage} --model {self.model} --force",
-            )
-        return path, rec
+        # An ONNX file over 2 GiB comes with its external data: both are checked.
+        for rel, sha256, size_recorded in _files(rec):
+            path = self.root / rel
+            # A link (or a recorded path with `..`) would let the hash vouch for a file
+            # outside the project that someone else controls.
+            if path.is_symlink() or not path.resolve().is_relative_to(self.root.resolve()):
+                raise IntegrityError(
+                    stage,
+                    f"{rel} is a symbolic link or lies outside {self.root}; refusing to follow it",
+                    f"remove it and rebuild it: rm {path} && python -m pipeline {rec.stage} --model {self.model} --force",
+                )
+            if not path.exists():
+                raise IntegrityError(
+                    stage,
+                    f"{rel} is missing (recorded by the {rec.stage} stage)",
+                    f"rebuild it: python -m pipeline {rec.stage} --model {self.model} --force",
+                )
+            size = path.stat().st_size
+            digest = files.sha256_file(path)
+            if digest != sha256 or size != size_recorded:
+                raise IntegrityError(
+                    stage,
+                    f"{rel} does not match the manifest: sha256 {digest[:12]}… ({size} bytes), "
+                    f"recorded {sha256[:12]}… ({size_recorded} bytes). It was changed, truncated or "
+                    f"corrupted after the {rec.stage} stage wrote it; refusing to load it",
+                    f"rebuild it: python -m pipeline {rec.stage} --model {self.model} --force",
+                )
+        return self.root / rec.path, rec
 
     def is_fresh(self, key: str, inputs: dict[str, str], settings: dict[str, Any]) -> tuple[bool, str]:
         """Whether artifact `key` exists intact and was made from these inputs and settings.
@@ -151,11 +160,12 @@ class Manifest:
             files.sweep_stale((self.root / rec.path).parent)
         if rec is None:
             return False, "not built yet"
-        path = self.root / rec.path
-        if not path.exists():
-            return False, f"{rec.path} is missing"
-        if path.stat().st_size != rec.bytes or files.sha256_file(path) != rec.sha256:
-            return False, f"{rec.path} changed since it was written"
+        for rel, sha256, size in _files(rec):
+            path = self.root / rel
+            if not path.exists():
+                return False, f"{rel} is missing"
+            if path.stat().st_size != size or files.sha256_file(path) != sha256:
+                return False, f"{rel} changed since it was written"
         if rec.inputs != inputs:
             return False, "its inputs changed"
         if rec.settings != _jsonable(settings):
@@ -167,6 +177,15 @@ class Manifest:
             return str(path.relative_to(self.root))
         except ValueError:
             return str(path)
+
+
+def _files(rec: ArtifactRecord) -> list[tuple[str, str, int]]:
+    """(path, sha256, bytes) of the record's file, and of its external data where it has one."""
+    out = [(rec.path, rec.sha256, rec.bytes)]
+    data = rec.details.get(EXTERNAL_DATA)
+    if data:
+        out.append((data["path"], data["sha256"], int(data["bytes"])))
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

@@ -40,7 +40,7 @@ import onnx
 from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.environment import fingerprint
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import CHECKPOINT, ONNX, PARITY, VARIANTS, archive_key, gate_key
+from pipeline.artifacts.names import CHECKPOINT, EXTERNAL_DATA, ONNX, PARITY, VARIANTS, archive_key, gate_key
 from pipeline.errors import ParityError, PipelineError, SpecError
 from pipeline.runtimes.runners import OrtRunner, TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
@@ -208,6 +208,14 @@ def build(settings: Settings, variant: str) -> StageResult:
             f"{spec.name}: parity has not passed for the current {onnx_rec.path}; a variant is made only from a verified model",
             f"run the stages first: make export MODEL={settings.model}",
         )
+    if onnx_rec.details.get(EXTERNAL_DATA):
+        # The quantizer and the fp16 converter load the whole model into one protobuf message.
+        raise PipelineError(
+            STAGE,
+            f"{spec.name}: {onnx_rec.path} keeps its {onnx_rec.details.get('weight_bytes', 0) / 2**30:.1f} GiB of weights in "
+            "external data; the variants are made only from models with their weights embedded (under 2 GiB)",
+            "serve the fp32 archive (make serve), which carries its data file",
+        )
     target = layout.variant_onnx(variant)
     inputs = {ONNX: onnx_rec.sha256}
     stage_settings = {"variant": variant, "seed": settings.seed, "model_source_sha256": spec.source_sha256(), "shallow_conv": SHALLOW_CONV}
@@ -243,6 +251,13 @@ def _metric(spec: ModelSpec, runner: OrtRunner, seed: int) -> float:
     return float(value)
 
 
+def gate_batch_sizes(settings: Settings, manifest: Manifest) -> tuple[int, ...]:
+    """The batch sizes fp32's parity ran: its sized sweep already measured what fits."""
+    rec = manifest.records.get(PARITY)
+    ran = None if rec is None else rec.details.get("batch_sizes")
+    return tuple(b for b in settings.parity_batch_sizes if ran is None or b in ran)
+
+
 def gate(settings: Settings, variant: str) -> StageResult:
     """Parity with the variant's tolerance, then the task metric; writes the report, then decides."""
     spec, layout = resolve(settings)
@@ -258,7 +273,7 @@ def gate(settings: Settings, variant: str) -> StageResult:
     stage_settings = {
         "tolerance": asdict(tol),
         "device": device,
-        "batch_sizes": list(settings.parity_batch_sizes),
+        "batch_sizes": list(gate_batch_sizes(settings, manifest)),
         "seed": settings.seed,
         "model_source_sha256": spec.source_sha256(),
         "task_metric": None if metric is None else {"name": metric.name, "max_drop": metric.max_drop},
@@ -280,7 +295,7 @@ def gate(settings: Settings, variant: str) -> StageResult:
     candidate = OrtRunner(f"onnxruntime-{device} {variant}", path, spec, config)
     reference = TorchRunner(parity.REFERENCE, model, spec)
     results: list[parity.OutputDiff] = []
-    for case, feed in parity.cases(spec, settings.parity_batch_sizes, settings.seed):
+    for case, feed in parity.cases(spec, gate_batch_sizes(settings, manifest), settings.seed):
         with capture_mode():
             want = reference.infer(feed)
         got = candidate.infer(feed)

@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 
 import numpy as np
 import onnx
@@ -11,7 +12,7 @@ from pipeline.settings import Settings
 from pipeline.spec import Tolerance, load_spec
 from pipeline.stages import package, parity
 
-TOL = Tolerance(atol=1e-5, rtol=1e-4)
+TOL = Tolerance(atol=1e-5, rtol=1e-4, scaled=0.0)  # the element-wise terms alone
 
 
 def test_compare_within_and_beyond_tolerance():
@@ -43,7 +44,9 @@ def test_report_covers_every_engine_batch_and_edge_case(built):
     for r in report["results"]:
         assert r["max_abs"] >= 0 and r["max_rel"] >= 0 and r["mean_abs"] >= 0
         assert r["max_abs"] <= report["tolerance"]["atol"] + report["tolerance"]["rtol"] * 3000
-    assert report["tolerance"] == {"atol": 1e-5, "rtol": 1e-4, "max_mismatch": 0.0}
+    assert report["tolerance"] == {"atol": 1e-5, "rtol": 1e-4, "max_mismatch": 0.0, "scaled": 1e-5}
+    assert report["sweep"]["mode"] == "sized" and report["sweep"]["ran_batch_sizes"] == [1, 2, 7, 64, 1000]
+    assert report["vacuous"] == []
     assert (layout.reports / "parity.md").read_text().startswith("# Parity: simple_nn — PASS")
 
 
@@ -117,7 +120,10 @@ def test_parity_gives_the_cuda_engine_the_served_precision(built, monkeypatch):
     monkeypatch.setattr(parity, "cuda_available", lambda: True)
     monkeypatch.setattr(parity, "OrtRunner", spy)
     _, layout = built
-    parity.engines(load_spec("simple_nn"), Manifest(layout.root, "simple_nn"), "tf32")
+    loaders, _ = parity.engines(load_spec("simple_nn"), Manifest(layout.root, "simple_nn"), "tf32")
+    assert not seen  # nothing is loaded until its pass
+    for _, load in loaders:
+        load()
     configs = dict(seen)
     assert configs["onnxruntime-cpu"].device == "cpu"
     assert configs["onnxruntime-cuda"].device == "cuda" and configs["onnxruntime-cuda"].precision == "tf32"
@@ -155,3 +161,129 @@ def test_package_refuses_a_precision_parity_did_not_verify(project, monkeypatch)
     monkeypatch.setattr(package_module, "resolve", lambda s: (spec, original(s)[1]))
     with pytest.raises(PipelineError, match="parity verified CUDA precision fp32, this archive would serve tf32"):
         package.run(replace(settings, cuda_precision="tf32", force=True))
+
+
+# The default rule against real fp32 error and real bugs. The figures are ResNet-50's:
+# eager and ONNX Runtime differ by up to 7.6e-5 on logits whose scale is about 136.
+DEFAULT = Tolerance()
+
+
+def _logits(rng, rows=64, width=1000, scale=136.0):
+    want = rng.standard_normal((rows, width)).astype(np.float32)
+    return want * np.float32(scale / np.abs(want).max())
+
+
+def test_default_passes_deep_fp32_error_near_zero_that_a_fixed_atol_fails():
+    rng = np.random.default_rng(0)
+    want = _logits(rng)
+    noise = rng.uniform(-1, 1, want.shape).astype(np.float32) * np.float32(7.6e-5)
+    got = want + noise
+    assert parity.compare("e", "c", "logits", want, got, DEFAULT).passed
+    assert not parity.compare("e", "c", "logits", want, got, Tolerance(scaled=0.0)).passed  # the old rule
+    diff = parity.compare("e", "c", "logits", want, got, DEFAULT)
+    assert diff.scale == pytest.approx(136.0, rel=1e-4)
+    assert diff.max_scaled == pytest.approx(diff.max_abs / diff.scale)
+
+
+def test_default_fails_drift_of_a_thousandth_of_the_scale():
+    want = _logits(np.random.default_rng(1))
+    drift = parity.compare("e", "c", "logits", want, want + np.float32(1e-3 * 136.0), DEFAULT)
+    assert not drift.passed and drift.tolerance_used > 10
+
+
+def test_default_fails_a_wrong_op_and_swapped_outputs():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    gelu = (0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))).astype(np.float32)
+    relu = np.maximum(x, 0)
+    assert not parity.compare("e", "c", "h", gelu, relu, DEFAULT).passed
+    pooled = _logits(rng, width=256, scale=3.0)
+    assert not parity.compare("e", "c", "pooler_output", pooled, x * np.float32(3.0 / np.abs(x).max()), DEFAULT).passed
+
+
+def test_default_fails_a_baked_in_batch_size_or_length():
+    want = _logits(np.random.default_rng(3), rows=7)
+    assert not parity.compare("e", "c", "logits", want, want[:4], DEFAULT).passed
+    assert not parity.compare("e", "c", "logits", want, want[:, :999], DEFAULT).passed
+
+
+def test_compare_works_in_chunks_with_the_same_answer(monkeypatch):
+    rng = np.random.default_rng(4)
+    want = _logits(rng, rows=8, width=1000)
+    got = want + rng.uniform(-1, 1, want.shape).astype(np.float32) * np.float32(1e-3)
+    whole = parity.compare("e", "c", "y", want, got, DEFAULT)
+    monkeypatch.setattr(parity, "CHUNK", 333)
+    chunked = parity.compare("e", "c", "y", want, got, DEFAULT)
+    assert asdict(chunked) == pytest.approx(asdict(whole))
+
+
+def test_an_output_that_cannot_fail_is_flagged():
+    evidence = parity.Evidence()
+    rng = np.random.default_rng(5)
+    for rows in (2, 7):
+        evidence.add(
+            {
+                "zero_head": np.zeros((rows, 1000), np.float32),
+                "tiny": rng.standard_normal((rows, 10)).astype(np.float32) * np.float32(1e-9),
+                "real": rng.standard_normal((rows, 10)).astype(np.float32),
+            }
+        )
+    flagged = {v["output"]: v["why"] for v in evidence.vacuous(DEFAULT)}
+    assert set(flagged) == {"zero_head", "tiny"}
+    assert "same for every input" in flagged["zero_head"]
+    assert "within atol" in flagged["tiny"]
+
+
+def test_a_constant_output_is_flagged_in_the_report_and_the_summary(project, monkeypatch):
+    """A model whose output ignores its input (torchvision's zero-initialised ViT head) passes, flagged."""
+    import dataclasses
+
+    from pipeline.cli import summary
+    from pipeline.stages import run_all
+    from pipeline.stages import train as train_stage
+
+    settings, layout = project
+    spec = load_spec("simple_nn")
+    constant = dataclasses.replace(
+        spec,
+        train=lambda seed: dataclasses.replace(spec.train(seed), state_dict={k: v * 0 for k, v in spec.train(seed).state_dict.items()}),
+    )
+    for module in (train_stage, parity):
+        original = module.resolve
+        monkeypatch.setattr(module, "resolve", lambda s, original=original: (constant, original(s)[1]))
+    results = run_all(dataclasses.replace(settings, force=True))
+    report = json.loads((layout.reports / "parity.json").read_text())
+    assert report["passed"] and [v["output"] for v in report["vacuous"]] == ["y"]
+    assert "**Proves nothing:** output `y`" in (layout.reports / "parity.md").read_text()
+    assert "WARNING  output 'y' proves nothing" in summary(results, settings, 1.0)
+
+
+def test_the_sized_sweep_leaves_out_what_the_budget_cannot_pay_and_says_why(project):
+    from dataclasses import replace
+
+    settings, layout = project
+    result = parity.run(replace(settings, force=True, parity_budget_s=1e-9))
+    report = json.loads((layout.reports / "parity.json").read_text())
+    assert report["passed"] and report["sweep"]["ran_batch_sizes"] == [1, 2, 7]
+    assert [s["case"] for s in report["sweep"]["skipped"]] == ["random b=64", "random b=1000"]
+    assert all("s budget" in s["why"] and "eager took" in s["why"] for s in report["sweep"]["skipped"])
+    assert "left out random b=64" in (layout.reports / "parity.md").read_text()
+    assert result.details["batch_sizes"] == [1, 2, 7]
+    full = parity.run(replace(settings, force=True, parity_budget_s=1e-9, parity_sweep="full"))
+    assert full.details["batch_sizes"] == [1, 2, 7, 64, 1000] and full.details["left_out"] == []
+
+
+def test_the_memory_budget_bounds_the_sweep(project):
+    from dataclasses import replace
+
+    settings, layout = project
+    parity.run(replace(settings, force=True, parity_budget_mb=1e-6))
+    report = json.loads((layout.reports / "parity.json").read_text())
+    skipped = report["sweep"]["skipped"]
+    assert skipped and all("MiB budget" in s["why"] for s in skipped)
+
+
+def test_the_manifest_records_each_stage_peak_memory(built):
+    _, layout = built
+    records = Manifest(layout.root, "simple_nn").records
+    assert all(records[key].peak_rss_mb > 50 for key in ("checkpoint", "torchscript", "onnx", "parity", "mar"))
