@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import sys
 import time
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,47 +21,112 @@ from pipeline.settings import Settings, StageResult, resolve
 from pipeline.stages.capture import capture_mode, check_args, example_args
 
 STAGE = "trace"
-# The tracer's warning for `if tensor:` / `bool(tensor)` in forward(): the branch taken
-# for the example is baked into the trace and silently wrong for other inputs.
-VALUE_DEPENDENT = "Converting a tensor to a Python boolean"
-
-
 TORCH_DIR = Path(torch.__file__).resolve().parent
+# Nodes a traced tensor's value may come from and still be the same for every input of
+# the same shape: while tracing, `x.shape[i]` is a tensor computed by aten::size.
+SHAPE_SOURCES = frozenset({"aten::size", "aten::sym_size", "aten::dim", "prim::Constant"})
 
 
-def value_checks(caught: list[warnings.WarningMessage]) -> tuple[list[str], list[str]]:
-    """The places a tensor became a Python bool: (in the user's code, inside torch).
+@dataclass
+class Branches:
+    """The places (file:line) where a traced tensor became a Python bool, by where the bool came from."""
 
-    Inside torch these are shape assertions (`if embed_dim != embed_dim_to_check: raise`)
-    that can only raise, never choose a branch; anywhere else (the model's own file, or
-    any library outside torch) it is the user's `if tensor:`.
+    on_values: set[str] = field(default_factory=set)
+    on_shapes: set[str] = field(default_factory=set)
+
+    def values(self) -> list[str]:
+        return sorted(self.on_values)
+
+    def shapes(self) -> list[str]:
+        # A line that branched on a value even once is a value branch.
+        return sorted(self.on_shapes - self.on_values)
+
+
+def _from_shapes(tensor: torch.Tensor) -> bool:
+    """Whether a traced tensor is computed from sizes and constants only: no input's data, no parameter, no random op."""
+    try:
+        start = torch._C._get_value_trace(tensor)  # type: ignore[attr-defined]  # bound, but not in torch's stubs
+    except RuntimeError:  # a tensor the tracer cannot place (an untraced one that needs grad): assume a value
+        return False
+    todo, seen = [start], {start.unique()}
+    while todo:
+        node = todo.pop().node()
+        if node.kind() in SHAPE_SOURCES:
+            continue
+        inputs = list(node.inputs())
+        # A source other than a constant is data: prim::Param (the model's arguments),
+        # prim::TracedAttr (a parameter or buffer); so is a random op's output.
+        if not inputs or node.isNondeterministic():
+            return False
+        for value in inputs:
+            if value.unique() not in seen:
+                seen.add(value.unique())
+                todo.append(value)
+    return True
+
+
+@contextlib.contextmanager
+def watch_branches() -> Iterator[Branches]:
+    """Record where a traced tensor becomes a Python bool, and whether it came from shapes only.
+
+    The tracer only warns ("Converting a tensor to a Python boolean") and the warning does
+    not say of what, so `Tensor.__bool__` is wrapped for the duration: the tracer knows the
+    graph node of every traced tensor (`torch._C._get_value_trace`), and walking back from
+    it shows whether an input's data or a parameter feeds the bool. Restored on exit.
     """
-    user: set[str] = set()
-    internal: set[str] = set()
-    for w in caught:
-        if VALUE_DEPENDENT in str(w.message):
-            inside = Path(w.filename).resolve().is_relative_to(TORCH_DIR)
-            (internal if inside else user).add(f"{w.filename}:{w.lineno}")
-    return sorted(user), sorted(internal)
+    branches = Branches()
+    previous = torch.Tensor.__dict__.get("__bool__")  # None: inherited from torch._C.TensorBase
+    inner = previous or torch._C.TensorBase.__bool__
+
+    def watched(tensor: torch.Tensor) -> bool:
+        if torch._C._get_tracing_state() is not None:
+            caller = sys._getframe(1)  # the line with the `if`, in whichever file it is
+            place = f"{caller.f_code.co_filename}:{caller.f_lineno}"
+            (branches.on_shapes if _from_shapes(tensor) else branches.on_values).add(place)
+        return inner(tensor)
+
+    torch.Tensor.__bool__ = watched  # type: ignore[method-assign, assignment]
+    try:
+        yield branches
+    finally:
+        if previous is None:
+            del torch.Tensor.__bool__
+        else:
+            torch.Tensor.__bool__ = previous  # type: ignore[method-assign]
 
 
-def _refuse_value_branches(spec, caught: list[warnings.WarningMessage]) -> None:
-    """Fail on `if tensor:` in the model's code, which the tracer only warns about.
+def _refuse_value_branches(spec, branches: Branches) -> None:
+    """Fail on a branch on a tensor's value, wherever it is written; the tracer only warns about it.
 
     The trace checks catch such a branch only when a check input takes the other side;
-    the warning says the branch exists, so refuse rather than ship a coin toss. The
-    same warning from torch's own shape assertions is recorded, not refused: the trace
-    checks (other batch sizes, other lengths of every dynamic axis, the parity cases)
-    stay the guard there.
+    the branch exists, so refuse rather than ship a coin toss. A branch on a shape
+    (`if x.shape[1] > 1:`, in the model, a library or torch) is the same for every input
+    of that shape: it is recorded, and the trace checks (other batch sizes, other lengths
+    of every dynamic axis, the parity cases) stay the guard.
     """
-    branches, _ = value_checks(caught)
-    if branches:
+    if branches.values():
         raise PipelineError(
             STAGE,
-            f"{spec.name}: forward() branches on a tensor's value at {', '.join(branches)}; torch.jit.trace "
+            f"{spec.name}: forward() branches on a tensor's value at {', '.join(branches.values())}; torch.jit.trace "
             "records only the branch the example took, so other inputs would silently get wrong answers",
-            "compute both sides and pick with torch.where (or torch.cond), so the graph is the same for every input",
+            "compute both sides and pick with torch.where (or torch.cond), so the graph is the same for every input; "
+            "a branch on a shape (if x.shape[1] > 1:) is allowed",
         )
+
+
+def _untraceable_fix(branches: Branches) -> str:
+    fix = "make forward() free of Python control flow that depends on tensor values, or drop TorchScript and serve the ONNX model"
+    if not branches.shapes():
+        return fix
+    # A shape branch is let through, and then a check input of another size may take its other side.
+    return (
+        f"{fix}; it branches on a shape at {', '.join(branches.shapes())}, where a check input of another size "
+        "(batch 1, another length) may take the other side: compute both sides and pick with torch.where"
+    )
+
+
+def _in_torch(place: str) -> bool:
+    return Path(place.rsplit(":", 1)[0]).resolve().is_relative_to(TORCH_DIR)
 
 
 def _same(want, got) -> bool:
@@ -85,18 +154,18 @@ def run(settings: Settings) -> StageResult:
     # Trace checks re-run the trace on other batch sizes and values: a model whose
     # control flow depends on the input's values fails here instead of shipping.
     checks = check_args(spec, settings.seed, STAGE)
-    with warnings.catch_warnings(record=True) as caught, capture_mode():
+    with warnings.catch_warnings(record=True) as caught, capture_mode(), watch_branches() as branches:
         warnings.simplefilter("always")
         try:
             traced = torch.jit.trace(model, example, check_inputs=checks, check_tolerance=1e-5)
         except Exception as exc:  # the tracer raises many types; all mean "cannot trace"
-            _refuse_value_branches(spec, caught)
+            _refuse_value_branches(spec, branches)
             raise PipelineError(
                 STAGE,
                 f"torch.jit.trace could not trace {spec.name}: {type(exc).__name__}: {str(exc).strip()[:800]}",
-                "make forward() free of Python control flow that depends on tensor values, or drop TorchScript and serve the ONNX model",
+                _untraceable_fix(branches),
             ) from None
-    _refuse_value_branches(spec, caught)
+    _refuse_value_branches(spec, branches)
     messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
     # Serialise in memory, then write atomically: torch.jit.save writing to a file
     # aborts the whole process (SIGABRT) when the disk fills, instead of raising.
@@ -119,8 +188,10 @@ def run(settings: Settings) -> StageResult:
     details = {
         "deprecated": "torch.jit.trace is deprecated since torch 2.11 in favour of torch.export; kept because users still deploy TorchScript",
         "warnings": messages,
-        # torch's own shape assertions that met a traced tensor: harmless, listed for the record.
-        "torch_internal_value_checks": value_checks(caught)[1],
+        # Branches on a shape, anywhere, let through; the trace checks at other sizes guard them.
+        "shape_branches": branches.shapes(),
+        # The same, inside torch only (its own shape assertions), under the key readers already know.
+        "torch_internal_value_checks": [p for p in branches.shapes() if _in_torch(p)],
         "trace_checked_batch_sizes": [4, 1, 7],
         "trace_checks": len(checks) + 1,
     }
