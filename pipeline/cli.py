@@ -452,13 +452,17 @@ def summary(results: list[StageResult], settings: Settings, seconds: float) -> s
         f"({worst.get('max_scaled', 0):.2g} of its scale), max rel {worst['max_rel']:.3g} vs atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want| "
         f"+ scaled {tol.get('scaled', 0):g}·scale ({worst['tolerance_used']:.2g}× the bound)",
         f"  sweep    batch sizes {parity.details.get('batch_sizes', tol['batch_sizes'])}"
-        + (f"; left out {', '.join(parity.details['left_out'])} (over the budget, see parity.md)" if parity.details.get("left_out") else ""),
+        + (
+            f"; left out {', '.join(parity.details['left_out'])} (over the budget, see parity.md)" if parity.details.get("left_out") else ""
+        ),
     ]
     for v in parity.details.get("vacuous", []):
         lines.append(f"  WARNING  output '{v['output']}' proves nothing: {v['why']}")
     lines += [
         f"  archive  {mar.path} ({mar.bytes / 1024:.1f} KiB), CUDA precision {tol.get('cuda_precision', 'fp32')}",
-        "  cost     " + ", ".join(f"{r.stage} {r.seconds:.1f}s {r.peak_rss_mb / 1024:.1f} GiB" for r in stages) + " (as recorded: time, peak memory)",
+        "  cost     "
+        + ", ".join(f"{r.stage} {r.seconds:.1f}s {r.peak_rss_mb / 1024:.1f} GiB" for r in stages)
+        + " (as recorded: time, peak memory)",
         f"  reports  {layout.reports.relative_to(layout.root)}/parity.md, manifest {manifest.path.relative_to(layout.root)}",
     ]
     if skipped and not ran:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from pipeline.artifacts import files
-from pipeline.errors import IntegrityError, PipelineError
 from pipeline.artifacts.manifest import Manifest
-from pipeline.spec import ModelSpec
 from pipeline.artifacts.names import CHECKPOINT
+from pipeline.errors import IntegrityError, PipelineError
+from pipeline.spec import ModelSpec
 
 
 def untie(state_dict: Mapping[str, Any], model: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -60,7 +61,9 @@ def save(path: Path, state_dict: Mapping[str, torch.Tensor], model: str, model_a
         metadata = {"pipeline": json.dumps(meta, sort_keys=True)}
     except TypeError as exc:
         raise PipelineError(
-            "train", f"{model}: model_args cannot be written as JSON ({exc})", "return only JSON values (numbers, strings, lists, dicts) in model_args"
+            "train",
+            f"{model}: model_args cannot be written as JSON ({exc})",
+            "return only JSON values (numbers, strings, lists, dicts) in model_args",
         ) from None
     with files.atomic_path(path) as tmp:
         try:
@@ -76,8 +79,10 @@ def save(path: Path, state_dict: Mapping[str, torch.Tensor], model: str, model_a
 
 
 # What a file that is not safetensors starts with when it is a pickle in disguise.
-_PICKLE_MAGIC = {b"PK\x03\x04": "a zip archive (torch.save's format, pickled code inside)",
-                 b"\x80": "a Python pickle (unpickling it would run code)"}
+_PICKLE_MAGIC = {
+    b"PK\x03\x04": "a zip archive (torch.save's format, pickled code inside)",
+    b"\x80": "a Python pickle (unpickling it would run code)",
+}
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
@@ -113,13 +118,18 @@ def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.n
         for name, target in meta.get("aliases", {}).items():
             state[name] = state[target]
     except (SafetensorError, json.JSONDecodeError, OSError, KeyError, TypeError) as exc:
-        raise IntegrityError(stage, f"{rec.path} is not a readable safetensors checkpoint: {exc}",
-                             f"retrain: python -m pipeline train --model {spec.name} --force") from None
+        raise IntegrityError(
+            stage,
+            f"{rec.path} is not a readable safetensors checkpoint: {exc}",
+            f"retrain: python -m pipeline train --model {spec.name} --force",
+        ) from None
     model = spec.build(model_args)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise IntegrityError(stage, f"{rec.path} does not fit the model {spec.name} builds: {exc}",
-                             f"retrain after changing the model: python -m pipeline train --model {spec.name} --force") from None
+        raise IntegrityError(
+            stage,
+            f"{rec.path} does not fit the model {spec.name} builds: {exc}",
+            f"retrain after changing the model: python -m pipeline train --model {spec.name} --force",
+        ) from None
     return model.eval(), rec.sha256
-

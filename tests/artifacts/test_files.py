@@ -18,26 +18,23 @@ def test_write_replaces_content_and_leaves_no_temporary(tmp_path):
 def test_failed_write_keeps_previous_file(tmp_path):
     target = tmp_path / "model.bin"
     files.write_bytes(target, b"good")
-    with pytest.raises(RuntimeError):
-        with files.atomic_path(target) as tmp:
-            tmp.write_bytes(b"half-writ")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), files.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half-writ")
+        raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
 
 
 def test_failed_first_write_leaves_nothing(tmp_path):
     target = tmp_path / "new.bin"
-    with pytest.raises(files.DiskFullError, match=r"could not write .*new.bin: OSError: \[Errno 28\]"):
-        with files.atomic_path(target) as tmp:
-            raise OSError(28, "No space left on device")
+    with pytest.raises(files.DiskFullError, match=r"could not write .*new.bin: OSError: \[Errno 28\]"), files.atomic_path(target):
+        raise OSError(28, "No space left on device")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_other_errors_pass_through_unchanged(tmp_path):
-    with pytest.raises(ValueError, match="not about space"):
-        with files.atomic_path(tmp_path / "x.bin"):
-            raise ValueError("not about space")
+    with pytest.raises(ValueError, match="not about space"), files.atomic_path(tmp_path / "x.bin"):
+        raise ValueError("not about space")
 
 
 def test_write_over_the_file_size_limit_is_refused_up_front(tmp_path, monkeypatch):
