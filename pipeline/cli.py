@@ -8,13 +8,17 @@ latency report; reliability runs the fault harness. Each command takes only its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from tqdm import tqdm
 
 from pipeline.artifacts import cost
 from pipeline.artifacts.names import VARIANTS
@@ -318,12 +322,36 @@ def stages_command(args: argparse.Namespace) -> int:
     results: list[StageResult] = []
     for name in names:
         cost.start()
-        result = STAGES[name](settings)
+        with ticking(name):
+            result = STAGES[name](settings)
         results.append(result)
         print(_line(result, cost.peak_mb()), flush=True)
     if args.command == "all":
         print(summary(results, settings, time.perf_counter() - start))
     return 0
+
+
+@contextlib.contextmanager
+def ticking(stage: str) -> Iterator[None]:
+    """On a terminal, the running stage and its elapsed time: a large model's export takes minutes."""
+    bar = tqdm(desc=f"  … {stage}", bar_format="{desc} {elapsed}", disable=None, leave=False)
+    if bar.disable:
+        yield
+        return
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(1.0):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+        bar.close()
 
 
 def stop_command(args: argparse.Namespace) -> int:
