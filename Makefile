@@ -19,7 +19,7 @@ comma := ,
 VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
 ARCHIVE := model_store/$(notdir $(basename $(MODEL)))$(if $(VARIANT),-$(VARIANT)).mar
 
-.PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench reliability clean distclean
+.PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench reliability real-models clean distclean
 
 help:
 	@echo "make export     train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
@@ -32,6 +32,8 @@ help:
 	@echo "make stop-ray   stop it (the local cluster too)"
 	@echo "make bench      latency report: eager vs TorchScript vs ONNX Runtime in process, and the served endpoint (BENCH_ARGS=...)"
 	@echo "make reliability  faults, hostile input and load against the pipeline and a real server -> reports/reliability.md"
+	@echo "make real-models  resnet50, vit_b16, bert_base, gpt2 (and the 2.4 GB MLP) at full size through the chain, one after another"
+	@echo "                -> reports/real-models.md (REAL_MODELS_ARGS='--models resnet50 --serve --timeout 3600')"
 	@echo "make clean      remove generated artifacts, reports and archives"
 
 setup: $(STAMP)
@@ -96,3 +98,6 @@ bench: $(RAY_STAMP)
 
 reliability: $(RAY_STAMP)
 	$(PY) -m pipeline reliability $(RELIABILITY_ARGS)
+
+real-models: $(STAMP)
+	$(PY) scripts/real_models.py $(REAL_MODELS_ARGS)

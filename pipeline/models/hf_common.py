@@ -1,0 +1,122 @@
+"""What the transformers built-ins share: config as model_args, seeded random weights, feeds.
+
+The real-model built-ins (resnet50, vit_b16, bert_base, gpt2) build transformers' own
+classes from a config, with random weights: no model hub, no download. The checkpoint's
+model_args are the config itself (JSON), so `build` rebuilds whatever size trained,
+full size or a test's tiny one. This module defines no SPEC; it is not a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedConfig
+
+from pipeline.errors import SpecError
+from pipeline.spec import Feed, TrainResult
+
+Config = TypeVar("Config", bound=PreTrainedConfig)
+
+# The sequence length of sample_inputs (trace and export examples): >= 2 and unlike the
+# export's batch of 4, or torch.export would specialise or merge the two axes.
+SAMPLE_LENGTH = 16
+
+
+def with_labels(config: Config, labels: int) -> Config:
+    """The config with a classifier of `labels` outputs (transformers' default is 2)."""
+    config.num_labels = labels
+    return config
+
+
+def num_labels(config: PreTrainedConfig) -> int:
+    """The classifier's output size, which transformers types as optional."""
+    if not config.num_labels:
+        raise SpecError("model", f"{type(config).__name__} has no num_labels", "give the config a classifier: with_labels(config, 1000)")
+    return config.num_labels
+
+
+def image_hw(size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a config's image_size, which may be one int or a pair."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def config_args(config: PreTrainedConfig) -> dict[str, Any]:
+    """The config as JSON model_args. The label tables (1000 entries for ImageNet) are left
+    out: `num_labels` rebuilds them, and the manifest stays readable."""
+    args = config.to_dict()
+    args.pop("id2label", None)
+    args.pop("label2id", None)
+    args["num_labels"] = config.num_labels
+    return args
+
+
+def random_weights(build: Callable[[Mapping[str, Any]], nn.Module], args: Mapping[str, Any]) -> Callable[[int], TrainResult]:
+    """A `train(seed)` that trains nothing: the model's own initialisation, seeded.
+
+    To ship weights you have, load them here instead (see README "Real models").
+    """
+
+    def train(seed: int) -> TrainResult:
+        torch.manual_seed(seed)
+        model = build(args)
+        return TrainResult(state_dict=model.state_dict(), model_args=dict(args), metrics={})
+
+    return train
+
+
+@dataclass(frozen=True)
+class ImageFeeds:
+    """`pixel_values` [batch, channels, height, width]: noise shaped like normalised images."""
+
+    channels: int
+    height: int
+    width: int
+
+    def sample_inputs(self, batch: int, rng: np.random.Generator) -> Feed:
+        shape = (batch, self.channels, self.height, self.width)
+        return {"pixel_values": rng.standard_normal(shape, dtype=np.float32)}
+
+
+@dataclass(frozen=True)
+class TokenFeeds:
+    """`input_ids` and a 2-D `attention_mask` [batch, seq] (1 = a real token, right-padded)."""
+
+    vocab_size: int
+    max_length: int
+
+    def feed(self, ids: np.ndarray, lengths: list[int]) -> Feed:
+        mask = (np.arange(ids.shape[1])[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
+        return {"input_ids": ids.astype(np.int64), "attention_mask": mask}
+
+    def tokens(self, batch: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, self.vocab_size, size=(batch, length))
+
+    def sample_inputs(self, batch: int, rng: np.random.Generator) -> Feed:
+        length = min(SAMPLE_LENGTH, self.max_length)
+        return self.feed(self.tokens(batch, length, rng), [length] * batch)
+
+    def edge_inputs(self) -> Feed:
+        """The first and last token id of the vocabulary, and both in one row."""
+        ids = np.array([[0] * 8, [self.vocab_size - 1] * 8, [0, self.vocab_size - 1] * 4])
+        return self.feed(ids, [8, 8, 8])
+
+    def parity_cases(self, rng: np.random.Generator) -> dict[str, Feed]:
+        """A right-padded batch whose rows have different real lengths, and sequences of length 1."""
+        length = min(24, self.max_length)
+        lengths = sorted({length, max(1, 2 * length // 3), max(1, length // 4), 1}, reverse=True)
+        return {
+            f"padded seq={length} lengths={lengths}": self.feed(self.tokens(len(lengths), length, rng), lengths),
+            "seq=1 b=3": self.feed(self.tokens(3, 1, rng), [1, 1, 1]),
+        }
+
+    def example_request(self, ids: list[int]) -> dict[str, Any]:
+        """A pasteable body: these token ids (folded into the vocabulary) and a mask of ones."""
+        return {"input_ids": [i % self.vocab_size for i in ids], "attention_mask": [1] * len(ids)}

@@ -1,0 +1,348 @@
+"""Real models at full size through the whole chain, one after another: time, memory, parity, archive, answer.
+
+python scripts/real_models.py                           # resnet50, vit_b16, bert_base, gpt2, tests/fixtures/wide_mlp.py
+python scripts/real_models.py --models resnet50,gpt2 --timeout 3600 --serve
+
+Each model runs `python -m pipeline all --model M --force` as a process of its own.
+Wall time is measured around that process. Peak memory is the child's own high-water
+mark, `ru_maxrss` from `os.wait4` (the kernel's figure for the process, and the largest
+of any child it waited for; no sampling, so no peak is missed). Per-stage seconds, and
+each stage's `peak_rss_mb` where its record has one, come from
+artifacts/<model>/manifest.json; the parity sweep and the worst comparison from
+reports/<model>/parity.json; the size from model_store/<model>.mar. Only what this run
+wrote is read: an older record is not shown.
+
+--serve then serves each archive that was built (`python -m pipeline serve --ports auto`),
+sends one request with the server's token, records the status and the answer's size,
+and always stops the server. Writes reports/real-models.md and reports/real-models.json;
+each model's output goes to reports/real-models/<name>.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.serving.client import http  # noqa: E402
+from pipeline.settings import Layout  # noqa: E402
+from pipeline.spec import ModelSpec, load_spec  # noqa: E402
+
+DEFAULT_MODELS = ("resnet50", "vit_b16", "bert_base", "gpt2", "tests/fixtures/wide_mlp.py")
+STAGES = ("train", "trace", "export", "parity", "package")
+MEASURED_WITH = "os.wait4 ru_maxrss of the `pipeline all` process (its own peak, and the largest of any child it waited for)"
+
+
+@dataclass
+class Row:
+    """One model's run: what happened, how long, how much memory, what parity and serving said."""
+
+    model: str  # as passed to --model
+    name: str = ""  # the spec's name: artifacts/<name>/, model_store/<name>.mar
+    status: str = "skipped"  # passed, failed, timeout, skipped
+    note: str = ""
+    params: int | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    wall_s: float | None = None
+    peak_rss_mb: float | None = None
+    returncode: int | None = None
+    parity_sweep: Any = None
+    parity_worst: dict[str, Any] | None = None
+    archive_bytes: int | None = None
+    served: dict[str, Any] | None = None
+    log: str = ""
+
+
+def run_measured(cmd: list[str], log: Path, timeout: float) -> tuple[int | None, float, float, bool]:
+    """(exit code, wall seconds, peak RSS in MB, timed out) of one child process."""
+    started = time.perf_counter()
+    with open(log, "wb") as out:
+        # A session of its own: on a timeout the whole group (any worker it started) is stopped.
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        timed_out, killed_at = False, None
+        while True:
+            # wait4, not Popen.wait: reaping the child here is what returns its rusage.
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            elapsed = time.perf_counter() - started
+            if elapsed > timeout and killed_at is None:
+                timed_out, killed_at = True, elapsed
+                _signal_group(proc.pid, signal.SIGTERM)
+            elif killed_at is not None and elapsed > killed_at + 30:
+                _signal_group(proc.pid, signal.SIGKILL)
+            time.sleep(0.2)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped above; Popen must not wait again
+    return proc.returncode, wall, usage.ru_maxrss / 1024, timed_out  # ru_maxrss is in KiB on Linux
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:  # it ended on its own meanwhile; wait4 reaps it next
+        pass
+
+
+def error_line(log: Path) -> str:
+    """The pipeline's own `error: [stage] ...` line from a log, or its last line."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["(no output)"])[-1][:400]
+
+
+def fresh(created: str, since: datetime.datetime) -> bool:
+    return datetime.datetime.fromisoformat(created) >= since.replace(microsecond=0)
+
+
+def parameters(checkpoint: Path) -> int:
+    """Elements in the checkpoint, read from its header: parameters and buffers, a tied weight once."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as f:
+        return sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
+
+
+def read_results(row: Row, layout: Layout, since: datetime.datetime) -> None:
+    """Fill in what this run wrote: manifest records, parity report, archive size."""
+    manifest = layout.artifacts / "manifest.json"
+    records = json.loads(manifest.read_text())["artifacts"] if manifest.exists() else {}
+    for rec in records.values():
+        if not fresh(rec["created"], since):
+            continue
+        row.stage_seconds[rec["stage"]] = rec["seconds"]
+        # The stage's own peak: a field of the record (0 in older manifests), or of its details.
+        peak = rec.get("peak_rss_mb") or rec.get("details", {}).get("peak_rss_mb")
+        if peak:
+            row.stage_peak_rss_mb[rec["stage"]] = peak
+        if rec["stage"] == "train":
+            row.params = parameters(layout.root / rec["path"])
+    parity = layout.reports / "parity.json"
+    if parity.exists() and parity.stat().st_mtime >= since.timestamp():
+        report = json.loads(parity.read_text())
+        row.parity_worst = report.get("worst")
+        row.parity_sweep = report.get("sweep")
+        if row.parity_sweep is None:  # older parity stages do not describe their sweep
+            results = report.get("results", [])
+            row.parity_sweep = {"cases": len({r["case"] for r in results}), "batch_sizes": sorted({r["batch_size"] for r in results})}
+    if layout.mar.exists() and layout.mar.stat().st_mtime >= since.timestamp():
+        row.archive_bytes = layout.mar.stat().st_size
+
+
+def request_body(spec: ModelSpec) -> tuple[bytes, str]:
+    """The model's example request, or one generated row (values rounded: a smaller body)."""
+    if spec.example_request is not None:
+        return json.dumps(spec.example_request).encode(), "example_request"
+    feed = spec.sample_inputs(1, np.random.default_rng(0))
+    row = {name: np.round(value[0], 1).tolist() for name, value in feed.items()}
+    return json.dumps(row, separators=(",", ":")).encode(), "generated from sample_inputs(1), rounded to 0.1"
+
+
+def serve_once(spec: ModelSpec, model: str, root: Path, timeout: float) -> dict[str, Any]:
+    """Serve the archive, send one request with the token, stop the server whatever happened."""
+    pipeline = [sys.executable, "-m", "pipeline"]
+    where = ["--model", model, "--root", str(root)]
+    body, source = request_body(spec)
+    served: dict[str, Any] = {"request": source, "request_bytes": len(body)}
+    t_start = time.perf_counter()
+    try:
+        started = subprocess.run(
+            [*pipeline, "serve", *where, "--ports", "auto", "--timeout", str(timeout)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 60,
+        )
+        served["start_s"] = round(time.perf_counter() - t_start, 1)
+        if started.returncode != 0:
+            served["error"] = (started.stderr.strip() or started.stdout.strip()).splitlines()[-1][:400]
+            return served
+        url = next(line.split()[1] for line in started.stdout.splitlines() if line.strip().startswith("URL"))
+        token = subprocess.run([*pipeline, "token", *where], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+        t0 = time.perf_counter()
+        status, answer = http("POST", url, body, token.stdout.strip(), timeout=timeout)
+        served.update(status=status, answer_bytes=len(answer), seconds=round(time.perf_counter() - t0, 3))
+        if status != 200:
+            served["error"] = answer[:400].decode(errors="replace")
+    except (subprocess.SubprocessError, OSError, StopIteration) as exc:
+        served["error"] = f"{type(exc).__name__}: {exc}"[:400]
+    finally:
+        subprocess.run([*pipeline, "stop", *where], cwd=ROOT, capture_output=True, timeout=180)
+    return served
+
+
+def run_model(model: str, root: Path, timeout: float, serve: bool) -> Row:
+    row = Row(model=model)
+    if model.endswith(".py") or "/" in model:
+        # Relative to where the suite runs, else to the checkout (the default list's fixture).
+        path = next((p for p in (Path(model).absolute(), ROOT / model) if p.is_file()), Path(model))
+        if not path.is_file():
+            row.note = f"{model} does not exist"
+            return row
+        model = str(path)
+    try:
+        spec = load_spec(model)
+    except PipelineError as exc:
+        row.status, row.note = "failed", f"spec: {exc}"[:400]
+        return row
+    row.name = spec.name
+    layout = Layout(root, spec.name)
+    log = root / "reports" / "real-models" / f"{spec.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    row.log = str(log.relative_to(root))
+    since = datetime.datetime.now(datetime.timezone.utc)
+    cmd = [sys.executable, "-m", "pipeline", "all", "--model", model, "--root", str(root), "--force"]
+    row.returncode, row.wall_s, row.peak_rss_mb, timed_out = run_measured(cmd, log, timeout)
+    read_results(row, layout, since)
+    if timed_out:
+        row.status, row.note = "timeout", f"stopped after {timeout:g}s"
+    elif row.returncode != 0:
+        row.status, row.note = "failed", error_line(log)
+    else:
+        row.status = "passed"
+        if serve:
+            row.served = serve_once(spec, model, root, timeout=min(timeout, 600))
+    return row
+
+
+def machine(root: Path) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    return {
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _brief(value: Any, nested: bool = False) -> str:
+    """A table cell of whatever parity.json says about its sweep: scalars and short lists whole,
+    longer lists as their length, dicts in brackets."""
+    if isinstance(value, dict):
+        text = ", ".join(f"{k} {_brief(v, nested=True)}" for k, v in value.items())
+        return f"({text})" if nested else text
+    if isinstance(value, list):
+        whole = len(value) <= 8 and all(isinstance(v, (int, float, str)) for v in value)
+        return f"[{', '.join(str(v) for v in value)}]" if whole else str(len(value))
+    return "—" if value is None else str(value)
+
+
+def _count(n: int | None) -> str:
+    if not n:
+        return "—"
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+
+
+def render(rows: list[Row], info: dict[str, Any]) -> str:
+    dirty = " (with uncommitted changes)" if info["uncommitted_changes"] else ""
+    lines = [
+        "# Real models at full size",
+        "",
+        f"Machine: {info['cpus']} CPUs, {info['memory_gib']} GiB memory, {info['platform']}, Python {info['python']}; "
+        f"commit {info['commit']}{dirty}; {info['date']}.",
+        "",
+        f"Each model: `python -m pipeline all --model M --force` in its own process. Peak RSS: {MEASURED_WITH}; "
+        "a stage's own peak, where its record has one, is in brackets.",
+        "",
+        f"| model | params | {' | '.join(f'{s} s' for s in STAGES)} | wall s | peak RSS | parity sweep | parity worst | archive | served |",
+        "| --- | ---: | " + " ---: |" * len(STAGES) + " ---: | ---: | --- | --- | ---: | --- |",
+    ]
+    for r in rows:
+        stages = []
+        for s in STAGES:
+            cell = f"{r.stage_seconds[s]:.1f}" if s in r.stage_seconds else "—"
+            if s in r.stage_peak_rss_mb:
+                cell += f" ({_size(r.stage_peak_rss_mb[s] * 2**20)})"
+            stages.append(cell)
+        w = r.parity_worst
+        worst = f"{w['engine']} `{w['output']}` {w['case']}: max abs {w['max_abs']:.2g}, {w['tolerance_used']:.2g}× bound" if w else "—"
+        if r.served is None:
+            served = "—"
+        else:
+            served = f"{r.served.get('status', 'no answer')}, {_size(r.served.get('answer_bytes'))}"
+        cells = [
+            f"`{r.name or r.model}`",
+            _count(r.params),
+            *stages,
+            f"{r.wall_s:.1f}" if r.wall_s is not None else "—",
+            _size(r.peak_rss_mb * 2**20) if r.peak_rss_mb is not None else "—",
+            _brief(r.parity_sweep),
+            worst,
+            _size(r.archive_bytes),
+            served,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [r for r in rows if r.status != "passed" or (r.served and "error" in r.served)]
+    if notes:
+        lines += ["", "Notes:", ""]
+        for r in notes:
+            text = r.note + (f" Served: {r.served['error']}" if r.served and "error" in r.served else "")
+            lines.append(f"- `{r.name or r.model}` {r.status}: {text.strip()}" + (f" (log: {r.log})" if r.log else ""))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS), help="comma-separated built-in names or .py paths (default: %(default)s)"
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one model's chain may take (default: %(default)s)")
+    parser.add_argument("--serve", action="store_true", help="also serve each archive, send one request, and stop it")
+    parser.add_argument("--root", type=Path, default=ROOT, help="project folder of artifacts/, reports/ (default: the checkout)")
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    rows = []
+    bar = tqdm([m for m in args.models.split(",") if m], desc="real models", unit="model", disable=None)
+    for model in bar:
+        bar.set_postfix_str(model)
+        row = run_model(model, root, args.timeout, args.serve)
+        rows.append(row)
+        measured = f"wall {row.wall_s:.0f}s, peak RSS {_size(row.peak_rss_mb * 2**20)} " if row.wall_s and row.peak_rss_mb else ""
+        bar.write(f"{row.status:<8} {row.name or row.model}: {measured}{row.note}")
+    info = machine(root)
+    reports = root / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "real-models.json").write_text(
+        json.dumps({"machine": info, "peak_rss": MEASURED_WITH, "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
+    )
+    (reports / "real-models.md").write_text(render(rows, info))
+    print(f"wrote {reports / 'real-models.md'} and {reports / 'real-models.json'}")
+    return 0 if all(r.status in ("passed", "skipped") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The real-model built-ins: full-size specs declared right, tiny configs of the same classes through the chain.
+
+The full-size models (resnet50, vit_b16, bert_base, gpt2) are only loaded as specs here,
+never built: `make real-models` takes them through the chain. Each family's tiny config
+is a user-style model file written into a temporary folder (as README "Real models"
+shows), so the chain tests exercise `make_spec`, the config in model_args and the
+rebuild from the checkpoint exactly as the full-size ones do.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from pipeline.artifacts import checkpoint, files
+from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import ARCHIVE_CONTRACT, KEYS
+from pipeline.settings import Layout, Settings
+from pipeline.spec import load_spec
+from pipeline.stages import run_all
+from tests.helpers import REPO, archive_handler
+
+# Each family at a tiny config of the same transformers class, as a model file.
+TINY = {
+    "resnet_tiny": (
+        "from transformers import ResNetConfig\n\nfrom pipeline.models.resnet50 import make_spec\n\n"
+        "CONFIG = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_labels=10)\n"
+        'SPEC = make_spec(CONFIG, name="resnet_tiny", image_size=32)\n'
+    ),
+    "vit_tiny": (
+        "from transformers import ViTConfig\n\nfrom pipeline.models.vit_b16 import make_spec\n\n"
+        "CONFIG = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,\n"
+        "                   intermediate_size=64, num_labels=10)\n"
+        'SPEC = make_spec(CONFIG, name="vit_tiny")\n'
+    ),
+    "bert_tiny": (
+        "from transformers import BertConfig\n\nfrom pipeline.models.bert_base import make_spec\n\n"
+        "CONFIG = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,\n"
+        "                    vocab_size=100, max_position_embeddings=64)\n"
+        'SPEC = make_spec(CONFIG, name="bert_tiny")\n'
+    ),
+    "gpt2_tiny": (
+        "from transformers import GPT2Config\n\nfrom pipeline.models.gpt2 import make_spec\n\n"
+        "CONFIG = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64)\n"
+        'SPEC = make_spec(CONFIG, name="gpt2_tiny")\n'
+    ),
+}
+TEXT = ("bert_tiny", "gpt2_tiny")
+
+# The full-size contracts: (inputs, outputs, max_lengths), each tensor as (name, dtype, shape, low, high).
+FULL_SIZE = {
+    "resnet50": (
+        [("pixel_values", "float32", ("batch", 3, 224, 224), None, None)],
+        [("logits", "float32", ("batch", 1000), None, None)],
+        {},
+    ),
+    "vit_b16": (
+        [("pixel_values", "float32", ("batch", 3, 224, 224), None, None)],
+        [("logits", "float32", ("batch", 1000), None, None)],
+        {},
+    ),
+    "bert_base": (
+        [("input_ids", "int64", ("batch", "seq"), 0, 30521), ("attention_mask", "int64", ("batch", "seq"), 0, 1)],
+        [("last_hidden_state", "float32", ("batch", "seq", 768), None, None), ("pooler_output", "float32", ("batch", 768), None, None)],
+        {"seq": 512},
+    ),
+    "gpt2": (
+        [("input_ids", "int64", ("batch", "seq"), 0, 50256), ("attention_mask", "int64", ("batch", "seq"), 0, 1)],
+        [("logits", "float32", ("batch", "seq", 50257), None, None)],
+        {"seq": 1024},
+    ),
+}
+
+
+def tiny_file(folder, name):
+    path = folder / f"{name}.py"
+    path.write_text(TINY[name])
+    return path
+
+
+def one_row_body(spec) -> dict:
+    """The spec's example request, or one row of its sample inputs (images have no pasteable example)."""
+    if spec.example_request is not None:
+        return dict(spec.example_request)
+    return {name: value[0].tolist() for name, value in spec.sample_inputs(1, np.random.default_rng(1)).items()}
+
+
+def run_suite(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "real_models.py"), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def eager(model, spec, feed) -> dict[str, np.ndarray]:
+    with torch.inference_mode():
+        out = model(*[torch.from_numpy(np.asarray(feed[t.name], dtype=t.dtype)) for t in spec.inputs])
+    return {t.name: v.numpy() for t, v in zip(spec.outputs, out)}
+
+
+def assert_within_parity_bound(spec, got: np.ndarray, want: np.ndarray, what: str) -> None:
+    tol = spec.tolerance
+    err = np.abs(got.astype(np.float64) - want)
+    bound = tol.atol + tol.rtol * np.abs(want) + tol.scaled * float(np.abs(want).max())
+    assert np.all(err <= bound), f"{what}: max abs error {err.max():.3g}"
+
+
+# --- fast: the full-size specs, and the tiny ones without the chain -----------------------
+
+
+@pytest.mark.parametrize("model", list(FULL_SIZE))
+def test_builtin_full_size_spec_declares_its_contract(model):
+    spec = load_spec(model)  # builds no model: SPEC holds the config, build() runs in train
+    inputs, outputs, max_lengths = FULL_SIZE[model]
+    assert spec.name == model
+    assert [(t.name, t.dtype, t.shape, t.low, t.high) for t in spec.inputs] == inputs
+    assert [(t.name, t.dtype, t.shape, t.low, t.high) for t in spec.outputs] == outputs
+    assert dict(spec.max_lengths) == max_lengths
+    # The default tolerance: real fp32 models go through without one of their own.
+    assert spec.tolerance == type(spec.tolerance)()
+    if spec.example_request is not None:
+        feed = {t.name: np.asarray(spec.example_request[t.name], dtype=t.dtype)[None] for t in spec.inputs}
+        spec.check_feed(feed, "example_request", "test")
+        ids = feed["input_ids"]
+        assert ids.min() >= 0 and ids.max() <= spec.inputs[0].high
+
+
+def test_unknown_builtin_lists_the_models_not_their_helper():
+    from pipeline.errors import SpecError
+
+    with pytest.raises(SpecError, match="no built-in model named 'resnet_50'") as info:
+        load_spec("resnet_50")
+    listed = str(info.value).split("use one of: ")[1].split(";")[0].split(", ")
+    assert {"resnet50", "vit_b16", "bert_base", "gpt2", "simple_nn"} <= set(listed) and "hf_common" not in listed
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_tiny_config_rebuilds_from_json_model_args(name, tmp_path):
+    """model_args are the config as JSON: build() gives back the tiny model, not the full-size one."""
+    spec = load_spec(str(tiny_file(tmp_path, name)))
+    result = spec.train(0)
+    args = json.loads(json.dumps(result.model_args))
+    model = spec.build(args)
+    model.load_state_dict(result.state_dict, strict=True)
+    assert sum(p.numel() for p in model.parameters()) < 200_000
+    assert model.model.config.to_dict() == spec.build(result.model_args).model.config.to_dict()
+    # Seeded: the same seed gives the same weights, another seed others.
+    again, other = spec.train(0).state_dict, spec.train(1).state_dict
+    assert all(torch.equal(again[k], v) for k, v in result.state_dict.items())
+    assert not all(torch.equal(other[k], v) for k, v in result.state_dict.items() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("name", TEXT)
+def test_text_feeds_pad_rows_and_cover_length_1(name, tmp_path):
+    spec = load_spec(str(tiny_file(tmp_path, name)))
+    sample = spec.check_feed(spec.sample_inputs(4, np.random.default_rng(0)), "sample", "test")
+    length = sample["input_ids"].shape[1]
+    assert length >= 2 and length != 4  # torch.export must see two distinct dynamic sizes
+    assert np.all(sample["attention_mask"] == 1)
+    assert spec.parity_cases is not None and spec.edge_inputs is not None
+    cases = {k: spec.check_feed(v, k, "test") for k, v in spec.parity_cases(np.random.default_rng(0)).items()}
+    padded = next(f for k, f in cases.items() if k.startswith("padded"))
+    real_lengths = padded["attention_mask"].sum(axis=1)
+    assert len(set(real_lengths)) == len(real_lengths) > 1 and real_lengths.min() >= 1
+    # Right padding: ones, then zeros.
+    assert all(np.all(row[:n] == 1) and np.all(row[n:] == 0) for row, n in zip(padded["attention_mask"], real_lengths))
+    assert any(f["input_ids"].shape[1] == 1 for f in cases.values())
+    edge = spec.edge_inputs()["input_ids"]
+    assert edge.min() == 0 and edge.max() == spec.inputs[0].high
+
+
+def test_suite_skips_a_missing_model_file_with_a_note(tmp_path):
+    result = run_suite("--models", "tests/fixtures/no_such_model.py", "--root", str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads((tmp_path / "reports" / "real-models.json").read_text())["rows"]
+    assert row["status"] == "skipped" and "does not exist" in row["note"] and row["wall_s"] is None
+    assert "no_such_model.py` skipped" in (tmp_path / "reports" / "real-models.md").read_text()
+
+
+# --- slow: each family's tiny config through every stage and the archive's handler --------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TINY))
+def test_tiny_config_goes_through_the_chain_and_the_handler(name, tmp_path):
+    # bert_tiny and gpt2_tiny need the trace stage to let transformers' shape comparisons
+    # through; gpt2_tiny needs the checkpoint to hold its tied lm_head/wte weight.
+    path = tiny_file(tmp_path, name)
+    spec = load_spec(str(path))
+    root = tmp_path / "project"
+    run_all(Settings(model=str(path), root=root))
+    layout = Layout(root.resolve(), spec.name)
+    manifest = Manifest(layout.root, spec.name)
+    for key in KEYS:
+        artifact, rec = manifest.verified(key, "test")
+        assert files.sha256_file(artifact) == rec.sha256
+
+    # Every dynamic axis (batch; seq for text) is symbolic in the saved graph.
+    graph = onnx.load(str(layout.onnx)).graph
+    values = {v.name: v for v in (*graph.input, *graph.output)}
+    for t in (*spec.inputs, *spec.outputs):
+        dims = values[t.name].type.tensor_type.shape.dim
+        assert [d.dim_value or None for d in dims] == [None if isinstance(d, str) else d for d in t.shape]
+        assert all(dims[axis].dim_param for axis in t.dynamic_axes()), t.name
+
+    report = json.loads((layout.reports / "parity.json").read_text())
+    assert report["passed"]
+    cases = {r["case"] for r in report["results"]}
+    if spec.parity_cases is not None:
+        assert set(spec.parity_cases(np.random.default_rng(0))) <= cases
+    with zipfile.ZipFile(layout.mar) as zf:
+        assert json.loads(zf.read(ARCHIVE_CONTRACT)) == spec.contract()
+
+    # The checkpoint rebuilds the tiny model; the archive's handler answers as eager does.
+    model, _ = checkpoint.load_model(manifest, spec, "test")
+    handler, ctx = archive_handler(layout.mar, tmp_path / "archive")
+    body = one_row_body(spec)
+    [raw] = handler.handle([{"body": json.dumps(body).encode()}], ctx)
+    assert ctx.status.get(0, (200,))[0] == 200, raw
+    answer = json.loads(raw)
+    want = eager(model, spec, {k: np.asarray(v)[None] for k, v in body.items()})
+    for t in spec.outputs:
+        assert_within_parity_bound(spec, np.asarray(answer[t.name], dtype=np.float32), want[t.name][0], t.name)
+
+
+@pytest.mark.slow
+def test_suite_reports_a_tiny_model_with_measurements(tmp_path):
+    path = tiny_file(tmp_path, "resnet_tiny")
+    result = run_suite("--models", str(path), "--root", str(tmp_path / "p"), "--timeout", "900", timeout=1000)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "p" / "reports" / "real-models.json").read_text())
+    assert report["machine"]["cpus"] >= 1 and report["machine"]["memory_gib"] > 0 and report["machine"]["commit"]
+    [row] = report["rows"]
+    assert row["name"] == "resnet_tiny" and row["status"] == "passed", row
+    assert set(row["stage_seconds"]) == {"train", "trace", "export", "parity", "package"}
+    assert row["wall_s"] >= sum(row["stage_seconds"].values())
+    assert 50 < row["peak_rss_mb"] < 64_000  # a Python process with torch loaded, in MB
+    assert 1_000 < row["params"] < 100_000
+    assert row["archive_bytes"] == (tmp_path / "p" / "model_store" / "resnet_tiny.mar").stat().st_size
+    assert row["parity_worst"]["passed"] and row["parity_sweep"]
+    assert (tmp_path / "p" / row["log"]).exists()
+    table = (tmp_path / "p" / "reports" / "real-models.md").read_text()
+    [line] = [line for line in table.splitlines() if line.startswith("| `resnet_tiny`")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert len(cells) == 13 and all(cells[i] != "—" for i in range(1, 12)), cells  # every measured column filled; served is "—"
+    assert f"commit {report['machine']['commit']}" in table
