@@ -43,3 +43,28 @@ def archive_handler(mar: Path, folder: Path, gpu_id=None):
     ctx = FakeContext(folder, gpu_id)
     assert module.handle(None, ctx) is None  # TorchServe's initialise call
     return module, ctx
+
+
+def small_wide_mlp(folder: Path, width: int = 16, depth: int = 3) -> Path:
+    """A copy of tests/fixtures/wide_mlp.py (2.4 GB) with a small WIDTH and DEPTH: the same code, kilobytes of weights."""
+    source = (REPO / "tests" / "fixtures" / "wide_mlp.py").read_text()
+    small = source.replace("\nWIDTH = 8192\n", f"\nWIDTH = {width}\n").replace("\nDEPTH = 9\n", f"\nDEPTH = {depth}\n")
+    assert small.count(f"WIDTH = {width}\n") == 1 and small.count(f"DEPTH = {depth}\n") == 1, "wide_mlp.py's constants moved"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "wide_mlp.py"
+    path.write_text(small)
+    return path
+
+
+def external_data_project(root: Path):
+    """(Settings, Layout) of a project where every stage ran for the small wide MLP, its weights forced into model.onnx.data."""
+    from pipeline.settings import Layout, Settings
+    from pipeline.stages import export, package, parity, trace, train
+
+    settings = Settings(model=str(small_wide_mlp(root / "models")), root=root, parity_batch_sizes=(1, 2, 7))
+    train.run(settings)
+    trace.run(settings)
+    export.run(settings, external_data_threshold=0)
+    parity.run(settings)
+    package.run(settings)
+    return settings, Layout(root.resolve(), "wide_mlp")

@@ -2,74 +2,112 @@
 
 Entry names, types and declared sizes are checked from the zip headers alone (no
 path escapes, links, encryption, duplicates or zip bombs); then the members must be
-exactly the expected ones and the model inside must be the verified one, with no
-external data. The package stage checks what it built; every server checks what it serves.
+exactly the expected ones, plus `model.onnx.data` when the model keeps its weights in
+external data, and the model inside (and its data) must be the verified one, pointing at
+no other file. The package stage checks what it built; every server checks what it serves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import stat
 import zipfile
 from pathlib import Path
 
 import yaml
 
-from pipeline.artifacts.names import (ARCHIVE_CONFIG, ARCHIVE_CONTRACT, ARCHIVE_MANIFEST, ARCHIVE_MEMBERS,
-                                      ARCHIVE_MODEL, ONNX, archive_key)
 from pipeline.artifacts.manifest import ArtifactRecord, Manifest
-from pipeline.artifacts.safety import check_onnx_bytes
+from pipeline.artifacts.names import (
+    ARCHIVE_CONFIG,
+    ARCHIVE_CONTRACT,
+    ARCHIVE_DATA,
+    ARCHIVE_MANIFEST,
+    ARCHIVE_MEMBERS,
+    ARCHIVE_MODEL,
+    EXTERNAL_DATA,
+    ONNX,
+    archive_key,
+)
+from pipeline.artifacts.safety import check_data_size, check_onnx_bytes
 from pipeline.errors import IntegrityError
 
 STAGE = "package"
 
 # Limits checked on the sizes an archive declares, before anything is decompressed.
-# An ONNX file cannot exceed protobuf's 2 GiB; real weights compress by 1-2x, while a
-# zip bomb's deflate stream expands up to ~1000x.
+# An ONNX file cannot exceed protobuf's 2 GiB, nor can any other member need to; the
+# external-data file of a larger model may (a 604 M-parameter MLP's is 2.4 GB). Real
+# weights compress by 1-2x, while a zip bomb's deflate stream expands up to ~1000x.
 MAX_MEMBER_BYTES = 2 << 30
-MAX_TOTAL_BYTES = 4 << 30
+MAX_DATA_BYTES = 16 << 30
+MAX_TOTAL_BYTES = MAX_DATA_BYTES + (2 << 30)
 MAX_RATIO = 100
 RATIO_FLOOR_BYTES = 1 << 20  # small members (configs, text) may compress better
+_BLOCK = 1 << 20
+_FIX = "rebuild the archive with the package stage: python -m pipeline package --force"
 
 
 def unsafe_name(name: str) -> bool:
     parts = name.replace("\\", "/").split("/")
-    return (name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":")
-            or ".." in parts or "\x00" in name)
+    return name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts or "\x00" in name
 
 
 def check_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:
     """Refuse unsafe entries by their headers alone: nothing is read or extracted yet."""
-    fix = "rebuild the archive with the package stage: python -m pipeline package --force"
     names = [i.filename for i in infos]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise IntegrityError(STAGE, f"{path.name} has duplicate entries {dupes}; which one a reader takes is undefined", fix)
+        raise IntegrityError(STAGE, f"{path.name} has duplicate entries {dupes}; which one a reader takes is undefined", _FIX)
     bad = [n for n in names if unsafe_name(n)]
     if bad:
-        raise IntegrityError(STAGE, f"{path.name} has unsafe paths {bad} (absolute or with '..')", fix)
+        raise IntegrityError(STAGE, f"{path.name} has unsafe paths {bad} (absolute or with '..')", _FIX)
     links = [i.filename for i in infos if stat.S_ISLNK(i.external_attr >> 16)]
     if links:
-        raise IntegrityError(STAGE, f"{path.name} has symbolic-link entries {links}; extracting them could write outside the model folder", fix)
+        raise IntegrityError(
+            STAGE, f"{path.name} has symbolic-link entries {links}; extracting them could write outside the model folder", _FIX
+        )
     encrypted = [i.filename for i in infos if i.flag_bits & 0x1]
     if encrypted:
-        raise IntegrityError(STAGE, f"{path.name} has encrypted entries {encrypted}", fix)
+        raise IntegrityError(STAGE, f"{path.name} has encrypted entries {encrypted}", _FIX)
     for i in infos:
         ratio = i.file_size / max(i.compress_size, 1)
-        if i.file_size > MAX_MEMBER_BYTES or (i.file_size > RATIO_FLOOR_BYTES and ratio > MAX_RATIO):
-            raise IntegrityError(STAGE, f"{path.name}: entry {i.filename!r} declares {i.file_size} bytes from "
-                                 f"{i.compress_size} compressed ({ratio:.0f}:1); refusing a possible zip bomb", fix)
+        limit = MAX_DATA_BYTES if i.filename == ARCHIVE_DATA else MAX_MEMBER_BYTES
+        if i.file_size > limit or (i.file_size > RATIO_FLOOR_BYTES and ratio > MAX_RATIO):
+            raise IntegrityError(
+                STAGE,
+                f"{path.name}: entry {i.filename!r} declares {i.file_size} bytes from "
+                f"{i.compress_size} compressed ({ratio:.0f}:1; at most {limit} bytes and {MAX_RATIO}:1); refusing a possible zip bomb",
+                _FIX,
+            )
     total = sum(i.file_size for i in infos)
     if total > MAX_TOTAL_BYTES:
-        raise IntegrityError(STAGE, f"{path.name} declares {total} bytes uncompressed in all; refusing a possible zip bomb", fix)
+        raise IntegrityError(STAGE, f"{path.name} declares {total} bytes uncompressed in all; refusing a possible zip bomb", _FIX)
+    # A stored member's declared size is its compressed size: it must lie within the file.
+    packed = sum(i.compress_size for i in infos)
+    if packed > path.stat().st_size:
+        raise IntegrityError(
+            STAGE, f"{path.name} declares {packed} bytes of entries in a file of {path.stat().st_size}; its headers lie", _FIX
+        )
 
 
-def inspect_archive(path: Path, onnx_sha256: str | None = None) -> dict:
+def sha256_member(zf: zipfile.ZipFile, name: str) -> str:
+    """The member's sha256, read in blocks: a model's data file is never held in memory whole."""
+    digest = hashlib.sha256()
+    with zf.open(name) as f:
+        while block := f.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str | None = None) -> dict:
     """Check an archive holds exactly the expected files, the right model, safe paths.
 
     Entry names, types and declared sizes are checked before any entry is read; the
-    model inside is checked for external data before anything loads it.
+    model inside is checked for external data before anything loads it: it may keep
+    its weights only in the archive's `model.onnx.data`. Where the verified model's hash
+    is given (`onnx_sha256`), its data file must be the verified one too (`data_sha256`,
+    None for a model with its weights embedded).
     """
     try:
         with zipfile.ZipFile(path) as zf:
@@ -77,25 +115,59 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None) -> dict:
             check_members(path, infos)
             names = [i.filename for i in infos]
             got = set(names)
-            if got != ARCHIVE_MEMBERS:
-                raise IntegrityError(STAGE, f"{path.name} holds {sorted(got)}, expected exactly {sorted(ARCHIVE_MEMBERS)}",
-                                     "rebuild the archive with the package stage")
+            if not ARCHIVE_MEMBERS <= got <= ARCHIVE_MEMBERS | {ARCHIVE_DATA}:
+                raise IntegrityError(
+                    STAGE,
+                    f"{path.name} holds {sorted(got)}, expected exactly {sorted(ARCHIVE_MEMBERS)}, "
+                    f"plus {ARCHIVE_DATA} for a model with external data",
+                    "rebuild the archive with the package stage",
+                )
             manifest = json.loads(zf.read(ARCHIVE_MANIFEST))
             model = zf.read(ARCHIVE_MODEL)
             contract = json.loads(zf.read(ARCHIVE_CONTRACT))
             config = yaml.safe_load(zf.read(ARCHIVE_CONFIG))
-    except zipfile.BadZipFile as exc:
+            model_sha = hashlib.sha256(model).hexdigest()
+            if onnx_sha256 is not None and model_sha != onnx_sha256:
+                raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_MODEL} other than the verified one", "rebuild the archive")
+            where = f"{path.name}:{ARCHIVE_MODEL}"
+            _, need = check_onnx_bytes(model, where, ARCHIVE_DATA)
+            data_sha = None
+            if ARCHIVE_DATA in got:
+                if need is None:
+                    raise IntegrityError(
+                        STAGE, f"{path.name} holds {ARCHIVE_DATA}, but its {ARCHIVE_MODEL} keeps its weights embedded", _FIX
+                    )
+                check_data_size(need, zf.getinfo(ARCHIVE_DATA).file_size, where, ARCHIVE_DATA)
+                data_sha = sha256_member(zf, ARCHIVE_DATA)
+            elif need is not None:
+                check_data_size(need, None, where, ARCHIVE_DATA)
+            if onnx_sha256 is not None and data_sha != data_sha256:
+                raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_DATA} other than the verified one", "rebuild the archive")
+    except zipfile.BadZipFile as exc:  # also a member whose CRC does not match
         raise IntegrityError(STAGE, f"{path} is not a readable archive: {exc}", "rebuild it: make export") from None
-    model_sha = hashlib.sha256(model).hexdigest()
-    if onnx_sha256 is not None and model_sha != onnx_sha256:
-        raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_MODEL} other than the verified one", "rebuild the archive")
-    check_onnx_bytes(model, f"{path.name}:{ARCHIVE_MODEL}")
-    return {"members": sorted(names), "mar_manifest": manifest, "model_sha256": model_sha,
-            "contract": contract, "model_config": config}
+    return {
+        "members": sorted(names),
+        "mar_manifest": manifest,
+        "model_sha256": model_sha,
+        "data_sha256": data_sha,
+        "contract": contract,
+        "model_config": config,
+    }
+
+
+def extract_model(path: Path, folder: Path) -> Path:
+    """The archive's model.onnx (and its model.onnx.data, streamed) in `folder`; run `inspect_archive` first."""
+    with zipfile.ZipFile(path) as zf:
+        for name in (ARCHIVE_MODEL, ARCHIVE_DATA):
+            if name in zf.namelist():
+                with zf.open(name) as src, open(folder / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, _BLOCK)
+    return folder / ARCHIVE_MODEL
 
 
 def verified_archive(manifest: Manifest, variant: str | None, stage: str) -> tuple[Path, ArtifactRecord]:
     """The model's archive, or a variant's: its hash checked against the manifest, then what it holds."""
     path, rec = manifest.verified(archive_key(variant), stage)
-    inspect_archive(path, manifest.records[variant or ONNX].sha256)
+    model = manifest.records[variant or ONNX]
+    inspect_archive(path, model.sha256, (model.details.get(EXTERNAL_DATA) or {}).get("sha256"))
     return path, rec

@@ -4,7 +4,9 @@ A write goes to a temporary file beside the target (`.<name>.<pid>.<random>.tmp`
 is fsynced and renamed over the target. A process killed mid-write leaves only its
 temporary file, which the next write to the same target removes once the process
 that made it is gone. A full disk (or a file-size limit) is refused with a
-`DiskFullError` naming the file, and the previous file stays as it was.
+`DiskFullError` naming the file, and the previous file stays as it was. Files that
+belong together (an ONNX file and its external data) are written in a private folder
+beside their targets and renamed in, one after another (`atomic_files`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import re
 import resource
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.errors import PipelineError
 
@@ -74,8 +77,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 # What a writer leaves while it works: `.<name>.<pid>.<8 random>.tmp` (atomic_path)
-# or `.<name>-<pid>.<8 random>` (a staging folder); mkstemp's random part is [a-z0-9_]{8}.
-TEMP_NAME = re.compile(r"^\..+?[.-](?P<pid>\d+)\.[a-z0-9_]{8}(\.tmp)?$")
+# or `.<name>-<pid>.<8 random>` (a staging folder: atomic_files, the package stage);
+# mkstemp's random part is [a-z0-9_]{8}. `.tmp.data` is the external data that ONNX
+# writers named after an atomic_path temporary file before export used atomic_files.
+TEMP_NAME = re.compile(r"^\..+?[.-](?P<pid>\d+)\.[a-z0-9_]{8}(\.tmp(\.data)?)?$")
 
 
 def sweep_stale(folder: Path) -> list[Path]:
@@ -161,6 +166,46 @@ def atomic_path(path: Path) -> Iterator[Path]:
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: Path) -> Iterator[tuple[Path, ...]]:
+    """Yield paths with the targets' own names in a private folder beside them; on success move them in, in order.
+
+    For files that name each other (an ONNX file and its external data, which the ONNX
+    file refers to by name): each is written under its final name, checked there, then
+    fsynced and renamed over its target in the order given, so a reader that finds the
+    last has the others. A target the body did not write is removed after the moves (a
+    file the new version no longer has). On any exception nothing is moved and the folder
+    is removed; a killed writer's folder is removed by the next write (`sweep_stale`).
+    """
+    targets = [Path(p) for p in paths]
+    parent = targets[0].parent
+    if any(t.parent != parent for t in targets) or len({t.name for t in targets}) != len(targets):
+        raise ValueError(f"atomic_files writes distinct files of one folder, got {targets}")
+    parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(parent)
+    for target in targets:
+        _check_room(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{targets[-1].name}-{os.getpid()}.", dir=parent))
+    staged = tuple(staging / t.name for t in targets)
+    try:
+        with no_room_is_an_error(targets[-1]):
+            yield staged
+            written = [s for s in staged if s.is_file()]
+            for s in written:
+                with open(s, "rb+") as f:
+                    os.fsync(f.fileno())
+        for s, target in zip(staged, targets):
+            if s in written:
+                os.chmod(s, _FILE_MODE)
+                os.replace(s, target)
+        for s, target in zip(staged, targets):
+            if s not in written:
+                target.unlink(missing_ok=True)
+        _fsync_dir(parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager

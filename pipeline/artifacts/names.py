@@ -21,6 +21,18 @@ def archive_key(variant: str | None) -> str:
     """The manifest key of the model's archive, or of one variant's."""
     return f"mar-{variant}" if variant else MAR
 
+
+# An ONNX file over protobuf's 2 GiB keeps its weights in one external-data file beside
+# it, named after it (model.onnx -> model.onnx.data); no other external location is loaded.
+# Its record's details name that file under EXTERNAL_DATA: {"path", "sha256", "bytes"}.
+EXTERNAL_DATA = "external_data"
+
+
+def data_file_name(model_file: str) -> str:
+    """The one external-data file an ONNX file may have: `model.onnx` -> `model.onnx.data`."""
+    return f"{model_file}.data"
+
+
 # The files inside model_store/<model>.mar.
 ARCHIVE_MANIFEST = "MAR-INF/MANIFEST.json"
 ARCHIVE_MODEL = "model.onnx"
@@ -28,3 +40,5 @@ ARCHIVE_CONTRACT = "io_contract.json"
 ARCHIVE_CONFIG = "model-config.yaml"
 ARCHIVE_HANDLER = "onnx_handler.py"
 ARCHIVE_MEMBERS = frozenset({ARCHIVE_MANIFEST, ARCHIVE_MODEL, ARCHIVE_CONTRACT, ARCHIVE_CONFIG, ARCHIVE_HANDLER})
+# Exactly ARCHIVE_MEMBERS, plus this one when the model keeps its weights in external data.
+ARCHIVE_DATA = data_file_name(ARCHIVE_MODEL)

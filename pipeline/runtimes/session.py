@@ -2,8 +2,9 @@
 
 Parity, the benchmark, cold start and the TorchServe handler all call `create_session`,
 so each gets the same guards:
-- the model file is refused if it keeps data outside itself (ONNX Runtime would follow
-  an external-data path anywhere);
+- the model file is refused if it keeps data anywhere but its own data file beside it
+  (`model.onnx.data`, for models over 2 GiB): ONNX Runtime would follow an
+  external-data path anywhere;
 - a session asked for CUDA that ends up on the CPU is an error, never a silent fallback;
 - the CUDA provider options are set explicitly and read back from the session.
 
@@ -86,7 +87,8 @@ def create_session(path: Path | str, config: SessionConfig = SessionConfig()):
     """An ONNX Runtime session for `path` as `config` says, or a PipelineError saying why not."""
     import onnxruntime as ort
 
-    # ORT follows external-data paths wherever they point: refuse such a file first.
+    # ORT follows external-data paths wherever they point: only the model's own
+    # `<name>.data` beside it passes; ORT then reads it relative to the model's folder.
     check_onnx_file(Path(path))
     ort.set_default_logger_severity(3)  # warnings only from the session options below, not the global logger
     options = ort.SessionOptions()

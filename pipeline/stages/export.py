@@ -3,6 +3,13 @@
 Where that exporter fails, the TorchScript-based one (`dynamo=False`) is an explicit
 fallback: only when the spec (`exporter_fallback=True`) or the run (`--exporter-fallback`)
 asks for it, recorded in the manifest, and checked by the same parity gate.
+
+Protobuf cannot write a message over 2 GiB, so a model whose weights pass
+`EXTERNAL_DATA_THRESHOLD` keeps them in one external-data file beside the graph,
+`model.onnx.data`; the pair is written in a private folder, checked there, and renamed
+into place data first (`files.atomic_files`). Smaller models keep their weights
+embedded, as before. The manifest's onnx record says which ("weights") and records the
+data file's hash and size ("external_data"), verified with the graph on every read.
 """
 
 from __future__ import annotations
@@ -12,14 +19,17 @@ import logging
 import re
 import time
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir
 import torch
 
 from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import ONNX
+from pipeline.artifacts.names import EXTERNAL_DATA, ONNX, data_file_name
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
 from pipeline.spec import ModelSpec
@@ -27,6 +37,9 @@ from pipeline.stages.capture import capture_mode, example_args
 
 STAGE = "export"
 OPSET = 20
+# Weights past this go to model.onnx.data: protobuf's limit is 2 GiB for the whole file,
+# and the headroom is for the graph and the tensors small enough to stay inline.
+EXTERNAL_DATA_THRESHOLD = (2 << 30) - (256 << 20)
 
 
 def dynamic_shapes(spec: ModelSpec) -> dict[str, dict[int, torch.export.Dim]]:
@@ -190,7 +203,58 @@ def check_graph(path, spec: ModelSpec) -> dict:
     }
 
 
-def run(settings: Settings) -> StageResult:
+def weight_bytes(model: onnx_ir.Model) -> int:
+    """The bytes of every initializer, subgraphs' included: what an embedded file would hold."""
+    return sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values() if v.const_value is not None)
+
+
+def module_weight_bytes(model: torch.nn.Module) -> int:
+    """The bytes of a module's parameters and buffers, each storage once (tied weights are one)."""
+    tensors = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in model.state_dict().values()}
+    return sum(tensors.values())
+
+
+def save_onnx(model: onnx_ir.Model, path: Path, external: bool) -> None:
+    """Write `model` to `path`, its weights embedded or in `<path name>.data` beside it.
+
+    `path` must carry its final name (`files.atomic_files` gives it one): the graph refers
+    to its data file by that name, so a temporary name would be baked into the graph.
+    onnx_ir writes each tensor from the memory it wraps (torch's own parameters after
+    export), so the weights are not copied on the way out.
+    """
+    if external:
+        onnx_ir.save(model, path, external_data=data_file_name(path.name))
+    else:
+        onnx_ir.save(model, path)
+
+
+def fallback_to_external(model, spec: ModelSpec, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    """The TorchScript-based exporter for a model that needs external data: it scatters one file per
+    tensor beside its output, so it writes into a folder of its own, and the graph is saved again as one pair."""
+    scratch = path.parent / "torchscript-based"
+    scratch.mkdir()
+    export_torchscript_based(model, spec, example, scratch / path.name)
+    save_onnx(onnx_ir.load(scratch / path.name), path, external=True)
+
+
+@contextlib.contextmanager
+def onnx_target(path: Path, external: bool) -> Iterator[Path]:
+    """Where to write model.onnx: alone and atomically, or with its data file in a private folder, moved in data first."""
+    data = path.with_name(data_file_name(path.name))
+    if external:
+        with files.atomic_files(data, path) as (_, staged):
+            yield staged
+    else:
+        with files.atomic_path(path) as tmp:
+            yield tmp
+        data.unlink(missing_ok=True)  # an earlier export's external data: nothing refers to it now
+
+
+def run(settings: Settings, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> StageResult:
+    """Export the verified checkpoint to model.onnx; weights over `external_data_threshold` bytes go to model.onnx.data.
+
+    The threshold is an argument for tests, which force the external-data path on a small model.
+    """
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
     model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
@@ -203,6 +267,7 @@ def run(settings: Settings) -> StageResult:
         "seed": settings.seed,
         "torch": torch.__version__,
         "model_source_sha256": spec.source_sha256(),
+        "external_data_threshold": external_data_threshold,
     }  # the example inputs live in the model file
     fresh, why = manifest.is_fresh(ONNX, inputs, stage_settings)
     if fresh and not settings.force:
@@ -232,9 +297,12 @@ def run(settings: Settings) -> StageResult:
             raise exporter_failure(spec, exc, settings.model) from None
         failure = exporter_failure(spec, exc, settings.model, offer_fallback=False)
         dynamo_failure, dynamo_fix = failure.problem, failure.fix
-    with files.atomic_path(layout.onnx) as tmp:
+    weights = weight_bytes(program.model) if program is not None else module_weight_bytes(model)
+    external = weights > external_data_threshold
+    with onnx_target(layout.onnx, external) as tmp:
         if program is not None:
-            program.save(str(tmp), external_data=False)
+            # Not program.save: past 1.5 GB it writes external data named after `tmp`.
+            save_onnx(program.model, tmp, external)
             try:
                 graph = checked_graph(tmp, spec)
             except PipelineError as exc:
@@ -247,7 +315,10 @@ def run(settings: Settings) -> StageResult:
             exporter = "TorchScript-based (dynamo=False), the fallback"
             try:
                 with capture_mode():
-                    export_torchscript_based(model, spec, example, tmp)
+                    if external:
+                        fallback_to_external(model, spec, example, tmp)
+                    else:
+                        export_torchscript_based(model, spec, example, tmp)
             except Exception as fallback_exc:
                 first = str(fallback_exc).strip().splitlines()
                 tried = f"{type(fallback_exc).__name__}: {first[0] if first else ''}"[:300]
@@ -259,6 +330,15 @@ def run(settings: Settings) -> StageResult:
             graph = checked_graph(tmp, spec)
     seconds = time.perf_counter() - start
     graph["exporter"] = exporter
+    graph["weights"] = "external" if external else "embedded"
+    graph["weight_bytes"] = weights
+    if external:
+        data = layout.onnx.with_name(data_file_name(layout.onnx.name))
+        graph[EXTERNAL_DATA] = {
+            "path": str(data.relative_to(layout.root)),
+            "sha256": files.sha256_file(data),
+            "bytes": data.stat().st_size,
+        }
     if dynamo_failure:
         graph["dynamo_failure"] = dynamo_failure
     manifest.record(ONNX, layout.onnx, STAGE, inputs, stage_settings, seconds, graph)
@@ -274,6 +354,7 @@ def run(settings: Settings) -> StageResult:
         (layout.onnx,),
         seconds,
         f"opset {graph['opset'].get('ai.onnx')}, IR {graph['ir_version']}, batch axis symbolic ({batch!r})"
+        + (f", weights in {data_file_name(layout.onnx.name)} ({weights / 2**20:,.1f} MiB)" if external else "")
         + (" — TorchScript-based fallback exporter (see the manifest)" if dynamo_failure else ""),
         graph,
     )
