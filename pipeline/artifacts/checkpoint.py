@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from pipeline.artifacts import files
 from pipeline.artifacts.manifest import Manifest
@@ -105,31 +105,41 @@ def check_header(path: Path, stage: str) -> None:
     raise IntegrityError(stage, f"{path} does not start with a safetensors header; refusing to load it", fix)
 
 
+def _fill(model: torch.nn.Module, f, aliases: dict[str, str], where: str) -> None:
+    """Copy the file's tensors into the model one at a time, as load_state_dict(strict=True) would.
+
+    One tensor in memory at a time beside the model, not a second copy of every weight:
+    a 2.4 GB model loaded through load_file + load_state_dict peaked at twice its size.
+    """
+    target = model.state_dict()
+    names = set(f.keys())
+    missing = sorted(set(target) - names - set(aliases))
+    unexpected = sorted((names | set(aliases)) - set(target))
+    if missing or unexpected:
+        raise ValueError(f"{where}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name in target:
+            value = f.get_tensor(aliases.get(name, name))
+            if value.shape != target[name].shape:
+                raise ValueError(f"{where}: {name} is {list(value.shape)} in the checkpoint, {list(target[name].shape)} in the model")
+            target[name].copy_(value)
+            del value
+
+
 def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.nn.Module, str]:
     """The eager model rebuilt from its verified checkpoint, in eval mode, and the checkpoint's sha256."""
     path, rec = manifest.verified(CHECKPOINT, stage)
     check_header(path, stage)
+    unreadable = f"retrain: python -m pipeline train --model {spec.name} --force"
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        state = load_file(str(path))
-        meta = json.loads(metadata["pipeline"])
-        model_args = meta["model_args"]
-        for name, target in meta.get("aliases", {}).items():
-            state[name] = state[target]
+            meta = json.loads((f.metadata() or {})["pipeline"])
+            model = spec.build(meta["model_args"])
+            _fill(model, f, meta.get("aliases", {}), f"{rec.path} does not fit the model {spec.name} builds")
     except (SafetensorError, json.JSONDecodeError, OSError, KeyError, TypeError) as exc:
+        raise IntegrityError(stage, f"{rec.path} is not a readable safetensors checkpoint: {exc}", unreadable) from None
+    except ValueError as exc:
         raise IntegrityError(
-            stage,
-            f"{rec.path} is not a readable safetensors checkpoint: {exc}",
-            f"retrain: python -m pipeline train --model {spec.name} --force",
-        ) from None
-    model = spec.build(model_args)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise IntegrityError(
-            stage,
-            f"{rec.path} does not fit the model {spec.name} builds: {exc}",
-            f"retrain after changing the model: python -m pipeline train --model {spec.name} --force",
+            stage, str(exc), f"retrain after changing the model: python -m pipeline train --model {spec.name} --force"
         ) from None
     return model.eval(), rec.sha256

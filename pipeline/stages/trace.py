@@ -171,7 +171,8 @@ def run(settings: Settings) -> StageResult:
     # aborts the whole process (SIGABRT) when the disk fills, instead of raising.
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer)
-    files.write_bytes(layout.torchscript, buffer.getvalue())
+    files.write_bytes(layout.torchscript, buffer.getbuffer())  # a view, not a second copy of the weights
+    del buffer
 
     # Load back what was written and run it once: a file that cannot be loaded fails here.
     reloaded = torch.jit.load(str(layout.torchscript))
