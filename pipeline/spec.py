@@ -9,6 +9,7 @@ complete example.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import hashlib
@@ -144,6 +145,10 @@ class ModelSpec:
     # Longest a dynamic axis other than batch may be, per axis name: {"seq": 512} for a
     # model with 512 positions. A longer request is a 400 before ONNX Runtime runs.
     max_lengths: Mapping[str, int] = field(default_factory=dict)
+    # Bytes: the largest request body and the largest answer the servers carry (None: sized
+    # from the inputs, at least 1 MiB; 16 MiB). A larger answer is a 413 for its request alone.
+    max_request_bytes: int | None = None
+    max_response_bytes: int | None = None
     # Smaller variants (python -m pipeline variants): each is held to its own declared
     # parity tolerance against eager fp32, and to the task metric's max_drop where one is given.
     int8_tolerance: Tolerance | None = None
@@ -157,23 +162,39 @@ class ModelSpec:
     source: Path | None = field(default=None, compare=False)
 
     def contract(self, cuda_precision: str | None = None) -> dict[str, Any]:
-        """The I/O contract the handler reads from inside the archive."""
+        """The I/O contract the handler reads from inside the archive.
+
+        It declares the sizes every server must carry (see `pipeline.serving.contract.limits`),
+        and carries the example request only while it is small: a 224 x 224 image stays in the spec.
+        """
+        from pipeline.serving import contract as served  # the sizes' defaults live beside the checks that use them
+
+        inputs = [t.to_json() for t in self.inputs]
         contract = {
             "model": self.name,
-            "inputs": [t.to_json() for t in self.inputs],
+            "inputs": inputs,
             "outputs": [t.to_json() for t in self.outputs],
             "max_rows_per_request": self.max_rows_per_request,
+            "max_lengths": dict(self.max_lengths),
+            **served.limits(inputs, self.max_lengths),
+            **{k: v for k in ("max_request_bytes", "max_response_bytes") if (v := getattr(self, k)) is not None},
             "cuda_precision": cuda_precision or self.cuda_precision,
         }
-        if self.example_request is not None:
-            contract["example_request"] = dict(self.example_request)
+        example = served.small_example(self.example_request)
+        if example is not None:
+            contract["example_request"] = example
         return contract
 
     def source_sha256(self) -> str:
-        """Hash of the file that defines the model: changing the model retrains it."""
+        """Hash of what the model file defines for the stages before serving: changing it retrains.
+
+        The file's code, not its bytes (comments and layout do not count), less the
+        serving-only fields of its ModelSpec(...) call and the top-level names only they
+        use: editing the example request re-packages the archive, and retrains nothing.
+        """
         if self.source is None or not self.source.exists():
             return ""
-        return hashlib.sha256(self.source.read_bytes()).hexdigest()
+        return code_sha256(self.source.read_bytes())
 
     def check_feed(self, feed: Any, what: str, stage: str) -> Feed:
         """A feed from the spec's own hooks, checked against the declared inputs."""
@@ -222,6 +243,33 @@ class ModelSpec:
                         f"inputs that share the axis name '{want}' must have the same size along it",
                     )
         return dict(feed)
+
+
+# What only the archive and the servers read: the package stage's contract records them.
+SERVING_ONLY = frozenset({"example_request", "max_rows_per_request", "max_lengths", "max_request_bytes", "max_response_bytes"})
+
+
+def code_sha256(source: bytes) -> str:
+    """sha256 of a model file's syntax tree without SERVING_ONLY's arguments (of the bytes, where it does not parse)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return hashlib.sha256(source).hexdigest()
+    serving: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "ModelSpec":
+            dropped = [k for k in node.keywords if k.arg in SERVING_ONLY]
+            node.keywords = [k for k in node.keywords if k.arg not in SERVING_ONLY]
+            serving |= {n.id for k in dropped for n in ast.walk(k.value) if isinstance(n, ast.Name)}
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+    def serving_only(stmt: ast.stmt) -> bool:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+        names = [t.id for t in targets if isinstance(t, ast.Name)]
+        return bool(names) and len(names) == len(targets) and all(n in serving and n not in used for n in names)
+
+    tree.body = [stmt for stmt in tree.body if not serving_only(stmt)]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
 _FIELDS = [f.name for f in dataclasses.fields(ModelSpec) if f.name != "source"]
@@ -368,6 +416,12 @@ def _validate(spec: Any, where: str) -> ModelSpec:
             )
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise SpecError("model", f"{where}: max_lengths[{axis!r}] is {length!r}", "use a positive int such as 512")
+    for attr in ("max_request_bytes", "max_response_bytes"):
+        value = getattr(spec, attr)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1024):
+            raise SpecError(
+                "model", f"{where}: {attr} is {value!r}", f"use a number of bytes of at least 1024, e.g. {attr}=16 << 20, or leave it out"
+            )
     if not isinstance(spec.max_rows_per_request, int) or spec.max_rows_per_request < 1:
         raise SpecError("model", f"{where}: max_rows_per_request is {spec.max_rows_per_request!r}", "use a positive int such as 4096")
     return spec
@@ -419,7 +473,9 @@ def load_spec(model: str) -> ModelSpec:
         except Exception as exc:  # the user's file: any error it raises is theirs to fix
             raise _load_error(exc, where) from None
     else:
-        known = ", ".join(sorted(p.stem for p in Path(__file__).with_name("models").glob("[!_]*.py")))
+        # The modules that define SPEC: a helper beside them (models/hf_common.py) is not a model.
+        models = Path(__file__).with_name("models").glob("[!_]*.py")
+        known = ", ".join(sorted(p.stem for p in models if re.search(r"^SPEC\b", p.read_text(), re.M)))
         module_name = model if "." in model else f"pipeline.models.{model}"
         try:
             module = importlib.import_module(module_name)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from pipeline.errors import SpecError
@@ -67,3 +69,40 @@ def test_a_model_path_that_is_not_python_is_a_clear_error(tmp_path):
     path.write_text("SPEC = None\n")
     with pytest.raises(SpecError, match=r"is not a Python module \(it must end in .py\)"):
         load_spec(str(path))
+
+
+def test_editing_a_serving_only_field_repackages_and_retrains_nothing(tmp_path):
+    """The example request is read by the archive only: the stages before it stay up to date."""
+    from pipeline.settings import Settings
+    from pipeline.stages import run_all
+
+    source = Path(__file__).resolve().parents[1] / "pipeline" / "models" / "simple_nn.py"
+    model = tmp_path / "my_nn.py"
+    model.write_text(source.read_text())
+    settings = Settings(model=str(model), root=tmp_path)
+    assert not any(r.skipped for r in run_all(settings))
+    model.write_text(source.read_text().replace('example_request={"x": 5.0}', 'example_request={"x": [1.0, 2.0]}') + "# a comment\n")
+    again = {r.stage: r.skipped for r in run_all(settings)}
+    assert again == {"train": True, "trace": True, "export": True, "parity": True, "package": False}
+    model.write_text(source.read_text().replace("def __init__(self, hidden: int = 16)", "def __init__(self, hidden: int = 8)"))
+    assert not run_all(settings)[0].skipped  # the model itself changed: it retrains
+
+
+def test_code_hash_ignores_serving_only_arguments_and_the_names_only_they_use():
+    from pipeline.spec import code_sha256
+
+    base = b"EXAMPLE = {'x': 5.0}\nW = 3\nSPEC = ModelSpec(name='m', build=W, example_request=EXAMPLE, max_rows_per_request=10)\n"
+    assert code_sha256(base) == code_sha256(base.replace(b"5.0", b"6.0").replace(b"=10", b"=20") + b"# note\n")
+    assert code_sha256(base) != code_sha256(base.replace(b"W = 3", b"W = 4"))
+    shared = base.replace(b"build=W", b"build=EXAMPLE")  # EXAMPLE is used by a stage too: it counts
+    assert code_sha256(shared) != code_sha256(shared.replace(b"5.0", b"6.0"))
+
+
+def test_the_archive_limits_can_be_set_per_model():
+    import dataclasses
+
+    spec = load_spec("bert_base")
+    assert spec.contract()["max_response_bytes"] == 16 << 20
+    bigger = dataclasses.replace(spec, max_response_bytes=64 << 20, max_request_bytes=2 << 20).contract()
+    assert bigger["max_response_bytes"] == 64 << 20 and bigger["max_request_bytes"] == 2 << 20
+    assert bigger["max_lengths"] == {"seq": 512}

@@ -7,20 +7,88 @@ with `Contract` and answers bad input with a `RequestError` that names the probl
 Request (simple_nn):  {"x": 5.0}            -> {"y": 11.0}
                       {"x": [1.0, 2.0, 3.0]} -> {"y": [3.0, 5.0, 7.0]}
 A value is one row (its row shape, trailing 1-sized axes optional) or a list of rows;
-a named axis other than "batch" (e.g. "seq") takes any length, the same for every row
-of a request. JSON keys are the contract's input and output names.
+a named axis other than "batch" (e.g. "seq") takes any length up to the contract's
+`max_lengths` for it, the same for every row of a request. JSON keys are the contract's
+input and output names.
 Bad input gets HTTP 400 with {"error": ..., "code": 400}; with dynamic batching, one bad
 request fails alone and the others in the batch are still answered.
+
+The contract also declares the sizes its servers must carry (`limits`): the largest request
+body, the largest answer, and the most one batch's answers may total. `python -m pipeline
+serve` writes the first two into TorchServe's config.properties; an answer over them is a
+413 for its own request only, never a TooLongFrameException that kills the worker.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+
+MIB = 1 << 20
+# TorchServe's frontend refuses a worker's message holding any one answer over its
+# max_response_size, and then marks the worker dead (TooLongFrameException). Real answers
+# as JSON take about 20 bytes a float32: BERT-base's 512 x 768 hidden states are ~8 MB,
+# GPT-2's logits ~1 MB a token (50257 of them). 16 MiB carries both at batch 1.
+MAX_RESPONSE_BYTES = 16 * MIB
+# The worker sends a whole batch's answers in one message, which the frontend holds whole
+# before it answers anyone, and decodes again from its start each time more of it arrives
+# (copying every answer already complete). Measured with 15 MB answers in one batch: 1 took
+# 0.2 s, 2 took 1.6 s, 4 took 8.5 s, and 8 (120 MB) passed the 30 s response timeout, so
+# the frontend killed the worker and failed all 8. Past this, an answer is a 503 to send again.
+MAX_BATCH_RESPONSE_BYTES = 32 * MIB
+# The request cap, at least: 4096 rows of a small model fit in 1 MiB. Netty buffers a body
+# before the token check, so the cap stays as small as the model's inputs allow.
+MIN_REQUEST_BYTES = MIB
+# A float32 goes out as the float64 it widens to: "0.10000000149011612, " is 21 bytes; 24 covers signs and exponents.
+JSON_BYTES_PER_NUMBER = 24
+EXAMPLE_MAX_BYTES = 64 << 10  # larger example requests stay out of io_contract.json (the spec keeps them)
+_HINT_MAX_CHARS = 1024  # an error's "send e.g." quotes the example only up to this
+
+
+def request_bytes(inputs: Sequence[Mapping[str, Any]], max_lengths: Mapping[str, int]) -> int:
+    """The default request cap: one row of every input as JSON (at its declared maximum
+    length), rounded up to a MiB, and at least 1 MiB. A 224 x 224 RGB image is 4 MiB."""
+    numbers = sum(math.prod(d if isinstance(d, int) else max_lengths.get(d, 1) for d in t["shape"][1:]) for t in inputs)
+    return max(MIN_REQUEST_BYTES, -(-numbers * JSON_BYTES_PER_NUMBER // MIB) * MIB)
+
+
+LIMITS = ("max_request_bytes", "max_response_bytes", "max_batch_response_bytes")
+
+
+def limits(inputs: Sequence[Mapping[str, Any]], max_lengths: Mapping[str, int]) -> dict[str, int]:
+    """The sizes a contract declares by default (`ModelSpec.contract` writes them into the archive)."""
+    return {
+        "max_request_bytes": request_bytes(inputs, max_lengths),
+        "max_response_bytes": MAX_RESPONSE_BYTES,
+        "max_batch_response_bytes": MAX_BATCH_RESPONSE_BYTES,
+    }
+
+
+def small_example(example: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The example request if it is small enough to travel in io_contract.json, else None.
+
+    A zero 224 x 224 image is 2.3 MB of JSON that compresses 350:1, which the archive's
+    members check rightly takes for a zip bomb; `python -m pipeline serve` writes the spec's
+    example to run/<model>/example_request.json instead.
+    """
+    if example is None or len(json.dumps(dict(example))) > EXAMPLE_MAX_BYTES:
+        return None
+    return dict(example)
+
+
+def _example_hint(example: Mapping[str, Any] | None, inputs: Sequence[Mapping[str, Any]]) -> str:
+    """What an error suggests sending: the example when it is short, else each input's row shape."""
+    if example is not None:
+        text = json.dumps(example)
+        if len(text) <= _HINT_MAX_CHARS:
+            return text
+    shapes = {t["name"]: list(Contract.row_shapes(dict(t))[1]) for t in inputs}
+    return "{" + ", ".join(f'"{name}": <{f"an array of shape {shape}" if shape else "a number"}>' for name, shape in shapes.items()) + "}"
 
 
 class RequestError(ValueError):
@@ -117,6 +185,30 @@ def _fits(shape: tuple[int, ...], pattern: tuple[int | str, ...]) -> bool:
     return len(shape) == len(pattern) and all(isinstance(p, str) or p == s for s, p in zip(shape, pattern))
 
 
+def _list_shape(value) -> tuple[int, ...]:
+    """The shape a nested JSON list has if it is not ragged, read along its first elements only."""
+    shape: list[int] = []
+    while isinstance(value, list) and len(shape) <= 33:  # deeper is refused by _check_leaves
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return tuple(shape)
+
+
+def _form(shape: tuple[int, ...], value, row: tuple[int | str, ...], short: tuple[int | str, ...]) -> tuple[bool, tuple[int, ...]] | None:
+    """(whether it is one row, its shape as rows in the full row shape) for a value of this
+    shape, or None if it is neither one row nor a list of rows."""
+    ones = (1,) * (len(row) - len(short))
+    if _fits(shape, short) and not (isinstance(value, list) and not short):
+        return True, (1, *shape, *ones)
+    if len(shape) == len(short) + 1 and _fits(shape[1:], short):
+        return False, (*shape, *ones)
+    if len(shape) == len(row) + 1 and _fits(shape[1:], row):
+        return False, shape
+    return None
+
+
 class _InputLayout(NamedTuple):
     dtype: np.dtype
     integer: bool
@@ -145,8 +237,14 @@ class Contract:
         # A smaller variant ("int8", "fp16") says so, and names the one device its gate ran on.
         self.variant: str | None = data.get("variant")
         self.device: str | None = data.get("device")
-        example = data.get("example_request") or {t["name"]: "..." for t in self.inputs}
-        self.example = json.dumps(example)
+        # The longest each dynamic axis other than batch may be ({"seq": 512}); absent: any length.
+        self.max_lengths: dict[str, int] = dict(data.get("max_lengths") or {})
+        # Sizes in bytes (see `limits`); an archive made before they were declared gets the defaults.
+        sizes = {**limits(self.inputs, self.max_lengths), **{k: data[k] for k in LIMITS if k in data}}
+        self.max_request_bytes = int(sizes["max_request_bytes"])  # the largest request body
+        self.max_response_bytes = int(sizes["max_response_bytes"])  # the largest answer
+        self.max_batch_response_bytes = int(sizes["max_batch_response_bytes"])  # one batch's answers together
+        self.example = _example_hint(data.get("example_request"), self.inputs)
         # Per input, what every request's checks need: worked out once, not per request.
         self._layout = {t["name"]: _InputLayout.of(t) for t in self.inputs}
 
@@ -159,10 +257,27 @@ class Contract:
             short = short[:-1]
         return row, short
 
+    def check_extent(self, name: str, shape: Sequence[int]) -> None:
+        """Refuse a request whose input `name` has this shape (batch axis first) if it has more
+        rows, or is longer along a dynamic axis, than the contract declares. Every route checks
+        it from the request's own description, before converting or allocating anything."""
+        if shape and shape[0] > self.max_rows:
+            raise RequestError(f"'{name}' has {shape[0]} rows; at most {self.max_rows} per request")
+        for dim, length in zip(self._layout[name].row, shape[1:]):
+            limit = self.max_lengths.get(dim) if isinstance(dim, str) else None
+            if limit is not None and length > limit:
+                raise RequestError(
+                    f"'{name}' is {length} long along '{dim}'; this model takes at most {limit} "
+                    f"(max_lengths in its contract): shorten it, or split it into pieces of at most {limit}"
+                )
+
     def to_rows(self, tensor: dict, value) -> tuple[np.ndarray, bool]:
         """(array of rows in the full row shape, whether the request sent a single row)."""
         name = tensor["name"]
         dtype, integer, kind, row, short = self._layout[name]
+        listed = _form(_list_shape(value), value, row, short)
+        if listed is not None:  # too many rows, a sequence past the model's positions: refused before any work on the values
+            self.check_extent(name, listed[1])
         _check_leaves(name, value, kind)
         try:
             arr = np.array(value, dtype=np.float64)
@@ -171,20 +286,13 @@ class Contract:
         except ValueError:
             hint = "; send rows of different lengths as separate requests" if any(isinstance(d, str) for d in row) else ""
             raise RequestError(f"'{name}' is a ragged nested list; every row must have the same shape{hint}") from None
-        ones = (1,) * (len(row) - len(short))
-        if _fits(arr.shape, short) and not (isinstance(value, list) and not short):
-            single, rows = True, arr.reshape((1, *arr.shape, *ones))
-        elif arr.ndim == len(short) + 1 and _fits(arr.shape[1:], short):
-            single, rows = False, arr.reshape((*arr.shape, *ones))
-        elif arr.ndim == len(row) + 1 and _fits(arr.shape[1:], row):
-            single, rows = False, arr
-        else:
+        form = _form(arr.shape, value, row, short)
+        if form is None:
             want = "a number" if not short else f"an array of shape {list(short)}"
             raise RequestError(f"'{name}' has shape {list(arr.shape)}; expected {want} for one row, or a list of those")
+        single, rows = form[0], arr.reshape(form[1])
         if rows.shape[0] == 0:
             raise RequestError(f"'{name}' is an empty list; send at least one row")
-        if rows.shape[0] > self.max_rows:
-            raise RequestError(f"'{name}' has {rows.shape[0]} rows; at most {self.max_rows} per request")
         for axis, dim in enumerate(row, 1):
             if isinstance(dim, str) and rows.shape[axis] == 0:
                 raise RequestError(f"'{name}' is empty along '{dim}'; send at least one element")

@@ -5,6 +5,12 @@ The archive ships a thin entry module (`handlers/onnx_handler.py`) whose `handle
 `pipeline.serving.predictor`, the code path every server shares, so every server answers
 alike. Bad input gets HTTP 400 with {"error": ..., "code": 400}; with dynamic batching,
 one bad request fails alone and the others in the batch are still answered.
+
+TorchServe's worker sends the whole batch's answers to its frontend in one message
+(ts/protocol/otf_message_handler.py, `create_predict_response`). The frontend refuses the
+message if any one answer is over its max_response_size, and then drops the worker and
+every request of the batch; it holds the whole message in memory either way. So before an
+answer leaves, its size is checked against the contract's limits (`fit_batch`).
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from http import HTTPStatus
 from pathlib import Path
 
 from pipeline.artifacts.names import ARCHIVE_CONTRACT, ARCHIVE_MODEL
 from pipeline.serving.contract import Contract
-from pipeline.serving.predictor import Predictor, open_model
+from pipeline.serving.predictor import Answer, Predictor, open_model
 
 # TorchServe's worker logs this line for every batch it receives (ts/protocol/otf_message_handler.py);
 # its frontend then reads, parses and logs it again. It carries nothing the access log lacks.
@@ -26,6 +33,29 @@ PER_BATCH_LINE = "Backend received inference at: %d"
 def drop_per_batch_line(record: logging.LogRecord) -> bool:
     """A logging filter: False for TorchServe's per-batch "Backend received inference" line."""
     return record.msg != PER_BATCH_LINE
+
+
+def fit_batch(answers: list[Answer], budget: int) -> list[Answer]:
+    """The batch's answers, with those past `budget` bytes in all turned into a 503 each.
+
+    Each answer is already within the contract's per-answer limit (`Predictor.encode`);
+    this bounds what the frontend must decode for one batch. An answer that did not fit
+    beside the others would fit alone (the first one always goes), so its client is told
+    to send it again.
+    """
+    total, fitted, sent = 0, [], False
+    for answer in answers:
+        if answer.status == 200 and sent and total + len(answer.body) > budget:
+            answer = Answer.error(
+                503,
+                f"this answer ({len(answer.body)} bytes) did not fit beside the others batched with it: TorchServe takes "
+                f"at most {budget} bytes of answers from one batch (max_batch_response_bytes in the model's "
+                "io_contract.json); send the request again, or ask for less per request",
+            )
+        total += len(answer.body)
+        sent = sent or answer.status == 200
+        fitted.append(answer)
+    return fitted
 
 
 class OnnxHandler:
@@ -65,12 +95,12 @@ class OnnxHandler:
         return self.handle(data, context)
 
     def handle(self, data: list, context) -> list:
-        """Answer every request in the batch; a bad one gets its own status."""
+        """Answer every request in the batch; a bad one, or one too large to send, gets its own status."""
         assert self.predictor is not None  # set by initialize(), which __call__ runs first
-        answers = self.predictor.answer(data)
+        answers = fit_batch(self.predictor.answer(data), self.predictor.contract.max_batch_response_bytes)
         if context is not None:
             for idx, answer in enumerate(answers):
                 if answer.status != 200:
-                    context.set_response_status(answer.status, "Bad Request" if answer.status == 400 else "Error", idx)
+                    context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, idx)
                 context.set_response_content_type(idx, "application/json")
         return [a.body for a in answers]

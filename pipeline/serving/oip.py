@@ -13,6 +13,7 @@ arrays go back as OIP tensors.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 
@@ -112,7 +113,11 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
         want = datatype(declared[name]["dtype"])
         if tensor.get("datatype") != want:
             raise RequestError(f"input {name!r} is {want}, not {tensor.get('datatype')!r}")
-        count = int(np.prod(shape)) if shape else 1
+        if len(shape) == len(declared[name]["shape"]):  # too many rows, too long a sequence: refused before reading its data
+            contract.check_extent(declared[name]["name"], shape)
+        count = math.prod(shape)  # exact: np.prod wraps around int64 (to 0 for [2**32, 2**32])
+        if count == 0:  # nesting nothing into [2**30, 0, 0] would still build 2**30 lists
+            raise RequestError(f"input {name!r} has shape {shape}, which holds no values; send at least one row")
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             item = np.dtype(DATATYPES[want]).itemsize

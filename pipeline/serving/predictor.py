@@ -5,6 +5,7 @@ Serve application (`pipeline.serving.ray_app`). `open_model` makes the session t
 parity verified it (the contract's CUDA precision, a CUDA session that lands on the CPU
 refused); `Predictor.answer` parses with the contract, runs, and encodes, so a bad
 request gets the same 400 and message from every server, and fails alone in its batch.
+An answer over the contract's `max_response_bytes` is a 413 for its own request.
 """
 
 from __future__ import annotations
@@ -109,7 +110,24 @@ class Predictor:
         # JSON has no NaN or Infinity (orjson would write null): refuse them here.
         if not all(np.isfinite(v).all() for v in outputs.values() if v.dtype.kind == "f"):
             return Answer.error(500, "the model produced a non-finite output for this input")
-        return Answer(200, orjson.dumps(self.contract.to_json(outputs, single)))
+        # Every number takes at least 2 bytes ("0,"): an answer sure to be too large is not encoded to find out.
+        at_least = 2 * sum(v.size for v in outputs.values())
+        if at_least > self.contract.max_response_bytes:
+            return self.too_large(f"at least {at_least}")
+        body = orjson.dumps(self.contract.to_json(outputs, single))
+        if len(body) > self.contract.max_response_bytes:
+            return self.too_large(str(len(body)))
+        return Answer(200, body)
+
+    def too_large(self, size: str) -> Answer:
+        """413 for an answer over the contract's limit: TorchServe's frontend would drop the worker for it."""
+        axes = sorted({d for t in self.contract.inputs for d in t["shape"][1:] if isinstance(d, str)})
+        less = "fewer rows" + "".join(f" or a shorter '{a}'" for a in axes)
+        return Answer.error(
+            413,
+            f"the answer would be {size} bytes of JSON, over this model's {self.contract.max_response_bytes} "
+            f"(max_response_bytes in its io_contract.json); ask for less per request: {less}",
+        )
 
 
 def open_model(model_path: Path, contract: Contract, gpu_id: int | None = None, threads: int | None = None) -> Predictor:

@@ -13,7 +13,7 @@ Routes (all under the model's name, beside each other):
     POST /v2/models/<model>/infer      Open Inference Protocol v2 (JSON and binary tensors)
 Ray Serve has no data-plane authentication, so the application checks a bearer token
 (read from a key file) on every inference and metadata route; only health is open.
-Bodies over the cap get 413.
+Bodies over the cap (the archive's max_request_bytes, as on TorchServe) get 413 with JSON.
 
 Entry point for `serve run`, a Serve config file and KubeRay: `pipeline.serving.ray_app:build`.
 """
@@ -27,15 +27,13 @@ import logging
 import shutil
 import tempfile
 import urllib.request
-import zipfile
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.artifacts.archive import MAX_TOTAL_BYTES, inspect_archive
-from pipeline.artifacts.names import ARCHIVE_MODEL
+from pipeline.artifacts.archive import MAX_TOTAL_BYTES, extract_model, inspect_archive
 from pipeline.errors import IntegrityError, PipelineError
 from pipeline.serving import oip
 from pipeline.serving.contract import Contract, RequestError
@@ -44,7 +42,6 @@ from pipeline.serving.predictor import Answer, Predictor, open_model
 log = logging.getLogger(__name__)
 STAGE = "serve"
 ENTRY_POINT = "pipeline.serving.ray_app:build"
-MAX_REQUEST_BYTES = 1 << 20  # as TorchServe's max_request_size in torchserve.properties
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Serve's logging for the proxy and the replicas: no access-log line per request (each one
 # flushed on its own); warnings and errors still reach Ray's logs.
@@ -64,7 +61,7 @@ class RayAppOptions:
     target_ongoing_requests: int = 8  # autoscaling's per-replica target
     num_cpus: float = 1.0  # per replica
     num_gpus: float = 0.0  # per replica; 1 serves on the GPU Ray assigns (as the handler does)
-    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_request_bytes: int | None = None  # default: the archive's max_request_bytes, the cap TorchServe gets
     batch_size: int | None = None  # default: the archive's batchSize
     batch_wait_ms: float | None = None  # default: the archive's maxBatchDelay
 
@@ -149,11 +146,10 @@ def load(options: RayAppOptions, folder: Path, gpu_id: int | None = None) -> tup
     """The predictor and the archive's model config, from a verified archive."""
     mar = fetch_archive(options.archive, options.sha256, folder)
     info = inspect_archive(mar)
-    with zipfile.ZipFile(mar) as zf:
-        (folder / ARCHIVE_MODEL).write_bytes(zf.read(ARCHIVE_MODEL))
+    model = extract_model(mar, folder)  # with its model.onnx.data beside it, where it has one
     contract = Contract(info["contract"])
     threads = max(1, int(options.num_cpus))
-    return open_model(folder / ARCHIVE_MODEL, contract, gpu_id, threads), info["model_config"] or {}
+    return open_model(model, contract, gpu_id, threads), info["model_config"] or {}
 
 
 def batch_settings(options: RayAppOptions, model_config: dict) -> tuple[int, float]:
@@ -186,6 +182,7 @@ class ModelServer:
         # Ray sets CUDA_VISIBLE_DEVICES to the replica's GPU, which is device 0 inside it.
         self.predictor, model_config = load(self.options, self.folder, 0 if gpus else None)
         self.contract = self.predictor.contract
+        self.max_request_bytes = self.options.max_request_bytes or self.contract.max_request_bytes
         self.token = read_token(self.options.token_file).encode("utf-8")
         size, wait_s = batch_settings(self.options, model_config)
         if size > max_ongoing(self.options):
@@ -236,7 +233,7 @@ class ModelServer:
 
     async def _body(self, request) -> bytes | None:
         """The body, or None once it passes the cap (read no further)."""
-        cap = self.options.max_request_bytes
+        cap = self.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             return None
@@ -249,7 +246,12 @@ class ModelServer:
         return b"".join(chunks)
 
     def _too_large(self):
-        return _error(413, f"request body over {self.options.max_request_bytes} bytes; send fewer rows per request")
+        source = (
+            "the application's max_request_bytes option"
+            if self.options.max_request_bytes
+            else "max_request_bytes in the model's io_contract.json"
+        )
+        return _error(413, f"request body over {self.max_request_bytes} bytes ({source}); send fewer rows per request")
 
     async def native(self, request):
         raw = await self._body(request)

@@ -6,6 +6,9 @@ tmp/ (TorchServe's pid file, worker sockets and unpacked archives, so servers in
 different folders never collide) and server.json (what `stop` needs).
 Readiness means the model's workers are READY in the management API: `/ping`
 answers Healthy even while every worker is dying.
+The size caps in config.properties are raised to what the archive's io_contract.json
+declares (`size_caps`): the handler refuses a larger answer itself, so none reaches the
+frontend's limit, which would cost the worker.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,8 +32,10 @@ import psutil
 from pipeline.artifacts import files
 from pipeline.artifacts.archive import verified_archive
 from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.errors import PipelineError
 from pipeline.serving.client import Endpoint, http
+from pipeline.serving.contract import Contract
 from pipeline.settings import Layout, Settings, resolve
 
 STAGE = "serve"
@@ -135,9 +141,22 @@ def load_info(layout: Layout) -> ServerInfo | None:
     return ServerInfo(**json.loads(path.read_text()))
 
 
-def _write_config(layout: Layout, folder: Path, auto_ports: bool, overrides: dict[str, str] | None = None) -> tuple[Path, dict[str, int]]:
+def size_caps(mar: Path) -> dict[str, int]:
+    """TorchServe's size caps (bytes) that an archive's contract needs: its largest request body and answer."""
+    with zipfile.ZipFile(mar) as zf:
+        contract = Contract(json.loads(zf.read(ARCHIVE_CONTRACT)))
+    return {"max_request_size": contract.max_request_bytes, "max_response_size": contract.max_response_bytes}
+
+
+def _write_config(
+    layout: Layout, folder: Path, auto_ports: bool, overrides: dict[str, str] | None = None, caps: dict[str, int] | None = None
+) -> tuple[Path, dict[str, int]]:
     props = shipped_properties()
     props.update(overrides or {})
+    # At least what the archive declares: an answer under the contract's limit that the
+    # frontend refused would kill the worker (TooLongFrameException).
+    for key, least in (caps or {}).items():
+        props[key] = str(max(int(props.get(key, "0")), least))
     store = layout.model_store.resolve()
     props["model_store"] = str(store)
     props["allowed_urls"] = f"file://{store}/.*"
@@ -213,7 +232,7 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
         (folder / stale).unlink(missing_ok=True)
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     (folder / "tmp").mkdir(parents=True, exist_ok=True)
-    config, ports = _write_config(layout, folder, auto_ports, properties)
+    config, ports = _write_config(layout, folder, auto_ports, properties, size_caps(mar))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
     env.update(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -173,3 +174,152 @@ def test_torchserve_per_batch_log_line_is_dropped_and_others_kept():
     from ts.protocol import otf_message_handler
 
     assert PER_BATCH_LINE in Path(otf_message_handler.__file__).read_text()
+
+
+# --- answers of real size, sequences past the model's positions ------------------------------
+
+WIDTH = 256  # each token answers a row of WIDTH floats: token / 3, about 19 bytes each as JSON
+WIDE = {
+    "model": "wide",
+    "inputs": [{"name": "tokens", "dtype": "int64", "shape": ["batch", "seq"], "low": 0, "high": 3}],
+    "outputs": [{"name": "wide", "dtype": "float32", "shape": ["batch", "seq", WIDTH]}],
+    "max_rows_per_request": 8,
+    "max_lengths": {"seq": 64},
+    "max_request_bytes": 1 << 20,
+    "max_response_bytes": 100_000,  # about 20 tokens' answer
+    "max_batch_response_bytes": 150_000,
+    "cuda_precision": "fp32",
+}
+
+
+def _wide_onnx(path: Path) -> None:
+    """tokens [batch, seq] -> a table lookup [batch, seq, WIDTH] whose row t is t / 3."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.repeat(np.arange(4, dtype=np.float32)[:, None] / 3, WIDTH, axis=1), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "tokens"], ["wide"], axis=0)],
+        "wide",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("wide", TensorProto.FLOAT, ["batch", "seq", WIDTH])],
+        [table],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+@pytest.fixture
+def wide(tmp_path):
+    """A handler for a model with large answers, initialised as TorchServe would, with the session's calls counted."""
+    from pipeline.serving.handler import OnnxHandler
+
+    (tmp_path / "io_contract.json").write_text(json.dumps(WIDE))
+    _wide_onnx(tmp_path / "model.onnx")
+    handler = OnnxHandler()
+    handler(None, FakeContext(tmp_path))
+    runs: list[dict] = []
+    session = handler.predictor.session
+    real = session.run
+
+    class Counted:  # the ONNX Runtime session, counting its calls
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+        def run(self, names, feed):
+            runs.append({k: v.shape for k, v in feed.items()})
+            return real(names, feed)
+
+    handler.predictor.session = Counted()
+    return handler, tmp_path, runs
+
+
+def call_wide(wide, *bodies):
+    handler, model_dir, _ = wide
+    ctx = FakeContext(model_dir)
+    out = handler.handle([{"body": json.dumps(b).encode()} for b in bodies], ctx)
+    return [(ctx.status.get(i, (200, ""))[0], json.loads(r), len(r)) for i, r in enumerate(out)], ctx
+
+
+def test_an_answer_over_the_limit_is_a_413_for_that_request_alone(wide):
+    """TorchServe's frontend drops the worker, and the whole batch, for an answer over its frame limit: refuse it first."""
+    results, ctx = call_wide(wide, {"tokens": [1] * 30}, {"tokens": [1, 2]}, {"tokens": "one"})
+    assert [code for code, _, _ in results] == [413, 200, 400]
+    (_, refused, _), (_, answered, size), _ = results
+    assert refused["code"] == 413 and "over this model's 100000" in refused["error"] and "max_response_bytes" in refused["error"]
+    assert "fewer rows or a shorter 'seq'" in refused["error"]  # what to do
+    assert size <= WIDE["max_response_bytes"]
+    np.testing.assert_allclose(answered["wide"], [[1 / 3] * WIDTH, [2 / 3] * WIDTH], rtol=1e-6)
+    assert ctx.status[0] == (413, "Request Entity Too Large")
+    assert set(ctx.content_type.values()) == {"application/json"} and len(ctx.content_type) == 3
+
+
+def test_answers_past_the_batch_budget_are_503s_to_retry_and_the_rest_are_answered(wide):
+    """The frontend holds a batch's answers together: past max_batch_response_bytes, the ones that do not fit are sent back."""
+    results, _ = call_wide(wide, *[{"tokens": [1] * 10} for _ in range(4)])
+    sizes = [size for code, _, size in results if code == 200]
+    assert [code for code, _, _ in results] == [200, 200, 200, 503]
+    assert sum(sizes) <= WIDE["max_batch_response_bytes"] < sum(sizes) + sizes[0]
+    assert "send the request again" in results[3][1]["error"] and "150000" in results[3][1]["error"]
+
+
+def test_a_lone_answer_within_its_limit_always_goes_whatever_the_batch_budget():
+    """A budget below one answer (a hand-written contract) must not refuse that answer forever."""
+    from pipeline.serving.handler import fit_batch
+    from pipeline.serving.predictor import Answer
+
+    big, error = Answer(200, b"x" * 100), Answer.error(400, "bad")
+    assert [a.status for a in fit_batch([error, big, big], budget=50)] == [400, 200, 503]
+
+
+def test_a_sequence_past_max_lengths_is_a_400_before_onnx_runtime_runs(wide):
+    """BERT at 600 tokens was a 503 after 4 s in ONNX Runtime; the contract knows its 512 positions."""
+    handler, _, runs = wide
+    results, _ = call_wide(wide, {"tokens": [1] * 65}, {"tokens": [[1] * 65, [2] * 65]}, {"tokens": [1] * 64})
+    assert [code for code, _, _ in results] == [400, 400, 413]  # 64 tokens are allowed (and answer too much)
+    for _, answer, _ in results[:2]:
+        assert "'tokens' is 65 long along 'seq'; this model takes at most 64" in answer["error"]
+    assert runs == [{"tokens": (1, 64)}]  # only the allowed one reached the session
+
+
+def test_the_length_is_checked_before_the_values_are_read():
+    """A hostile body costs no conversion past the limit: the length is read from the lists themselves."""
+    from pipeline.serving.contract import Contract, RequestError
+
+    contract = Contract(WIDE)
+    with pytest.raises(RequestError, match="65 long along 'seq'"):
+        contract.parse({"tokens": [0] * 64 + ["not a number"]})  # the bad value is never looked at
+    with pytest.raises(RequestError, match="9 rows; at most 8"):
+        contract.parse({"tokens": [[0]] * 8 + [["x"]]})
+    with pytest.raises(RequestError, match="found a string"):
+        contract.parse({"tokens": [0] * 63 + ["x"]})  # within the limit, the values are checked as before
+
+
+def test_the_contract_declares_its_limits_and_keeps_large_examples_out():
+    """What the package stage writes into io_contract.json: max_lengths, the size caps, the example while it is small."""
+    from pipeline.serving.contract import EXAMPLE_MAX_BYTES, MAX_BATCH_RESPONSE_BYTES, MAX_RESPONSE_BYTES, Contract
+    from pipeline.spec import TensorSpec, load_spec
+
+    spec = load_spec("seq_encoder")
+    bert_like = dataclasses.replace(spec, max_lengths={"seq": 512}).contract()
+    assert bert_like["max_lengths"] == {"seq": 512} and bert_like["example_request"] == spec.example_request
+    assert (bert_like["max_request_bytes"], bert_like["max_response_bytes"]) == (1 << 20, MAX_RESPONSE_BYTES)
+    assert bert_like["max_batch_response_bytes"] == MAX_BATCH_RESPONSE_BYTES >= MAX_RESPONSE_BYTES
+    image = dataclasses.replace(
+        spec,
+        inputs=(TensorSpec("image", "float32", ("batch", 3, 224, 224)),),
+        example_request={"image": np.zeros((3, 224, 224)).tolist()},  # 2.3 MB of JSON: mobilenet's archive was refused
+    )
+    contract = image.contract()
+    assert "example_request" not in contract and len(json.dumps(contract)) < EXAMPLE_MAX_BYTES
+    # A full-precision 224 x 224 image as JSON is about 3 MB: the cap is what one such row needs, not more.
+    assert contract["max_request_bytes"] == 4 << 20
+    assert Contract(contract).example == '{"image": <an array of shape [3, 224, 224]>}'  # what an empty body's error suggests
+
+
+def test_an_archive_without_declared_limits_gets_the_defaults():
+    from pipeline.serving.contract import MAX_RESPONSE_BYTES, Contract
+
+    old = {k: v for k, v in WIDE.items() if not k.startswith("max_") or k == "max_rows_per_request"}
+    contract = Contract(old)
+    assert (contract.max_request_bytes, contract.max_response_bytes, contract.max_lengths) == (1 << 20, MAX_RESPONSE_BYTES, {})
+    assert contract.parse({"tokens": [1] * 1000})[0]["tokens"].shape == (1, 1000)  # no length declared: any length

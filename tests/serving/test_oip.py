@@ -219,3 +219,52 @@ def test_serving_on_ray_without_ray_installed_says_how_to_get_it(built, monkeypa
         ray_server.start(settings, auto_ports=True)
     assert "pip install" in raised.value.fix
     assert not ray_server.run_dir(layout).exists()  # nothing was started or written
+
+
+LIMITED = Contract(
+    {
+        "model": "m",
+        "inputs": [{"name": "ids", "dtype": "int64", "shape": ["batch", "seq"]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 1]}],
+        "max_rows_per_request": 8,
+        "max_lengths": {"seq": 512},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [([1, 600], "'ids' is 600 long along 'seq'; this model takes at most 512"), ([9, 2], "'ids' has 9 rows; at most 8")],
+    ids=["too long", "too many rows"],
+)
+@pytest.mark.parametrize("binary", [False, True])
+def test_the_declared_shape_is_checked_before_any_data_is_read(shape, message, binary):
+    """The same refusal as the JSON route, from the tensor's declared shape: no data (here none at all) is read or allocated."""
+    tensor = {"name": "ids", "shape": shape, "datatype": "INT64"}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": 8 * shape[0] * shape[1]}
+    else:
+        tensor["data"] = []
+    raw, length = _binary({"inputs": [tensor]})
+    with pytest.raises(RequestError, match=message):
+        oip.decode_infer(raw, length if binary else None, LIMITED)
+
+
+def test_a_shape_within_the_limits_still_decodes():
+    raw = json.dumps({"inputs": [{"name": "ids", "shape": [1, 512], "datatype": "INT64", "data": [1] * 512}]}).encode()
+    body, _ = oip.decode_infer(raw, None, LIMITED)
+    assert LIMITED.parse(body)[0]["ids"].shape == (1, 512)
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [([2**32, 2**32, 1], "binary_data_size 0 does not match"), ([2**22, 0, 0], "holds no values")],
+    ids=["int64 overflow", "empty"],
+)
+def test_a_hostile_shape_costs_nothing(shape, message):
+    """np.prod wrapped [2**32, 2**32, 1] around to 0 values, which 0 bytes of data matched; nesting nothing
+    into [2**22, 0, 0] built 2**22 lists (and [2**40, 0, 0] would never finish). The shape's rank differs from
+    the contract's, so only its size is checked here."""
+    raw, length = _binary({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": 0}}]})
+    with pytest.raises(RequestError, match=message):
+        oip.decode_infer(raw, length, CONTRACT)

@@ -132,6 +132,18 @@ def test_oversized_body_with_expect_continue_gets_413_before_sending_it(server):
     assert post(server, {"x": 2.0})[0] == 200
 
 
+def test_an_over_cap_body_gets_netty_s_413_with_an_empty_body(server):
+    """The one refusal that is not JSON, and cannot be made so by configuration: TorchServe 0.12 puts netty's
+    HttpObjectAggregator(max_request_size) right after the HTTP codec, ahead of every handler of its own (and of
+    plugins), and netty answers an oversized body with a fixed, empty 413. If this starts failing, TorchServe
+    has changed: make the answer JSON like every other and drop this note from torchserve.properties."""
+    answer = _send_oversized(server, 1_200_000, expect_continue=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"content-length: 0" in head.lower() and body == b"", answer[:300]
+    declared = serve.size_caps(Path(server.run_dir).parents[1] / "model_store" / "simple_nn.mar")["max_request_size"]
+    assert int(serve.read_properties(Path(server.run_dir) / "config.properties")["max_request_size"]) == declared == 1 << 20
+
+
 def test_oversized_body_sent_whole_is_refused_and_the_server_stays_up(server):
     """Without Expect, TorchServe answers 413 at the headers and closes while the client may still be
     sending: the client reads the 413 or sees the connection reset, by timing. Either way nothing
