@@ -1,17 +1,19 @@
-"""What making an artifact cost: wall seconds and the process's peak resident memory.
+"""What making an artifact cost: wall seconds and peak resident memory.
 
-The kernel keeps one peak (VmHWM) per process, and writing 5 to /proc/self/clear_refs
-resets it to the current size. A stage's peak is measured from `start()`; parity also
-measures each case on its own (`measure`), and the peaks it resets are folded into the
-stage's, so the manifest records the stage's true peak either way. Where the reset is
-not allowed (not Linux), the peak is the process's peak so far, and says so.
+A sampler thread reads the process's resident size every few milliseconds (one read of
+/proc/self/statm, or psutil elsewhere) and keeps the peak since the stage began
+(`start`) and since a block began (`measure`, which parity uses per case). The kernel's
+own peak (VmHWM) is left alone: resetting it would make `/usr/bin/time` and every other
+outside tool report one stage's peak as the whole run's. An allocation that lives less
+than a sample apart can be missed; the weights, activations and buffers that make a
+stage's peak live far longer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import resource
-import sys
+import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,45 +21,61 @@ from dataclasses import dataclass
 import psutil
 
 MB = 1 << 20
-_stage_peak_mb = 0.0  # the largest peak seen since start(), across the resets measure() makes
+INTERVAL_S = 0.002
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def rss_mb() -> float:
-    return psutil.Process().memory_info().rss / MB
-
-
-def _kernel_peak_mb() -> float:
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE / MB
     except OSError:
-        pass
-    # ru_maxrss is in KiB on Linux, bytes on macOS; it never resets.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MB if sys.platform == "darwin" else peak / 1024
+        return psutil.Process().memory_info().rss / MB
 
 
-def _reset_kernel_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+class _Sampler:
+    """The peaks since the stage and the block began, kept by one daemon thread."""
+
+    def __init__(self) -> None:
+        self.stage_peak = self.block_peak = rss_mb()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, name="rss-sampler", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            time.sleep(INTERVAL_S)
+
+    def sample(self) -> float:
+        now = rss_mb()
+        with self.lock:
+            self.stage_peak = max(self.stage_peak, now)
+            self.block_peak = max(self.block_peak, now)
+        return now
+
+
+_sampler: _Sampler | None = None
+
+
+def _get() -> _Sampler:
+    global _sampler
+    if _sampler is None:
+        _sampler = _Sampler()
+    return _sampler
 
 
 def start() -> None:
     """Begin measuring a stage: its peak counts from now."""
-    global _stage_peak_mb
-    _stage_peak_mb = 0.0
-    _reset_kernel_peak()
+    sampler = _get()
+    with sampler.lock:
+        sampler.stage_peak = rss_mb()
 
 
 def peak_mb() -> float:
     """The peak resident memory since `start()` (MiB)."""
-    return round(max(_stage_peak_mb, _kernel_peak_mb()), 1)
+    sampler = _get()
+    sampler.sample()
+    return round(sampler.stage_peak, 1)
 
 
 @dataclass
@@ -71,16 +89,15 @@ class Cost:
 @contextlib.contextmanager
 def measure() -> Iterator[Cost]:
     """Time a block and measure its own peak above the memory in use when it began."""
-    global _stage_peak_mb
-    _stage_peak_mb = max(_stage_peak_mb, _kernel_peak_mb())
-    exact = _reset_kernel_peak()
+    sampler = _get()
     base = rss_mb()
+    with sampler.lock:
+        sampler.block_peak = base
     cost = Cost()
     began = time.perf_counter()
     try:
         yield cost
     finally:
         cost.seconds = time.perf_counter() - began
-        peak = _kernel_peak_mb() if exact else max(rss_mb(), base)
-        cost.extra_mb = max(peak - base, 0.0)
-        _stage_peak_mb = max(_stage_peak_mb, peak)
+        sampler.sample()
+        cost.extra_mb = max(sampler.block_peak - base, 0.0)
