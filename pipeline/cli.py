@@ -434,7 +434,7 @@ def serve_command(args: argparse.Namespace) -> int:
         )
         token_cmd = f"{_rel(sys.executable)} -m pipeline token{model_arg}"
         stop_cmd = "make stop" + model_var
-    body = json.dumps(spec.example_request or {})
+    body = json.dumps(spec.request_example())
     # A large example (an image is megabytes of JSON) is over what a shell takes as one
     # argument: it goes in a file beside the server's logs, sent with --data-binary @file.
     example = Path(info.run_dir) / "example_request.json"

@@ -148,12 +148,9 @@ def read_results(row: Row, layout: Layout, since: datetime.datetime) -> None:
 
 
 def request_body(spec: ModelSpec) -> tuple[bytes, str]:
-    """The model's example request, or one generated row (values rounded: a smaller body)."""
-    if spec.example_request is not None:
-        return json.dumps(spec.example_request).encode(), "example_request"
-    feed = spec.sample_inputs(1, np.random.default_rng(0))
-    row = {name: np.round(value[0], 1).tolist() for name, value in feed.items()}
-    return json.dumps(row, separators=(",", ":")).encode(), "generated from sample_inputs(1), rounded to 0.1"
+    """The body `serve` prints (`ModelSpec.request_example`), and where it came from."""
+    source = "example_request" if spec.example_request is not None else "generated from sample_inputs(1), rounded to 0.1"
+    return json.dumps(spec.request_example(), separators=(",", ":")).encode(), source
 
 
 def serve_once(spec: ModelSpec, model: str, root: Path, timeout: float) -> dict[str, Any]:

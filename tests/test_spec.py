@@ -106,3 +106,10 @@ def test_the_archive_limits_can_be_set_per_model():
     bigger = dataclasses.replace(spec, max_response_bytes=64 << 20, max_request_bytes=2 << 20).contract()
     assert bigger["max_response_bytes"] == 64 << 20 and bigger["max_request_bytes"] == 2 << 20
     assert bigger["max_lengths"] == {"seq": 512}
+
+
+def test_a_model_without_an_example_request_gets_one_row_of_its_sample_inputs():
+    spec = load_spec("resnet50")
+    body = spec.request_example()
+    assert list(body) == ["pixel_values"] and len(body["pixel_values"]) == 3 and len(body["pixel_values"][0][0]) == 224
+    assert load_spec("simple_nn").request_example() == {"x": 5.0}
