@@ -246,16 +246,14 @@ def _size(n: float | None) -> str:
     return ""
 
 
-def _brief(value: Any, nested: bool = False) -> str:
-    """A table cell of whatever parity.json says about its sweep: scalars and short lists whole,
-    longer lists as their length, dicts in brackets."""
-    if isinstance(value, dict):
-        text = ", ".join(f"{k} {_brief(v, nested=True)}" for k, v in value.items())
-        return f"({text})" if nested else text
-    if isinstance(value, list):
-        whole = len(value) <= 8 and all(isinstance(v, (int, float, str)) for v in value)
-        return f"[{', '.join(str(v) for v in value)}]" if whole else str(len(value))
-    return "—" if value is None else str(value)
+def _brief(sweep: Any) -> str:
+    """The batch sizes parity ran, and the ones its budget left out with the reason's first words."""
+    if not isinstance(sweep, dict):
+        return "—"
+    ran = sweep.get("ran_batch_sizes", sweep.get("batch_sizes", []))
+    text = f"{sweep.get('mode', '')} {ran}".strip()
+    left = [f"{s['batch']} ({'memory' if 'MiB budget' in s['why'] else 'time'})" for s in sweep.get("skipped", []) if s.get("batch")]
+    return text + (f"; left out {', '.join(left)}" if left else "")
 
 
 def _count(n: int | None) -> str:

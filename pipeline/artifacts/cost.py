@@ -2,11 +2,12 @@
 
 A sampler thread reads the process's resident size every few milliseconds (one read of
 /proc/self/statm, or psutil elsewhere) and keeps the peak since the stage began
-(`start`) and since a block began (`measure`, which parity uses per case). The kernel's
-own peak (VmHWM) is left alone: resetting it would make `/usr/bin/time` and every other
-outside tool report one stage's peak as the whole run's. An allocation that lives less
-than a sample apart can be missed; the weights, activations and buffers that make a
-stage's peak live far longer.
+(`start`) and since a block began (`measure`, which parity uses per case). The sampler
+can miss a peak while a C call holds the GIL, so the kernel's own peak (VmHWM, the
+process's largest since it started) is read too: when it rose during the stage or block,
+the peak was reached there, and it is the figure. The kernel's peak is never reset:
+resetting it would make `/usr/bin/time` and every other outside tool report one stage's
+peak as the whole run's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ INTERVAL_S = 0.002
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def _kernel_peak_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def rss_mb() -> float:
     try:
         with open("/proc/self/statm") as f:
@@ -38,6 +50,7 @@ class _Sampler:
 
     def __init__(self) -> None:
         self.stage_peak = self.block_peak = rss_mb()
+        self.stage_kernel = self.block_kernel = _kernel_peak_mb()  # the kernel's peak when each began
         self.lock = threading.Lock()
         threading.Thread(target=self._run, name="rss-sampler", daemon=True).start()
 
@@ -69,13 +82,19 @@ def start() -> None:
     sampler = _get()
     with sampler.lock:
         sampler.stage_peak = rss_mb()
+        sampler.stage_kernel = _kernel_peak_mb()
+
+
+def _peak(sampled: float, kernel_at_start: float) -> float:
+    kernel = _kernel_peak_mb()
+    return max(sampled, kernel) if kernel > kernel_at_start else sampled
 
 
 def peak_mb() -> float:
     """The peak resident memory since `start()` (MiB)."""
     sampler = _get()
     sampler.sample()
-    return round(sampler.stage_peak, 1)
+    return round(_peak(sampler.stage_peak, sampler.stage_kernel), 1)
 
 
 @dataclass
@@ -93,6 +112,7 @@ def measure() -> Iterator[Cost]:
     base = rss_mb()
     with sampler.lock:
         sampler.block_peak = base
+        sampler.block_kernel = _kernel_peak_mb()
     cost = Cost()
     began = time.perf_counter()
     try:
@@ -100,4 +120,4 @@ def measure() -> Iterator[Cost]:
     finally:
         cost.seconds = time.perf_counter() - began
         sampler.sample()
-        cost.extra_mb = max(sampler.block_peak - base, 0.0)
+        cost.extra_mb = max(_peak(sampler.block_peak, sampler.block_kernel) - base, 0.0)

@@ -123,14 +123,14 @@ def _disk_full(path: Path, why: str) -> DiskFullError:
     )
 
 
-def _check_room(path: Path) -> None:
+def _check_room(path: Path, at_least: int = 0) -> None:
     """Refuse up front a write that cannot fit: no free block, or a file-size limit below the old file's size.
 
     Some writers abort the whole process when the disk fills mid-write instead of
     raising (torch.jit.save to a file name does; the trace stage serialises in memory
     for that reason), so the obvious cases are caught before they start.
     """
-    needed = max(path.stat().st_size if path.exists() else 0, 1)
+    needed = max(path.stat().st_size if path.exists() else 0, at_least, 1)
     stat = os.statvfs(path.parent)
     free = stat.f_bavail * stat.f_frsize
     if free < needed:
@@ -141,7 +141,7 @@ def _check_room(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, at_least: int = 0) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and move it into place.
 
     For libraries that insist on writing a file by name (ONNX, safetensors, zip).
@@ -151,7 +151,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path.parent)
-    _check_room(path)
+    _check_room(path, at_least)
     fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)

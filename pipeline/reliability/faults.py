@@ -357,11 +357,11 @@ def _install_kill_point(target: str, point: str) -> None:
     state = {"artifact_written": False}
 
     @contextlib.contextmanager
-    def killing(path):
+    def killing(path, at_least=0):
         name = Path(path).name
         mine = name == target and not state["artifact_written"]
         manifest_after = point == "manifest-write" and name == "manifest.json" and state["artifact_written"]
-        with original(path) as tmp:
+        with original(path, at_least) as tmp:
             if mine and point == "temp-created":
                 _die()
             yield tmp

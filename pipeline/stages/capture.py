@@ -48,3 +48,9 @@ def capture_mode() -> Iterator[None]:
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def module_weight_bytes(model: torch.nn.Module) -> int:
+    """The bytes of a module's parameters and buffers, each storage once (tied weights are one)."""
+    tensors = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in model.state_dict().values()}
+    return sum(tensors.values())

@@ -33,7 +33,7 @@ from pipeline.artifacts.names import EXTERNAL_DATA, ONNX, data_file_name
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
 from pipeline.spec import ModelSpec
-from pipeline.stages.capture import capture_mode, example_args
+from pipeline.stages.capture import capture_mode, example_args, module_weight_bytes
 
 STAGE = "export"
 OPSET = 20
@@ -206,12 +206,6 @@ def check_graph(path, spec: ModelSpec) -> dict:
 def weight_bytes(model: onnx_ir.Model) -> int:
     """The bytes of every initializer, subgraphs' included: what an embedded file would hold."""
     return sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values() if v.const_value is not None)
-
-
-def module_weight_bytes(model: torch.nn.Module) -> int:
-    """The bytes of a module's parameters and buffers, each storage once (tied weights are one)."""
-    tensors = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in model.state_dict().values()}
-    return sum(tensors.values())
 
 
 def save_onnx(model: onnx_ir.Model, path: Path, external: bool) -> None:

@@ -156,3 +156,17 @@ def test_transformers_sdpa_shape_branches_go_through_and_match_eager(tmp_path, f
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     with torch.inference_mode():
         torch.testing.assert_close(torch.jit.load(str(layout.torchscript))(ids, mask), model(ids, mask), atol=1e-5, rtol=1e-4)
+
+
+def test_a_large_module_is_written_to_its_file_directly(project, monkeypatch):
+    """Past IN_MEMORY_BYTES the module is not serialised in memory first; the file still loads and matches."""
+    from dataclasses import replace
+
+    settings, layout = project
+    monkeypatch.setattr(trace, "IN_MEMORY_BYTES", 0)
+    result = trace.run(replace(settings, force=True))
+    assert not result.skipped
+    reloaded = torch.jit.load(str(layout.torchscript))
+    with torch.inference_mode():
+        assert torch.allclose(reloaded(torch.tensor([[5.0]])), torch.tensor([[11.0]]), atol=0.05)
+    assert not [p for p in layout.artifacts.iterdir() if p.name.startswith(".model.ts")]
