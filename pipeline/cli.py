@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import shlex
@@ -326,6 +327,7 @@ def stages_command(args: argparse.Namespace) -> int:
             result = STAGES[name](settings)
         results.append(result)
         print(_line(result, cost.peak_mb()), flush=True)
+        gc.collect()  # a traced module keeps its model in a reference cycle: 2.3 GB of a 2.4 GB model until collected
     if args.command == "all":
         print(summary(results, settings, time.perf_counter() - start))
     return 0

@@ -7,6 +7,7 @@ TorchScript module, export the ONNX graph, parity the gate's report, package the
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 from pipeline.settings import Settings, StageResult
@@ -23,4 +24,8 @@ STAGES: dict[str, Callable[[Settings], StageResult]] = {
 
 def run_all(settings: Settings) -> list[StageResult]:
     """Every stage in order; each skips itself when its inputs and settings are unchanged."""
-    return [stage(settings) for stage in STAGES.values()]
+    results = []
+    for stage in STAGES.values():
+        results.append(stage(settings))
+        gc.collect()  # a traced module keeps its model in a reference cycle until collected
+    return results

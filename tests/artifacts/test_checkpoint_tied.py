@@ -52,3 +52,12 @@ def test_what_a_checkpoint_cannot_hold_is_a_train_error(tmp_path):
     with pytest.raises(PipelineError, match=r"\[train\] m: model_args cannot be written as JSON"):
         checkpoint.save(tmp_path / "c.safetensors", {"w": torch.zeros(2)}, "m", {"dtype": torch.float32})
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_a_checkpoint_whose_tensor_differs_from_the_model_is_refused_naming_it(tmp_path):
+    from pipeline.errors import IntegrityError
+
+    trained = TiedLM()
+    state = {**trained.state_dict(), "embed.weight": torch.zeros(10, 4, dtype=torch.float64)}
+    with pytest.raises(IntegrityError, match=r"embed.weight is F64 \[10, 4\] in the checkpoint, torch.float32 \[10, 4\] in the model"):
+        _saved(tmp_path, state)
