@@ -43,7 +43,10 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.TensorProto]
         yield from ((where, t) for t in attr.tensors)
         if attr.HasField("sparse_tensor"):
             yield where, attr.sparse_tensor.values
-        yield from ((where, s.values) for s in attr.sparse_tensors)
+            yield f"{where} indices", attr.sparse_tensor.indices
+        for s in attr.sparse_tensors:
+            yield where, s.values
+            yield f"{where} indices", s.indices
         if attr.HasField("g"):
             yield from _graph_tensors(attr.g)
         for g in attr.graphs:

@@ -230,8 +230,10 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
         )
     for stale in ("server.json", "key_file.json"):
         (folder / stale).unlink(missing_ok=True)
-    (folder / "logs").mkdir(parents=True, exist_ok=True)
-    (folder / "tmp").mkdir(parents=True, exist_ok=True)
+    # Owner only, whatever the umask: tmp/ holds the workers' sockets, and the folder the key file.
+    for private in (folder, folder / "logs", folder / "tmp"):
+        private.mkdir(parents=True, exist_ok=True)
+        private.chmod(0o700)
     config, ports = _write_config(layout, folder, auto_ports, properties, size_caps(mar))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}

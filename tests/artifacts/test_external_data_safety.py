@@ -246,3 +246,25 @@ def test_a_dead_writers_folder_and_legacy_data_are_swept(tmp_path):
     live.mkdir()
     assert sorted(files.sweep_stale(tmp_path)) == sorted([folder, legacy])
     assert [p.name for p in tmp_path.iterdir()] == [live.name]
+
+
+def test_a_node_attributes_sparse_indices_pointing_outside_are_refused(tmp_path):
+    """A Constant node's sparse_value keeps its indices in a file of their own: they are checked too."""
+    values = numpy_helper.from_array(np.ones(2, np.float32), "v")
+    indices = numpy_helper.from_array(np.array([0, 3], np.int64), "i")
+    indices.ClearField("raw_data")
+    indices.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../../etc/passwd"), ("offset", "0"), ("length", "16")):
+        entry = indices.external_data.add()
+        entry.key, entry.value = key, value
+    sparse = helper.make_sparse_tensor(values, indices, [4])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["y"], sparse_value=sparse)],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    path = tmp_path / "model.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]).SerializeToString())
+    with pytest.raises(IntegrityError, match=r"attribute 'sparse_value' indices points outside the model's folder"):
+        check_onnx_file(path)

@@ -203,6 +203,18 @@ def test_security_posture(server):
     assert failed == [], failed
 
 
+def test_the_run_folder_is_the_owners_alone(server):
+    """tmp/ holds the workers' sockets: its safety must not depend on the umask."""
+    import stat
+
+    folder = Path(server.run_dir)
+    assert {name: stat.S_IMODE((folder / name).stat().st_mode) for name in (".", "logs", "tmp")} == {
+        ".": 0o700,
+        "logs": 0o700,
+        "tmp": 0o700,
+    }
+
+
 def test_sequential_latency_vs_ping(server):
     token = server.token("inference")
     body = b'{"x": 5.0}'
