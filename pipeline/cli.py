@@ -196,6 +196,9 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     _model_options(token)
     _on_option(token)
     token.add_argument("--kind", choices=["inference", "management"], default="inference", help="which key to print")
+    token.add_argument(
+        "--header", action="store_true", help="print it as the header line 'Authorization: Bearer <token>', for curl -H @- to read"
+    )
 
     kuberay = commands.add_parser(
         "rayservice",
@@ -400,7 +403,8 @@ def token_command(args: argparse.Namespace) -> int:
     if args.on == "ray" and args.kind != "inference":
         print("error: the Ray application has one key, 'inference'", file=sys.stderr)
         return 1
-    print(info.token(args.kind))
+    token = info.token(args.kind)
+    print(f"Authorization: Bearer {token}" if args.header else token)
     return 0
 
 
@@ -444,9 +448,8 @@ def serve_command(args: argparse.Namespace) -> int:
     data = f"-d {shlex.quote(body)}" if len(body) <= 4096 else f"--data-binary @{shlex.quote(_rel(example))}"
     print(f"  URL      {info.predictions_url}")
     print(f'  token    {_rel(info.key_file)} ("inference" key); print it with: {token_cmd}')
-    print(
-        f"  try      curl -s -H \"Authorization: Bearer $({token_cmd})\" -H 'Content-Type: application/json' {data} {info.predictions_url}"
-    )
+    # The token goes to curl on its stdin (-H @-): in curl's arguments, every local user would see it in ps.
+    print(f"  try      {token_cmd} --header | curl -s -H @- -H 'Content-Type: application/json' {data} {info.predictions_url}")
     if isinstance(info, ray_server.RayInfo):
         print(
             f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.inference}/v2/models/{info.model}/infer, same token"

@@ -1,8 +1,14 @@
 """The command line, as a user runs it: the whole chain in a temporary folder."""
 
+import dataclasses
+import http.server
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -88,3 +94,67 @@ def test_each_command_declares_only_its_own_options():
     assert "--kind" in options("token") and options("stop") == {"--model", "--root", "--on"}
     assert {"--on", "--replicas", "--address"} <= options("serve") and "--replicas" not in options("stop")
     assert "--archive-url" in options("rayservice") and "--on" not in options("rayservice")
+
+
+def _recording_server() -> tuple[http.server.HTTPServer, list[tuple[dict[str, str], bytes]]]:
+    """A stand-in for the server's HTTP API on 127.0.0.1: answers every POST with 200, keeps its headers and body."""
+    seen: list[tuple[dict[str, str], bytes]] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    stand_in = http.server.HTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=stand_in.serve_forever, daemon=True).start()
+    return stand_in, seen
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the printed command is a curl")
+@pytest.mark.parametrize("on", ["torchserve", "ray"])
+def test_the_printed_curl_reads_the_token_from_its_stdin_not_its_arguments(tmp_path, monkeypatch, capsys, on):
+    """`serve` prints a request a shell runs as is: the token reaches the server, and no command line (what ps shows) holds it."""
+    from pipeline import cli
+    from pipeline.serving import ray_server, server
+
+    token = "a-token-nobody-else-may-see"
+    stand_in, seen = _recording_server()
+    url = f"http://127.0.0.1:{stand_in.server_port}"
+    folder = tmp_path / "run" / "simple_nn" / ("ray" if on == "ray" else "")
+    folder.mkdir(parents=True)
+    (folder / "key_file.json").write_text(json.dumps({"inference": {"key": token}}))
+    where = {"model": "simple_nn", "run_dir": str(folder), "inference": url}
+    info = (
+        ray_server.RayInfo(**where, replicas="1")
+        if on == "ray"
+        else server.ServerInfo(**where, pid=1, management=url, metrics=url, ports={})
+    )
+    (folder / "server.json").write_text(json.dumps(dataclasses.asdict(info)))  # what `token` reads, in its own process
+    monkeypatch.setattr(ray_server if on == "ray" else server, "start", lambda settings, **kw: info)
+    monkeypatch.setattr(server.ServerInfo, "workers", lambda self: [])
+    monkeypatch.chdir(tmp_path)
+    # curl, as the shell finds it, writes down its arguments (what ps shows) before it runs.
+    shim = tmp_path / "bin" / "curl"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/curl-argv\nexec {shutil.which("curl")} "$@"\n')
+    shim.chmod(0o755)
+    try:
+        assert cli.main(["serve", "--on", on]) == 0
+        [line] = [line.split("try", 1)[1] for line in capsys.readouterr().out.splitlines() if line.strip().startswith("try")]
+        path = f"{shim.parent}{os.pathsep}{os.environ['PATH']}"
+        ran = subprocess.run(
+            ["sh", "-c", line], cwd=tmp_path, env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        stand_in.shutdown()
+        stand_in.server_close()
+    assert ran.returncode == 0, ran.stderr
+    assert token not in line and token not in (tmp_path / "curl-argv").read_text()
+    [(headers, body)] = seen
+    assert headers["Authorization"] == f"Bearer {token}" and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"x": 5.0}

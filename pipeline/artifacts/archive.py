@@ -3,13 +3,16 @@
 Entry names, types and declared sizes are checked from the zip headers alone (no
 path escapes, links, encryption, duplicates or zip bombs); then the members must be
 exactly the expected ones, plus `model.onnx.data` when the model keeps its weights in
-external data, and the model inside (and its data) must be the verified one, pointing at
-no other file. The package stage checks what it built; every server checks what it serves.
+external data; the handler (the one Python file inside, which every worker runs) must be
+the installed package's own, and the one the archive's manifest names; and the model
+inside (and its data) must be the verified one, pointing at no other file. The package
+stage checks what it built; every server checks what it serves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import shutil
 import stat
@@ -23,6 +26,7 @@ from pipeline.artifacts.names import (
     ARCHIVE_CONFIG,
     ARCHIVE_CONTRACT,
     ARCHIVE_DATA,
+    ARCHIVE_HANDLER,
     ARCHIVE_MANIFEST,
     ARCHIVE_MEMBERS,
     ARCHIVE_MODEL,
@@ -91,6 +95,38 @@ def check_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:
         )
 
 
+def handler_source() -> bytes:
+    """The entry module every archive ships (package data, so a wheel install can package)."""
+    resource = importlib.resources.files("pipeline.handlers") / ARCHIVE_HANDLER
+    try:
+        return resource.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(
+            STAGE,
+            f"the handler {ARCHIVE_HANDLER} is missing from the installed pipeline package",
+            "reinstall the project (make setup, or pip install the wheel again)",
+        ) from None
+
+
+def check_handler(path: Path, mar_manifest: object, handler: bytes) -> None:
+    """The handler is code every worker runs: only the installed package's, named by the archive's manifest, is served."""
+    model = mar_manifest.get("model") if isinstance(mar_manifest, dict) else None
+    named = model.get("handler") if isinstance(model, dict) else None
+    if named != ARCHIVE_HANDLER:
+        raise IntegrityError(
+            STAGE, f"{path.name}: its {ARCHIVE_MANIFEST} names the handler {named!r}, expected exactly {ARCHIVE_HANDLER!r}", _FIX
+        )
+    installed = handler_source()
+    if handler != installed:
+        raise IntegrityError(
+            STAGE,
+            f"{path.name}: its {ARCHIVE_HANDLER} (sha256 {hashlib.sha256(handler).hexdigest()[:12]}) is not the installed "
+            f"pipeline's handler (sha256 {hashlib.sha256(installed).hexdigest()[:12]}): built by another version, or changed "
+            "since; refusing to run its code in a worker",
+            _FIX,
+        )
+
+
 def sha256_member(zf: zipfile.ZipFile, name: str) -> str:
     """The member's sha256, read in blocks: a model's data file is never held in memory whole."""
     digest = hashlib.sha256()
@@ -101,13 +137,15 @@ def sha256_member(zf: zipfile.ZipFile, name: str) -> str:
 
 
 def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str | None = None) -> dict:
-    """Check an archive holds exactly the expected files, the right model, safe paths.
+    """Check an archive holds exactly the expected files, the installed handler, the right model, safe paths.
 
-    Entry names, types and declared sizes are checked before any entry is read; the
-    model inside is checked for external data before anything loads it: it may keep
-    its weights only in the archive's `model.onnx.data`. Where the verified model's hash
-    is given (`onnx_sha256`), its data file must be the verified one too (`data_sha256`,
-    None for a model with its weights embedded).
+    Entry names, types and declared sizes are checked before any entry is read. The
+    handler must be the installed package's, byte for byte, and the one its manifest
+    names: whoever can replace an archive can record its hash too. The model inside is
+    checked for external data before anything loads it: it may keep its weights only in
+    the archive's `model.onnx.data`. Where the verified model's hash is given
+    (`onnx_sha256`), its data file must be the verified one too (`data_sha256`, None for
+    a model with its weights embedded).
     """
     try:
         with zipfile.ZipFile(path) as zf:
@@ -123,6 +161,7 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
                     "rebuild the archive with the package stage",
                 )
             manifest = json.loads(zf.read(ARCHIVE_MANIFEST))
+            check_handler(path, manifest, zf.read(ARCHIVE_HANDLER))
             model = zf.read(ARCHIVE_MODEL)
             contract = json.loads(zf.read(ARCHIVE_CONTRACT))
             config = yaml.safe_load(zf.read(ARCHIVE_CONFIG))

@@ -10,7 +10,6 @@ folder first.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ import yaml
 from model_archiver import ModelArchiver, ModelArchiverConfig
 
 from pipeline.artifacts import files
-from pipeline.artifacts.archive import inspect_archive
+from pipeline.artifacts.archive import handler_source, inspect_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import (
     ARCHIVE_CONFIG,
@@ -43,19 +42,6 @@ from pipeline.settings import Layout, Settings, StageResult, contract, resolve
 
 STAGE = "package"
 VERSION = "1.0"
-
-
-def handler_source() -> bytes:
-    """The entry module every archive ships (package data, so a wheel install can package)."""
-    resource = importlib.resources.files("pipeline.handlers") / ARCHIVE_HANDLER
-    try:
-        return resource.read_bytes()
-    except FileNotFoundError:
-        raise IntegrityError(
-            STAGE,
-            f"the handler {ARCHIVE_HANDLER} is missing from the installed pipeline package",
-            "reinstall the project (make setup, or pip install the wheel again)",
-        ) from None
 
 
 def model_config(settings: Settings) -> dict:

@@ -30,7 +30,7 @@ def test_archive_holds_model_handler_manifest_and_nothing_stray(built):
     assert onnx_sha == manifest.records["onnx"].sha256
     assert contract == load_spec("simple_nn").contract()
     assert config["batchSize"] >= 1 and config["maxBatchDelay"] >= 0 and config["minWorkers"] >= 1
-    assert handler == package.handler_source()
+    assert handler == archive.handler_source()
 
 
 def test_manifest_records_archive(built):
