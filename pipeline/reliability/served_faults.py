@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -26,6 +27,7 @@ from pipeline.serving.server import ServerInfo
 from pipeline.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+SLACK_BYTES = 64 << 20  # the frontend's own growth under load, beside the proxy's buffers
 
 
 def _load_in_background(info: ServerInfo, bodies: list[str], concurrency: int, duration_s: float, max_requests: int = 0) -> Future:
@@ -268,6 +270,116 @@ def stop_under_load(
     finally:
         serve.stop(settings)
     return GracefulStop(round(stop_s, 3), status_counts, left, ports, key_left, round(restart_s, 3), status, _describe(again.processes()))
+
+
+# --- held bodies: many connections that each hold an almost complete body --------------------
+
+
+@dataclass(frozen=True)
+class HeldBodies:
+    """Connections with no token that each declare a body, send most of it and hold the rest back.
+
+    Before the proxy, 400 of these (1,000,000 of 1,048,000 bytes) exhausted TorchServe's
+    direct memory and froze its frontend until a restart by hand.
+    """
+
+    connections: int
+    declared_bytes: int
+    sent_bytes: int
+    attack_s: float
+    reconnects: int  # held connections the server closed, opened again at once
+    frontend_rss_before: int  # TorchServe's Java frontend and the proxy together, bytes
+    frontend_rss_peak: int
+    memory_bound: int  # what the proxy's limits allow its buffers, and some slack
+    during_status: str  # an authenticated request sent in the middle of the attack
+    recovery_s: float | None  # attackers closed -> an authenticated request answered 200; None: not within the limit
+    recovery_limit_s: float
+
+    @property
+    def survived(self) -> bool:
+        grew = self.frontend_rss_peak - self.frontend_rss_before
+        return self.recovery_s is not None and self.recovery_s <= self.recovery_limit_s and grew <= self.memory_bound
+
+
+def frontend_rss(info: ServerInfo) -> int:
+    """Resident bytes of the processes that read request bodies: TorchServe's Java frontend and the proxy."""
+    total = 0
+    for proc in info.processes():
+        try:
+            if proc.name() in ("java", "haproxy"):
+                total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def _hold_one(port: int, path: str, declared: int, sent: int, end: float, stats: dict) -> None:
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    payload = head.encode() + b"1" * sent
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=max(0.1, end - time.monotonic())) as s:
+                s.settimeout(max(0.1, end - time.monotonic()))
+                s.sendall(payload)
+                s.recv(1)  # blocks until the server answers or closes, or the attack ends
+            stats["reconnects"] += 1
+        except OSError:
+            time.sleep(0.05)  # refused, timed out or reset: try again while the attack lasts
+
+
+def held_bodies(
+    info: ServerInfo,
+    body: bytes,
+    connections: int = 400,
+    declared: int = 1_048_000,
+    sent: int = 1_000_000,
+    attack_s: float = 20.0,
+    recovery_limit_s: float = 10.0,
+) -> HeldBodies:
+    """Run the attack for `attack_s`, then time how long an authenticated request takes to be answered."""
+    from pipeline.serving import proxy
+
+    token = info.token("inference")
+    before = frontend_rss(info)
+    stats = {"reconnects": 0}
+    end = time.monotonic() + attack_s
+    path = f"/predictions/{info.model}"
+    attackers = [
+        threading.Thread(target=_hold_one, args=(info.ports["inference"], path, declared, sent, end, stats), daemon=True)
+        for _ in range(connections)
+    ]
+    for thread in attackers:
+        thread.start()
+    peak = before
+    during = ""
+    while time.monotonic() < end:
+        peak = max(peak, frontend_rss(info))
+        if not during and time.monotonic() > end - attack_s / 2:
+            try:
+                during = _answer(*http("POST", info.predictions_url, body, token, timeout=min(5.0, end - time.monotonic() + 0.1)))
+            except OSError as exc:
+                during = f"no answer ({type(exc).__name__})"
+        time.sleep(0.25)
+    for thread in attackers:
+        thread.join(timeout=5)
+    closed = time.monotonic()
+    recovery = None
+    while time.monotonic() - closed < recovery_limit_s:
+        try:
+            status, _ = http("POST", info.predictions_url, body, token, timeout=max(0.5, recovery_limit_s - (time.monotonic() - closed)))
+        except OSError:
+            status = 0
+        if status == 200:
+            recovery = round(time.monotonic() - closed, 3)
+            break
+        time.sleep(0.2)
+    peak = max(peak, frontend_rss(info))
+    props = serve.read_properties(Path(info.run_dir) / "config.properties")
+    limits = proxy.Limits(int(props["max_request_size"]), int(props["default_response_timeout"]))
+    bound = 2 * limits.connections * limits.buffer_bytes + SLACK_BYTES  # a request and an answer buffer per connection
+    return HeldBodies(
+        connections, declared, sent, attack_s, stats["reconnects"], before, peak, bound, during or "not sent", recovery, recovery_limit_s
+    )
 
 
 # --- security posture -----------------------------------------------------------------------

@@ -55,10 +55,11 @@ class Plan:
     soak_concurrency: int
     soak_time_limit_s: float
     worker_kills: int
+    held_bodies_s: float  # how long the held-bodies attack lasts
 
 
 FULL = Plan(
-    "full", {stage: KILL_POINTS for stage in STAGE_ARTIFACT}, (0.25, 0.5, 0.75), tuple(STAGE_ARTIFACT), 25, 2000, 50_000, 16, 300.0, 3
+    "full", {stage: KILL_POINTS for stage in STAGE_ARTIFACT}, (0.25, 0.5, 0.75), tuple(STAGE_ARTIFACT), 25, 2000, 50_000, 16, 300.0, 3, 30.0
 )
 QUICK = Plan(
     "quick",
@@ -76,6 +77,7 @@ QUICK = Plan(
     16,
     120.0,
     1,
+    12.0,
 )
 
 
@@ -225,6 +227,19 @@ def run_served(run: Run) -> None:
             + (f"; failures {result.failures[:3]}" if result.failures else ""),
         )
         run.data["form_body_500"] = sf.form_body_probe(info)
+
+        held = sf.held_bodies(info, body, attack_s=run.plan.held_bodies_s)
+        run.data["held_bodies"] = {**asdict(held), "survived": held.survived}
+        run.check(
+            "served",
+            f"{held.connections} connections with no token hold {held.sent_bytes:,} of {held.declared_bytes:,}-byte bodies for "
+            f"{held.attack_s:.0f}s: memory bounded, answered within {held.recovery_limit_s:.0f}s once they close",
+            held.survived,
+            f"frontend and proxy {held.frontend_rss_before / (1 << 20):.0f} -> peak {held.frontend_rss_peak / (1 << 20):.0f} MiB "
+            f"(bound +{held.memory_bound / (1 << 20):.0f}); cut off and reopened {held.reconnects} times; "
+            f"a request during the attack: {held.during_status}; "
+            + (f"answered {held.recovery_s:.2f}s after they closed" if held.recovery_s is not None else "not answered in time"),
+        )
 
         soak = sf.soak(info, bodies, run.plan.soak_requests, run.plan.soak_concurrency, run.plan.soak_time_limit_s)
         run.data["soak"] = {**asdict(soak), "growth_pct": soak.growth_pct, "survived": soak.survived}

