@@ -145,6 +145,10 @@ class ModelSpec:
     # Longest a dynamic axis other than batch may be, per axis name: {"seq": 512} for a
     # model with 512 positions. A longer request is a 400 before ONNX Runtime runs.
     max_lengths: Mapping[str, int] = field(default_factory=dict)
+    # Elements one input may have in one request (rows times every other axis), checked
+    # with the lengths before ONNX Runtime runs. None: 1 Mi elements, or one longest row.
+    # An axis max_lengths leaves out may be at most 4096 long (contract.DEFAULT_MAX_LENGTH).
+    max_elements_per_request: int | None = None
     # Bytes: the largest request body and the largest answer the servers carry (None: sized
     # from the inputs, at least 1 MiB; 16 MiB). A larger answer is a 413 for its request alone.
     max_request_bytes: int | None = None
@@ -175,7 +179,8 @@ class ModelSpec:
             "inputs": inputs,
             "outputs": [t.to_json() for t in self.outputs],
             "max_rows_per_request": self.max_rows_per_request,
-            "max_lengths": dict(self.max_lengths),
+            "max_lengths": (lengths := served.max_lengths(inputs, self.max_lengths)),
+            "max_elements_per_request": served.max_elements(inputs, lengths, self.max_elements_per_request),
             **served.limits(inputs, self.max_lengths),
             **{k: v for k in ("max_request_bytes", "max_response_bytes") if (v := getattr(self, k)) is not None},
             "cuda_precision": cuda_precision or self.cuda_precision,
@@ -254,7 +259,9 @@ class ModelSpec:
 
 
 # What only the archive and the servers read: the package stage's contract records them.
-SERVING_ONLY = frozenset({"example_request", "max_rows_per_request", "max_lengths", "max_request_bytes", "max_response_bytes"})
+SERVING_ONLY = frozenset(
+    {"example_request", "max_rows_per_request", "max_lengths", "max_elements_per_request", "max_request_bytes", "max_response_bytes"}
+)
 
 
 def code_sha256(source: bytes) -> str:
@@ -430,6 +437,9 @@ def _validate(spec: Any, where: str) -> ModelSpec:
             raise SpecError(
                 "model", f"{where}: {attr} is {value!r}", f"use a number of bytes of at least 1024, e.g. {attr}=16 << 20, or leave it out"
             )
+    cap = spec.max_elements_per_request
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise SpecError("model", f"{where}: max_elements_per_request is {cap!r}", "use a positive int such as 1 << 20, or leave it out")
     if not isinstance(spec.max_rows_per_request, int) or spec.max_rows_per_request < 1:
         raise SpecError("model", f"{where}: max_rows_per_request is {spec.max_rows_per_request!r}", "use a positive int such as 4096")
     return spec

@@ -115,5 +115,9 @@ SPEC = ModelSpec(
     parity_cases=parity_cases,
     tolerance=Tolerance(atol=1e-5, rtol=1e-4),
     max_rows_per_request=256,
+    # Attention is quadratic in seq: one row of 16,000 tokens took 6.1 GB. At these caps a
+    # request costs at most 16 rows of 1,024 tokens' attention.
+    max_lengths={"seq": 1024},
+    max_elements_per_request=16384,
     example_request={"tokens": [3, 1, 4, 1, 5, 9, 2, 6]},
 )

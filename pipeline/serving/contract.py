@@ -58,6 +58,26 @@ def request_bytes(inputs: Sequence[Mapping[str, Any]], max_lengths: Mapping[str,
 
 
 LIMITS = ("max_request_bytes", "max_response_bytes", "max_batch_response_bytes")
+# A dynamic axis other than batch that the spec leaves unbounded gets this maximum:
+# attention is quadratic in it, and one row of 16,000 tokens took 6.1 GB in seq_encoder.
+DEFAULT_MAX_LENGTH = 4096
+# Elements of one input in one request (rows times every other axis) where the spec
+# declares no max_elements_per_request; never less than one row at its longest.
+DEFAULT_MAX_ELEMENTS = 1 << 20
+
+
+def max_lengths(inputs: Sequence[Mapping[str, Any]], declared: Mapping[str, int]) -> dict[str, int]:
+    """The longest each dynamic axis other than batch may be: as declared, else DEFAULT_MAX_LENGTH."""
+    axes = dict.fromkeys(d for t in inputs for d in t["shape"][1:] if isinstance(d, str))
+    return {axis: int(declared.get(axis, DEFAULT_MAX_LENGTH)) for axis in axes}
+
+
+def max_elements(inputs: Sequence[Mapping[str, Any]], lengths: Mapping[str, int], declared: int | None) -> int:
+    """Elements one input may have in one request: as declared, else DEFAULT_MAX_ELEMENTS or one longest row."""
+    if declared is not None:
+        return int(declared)
+    longest_row = max((math.prod(d if isinstance(d, int) else lengths[d] for d in t["shape"][1:]) for t in inputs), default=1)
+    return max(DEFAULT_MAX_ELEMENTS, longest_row)
 
 
 def limits(inputs: Sequence[Mapping[str, Any]], max_lengths: Mapping[str, int]) -> dict[str, int]:
@@ -237,10 +257,13 @@ class Contract:
         # A smaller variant ("int8", "fp16") says so, and names the one device its gate ran on.
         self.variant: str | None = data.get("variant")
         self.device: str | None = data.get("device")
-        # The longest each dynamic axis other than batch may be ({"seq": 512}); absent: any length.
-        self.max_lengths: dict[str, int] = dict(data.get("max_lengths") or {})
+        declared = dict(data.get("max_lengths") or {})
         # Sizes in bytes (see `limits`); an archive made before they were declared gets the defaults.
-        sizes = {**limits(self.inputs, self.max_lengths), **{k: data[k] for k in LIMITS if k in data}}
+        sizes = {**limits(self.inputs, declared), **{k: data[k] for k in LIMITS if k in data}}
+        # The longest each dynamic axis other than batch may be ({"seq": 512}), and the elements
+        # one input may have per request; an archive made before they were declared gets the defaults.
+        self.max_lengths = max_lengths(self.inputs, declared)
+        self.max_elements = max_elements(self.inputs, self.max_lengths, data.get("max_elements_per_request"))
         self.max_request_bytes = int(sizes["max_request_bytes"])  # the largest request body
         self.max_response_bytes = int(sizes["max_response_bytes"])  # the largest answer
         self.max_batch_response_bytes = int(sizes["max_batch_response_bytes"])  # one batch's answers together
@@ -270,6 +293,12 @@ class Contract:
                     f"'{name}' is {length} long along '{dim}'; this model takes at most {limit} "
                     f"(max_lengths in its contract): shorten it, or split it into pieces of at most {limit}"
                 )
+        elements = math.prod(shape)  # Python ints: no wrap-around, whatever the client declared
+        if elements > self.max_elements:
+            raise RequestError(
+                f"'{name}' has {elements:,} elements in this request; this model takes at most {self.max_elements:,} "
+                "per request (max_elements_per_request in its contract): send fewer rows, or shorter ones"
+            )
 
     def to_rows(self, tensor: dict, value) -> tuple[np.ndarray, bool]:
         """(array of rows in the full row shape, whether the request sent a single row)."""

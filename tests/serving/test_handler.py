@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.runtimes.runners import cuda_available
+from pipeline.serving.contract import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_LENGTH, Contract, RequestError
 from tests.helpers import FakeContext, archive_handler
 
 
@@ -321,5 +322,29 @@ def test_an_archive_without_declared_limits_gets_the_defaults():
 
     old = {k: v for k, v in WIDE.items() if not k.startswith("max_") or k == "max_rows_per_request"}
     contract = Contract(old)
-    assert (contract.max_request_bytes, contract.max_response_bytes, contract.max_lengths) == (1 << 20, MAX_RESPONSE_BYTES, {})
-    assert contract.parse({"tokens": [1] * 1000})[0]["tokens"].shape == (1, 1000)  # no length declared: any length
+    assert (contract.max_request_bytes, contract.max_response_bytes) == (1 << 20, MAX_RESPONSE_BYTES)
+    assert (contract.max_lengths, contract.max_elements) == ({"seq": DEFAULT_MAX_LENGTH}, DEFAULT_MAX_ELEMENTS)
+    assert contract.parse({"tokens": [1] * 1000})[0]["tokens"].shape == (1, 1000)
+    with pytest.raises(RequestError, match=f"at most {DEFAULT_MAX_LENGTH}"):  # no length declared: still bounded
+        contract.parse({"tokens": [1] * (DEFAULT_MAX_LENGTH + 1)})
+
+
+def test_an_attention_model_s_request_is_bounded_along_every_axis_and_in_elements():
+    """One row of 16,000 tokens took 6.1 GB in seq_encoder (attention is quadratic): refused from its
+    length, and many rows of allowed length from their element count, before anything is converted."""
+    from pipeline.spec import load_spec
+
+    spec = load_spec("seq_encoder")
+    declared = spec.contract()
+    assert declared["max_lengths"] == {"seq": 1024} and declared["max_elements_per_request"] == 16384
+    contract = Contract(declared)
+    with pytest.raises(RequestError, match="16000 long along 'seq'; this model takes at most 1024"):
+        contract.parse({"tokens": [1] * 16000})
+    with pytest.raises(RequestError, match="17,408 elements in this request; this model takes at most 16,384"):
+        contract.parse({"tokens": [[1] * 1024] * 17})
+    assert contract.parse({"tokens": [[1] * 1024] * 16})[0]["tokens"].shape == (16, 1024)
+    with pytest.raises(RequestError, match="at most 16,384 per request"):  # a declared shape (OIP) is checked the same way
+        contract.check_extent("tokens", [256, 1000])
+    # A spec that declares nothing still gets a cap: 1 Mi elements, or one longest row where that is more.
+    plain = Contract(dataclasses.replace(spec, max_lengths={}, max_elements_per_request=None).contract())
+    assert (plain.max_lengths, plain.max_elements) == ({"seq": DEFAULT_MAX_LENGTH}, DEFAULT_MAX_ELEMENTS)
