@@ -13,6 +13,7 @@ Each case returns a `HostileCase`; `pipeline.reliability` reports them, tests as
 from __future__ import annotations
 
 import functools
+import json
 import pickle
 import shutil
 import stat
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline.artifacts.names import ONNX
+from pipeline.artifacts.names import ARCHIVE_HANDLER, ARCHIVE_MANIFEST, ONNX
 from pipeline.errors import PipelineError
 from pipeline.reliability.faults import Project
 
@@ -202,6 +203,12 @@ def _lie_about_size(path: Path, name: str, size: int) -> Path:
     raise ValueError(f"{name} not found in {path}")
 
 
+def _other_handler(info: zipfile.ZipInfo, data: bytes) -> tuple[zipfile.ZipInfo, bytes]:
+    manifest = json.loads(data)
+    manifest["model"]["handler"] = "ts.torch_handler.base_handler"  # TorchServe's own, which unpickles
+    return info, json.dumps(manifest).encode()
+
+
 def archive_cases(project: Project, work: Path) -> list[HostileCase]:
     """Hostile variants of the real archive, each handed to inspect_archive (what serve.start runs)."""
     from pipeline.artifacts.archive import inspect_archive
@@ -219,6 +226,8 @@ def archive_cases(project: Project, work: Path) -> list[HostileCase]:
         "zip bomb (64 MiB of zeros as model.onnx)": replace_member(MODEL_NAME, as_zip_bomb),
         "unexpected extra member (notes.txt)": add_member("notes.txt", b"hello"),
         "model with external data inside the archive": replace_member(MODEL_NAME, lambda i, d: (i, external)),
+        "handler that runs os.system": replace_member(ARCHIVE_HANDLER, lambda i, d: (i, d + b"\nimport os\nos.system('id')\n")),
+        "MANIFEST.json naming another handler": replace_member(ARCHIVE_MANIFEST, _other_handler),
     }
     work.mkdir(parents=True, exist_ok=True)
     cases: list[HostileCase] = []

@@ -64,6 +64,8 @@ ARCHIVE_MESSAGES = {
     "unexpected extra member (notes.txt)": "expected exactly",
     "model with external data inside the archive": "points outside the model's folder",
     "size header declaring 4 GiB for model.onnx": "declares 4294967280 bytes",
+    "handler that runs os.system": "is not the installed pipeline's handler",
+    "MANIFEST.json naming another handler": "names the handler 'ts.torch_handler.base_handler'",
 }
 
 
