@@ -206,8 +206,9 @@ def node_kill_in_child(settings: Settings, work: Path, timeout: float = 240.0) -
     on 127.0.0.1 (set before Ray is imported), and a hung run is killed with its whole cluster."""
     work.mkdir(parents=True, exist_ok=True)
     out = work / "node_kill.json"
-    env = {**os.environ, **ray_server.LOOPBACK_ENV}
-    env.pop("RAY_ADDRESS", None)
+    # Token mode with a fresh private token, as the local launcher runs its cluster.
+    ray_server.write_ray_token(work / ray_server.RAY_TOKEN)
+    env = ray_server.local_cluster_env(work / ray_server.RAY_TOKEN, os.environ)
     command = [sys.executable, "-m", "pipeline.reliability.ray_nodes", str(settings.root), settings.model, str(work)]
     with open(work / "node_kill.log", "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

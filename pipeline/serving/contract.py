@@ -119,7 +119,8 @@ class RequestError(ValueError):
         self.code = code
 
 
-def _reject_constant(name: str):
+def reject_constant(name: str):
+    """json.loads' parse_constant: NaN and Infinity are not JSON numbers, so a request holding one is refused."""
     raise RequestError(f"{name} is not a number JSON allows; send finite numbers")
 
 
@@ -155,7 +156,7 @@ def _parse_strictly(body: bytes | bytearray | str):
         except UnicodeDecodeError as exc:
             raise RequestError(f"body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:
         raise RequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:

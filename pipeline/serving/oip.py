@@ -8,6 +8,11 @@ The binary tensor extension (raw bytes after a JSON header whose length is in th
 An infer request becomes the project's own JSON body ({input name: nested rows}), so the
 contract's checks, and their messages, are the same as on the JSON route; the answer's
 arrays go back as OIP tensors.
+
+Whatever the request holds is refused with a RequestError (a 400) rather than failing later:
+NaN and Infinity anywhere (JSON has neither), nesting too deep to parse, an "id" that is
+not a string, "parameters" that are not an object of booleans, numbers and strings, and a
+shape with more axes than the contract's.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import math
 
 import numpy as np
 
-from pipeline.serving.contract import Contract, RequestError
+from pipeline.serving.contract import Contract, RequestError, reject_constant
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # OIP datatype <-> numpy; BYTES (strings) has no place in a numeric contract.
@@ -58,6 +63,34 @@ def metadata(contract: Contract, platform: str = "onnxruntime_onnx") -> dict:
     }
 
 
+def _what(value) -> str:
+    """A JSON value named for an error message, without quoting all of it."""
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else "null"
+
+
+def _parameters(value, where: str) -> dict:
+    """An OIP "parameters" object: string keys to booleans, numbers or strings (the KServe v2 spec)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError(f'{where}"parameters" must be an object, got {_what(value)}')
+    for key, v in value.items():
+        if not isinstance(v, (bool, int, float, str)):
+            raise RequestError(f"{where}parameter {key!r} must be a boolean, a number or a string, got {_what(v)}")
+    return value
+
+
+def _flag(parameters: dict, key: str, where: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise RequestError(f"{where}parameter {key!r} must be true or false, got {_what(value)}")
+    return value
+
+
 def _split(raw: bytes, header_length: str | None) -> tuple[dict, bytes]:
     """The JSON header and the binary tail of an infer request."""
     if header_length is None:
@@ -70,12 +103,16 @@ def _split(raw: bytes, header_length: str | None) -> tuple[dict, bytes]:
         if not 0 < cut <= len(raw):
             raise RequestError(f"{HEADER_LENGTH} is {cut}, but the body has {len(raw)} bytes")
     try:
-        head = json.loads(raw[:cut].decode("utf-8"), parse_constant=lambda name: float("nan"))
+        head = json.loads(raw[:cut].decode("utf-8"), parse_constant=reject_constant)
+    except RequestError:
+        raise
     except UnicodeDecodeError as exc:
         raise RequestError(f"the JSON header is not valid UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise RequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except (RecursionError, ValueError) as exc:
+    except RecursionError:
+        raise RequestError("JSON nested too deeply") from None
+    except ValueError as exc:  # not a JSONDecodeError: an integer over Python's 4300-digit limit
         raise RequestError(f"unreadable JSON: {exc}") from None
     if not isinstance(head, dict):
         raise RequestError('an OIP infer request is a JSON object: {"inputs": [{"name", "shape", "datatype", "data"}]}')
@@ -103,6 +140,8 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
         if not isinstance(tensor, dict):
             raise RequestError('each entry of "inputs" must be an object {"name", "shape", "datatype", "data"}')
         name = tensor.get("name")
+        if not isinstance(name, str):
+            raise RequestError(f"each input's name must be a string, got {_what(name)}; this model takes {list(declared)}")
         if name not in declared:
             raise RequestError(f"unknown input {name!r}; this model takes {list(declared)}")
         if name in body:
@@ -118,10 +157,10 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
         count = math.prod(shape)  # exact: np.prod wraps around int64 (to 0 for [2**32, 2**32])
         if count == 0:  # nesting nothing into [2**30, 0, 0] would still build 2**30 lists
             raise RequestError(f"input {name!r} has shape {shape}, which holds no values; send at least one row")
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(tensor.get("parameters"), f"input {name!r}: ").get("binary_data_size")
         if size is not None:
             item = np.dtype(DATATYPES[want]).itemsize
-            if not isinstance(size, int) or size != count * item or offset + size > len(tail):
+            if isinstance(size, bool) or not isinstance(size, int) or size != count * item or offset + size > len(tail):
                 raise RequestError(
                     f"input {name!r}: binary_data_size {size!r} does not match shape {shape} of {want} "
                     f"({count * item} bytes) within the {len(tail) - offset} bytes left"
@@ -135,20 +174,29 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
             if values and all(not isinstance(v, list) for v in values) and len(values) != count:
                 raise RequestError(f"input {name!r} has {len(values)} values for shape {shape} ({count})")
             if values and any(isinstance(v, list) for v in values):
-                body[name] = values  # already nested: the contract checks its shape
+                body[name] = values  # already nested: the contract checks its shape (and depth)
                 continue
+        rank = len(declared[name]["shape"])
+        if len(shape) > rank:  # before nesting, which builds one level per axis
+            raise RequestError(f"input {name!r} has {len(shape)} axes; this model's {name!r} has {rank}: {_shape(declared[name])}")
         body[name] = _nest(values, shape) if shape else (values[0] if values else values)
     if offset != len(tail):
         raise RequestError(f"{len(tail) - offset} bytes of binary data follow the inputs that no input claims")
-    parameters = head.get("parameters") or {}
+    parameters = _parameters(head.get("parameters"), "")
     requested = head.get("outputs")
     outputs = [t["name"] for t in contract.outputs]
-    binary: dict[str, bool] = {n: bool(parameters.get("binary_data_output", False)) for n in outputs}
+    binary: dict[str, bool] = {n: _flag(parameters, "binary_data_output", "") for n in outputs}
     if requested is not None:
         if not isinstance(requested, list) or not all(isinstance(o, dict) and o.get("name") in outputs for o in requested):
             raise RequestError(f'"outputs" must name outputs of this model: {outputs}')
-        binary = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", False)) for o in requested}
-    return body, {"id": head.get("id"), "binary": binary}
+        binary = {}
+        for o in requested:
+            where = f"output {o['name']!r}: "
+            binary[o["name"]] = _flag(_parameters(o.get("parameters"), where), "binary_data", where)
+    request_id = head.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError(f'"id" must be a string, got {_what(request_id)}')
+    return body, {"id": request_id, "binary": binary}
 
 
 def encode_infer(answer: dict, plan: dict, contract: Contract) -> tuple[bytes, int | None]:

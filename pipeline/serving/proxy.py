@@ -128,6 +128,8 @@ def config(routes: list[Route], limits: Limits, error_dir: Path) -> str:
     lines = [
         "global",
         f"    maxconn {limits.connections}",
+        # One thread forwards far more than TorchServe answers; a second competes with it for cores.
+        "    nbthread 1",
         f"    tune.bufsize {limits.buffer_bytes}",
         "    log stderr format raw local0 info",
         "defaults",

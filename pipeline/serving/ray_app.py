@@ -12,14 +12,23 @@ Routes (all under the model's name, beside each other):
     GET  /v2, /v2/models/<model>, /v2/models/<model>/ready
     POST /v2/models/<model>/infer      Open Inference Protocol v2 (JSON and binary tensors)
 Ray Serve has no data-plane authentication, so the application checks a bearer token
-(read from a key file) on every inference and metadata route; only health is open.
-Bodies over the cap (the archive's max_request_bytes, as on TorchServe) get 413 with JSON.
+(read from a key file) first, on every path but the two health routes: without it, an
+unknown path is a 401 like any other, and only a caller with the token is told the routes.
+Bodies over the cap (the archive's max_request_bytes, as on TorchServe) get 413 with JSON;
+a body that has not arrived within body_timeout_s gets 408 and frees its replica slot.
+Serve's proxy answers 408 to a request not answered within HTTP_LIMITS' request_timeout_s,
+and 503 at once to one past max_queued_requests (while every replica slot is taken).
+
+What Ray does not let the application guard (Ray 2.60): its proxy answers /-/routes and
+/-/healthz itself, and reads each request's whole body into memory while the request waits
+for a replica, before the application sees its token or its length (see `_body`).
 
 Entry point for `serve run`, a Serve config file and KubeRay: `pipeline.serving.ray_app:build`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -46,6 +55,10 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Serve's logging for the proxy and the replicas: no access-log line per request (each one
 # flushed on its own); warnings and errors still reach Ray's logs.
 QUIET = {"enable_access_log": False, "log_level": "WARNING"}
+# Serve's http_options beside host and port: the proxy answers 408 to a request not answered
+# within this (queueing, body and inference together), and drops what it held of it.
+# TorchServe's default_response_timeout is the same 30 s.
+HTTP_LIMITS = {"request_timeout_s": 30.0}
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,8 @@ class RayAppOptions:
     max_request_bytes: int | None = None  # default: the archive's max_request_bytes, the cap TorchServe gets
     batch_size: int | None = None  # default: the archive's batchSize
     batch_wait_ms: float | None = None  # default: the archive's maxBatchDelay
+    body_timeout_s: float = 10.0  # a request body must arrive within this, or 408 (its replica slot is freed)
+    max_queued_requests: int = 64  # requests the proxy holds while every replica slot is taken; past it, 503 at once
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> RayAppOptions:
@@ -88,6 +103,10 @@ class RayAppOptions:
             raise PipelineError(
                 STAGE, f"need 1 <= min_replicas <= max_replicas, got {options.min_replicas} and {options.max_replicas}", "e.g. min 1, max 4"
             )
+        if not options.body_timeout_s > 0:
+            raise PipelineError(STAGE, f"body_timeout_s must be over 0, got {options.body_timeout_s}", "e.g. body_timeout_s=10")
+        if options.max_queued_requests < 1:
+            raise PipelineError(STAGE, f"max_queued_requests must be at least 1, got {options.max_queued_requests}", "e.g. 64")
         return options
 
     def to_args(self) -> dict[str, Any]:
@@ -216,47 +235,63 @@ class ModelServer:
 
     async def __call__(self, request):
         path = request.url.path.rstrip("/") or "/"
+        # The token first: without it, an unknown path is no different from a known one.
+        if path not in self.open_paths and not self._authorized(request):
+            return _error(
+                401, "missing or wrong bearer token: send the header Authorization: Bearer <token> (python -m pipeline token --on ray)"
+            )
         route = self.routes.get((request.method, path))
         if route is None:
             if any(p == path for _, p in self.routes):
                 return _error(405, f"{request.method} is not allowed on {path}")
             return _error(404, f"no route {path}; this server has {sorted({p for _, p in self.routes})}")
-        if path not in self.open_paths and not self._authorized(request):
-            return _error(
-                401, "missing or wrong bearer token: send the header Authorization: Bearer <token> (python -m pipeline token --on ray)"
-            )
         return await route(request)
 
     def _authorized(self, request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8"), self.token)
 
-    async def _body(self, request) -> bytes | None:
-        """The body, or None once it passes the cap (read no further)."""
-        cap = self.max_request_bytes
+    async def _body(self, request) -> bytes:
+        """The body, read within body_timeout_s and no further than the cap; else a RequestError (408, 413).
+
+        By the time this runs, Ray's proxy may hold the whole body already: its
+        `proxy_asgi_receive` task (ray/serve/_private/proxy.py, HTTPProxy.send_request_to_replica)
+        reads every chunk into an unbounded queue from the moment a request is routed, while
+        it waits for a replica, and no Ray setting bounds it. What bounds it is time:
+        request_timeout_s (HTTP_LIMITS), and max_queued_requests for how many may wait.
+        """
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            return None
+        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise self._too_large()
+        try:
+            return await asyncio.wait_for(self._read(request), self.options.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(
+                f"the request body did not arrive within {self.options.body_timeout_s:g} s; send it whole, at once", code=408
+            ) from None
+
+    async def _read(self, request) -> bytes:
         chunks, total = [], 0
         async for chunk in request.stream():
             total += len(chunk)
-            if total > cap:
-                return None
+            if total > self.max_request_bytes:
+                raise self._too_large()  # read no further
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _too_large(self):
+    def _too_large(self) -> RequestError:
         source = (
             "the application's max_request_bytes option"
             if self.options.max_request_bytes
             else "max_request_bytes in the model's io_contract.json"
         )
-        return _error(413, f"request body over {self.max_request_bytes} bytes ({source}); send fewer rows per request")
+        return RequestError(f"request body over {self.max_request_bytes} bytes ({source}); send fewer rows per request", code=413)
 
     async def native(self, request):
-        raw = await self._body(request)
-        if raw is None:
-            return self._too_large()
+        try:
+            raw = await self._body(request)
+        except RequestError as exc:
+            return _error(exc.code, str(exc))
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         # TorchServe turns a form body into fields; the contract's hint is the same here.
         item = {} if content_type in FORM_TYPES else {"body": raw}
@@ -264,10 +299,8 @@ class ModelServer:
         return _json(answer.status, answer.body)
 
     async def infer(self, request):
-        raw = await self._body(request)
-        if raw is None:
-            return self._too_large()
         try:
+            raw = await self._body(request)
             body, plan = oip.decode_infer(raw, request.headers.get(oip.HEADER_LENGTH), self.contract)
         except RequestError as exc:
             return _error(exc.code, str(exc))
@@ -302,9 +335,10 @@ def max_ongoing(options: RayAppOptions) -> int:
 
 
 def deployment_options(options: RayAppOptions) -> dict[str, Any]:
-    """Replicas or autoscaling, resources, and enough ongoing requests for batches to fill."""
+    """Replicas or autoscaling, resources, enough ongoing requests for batches to fill, and a bounded queue."""
     out: dict[str, Any] = {
         "max_ongoing_requests": max_ongoing(options),
+        "max_queued_requests": options.max_queued_requests,
         "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
         "health_check_period_s": 2,
         "health_check_timeout_s": 10,

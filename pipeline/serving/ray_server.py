@@ -6,8 +6,14 @@ application (`pipeline.serving.ray_app`) and holds the cluster until `stop`. Wit
 address (`--address` or RAY_ADDRESS), the application is deployed onto that cluster and
 `stop` deletes it; the cluster itself is yours.
 
+Ray's token mode is required either way. The local cluster always runs with it
+(RAY_AUTH_MODE=token whatever the environment says) and a fresh token of its own; a
+cluster given by address is refused unless this environment has RAY_AUTH_MODE=token and
+the cluster's token (RAY_AUTH_TOKEN, or a 0600 file named by RAY_AUTH_TOKEN_PATH).
+
 Each model's Ray server runs from `run/<model>/ray/`: key_file.json (the bearer token,
-mode 0600, the same format as TorchServe's), server.json (what `stop` needs) and logs/.
+mode 0600, the same format as TorchServe's), ray_token (the local cluster's Ray token,
+mode 0600; nothing is written to ~/.ray), server.json (what `stop` needs) and logs/.
 Readiness means a real request was answered, not only that Serve says RUNNING.
 """
 
@@ -24,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,7 @@ from pipeline.artifacts.archive import verified_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
 from pipeline.serving.client import Endpoint
-from pipeline.serving.ray_app import QUIET, RayAppOptions
+from pipeline.serving.ray_app import HTTP_LIMITS, QUIET, RayAppOptions
 from pipeline.serving.server import free_port, port_in_use
 from pipeline.settings import Layout, Settings, resolve
 
@@ -44,6 +51,7 @@ DEFAULT_HTTP_PORT = 8000
 # Ray binds its servers to the node's address; with this set (Ray's own switch for
 # single-machine clusters) the node's address is 127.0.0.1, so nothing listens outside.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+RAY_TOKEN = "ray_token"  # the local cluster's control-plane token, beside key_file.json
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,9 @@ class RayInfo(Endpoint):
     replicas: str
     pid: int | None = None  # the launcher holding a local cluster; None on a cluster given by address
     address: str | None = None
-    temp_dir: str | None = None  # the local cluster's Ray temp folder: every one of its processes names it
+    # The local cluster's private folder (0700); Ray's temp folder, which every one of its
+    # processes names, is ray/ inside it.
+    temp_dir: str | None = None
 
     def processes(self) -> list[psutil.Process]:
         """The launcher and every Ray process of its cluster (none for a cluster given by address)."""
@@ -97,13 +107,65 @@ def load_info(layout: Layout) -> RayInfo | None:
     return RayInfo(**json.loads(path.read_text())) if path.exists() else None
 
 
-def write_key_file(path: Path) -> None:
-    """A fresh bearer token, readable by this user only."""
+def _write_private(path: Path, text: str) -> None:
+    """`text` in a new file that is mode 0600 from its creation (never a file someone else made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"inference": {"key": secrets.token_urlsafe(24)}}, f)
+        f.write(text)
+
+
+def write_key_file(path: Path) -> None:
+    """A fresh bearer token, readable by this user only."""
+    _write_private(path, json.dumps({"inference": {"key": secrets.token_urlsafe(24)}}))
+
+
+def write_ray_token(path: Path) -> None:
+    """A fresh token for Ray's control plane, readable by this user only (Ray reads the file's first line)."""
+    _write_private(path, secrets.token_hex(32) + "\n")
+
+
+def local_cluster_env(token_file: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` for the processes of a local cluster: every server on loopback, token mode on
+    whatever `environ` says, and the token read from `token_file`.
+
+    Ray takes RAY_AUTH_TOKEN before RAY_AUTH_TOKEN_PATH (AuthenticationTokenLoader::
+    TryLoadTokenFromSources), so one inherited here is dropped; with the token found, Ray
+    neither reads nor writes ~/.ray/auth_token (ensure_token_if_auth_enabled).
+    """
+    env = {k: v for k, v in environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    return {**env, **LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+
+
+def require_token_auth(environ: Mapping[str, str], cluster: str) -> None:
+    """Refuse to join `cluster` unless Ray's token mode is on in `environ` and a private token is there.
+
+    Ray looks in the same places (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, then
+    ~/.ray/auth_token); a token file that other users can read is refused, as a key file is.
+    """
+    fix = (
+        "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's token (or RAY_AUTH_TOKEN_PATH to a file "
+        "of mode 0600 holding it), as on every node of the cluster, then run again"
+    )
+    mode = environ.get("RAY_AUTH_MODE", "")
+    if mode.lower() != "token":
+        raise PipelineError(
+            STAGE, f"Ray's token mode is off (RAY_AUTH_MODE={mode or 'unset'}): refusing to deploy onto {cluster} without it", fix
+        )
+    if environ.get("RAY_AUTH_TOKEN", "").strip():
+        return
+    named = environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(named) if named else Path(environ.get("HOME", "~")).expanduser() / ".ray" / "auth_token"
+    try:
+        mode_bits = path.stat().st_mode & 0o777
+        token = (path.read_text(errors="replace").splitlines() or [""])[0].strip()
+    except OSError:
+        mode_bits, token = 0, ""
+    if not token:
+        raise PipelineError(STAGE, f"no Ray token for {cluster}: RAY_AUTH_TOKEN is unset and {path} is missing or empty", fix)
+    if mode_bits & 0o077:
+        raise PipelineError(STAGE, f"the Ray token file {path} is open to other users (mode {mode_bits:o})", f"chmod 600 {path}")
 
 
 def app_options(settings: Settings, replicas: str, key_file: Path, **extra: Any) -> RayAppOptions:
@@ -128,7 +190,8 @@ def deploy(options: RayAppOptions, name: str, http_port: int | None, proxy_locat
     from pipeline.serving.ray_app import build
 
     if http_port is not None:
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port}, proxy_location=proxy_location, logging_config=QUIET)
+        http_options = {"host": "127.0.0.1", "port": http_port, **HTTP_LIMITS}
+        serve.start(http_options=http_options, proxy_location=proxy_location, logging_config=QUIET)
     serve.run(build(options.to_args()), name=name, route_prefix="/", blocking=False, logging_config=QUIET)
     # serve.run returns once the application is RUNNING: replicas constructed and healthy.
 
@@ -144,6 +207,8 @@ def start(
     """Deploy the archive on Ray; return once a real request has been answered."""
     spec, layout = resolve(settings)
     require_ray()
+    if address:  # refused before anything is written (_connect checks it again, for stop too)
+        require_token_auth(os.environ, f"the Ray cluster at {address}")
     folder = run_dir(layout)
     existing = load_info(layout)
     if existing is not None and (existing.processes() or existing.address):
@@ -169,10 +234,11 @@ def start(
 
 
 def _connect(address: str) -> None:
-    """Join the cluster at `address` as a driver, or say why not."""
+    """Join the cluster at `address` as a driver (in token mode only), or say why not."""
     import ray
     from ray.exceptions import AuthenticationError
 
+    require_token_auth(os.environ, f"the Ray cluster at {address}")
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except AuthenticationError:
@@ -210,10 +276,14 @@ def _launch(options: RayAppOptions, name: str, folder: Path, port: int, replicas
     status.unlink(missing_ok=True)
     config = folder / "launch.json"
     # Short and in /tmp: Ray's sockets live under it, and a Unix socket path has 107 bytes.
+    # mkdtemp makes it 0700. Ray makes its temp folder and the session's, sockets/ and logs/
+    # in it 0777 (try_to_create_directory in ray/_common/utils.py), so Ray gets a folder
+    # inside this one: what Ray opens to everyone stays behind a door only we can pass.
     temp_dir = tempfile.mkdtemp(prefix="pipeline-ray-")
-    files.write_json(config, {"options": options.to_args(), "name": name, "http_port": port, "status": str(status), "temp_dir": temp_dir})
-    env = {**os.environ, **LOOPBACK_ENV}
-    env.pop("RAY_ADDRESS", None)
+    ray_temp = str(Path(temp_dir) / "ray")
+    files.write_json(config, {"options": options.to_args(), "name": name, "http_port": port, "status": str(status), "temp_dir": ray_temp})
+    write_ray_token(folder / RAY_TOKEN)
+    env = local_cluster_env(folder / RAY_TOKEN, os.environ)
     with open(folder / "logs" / "launcher.log", "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.serving.ray_server", str(config)],
@@ -291,7 +361,7 @@ def stop_info(info: RayInfo, timeout: float = 30.0) -> bool:
             shutil.rmtree(info.temp_dir, ignore_errors=True)
         stopped = bool(procs)
     folder = Path(info.run_dir)
-    for name in ("key_file.json", "server.json", "launcher.json"):
+    for name in ("key_file.json", RAY_TOKEN, "server.json", "launcher.json"):
         (folder / name).unlink(missing_ok=True)
     return stopped
 
@@ -318,6 +388,11 @@ def _launcher(config_path: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    try:
+        require_token_auth(os.environ, "the local cluster")  # set by _launch; checked again before Ray starts
+    except PipelineError as exc:
+        files.write_json(status, {"error": f"{exc.problem}; {exc.fix}"})
+        return 1
     ray.init(include_dashboard=False, logging_level=logging.WARNING, object_store_memory=256 << 20, _temp_dir=config["temp_dir"])
     try:
         deploy(RayAppOptions.from_args(config["options"]), config["name"], config["http_port"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -99,6 +100,56 @@ def test_bad_oip_requests_say_what_is_wrong(head, arrays, header, message):
         oip.decode_infer(raw, length if header else None, CONTRACT)
 
 
+X = {"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}
+
+
+@pytest.mark.parametrize(
+    "head, message",
+    [
+        ({"inputs": [{**X, "shape": [1] * 3000}]}, "has 3000 axes; this model's 'x' has 2: [-1, 1]"),  # was a RecursionError
+        ({"id": float("nan"), "inputs": [X]}, "NaN is not a number JSON allows"),  # accepted, then failed as it was answered
+        ({"id": float("inf"), "inputs": [X]}, "Infinity is not a number JSON allows"),
+        ({"id": 7, "inputs": [X]}, '"id" must be a string, got 7'),
+        ({"id": ["a"], "inputs": [X]}, '"id" must be a string, got an array'),
+        ({"parameters": {"p": float("-inf")}, "inputs": [X]}, "-Infinity is not a number JSON allows"),
+        ({"inputs": [{**X, "data": [float("-inf")]}]}, "-Infinity is not a number JSON allows"),
+        ({"parameters": [1], "inputs": [X]}, '"parameters" must be an object, got an array'),
+        ({"parameters": {"p": {"q": 1}}, "inputs": [X]}, "parameter 'p' must be a boolean, a number or a string, got an object"),
+        ({"parameters": {"binary_data_output": "yes"}, "inputs": [X]}, "'binary_data_output' must be true or false"),
+        ({"inputs": [{**X, "parameters": [1]}]}, "input 'x': \"parameters\" must be an object"),
+        ({"inputs": [X], "outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}, "output 'y': parameter 'binary_data' must be true"),
+        ({"inputs": [{**X, "name": ["x"]}]}, "each input's name must be a string, got an array"),  # was unhashable: a 500
+    ],
+    ids=[
+        "3000 axes",
+        "NaN id",
+        "Infinity id",
+        "number id",
+        "array id",
+        "-Infinity parameter",
+        "-Infinity data",
+        "parameters array",
+        "nested parameter",
+        "string flag",
+        "input parameters array",
+        "number flag",
+        "array name",
+    ],
+)
+def test_odd_json_is_refused_with_what_is_wrong(head, message):
+    """Each of these was a 500, or an answer that could not be encoded; each must be a RequestError (a 400)."""
+    with pytest.raises(RequestError, match=re.escape(message)):
+        oip.decode_infer(json.dumps(head).encode(), None, CONTRACT)
+
+
+@pytest.mark.parametrize("where", ["inputs", "parameters", "id"])
+def test_json_nested_too_deeply_is_refused(where):
+    deep = "[" * 100_000 + "]" * 100_000  # 200 kB, within the body cap
+    raw = f'{{"{where}": {deep}}}'.encode()
+    with pytest.raises(RequestError, match="JSON nested too deeply"):
+        oip.decode_infer(raw, None, CONTRACT)
+
+
 def test_a_header_length_beyond_the_body_is_refused():
     with pytest.raises(RequestError, match="the body has 2 bytes"):
         oip.decode_infer(b"{}", "10", CONTRACT)
@@ -130,6 +181,8 @@ def _options(**kw) -> dict:
         ({"replicas": "many"}, "positive integer or 'auto'"),
         ({"replicas": 0}, "at least 1"),
         ({"min_replicas": 3, "max_replicas": 2}, "min_replicas"),
+        ({"body_timeout_s": 0}, "body_timeout_s must be over 0"),
+        ({"max_queued_requests": 0}, "max_queued_requests must be at least 1"),
     ],
 )
 def test_bad_options_are_refused(kw, message):
@@ -150,6 +203,9 @@ def test_replicas_or_autoscaling():
     assert auto["max_ongoing_requests"] >= 16  # at least twice any batch the archive declares by default
     sized = deployment_options(RayAppOptions.from_args(_options(batch_size=32)))
     assert sized["max_ongoing_requests"] >= 32
+    # Past this many waiting at the proxy, Serve answers 503 at once instead of holding (and buffering) more.
+    assert fixed["max_queued_requests"] == auto["max_queued_requests"] == 64
+    assert deployment_options(RayAppOptions.from_args(_options(max_queued_requests=8)))["max_queued_requests"] == 8
 
 
 def test_archive_with_another_hash_is_refused(built_root, tmp_path):

@@ -6,15 +6,19 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPResponse
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
 from pipeline.reliability.served_faults import LOOPBACK
-from pipeline.serving import ray_server
+from pipeline.serving import ray_app, ray_server
 from pipeline.serving.client import http
 from pipeline.settings import Settings
 from tests.helpers import MEASUREMENTS
@@ -25,12 +29,25 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (make te
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a dev dependency (make setup)")
 
 
+BODY_TIMEOUT_S = 3.0  # the application's body_timeout_s here, short for the test that waits it out
+
+
 @pytest.fixture(scope="module")
-def app(built_root, tmp_path_factory):
+def home(tmp_path_factory):
+    """The launcher's HOME: Ray must write nothing to ~/.ray (it wrote a 0644 auth_token there)."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def app(built_root, tmp_path_factory, home):
     root = tmp_path_factory.mktemp("ray") / "project"
     shutil.copytree(built_root, root)
     settings = Settings(root=root)
-    info = ray_server.start(settings, auto_ports=True, timeout=120)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HOME", str(home))
+        env.setenv("RAY_AUTH_MODE", "disabled")  # the launcher turns token mode on whatever this says
+        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))  # and drops this: Ray would read it before its own token file
+        info = ray_server.start(settings, auto_ports=True, timeout=120, body_timeout_s=BODY_TIMEOUT_S)
     yield info
     assert ray_server.stop(settings)
     assert info.processes() == [], "Ray processes left behind"
@@ -77,15 +94,51 @@ def test_every_inference_and_metadata_route_needs_the_token(app, method, path, t
     assert status == 401 and "bearer token" in json.loads(answer)["error"]
 
 
-def test_health_is_open_and_unknown_routes_are_404(app):
+def test_only_health_is_open_and_only_the_token_holder_is_told_the_routes(app):
     assert http("GET", app.inference + "/v2/health/live")[0] == 200
     assert http("GET", app.inference + "/v2/health/ready")[0] == 200
+    for method, path in [("GET", "/v2/models/other"), ("POST", "/nothing"), ("GET", "/"), ("PUT", "/predictions/simple_nn")]:
+        status, answer = http(method, app.inference + path, b"{}" if method != "GET" else None)
+        assert status == 401 and b"/v2/models/simple_nn" not in answer, (path, answer)  # the token first, routes after
     status, answer = http("GET", app.inference + "/v2/models/other", token=app.token())
     assert status == 404 and "/v2/models/simple_nn" in json.loads(answer)["error"]
+    # Ray's proxy answers /-/routes itself, before any application: it can only be narrowed to
+    # the one route prefix, "/", and the application's name; the routes inside stay unlisted.
+    status, answer = http("GET", app.inference + "/-/routes")
+    assert status == 200 and json.loads(answer) == {"/": app.model}
 
 
 def test_key_file_is_private(app):
     assert stat.S_IMODE(os.stat(app.key_file).st_mode) == 0o600
+
+
+def test_the_cluster_runs_in_token_mode_with_its_own_private_token(app, home):
+    token = Path(app.run_dir) / ray_server.RAY_TOKEN
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    # The servers that check Ray's token, and a replica. (Ray's agents retitle themselves with
+    # setproctitle, which writes over the environment the kernel shows for them.)
+    kinds = {"pipeline.serving.ray_server": "launcher", "gcs_server": "GCS", "raylet/raylet": "raylet", "ray::ServeReplica": "replica"}
+    seen = {}
+    for proc in app.processes():
+        line = " ".join(proc.cmdline())
+        for mark, kind in kinds.items():
+            if mark in line:
+                seen[kind] = proc.environ()
+    assert sorted(seen) == sorted(kinds.values())
+    for kind, env in seen.items():
+        assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN_PATH"], env.get("RAY_AUTH_TOKEN")) == ("token", str(token), None), kind
+    assert not (home / ".ray").exists()
+
+
+def test_rays_sockets_lie_behind_a_folder_only_we_can_enter(app):
+    """Ray makes its temp, session, sockets/ and logs/ folders 0777; the folder they lie in is 0700."""
+    private = Path(app.temp_dir)
+    info = private.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.getuid()
+    sockets = (private / "ray" / "session_latest" / "sockets").resolve()
+    assert any(p.name.startswith("raylet") for p in sockets.iterdir())
+    closed = next(p for p in sockets.parents if not stat.S_IMODE(p.stat().st_mode) & 0o011)  # no one else may pass it
+    assert closed == private and closed.stat().st_uid == os.getuid()
 
 
 def test_concurrent_clients_get_their_own_answers(app):
@@ -100,8 +153,11 @@ def test_concurrent_clients_get_their_own_answers(app):
 
 def test_every_ray_port_is_on_loopback_but_the_replicas_internal_grpc(app):
     """Ray's servers bind the node address, 127.0.0.1 here. Ray Serve 2.60's replica binds its
-    inter-deployment gRPC server to [::]:0 in code (replica.py), with no setting: that one
-    listener is named in the README, and nothing else may listen outside loopback."""
+    inter-deployment gRPC server to [::]:0 in code (replica.py, `_on_initialized`), with no
+    setting: that one listener is named in the README, nothing else may listen outside
+    loopback, and that one refuses a call without Ray's token (token mode's interceptor)."""
+    import grpc
+
     outside = []
     for proc in app.processes():
         try:
@@ -112,6 +168,42 @@ def test_every_ray_port_is_on_loopback_but_the_replicas_internal_grpc(app):
             continue
     assert all(cmd.startswith("ray::ServeReplica") for cmd, _, _ in outside), outside
     assert len(outside) <= 1, outside
+    for _, _, port in outside:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _stalled_request(info, token: str) -> socket.socket:
+    """A request that declares a 1000-byte body and sends none of it."""
+    port = int(info.inference.rsplit(":", 1)[1])
+    conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = (
+        f"POST /predictions/{info.model} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    conn.sendall(head.encode())
+    return conn
+
+
+def test_bodies_that_never_come_free_their_slots(app):
+    """More stalled bodies than a replica has slots: each is a 408 after body_timeout_s, and a real request is answered meanwhile."""
+    stalled = [_stalled_request(app, app.token()) for _ in range(ray_app.DEFAULT_MAX_ONGOING + 6)]
+    try:
+        started = time.monotonic()
+        assert post(app, {"x": 1.0}, timeout=30)[0] == 200
+        waited = time.monotonic() - started
+        answers = []
+        for conn in stalled:
+            response = HTTPResponse(conn)
+            response.begin()
+            answers.append((response.status, response.read()))
+    finally:
+        for conn in stalled:
+            conn.close()
+    MEASUREMENTS.append(f"Ray Serve: a request behind {len(stalled)} stalled bodies answered in {waited:.1f} s")
+    assert waited < 3 * BODY_TIMEOUT_S + 5
+    assert all(status == 408 and b"did not arrive within" in body for status, body in answers), answers[:2]
 
 
 # --- the Open Inference Protocol, through tritonclient ------------------------------------
@@ -166,13 +258,25 @@ def test_oip_bad_request_is_a_400(triton, shape, dtype, data, message):
     assert "[400]" in str(raised.value) and message in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "head, message",
+    [
+        ({"inputs": [{"name": "x", "shape": [1] * 3000, "datatype": "FP32", "data": [1.0]}]}, "has 3000 axes"),
+        ({"id": float("nan"), "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}, "NaN is not a number"),
+        ({"parameters": {"p": float("-inf")}, "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, "-Infinity"),
+    ],
+    ids=["3000 axes", "NaN id", "-Infinity parameter"],
+)
+def test_oip_odd_json_is_a_400_not_a_500(app, head, message):
+    status, answer = http("POST", f"{app.inference}/v2/models/simple_nn/infer", json.dumps(head).encode(), app.token())
+    assert status == 400 and message in json.loads(answer)["error"], answer
+
+
 # --- start, stop, time to answer ----------------------------------------------------------
 
 
 def test_serve_to_a_ready_answer_and_stop(built_root, tmp_path):
     """`serve --on ray` returns only once a real request was answered; stop leaves nothing."""
-    import time
-
     root = tmp_path / "project"
     shutil.copytree(built_root, root)
     settings = Settings(root=root)

@@ -61,6 +61,10 @@ def test_its_args_build_the_real_application(built, tmp_path):
     deployment = ray_app.deployment(ray_app.RayAppOptions.from_args(args))  # what build() binds
     assert deployment.func_or_class is ray_app.ModelServer
     assert deployment.max_ongoing_requests >= 16 and deployment.ray_actor_options["num_cpus"] == 1.0
+    assert deployment.max_queued_requests == ray_app.RayAppOptions.max_queued_requests
+    from ray.serve.schema import HTTPOptionsSchema
+
+    assert set(serve_config["http_options"]) <= set(HTTPOptionsSchema.model_fields)  # Serve's own names, or it ignores them
     assert ray_app.deployment_options(ray_app.RayAppOptions.from_args(args))["autoscaling_config"]["max_replicas"] == args["max_replicas"]
     rayservice.write(layout)  # leave the shared project as the package stage wrote it
 
@@ -71,3 +75,52 @@ def test_a_bad_option_is_refused_before_anything_is_written(built, capsys):
     assert cli.main(["rayservice", "--root", str(layout.root), "--replicas", "none"]) == 1
     assert "replicas must be a positive integer or 'auto'" in capsys.readouterr().err
     assert rayservice.path_for(layout).read_text() == before
+
+
+def _templates(service: dict) -> list[dict]:
+    cluster = service["spec"]["rayClusterConfig"]
+    return [cluster["headGroupSpec"]["template"], *(group["template"] for group in cluster["workerGroupSpecs"])]
+
+
+@pytest.mark.parametrize("replicas", ["2", "auto"])
+def test_every_ray_container_is_unprivileged_on_a_read_only_root(replicas):
+    service = rayservice.manifest_for("simple_nn", "0" * 64, "/models/simple_nn.mar", replicas=replicas)
+    containers = []
+    for template in _templates(service):
+        pod = template["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            containers.append(container["securityContext"])
+            [tmp] = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]  # Ray's /tmp/ray and the replicas' folders
+            assert "emptyDir" in volumes[tmp["name"]] and not tmp.get("readOnly")
+            assert not any(m["mountPath"].startswith(rayservice.API_DIR) for m in container["volumeMounts"])
+    autoscaler = service["spec"]["rayClusterConfig"].get("autoscalerOptions")
+    if replicas == "auto":  # KubeRay adds the autoscaler to the head pod: the same guards, and the API token for it alone
+        containers.append(autoscaler["securityContext"])
+        mounts = {m["mountPath"]: m["name"] for m in autoscaler["volumeMounts"]}
+        head_volumes = {v["name"]: v for v in _templates(service)[0]["spec"]["volumes"]}
+        assert "emptyDir" in head_volumes[mounts["/tmp"]] and "projected" in head_volumes[mounts[rayservice.API_DIR]]
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in autoscaler["env"]
+    else:
+        assert autoscaler is None
+    for security in containers:
+        assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"] == {"drop": ["ALL"]} and security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_the_network_policy_admits_the_serve_port_from_the_namespace_and_ray_ports_from_the_cluster(built):
+    _, layout = built
+    found = rayservice.objects(rayservice.path_for(layout))
+    assert sorted(found) == ["NetworkPolicy", "RayService"]
+    policy, serve_config = found["NetworkPolicy"]["spec"], rayservice.read(rayservice.path_for(layout))[1]
+    labels = policy["podSelector"]["matchLabels"]
+    assert labels and all(labels.items() <= t["metadata"]["labels"].items() for t in _templates(found["RayService"]))
+    assert policy["policyTypes"] == ["Ingress"]
+    rules = {tuple(p["port"] for p in rule.get("ports", [])): rule["from"] for rule in policy["ingress"]}
+    assert rules == {
+        (): [{"podSelector": {"matchLabels": labels}}],  # every port, from the cluster's own pods only
+        (serve_config["http_options"]["port"],): [{"podSelector": {}}],  # Serve, from this namespace's pods (no namespaceSelector)
+        (8265,): [{"namespaceSelector": {}, "podSelector": {"matchLabels": rayservice.OPERATOR_LABELS}}],  # KubeRay submits there
+    }
+    assert serve_config["http_options"]["request_timeout_s"] == ray_app.HTTP_LIMITS["request_timeout_s"]
