@@ -127,7 +127,7 @@ def test_reliability_report_for_one_section(tmp_path, capsys):
     assert code == 0, out
     report = json.loads((tmp_path / "reports" / "reliability.json").read_text())
     assert report["passed"] and report["sections"] == ["hostile"]
-    assert report["summary"]["bad_files_tried"] == report["summary"]["bad_files_refused"] == 16
+    assert report["summary"]["bad_files_tried"] == report["summary"]["bad_files_refused"] == 18
     assert all(c["refused"] and not c["payload_ran"] for c in report["details"]["hostile"])
     md = (tmp_path / "reports" / "reliability.md").read_text()
     assert md.startswith("# Reliability: simple_nn (quick run)") and "## Hostile files" in md
