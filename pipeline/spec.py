@@ -116,6 +116,59 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class Labels:
+    """Class names for an output's last axis (a classifier's logits): answers carry the
+    top-k names with their softmax scores beside the raw values. `names[i]` is class i's name.
+
+    {"logits": [-1.2, 1.4], "labels": [{"label": "POSITIVE", "score": 0.93}, {"label": "NEGATIVE", "score": 0.07}]}
+    for one row; a list of rows gets one such list per row, and a token classifier's
+    [batch, seq, classes] one per token (`pipeline.serving.contract.top_labels`).
+    """
+
+    output: str
+    names: tuple[str, ...]
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """Texts in: `{"text": "..."}` or a list of texts, tokenized in the worker with this
+    `tokenizer.json` (the `tokenizers` library), which travels in the archive, verified by hash.
+
+    The tokens feed the model's inputs of these names that it has (`input_ids`,
+    `attention_mask`, `token_type_ids`); a text longer than `max_length` tokens is truncated,
+    or refused with a 400 where `truncate` is False.
+    """
+
+    tokenizer: Path
+    max_length: int
+    truncate: bool = True
+    max_texts: int = 64
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Images in (a raw JPEG or PNG body, base64 in JSON, or multipart), decoded with Pillow
+    into the model input `input` [batch, 3, height, width]: resized (the shortest edge to
+    `resize_shortest_edge`, or to exactly `resize`), centre-cropped to `crop`, scaled by
+    `rescale`, then normalised with `mean` and `std` per channel. An image of more than
+    `max_pixels` pixels is refused before it is decoded (Pillow's bomb limit, set explicitly).
+    """
+
+    input: str
+    height: int
+    width: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize_shortest_edge: int | None = None
+    resize: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    rescale: float = 1 / 255
+    resample: str = "bilinear"
+    max_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything the pipeline needs to know about one model."""
 
@@ -163,6 +216,11 @@ class ModelSpec:
     calibration_inputs: Callable[[np.random.Generator], Feed] | None = None
     # A request body users can paste to try the endpoint.
     example_request: Mapping[str, Any] | None = None
+    # Real inputs and readable answers (README "Hugging Face checkpoints"): texts tokenized,
+    # or images decoded, in the worker; class names for a classifier's output.
+    text_input: TextInput | None = None
+    image_input: ImageInput | None = None
+    labels: Labels | None = None
     source: Path | None = field(default=None, compare=False)
 
     def contract(self, cuda_precision: str | None = None) -> dict[str, Any]:
@@ -185,9 +243,27 @@ class ModelSpec:
             **{k: v for k in ("max_request_bytes", "max_response_bytes") if (v := getattr(self, k)) is not None},
             "cuda_precision": cuda_precision or self.cuda_precision,
         }
+        if self.image_input is not None and self.max_request_bytes is None:
+            contract["max_request_bytes"] = max(contract["max_request_bytes"], served.IMAGE_REQUEST_BYTES)
         example = served.small_example(self.example_request)
         if example is not None:
             contract["example_request"] = example
+        # Real inputs (pipeline.serving.preprocess) and class names: the tokenizer travels in
+        # the archive as tokenizer.json, and its hash here is what every server checks it against.
+        if self.text_input is not None:
+            tokenizer = tokenizer_file(self)
+            contract["text_input"] = {
+                "tokenizer": "tokenizer.json",
+                "sha256": hashlib.sha256(tokenizer.read_bytes()).hexdigest(),
+                "max_length": self.text_input.max_length,
+                "truncate": self.text_input.truncate,
+                "max_texts": self.text_input.max_texts,
+            }
+        if self.image_input is not None:
+            image = dataclasses.asdict(self.image_input)
+            contract["image_input"] = {k: list(v) if isinstance(v, tuple) else v for k, v in image.items()}
+        if self.labels is not None:
+            contract["labels"] = {"output": self.labels.output, "names": list(self.labels.names), "top_k": self.labels.top_k}
         return contract
 
     def request_example(self) -> dict[str, Any]:
@@ -259,9 +335,26 @@ class ModelSpec:
 
 
 # What only the archive and the servers read: the package stage's contract records them.
+# (text_input and image_input are not: parity checks tokenized texts and a decoded image.)
 SERVING_ONLY = frozenset(
-    {"example_request", "max_rows_per_request", "max_lengths", "max_elements_per_request", "max_request_bytes", "max_response_bytes"}
+    {
+        "example_request",
+        "max_rows_per_request",
+        "max_lengths",
+        "max_elements_per_request",
+        "max_request_bytes",
+        "max_response_bytes",
+        "labels",
+    }
 )
+
+
+def tokenizer_file(spec: ModelSpec, where: Path | None = None) -> Path:
+    """The spec's tokenizer.json; a relative path is relative to the model file."""
+    assert spec.text_input is not None
+    path = Path(spec.text_input.tokenizer)
+    base = where or (spec.source.parent if spec.source is not None else None)
+    return path if path.is_absolute() or base is None else base / path
 
 
 def code_sha256(source: bytes) -> str:
@@ -442,7 +535,109 @@ def _validate(spec: Any, where: str) -> ModelSpec:
         raise SpecError("model", f"{where}: max_elements_per_request is {cap!r}", "use a positive int such as 1 << 20, or leave it out")
     if not isinstance(spec.max_rows_per_request, int) or spec.max_rows_per_request < 1:
         raise SpecError("model", f"{where}: max_rows_per_request is {spec.max_rows_per_request!r}", "use a positive int such as 4096")
+    _check_labels(spec, where)
+    _check_text_input(spec, where)
+    _check_image_input(spec, where)
     return spec
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_labels(spec: ModelSpec, where: str) -> None:
+    labels = spec.labels
+    if labels is None:
+        return
+    fix = "write labels=Labels('logits', ('NEGATIVE', 'POSITIVE'), top_k=2): the output's name and one name per class"
+    outputs = {t.name: t for t in spec.outputs}
+    if not isinstance(labels, Labels) or labels.output not in outputs:
+        raise SpecError("model", f"{where}: labels is {labels!r}; it must be a Labels naming one of the outputs {sorted(outputs)}", fix)
+    if not isinstance(labels.names, tuple) or not labels.names or not all(isinstance(n, str) for n in labels.names):
+        raise SpecError("model", f"{where}: labels.names must be a non-empty tuple of strings", fix)
+    classes = outputs[labels.output].shape[-1]
+    if isinstance(classes, int) and classes != len(labels.names):
+        raise SpecError("model", f"{where}: labels names {len(labels.names)} classes, {labels.output} has {classes}", fix)
+    if not _positive(labels.top_k):
+        raise SpecError("model", f"{where}: labels.top_k is {labels.top_k!r}", "use a positive int such as 5")
+    if "labels" in outputs:
+        raise SpecError("model", f"{where}: an output is named 'labels', where answers put the class names", "rename that output")
+
+
+def _check_text_input(spec: ModelSpec, where: str) -> None:
+    text = spec.text_input
+    if text is None:
+        return
+    if not isinstance(text, TextInput):
+        raise SpecError("model", f"{where}: text_input is {text!r}", "write text_input=TextInput(Path('tokenizer.json'), max_length=128)")
+    if spec.image_input is not None:
+        raise SpecError("model", f"{where}: declares both text_input and image_input", "a model takes texts or images: keep one")
+    tokenizer = tokenizer_file(spec, None if spec.source is not None else Path(where).parent)
+    if not tokenizer.is_file():
+        raise SpecError(
+            "model", f"{where}: text_input's tokenizer {tokenizer} does not exist", "point it at the checkpoint's tokenizer.json"
+        )
+    names = [t.name for t in spec.inputs]
+    if "input_ids" not in names or not set(names) <= {"input_ids", "attention_mask", "token_type_ids"}:
+        raise SpecError(
+            "model",
+            f"{where}: text_input feeds input_ids, attention_mask and token_type_ids, and the model's inputs are {names}",
+            "name the inputs input_ids (required), attention_mask and token_type_ids (optional), each ('batch', 'seq')",
+        )
+    for attr in ("max_length", "max_texts"):
+        if not _positive(getattr(text, attr)):
+            raise SpecError("model", f"{where}: text_input.{attr} is {getattr(text, attr)!r}", "use a positive int")
+    for t in spec.inputs:
+        axis = t.shape[1] if len(t.shape) == 2 else None
+        if not isinstance(axis, str):
+            raise SpecError("model", f"{where}: {t.name} has shape {list(t.shape)}", f"a text input is ('batch', 'seq'): {t.name} too")
+        if spec.max_lengths.get(axis, text.max_length) < text.max_length:
+            raise SpecError(
+                "model",
+                f"{where}: text_input.max_length {text.max_length} is over max_lengths[{axis!r}] {spec.max_lengths[axis]}",
+                "make max_length at most the model's positions",
+            )
+
+
+def _check_image_input(spec: ModelSpec, where: str) -> None:
+    image = spec.image_input
+    if image is None:
+        return
+    example = "ImageInput('pixel_values', 224, 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))"
+    if not isinstance(image, ImageInput):
+        raise SpecError("model", f"{where}: image_input is {image!r}", f"write image_input={example}")
+    if [t.name for t in spec.inputs] != [image.input] or spec.inputs[0].shape != ("batch", 3, image.height, image.width):
+        raise SpecError(
+            "model",
+            f"{where}: image_input feeds the one input {image.input!r} of shape ('batch', 3, {image.height}, {image.width}); "
+            f"the model's inputs are {[(t.name, t.shape) for t in spec.inputs]}",
+            f"declare inputs=(TensorSpec({image.input!r}, 'float32', ('batch', 3, {image.height}, {image.width})),)",
+        )
+    for attr in ("mean", "std"):
+        value = getattr(image, attr)
+        if not isinstance(value, tuple) or len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
+            raise SpecError("model", f"{where}: image_input.{attr} is {value!r}", "give three numbers, one per RGB channel")
+    if 0 in image.std:
+        raise SpecError("model", f"{where}: image_input.std has a 0", "every channel's std must be non-zero")
+    if image.resample not in ("nearest", "bilinear", "bicubic", "lanczos"):
+        raise SpecError("model", f"{where}: image_input.resample is {image.resample!r}", "use nearest, bilinear, bicubic or lanczos")
+    if not _positive(image.max_pixels) or (image.resize_shortest_edge is not None and not _positive(image.resize_shortest_edge)):
+        raise SpecError("model", f"{where}: image_input's max_pixels and resize_shortest_edge must be positive ints", f"e.g. {example}")
+    if image.resize_shortest_edge is not None and image.resize is not None:
+        raise SpecError("model", f"{where}: image_input declares resize and resize_shortest_edge", "keep one of them")
+    size = (image.height, image.width)
+    if image.crop is not None:
+        if tuple(image.crop) != size:
+            raise SpecError("model", f"{where}: image_input.crop is {image.crop}, the input is {size}", f"crop to {size}")
+        resized = tuple(image.resize) if image.resize else None
+        if (resized and (resized[0] < size[0] or resized[1] < size[1])) or (image.resize_shortest_edge or max(size)) < max(size):
+            raise SpecError("model", f"{where}: image_input resizes to less than its crop {size}", "resize to at least the crop")
+    elif image.resize_shortest_edge is not None or (image.resize is not None and tuple(image.resize) != size):
+        raise SpecError(
+            "model",
+            f"{where}: image_input resizes to something other than the input's {size} and declares no crop",
+            f"add crop={size}, or leave the resize out (the image is then resized to {size})",
+        )
 
 
 def _load_error(exc: Exception, where: str) -> SpecError:
@@ -467,8 +662,43 @@ def _load_error(exc: Exception, where: str) -> SpecError:
     return SpecError("model", problem, "fix the error above; the file must import on its own and define SPEC")
 
 
+# A Hugging Face checkpoint folder (`save_pretrained`'s): `hf:PATH`, or `hf:PATH#task=TASK`
+# to choose the task the folder's architecture does not say (or to override it).
+HF_PREFIX = "hf:"
+HF_TASKS = ("text-classification", "token-classification", "feature-extraction", "image-classification", "causal-lm")
+
+
+def hf_model(model: str, task: str | None) -> str:
+    """The --model string with `task` in it: `hf:PATH#task=TASK` (the one way a task travels)."""
+    if task is None:
+        return model
+    if not model.startswith(HF_PREFIX):
+        raise SpecError(
+            "model", f"--task {task} was given for {model!r}, which is not a checkpoint folder", f"pass --model {HF_PREFIX}PATH"
+        )
+    return f"{model.partition('#')[0]}#task={task}"
+
+
+def _hf_spec(model: str) -> ModelSpec:
+    folder, _, option = model[len(HF_PREFIX) :].partition("#")
+    key, _, task = option.partition("=")
+    if option and (key != "task" or task not in HF_TASKS):
+        what = f"unknown task {task!r}" if key == "task" else f"unknown option {option!r} after '#'"
+        raise SpecError("model", f"{model!r}: {what}", f"write {HF_PREFIX}PATH#task=TASK, TASK one of {', '.join(HF_TASKS)}")
+    try:
+        from pipeline.models import hf_checkpoint  # transformers loads only for a checkpoint
+    except ModuleNotFoundError as exc:
+        raise SpecError(
+            "model", f"{model}: a checkpoint needs {exc.name}, which is not installed", "pip install 'pipeline[transformers]'"
+        ) from None
+    return _validate(hf_checkpoint.checkpoint_spec(Path(folder).expanduser(), task or None), model)
+
+
 def load_spec(model: str) -> ModelSpec:
-    """Load a model's spec by built-in name (`simple_nn`), module (`pkg.my_model`), or path to a .py file."""
+    """Load a model's spec by built-in name (`simple_nn`), module (`pkg.my_model`), path to a .py
+    file, or Hugging Face checkpoint folder (`hf:PATH`, `hf:PATH#task=TASK`)."""
+    if model.startswith(HF_PREFIX):
+        return _hf_spec(model)
     if model.endswith(".py") or "/" in model:
         path = Path(model).resolve()
         if not path.is_file():

@@ -3,9 +3,10 @@
 Entry names, types and declared sizes are checked from the zip headers alone (no
 path escapes, links, encryption, duplicates or zip bombs); then the members must be
 exactly the expected ones, plus `model.onnx.data` when the model keeps its weights in
-external data; the handler (the one Python file inside, which every worker runs) must be
-the installed package's own, and the one the archive's manifest names; and the model
-inside (and its data) must be the verified one, pointing at no other file. The package
+external data and `tokenizer.json` (its hash the contract's) when it takes texts; the
+handler (the one Python file inside, which every worker runs) must be the installed
+package's own, and the one the archive's manifest names; and the model inside (and its
+data) must be the verified one, pointing at no other file. The package
 stage checks what it built; every server checks what it serves.
 """
 
@@ -30,6 +31,7 @@ from pipeline.artifacts.names import (
     ARCHIVE_MANIFEST,
     ARCHIVE_MEMBERS,
     ARCHIVE_MODEL,
+    ARCHIVE_TOKENIZER,
     EXTERNAL_DATA,
     ONNX,
     archive_key,
@@ -153,17 +155,21 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
             check_members(path, infos)
             names = [i.filename for i in infos]
             got = set(names)
-            if not ARCHIVE_MEMBERS <= got <= ARCHIVE_MEMBERS | {ARCHIVE_DATA}:
+            contract = json.loads(zf.read(ARCHIVE_CONTRACT)) if ARCHIVE_CONTRACT in got else {}
+            text = contract.get("text_input") if isinstance(contract, dict) else None
+            expected = ARCHIVE_MEMBERS | ({ARCHIVE_TOKENIZER} if text else set())
+            if not expected <= got <= expected | {ARCHIVE_DATA}:
                 raise IntegrityError(
                     STAGE,
-                    f"{path.name} holds {sorted(got)}, expected exactly {sorted(ARCHIVE_MEMBERS)}, "
+                    f"{path.name} holds {sorted(got)}, expected exactly {sorted(expected)}, "
                     f"plus {ARCHIVE_DATA} for a model with external data",
                     "rebuild the archive with the package stage",
                 )
+            if text and sha256_member(zf, ARCHIVE_TOKENIZER) != text.get("sha256"):
+                raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_TOKENIZER} other than the one its contract records", _FIX)
             manifest = json.loads(zf.read(ARCHIVE_MANIFEST))
             check_handler(path, manifest, zf.read(ARCHIVE_HANDLER))
             model = zf.read(ARCHIVE_MODEL)
-            contract = json.loads(zf.read(ARCHIVE_CONTRACT))
             config = yaml.safe_load(zf.read(ARCHIVE_CONFIG))
             model_sha = hashlib.sha256(model).hexdigest()
             if onnx_sha256 is not None and model_sha != onnx_sha256:
@@ -195,9 +201,11 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
 
 
 def extract_model(path: Path, folder: Path) -> Path:
-    """The archive's model.onnx (and its model.onnx.data, streamed) in `folder`; run `inspect_archive` first."""
+    """The archive's model.onnx (its model.onnx.data, streamed, and tokenizer.json where it has them) in `folder`.
+
+    Run `inspect_archive` first."""
     with zipfile.ZipFile(path) as zf:
-        for name in (ARCHIVE_MODEL, ARCHIVE_DATA):
+        for name in (ARCHIVE_MODEL, ARCHIVE_DATA, ARCHIVE_TOKENIZER):
             if name in zf.namelist():
                 with zf.open(name) as src, open(folder / name, "wb") as dst:
                     shutil.copyfileobj(src, dst, _BLOCK)

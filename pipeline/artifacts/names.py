@@ -42,3 +42,5 @@ ARCHIVE_HANDLER = "onnx_handler.py"
 ARCHIVE_MEMBERS = frozenset({ARCHIVE_MANIFEST, ARCHIVE_MODEL, ARCHIVE_CONTRACT, ARCHIVE_CONFIG, ARCHIVE_HANDLER})
 # Exactly ARCHIVE_MEMBERS, plus this one when the model keeps its weights in external data.
 ARCHIVE_DATA = data_file_name(ARCHIVE_MODEL)
+# And this one when the model takes texts: the checkpoint's tokenizer, its sha256 in the contract.
+ARCHIVE_TOKENIZER = "tokenizer.json"

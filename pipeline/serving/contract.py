@@ -44,6 +44,9 @@ MAX_BATCH_RESPONSE_BYTES = 32 * MIB
 # The request cap, at least: 4096 rows of a small model fit in 1 MiB. Netty buffers a body
 # before the token check, so the cap stays as small as the model's inputs allow.
 MIN_REQUEST_BYTES = MIB
+# The request cap of a model that takes images, at least: a phone's 12 MP JPEG is 3-5 MB
+# (a 640 x 480 one 50-200 KB); base64 in JSON adds a third. The spec may declare more.
+IMAGE_REQUEST_BYTES = 4 * MIB
 # A float32 goes out as the float64 it widens to: "0.10000000149011612, " is 21 bytes; 24 covers signs and exponents.
 JSON_BYTES_PER_NUMBER = 24
 EXAMPLE_MAX_BYTES = 64 << 10  # larger example requests stay out of io_contract.json (the spec keeps them)
@@ -269,6 +272,11 @@ class Contract:
         self.max_response_bytes = int(sizes["max_response_bytes"])  # the largest answer
         self.max_batch_response_bytes = int(sizes["max_batch_response_bytes"])  # one batch's answers together
         self.example = _example_hint(data.get("example_request"), self.inputs)
+        # {"output", "names", "top_k"}: class names for a classifier's output (answers carry the top k).
+        self.labels: dict | None = data.get("labels")
+        # Texts or images in (pipeline.serving.preprocess reads them): their settings, or None.
+        self.text_input: dict | None = data.get("text_input")
+        self.image_input: dict | None = data.get("image_input")
         # Per input, what every request's checks need: worked out once, not per request.
         self._layout = {t["name"]: _InputLayout.of(t) for t in self.inputs}
 
@@ -368,10 +376,36 @@ class Contract:
         return feed, forms.pop()
 
     def to_json(self, outputs: dict[str, np.ndarray], single: bool) -> dict:
-        answer = {}
+        """The answer: each output by name, and "labels" beside them where the contract names classes (see `top_labels`)."""
+        answer: dict[str, Any] = {}
         for tensor in self.outputs:
             _, short = self.row_shapes(tensor)
             rows = outputs[tensor["name"]]
             rows = rows.reshape(rows.shape[: 1 + len(short)])  # drops only the trailing 1-sized axes
             answer[tensor["name"]] = rows[0].tolist() if single else rows.tolist()
+        if self.labels is not None:
+            found = top_labels(outputs[self.labels["output"]], self.labels["names"], int(self.labels["top_k"]))
+            answer["labels"] = found[0] if single else found
         return answer
+
+
+def top_labels(scores: np.ndarray, names: Sequence[str], top_k: int) -> list:
+    """The top-k class names and softmax scores along the last axis, best first, nested like the rest.
+
+    A classifier's logits [batch, classes] give one list per row:
+        [[{"label": "POSITIVE", "score": 0.93}, {"label": "NEGATIVE", "score": 0.07}], ...]
+    and a token classifier's [batch, seq, classes] one such list per token of each row.
+    """
+    logits = np.asarray(scores, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = shifted / shifted.sum(axis=-1, keepdims=True)
+    k = min(top_k, probs.shape[-1])
+    best = np.argsort(-probs, axis=-1, kind="stable")[..., :k]
+    picked = np.take_along_axis(probs, best, axis=-1)
+
+    def nest(ids: np.ndarray, values: np.ndarray) -> list:
+        if ids.ndim == 1:
+            return [{"label": names[i], "score": float(v)} for i, v in zip(ids.tolist(), values.tolist())]
+        return [nest(i, v) for i, v in zip(ids, values)]
+
+    return nest(best, picked)

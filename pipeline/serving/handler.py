@@ -58,6 +58,17 @@ def fit_batch(answers: list[Answer], budget: int) -> list[Answer]:
     return fitted
 
 
+def content_type(context, idx: int, item) -> str | None:
+    """A request's Content-Type as TorchServe hands it over (ts/service.py, retrieve_data_for_inference):
+    the body's own under its parameter name ({"body": {"content-type": ...}}), else the request's header."""
+    read = getattr(context, "get_all_request_header", None)
+    headers = (read(idx) if read is not None else None) or {}
+    for name in ("body", "data"):
+        if isinstance(item, dict) and name in item and isinstance(headers.get(name), dict):
+            return headers[name].get("content-type")
+    return next((v for k, v in headers.items() if k.lower() == "content-type" and isinstance(v, str)), None)
+
+
 class OnnxHandler:
     """initialize -> handle, one ONNX Runtime call per batch (per shape).
 
@@ -97,7 +108,8 @@ class OnnxHandler:
     def handle(self, data: list, context) -> list:
         """Answer every request in the batch; a bad one, or one too large to send, gets its own status."""
         assert self.predictor is not None  # set by initialize(), which __call__ runs first
-        answers = fit_batch(self.predictor.answer(data), self.predictor.contract.max_batch_response_bytes)
+        types = [content_type(context, idx, item) for idx, item in enumerate(data)]
+        answers = fit_batch(self.predictor.answer(data, types), self.predictor.contract.max_batch_response_bytes)
         if context is not None:
             for idx, answer in enumerate(answers):
                 if answer.status != 200:

@@ -1,25 +1,30 @@
-"""The one serving code path: a batch of JSON requests in, one ONNX Runtime call per shape, answers out.
+"""The one serving code path: a batch of requests in, one ONNX Runtime call per shape, answers out.
 
 Every front end uses it: the TorchServe handler (`pipeline.serving.handler`) and the Ray
 Serve application (`pipeline.serving.ray_app`). `open_model` makes the session the way
 parity verified it (the contract's CUDA precision, a CUDA session that lands on the CPU
-refused); `Predictor.answer` parses with the contract, runs, and encodes, so a bad
-request gets the same 400 and message from every server, and fails alone in its batch.
+refused); `Predictor.answer` reads each request (JSON tensors, or texts and images through
+`pipeline.serving.preprocess`), runs, and encodes (with class names where the contract has
+them), so a bad request gets the same 400 and message from every server, and fails alone
+in its batch.
 An answer over the contract's `max_response_bytes` is a 413 for its own request.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 
+from pipeline.artifacts.names import ARCHIVE_TOKENIZER
 from pipeline.errors import PipelineError
 from pipeline.runtimes.session import SessionConfig, create_session, cuda_provider_available
-from pipeline.serving.contract import Contract, RequestError, decode_body
+from pipeline.serving import preprocess
+from pipeline.serving.contract import Contract, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +67,23 @@ def session_config(contract: Contract, gpu_id: int | None, threads: int | None) 
 class Predictor:
     """A model's contract and its ONNX Runtime session; `answer` serves a batch of requests."""
 
-    def __init__(self, contract: Contract, session):
+    def __init__(self, contract: Contract, session, reader: preprocess.RequestReader | None = None):
         self.contract = contract
         self.session = session
+        # Tensors as JSON; and texts or images, where the contract takes them (pipeline.serving.preprocess).
+        self.reader = reader or preprocess.RequestReader(contract)
         self.provider = session.get_providers()[0]
         self.input_names = [t["name"] for t in contract.inputs]
         self.output_names = [t["name"] for t in contract.outputs]
 
-    def answer(self, items: list) -> list[Answer]:
-        """Answer every request; each item is TorchServe's {"body": bytes | str | dict} form."""
+    def answer(self, items: list, content_types: Sequence[str | None] | None = None) -> list[Answer]:
+        """Answer every request; each item is TorchServe's {"body": bytes | str | dict} form (or its
+        multipart fields), with its Content-Type where the server knows it."""
         answers: list[Answer | None] = [None] * len(items)
         parsed: list[tuple[int, dict[str, np.ndarray], bool]] = []
         for idx, item in enumerate(items):
             try:
-                feed, single = self.contract.parse(decode_body(item, self.contract.example))
+                feed, single = self.reader.read(item, content_types[idx] if content_types else None)
                 parsed.append((idx, feed, single))
             except RequestError as exc:
                 answers[idx] = Answer.error(exc.code, str(exc))
@@ -135,6 +143,8 @@ def open_model(model_path: Path, contract: Contract, gpu_id: int | None = None, 
     import onnxruntime as ort
 
     config = session_config(contract, gpu_id, threads)
-    predictor = Predictor(contract, create_session(model_path, config))
+    tokenizer = model_path.parent / ARCHIVE_TOKENIZER  # beside the model, where the archive has one
+    reader = preprocess.reader(contract, tokenizer.read_bytes() if contract.text_input else None)
+    predictor = Predictor(contract, create_session(model_path, config), reader)
     log.info("model %s: ONNX Runtime %s on %s (%s)", contract.model, ort.__version__, predictor.provider, config.describe())
     return predictor

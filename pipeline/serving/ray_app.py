@@ -7,7 +7,8 @@ the code path the TorchServe handler uses. Requests are batched with `@serve.bat
 sized from the archive's own model-config.yaml.
 
 Routes (all under the model's name, beside each other):
-    POST /predictions/<model>          the project's JSON format, as on TorchServe
+    POST /predictions/<model>          the project's JSON format, as on TorchServe (and texts or
+                                       images, see pipeline.serving.preprocess; PUT too, for curl -T)
     GET  /v2/health/live, /v2/health/ready
     GET  /v2, /v2/models/<model>, /v2/models/<model>/ready
     POST /v2/models/<model>/infer      Open Inference Protocol v2 (JSON and binary tensors)
@@ -44,7 +45,7 @@ from urllib.parse import urlsplit
 
 from pipeline.artifacts.archive import MAX_TOTAL_BYTES, extract_model, inspect_archive
 from pipeline.errors import IntegrityError, PipelineError
-from pipeline.serving import oip
+from pipeline.serving import oip, preprocess
 from pipeline.serving.contract import Contract, RequestError
 from pipeline.serving.predictor import Answer, Predictor, open_model
 
@@ -208,10 +209,13 @@ class ModelServer:
             log.warning("batch size %d is over max_ongoing_requests %d: batches are capped there", size, max_ongoing(self.options))
             size = max_ongoing(self.options)
         # One batcher per replica, sized from the archive this replica verified.
-        self.predict: Callable[[dict], Awaitable[Answer]] = serve.batch(max_batch_size=size, batch_wait_timeout_s=wait_s)(self.answer)
+        self.predict: Callable[[tuple[dict, str | None]], Awaitable[Answer]] = serve.batch(
+            max_batch_size=size, batch_wait_timeout_s=wait_s
+        )(self.answer)
         model = self.contract.model
         self.routes = {
             ("POST", f"/predictions/{model}"): self.native,
+            ("PUT", f"/predictions/{model}"): self.native,  # `curl -T cat.jpg`, which TorchServe takes too
             ("POST", f"/v2/models/{model}/infer"): self.infer,
             ("GET", f"/v2/models/{model}"): self.model_metadata,
             ("GET", f"/v2/models/{model}/ready"): self.ready,
@@ -229,9 +233,9 @@ class ModelServer:
         """Ray Serve's health check: the session still answers."""
         self.predictor.session.get_inputs()
 
-    async def answer(self, items: list[dict]) -> list[Answer]:
-        """One batch through the shared predictor; `self.predict` is this behind `serve.batch`."""
-        return self.predictor.answer(items)
+    async def answer(self, requests: list[tuple[dict, str | None]]) -> list[Answer]:
+        """One batch of (item, Content-Type) through the shared predictor; `self.predict` is this behind `serve.batch`."""
+        return self.predictor.answer([item for item, _ in requests], [kind for _, kind in requests])
 
     async def __call__(self, request):
         path = request.url.path.rstrip("/") or "/"
@@ -292,10 +296,19 @@ class ModelServer:
             raw = await self._body(request)
         except RequestError as exc:
             return _error(exc.code, str(exc))
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        # TorchServe turns a form body into fields; the contract's hint is the same here.
-        item = {} if content_type in FORM_TYPES else {"body": raw}
-        answer = await self.predict(item)
+        content_type = request.headers.get("content-type")
+        kind = preprocess.media_type(content_type)
+        # TorchServe turns a form body into fields: the files of a multipart body are images for
+        # a model that takes them; any other form gets the contract's hint, the same here.
+        item: dict = {"body": raw}
+        if kind == "multipart/form-data" and self.contract.image_input:
+            try:
+                item = dict(preprocess.multipart_files(raw, content_type or ""))
+            except RequestError as exc:
+                return _error(exc.code, str(exc))
+        elif kind in FORM_TYPES:
+            item = {}
+        answer = await self.predict((item, content_type))
         return _json(answer.status, answer.body)
 
     async def infer(self, request):
@@ -304,7 +317,7 @@ class ModelServer:
             body, plan = oip.decode_infer(raw, request.headers.get(oip.HEADER_LENGTH), self.contract)
         except RequestError as exc:
             return _error(exc.code, str(exc))
-        answer = await self.predict({"body": body})
+        answer = await self.predict(({"body": body}, None))
         if answer.status != 200:
             return _json(answer.status, answer.body)
         payload, header_length = oip.encode_infer(json.loads(answer.body), plan, self.contract)

@@ -30,6 +30,7 @@ from pipeline.artifacts.names import (
     ARCHIVE_DATA,
     ARCHIVE_HANDLER,
     ARCHIVE_MODEL,
+    ARCHIVE_TOKENIZER,
     CHECKPOINT,
     EXTERNAL_DATA,
     MAR,
@@ -39,6 +40,7 @@ from pipeline.artifacts.names import (
 from pipeline.errors import IntegrityError, PipelineError
 from pipeline.serving import rayservice
 from pipeline.settings import Layout, Settings, StageResult, contract, resolve
+from pipeline.spec import tokenizer_file
 
 STAGE = "package"
 VERSION = "1.0"
@@ -154,6 +156,13 @@ def archive(
         (staging / ARCHIVE_HANDLER).write_bytes(handler)
         (staging / ARCHIVE_CONTRACT).write_text(json.dumps(io_contract, indent=2) + "\n")
         (staging / ARCHIVE_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+        extra = [staging / ARCHIVE_CONTRACT]
+        text = io_contract.get("text_input")
+        if text:  # the checkpoint's tokenizer, the very one whose hash the contract records
+            shutil.copyfile(tokenizer_file(resolve(settings)[0]), staging / ARCHIVE_TOKENIZER)
+            if files.sha256_file(staging / ARCHIVE_TOKENIZER) != text["sha256"]:
+                raise IntegrityError(STAGE, f"the model's tokenizer changed while {name} was being packaged", "run the package stage again")
+            extra.append(staging / ARCHIVE_TOKENIZER)
         out = staging / "out"
         out.mkdir()
         try:
@@ -163,7 +172,7 @@ def archive(
                     handler=str(staging / ARCHIVE_HANDLER),
                     version=VERSION,
                     serialized_file=str(staging / ARCHIVE_MODEL),
-                    extra_files=str(staging / ARCHIVE_CONTRACT),
+                    extra_files=",".join(str(p) for p in extra),
                     export_path=str(out),
                     archive_format="zip-store",  # weights barely compress: deflate cost 25 s on ViT-B/16 for a few percent
                     force=True,

@@ -1,7 +1,8 @@
 """Stage 4: prove TorchScript and ONNX Runtime compute what eager PyTorch computes.
 
-Every engine runs the same seeded inputs at several batch sizes plus edge values;
-every output is compared with eager. The sweep is sized to the model: batches past
+Every engine runs the same seeded inputs at several batch sizes plus edge values (and,
+for a model that takes texts or images, sample texts tokenized and a JPEG decoded by the
+servers' own preprocessing); every output is compared with eager. The sweep is sized to the model: batches past
 `MIN_SWEEP` run only where eager's measured cost, scaled to that batch, fits a time
 and memory budget (`--parity-sweep full` runs them all). Engines run one after
 another, each loaded only for its own pass, against eager's outputs kept on disk, so
@@ -31,8 +32,9 @@ from pipeline.artifacts.names import CHECKPOINT, ONNX, PARITY, TORCHSCRIPT
 from pipeline.errors import ParityError
 from pipeline.runtimes.runners import OrtRunner, Runner, TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
+from pipeline.serving import preprocess
 from pipeline.settings import Settings, StageResult, cuda_precision, cuda_tolerance, resolve, tolerance
-from pipeline.spec import Feed, ModelSpec, Tolerance
+from pipeline.spec import Feed, ModelSpec, Tolerance, tokenizer_file
 from pipeline.stages.capture import capture_mode
 
 STAGE = "parity"
@@ -141,6 +143,14 @@ def _random_feed(spec: ModelSpec, batch: int, seed: int) -> Feed:
     return spec.sample_inputs(batch, np.random.default_rng(seed * 1000 + batch))
 
 
+def real_input_cases(spec: ModelSpec, seed: int) -> dict[str, Feed]:
+    """Sample texts tokenized, or a JPEG decoded, by the servers' own code (`pipeline.serving.preprocess`)."""
+    if spec.text_input is None and spec.image_input is None:
+        return {}
+    tokenizer = tokenizer_file(spec).read_bytes() if spec.text_input is not None else None
+    return preprocess.sample_feeds(spec.contract(), tokenizer, np.random.default_rng(seed))
+
+
 def planned(spec: ModelSpec, batch_sizes: tuple[int, ...], seed: int) -> list[Case]:
     """The cheap random batches, then the edge values and the spec's own cases, then the large batches.
 
@@ -153,6 +163,8 @@ def planned(spec: ModelSpec, batch_sizes: tuple[int, ...], seed: int) -> list[Ca
     if spec.parity_cases is not None:
         for name, feed in spec.parity_cases(np.random.default_rng(seed)).items():
             declared.append(Case(name, None, functools.partial(dict, feed)))
+    for name, feed in real_input_cases(spec, seed).items():
+        declared.append(Case(name, None, functools.partial(dict, feed)))
     small = [c for c in random if c.batch is not None and c.batch <= MIN_SWEEP]
     return small + declared + [c for c in random if c.batch is not None and c.batch > MIN_SWEEP]
 

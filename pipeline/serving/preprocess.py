@@ -1,0 +1,328 @@
+"""Real inputs to tensors: texts tokenized, images decoded, in the worker; one code path.
+
+The TorchServe handler and the Ray replica both read a request through `RequestReader`
+(via `pipeline.serving.predictor`), and parity makes its text and image cases with the
+same `TextEncoder` and `ImageDecoder` (`sample_feeds`), so what parity verified is what
+the servers compute. Their settings are the contract's `text_input` / `image_input`
+sections (`ModelSpec.contract` writes them from the spec's TextInput / ImageInput).
+
+Requests, beside the JSON tensors every model takes ({"input_ids": [[101, 2023, 102]]}):
+    text models:   {"text": "a sentence"}  or  {"text": ["one", "two"]}   (at most max_texts)
+    image models:  a raw JPEG or PNG body (Content-Type image/jpeg or image/png, or none:
+                   `curl -T cat.jpg`), {"image": "<base64>"} or {"image": ["<base64>", ...]},
+                   or multipart/form-data with one or more JPEG/PNG files (`curl -F data=@cat.jpg`).
+A single text or image is answered like a single row (no batch axis); a list, row by row.
+Texts in one request are padded to the longest (attention_mask marks the padding).
+
+Bad input is a `RequestError` (HTTP 400) naming the problem: an empty body or text, text
+that is not UTF-8, too many texts, a text over max_length where truncation is off, a
+Content-Type other than JSON/JPEG/PNG, a GIF, a truncated or corrupt image, and an image
+over max_pixels, refused from its header before anything is decoded. A tiny image (1 x 1)
+is accepted and resized like any other; an image so thin that resizing it would pass
+max_pixels (1 x 20000 to a shortest edge of 224) is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import IntegrityError
+from pipeline.serving.contract import Contract, RequestError, decode_body
+
+Feed = dict[str, np.ndarray]
+TEXT_FEEDS = ("input_ids", "attention_mask", "token_type_ids")
+IMAGE_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG"}
+JSON_TYPES = ("application/json", "text/plain", "")
+# Bodies whose type says nothing; the first bytes say whether they are an image.
+UNTYPED = ("", "application/octet-stream")
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF"}
+
+
+def media_type(content_type: str | None) -> str:
+    """'image/png' from 'image/PNG; charset=x'; '' when there is none."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def sniff(data: bytes | bytearray) -> str | None:
+    """The image format the body's first bytes declare (JPEG, PNG, GIF), or None."""
+    return next((fmt for magic, fmt in MAGIC.items() if bytes(data[: len(magic)]) == magic), None)
+
+
+class TextEncoder:
+    """`tokenizer.json` (the `tokenizers` library) with the contract's text settings."""
+
+    def __init__(self, section: Mapping[str, Any], tokenizer_json: bytes, inputs: Sequence[Mapping[str, Any]]):
+        from tokenizers import Tokenizer
+
+        digest = hashlib.sha256(tokenizer_json).hexdigest()
+        if digest != section["sha256"]:
+            raise IntegrityError(
+                "serve",
+                f"{section['tokenizer']} has sha256 {digest[:12]}, the contract records {section['sha256'][:12]}",
+                "rebuild the archive with the package stage: python -m pipeline package --force",
+            )
+        self.max_length = int(section["max_length"])
+        self.truncate = bool(section["truncate"])
+        self.max_texts = int(section["max_texts"])
+        self.feeds = {t["name"]: np.dtype(t["dtype"]) for t in inputs if t["name"] in TEXT_FEEDS}
+        self.tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
+        # The checkpoint's own padding and truncation settings are replaced by the contract's:
+        # padding is done here (to the batch's longest, with the checkpoint's pad id), truncation only where allowed.
+        padding = self.tokenizer.padding or {}
+        self.pad_id = int(
+            padding.get("pad_id", next((i for t in ("[PAD]", "<pad>") if (i := self.tokenizer.token_to_id(t)) is not None), 0))
+        )
+        self.tokenizer.no_padding()
+        if self.truncate:
+            self.tokenizer.enable_truncation(self.max_length)
+        else:
+            self.tokenizer.no_truncation()
+
+    def texts(self, value: Any) -> tuple[list[str], bool]:
+        """(the texts, whether one was sent alone) from a request's "text" value, or a RequestError."""
+        single = isinstance(value, str)
+        texts = [value] if single else value
+        if not isinstance(texts, list) or not texts:
+            raise RequestError('"text" must be a string or a non-empty list of strings')
+        if len(texts) > self.max_texts:
+            raise RequestError(f'"text" holds {len(texts)} texts; this model takes at most {self.max_texts} per request')
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise RequestError(f'"text" item {i} is not a string')
+            if not text.strip():
+                raise RequestError(f'"text" item {i} is empty; send some words')
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate, which JSON's \\ud800 escape can carry
+                raise RequestError(f'"text" item {i} is not valid UTF-8 (it holds a lone surrogate)') from None
+        return texts, single
+
+    def encode(self, texts: list[str]) -> Feed:
+        """The model's token inputs for these texts, padded to the longest; a text too long is a RequestError."""
+        encodings = self.tokenizer.encode_batch(texts)
+        longest = max(len(e.ids) for e in encodings)
+        if not self.truncate and longest > self.max_length:
+            i = next(i for i, e in enumerate(encodings) if len(e.ids) == longest)
+            raise RequestError(f'"text" item {i} is {longest} tokens; this model takes at most {self.max_length}: shorten it')
+        ids = np.full((len(texts), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        types = np.zeros_like(ids)
+        for row, e in enumerate(encodings):
+            ids[row, : len(e.ids)] = e.ids
+            mask[row, : len(e.ids)] = 1
+            types[row, : len(e.ids)] = e.type_ids
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: arrays[name].astype(dtype) for name, dtype in self.feeds.items()}
+
+
+class ImageDecoder:
+    """JPEG/PNG bytes to the model's normalised [3, height, width] row, with Pillow."""
+
+    def __init__(self, section: Mapping[str, Any], inputs: Sequence[Mapping[str, Any]]):
+        from PIL import Image
+
+        self.section = dict(section)
+        self.input = section["input"]
+        self.dtype = np.dtype(next(t["dtype"] for t in inputs if t["name"] == self.input))
+        self.size = (int(section["width"]), int(section["height"]))
+        self.max_pixels = int(section["max_pixels"])
+        self.resample = getattr(Image.Resampling, section["resample"].upper())
+        # Pillow's own bomb check (2x this raises, 1x warns) stays behind the one here, which
+        # refuses from the header; set explicitly rather than trusting Pillow's default (89 MP).
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
+        self.mean = np.asarray(section["mean"], dtype=np.float32).reshape(1, 1, 3)
+        self.std = np.asarray(section["std"], dtype=np.float32).reshape(1, 1, 3)
+
+    def decode(self, data: bytes | bytearray, what: str = "the image") -> np.ndarray:
+        """One image's row [3, height, width]; a RequestError for anything but a sound JPEG or PNG within max_pixels."""
+        from PIL import Image, ImageOps
+
+        if not data:
+            raise RequestError(f"{what} is empty; send the bytes of a JPEG or PNG")
+        fmt = sniff(data)
+        if fmt == "GIF":
+            raise RequestError(f"{what} is a GIF; this model takes JPEG or PNG")
+        if fmt is None:
+            raise RequestError(f"{what} is not a JPEG or PNG (its first bytes are {bytes(data[:8])!r})")
+        try:
+            with warnings.catch_warnings():  # between max_pixels and twice it Pillow only warns; refused below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(bytes(data)), formats=["JPEG", "PNG"])  # lazy: the header only
+        except Image.DecompressionBombError as exc:
+            raise RequestError(f"{what} is over this model's {self.max_pixels:,} pixels: {exc}") from None
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, ... for a broken header
+            raise RequestError(f"{what} is not a readable {fmt}: {exc}") from None
+        width, height = image.size
+        if width * height > self.max_pixels:
+            raise RequestError(f"{what} is {width} x {height} = {width * height:,} pixels; this model takes at most {self.max_pixels:,}")
+        resized = self.resized_size(width, height)
+        if resized[0] * resized[1] > self.max_pixels:
+            raise RequestError(f"{what} is {width} x {height}: too thin to resize to this model's input; crop it first")
+        try:
+            image.load()  # the decode; LOAD_TRUNCATED_IMAGES stays False, so a cut-off file is an error
+            rgb = ImageOps.exif_transpose(image).convert("RGB")  # a phone photo upright, as its viewer shows it
+        except Exception as exc:  # a corrupt stream: OSError, SyntaxError, zlib.error, ValueError, ...
+            raise RequestError(f"{what} is a corrupt or truncated {fmt}: {exc}") from None
+        return self.to_row(rgb)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize step: the shortest edge to a length, an exact size, or the model's."""
+        edge = self.section.get("resize_shortest_edge")
+        if edge:
+            short = min(width, height)
+            return max(1, round(width * edge / short)), max(1, round(height * edge / short))
+        exact = self.section.get("resize")
+        return (int(exact[1]), int(exact[0])) if exact else self.size
+
+    def to_row(self, image) -> np.ndarray:
+        """Resize, centre-crop, rescale, normalise, and put channels first."""
+        image = image.resize(self.resized_size(*image.size), self.resample)
+        crop = self.section.get("crop")
+        if crop:
+            left, top = (image.width - crop[1]) // 2, (image.height - crop[0]) // 2
+            image = image.crop((left, top, left + crop[1], top + crop[0]))
+        pixels = np.asarray(image, dtype=np.float32) * np.float32(self.section["rescale"])
+        row = ((pixels - self.mean) / self.std).transpose(2, 0, 1)
+        return np.ascontiguousarray(row, dtype=self.dtype)
+
+    def feed(self, images: Sequence[bytes | bytearray]) -> Feed:
+        rows = [self.decode(data, f"image {i}" if len(images) > 1 else "the image") for i, data in enumerate(images)]
+        return {self.input: np.stack(rows)}
+
+
+def _base64(value: Any, i: int | None) -> bytes:
+    what = '"image"' if i is None else f'"image" item {i}'
+    if not isinstance(value, str):
+        raise RequestError(f"{what} must be a base64 string of a JPEG or PNG")
+    try:
+        return base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"{what} is not valid base64") from None
+
+
+def multipart_files(body: bytes, content_type: str) -> dict[str, bytes]:
+    """The files of a multipart/form-data body, by field name, as TorchServe's frontend splits them (for Ray's route)."""
+    from email import policy
+    from email.parser import BytesParser
+
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", errors="replace")
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise RequestError("the multipart/form-data body does not parse; send the image as a file field (curl -F data=@cat.jpg)")
+    files = {}
+    for i, part in enumerate(message.iter_parts()):
+        if part.get_filename() is not None:
+            payload = part.get_payload(decode=True)
+            name = part.get_param("name", header="content-disposition")
+            files[name if isinstance(name, str) else f"file{i}"] = payload if isinstance(payload, bytes) else b""
+    if not files:
+        raise RequestError("the multipart/form-data body holds no file; send the image as a file field (curl -F data=@cat.jpg)")
+    return files
+
+
+class RequestReader:
+    """A request's arrays and whether it was a single row: tensors as JSON, or texts, or images."""
+
+    def __init__(self, contract: Contract, text: TextEncoder | None = None, image: ImageDecoder | None = None):
+        self.contract = contract
+        self.text = text
+        self.image = image
+
+    def read(self, item: Any, content_type: str | None = None) -> tuple[Feed, bool]:
+        """The feed for one request item (TorchServe's {"body": ...} form, or multipart fields) and its Content-Type."""
+        kind = media_type(content_type)
+        if self.image is not None and isinstance(item, dict):
+            if kind == "multipart/form-data":  # TorchServe splits it into fields; the files are bytes
+                files = [v for v in item.values() if isinstance(v, (bytes, bytearray))]
+                if files:
+                    return self.images(files, single=len(files) == 1)
+            body = item.get("body", item.get("data"))
+            if isinstance(body, (bytes, bytearray)) and (kind in IMAGE_TYPES or (kind in UNTYPED and sniff(body))):
+                return self.images([body], single=True)
+            if kind not in (*JSON_TYPES, *UNTYPED, *FORM_TYPES):
+                raise RequestError(f"Content-Type {kind} is not accepted; send image/jpeg, image/png, or JSON (application/json)")
+        elif kind.startswith("image/"):
+            raise RequestError(f"Content-Type {kind} is not accepted: this model takes no images; send JSON (application/json)")
+        body = decode_body(item, self.contract.example)
+        if self.text is not None and "text" in body:
+            return self.texts(body)
+        if self.image is not None and "image" in body:
+            if len(body) > 1:
+                raise RequestError(f'send "image" alone, not with {sorted(set(body) - {"image"})}')
+            value = body["image"]
+            if isinstance(value, list):
+                return self.images([_base64(v, i) for i, v in enumerate(value)], single=False)
+            return self.images([_base64(value, None)], single=True)
+        return self.contract.parse(body)
+
+    def texts(self, body: dict) -> tuple[Feed, bool]:
+        assert self.text is not None
+        if len(body) > 1:
+            raise RequestError(f'send "text" alone, not with {sorted(set(body) - {"text"})}')
+        texts, single = self.text.texts(body["text"])
+        return self.checked(self.text.encode(texts)), single
+
+    def images(self, images: list, single: bool) -> tuple[Feed, bool]:
+        assert self.image is not None
+        # Rows and elements are checked before anything is decoded: the contract's
+        # max_elements_per_request bounds how many images one request may carry.
+        width, height = self.image.size
+        self.contract.check_extent(self.image.input, (len(images), 3, height, width))
+        return self.checked(self.image.feed(images)), single
+
+    def checked(self, feed: Feed) -> Feed:
+        """The contract's bounds on what preprocessing made: rows, lengths, and value ranges (a token id past the vocabulary)."""
+        for tensor in self.contract.inputs:
+            name = tensor["name"]
+            self.contract.check_extent(name, feed[name].shape)
+            low, high = tensor.get("low"), tensor.get("high")
+            if (low is not None and feed[name].min() < low) or (high is not None and feed[name].max() > high):
+                raise RequestError(f"'{name}' holds values outside [{low}, {high}] after preprocessing; the tokenizer and model disagree")
+        return feed
+
+
+def reader(contract: Contract, tokenizer_json: bytes | None = None) -> RequestReader:
+    """The contract's reader, with the archive's tokenizer.json where the model takes texts."""
+    text = image = None
+    if contract.text_input:
+        if tokenizer_json is None:
+            raise IntegrityError("serve", f"{contract.model} takes texts but has no tokenizer.json", "rebuild the archive: make export")
+        text = TextEncoder(contract.text_input, tokenizer_json, contract.inputs)
+    if contract.image_input:
+        image = ImageDecoder(contract.image_input, contract.inputs)
+    return RequestReader(contract, text, image)
+
+
+SAMPLE_TEXTS = ("Hello world.", "A longer sentence, padded against the first one, that the tokenizer splits into many more tokens.")
+
+
+def sample_image(rng: np.random.Generator, width: int = 96, height: int = 72) -> bytes:
+    """A JPEG of smooth gradients and noise: something like a photo, for parity and tests."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], axis=-1)
+    pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def sample_feeds(data: Mapping[str, Any], tokenizer_json: bytes | None, rng: np.random.Generator) -> dict[str, Feed]:
+    """Parity cases made the way the servers make them: sample texts tokenized, a JPEG decoded."""
+    read = reader(Contract(dict(data)), tokenizer_json)
+    cases: dict[str, Feed] = {}
+    if read.text is not None:
+        cases["texts (tokenized)"] = read.texts({"text": list(SAMPLE_TEXTS)})[0]
+    if read.image is not None:
+        cases["jpeg 96x72 (decoded)"] = read.images([sample_image(rng)], single=True)[0]
+    return cases

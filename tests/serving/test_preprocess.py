@@ -1,0 +1,247 @@
+"""pipeline.serving.preprocess without a server: texts tokenized, images decoded, every bad input a 400 naming it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import IntegrityError, SpecError
+from pipeline.serving import preprocess
+from pipeline.serving.contract import Contract, RequestError, top_labels
+from pipeline.spec import load_spec
+from tests.fixtures.bert_text import build_tokenizer
+from tests.serving.real_models import model_files
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    return {name: load_spec(str(path)) for name, path in model_files(tmp_path_factory.mktemp("models")).items()}
+
+
+@pytest.fixture(scope="module")
+def text(specs):
+    spec = specs["bert_text"]
+    return preprocess.reader(Contract(spec.contract()), spec.source.with_name("tokenizer.json").read_bytes())
+
+
+@pytest.fixture(scope="module")
+def image(specs):
+    return preprocess.reader(Contract(specs["vit_images"].contract()))
+
+
+def encode(pixels: np.ndarray, fmt: str, **kw) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(out, format=fmt, **kw)
+    return out.getvalue()
+
+
+def solid(width: int, height: int, rgb=(255, 0, 128), fmt: str = "PNG") -> bytes:
+    return encode(np.broadcast_to(np.array(rgb, dtype=np.uint8), (height, width, 3)), fmt)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG's signature and IHDR declaring this size, and one tiny IDAT: what a decompression bomb shows first."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def refused(reader, item, content_type=None) -> str:
+    with pytest.raises(RequestError) as info:
+        reader.read(item, content_type)
+    assert info.value.code == 400
+    return str(info.value)
+
+
+# --- texts ---------------------------------------------------------------------------------
+
+
+def test_text_is_tokenized_with_the_checkpoint_tokenizer_and_padded_to_the_longest(text):
+    feed, single = text.read({"body": {"text": ["the cat sat", "a very good movie ."]}})
+    assert not single
+    want = [e.ids for e in build_tokenizer().encode_batch(["the cat sat", "a very good movie ."])]
+    assert feed["input_ids"].tolist() == [want[0] + [0, 0], want[1]]  # [PAD] is id 0
+    assert feed["attention_mask"].tolist() == [[1] * 5 + [0, 0], [1] * 7]
+    assert feed["token_type_ids"].tolist() == [[0] * 7, [0] * 7]
+    assert {a.dtype for a in feed.values()} == {np.dtype("int64")}
+    one, single = text.read({"body": b'{"text": "Hello world"}'})
+    assert single and one["input_ids"].tolist() == [[2, 20, 21, 3]]  # lower-cased, [CLS] ... [SEP]
+
+
+def test_long_text_is_truncated_to_max_length(text):
+    feed, _ = text.read({"body": {"text": " ".join(["cat"] * 100)}})
+    assert feed["input_ids"].shape == (1, 32) and feed["input_ids"][0, -1] == 3  # [SEP] kept last
+
+
+def test_long_text_is_refused_where_truncation_is_off(specs):
+    spec = specs["bert_text"]
+    contract = spec.contract()
+    contract["text_input"]["truncate"] = False
+    reader = preprocess.reader(Contract(contract), spec.source.with_name("tokenizer.json").read_bytes())
+    assert "102 tokens; this model takes at most 32" in refused(reader, {"body": {"text": ["cat", " ".join(["cat"] * 100)]}})
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"text": ""}, '"text" item 0 is empty'),
+        ({"text": ["fine", "   "]}, '"text" item 1 is empty'),
+        ({"text": []}, "non-empty list of strings"),
+        ({"text": 5}, "must be a string"),
+        ({"text": ["ok", 5]}, '"text" item 1 is not a string'),
+        ({"text": ["a"] * 9}, "9 texts; this model takes at most 8"),
+        ({"text": "a", "input_ids": [1]}, 'send "text" alone'),
+        (b'{"text": "\\ud800"}', "not valid UTF-8"),
+        (b'{"text": "caf\xe9"}', "body is not valid UTF-8"),
+        (b"", "empty body"),
+    ],
+    ids=["empty", "blank", "no texts", "number", "item not a string", "too many", "with tensors", "surrogate", "latin-1 body", "no body"],
+)
+def test_bad_text_is_a_400_naming_the_problem(text, body, message):
+    assert message in refused(text, {"body": body})
+
+
+def test_text_model_still_takes_tensors_and_refuses_images(text):
+    feed, single = text.read({"body": {"input_ids": [2, 5, 3], "attention_mask": [1, 1, 1], "token_type_ids": [0, 0, 0]}})
+    assert single and feed["input_ids"].tolist() == [[2, 5, 3]]
+    assert "this model takes no images" in refused(text, {"body": solid(4, 4)}, "image/png")
+
+
+def test_a_tokenizer_other_than_the_contracts_is_refused(specs):
+    spec = specs["bert_text"]
+    with pytest.raises(IntegrityError, match="the contract records"):
+        preprocess.reader(Contract(spec.contract()), b"{}")
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+def test_image_is_resized_cropped_and_normalised(image):
+    # A solid colour survives resizing exactly: (255, 0, 128) / 255, less 0.5, over 0.5.
+    for body, kind in ((solid(80, 60), "image/png"), (solid(80, 60, fmt="JPEG"), "image/jpeg"), (solid(80, 60), None)):
+        feed, single = image.read({"body": body}, kind)
+        assert single and feed["pixel_values"].shape == (1, 3, 32, 32) and feed["pixel_values"].dtype == np.float32
+        np.testing.assert_allclose(feed["pixel_values"][0, :, 16, 16], [1.0, -1.0, 128 / 127.5 - 1], atol=0.03)
+
+
+def test_shortest_edge_then_centre_crop(image):
+    # 80 x 40: the short edge to 36 makes it 72 x 36, and the crop keeps the middle 32 x 32.
+    pixels = np.zeros((40, 80, 3), dtype=np.uint8)
+    pixels[:, :40] = 255  # white left half, black right half
+    row = image.image.decode(encode(pixels, "PNG"))
+    left, right = row[0, 16, 0], row[0, 16, 31]
+    assert left == pytest.approx(1.0, abs=0.01) and right == pytest.approx(-1.0, abs=0.01)
+    assert image.image.resized_size(80, 40) == (72, 36)
+
+
+def test_tiny_image_is_accepted_and_resized(image):
+    feed, _ = image.read({"body": solid(1, 1)}, "image/png")
+    np.testing.assert_allclose(feed["pixel_values"][0, 0], 1.0, atol=1e-6)
+
+
+def test_base64_and_multipart_images(image):
+    png, jpeg = solid(20, 20), solid(30, 20, fmt="JPEG")
+    one, single = image.read({"body": {"image": base64.b64encode(png).decode()}}, "application/json")
+    assert single and one["pixel_values"].shape == (1, 3, 32, 32)
+    two, single = image.read(
+        {"body": {"image": [base64.b64encode(png).decode(), "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()]}}
+    )
+    assert not single and two["pixel_values"].shape == (2, 3, 32, 32)
+    np.testing.assert_array_equal(two["pixel_values"][0], one["pixel_values"][0])
+    fields, single = image.read({"data": png, "other": jpeg}, "multipart/form-data; boundary=x")
+    assert not single and fields["pixel_values"].shape == (2, 3, 32, 32)
+
+
+def test_every_bad_image_is_a_400_naming_the_problem(image):
+    jpeg = encode(np.random.default_rng(0).integers(0, 255, (48, 64, 3)), "JPEG")
+    png = solid(20, 20)
+    idat = png.index(b"IDAT") + 6
+    corrupt = png[:idat] + bytes([png[idat] ^ 0xFF]) + png[idat + 1 :]  # its CRC no longer matches
+    gif = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(gif, format="GIF")
+    cases = [
+        ({"body": jpeg[: len(jpeg) // 2]}, "image/jpeg", "corrupt or truncated JPEG"),
+        ({"body": b"\xff\xd8\xff" + b"\x00" * 50}, "image/jpeg", "not a readable JPEG"),
+        ({"body": b""}, "image/jpeg", "the image is empty"),
+        ({"body": b""}, None, "empty body"),
+        ({"body": gif.getvalue()}, None, "is a GIF"),
+        ({"body": gif.getvalue()}, "image/gif", "Content-Type image/gif is not accepted"),
+        ({"body": jpeg}, "text/html", "Content-Type text/html is not accepted"),
+        ({"body": b"hello"}, "image/png", "not a JPEG or PNG"),
+        ({"body": {"image": "not base64!"}}, None, "not valid base64"),
+        ({"body": {"image": 5}}, None, "must be a base64 string"),
+        ({"body": corrupt}, "image/png", "PNG"),
+        ({"body": {"image": [base64.b64encode(jpeg[:300]).decode()]}}, None, "not a readable JPEG"),
+        ({"body": png_header(1, 20000)}, "image/png", "too thin to resize"),
+    ]
+    for item, kind, message in cases:
+        assert message in refused(image, item, kind), (item if len(str(item)) < 80 else str(item)[:80], kind)
+    assert image.read({"body": jpeg}, "image/jpeg")[0]["pixel_values"].shape == (1, 3, 32, 32)  # and it still works
+
+
+def test_decompression_bomb_is_refused_from_its_header_before_decoding(image, monkeypatch):
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self))
+    for width, height in ((20000, 20000), (2001, 2000)):  # 400 MP (over Pillow's own 2x limit), and just over ours
+        message = refused(image, {"body": png_header(width, height)}, "image/png")
+        assert "pixels" in message and "4,000,000" in message
+    assert decoded == []
+    assert Image.MAX_IMAGE_PIXELS == 4_000_000  # set explicitly from the contract's max_pixels
+
+
+def test_image_model_request_cap_fits_a_photo(specs):
+    assert specs["vit_images"].contract()["max_request_bytes"] >= 4 << 20
+
+
+# --- labels and spec checks ----------------------------------------------------------------
+
+
+def test_top_labels_are_softmax_scores_best_first_nested_like_the_output():
+    names = ("a", "b", "c")
+    rows = top_labels(np.array([[0.0, np.log(3.0), 0.0], [2.0, 0.0, 0.0]]), names, 2)
+    assert rows[0] == [{"label": "b", "score": pytest.approx(0.6)}, {"label": "a", "score": pytest.approx(0.2)}]
+    assert [r["label"] for r in rows[1]] == ["a", "b"]
+    tokens = top_labels(np.zeros((2, 4, 3)), names, 5)  # token classification: per row, per token, all 3 classes
+    assert len(tokens) == 2 and len(tokens[0]) == 4 and len(tokens[0][0]) == 3
+
+
+def test_labels_go_beside_the_outputs(specs):
+    contract = Contract(specs["vit_images"].contract())
+    answer = contract.to_json({"logits": np.array([[0.0, 5.0, 0.0]], dtype=np.float32)}, single=True)
+    assert answer["logits"] == [0.0, 5.0, 0.0] and [x["label"] for x in answer["labels"]] == ["dog", "cat"]
+
+
+def test_spec_checks_the_real_input_fields(specs, tmp_path):
+    import dataclasses
+
+    from pipeline.spec import ImageInput, Labels, _validate
+
+    vit, bert = specs["vit_images"], specs["bert_text"]
+    where = str(tmp_path / "m.py")
+    bad = [
+        (dataclasses.replace(vit, labels=Labels("logits", ("a", "b"))), "labels names 2 classes, logits has 3"),
+        (dataclasses.replace(vit, labels=Labels("scores", ("a",))), "naming one of the outputs"),
+        (dataclasses.replace(vit, image_input=ImageInput("pixel_values", 32, 32, (0.5,) * 3, (0.5,) * 3, crop=(30, 30))), "crop"),
+        (dataclasses.replace(vit, image_input=ImageInput("x", 32, 32, (0.5,) * 3, (0.5,) * 3)), "feeds the one input 'x'"),
+        (dataclasses.replace(vit, image_input=ImageInput("pixel_values", 32, 32, (0.5,) * 3, (0.0,) * 3)), "std has a 0"),
+        (dataclasses.replace(bert, text_input=dataclasses.replace(bert.text_input, tokenizer=tmp_path / "none.json")), "does not exist"),
+        (dataclasses.replace(bert, text_input=dataclasses.replace(bert.text_input, max_length=64)), "over max_lengths"),
+    ]
+    for spec, message in bad:
+        with pytest.raises(SpecError, match=message):
+            _validate(spec, where)
+
+
+def test_images_per_request_are_bounded_before_decoding(image, monkeypatch):
+    monkeypatch.setattr(preprocess.ImageDecoder, "decode", lambda *a: pytest.fail("decoded"))
+    many = [base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()] * 400  # 400 x 3 x 32 x 32 is over 1 Mi elements
+    assert "elements in this request" in refused(image, {"body": {"image": many}})
