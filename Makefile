@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 MODEL  ?= simple_nn
+# With MODEL=hf:PATH (a save_pretrained folder): the task, where config.json's architectures do not say it.
+TASK   ?=
+MODEL_FLAGS := --model $(MODEL)$(if $(TASK), --task $(TASK))
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FORCE_FLAG := $(if $(filter 1 yes true,$(FORCE)),--force,)
@@ -50,8 +53,8 @@ $(RAY_STAMP): $(STAMP)
 	@touch $@
 
 export: $(STAMP)
-	$(PY) -m pipeline all --model $(MODEL) $(FORCE_FLAG) $(EXPORT_ARGS)
-	$(if $(VARIANTS),$(PY) -m pipeline variants --model $(MODEL) $(VARIANT_FLAGS) $(FORCE_FLAG))
+	$(PY) -m pipeline all $(MODEL_FLAGS) $(FORCE_FLAG) $(EXPORT_ARGS)
+	$(if $(VARIANTS),$(PY) -m pipeline variants $(MODEL_FLAGS) $(VARIANT_FLAGS) $(FORCE_FLAG))
 
 test: $(RAY_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -77,24 +80,24 @@ distclean: clean
 	rm -rf $(VENV) *.egg-info
 
 serve: $(STAMP)
-	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all --model $(MODEL)
-	@test -z "$(VARIANT)" || test -f $(ARCHIVE) || $(PY) -m pipeline variants --model $(MODEL) --$(VARIANT)
-	$(PY) -m pipeline serve --model $(MODEL) $(if $(VARIANT),--variant $(VARIANT)) $(SERVE_ARGS)
+	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all $(MODEL_FLAGS)
+	@test -z "$(VARIANT)" || test -f $(ARCHIVE) || $(PY) -m pipeline variants $(MODEL_FLAGS) --$(VARIANT)
+	$(PY) -m pipeline serve $(MODEL_FLAGS) $(if $(VARIANT),--variant $(VARIANT)) $(SERVE_ARGS)
 
 stop: $(STAMP)
-	$(PY) -m pipeline stop --model $(MODEL)
+	$(PY) -m pipeline stop $(MODEL_FLAGS)
 
 serve-ray: $(RAY_STAMP)
-	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all --model $(MODEL)
-	@test -z "$(VARIANT)" || test -f $(ARCHIVE) || $(PY) -m pipeline variants --model $(MODEL) --$(VARIANT)
-	$(PY) -m pipeline serve --on ray --model $(MODEL) $(REPLICA_FLAGS) $(if $(VARIANT),--variant $(VARIANT)) $(SERVE_ARGS)
+	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all $(MODEL_FLAGS)
+	@test -z "$(VARIANT)" || test -f $(ARCHIVE) || $(PY) -m pipeline variants $(MODEL_FLAGS) --$(VARIANT)
+	$(PY) -m pipeline serve --on ray $(MODEL_FLAGS) $(REPLICA_FLAGS) $(if $(VARIANT),--variant $(VARIANT)) $(SERVE_ARGS)
 
 stop-ray: $(STAMP)
-	$(PY) -m pipeline stop --on ray --model $(MODEL)
+	$(PY) -m pipeline stop --on ray $(MODEL_FLAGS)
 
 bench: $(RAY_STAMP)
-	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all --model $(MODEL)
-	$(PY) -m pipeline bench --model $(MODEL) $(BENCH_ARGS)
+	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all $(MODEL_FLAGS)
+	$(PY) -m pipeline bench $(MODEL_FLAGS) $(BENCH_ARGS)
 
 reliability: $(RAY_STAMP)
 	$(PY) -m pipeline reliability $(RELIABILITY_ARGS)

@@ -25,6 +25,7 @@ from pipeline.artifacts import cost
 from pipeline.artifacts.names import VARIANTS
 from pipeline.errors import PipelineError
 from pipeline.settings import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings, StageResult
+from pipeline.spec import HF_PREFIX, HF_TASKS, hf_model
 
 STAGE_NAMES = ("train", "trace", "export", "parity", "package")
 STAGE_HELP = {
@@ -59,8 +60,18 @@ def _positive(text: str) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="built-in model name, path to a .py file defining SPEC, or hf:PATH, a save_pretrained folder (default: %(default)s)",
+    )
+    _task_option(p)
     p.add_argument("--root", type=Path, default=Path("."), help="project folder holding artifacts/, reports/, model_store/ (default: .)")
+
+
+def _task_option(p: argparse.ArgumentParser) -> None:
+    # It travels inside the model string (hf:PATH#task=TASK), so every command and every process it starts sees it.
+    p.add_argument("--task", choices=HF_TASKS, help="with --model hf:PATH: the task (default: the one config.json's architectures say)")
 
 
 def _stage_options(p: argparse.ArgumentParser, name: str) -> None:
@@ -220,6 +231,7 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     latency.add_arguments(bench)
+    _task_option(bench)
     reliability = commands.add_parser(
         "reliability",
         help="faults, hostile input and load -> reports/reliability.md",
@@ -227,6 +239,7 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     suite.add_arguments(reliability)
+    _task_option(reliability)
     return p, commands.choices
 
 
@@ -243,6 +256,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args, extra = p.parse_known_args(argv)
     if extra:
         commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "task", None) is not None:
+        if not args.model.startswith(HF_PREFIX):
+            commands[args.command].error(f"--task is for a Hugging Face checkpoint (--model {HF_PREFIX}PATH), not {args.model!r}")
+        args.model = hf_model(args.model, args.task)
     return args
 
 
@@ -449,7 +466,10 @@ def serve_command(args: argparse.Namespace) -> int:
     print(f"  URL      {info.predictions_url}")
     print(f'  token    {_rel(info.key_file)} ("inference" key); print it with: {token_cmd}')
     # The token goes to curl on its stdin (-H @-): in curl's arguments, every local user would see it in ps.
-    print(f"  try      {token_cmd} --header | curl -s -H @- -H 'Content-Type: application/json' {data} {info.predictions_url}")
+    if spec.image_input is not None:  # an image file, as it is: the worker decodes it
+        print(f"  try      {token_cmd} --header | curl -s -H @- -T <your.jpg or .png> {info.predictions_url}")
+    else:
+        print(f"  try      {token_cmd} --header | curl -s -H @- -H 'Content-Type: application/json' {data} {info.predictions_url}")
     if isinstance(info, ray_server.RayInfo):
         print(
             f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.inference}/v2/models/{info.model}/infer, same token"

@@ -91,7 +91,7 @@ def test_each_command_declares_only_its_own_options():
     assert "--ports" in options("serve") and "--ports" not in options("train")
     assert "--cuda-precision" in options("parity") and "--cuda-precision" not in options("train")
     assert "--engines" in options("bench") and "--quick" in options("reliability")
-    assert "--kind" in options("token") and options("stop") == {"--model", "--root", "--on"}
+    assert "--kind" in options("token") and options("stop") == {"--model", "--task", "--root", "--on"}
     assert {"--on", "--replicas", "--address"} <= options("serve") and "--replicas" not in options("stop")
     assert "--archive-url" in options("rayservice") and "--on" not in options("rayservice")
 

@@ -1,0 +1,507 @@
+"""A Hugging Face checkpoint on disk as a ModelSpec: `--model hf:PATH` (README "Hugging Face checkpoints").
+
+PATH is the folder `save_pretrained` writes: `config.json`, `model.safetensors`, and
+`tokenizer.json` (+ `tokenizer_config.json`) for text or `preprocessor_config.json` for
+images. Nothing is fetched: every transformers call reads the folder (`local_files_only`).
+The task comes from `config.json`'s `architectures`, or from `hf:PATH#task=TASK`
+(`--task`). The spec's example inputs are real: sentences through the checkpoint's own
+tokenizer, random pixels through its preprocessor's normalisation. The folder's files are
+what the stages hash, so editing the checkpoint retrains (reloads) it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+from tokenizers import Tokenizer
+from torch import nn
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
+from transformers.image_processing_utils import get_size_dict
+from transformers.models.auto import modeling_auto
+
+from pipeline.artifacts import files
+from pipeline.errors import SpecError
+from pipeline.models.hf_common import SAMPLE_LENGTH, TokenFeeds, config_args, image_hw, num_labels
+from pipeline.spec import HF_TASKS, Feed, ImageInput, Labels, ModelSpec, TensorSpec, TextInput, TrainResult, code_sha256
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+PREPROCESSOR = "preprocessor_config.json"
+
+# Each task's transformers classes, per model_type: what `--task` picks, and what it infers from.
+TASK_CLASSES: dict[str, Mapping[str, Any]] = {
+    "text-classification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    "token-classification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+    "feature-extraction": modeling_auto.MODEL_MAPPING_NAMES,
+    "image-classification": modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    "causal-lm": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+}
+CLASSIFIERS = ("text-classification", "token-classification", "image-classification")
+IMAGE_TASKS = ("image-classification",)
+# What tokenizer_config.json says when no length was set (transformers' VERY_LARGE_INTEGER).
+UNSET_LENGTH = int(1e29)
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world!",
+    "I loved this film, the acting was wonderful and the ending surprised me.",
+    "Not good.",
+    "Where is the nearest train station?",
+    "The weather today is cold and grey, with rain expected in the evening.",
+    "Thanks a lot.",
+    "She sells sea shells by the sea shore.",
+)
+
+
+@dataclass(frozen=True)
+class CheckpointSpec(ModelSpec):
+    """A ModelSpec whose source is a checkpoint folder: its files and the task are what the stages hash."""
+
+    task: str = ""
+
+    def source_sha256(self) -> str:
+        if self.source is None or not self.source.is_dir():
+            return ""
+        present = {name: _file_sha256(self.source / name) for name in checkpoint_files(self.source)}
+        code = code_sha256(Path(__file__).read_bytes())
+        return hashlib.sha256(json.dumps({"task": self.task, "code": code, "files": present}, sort_keys=True).encode()).hexdigest()
+
+
+def checkpoint_files(folder: Path) -> list[str]:
+    """The files of a checkpoint that make the model: config, weights (one file or shards), tokenizer, preprocessor."""
+    names = {CONFIG, TOKENIZER, TOKENIZER_CONFIG, PREPROCESSOR, f"{WEIGHTS}.index.json"}
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and (p.name in names or p.suffix == ".safetensors"))
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_at(path: str, size: int, mtime_ns: int) -> str:
+    return files.sha256_file(Path(path))
+
+
+def _file_sha256(path: Path) -> str:
+    # Every stage resolves the spec: hash a large weights file once per version of it.
+    stat = path.stat()
+    return _sha256_at(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+class CheckpointModule(nn.Module):
+    """The transformers model, its outputs as a tuple of tensors (what tracing and torch.export take)."""
+
+    def __init__(self, model: nn.Module, outputs: tuple[str, ...]):
+        super().__init__()
+        self.model: nn.Module = model
+        self.outputs = outputs
+        # No key/value cache for a causal LM: the logits of one forward pass.
+        self.extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+
+    def run(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(**inputs, **self.extra, return_dict=True)
+        return tuple(out[name] for name in self.outputs)
+
+
+# forward names its arguments: torch.export maps the dynamic axes onto them by position.
+class TextModule(CheckpointModule):
+    """(input_ids, attention_mask) -> the task's outputs."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.run(input_ids=input_ids, attention_mask=attention_mask)
+
+
+class ImageModule(CheckpointModule):
+    """pixel_values -> the task's outputs."""
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.run(pixel_values=pixel_values)
+
+
+def build(args: Mapping[str, Any]) -> CheckpointModule:
+    """The checkpoint's class at its config (model_args), random weights: train loads the real ones."""
+    cls = getattr(transformers, args["architecture"])
+    module = TextModule if args["inputs"] == ["input_ids", "attention_mask"] else ImageModule
+    return module(cls(cls.config_class.from_dict(dict(args["config"]))), tuple(args["outputs"]))
+
+
+def load_weights(folder: Path, args: Mapping[str, Any]) -> TrainResult:
+    """The checkpoint's weights in the module `build(args)` makes; model_args carry the weights' sha256."""
+    cls = getattr(transformers, args["architecture"])
+    loaded, info = cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32, output_loading_info=True)
+    missing = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
+    if missing:
+        raise SpecError(
+            "train",
+            f"{folder / WEIGHTS} has no weights (or weights of another shape) for {args['architecture']}: {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
+            f"save the model of task {args['task']} with save_pretrained, or pass the task the weights were saved for (--task)",
+        )
+    model = build(args)
+    model.model.load_state_dict(loaded.state_dict())
+    weights = {name: _file_sha256(folder / name) for name in checkpoint_files(folder) if name.endswith(".safetensors")}
+    return TrainResult(model.state_dict(), {**args, "weights_sha256": weights}, {})
+
+
+def checkpoint_spec(folder: Path, task: str | None = None) -> ModelSpec:
+    """The spec of the checkpoint in `folder`, for `task` (None: the one its architecture says)."""
+    folder = folder.resolve()
+    raw, config = read_config(folder)
+    task, cls = model_class(folder, raw, config, task)
+    inputs = model_inputs(folder, cls, task)
+    outputs = output_names(cls, config, task)
+    args = {"task": task, "architecture": cls.__name__, "inputs": list(inputs), "outputs": list(outputs), "config": config_args(config)}
+    fields: dict[str, Any] = {
+        "name": spec_name(folder),
+        "outputs": tuple(TensorSpec(name, "float32", output_shape(name, config, task)) for name in outputs),
+        "build": build,
+        "train": lambda seed: load_weights(folder, args),  # the checkpoint's weights; no seed to use
+        "labels": Labels("logits", label_names(folder, raw, config)) if task in CLASSIFIERS else None,
+        "source": folder,
+        "task": task,
+    }
+    if task in IMAGE_TASKS:
+        return CheckpointSpec(**fields, **image_fields(folder, config))
+    return CheckpointSpec(**fields, **text_fields(folder, config))
+
+
+def model_inputs(folder: Path, cls: type[PreTrainedModel], task: str) -> tuple[str, ...]:
+    """What forward takes: pixel_values for an image task, input_ids and attention_mask for the others."""
+    want = "pixel_values" if task in IMAGE_TASKS else "input_ids"
+    if cls.main_input_name != want:
+        raise SpecError(
+            "model",
+            f"{folder / CONFIG}: task {task} needs {want}, {cls.__name__} takes {cls.main_input_name}",
+            "use image-classification for an image model; the other tasks are for text models",
+        )
+    if task in IMAGE_TASKS:
+        return ("pixel_values",)
+    if "attention_mask" not in inspect.signature(cls.forward).parameters:
+        raise SpecError(
+            "model",
+            f"{folder / CONFIG}: {cls.__name__} takes no attention_mask",
+            "use a text model whose forward takes input_ids and attention_mask",
+        )
+    return ("input_ids", "attention_mask")
+
+
+def spec_name(folder: Path) -> str:
+    """The folder's name as the pipeline's names go: letters, digits, '_' and '-'."""
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in folder.name).strip("_")
+    return name or "hf_model"
+
+
+def read_config(folder: Path) -> tuple[dict[str, Any], PreTrainedConfig]:
+    """config.json as written, and as transformers reads it."""
+    if not folder.is_dir():
+        raise SpecError(
+            "model", f"checkpoint folder {folder} does not exist", "pass hf:PATH, PATH the folder model.save_pretrained(PATH) wrote"
+        )
+    path = folder / CONFIG
+    if not path.is_file():
+        raise SpecError("model", f"{folder} has no {CONFIG}", f"save the model into it with model.save_pretrained({str(folder)!r})")
+    if not (folder / WEIGHTS).is_file() and not (folder / f"{WEIGHTS}.index.json").is_file():
+        other = [p.name for p in folder.glob("*.bin")]
+        raise SpecError(
+            "model",
+            f"{folder} has no {WEIGHTS}" + (f" (it has {', '.join(other)}: pickled weights are not loaded)" if other else ""),
+            "save the weights as safetensors: model.save_pretrained(PATH) (safe_serialization is the default)",
+        )
+    try:
+        raw = json.loads(path.read_text())
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (ValueError, KeyError, OSError) as exc:
+        raise SpecError(
+            "model",
+            f"{path}: transformers {transformers.__version__} cannot read it: {exc}".strip(),
+            "check its model_type; a model type newer than the installed transformers needs a newer transformers",
+        ) from None
+    return raw, config
+
+
+def infer_task(folder: Path, architecture: str) -> str:
+    """The task an architecture is for: the task whose transformers classes include it."""
+    tasks = [task for task, classes in TASK_CLASSES.items() if architecture in _names(classes.values())]
+    if len(tasks) != 1:
+        why = f"is for {' and '.join(tasks)}" if tasks else "is none of the tasks' classes"
+        raise SpecError(
+            "model",
+            f"{folder / CONFIG}: architectures {architecture} {why}",
+            f"say which task: --task TASK (or --model hf:{folder}#task=TASK), TASK one of {', '.join(HF_TASKS)}",
+        )
+    return tasks[0]
+
+
+def model_class(folder: Path, raw: Mapping[str, Any], config: PreTrainedConfig, task: str | None) -> tuple[str, type[PreTrainedModel]]:
+    """The task and the transformers class that does it: the architecture's own, or the task's class for this model_type."""
+    architectures = raw.get("architectures") or []
+    if architectures and getattr(transformers, architectures[0], None) is None:
+        raise SpecError(
+            "model",
+            f"{folder / CONFIG}: architectures {architectures[0]} is not a class of transformers {transformers.__version__}",
+            "save the model with a transformers class (its name goes into architectures), or install the transformers that has it",
+        )
+    if task is None:
+        if not architectures:
+            raise SpecError(
+                "model", f"{folder / CONFIG} names no architectures", f"say which task: --task TASK, TASK one of {', '.join(HF_TASKS)}"
+            )
+        task = infer_task(folder, architectures[0])
+    if architectures and architectures[0] in _names(TASK_CLASSES[task].values()):
+        return task, getattr(transformers, architectures[0])
+    names = TASK_CLASSES[task].get(config.model_type)
+    if names is None:
+        fits = [t for t, classes in TASK_CLASSES.items() if config.model_type in classes]
+        raise SpecError(
+            "model",
+            f"{folder / CONFIG}: task {task} does not fit model_type {config.model_type!r} ({', '.join(architectures) or 'no architectures'})",
+            f"use a task this model has a class for: {', '.join(fits) or 'none of ' + ', '.join(HF_TASKS)}",
+        )
+    return task, getattr(transformers, _names([names])[0])
+
+
+def _names(values: Any) -> list[str]:
+    # A mapping's value is one class name or a tuple of them.
+    return [n for v in values for n in ((v,) if isinstance(v, str) else v)]
+
+
+def output_names(cls: type[PreTrainedModel], config: PreTrainedConfig, task: str) -> tuple[str, ...]:
+    if task != "feature-extraction":
+        return ("logits",)
+    with torch.device("meta"):  # the class as build() makes it, no memory: does it have a pooler?
+        model = cls(config)
+    return ("last_hidden_state", "pooler_output") if getattr(model, "pooler", None) is not None else ("last_hidden_state",)
+
+
+def output_shape(name: str, config: PreTrainedConfig, task: str) -> tuple[int | str, ...]:
+    if name == "pooler_output":
+        return ("batch", config.hidden_size)
+    if name == "last_hidden_state":
+        return ("batch", "seq", config.hidden_size)
+    if task == "causal-lm":
+        return ("batch", "seq", config.vocab_size)
+    return ("batch", "seq", num_labels(config)) if task == "token-classification" else ("batch", num_labels(config))
+
+
+def label_names(folder: Path, raw: Mapping[str, Any], config: PreTrainedConfig) -> tuple[str, ...]:
+    """id2label's names in class order; config.json's own table must have one per class id."""
+    table = raw.get("id2label")
+    if table is None:
+        names: dict[Any, str] = dict(config.id2label or {})
+        return tuple(names[i] for i in range(num_labels(config)))
+    count = raw.get("num_labels", len(table))
+    ids = sorted(int(k) for k in table) if all(str(k).isdigit() for k in table) else None
+    if ids != list(range(count)):
+        raise SpecError(
+            "model",
+            f"{folder / CONFIG}: id2label has ids {sorted(table)}, num_labels is {count}",
+            f"give id2label one name for each class id 0..{count - 1} (its keys are the ids)",
+        )
+    return tuple(str(table[str(i)]) for i in range(count))
+
+
+def max_length(folder: Path, config: PreTrainedConfig) -> int:
+    """tokenizer_config.json's model_max_length, at most the model's positions."""
+    positions = getattr(config, "max_position_embeddings", None)
+    path = folder / TOKENIZER_CONFIG
+    declared = json.loads(path.read_text()).get("model_max_length") if path.is_file() else None
+    lengths = [n for n in (positions, declared) if isinstance(n, int) and 0 < n < UNSET_LENGTH]
+    if not lengths:
+        raise SpecError(
+            "model",
+            f"{folder}: neither {CONFIG} (max_position_embeddings) nor {TOKENIZER_CONFIG} (model_max_length) says how long a text may be",
+            f"set model_max_length in {TOKENIZER_CONFIG}: PreTrainedTokenizerFast(..., model_max_length=512).save_pretrained(PATH)",
+        )
+    return min(lengths)
+
+
+def text_fields(folder: Path, config: PreTrainedConfig) -> dict[str, Any]:
+    path = folder / TOKENIZER
+    if not path.is_file():
+        raise SpecError(
+            "model",
+            f"{folder} has no {TOKENIZER}: a text model's inputs are made by its tokenizer",
+            f"save the tokenizer beside the model: AutoTokenizer.from_pretrained(...).save_pretrained({str(folder)!r}) (a fast tokenizer)",
+        )
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises its own exception type
+        raise SpecError(
+            "model", f"{path} cannot be read by tokenizers: {exc}", "save it again with a fast tokenizer's save_pretrained"
+        ) from None
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise SpecError(
+            "model",
+            f"{path} has {tokenizer.get_vocab_size()} tokens, {folder / CONFIG} vocab_size is {config.vocab_size}",
+            "use the tokenizer the model was trained with",
+        )
+    length = max_length(folder, config)
+    feeds = TextFeeds(path, TokenFeeds(config.vocab_size, length), _pad_id(tokenizer, config))
+    return {
+        "inputs": (
+            TensorSpec("input_ids", "int64", ("batch", "seq"), low=0, high=config.vocab_size - 1),
+            TensorSpec("attention_mask", "int64", ("batch", "seq"), low=0, high=1),
+        ),
+        "sample_inputs": feeds.sample_inputs,
+        "edge_inputs": feeds.tokens.edge_inputs,
+        "parity_cases": feeds.parity_cases,
+        "max_lengths": {"seq": length},
+        "example_request": {"text": SENTENCES[1]},  # tokenized in the worker, as every text request is
+        "text_input": TextInput(tokenizer=path, max_length=length, truncate=True),
+    }
+
+
+def _pad_id(tokenizer: Tokenizer, config: PreTrainedConfig) -> int:
+    # Any id does for padding under a mask of 0; the tokenizer's own, where it has one.
+    padding = tokenizer.padding or {}
+    pad = padding.get("pad_id", getattr(config, "pad_token_id", None))
+    return pad if isinstance(pad, int) and 0 <= pad < config.vocab_size else 0
+
+
+@dataclass(frozen=True)
+class TextFeeds:
+    """`input_ids` and `attention_mask` of real sentences through the checkpoint's tokenizer, right-padded."""
+
+    tokenizer: Path
+    tokens: TokenFeeds
+    pad_id: int
+
+    def encode(self, texts: tuple[str, ...] | list[str], length: int | None = None) -> Feed:
+        tokenizer = Tokenizer.from_file(str(self.tokenizer))
+        rows = [enc.ids[: self.tokens.max_length] for enc in tokenizer.encode_batch(list(texts))]
+        rows = [row or [self.pad_id] for row in rows]  # a tokenizer may give a text no tokens; a row needs one
+        length = length or max(len(row) for row in rows)
+        ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : min(len(row), length)] = row[:length]
+        return self.tokens.feed(ids, [min(len(row), length) for row in rows])
+
+    def sample_inputs(self, batch: int, rng: np.random.Generator) -> Feed:
+        texts = [SENTENCES[i] for i in rng.integers(0, len(SENTENCES), size=batch)]
+        return self.encode(texts, min(SAMPLE_LENGTH, self.tokens.max_length))
+
+    def parity_cases(self, rng: np.random.Generator) -> dict[str, Feed]:
+        """A right-padded batch of sentences of different lengths, and sequences of length 1."""
+        padded = self.encode(SENTENCES[:4])
+        lengths = padded["attention_mask"].sum(axis=1).tolist()
+        # Length 1: each sentence's second token (its first word, after a tokenizer's [CLS]).
+        words = self.encode(SENTENCES[4:7])["input_ids"][:, 1:2]
+        return {
+            f"padded sentences seq={padded['input_ids'].shape[1]} lengths={lengths}": padded,
+            "seq=1 b=3": self.tokens.feed(words, [1] * 3),
+        }
+
+
+def image_fields(folder: Path, config: PreTrainedConfig) -> dict[str, Any]:
+    image = image_input(folder, config)
+    feeds = PixelFeeds(image)
+    return {
+        "inputs": (TensorSpec("pixel_values", "float32", ("batch", 3, image.height, image.width)),),
+        "sample_inputs": feeds.sample_inputs,
+        "edge_inputs": feeds.edge_inputs,
+        # An image is too large a JSON body to paste; the serving side takes image files.
+        "example_request": None,
+        "image_input": image,
+    }
+
+
+def image_input(folder: Path, config: PreTrainedConfig) -> ImageInput:
+    """The preprocessing preprocessor_config.json declares, as the worker runs it on a decoded image."""
+    path = folder / PREPROCESSOR
+    if not path.is_file():
+        raise SpecError(
+            "model",
+            f"{folder} has no {PREPROCESSOR}: an image model's inputs are made by its image processor",
+            f"save it beside the model: AutoImageProcessor.from_pretrained(...).save_pretrained({str(folder)!r})",
+        )
+    raw = json.loads(path.read_text())
+    if getattr(config, "num_channels", 3) != 3:
+        raise SpecError(
+            "model", f"{folder / CONFIG}: num_channels is {config.num_channels}", "image inputs are RGB: use a model of 3 channels"
+        )
+
+    def size(key: str) -> dict[str, int]:
+        if key not in raw:
+            raise SpecError("model", f"{path}: do_{'resize' if key == 'size' else 'center_crop'} is set, {key} is not", f"give {key}")
+        try:
+            return get_size_dict(raw[key], param_name=key)
+        except ValueError as exc:
+            raise SpecError(
+                "model", f"{path}: {key} {raw[key]!r}: {exc}", f"give {key} as {{height, width}} or {{shortest_edge}}"
+            ) from None
+
+    resize = size("size") if raw.get("do_resize", True) else {}
+    crop = size("crop_size") if raw.get("do_center_crop", False) else {}
+    final = crop or (resize if "height" in resize else {})
+    if final:
+        hw = (final["height"], final["width"])
+    elif hasattr(config, "image_size"):
+        hw = image_hw(config.image_size)
+    else:
+        raise SpecError(
+            "model", f"{path}: the images' size is not fixed (size {resize})", "set do_center_crop and crop_size, or size {height, width}"
+        )
+    if hasattr(config, "image_size") and image_hw(config.image_size) != hw:
+        raise SpecError(
+            "model",
+            f"{path} makes images of {hw[0]}x{hw[1]} (size / crop_size), {folder / CONFIG} image_size is {config.image_size}",
+            "save the image processor the model was trained with",
+        )
+    normalise = raw.get("do_normalize", True)
+    if normalise and ("image_mean" not in raw or "image_std" not in raw):
+        raise SpecError("model", f"{path}: do_normalize is set without image_mean and image_std", "give both, three floats each")
+    return ImageInput(
+        input="pixel_values",
+        height=hw[0],
+        width=hw[1],
+        mean=_rgb(raw["image_mean"] if normalise else 0.0),
+        std=_rgb(raw["image_std"] if normalise else 1.0),
+        resize_shortest_edge=resize.get("shortest_edge"),
+        resize=(resize["height"], resize["width"]) if "height" in resize else None,
+        crop=(crop["height"], crop["width"]) if crop else None,
+        rescale=float(raw.get("rescale_factor", 1 / 255)) if raw.get("do_rescale", True) else 1.0,
+        resample=_resample(path, raw.get("resample", Image.Resampling.BILINEAR)),
+    )
+
+
+def _resample(path: Path, value: Any) -> str:
+    # preprocessor_config.json holds Pillow's number for it; ImageInput its name.
+    try:
+        return Image.Resampling(value).name.lower()
+    except ValueError:
+        names = ", ".join(f"{r.value} ({r.name.lower()})" for r in Image.Resampling)
+        raise SpecError("model", f"{path}: resample {value!r} is not one of Pillow's filters", f"use one of {names}") from None
+
+
+def _rgb(value: float | list[float]) -> tuple[float, float, float]:
+    r, g, b = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
+    return r, g, b
+
+
+@dataclass(frozen=True)
+class PixelFeeds:
+    """`pixel_values` of random RGB pixels, normalised as the preprocessor does it."""
+
+    image: ImageInput
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        mean, std = np.asarray(self.image.mean), np.asarray(self.image.std)
+        values = (pixels.astype(np.float64) * self.image.rescale - mean) / std
+        return values.transpose(0, 3, 1, 2).astype(np.float32)  # [batch, height, width, 3] -> [batch, 3, height, width]
+
+    def sample_inputs(self, batch: int, rng: np.random.Generator) -> Feed:
+        pixels = rng.integers(0, 256, size=(batch, self.image.height, self.image.width, 3))
+        return {"pixel_values": self.normalise(pixels)}
+
+    def edge_inputs(self) -> Feed:
+        """A black, a white and a mid-grey image."""
+        pixels = np.stack([np.full((self.image.height, self.image.width, 3), v) for v in (0, 255, 128)])
+        return {"pixel_values": self.normalise(pixels)}

@@ -1,0 +1,451 @@
+"""`--model hf:PATH`: a save_pretrained folder on disk as a ModelSpec, and through the chain.
+
+Each checkpoint is a small config of a transformers class with random weights, saved with
+`save_pretrained` beside a tokenizer built with the `tokenizers` library (a word-level
+vocabulary) or a ViT image processor: no hub, no download.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from PIL import Image
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel
+from tokenizers.processors import TemplateProcessing
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+)
+
+from pipeline import cli
+from pipeline.artifacts import files
+from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import CHECKPOINT
+from pipeline.errors import SpecError
+from pipeline.models import hf_checkpoint
+from pipeline.serving import server as serve
+from pipeline.settings import Layout, Settings
+from pipeline.spec import HF_TASKS, ImageInput, Labels, TextInput, load_spec
+from pipeline.stages import train
+
+# The vocabulary: every word and mark of the sentences the spec's examples are made of.
+WORDS = re.findall(r"\w+|[^\w\s]+", " ".join(hf_checkpoint.SENTENCES).lower())
+BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 100}
+# 40 positions, a tokenizer_config.json that says 48: texts are at most 40 tokens.
+POSITIONS, TOKENIZER_LENGTH = 40, 48
+SENTIMENT = {0: "negative", 1: "positive", 2: "neutral"}
+ENTITIES = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+FLOWERS = {0: "daisy", 1: "rose", 2: "tulip", 3: "iris"}
+MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+def tokenizer(model_max_length: int | None = TOKENIZER_LENGTH) -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *dict.fromkeys(WORDS)])}
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", **extra)
+
+
+def save(model, folder: Path, processor) -> Path:
+    torch.manual_seed(0)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def make_checkpoints(root: Path) -> dict[str, Path]:
+    torch.manual_seed(0)
+
+    def bert(**labels):
+        return BertConfig(**BERT, max_position_embeddings=POSITIONS, **labels)
+
+    vit = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, id2label=FLOWERS
+    )
+    gpt2 = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=POSITIONS, bos_token_id=2, eos_token_id=3)
+    image = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD, resample=Image.Resampling.BICUBIC)
+    return {
+        "sentiment": save(BertForSequenceClassification(bert(id2label=SENTIMENT)), root / "my.sentiment model", tokenizer()),
+        "ner": save(BertForTokenClassification(bert(id2label=ENTITIES)), root / "ner", tokenizer()),
+        "encoder": save(BertModel(bert()), root / "encoder", tokenizer()),
+        "flowers": save(ViTForImageClassification(vit), root / "flowers", image),
+        "gpt": save(GPT2LMHeadModel(gpt2), root / "gpt", tokenizer(None)),
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    return make_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture
+def short_tmp():
+    folder = Path(tempfile.mkdtemp(prefix="hf-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def copy(checkpoint: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(checkpoint, tmp_path / checkpoint.name))
+
+
+def edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def edit_config(folder: Path, **changes) -> None:
+    edit_json(folder / "config.json", **changes)
+
+
+# --- the spec ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, task, outputs",
+    [
+        ("sentiment", "text-classification", {"logits": ("batch", 3)}),
+        ("ner", "token-classification", {"logits": ("batch", "seq", 5)}),
+        ("encoder", "feature-extraction", {"last_hidden_state": ("batch", "seq", 32), "pooler_output": ("batch", 32)}),
+        ("flowers", "image-classification", {"logits": ("batch", 4)}),
+        ("gpt", "causal-lm", {"logits": ("batch", "seq", 100)}),
+    ],
+)
+def test_task_comes_from_the_architecture(checkpoints, name, task, outputs):
+    spec = load_spec(f"hf:{checkpoints[name]}")
+    assert spec.task == task
+    assert {t.name: t.shape for t in spec.outputs} == outputs
+    assert all(t.dtype == "float32" for t in spec.outputs)
+
+
+def test_task_overrides_the_architecture(checkpoints):
+    spec = load_spec(f"hf:{checkpoints['sentiment']}#task=feature-extraction")
+    assert spec.task == "feature-extraction" and spec.labels is None
+    assert [t.name for t in spec.outputs] == ["last_hidden_state", "pooler_output"]
+    # The classifier's encoder, without its head: the BertModel inside the checkpoint.
+    result = spec.train(0)
+    assert result.model_args["architecture"] == "BertModel"
+    model = spec.build(result.model_args)
+    model.load_state_dict(result.state_dict)
+    want = BertForSequenceClassification.from_pretrained(
+        checkpoints["sentiment"], local_files_only=True
+    ).bert.embeddings.word_embeddings.weight
+    assert torch.equal(model.model.embeddings.word_embeddings.weight, want)
+
+
+def test_task_travels_in_the_model_string(checkpoints):
+    model = f"hf:{checkpoints['sentiment']}"
+    args = cli.parse(["train", "--model", model, "--task", "token-classification"])
+    assert args.model == f"{model}#task=token-classification"
+    assert (
+        cli.parse(["train", "--model", f"{model}#task=causal-lm", "--task", "feature-extraction"]).model
+        == f"{model}#task=feature-extraction"
+    )
+    assert cli.parse(["serve", "--model", model]).model == model
+    assert cli.parse(["bench", "--model", model, "--task", "feature-extraction"]).model == f"{model}#task=feature-extraction"
+
+
+def test_the_tasks_are_one_table():
+    assert tuple(hf_checkpoint.TASK_CLASSES) == HF_TASKS
+
+
+def test_task_refused_for_a_model_file(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.parse(["train", "--model", "simple_nn", "--task", "causal-lm"])
+    assert info.value.code == 2
+    assert "--task is for a Hugging Face checkpoint" in capsys.readouterr().err
+
+
+def test_text_spec_fields(checkpoints):
+    folder = checkpoints["sentiment"]
+    spec = load_spec(f"hf:{folder}")
+    assert spec.name == "my_sentiment_model"  # the folder's name, as names go
+    assert [(t.name, t.dtype, t.shape, t.low, t.high) for t in spec.inputs] == [
+        ("input_ids", "int64", ("batch", "seq"), 0, 99),
+        ("attention_mask", "int64", ("batch", "seq"), 0, 1),
+    ]
+    assert spec.text_input == TextInput(tokenizer=folder.resolve() / "tokenizer.json", max_length=POSITIONS, truncate=True)
+    assert dict(spec.max_lengths) == {"seq": POSITIONS}
+    assert spec.labels == Labels(output="logits", names=("negative", "positive", "neutral"))
+    assert spec.image_input is None
+
+
+def test_max_length_is_the_tokenizers_below_the_positions(checkpoints, tmp_path):
+    folder = copy(checkpoints["encoder"], tmp_path)
+    edit_json(folder / "tokenizer_config.json", model_max_length=12)
+    spec = load_spec(f"hf:{folder}")
+    assert spec.text_input.max_length == 12 and dict(spec.max_lengths) == {"seq": 12}
+    # The examples are truncated there too.
+    assert spec.sample_inputs(4, np.random.default_rng(0))["input_ids"].shape[1] == 12
+    assert all(f["input_ids"].shape[1] <= 12 for f in spec.parity_cases(np.random.default_rng(0)).values())
+    # gpt's tokenizer says no length (transformers' 1e30): the model's positions.
+    assert load_spec(f"hf:{checkpoints['gpt']}").text_input.max_length == POSITIONS
+
+
+def test_text_examples_are_sentences_through_the_checkpoints_tokenizer(checkpoints):
+    folder = checkpoints["sentiment"]
+    spec = load_spec(f"hf:{folder}")
+    tok = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    sample = spec.check_feed(spec.sample_inputs(4, np.random.default_rng(0)), "sample", "test")
+    length = sample["input_ids"].shape[1]
+    assert length >= 2 and length != 4  # torch.export sees two distinct dynamic sizes
+    for ids, mask in zip(sample["input_ids"], sample["attention_mask"]):
+        real = ids[mask == 1].tolist()
+        assert tok.decode(real) in {tok.decode(tok(s)["input_ids"][:length]) for s in hf_checkpoint.SENTENCES}
+        assert real[0] == tok.convert_tokens_to_ids("[CLS]") and np.all(ids[mask == 0] == tok.pad_token_id)
+    cases = {k: spec.check_feed(v, k, "test") for k, v in spec.parity_cases(np.random.default_rng(0)).items()}
+    padded = next(f for k, f in cases.items() if k.startswith("padded"))
+    lengths = padded["attention_mask"].sum(axis=1)
+    assert len(set(lengths.tolist())) > 1 and lengths.max() == padded["input_ids"].shape[1]
+    assert all(np.all(row[:n] == 1) and np.all(row[n:] == 0) for row, n in zip(padded["attention_mask"], lengths))
+    want = tok(list(hf_checkpoint.SENTENCES[:4]), padding=True, return_tensors="np")
+    assert np.array_equal(padded["input_ids"], want["input_ids"]) and np.array_equal(padded["attention_mask"], want["attention_mask"])
+    assert any(f["input_ids"].shape[1] == 1 for f in cases.values())
+    edge = spec.check_feed(spec.edge_inputs(), "edge", "test")["input_ids"]
+    assert edge.min() == 0 and edge.max() == 99
+    assert spec.example_request == {"text": "Hello world!"}  # what serve prints: the worker tokenizes it
+
+
+def test_image_spec_fields_and_examples(checkpoints):
+    folder = checkpoints["flowers"]
+    spec = load_spec(f"hf:{folder}")
+    assert [(t.name, t.shape) for t in spec.inputs] == [("pixel_values", ("batch", 3, 32, 32))]
+    assert spec.image_input == ImageInput(
+        input="pixel_values",
+        height=32,
+        width=32,
+        mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.25, 0.3),
+        resize=(32, 32),
+        rescale=1 / 255,
+        resample="bicubic",
+    )
+    assert spec.labels == Labels(output="logits", names=("daisy", "rose", "tulip", "iris"))
+    assert spec.text_input is None and spec.example_request is None
+    # Random pixels normalised as the checkpoint's own image processor does it.
+    rng = np.random.default_rng(0)
+    sample = spec.check_feed(spec.sample_inputs(3, rng), "sample", "test")["pixel_values"]
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3)).astype(np.uint8)
+    processor = ViTImageProcessorPil.from_pretrained(folder, local_files_only=True)
+    want = processor([Image.fromarray(p) for p in pixels], do_resize=False, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(sample, want, atol=1e-6)
+    black, white, _ = spec.edge_inputs()["pixel_values"]
+    np.testing.assert_allclose(black[:, 0, 0], -np.asarray(MEAN) / STD, rtol=1e-6)
+    np.testing.assert_allclose(white[:, 0, 0], (1 - np.asarray(MEAN)) / STD, rtol=1e-6)
+
+
+def test_image_input_follows_a_shortest_edge_and_crop_preprocessor(checkpoints, tmp_path):
+    folder = copy(checkpoints["flowers"], tmp_path)
+    config = {
+        "do_resize": True,
+        "size": {"shortest_edge": 36},
+        "do_center_crop": True,
+        "crop_size": 32,  # an old-style int: a square
+        "do_rescale": False,
+        "do_normalize": False,
+        "resample": 2,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    image = load_spec(f"hf:{folder}").image_input
+    assert image == ImageInput(
+        input="pixel_values",
+        height=32,
+        width=32,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        resize_shortest_edge=36,
+        crop=(32, 32),
+        rescale=1.0,
+        resample="bilinear",
+    )
+
+
+def test_train_loads_the_checkpoints_weights_and_records_their_hash(checkpoints):
+    folder = checkpoints["gpt"]
+    spec = load_spec(f"hf:{folder}")
+    result = spec.train(0)
+    assert result.model_args["weights_sha256"] == {"model.safetensors": files.sha256_file(folder / "model.safetensors")}
+    saved = load_file(folder / "model.safetensors")
+    assert all(torch.equal(result.state_dict[f"model.{k}"], v) for k, v in saved.items())
+    # The rebuilt module answers as transformers' own model from the folder.
+    model = spec.build(json.loads(json.dumps(result.model_args)))
+    model.load_state_dict(result.state_dict)
+    feed = spec.sample_inputs(2, np.random.default_rng(0))
+    ids, mask = torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])
+    with torch.inference_mode():
+        (got,) = model.eval()(ids, mask)
+        want = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True).eval()(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want)
+
+
+def test_editing_the_checkpoint_retrains(checkpoints, tmp_path):
+    folder = copy(checkpoints["sentiment"], tmp_path)
+    settings = Settings(model=f"hf:{folder}", root=tmp_path / "project")
+    assert not train.run(settings).skipped
+    assert train.run(settings).skipped
+    edit_config(folder, id2label={"0": "bad", "1": "good", "2": "meh"})
+    assert not train.run(settings).skipped
+    model = BertForSequenceClassification.from_pretrained(folder, local_files_only=True)
+    with torch.no_grad():
+        model.classifier.bias.add_(1.0)
+    model.save_pretrained(folder)
+    assert not train.run(settings).skipped
+    # Another task of the same folder is another model.
+    assert not train.run(Settings(model=f"hf:{folder}#task=feature-extraction", root=tmp_path / "project")).skipped
+    record = Manifest((tmp_path / "project").resolve(), "my_sentiment_model").records[CHECKPOINT]
+    assert record.details["model_args"]["weights_sha256"]["model.safetensors"] == files.sha256_file(folder / "model.safetensors")
+
+
+# --- what is refused, and the message ----------------------------------------------------
+
+
+def remove(name):
+    def edit(folder: Path) -> None:
+        (folder / name).unlink()
+
+    return edit
+
+
+ERRORS = {
+    "missing folder": ("sentiment", lambda f: shutil.rmtree(f), "", r"checkpoint folder .* does not exist"),
+    "no config.json": ("sentiment", remove("config.json"), "", r"has no config\.json.*save_pretrained"),
+    "no weights": ("sentiment", remove("model.safetensors"), "", r"has no model\.safetensors.*safetensors"),
+    "unknown architecture": (
+        "sentiment",
+        lambda f: edit_config(f, architectures=["BertForTeleportation"]),
+        "",
+        r"config\.json: architectures BertForTeleportation is not a class of transformers",
+    ),
+    "unknown model type": (
+        "sentiment",
+        lambda f: edit_config(f, model_type="bert-from-the-future"),
+        "",
+        r"config\.json: transformers .* cannot read it",
+    ),
+    "architecture of no task": (
+        "sentiment",
+        lambda f: edit_config(f, architectures=["BertForMaskedLM"]),
+        "",
+        r"architectures BertForMaskedLM is none of the tasks' classes.*--task TASK",
+    ),
+    "no task to infer": ("sentiment", lambda f: edit_config(f, architectures=[]), "", r"names no architectures.*--task"),
+    "task unfit": (
+        "flowers",
+        None,
+        "#task=text-classification",
+        r"task text-classification does not fit model_type 'vit'.*image-classification",
+    ),
+    "image feature extraction": (
+        "flowers",
+        None,
+        "#task=feature-extraction",
+        r"task feature-extraction needs input_ids, ViTModel takes pixel_values.*image-classification",
+    ),
+    "resample unknown": (
+        "flowers",
+        lambda f: edit_json(f / "preprocessor_config.json", resample=9),
+        "",
+        r"preprocessor_config\.json: resample 9 is not one of Pillow's filters.*3 \(bicubic\)",
+    ),
+    "task unknown": ("sentiment", None, "#task=translation", r"unknown task 'translation'.*text-classification"),
+    "option unknown": ("sentiment", None, "#size=large", r"unknown option 'size=large' after '#'.*PATH#task=TASK"),
+    "text without tokenizer.json": ("sentiment", remove("tokenizer.json"), "", r"has no tokenizer\.json.*save_pretrained"),
+    "image without preprocessor": ("flowers", remove("preprocessor_config.json"), "", r"has no preprocessor_config\.json.*save_pretrained"),
+    "id2label unlike num_labels": (
+        "sentiment",
+        lambda f: edit_config(f, num_labels=4),
+        "",
+        r"config\.json: id2label has ids \['0', '1', '2'\], num_labels is 4.*0\.\.3",
+    ),
+    "id2label with a gap": (
+        "sentiment",
+        lambda f: edit_config(f, id2label={"0": "a", "1": "b", "5": "c"}),
+        "",
+        r"id2label has ids \['0', '1', '5'\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_an_unusable_checkpoint_is_refused_with_the_fix(checkpoints, tmp_path, case):
+    name, edit, suffix, message = ERRORS[case]
+    folder = copy(checkpoints[name], tmp_path)
+    if edit is not None:
+        edit(folder)
+    with pytest.raises(SpecError, match=f"(?s){message}") as info:
+        load_spec(f"hf:{folder}{suffix}")
+    assert info.value.stage == "model" and info.value.fix
+
+
+def test_weights_that_do_not_fit_the_task_are_refused_at_train(checkpoints):
+    # The token classifier's encoder has no pooler: feature extraction would run a random one.
+    spec = load_spec(f"hf:{checkpoints['ner']}#task=feature-extraction")
+    with pytest.raises(SpecError, match=r"model\.safetensors has no weights .* for BertModel: pooler\.dense\.bias"):
+        spec.train(0)
+
+
+def test_the_cli_prints_the_error(checkpoints, tmp_path, capsys):
+    assert cli.main(["train", "--model", f"hf:{tmp_path / 'nothing'}", "--root", str(tmp_path)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --- the chain ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sentiment", "flowers"])
+def test_a_checkpoint_goes_through_the_chain(checkpoints, short_tmp, name):
+    root = short_tmp / "project"  # TorchServe's sockets live under it: pytest's own tmp_path is too long
+    model = f"hf:{checkpoints[name]}"
+    assert cli.main(["all", "--model", model, "--root", str(root), "--parity-batch-sizes", "1,2,7"]) == 0
+    spec = load_spec(model)
+    layout = Layout(root.resolve(), spec.name)
+    report = json.loads((layout.reports / "parity.json").read_text())
+    assert report["passed"]
+    assert set(spec.parity_cases(np.random.default_rng(0)) if spec.parity_cases else ()) <= {r["case"] for r in report["results"]}
+    assert layout.mar.is_file()
+    record = Manifest(layout.root, spec.name).records[CHECKPOINT]
+    assert record.details["model_args"]["weights_sha256"] == {
+        "model.safetensors": files.sha256_file(checkpoints[name] / "model.safetensors")
+    }
+    # The archive serves the checkpoint's own inputs: a sentence, or a JPEG file's bytes as curl -T sends them.
+    if name == "sentiment":
+        body, content_type, names = json.dumps({"text": hf_checkpoint.SENTENCES[0]}).encode(), "application/json", SENTIMENT
+    else:
+        jpeg = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+        body, content_type, names = jpeg.getvalue(), "image/jpeg", FLOWERS
+    settings = Settings(model=model, root=root)
+    info = serve.start(settings, auto_ports=True)
+    try:
+        status, answer = info.predict(body, content_type=content_type)
+    finally:
+        serve.stop(settings)
+    assert status == 200, answer
+    top = json.loads(answer)["labels"]
+    assert [t["label"] for t in top] and {t["label"] for t in top} <= set(names.values()), top
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(top))
