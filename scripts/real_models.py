@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.serving.client import http  # noqa: E402
+from pipeline.serving.preprocess import sample_image  # noqa: E402
 from pipeline.settings import Layout  # noqa: E402
-from pipeline.spec import ModelSpec, load_spec  # noqa: E402
+from pipeline.spec import HF_PREFIX, ModelSpec, load_spec  # noqa: E402
 
 DEFAULT_MODELS = ("resnet50", "vit_b16", "bert_base", "gpt2", "tests/fixtures/wide_mlp.py")
 STAGES = ("train", "trace", "export", "parity", "package")
@@ -147,17 +148,20 @@ def read_results(row: Row, layout: Layout, since: datetime.datetime) -> None:
         row.archive_bytes = layout.mar.stat().st_size
 
 
-def request_body(spec: ModelSpec) -> tuple[bytes, str]:
-    """The body `serve` prints (`ModelSpec.request_example`), and where it came from."""
+def request_body(spec: ModelSpec) -> tuple[bytes, str, str]:
+    """The body `serve` prints (`ModelSpec.request_example`), or a 640 x 480 JPEG for a model
+    that takes images; where it came from; its Content-Type."""
+    if spec.image_input is not None:
+        return sample_image(np.random.default_rng(0), 640, 480), "a 640x480 JPEG (gradients and noise)", "image/jpeg"
     source = "example_request" if spec.example_request is not None else "generated from sample_inputs(1), rounded to 0.1"
-    return json.dumps(spec.request_example(), separators=(",", ":")).encode(), source
+    return json.dumps(spec.request_example(), separators=(",", ":")).encode(), source, "application/json"
 
 
 def serve_once(spec: ModelSpec, model: str, root: Path, timeout: float) -> dict[str, Any]:
     """Serve the archive, send one request with the token, stop the server whatever happened."""
     pipeline = [sys.executable, "-m", "pipeline"]
     where = ["--model", model, "--root", str(root)]
-    body, source = request_body(spec)
+    body, source, content_type = request_body(spec)
     served: dict[str, Any] = {"request": source, "request_bytes": len(body)}
     t_start = time.perf_counter()
     try:
@@ -175,7 +179,7 @@ def serve_once(spec: ModelSpec, model: str, root: Path, timeout: float) -> dict[
         url = next(line.split()[1] for line in started.stdout.splitlines() if line.strip().startswith("URL"))
         token = subprocess.run([*pipeline, "token", *where], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
         t0 = time.perf_counter()
-        status, answer = http("POST", url, body, token.stdout.strip(), timeout=timeout)
+        status, answer = http("POST", url, body, token.stdout.strip(), content_type=content_type, timeout=timeout)
         served.update(status=status, answer_bytes=len(answer), seconds=round(time.perf_counter() - t0, 3))
         if status != 200:
             served["error"] = answer[:400].decode(errors="replace")
@@ -188,7 +192,7 @@ def serve_once(spec: ModelSpec, model: str, root: Path, timeout: float) -> dict[
 
 def run_model(model: str, root: Path, timeout: float, serve: bool) -> Row:
     row = Row(model=model)
-    if model.endswith(".py") or "/" in model:
+    if not model.startswith(HF_PREFIX) and (model.endswith(".py") or "/" in model):
         # Relative to where the suite runs, else to the checkout (the default list's fixture).
         path = next((p for p in (Path(model).absolute(), ROOT / model) if p.is_file()), Path(model))
         if not path.is_file():
