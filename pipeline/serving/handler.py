@@ -22,12 +22,16 @@ from http import HTTPStatus
 from pathlib import Path
 
 from pipeline.artifacts.names import ARCHIVE_CONTRACT, ARCHIVE_MODEL
-from pipeline.serving.contract import Contract
+from pipeline.serving import oip
+from pipeline.serving.contract import Contract, RequestError
 from pipeline.serving.predictor import Answer, Predictor, open_model
 
 # TorchServe's worker logs this line for every batch it receives (ts/protocol/otf_message_handler.py);
 # its frontend then reads, parses and logs it again. It carries nothing the access log lacks.
 PER_BATCH_LINE = "Backend received inference at: %d"
+# The proxy in front of TorchServe (pipeline/serving/proxy.py) turns `POST /v2/models/<model>/infer`
+# into a prediction with this header; a client's own header of that name is removed first.
+OIP_HEADER = "X-Pipeline-Protocol"
 
 
 def drop_per_batch_line(record: logging.LogRecord) -> bool:
@@ -56,6 +60,21 @@ def fit_batch(answers: list[Answer], budget: int) -> list[Answer]:
         sent = sent or answer.status == 200
         fitted.append(answer)
     return fitted
+
+
+def request_header(context, idx: int, name: str) -> str | None:
+    """One of the request's own headers (any case), as TorchServe hands them to the worker."""
+    read = getattr(context, "get_all_request_header", None)
+    headers = (read(idx) if read is not None else None) or {}
+    return next((v for k, v in headers.items() if k.lower() == name.lower() and isinstance(v, str)), None)
+
+
+def raw_body(item) -> bytes:
+    """The request body as bytes: TorchServe has already parsed a JSON one."""
+    body = item.get("body", item.get("data")) if isinstance(item, dict) else item
+    if isinstance(body, (bytes, bytearray)):
+        return bytes(body)
+    return body.encode() if isinstance(body, str) else json.dumps(body).encode()
 
 
 def content_type(context, idx: int, item) -> str | None:
@@ -106,13 +125,44 @@ class OnnxHandler:
         return self.handle(data, context)
 
     def handle(self, data: list, context) -> list:
-        """Answer every request in the batch; a bad one, or one too large to send, gets its own status."""
-        assert self.predictor is not None  # set by initialize(), which __call__ runs first
-        types = [content_type(context, idx, item) for idx, item in enumerate(data)]
-        answers = fit_batch(self.predictor.answer(data, types), self.predictor.contract.max_batch_response_bytes)
+        """Answer every request in the batch; a bad one, or one too large to send, gets its own status.
+
+        An Open Inference Protocol request (`POST /v2/models/<model>/infer`, which the proxy
+        hands over as a prediction marked with OIP_HEADER) is decoded to the project's JSON
+        body first, and its answer encoded back as OIP tensors, binary where the client asked.
+        """
+        predictor = self.predictor
+        assert predictor is not None  # set by initialize(), which __call__ runs first
+        items, types = list(data), [content_type(context, idx, item) for idx, item in enumerate(data)]
+        answers: list[Answer | None] = [None] * len(items)
+        plans: dict[int, dict] = {}
+        for idx, item in enumerate(data):
+            if context is not None and request_header(context, idx, OIP_HEADER) == "oip":
+                try:
+                    body, plans[idx] = oip.decode_infer(raw_body(item), request_header(context, idx, oip.HEADER_LENGTH), predictor.contract)
+                except RequestError as exc:
+                    answers[idx] = Answer.error(exc.code, str(exc))
+                    continue
+                items[idx], types[idx] = {"body": body}, "application/json"
+        todo = [idx for idx, answer in enumerate(answers) if answer is None]
+        for idx, answer in zip(todo, predictor.answer([items[i] for i in todo], [types[i] for i in todo])):
+            answers[idx] = answer
+        binary: dict[int, int] = {}
+        for idx, plan in plans.items():
+            done = answers[idx]
+            if done is not None and done.status == 200:
+                payload, header_length = oip.encode_infer(json.loads(done.body), plan, predictor.contract)
+                answers[idx] = Answer(200, payload)
+                if header_length is not None:
+                    binary[idx] = header_length
+        fitted = fit_batch([a for a in answers if a is not None], predictor.contract.max_batch_response_bytes)
         if context is not None:
-            for idx, answer in enumerate(answers):
+            for idx, answer in enumerate(fitted):
                 if answer.status != 200:
                     context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, idx)
-                context.set_response_content_type(idx, "application/json")
-        return [a.body for a in answers]
+                if idx in binary and answer.status == 200:
+                    context.set_response_content_type(idx, "application/octet-stream")
+                    context.set_response_header(idx, oip.HEADER_LENGTH, str(binary[idx]))
+                else:
+                    context.set_response_content_type(idx, "application/json")
+        return [a.body for a in fitted]

@@ -51,6 +51,16 @@ WHAT_TO_DO = {
 }
 
 
+# The Open Inference Protocol's infer route, which TorchServe lacks, becomes a prediction that
+# the handler decodes as OIP (handler.OIP_HEADER): tritonclient works unchanged, binary tensors included.
+OIP_PATH = r"^/v2/models/[^/]+/infer$"
+OIP_REWRITE = [
+    "    http-request del-header X-Pipeline-Protocol",
+    f"    http-request set-header X-Pipeline-Protocol oip if {{ method POST }} {{ path_reg {OIP_PATH} }}",
+    f"    http-request set-path /predictions/%[path,field(4,/)] if {{ method POST }} {{ path_reg {OIP_PATH} }}",
+]
+
+
 @dataclass(frozen=True)
 class Route:
     """One TorchServe API: the TCP port clients use and the Unix socket TorchServe listens on."""
@@ -156,6 +166,7 @@ def config(routes: list[Route], limits: Limits, error_dir: Path) -> str:
             f"    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt {cap} }}",
             f"    http-request wait-for-body time {REQUEST_TIMEOUT_S}s at-least {cap + 1}",
             f"    http-request deny deny_status 413 if {{ req.body_len gt {cap} }}",
+            *(OIP_REWRITE if route.name == "inference" else []),
             f"    default_backend {route.name}",
             f"backend {route.name}",
             f"    server torchserve unix@{route.socket} maxconn {limits.upstream}",

@@ -7,6 +7,7 @@ import shutil
 import socket
 import statistics
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -277,6 +278,47 @@ def test_sequential_latency_vs_ping(server):
     MEASUREMENTS.append(
         f"served p50 over 200 sequential requests: predict {predict * 1e3:.2f} ms, /ping {ping * 1e3:.2f} ms, ratio {predict / ping:.2f}x"
     )
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary tensors", "JSON tensors"])
+def test_tritonclient_infers_on_torchserve_too(server, binary):
+    """The proxy turns OIP's infer route into a prediction the handler decodes as OIP: a client that holds
+    tensors sends them as raw bytes, not JSON, and gets them back the same way."""
+    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a dev dependency (make setup)")
+    client = httpclient.InferenceServerClient(server.inference.removeprefix("http://"))
+    try:
+        x = httpclient.InferInput("x", [3, 1], "FP32")
+        x.set_data_from_numpy(np.array([[1.0], [2.0], [5.0]], dtype=np.float32), binary_data=binary)
+        out = [httpclient.InferRequestedOutput("y", binary_data=binary)]
+        result = client.infer(server.model, [x], headers={"Authorization": f"Bearer {server.token()}"}, outputs=out, request_id="t1")
+        y = result.as_numpy("y")
+        assert y.shape == (3, 1) and y.dtype == np.float32
+        np.testing.assert_allclose(y[:, 0], [3.0, 5.0, 11.0], atol=0.05)
+        assert result.get_response()["id"] == "t1"
+        bad = httpclient.InferInput("x", [1, 1], "FP64")
+        bad.set_data_from_numpy(np.ones((1, 1), np.float64), binary_data=binary)
+        with pytest.raises(Exception, match=r"(?s)\[400\].*input 'x' is FP32"):
+            client.infer(server.model, [bad], headers={"Authorization": f"Bearer {server.token()}"})
+        with pytest.raises(Exception, match=r"(?s)\[400\].*Token Authorization failed"):  # the token still counts
+            client.infer(server.model, [x], headers={"Authorization": "Bearer not-the-token"})
+    finally:
+        client.close()
+
+
+def test_a_client_cannot_mark_its_own_request_as_oip(server):
+    """Only the proxy sets the handler's OIP marker: a client's header of that name is dropped."""
+    from pipeline.serving.handler import OIP_HEADER
+
+    status, answer = http("POST", server.predictions_url, b'{"x": 5.0}', server.token(), content_type="application/json")  # the baseline
+    assert status == 200
+    request = urllib.request.Request(
+        server.predictions_url,
+        data=b'{"x": 5.0}',
+        method="POST",
+        headers={"Authorization": f"Bearer {server.token()}", "Content-Type": "application/json", OIP_HEADER: "oip"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert abs(json.loads(response.read())["y"] - 11.0) < 0.05  # answered as the project's JSON, not decoded as OIP
 
 
 def test_killed_worker_is_restarted(server):
