@@ -423,6 +423,9 @@ def run(settings: Settings) -> StageResult:
         "batch_sizes": list(settings.parity_batch_sizes),
         "sweep": budget_record,
         "model_source_sha256": spec.source_sha256(),
+        # The text and image cases are made by the archive's preprocessing: a new tokenizer.json
+        # (its sha256 is in the section) or image settings re-run parity.
+        "preprocessing": {k: v for k, v in spec.contract().items() if k in ("text_input", "image_input")},
         "seed": settings.seed,
         "cuda": cuda_available(),
         "cuda_precision": precision,
