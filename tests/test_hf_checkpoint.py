@@ -7,6 +7,7 @@ vocabulary) or a ViT image processor: no hub, no download.
 
 from __future__ import annotations
 
+import inspect
 import io
 import itertools
 import json
@@ -31,9 +32,13 @@ from transformers import (
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaForSequenceClassification,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessorPil,
@@ -50,8 +55,8 @@ from pipeline.settings import Layout, Settings
 from pipeline.spec import HF_TASKS, ImageInput, Labels, TextInput, load_spec
 from pipeline.stages import train
 
-# The vocabulary: every word and mark of the sentences the spec's examples are made of.
-WORDS = re.findall(r"\w+|[^\w\s]+", " ".join(hf_checkpoint.SENTENCES).lower())
+# The vocabulary: every word and mark of the sentences (and pairs) the spec's examples are made of.
+WORDS = re.findall(r"\w+|[^\w\s]+", " ".join(hf_checkpoint.SENTENCES + sum(hf_checkpoint.PAIRS, ())).lower())
 BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 100}
 # 40 positions, a tokenizer_config.json that says 48: texts are at most 40 tokens.
 POSITIONS, TOKENIZER_LENGTH = 40, 48
@@ -66,7 +71,9 @@ def tokenizer(model_max_length: int | None = TOKENIZER_LENGTH) -> PreTrainedToke
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     extra = {} if model_max_length is None else {"model_max_length": model_max_length}
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", **extra)
 
@@ -187,11 +194,73 @@ def test_text_spec_fields(checkpoints):
     assert [(t.name, t.dtype, t.shape, t.low, t.high) for t in spec.inputs] == [
         ("input_ids", "int64", ("batch", "seq"), 0, 99),
         ("attention_mask", "int64", ("batch", "seq"), 0, 1),
+        ("token_type_ids", "int64", ("batch", "seq"), 0, 1),  # BERT's two segments: it reads sentence pairs
     ]
     assert spec.text_input == TextInput(tokenizer=folder.resolve() / "tokenizer.json", max_length=POSITIONS, truncate=True)
     assert dict(spec.max_lengths) == {"seq": POSITIONS}
     assert spec.labels == Labels(output="logits", names=("negative", "positive", "neutral"))
     assert spec.image_input is None
+
+
+SINGLE_TEXT = {
+    "roberta": RobertaForSequenceClassification,
+    "distilbert": DistilBertForSequenceClassification,
+    "bert of one type": BertForSequenceClassification,
+}
+
+
+def single_text_checkpoint(kind: str, folder: Path) -> Path:
+    """A text classifier of one segment: RoBERTa (type_vocab_size 1), DistilBERT (no token_type_ids), BERT of one type."""
+    if kind == "roberta":  # RoBERTa's positions start after its padding id: two more than it reads
+        config = RobertaConfig(**BERT, max_position_embeddings=POSITIONS + 2, type_vocab_size=1, id2label=SENTIMENT)
+    elif kind == "distilbert":
+        config = DistilBertConfig(
+            n_layers=2, n_heads=2, dim=32, hidden_dim=64, vocab_size=100, max_position_embeddings=POSITIONS, id2label=SENTIMENT
+        )
+    else:
+        config = BertConfig(**BERT, max_position_embeddings=POSITIONS, type_vocab_size=1, id2label=SENTIMENT)
+    return save(SINGLE_TEXT[kind](config), folder, tokenizer())
+
+
+@pytest.mark.parametrize("kind", list(SINGLE_TEXT))
+def test_a_model_of_one_segment_takes_no_token_type_ids(tmp_path, kind):
+    folder = single_text_checkpoint(kind, tmp_path / "single")
+    spec = load_spec(f"hf:{folder}")
+    assert [t.name for t in spec.inputs] == ["input_ids", "attention_mask"]
+    cases = spec.parity_cases(np.random.default_rng(0))
+    assert not any("pairs" in case for case in cases)
+    feeds = [spec.sample_inputs(2, np.random.default_rng(0)), spec.edge_inputs(), *cases.values()]
+    assert all(set(feed) == {"input_ids", "attention_mask"} for feed in feeds)
+    # Its weights load into the module of two inputs, which answers as transformers' own model.
+    result = spec.train(0)
+    model = spec.build(result.model_args)
+    model.load_state_dict(result.state_dict)
+    ids, mask = (torch.from_numpy(feeds[0][name]) for name in ("input_ids", "attention_mask"))
+    with torch.inference_mode():
+        (got,) = model.eval()(ids, mask)
+        want = SINGLE_TEXT[kind].from_pretrained(folder, local_files_only=True).eval()(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want)
+
+
+def test_sentence_pairs_feed_the_second_segment(checkpoints):
+    folder = checkpoints["sentiment"]
+    spec = load_spec(f"hf:{folder}")
+    tok = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    cases = {k: spec.check_feed(v, k, "test") for k, v in spec.parity_cases(np.random.default_rng(0)).items()}
+    pairs = next(f for k, f in cases.items() if k.startswith("padded sentence pairs"))
+    firsts, seconds = zip(*hf_checkpoint.PAIRS)
+    want = tok(list(firsts), list(seconds), padding=True, return_token_type_ids=True, return_tensors="np")
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        assert np.array_equal(pairs[name], want[name]), name
+    assert set(pairs["token_type_ids"][pairs["attention_mask"] == 1].tolist()) == {0, 1}
+    # Single sentences are all in segment 0; the edge rows reach segment 1.
+    sample = spec.sample_inputs(3, np.random.default_rng(0))
+    assert not sample["token_type_ids"].any()
+    assert all(not f["token_type_ids"].any() for k, f in cases.items() if "pairs" not in k)
+    assert spec.check_feed(spec.edge_inputs(), "edge", "test")["token_type_ids"].max() == 1
+    # The module takes them third, by name, as torch.export maps the dynamic axes.
+    model = spec.build(spec.train(0).model_args)
+    assert list(inspect.signature(model.forward).parameters) == ["input_ids", "attention_mask", "token_type_ids"]
 
 
 def test_max_length_is_the_tokenizers_below_the_positions(checkpoints, tmp_path):
@@ -432,20 +501,24 @@ def test_a_checkpoint_goes_through_the_chain(checkpoints, short_tmp, name):
     assert record.details["model_args"]["weights_sha256"] == {
         "model.safetensors": files.sha256_file(checkpoints[name] / "model.safetensors")
     }
-    # The archive serves the checkpoint's own inputs: a sentence, or a JPEG file's bytes as curl -T sends them.
+    # The archive serves the checkpoint's own inputs: a sentence and a sentence pair (BERT reads
+    # two segments), or a JPEG file's bytes as curl -T sends them.
     if name == "sentiment":
-        body, content_type, names = json.dumps({"text": hf_checkpoint.SENTENCES[0]}).encode(), "application/json", SENTIMENT
+        first, second = hf_checkpoint.PAIRS[0]
+        bodies = [json.dumps({"text": hf_checkpoint.SENTENCES[0]}).encode(), json.dumps({"text": first, "text_pair": second}).encode()]
+        content_type, names = "application/json", SENTIMENT
     else:
         jpeg = io.BytesIO()
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(jpeg, "JPEG")
-        body, content_type, names = jpeg.getvalue(), "image/jpeg", FLOWERS
+        bodies, content_type, names = [jpeg.getvalue()], "image/jpeg", FLOWERS
     settings = Settings(model=model, root=root)
     info = serve.start(settings, auto_ports=True)
     try:
-        status, answer = info.predict(body, content_type=content_type)
+        answers = [info.predict(body, content_type=content_type) for body in bodies]
     finally:
         serve.stop(settings)
-    assert status == 200, answer
-    top = json.loads(answer)["labels"]
-    assert [t["label"] for t in top] and {t["label"] for t in top} <= set(names.values()), top
-    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(top))
+    for status, answer in answers:
+        assert status == 200, answer
+        top = json.loads(answer)["labels"]
+        assert [t["label"] for t in top] and {t["label"] for t in top} <= set(names.values()), top
+        assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(top))

@@ -15,7 +15,7 @@ import functools
 import hashlib
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,16 @@ SENTENCES = (
     "Thanks a lot.",
     "She sells sea shells by the sea shore.",
 )
+# Sentence pairs, for a model that reads two segments (token_type_ids): a premise and a
+# hypothesis, a question and an answer, two paraphrases, as NLI, QA and MRPC fine-tunes see them.
+PAIRS = (
+    ("The quick brown fox jumps over the lazy dog.", "A fox jumps over a dog."),
+    ("Where is the nearest train station?", "The train station is near."),
+    ("I loved this film, the acting was wonderful and the ending surprised me.", "Not good."),
+    ("Hello world!", "Hello!"),
+)
+TEXT_INPUTS = ("input_ids", "attention_mask")
+PAIR_INPUTS = (*TEXT_INPUTS, "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,13 @@ class TextModule(CheckpointModule):
         return self.run(input_ids=input_ids, attention_mask=attention_mask)
 
 
+class TextPairModule(CheckpointModule):
+    """(input_ids, attention_mask, token_type_ids) -> the task's outputs: a model that reads sentence pairs."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.run(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+
 class ImageModule(CheckpointModule):
     """pixel_values -> the task's outputs."""
 
@@ -129,7 +146,8 @@ class ImageModule(CheckpointModule):
 def build(args: Mapping[str, Any]) -> CheckpointModule:
     """The checkpoint's class at its config (model_args), random weights: train loads the real ones."""
     cls = getattr(transformers, args["architecture"])
-    module = TextModule if args["inputs"] == ["input_ids", "attention_mask"] else ImageModule
+    modules: dict[tuple[str, ...], type[CheckpointModule]] = {TEXT_INPUTS: TextModule, PAIR_INPUTS: TextPairModule}
+    module = modules.get(tuple(args["inputs"]), ImageModule)
     return module(cls(cls.config_class.from_dict(dict(args["config"]))), tuple(args["outputs"]))
 
 
@@ -156,7 +174,7 @@ def checkpoint_spec(folder: Path, task: str | None = None) -> ModelSpec:
     folder = folder.resolve()
     raw, config = read_config(folder)
     task, cls = model_class(folder, raw, config, task)
-    inputs = model_inputs(folder, cls, task)
+    inputs = model_inputs(folder, cls, config, task)
     outputs = output_names(cls, config, task)
     args = {"task": task, "architecture": cls.__name__, "inputs": list(inputs), "outputs": list(outputs), "config": config_args(config)}
     fields: dict[str, Any] = {
@@ -170,11 +188,13 @@ def checkpoint_spec(folder: Path, task: str | None = None) -> ModelSpec:
     }
     if task in IMAGE_TASKS:
         return CheckpointSpec(**fields, **image_fields(folder, config))
-    return CheckpointSpec(**fields, **text_fields(folder, config))
+    segments = type_vocab_size(cls, config) if "token_type_ids" in inputs else 0
+    return CheckpointSpec(**fields, **text_fields(folder, config, segments))
 
 
-def model_inputs(folder: Path, cls: type[PreTrainedModel], task: str) -> tuple[str, ...]:
-    """What forward takes: pixel_values for an image task, input_ids and attention_mask for the others."""
+def model_inputs(folder: Path, cls: type[PreTrainedModel], config: PreTrainedConfig, task: str) -> tuple[str, ...]:
+    """What forward takes: pixel_values for an image task, input_ids and attention_mask for the others,
+    and token_type_ids for a model that tells two segments apart (BERT: a sentence pair)."""
     want = "pixel_values" if task in IMAGE_TASKS else "input_ids"
     if cls.main_input_name != want:
         raise SpecError(
@@ -190,7 +210,19 @@ def model_inputs(folder: Path, cls: type[PreTrainedModel], task: str) -> tuple[s
             f"{folder / CONFIG}: {cls.__name__} takes no attention_mask",
             "use a text model whose forward takes input_ids and attention_mask",
         )
-    return ("input_ids", "attention_mask")
+    return PAIR_INPUTS if type_vocab_size(cls, config) > 1 else TEXT_INPUTS
+
+
+def type_vocab_size(cls: type[PreTrainedModel], config: PreTrainedConfig) -> int:
+    """How many segments the model's token_type_ids tell apart; 0 where forward takes none.
+
+    RoBERTa's forward takes token_type_ids but its config has one type (and DistilBERT's none):
+    such a model has no second segment to feed, so it gets the two inputs of a single text.
+    """
+    if "token_type_ids" not in inspect.signature(cls.forward).parameters:
+        return 0
+    types = getattr(config, "type_vocab_size", None)
+    return types if isinstance(types, int) and types > 0 else 0
 
 
 def spec_name(folder: Path) -> str:
@@ -323,7 +355,8 @@ def max_length(folder: Path, config: PreTrainedConfig) -> int:
     return min(lengths)
 
 
-def text_fields(folder: Path, config: PreTrainedConfig) -> dict[str, Any]:
+def text_fields(folder: Path, config: PreTrainedConfig, segments: int = 0) -> dict[str, Any]:
+    """A text model's inputs and their examples; `segments` > 0: token_type_ids too, of that many segment ids."""
     path = folder / TOKENIZER
     if not path.is_file():
         raise SpecError(
@@ -344,12 +377,15 @@ def text_fields(folder: Path, config: PreTrainedConfig) -> dict[str, Any]:
             "use the tokenizer the model was trained with",
         )
     length = max_length(folder, config)
-    feeds = TextFeeds(path, TokenFeeds(config.vocab_size, length), _pad_id(tokenizer, config))
+    feeds = TextFeeds(path, TokenFeeds(config.vocab_size, length, segments), _pad_id(tokenizer, config))
+    inputs: tuple[TensorSpec, ...] = (
+        TensorSpec("input_ids", "int64", ("batch", "seq"), low=0, high=config.vocab_size - 1),
+        TensorSpec("attention_mask", "int64", ("batch", "seq"), low=0, high=1),
+    )
+    if segments:
+        inputs += (TensorSpec("token_type_ids", "int64", ("batch", "seq"), low=0, high=segments - 1),)
     return {
-        "inputs": (
-            TensorSpec("input_ids", "int64", ("batch", "seq"), low=0, high=config.vocab_size - 1),
-            TensorSpec("attention_mask", "int64", ("batch", "seq"), low=0, high=1),
-        ),
+        "inputs": inputs,
         "sample_inputs": feeds.sample_inputs,
         "edge_inputs": feeds.tokens.edge_inputs,
         "parity_cases": feeds.parity_cases,
@@ -368,36 +404,47 @@ def _pad_id(tokenizer: Tokenizer, config: PreTrainedConfig) -> int:
 
 @dataclass(frozen=True)
 class TextFeeds:
-    """`input_ids` and `attention_mask` of real sentences through the checkpoint's tokenizer, right-padded."""
+    """`input_ids` and `attention_mask` (and `token_type_ids`, where the model takes them) of real
+    sentences through the checkpoint's tokenizer, right-padded."""
 
     tokenizer: Path
     tokens: TokenFeeds
     pad_id: int
 
-    def encode(self, texts: tuple[str, ...] | list[str], length: int | None = None) -> Feed:
+    def encode(self, texts: Sequence[str | tuple[str, str]], length: int | None = None) -> Feed:
+        """Texts (or pairs of texts) tokenized, cut to `length` and right-padded to it (None: the longest)."""
         tokenizer = Tokenizer.from_file(str(self.tokenizer))
-        rows = [enc.ids[: self.tokens.max_length] for enc in tokenizer.encode_batch(list(texts))]
-        rows = [row or [self.pad_id] for row in rows]  # a tokenizer may give a text no tokens; a row needs one
-        length = length or max(len(row) for row in rows)
+        cut = self.tokens.max_length
+        # A tokenizer may give a text no tokens; a row needs one.
+        rows = [(e.ids[:cut], e.type_ids[:cut]) if e.ids else ([self.pad_id], [0]) for e in tokenizer.encode_batch(list(texts))]
+        length = length or max(len(row) for row, _ in rows)
         ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
-        for i, row in enumerate(rows):
+        types = np.zeros_like(ids)  # the padding in segment 0, as the tokenizers library pads it
+        for i, (row, segments) in enumerate(rows):
             ids[i, : min(len(row), length)] = row[:length]
-        return self.tokens.feed(ids, [min(len(row), length) for row in rows])
+            types[i, : min(len(row), length)] = segments[:length]
+        return self.tokens.feed(ids, [min(len(row), length) for row, _ in rows], types)
 
     def sample_inputs(self, batch: int, rng: np.random.Generator) -> Feed:
         texts = [SENTENCES[i] for i in rng.integers(0, len(SENTENCES), size=batch)]
         return self.encode(texts, min(SAMPLE_LENGTH, self.tokens.max_length))
 
     def parity_cases(self, rng: np.random.Generator) -> dict[str, Feed]:
-        """A right-padded batch of sentences of different lengths, and sequences of length 1."""
+        """A right-padded batch of sentences of different lengths, sequences of length 1, and,
+        for a model of segments, a padded batch of sentence pairs (the second sentence is segment 1)."""
         padded = self.encode(SENTENCES[:4])
         lengths = padded["attention_mask"].sum(axis=1).tolist()
         # Length 1: each sentence's second token (its first word, after a tokenizer's [CLS]).
         words = self.encode(SENTENCES[4:7])["input_ids"][:, 1:2]
-        return {
+        cases = {
             f"padded sentences seq={padded['input_ids'].shape[1]} lengths={lengths}": padded,
             "seq=1 b=3": self.tokens.feed(words, [1] * 3),
         }
+        if self.tokens.type_vocab_size:
+            pairs = self.encode(PAIRS)
+            lengths = pairs["attention_mask"].sum(axis=1).tolist()
+            cases[f"padded sentence pairs seq={pairs['input_ids'].shape[1]} lengths={lengths}"] = pairs
+        return cases
 
 
 def image_fields(folder: Path, config: PreTrainedConfig) -> dict[str, Any]:

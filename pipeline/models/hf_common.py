@@ -87,14 +87,21 @@ class ImageFeeds:
 
 @dataclass(frozen=True)
 class TokenFeeds:
-    """`input_ids` and a 2-D `attention_mask` [batch, seq] (1 = a real token, right-padded)."""
+    """`input_ids` and a 2-D `attention_mask` [batch, seq] (1 = a real token, right-padded), and
+    `token_type_ids` (the segment of each token) where the model reads sentence pairs."""
 
     vocab_size: int
     max_length: int
+    # The segments the model tells apart (BERT's type_vocab_size, 2); 0: it takes no token_type_ids.
+    type_vocab_size: int = 0
 
-    def feed(self, ids: np.ndarray, lengths: list[int]) -> Feed:
+    def feed(self, ids: np.ndarray, lengths: list[int], types: np.ndarray | None = None) -> Feed:
+        """The feed of right-padded `ids`; `types` are the segment ids (none given: every token in segment 0)."""
         mask = (np.arange(ids.shape[1])[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
-        return {"input_ids": ids.astype(np.int64), "attention_mask": mask}
+        feed = {"input_ids": ids.astype(np.int64), "attention_mask": mask}
+        if self.type_vocab_size:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"]) if types is None else types.astype(np.int64)
+        return feed
 
     def tokens(self, batch: int, length: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, self.vocab_size, size=(batch, length))
@@ -106,7 +113,9 @@ class TokenFeeds:
     def edge_inputs(self) -> Feed:
         """The first and last token id of the vocabulary, and both in one row."""
         ids = np.array([[0] * 8, [self.vocab_size - 1] * 8, [0, self.vocab_size - 1] * 4])
-        return self.feed(ids, [8, 8, 8])
+        # Segment ids, where there are any: the first segment, the last, and a pair of the two.
+        top = max(self.type_vocab_size - 1, 0)
+        return self.feed(ids, [8, 8, 8], np.array([[0] * 8, [top] * 8, [0] * 4 + [top] * 4]))
 
     def parity_cases(self, rng: np.random.Generator) -> dict[str, Feed]:
         """A right-padded batch whose rows have different real lengths, and sequences of length 1."""

@@ -8,6 +8,11 @@ sections (`ModelSpec.contract` writes them from the spec's TextInput / ImageInpu
 
 Requests, beside the JSON tensors every model takes ({"input_ids": [[101, 2023, 102]]}):
     text models:   {"text": "a sentence"}  or  {"text": ["one", "two"]}   (at most max_texts)
+    sentence pairs (a model that takes token_type_ids, as Hugging Face's text-classification
+                   pipeline takes them): {"text": "first", "text_pair": "second"}  or
+                   {"text": ["a", "b"], "text_pair": ["c", "d"]}   (one text_pair per text, each
+                   checked as a text is; a pair is truncated, or refused, at max_length as a whole;
+                   a text_pair to a model of single texts is a 400)
     image models:  a raw JPEG or PNG body (Content-Type image/jpeg or image/png, or none:
                    `curl -T cat.jpg`), {"image": "<base64>"} or {"image": ["<base64>", ...]},
                    or multipart/form-data with one or more JPEG/PNG files (`curl -F data=@cat.jpg`).
@@ -74,6 +79,8 @@ class TextEncoder:
         self.truncate = bool(section["truncate"])
         self.max_texts = int(section["max_texts"])
         self.feeds = {t["name"]: np.dtype(t["dtype"]) for t in inputs if t["name"] in TEXT_FEEDS}
+        # Only a model that tells segments apart (token_type_ids) reads a pair as two sentences.
+        self.pairs = "token_type_ids" in self.feeds
         self.tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
         # The checkpoint's own padding and truncation settings are replaced by the contract's:
         # padding is done here (to the batch's longest, with the checkpoint's pad id), truncation only where allowed.
@@ -83,36 +90,55 @@ class TextEncoder:
         )
         self.tokenizer.no_padding()
         if self.truncate:
-            self.tokenizer.enable_truncation(self.max_length)
+            # A pair is cut from the longer of its two texts, token by token, until it fits (as transformers does).
+            self.tokenizer.enable_truncation(self.max_length, strategy="longest_first")
         else:
             self.tokenizer.no_truncation()
 
-    def texts(self, value: Any) -> tuple[list[str], bool]:
-        """(the texts, whether one was sent alone) from a request's "text" value, or a RequestError."""
+    def texts(self, value: Any, key: str = "text") -> tuple[list[str], bool]:
+        """(the texts, whether one was sent alone) from a request's "text" (or "text_pair") value, or a RequestError."""
         single = isinstance(value, str)
         texts = [value] if single else value
         if not isinstance(texts, list) or not texts:
-            raise RequestError('"text" must be a string or a non-empty list of strings')
+            raise RequestError(f'"{key}" must be a string or a non-empty list of strings')
         if len(texts) > self.max_texts:
-            raise RequestError(f'"text" holds {len(texts)} texts; this model takes at most {self.max_texts} per request')
+            raise RequestError(f'"{key}" holds {len(texts)} texts; this model takes at most {self.max_texts} per request')
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise RequestError(f'"text" item {i} is not a string')
+                raise RequestError(f'"{key}" item {i} is not a string')
             if not text.strip():
-                raise RequestError(f'"text" item {i} is empty; send some words')
+                raise RequestError(f'"{key}" item {i} is empty; send some words')
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate, which JSON's \\ud800 escape can carry
-                raise RequestError(f'"text" item {i} is not valid UTF-8 (it holds a lone surrogate)') from None
+                raise RequestError(f'"{key}" item {i} is not valid UTF-8 (it holds a lone surrogate)') from None
         return texts, single
 
-    def encode(self, texts: list[str]) -> Feed:
-        """The model's token inputs for these texts, padded to the longest; a text too long is a RequestError."""
-        encodings = self.tokenizer.encode_batch(texts)
+    def pairs_of(self, value: Any, pair: Any) -> tuple[list[tuple[str, str]], bool]:
+        """(the sentence pairs, whether one was sent alone) from "text" and "text_pair", as Hugging Face's
+        text-classification pipeline takes them: two strings, or two lists of the same length."""
+        if not self.pairs:
+            raise RequestError(
+                '"text_pair" is for a model that reads sentence pairs (token_type_ids); this model takes single texts: send "text" alone'
+            )
+        firsts, single = self.texts(value)
+        seconds, pair_single = self.texts(pair, "text_pair")
+        if single != pair_single or len(firsts) != len(seconds):
+            sent = ["one string" if alone else f"a list of {len(t)}" for t, alone in ((firsts, single), (seconds, pair_single))]
+            raise RequestError(
+                f'"text" is {sent[0]}, "text_pair" {sent[1]}: send one text_pair for each text (two strings, or two lists of the same length)'
+            )
+        return list(zip(firsts, seconds)), single
+
+    def encode(self, texts: Sequence[str | tuple[str, str]]) -> Feed:
+        """The model's token inputs for these texts (or pairs: token_type_ids 0 for the first, 1 for the second),
+        padded to the longest; a text too long is a RequestError."""
+        encodings = self.tokenizer.encode_batch(list(texts))
         longest = max(len(e.ids) for e in encodings)
         if not self.truncate and longest > self.max_length:
             i = next(i for i, e in enumerate(encodings) if len(e.ids) == longest)
-            raise RequestError(f'"text" item {i} is {longest} tokens; this model takes at most {self.max_length}: shorten it')
+            what = f'"text" and "text_pair" item {i} are' if isinstance(texts[i], tuple) else f'"text" item {i} is'
+            raise RequestError(f"{what} {longest} tokens; this model takes at most {self.max_length}: shorten it")
         ids = np.full((len(texts), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
         types = np.zeros_like(ids)
@@ -266,8 +292,12 @@ class RequestReader:
 
     def texts(self, body: dict) -> tuple[Feed, bool]:
         assert self.text is not None
-        if len(body) > 1:
-            raise RequestError(f'send "text" alone, not with {sorted(set(body) - {"text"})}')
+        other = sorted(set(body) - {"text", "text_pair"})
+        if other:
+            raise RequestError(f'send "text" alone (or with "text_pair"), not with {other}')
+        if "text_pair" in body:
+            pairs, single = self.text.pairs_of(body["text"], body["text_pair"])
+            return self.checked(self.text.encode(pairs)), single
         texts, single = self.text.texts(body["text"])
         return self.checked(self.text.encode(texts)), single
 

@@ -90,6 +90,45 @@ def test_long_text_is_refused_where_truncation_is_off(specs):
     assert "102 tokens; this model takes at most 32" in refused(reader, {"body": {"text": ["cat", " ".join(["cat"] * 100)]}})
 
 
+def test_a_sentence_pair_is_two_segments(text):
+    # As Hugging Face's text-classification pipeline takes it: "text" and "text_pair".
+    feed, single = text.read({"body": {"text": "the cat sat", "text_pair": "a good movie"}})
+    assert single
+    assert feed["input_ids"].tolist() == [build_tokenizer().encode("the cat sat", "a good movie").ids]
+    assert feed["input_ids"][0].tolist().count(3) == 2  # [CLS] the cat sat [SEP] a good movie [SEP]
+    assert feed["token_type_ids"].tolist() == [[0] * 5 + [1] * 4]
+    assert feed["attention_mask"].tolist() == [[1] * 9]
+    pairs, single = text.read({"body": {"text": ["the cat sat", "hello"], "text_pair": ["on the mat", "world"]}})
+    assert not single
+    assert pairs["token_type_ids"].tolist() == [[0] * 5 + [1] * 4, [0] * 3 + [1] * 2 + [0] * 4]  # padding in segment 0
+    assert pairs["attention_mask"].tolist() == [[1] * 9, [1] * 5 + [0] * 4]
+
+
+def test_a_long_pair_is_truncated_to_max_length_from_its_longer_text(text):
+    feed, _ = text.read({"body": {"text": " ".join(["cat"] * 100), "text_pair": "a good movie"}})
+    assert feed["input_ids"].shape == (1, 32) and feed["input_ids"][0, -1] == 3
+    assert feed["token_type_ids"][0].tolist() == [0] * 28 + [1] * 4  # the short second text kept whole
+
+
+def test_a_long_pair_is_refused_where_truncation_is_off(specs):
+    spec = specs["bert_text"]
+    contract = spec.contract()
+    contract["text_input"]["truncate"] = False
+    reader = preprocess.reader(Contract(contract), spec.source.with_name("tokenizer.json").read_bytes())
+    body = {"text": ["cat", " ".join(["cat"] * 20)], "text_pair": ["dog", " ".join(["dog"] * 20)]}
+    assert '"text" and "text_pair" item 1 are 43 tokens; this model takes at most 32' in refused(reader, {"body": body})
+
+
+def test_a_text_pair_to_a_model_of_single_texts_is_refused(specs):
+    spec = specs["bert_text"]
+    contract = spec.contract()
+    contract["inputs"] = [t for t in contract["inputs"] if t["name"] != "token_type_ids"]
+    reader = preprocess.reader(Contract(contract), spec.source.with_name("tokenizer.json").read_bytes())
+    assert set(reader.read({"body": {"text": "the cat sat"}})[0]) == {"input_ids", "attention_mask"}
+    message = refused(reader, {"body": {"text": "the cat sat", "text_pair": "on the mat"}})
+    assert "this model takes single texts" in message and 'send "text" alone' in message
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
@@ -103,8 +142,37 @@ def test_long_text_is_refused_where_truncation_is_off(specs):
         (b'{"text": "\\ud800"}', "not valid UTF-8"),
         (b'{"text": "caf\xe9"}', "body is not valid UTF-8"),
         (b"", "empty body"),
+        ({"text": ["a", "b"], "text_pair": ["c"]}, '"text" is a list of 2, "text_pair" a list of 1: send one text_pair for each text'),
+        ({"text": "a", "text_pair": ["c"]}, '"text" is one string, "text_pair" a list of 1'),
+        ({"text": ["a", "b"], "text_pair": ["c", " "]}, '"text_pair" item 1 is empty'),
+        ({"text": "a", "text_pair": 5}, '"text_pair" must be a string'),
+        ({"text": "a", "text_pair": None}, '"text_pair" must be a string'),
+        ({"text": "", "text_pair": "b"}, '"text" item 0 is empty'),
+        ({"text": ["a"] * 9, "text_pair": ["b"] * 9}, "9 texts; this model takes at most 8"),
+        (b'{"text": "a", "text_pair": "\\udc00"}', '"text_pair" item 0 is not valid UTF-8'),
+        ({"text": "a", "text_pair": "b", "input_ids": [1]}, "not with ['input_ids']"),
     ],
-    ids=["empty", "blank", "no texts", "number", "item not a string", "too many", "with tensors", "surrogate", "latin-1 body", "no body"],
+    ids=[
+        "empty",
+        "blank",
+        "no texts",
+        "number",
+        "item not a string",
+        "too many",
+        "with tensors",
+        "surrogate",
+        "latin-1 body",
+        "no body",
+        "pair lists unequal",
+        "pair string and list",
+        "pair item blank",
+        "pair number",
+        "pair null",
+        "pair first empty",
+        "pairs too many",
+        "pair surrogate",
+        "pair with tensors",
+    ],
 )
 def test_bad_text_is_a_400_naming_the_problem(text, body, message):
     assert message in refused(text, {"body": body})
