@@ -471,9 +471,7 @@ def serve_command(args: argparse.Namespace) -> int:
     else:
         print(f"  try      {token_cmd} --header | curl -s -H @- -H 'Content-Type: application/json' {data} {info.predictions_url}")
     if isinstance(info, ray_server.RayInfo):
-        print(
-            f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.inference}/v2/models/{info.model}/infer, same token"
-        )
+        print(f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.infer_url}, same token")
     print(f"  logs     {_rel(Path(info.run_dir) / 'logs')}/")
     print(f"  stop     {stop_cmd}")
     return 0

@@ -512,7 +512,7 @@ def run(settings: BenchSettings) -> dict:
     started = time.perf_counter()
     steps = len(settings.devices) * len(settings.batch_sizes) * settings.rounds
     steps += len(settings.devices) * len(cold_engines(settings)) if settings.cold_start else 0
-    steps += bench_served.steps(settings)
+    steps += bench_served.steps(settings, spec)
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as tmp,
         tqdm(total=steps, desc=f"bench {spec.name}", unit="step", disable=None, mininterval=0.5) as bar,

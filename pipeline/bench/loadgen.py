@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -111,7 +112,7 @@ def generator_share(name: str, cpu_s: float, seconds: float) -> dict:
 
 def run_load(
     url: str,
-    bodies: list[str],
+    bodies: Sequence[str | bytes],
     concurrency: int,
     duration_s: float,
     *,
@@ -125,7 +126,6 @@ def run_load(
     config = {
         "host": f"{parts.scheme}://{parts.netloc}",
         "path": parts.path + (f"?{parts.query}" if parts.query else ""),
-        "bodies": bodies or [""],
         "concurrency": concurrency,
         "duration_s": duration_s,
         "max_requests": max_requests,
@@ -135,6 +135,12 @@ def run_load(
     }
     with tempfile.TemporaryDirectory(prefix="pipeline-load-") as tmp:
         config_path, out_path = Path(tmp) / "config.json", Path(tmp) / "out.json"
+        # Bodies travel as files: a JPEG is bytes, which JSON cannot hold.
+        config["body_files"] = []
+        for i, body in enumerate(bodies or [""]):
+            path = Path(tmp) / f"body-{i}"
+            path.write_bytes(body.encode("utf-8") if isinstance(body, str) else body)
+            config["body_files"].append(str(path))
         config_path.write_text(json.dumps(config))
         command = [sys.executable, "-m", "pipeline.bench.locust_worker", str(config_path), str(out_path)]
         code, output, cpu_s = _run_child(command, duration_s + timeout_s + 30, "locust")
@@ -183,22 +189,34 @@ def wrk_available() -> bool:
 
 
 def run_wrk(
-    url: str, body: str, concurrency: int, duration_s: float, *, headers: dict[str, str] | None = None, method: str = "POST"
+    url: str,
+    body: str | bytes,
+    concurrency: int,
+    duration_s: float,
+    *,
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+    content_type: str = "application/json",
 ) -> dict:
     """wrk, one thread, `concurrency` connections, for whole seconds: the summary `LoadResult.summary()` gives."""
     _check_target(url, concurrency, duration_s)
     seconds = max(1, round(duration_s))
-    lines = [f"wrk.method = {json.dumps(method)}"]
-    if method == "POST":
-        lines += [f"wrk.body = {json.dumps(body)}", 'wrk.headers["Content-Type"] = "application/json"']
-    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()]
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="pipeline-wrk-", delete=False) as script:
-        script.write("\n".join(lines) + "\n" + WRK_SCRIPT)
-    try:
-        command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s", script.name, url]
+    with tempfile.TemporaryDirectory(prefix="pipeline-wrk-") as tmp:
+        lines = [f"wrk.method = {json.dumps(method)}"]
+        if method == "POST":  # the body read from a file, so that any bytes (a JPEG) go as they are
+            body_path = Path(tmp) / "body"
+            body_path.write_bytes(body.encode("utf-8") if isinstance(body, str) else body)
+            lines += [
+                f'local body_file = assert(io.open({json.dumps(str(body_path))}, "rb"))',
+                'wrk.body = body_file:read("*a")',
+                "body_file:close()",
+                f'wrk.headers["Content-Type"] = {json.dumps(content_type)}',
+            ]
+        lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()]
+        script = Path(tmp) / "load.lua"
+        script.write_text("\n".join(lines) + "\n" + WRK_SCRIPT)
+        command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script), url]
         code, output, cpu_s = _run_child(command, seconds + 60, "wrk")
-    finally:
-        os.unlink(script.name)
     found = [line for line in output.splitlines() if line.startswith("WRK-JSON ")]
     if code != 0 or not found:
         raise PipelineError(
@@ -226,7 +244,15 @@ def run_wrk(
 
 
 def measure(
-    url: str, body: str, concurrency: int, duration_s: float, *, headers=None, method: str = "POST", generator: str = "auto"
+    url: str,
+    body: str | bytes,
+    concurrency: int,
+    duration_s: float,
+    *,
+    headers=None,
+    method: str = "POST",
+    generator: str = "auto",
+    content_type: str = "application/json",
 ) -> dict:
     """The benchmark's load: wrk where installed (or asked for), locust otherwise; the summary says which ran."""
     if generator == "wrk" or (generator == "auto" and wrk_available()):
@@ -234,5 +260,6 @@ def measure(
             raise PipelineError(
                 "load", "--load-generator wrk: wrk is not installed", "sudo apt-get install -y wrk, or use --load-generator locust"
             )
-        return run_wrk(url, body, concurrency, duration_s, headers=headers, method=method)
+        return run_wrk(url, body, concurrency, duration_s, headers=headers, method=method, content_type=content_type)
+    headers = {"Content-Type": content_type, **(headers or {})}
     return run_load(url, [body] if body else [], concurrency, duration_s, headers=headers, method=method).summary()

@@ -195,7 +195,7 @@ def _served_markdown(served: dict | None) -> list[str]:
         "",
         *verdicts(served["configs"]),
         "",
-        f"Request body: `{served['request_body']}`. Latency is what the client saw; the floor is `/ping` on the "
+        f"{_sent(served)}. Latency is what the client saw; the floor is `/ping` on the "
         "same server at the same concurrency; queue and frontend time come from TorchServe's own per-request "
         "metrics, the handler time per batch from the worker.",
         "",
@@ -243,6 +243,7 @@ def _served_markdown(served: dict | None) -> list[str]:
     if any(c.get("server") == "ray" for c in served["configs"]):
         lines += side_by_side(served["configs"])
     lines += _profile_markdown(served)
+    lines += _inputs_markdown(served)
     for c in served.get("comparisons", []):
         goal = c.get("goal")
         verdict = "" if goal is None else f" Goal {goal:g}×: {'met' if c['met'] else 'NOT met'}."
@@ -267,6 +268,46 @@ PROFILE_PARTS = (
     ("rest_ms", "batch assembly, frontend ↔ worker, worker protocol, metrics and logs"),
     ("handler_ms", "handler: parse, validate, run, encode (timed in process)"),
 )
+
+
+def _sent(served: dict) -> str:
+    request = served.get("request", {})
+    if "request_body" in served:
+        return f"Request body: `{served['request_body']}`"
+    return f"Request: {request.get('kind')}, {request.get('bytes', 0):,} bytes, Content-Type {request.get('content_type')}"
+
+
+def _inputs_markdown(served: dict) -> list[str]:
+    """The real input against the same tensors in binary, and its preprocessing timed alone."""
+    inputs, handler = served.get("inputs"), served.get("handler") or {}
+    if not inputs:
+        return []
+    request, binary = inputs["request"], inputs["binary"]
+    lines = [
+        f"### {request['kind']} against the same tensors in binary (tuned)",
+        "",
+        f"The request ({request['bytes']:,} bytes, {request['content_type']}) and the tensors the archive's reader makes "
+        f"from it, sent as an Open Inference Protocol binary request ({binary['bytes']:,} bytes to "
+        "`/v2/models/<model>/infer`), to the same server in the same run.",
+    ]
+    pre, per = handler.get("preprocess_us_per_request"), handler.get("us_per_request", {})
+    if pre is not None and "1" in per:
+        lines.append(
+            f"In process, the archive's handler takes {per['1'] / 1e3:.2f} ms per request at batch 1, of which "
+            f"{pre / 1e3:.2f} ms ({pre / per['1']:.0%}) is reading the request (decoding and resizing, or tokenizing) "
+            "and the rest the model and the answer."
+        )
+    lines += [
+        "",
+        f"| clients | {request['kind']} p50 | binary p50 | p50 ratio | {request['kind']} req/s | binary req/s | errors |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in inputs["per_concurrency"]:
+        lines.append(
+            f"| {r['concurrency']} | {_ms(r['p50_ms'])} | {_ms(r['binary_p50_ms'])} | {_x(r['p50_ratio'])} | "
+            f"{r['requests_per_s']:,.1f} | {r['binary_requests_per_s']:,.1f} | {r['errors']} |"
+        )
+    return [*lines, ""]
 
 
 def _profile_markdown(served: dict) -> list[str]:

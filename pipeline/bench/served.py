@@ -2,8 +2,10 @@
 
 For each serving config (the archive's default and a tuned one) the model is packaged
 with that config into a private project folder, served on free loopback ports, and
-swept over client concurrency with locust. `/ping` on the same server under the same
-load is the floor. TorchServe's per-request metrics (queue time and total time in the
+swept over client concurrency (wrk, or locust). `/ping` on the same server under the same
+load is the floor. What is sent is the model's real input where it takes one (a 640 x 480
+JPEG, a sentence: `pipeline.bench.inputs`), and on the tuned config the same tensors again
+as a binary Open Inference Protocol request, so decoding or tokenizing is seen end to end. TorchServe's per-request metrics (queue time and total time in the
 frontend, the handler's time per batch in the worker) are read from its metrics logs
 for exactly the span of each run. With `--served ray` the same sweep runs against the
 same archive on Ray Serve (a local cluster, 1 and 2 replicas), whose floor is its
@@ -12,7 +14,6 @@ same archive on Ray Serve (a local cluster, 1 and 2 replicas), whose floor is it
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -25,12 +26,15 @@ import numpy as np
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import MAR
 from pipeline.bench import handler_time
+from pipeline.bench.inputs import Request, requests
 from pipeline.bench.loadgen import measure
 from pipeline.errors import PipelineError
 from pipeline.serving import server as serve
 from pipeline.serving.client import http
+from pipeline.serving.contract import Contract
 from pipeline.serving.ray_server import RayInfo
 from pipeline.settings import Layout, Settings
+from pipeline.spec import tokenizer_file
 from pipeline.stages import package
 
 PING_SECONDS = 2.0
@@ -64,11 +68,12 @@ _METRIC = re.compile(r"(ts_inference_latency_microseconds|ts_queue_latency_micro
 _PREDICTION = re.compile(r"PredictionTime\.ms:([0-9.]+)")
 
 
-def steps(settings) -> int:
+def steps(settings, spec) -> int:
     if settings.served == "off":
         return 0
     configs = {"running": 1, "ray": len(RAY_TORCHSERVE_CONFIGS) + len(RAY_REPLICAS)}.get(settings.served, len(SERVING_CONFIGS))
-    return configs * len(settings.concurrency) * 2
+    binary = len(settings.concurrency) if spec.image_input is not None or spec.text_input is not None else 0
+    return configs * len(settings.concurrency) * 2 + binary
 
 
 def _pct(a: np.ndarray) -> dict:
@@ -180,24 +185,32 @@ def project_for(config: dict, settings, layout: Layout, folder: Path) -> Setting
 
 
 def _sweep(
-    info: serve.ServerInfo | RayInfo, properties: dict[str, str] | None, settings, body: str, bar, label: str
+    info: serve.ServerInfo | RayInfo,
+    properties: dict[str, str] | None,
+    settings,
+    request: Request,
+    bar,
+    label: str,
+    floor: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     """Load at each concurrency, then the floor at the same concurrency; TorchServe's metrics where there are some."""
     headers = {"Authorization": f"Bearer {info.token('inference')}"}
-    floor = f"{info.inference}/v2/health/live" if isinstance(info, RayInfo) else f"{info.inference}/ping"
+    send = {"headers": {**headers, **dict(request.headers)}, "generator": settings.load_generator, "content_type": request.content_type}
+    ping = f"{info.inference}/v2/health/live" if isinstance(info, RayInfo) else f"{info.inference}/ping"
     runs, floors = [], []
     generator = settings.load_generator
     # Warm-up: first requests pay for JIT and connection setup on both sides.
-    measure(info.predictions_url, body, 4, 1.0, headers=headers, generator=generator)
+    measure(request.url(info), request.body, 4, 1.0, **send)
     for c in settings.concurrency:
         bar.set_postfix_str(f"served {label} c={c}")
         window = metrics_window(info, properties) if isinstance(info, serve.ServerInfo) and properties is not None else None
-        result = measure(info.predictions_url, body, c, settings.served_seconds, headers=headers, generator=generator)
+        result = measure(request.url(info), request.body, c, settings.served_seconds, **send)
         runs.append({**result, **({"torchserve_metrics": window.breakdown()} if window else {})})
         bar.update(1)
+        if not floor:
+            continue
         bar.set_postfix_str(f"served {label} floor c={c}")
-        ping = measure(floor, "", c, min(PING_SECONDS, settings.served_seconds), headers=headers, method="GET", generator=generator)
-        floors.append(ping)
+        floors.append(measure(ping, "", c, min(PING_SECONDS, settings.served_seconds), headers=headers, method="GET", generator=generator))
         bar.update(1)
     for r, f in zip(runs, floors):
         r["ratio_to_ping_p50"] = r["p50_ms"] / f["p50_ms"] if f["p50_ms"] > 0 else None
@@ -241,8 +254,13 @@ def profile(configs: list[dict], handler: dict, name: str = "tuned") -> list[dic
 
 
 def run(settings, spec, layout: Layout, bar) -> dict:
-    """Sweep concurrency against each serving config; compare default with tuned."""
-    body = json.dumps(spec.example_request or _first_row(spec))
+    """Sweep concurrency against each serving config; compare default with tuned; real inputs against binary tensors."""
+    tokenizer = tokenizer_file(spec).read_bytes() if spec.text_input is not None else None
+    request, binary = requests(spec, Contract(spec.contract()), tokenizer)
+    sent = {
+        "request": request.describe(),
+        **({"request_body": request.body.decode()} if request.content_type == "application/json" else {}),
+    }
     configs: list[dict] = []
     if settings.served == "running":
         info = serve.load_info(layout)
@@ -253,10 +271,12 @@ def run(settings, spec, layout: Layout, bar) -> dict:
                 f"start one with make serve MODEL={settings.model}, or use --served auto",
             )
         properties = serve.read_properties(Path(info.run_dir) / "config.properties")
-        runs, floors = _sweep(info, properties, settings, body, bar, "running")
+        runs, floors = _sweep(info, properties, settings, request, bar, "running")
         configs.append({"name": "running", "server_config": _describe(info), "runs": runs, "ping": floors})
-        return {"request_body": body, "configs": configs, "comparisons": []}
+        alongside = _sweep(info, properties, settings, binary, bar, "running binary", floor=False)[0] if binary else []
+        return {**sent, "configs": configs, "comparisons": [], "inputs": inputs_compared(runs, alongside, request, binary)}
     names = RAY_TORCHSERVE_CONFIGS if settings.served == "ray" else tuple(SERVING_CONFIGS)
+    binary_runs: list[dict] = []
     for name in names:
         config = SERVING_CONFIGS[name]
         with tempfile.TemporaryDirectory(prefix=f"bench-serve-{name}-") as tmp:
@@ -264,22 +284,56 @@ def run(settings, spec, layout: Layout, bar) -> dict:
             info = serve.start(project, auto_ports=True, properties=config["server"])
             try:
                 server_config = _describe(info)
-                runs, floors = _sweep(info, config["server"], settings, body, bar, name)
+                runs, floors = _sweep(info, config["server"], settings, request, bar, name)
+                if name == "tuned" and binary is not None:  # the same tensors, already preprocessed, in the same server's run
+                    binary_runs = _sweep(info, config["server"], settings, binary, bar, f"{name} binary", floor=False)[0]
             finally:
                 serve.stop(project)
         configs.append(
             {"name": name, "server": "torchserve", "changes": config, "server_config": server_config, "runs": runs, "ping": floors}
         )
     if settings.served == "ray":
-        configs += [_ray_config(name, replicas, settings, layout, body, bar) for name, replicas in RAY_REPLICAS.items()]
+        configs += [_ray_config(name, replicas, settings, layout, request, bar) for name, replicas in RAY_REPLICAS.items()]
     pairs = RAY_COMPARISONS if settings.served == "ray" else COMPARISONS
     comparisons = [c for c in (compare(configs, base, other) for base, other in pairs) if c]
     mar, _ = Manifest(layout.root, layout.model).verified(MAR, "bench")
-    handler = handler_time.measure_in_child(mar, body)
-    return {"request_body": body, "configs": configs, "comparisons": comparisons, "handler": handler, "profile": profile(configs, handler)}
+    handler = handler_time.measure_in_child(mar, request.body, preprocessed=binary is not None)
+    tuned = next(c["runs"] for c in configs if c["name"] == "tuned")
+    return {
+        **sent,
+        "configs": configs,
+        "comparisons": comparisons,
+        "inputs": inputs_compared(tuned, binary_runs, request, binary),
+        "handler": handler,
+        "profile": profile(configs, handler),
+    }
 
 
-def _ray_config(name: str, replicas: int, settings, layout: Layout, body: str, bar) -> dict:
+def inputs_compared(runs: list[dict], binary_runs: list[dict], request: Request, binary: Request | None) -> dict | None:
+    """The real input (a JPEG, a text) against the same tensors sent in binary, per concurrency, on one server."""
+    if binary is None or not binary_runs:
+        return None
+    by = {r["concurrency"]: r for r in binary_runs}
+    rows = []
+    for r in runs:
+        b = by.get(r["concurrency"])
+        if b is None:
+            continue
+        rows.append(
+            {
+                "concurrency": r["concurrency"],
+                "p50_ms": r["p50_ms"],
+                "binary_p50_ms": b["p50_ms"],
+                "p50_ratio": r["p50_ms"] / b["p50_ms"] if b["p50_ms"] > 0 else None,
+                "requests_per_s": r["requests_per_s"],
+                "binary_requests_per_s": b["requests_per_s"],
+                "errors": r["errors"] + b["errors"],
+            }
+        )
+    return {"request": request.describe(), "binary": binary.describe(), "binary_runs": binary_runs, "per_concurrency": rows}
+
+
+def _ray_config(name: str, replicas: int, settings, layout: Layout, request: Request, bar) -> dict:
     """The same sweep against the archive on Ray Serve (a local cluster of its own)."""
     from pipeline.serving import ray_server
 
@@ -287,7 +341,7 @@ def _ray_config(name: str, replicas: int, settings, layout: Layout, body: str, b
         project = project_for({}, settings, layout, Path(tmp))
         info = ray_server.start(project, replicas=str(replicas), auto_ports=True)
         try:
-            runs, floors = _sweep(info, None, settings, body, bar, name)
+            runs, floors = _sweep(info, None, settings, request, bar, name)
         finally:
             ray_server.stop(project)
     archive = Settings()  # the archive's own model config: what each replica batches with
@@ -332,8 +386,3 @@ def compare(configs: list[dict], base: str, other: str, concurrency: int = 16) -
         "met": None if goal is None else bool(ratio and ratio >= goal and p99_ok and errors == 0),
         "per_concurrency": per_concurrency,
     }
-
-
-def _first_row(spec) -> dict:
-    feed = spec.sample_inputs(1, np.random.default_rng(0))
-    return {name: value[0].tolist() for name, value in feed.items()}

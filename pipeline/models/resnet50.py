@@ -5,6 +5,8 @@
 ImageNet's: the pipeline proves that every artifact computes what eager computes, which
 needs real layers, not trained ones. `make_spec` builds the same class at another
 config (the tests' tiny one); README "Real models" shows how to load real weights.
+Served, it also takes JPEG and PNG images (`curl -T cat.jpg`), decoded in the worker with
+torchvision's ImageNet evaluation transform.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from pipeline.models.hf_common import ImageFeeds, config_args, num_labels, random_weights, with_labels
-from pipeline.spec import ModelSpec, TensorSpec
+from pipeline.spec import ImageInput, ModelSpec, TensorSpec
+
+# torchvision's ImageNet evaluation transform: the shortest edge to 256 (for 224), a centre crop, ImageNet's mean and std.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class ResNetClassifier(nn.Module):
@@ -45,8 +50,17 @@ def make_spec(config: ResNetConfig, name: str = "resnet50", image_size: int = 22
         build=build,
         train=random_weights(build, config_args(config)),
         sample_inputs=feeds.sample_inputs,
-        # A 224x224 image is too large a JSON body to paste; see README "Real models".
+        # A 224x224 image is too large a JSON body to paste; send a JPEG (`curl -T cat.jpg`).
         example_request=None,
+        image_input=ImageInput(
+            "pixel_values",
+            image_size,
+            image_size,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            resize_shortest_edge=round(image_size * 256 / 224),
+            crop=(image_size, image_size),
+        ),
     )
 
 

@@ -4,6 +4,8 @@
 [batch, 1000]) out. transformers initialises the classifier head with random weights
 (torchvision's `vit_b_16(weights=None)` zeroes it, and every logit is then 0, which no
 comparison can fail). `make_spec` builds the same class at another config.
+Served, it also takes JPEG and PNG images (`curl -T cat.jpg`), decoded in the worker with
+ViTImageProcessor's resize and normalisation.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
 from pipeline.models.hf_common import ImageFeeds, config_args, image_hw, num_labels, random_weights, with_labels
-from pipeline.spec import ModelSpec, TensorSpec
+from pipeline.spec import ImageInput, ModelSpec, TensorSpec
 
 
 class ViTClassifier(nn.Module):
@@ -44,8 +46,10 @@ def make_spec(config: ViTConfig, name: str = "vit_b16") -> ModelSpec:
         build=build,
         train=random_weights(build, config_args(config)),
         sample_inputs=ImageFeeds(channels, height, width).sample_inputs,
-        # A 224x224 image is too large a JSON body to paste; see README "Real models".
+        # A 224x224 image is too large a JSON body to paste; send a JPEG (`curl -T cat.jpg`).
         example_request=None,
+        # ViTImageProcessor's (google/vit-base-patch16-224): resized to the model's size, normalised to [-1, 1].
+        image_input=ImageInput("pixel_values", height, width, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize=(height, width)),
     )
 
 

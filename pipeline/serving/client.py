@@ -49,5 +49,10 @@ class Endpoint:
     def predictions_url(self) -> str:
         return f"{self.inference}/predictions/{self.model}"
 
+    @property
+    def infer_url(self) -> str:
+        """The Open Inference Protocol route (pipeline.serving.oip), on TorchServe as on Ray."""
+        return f"{self.inference}/v2/models/{self.model}/infer"
+
     def predict(self, body: bytes, token: str | None = None, timeout: float = 30, **kw) -> tuple[int, bytes]:
         return http("POST", self.predictions_url, body, token or self.token("inference"), timeout=timeout, **kw)

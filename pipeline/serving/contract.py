@@ -312,7 +312,9 @@ class Contract:
     def to_rows(self, tensor: dict, value) -> tuple[np.ndarray, bool]:
         """(array of rows in the full row shape, whether the request sent a single row)."""
         name = tensor["name"]
-        dtype, integer, kind, row, short = self._layout[name]
+        dtype, _, kind, row, short = self._layout[name]
+        if isinstance(value, np.ndarray):  # a binary tensor (pipeline.serving.oip): typed already, no leaves to walk
+            return self._array_rows(tensor, value)
         listed = _form(_list_shape(value), value, row, short)
         if listed is not None:  # too many rows, a sequence past the model's positions: refused before any work on the values
             self.check_extent(name, listed[1])
@@ -328,6 +330,24 @@ class Contract:
         if form is None:
             want = "a number" if not short else f"an array of shape {list(short)}"
             raise RequestError(f"'{name}' has shape {list(arr.shape)}; expected {want} for one row, or a list of those")
+        return self._rows(tensor, arr, form)
+
+    def _array_rows(self, tensor: dict, value: np.ndarray) -> tuple[np.ndarray, bool]:
+        name = tensor["name"]
+        _, _, _, row, short = self._layout[name]
+        form = _form(value.shape, value, row, short)
+        if form is None:
+            want = "a number" if not short else f"an array of shape {list(short)}"
+            raise RequestError(f"'{name}' has shape {list(value.shape)}; expected {want} for one row, or a list of those")
+        self.check_extent(name, form[1])
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise RequestError(f"'{name}' holds NaN or infinity; only finite numbers are accepted")
+        return self._rows(tensor, value, form)
+
+    def _rows(self, tensor: dict, arr: np.ndarray, form: tuple[bool, tuple[int, ...]]) -> tuple[np.ndarray, bool]:
+        """The rows of a value read as `form`, their range and dtype checked."""
+        name = tensor["name"]
+        dtype, integer, _, row, _ = self._layout[name]
         single, rows = form[0], arr.reshape(form[1])
         if rows.shape[0] == 0:
             raise RequestError(f"'{name}' is an empty list; send at least one row")

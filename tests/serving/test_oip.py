@@ -62,7 +62,37 @@ def test_binary_tensors_are_read_in_order():
         "parameters": {"binary_data_output": True},
     }
     body, plan = oip.decode_infer(*_binary(head, x, ids), CONTRACT)
-    assert body == {"x": [[1.5]], "ids": [[7, 8]]} and plan["binary"] == {"y": True}
+    assert plan["binary"] == {"y": True}
+    # Binary tensors stay arrays (no Python list per value), of the declared dtype and shape.
+    assert isinstance(body["x"], np.ndarray) and body["x"].dtype == np.float32 and body["x"].tolist() == [[1.5]]
+    assert isinstance(body["ids"], np.ndarray) and body["ids"].dtype == np.int64 and body["ids"].tolist() == [[7, 8]]
+    feed, single = CONTRACT.parse(body)
+    assert not single and feed["x"].tolist() == [[1.5]] and feed["ids"].tolist() == [[7, 8]]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_binary_tensor_holding_nan_or_infinity_is_refused(bad):
+    """JSON cannot carry NaN or Infinity; raw float bytes can, and the contract refuses them by name."""
+    body, _ = oip.decode_infer(*oip.encode_request({"x": np.array([[bad]], np.float32), "ids": np.array([[7, 8]], np.int64)}), CONTRACT)
+    with pytest.raises(RequestError, match="'x' holds NaN or infinity"):
+        CONTRACT.parse(body)
+
+
+def test_encode_request_is_what_tritonclient_sends():
+    """The benchmark's binary body decodes as tritonclient's own (generate_request_body) does."""
+    from tritonclient.http import InferenceServerClient, InferInput
+
+    x, ids = np.array([[1.5], [2.5]], np.float32), np.array([[7, 8], [9, 10]], np.int64)
+    theirs = []
+    for name, arr in (("x", x), ("ids", ids)):
+        tensor = InferInput(name, list(arr.shape), oip.datatype(arr.dtype.name))
+        tensor.set_data_from_numpy(arr, binary_data=True)
+        theirs.append(tensor)
+    body, length = InferenceServerClient.generate_request_body(theirs)
+    ours = oip.encode_request({"x": x, "ids": ids})
+    for raw, header in ((body, length), ours):
+        decoded, _ = oip.decode_infer(raw, str(header), CONTRACT)
+        assert decoded["x"].tolist() == x.tolist() and decoded["ids"].tolist() == ids.tolist()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,106 @@
+"""The benchmark sends real inputs: a 640 x 480 JPEG or a sentence, and the same tensors in binary.
+
+The tests' image and text models (tests/fixtures/vit_images.py, bert_text.py) through the
+chain; the served sweep against a real TorchServe with each load generator, and the handler
+timed with its preprocessing apart. Schema and sanity only, never a wall-clock threshold.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.bench import handler_time, inputs
+from pipeline.bench import latency as bench
+from pipeline.bench import served as bench_served
+from pipeline.bench.loadgen import wrk_available
+from pipeline.serving import oip, preprocess
+from pipeline.serving import server as serve
+from pipeline.serving.contract import Contract
+from pipeline.settings import Layout
+from pipeline.spec import load_spec
+from pipeline.stages import run_all
+from tests.helpers import needs_java
+from tests.serving.real_models import model_files, settings
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """name -> (Settings, spec, contract, tokenizer bytes or None) for both models, before any chain runs."""
+    root = tmp_path_factory.mktemp("bench-real")
+    out = {}
+    for name, path in model_files(root / "models").items():
+        spec = load_spec(str(path))
+        tokenizer = path.with_name("tokenizer.json").read_bytes() if spec.text_input else None
+        out[name] = (settings(root, path), spec, Contract(spec.contract()), tokenizer)
+    return out
+
+
+def test_an_image_model_is_sent_a_640x480_jpeg_and_its_tensor_in_binary(models):
+    _, spec, contract, _ = models["vit_images"]
+    request, binary = inputs.requests(spec, contract, None)
+    assert request.kind == "jpeg 640x480" and request.content_type == "image/jpeg" and request.route == "predictions"
+    assert Image.open(io.BytesIO(request.body)).size == (640, 480)
+    assert binary is not None and binary.route == "infer" and binary.content_type == "application/octet-stream"
+    # The binary request holds exactly what the archive's reader makes of the JPEG.
+    want, _ = preprocess.reader(contract).read({"body": request.body}, "image/jpeg")
+    body, _ = oip.decode_infer(binary.body, dict(binary.headers)[oip.HEADER_LENGTH], contract)
+    np.testing.assert_array_equal(body["pixel_values"], want["pixel_values"])
+
+
+def test_a_text_model_is_sent_a_sentence_and_its_tokens_in_binary(models):
+    _, spec, contract, tokenizer = models["bert_text"]
+    request, binary = inputs.requests(spec, contract, tokenizer)
+    assert request.kind == "text" and "text" in json.loads(request.body)
+    assert binary is not None
+    want, _ = preprocess.reader(contract, tokenizer).read({"body": request.body}, "application/json")
+    body, _ = oip.decode_infer(binary.body, dict(binary.headers)[oip.HEADER_LENGTH], contract)
+    assert sorted(body) == sorted(want) and all(np.array_equal(body[k], want[k]) for k in want)
+
+
+def test_a_model_of_tensors_alone_is_sent_json_and_nothing_else(built):
+    s, _ = built
+    spec = load_spec(s.model)
+    request, binary = inputs.requests(spec, Contract(spec.contract()), None)
+    assert request.kind == "json tensor" and binary is None and json.loads(request.body)
+
+
+@pytest.mark.slow
+@needs_java
+def test_the_served_sweep_sends_the_jpeg_and_the_binary_tensor_to_a_real_torchserve(models):
+    s, spec, _, _ = models["vit_images"]
+    run_all(s)
+    generators = ["locust", *(["wrk"] if wrk_available() else [])]
+    serve.start(s, auto_ports=True)
+    try:
+        for generator in generators:
+            settings_ = bench.BenchSettings(
+                model=s.model, root=s.root, served="running", concurrency=(1, 2), served_seconds=1.0, load_generator=generator
+            )
+            served = bench_served.run(settings_, spec, Layout(s.root.resolve(), spec.name), tqdm(disable=True))
+            runs = served["configs"][0]["runs"]
+            assert served["request"]["kind"] == "jpeg 640x480" and "request_body" not in served
+            compared = served["inputs"]
+            assert [r["concurrency"] for r in compared["per_concurrency"]] == [1, 2]
+            for r in [*runs, *compared["binary_runs"]]:
+                assert r["generator"] == generator and r["requests"] > 0 and r["status"] == {"200": r["requests"]}, r
+            for r in compared["per_concurrency"]:
+                assert r["errors"] == 0 and r["p50_ratio"] == pytest.approx(r["p50_ms"] / r["binary_p50_ms"])
+    finally:
+        serve.stop(s)
+
+
+@pytest.mark.slow
+def test_the_handler_times_decoding_apart_from_the_model(models):
+    s, spec, contract, _ = models["vit_images"]
+    run_all(s)
+    request, _ = inputs.requests(spec, contract, None)
+    timed = handler_time.measure_in_child(s.root / "model_store" / "vit_images.mar", request.body, preprocessed=True)
+    per = timed["us_per_request"]
+    assert timed["body_bytes"] == len(request.body) and set(per) == {"1", "8"}
+    assert 0 < timed["preprocess_us_per_request"] < per["1"]  # reading the request is part of handling it
