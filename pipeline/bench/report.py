@@ -277,6 +277,9 @@ def _sent(served: dict) -> str:
     return f"Request: {request.get('kind')}, {request.get('bytes', 0):,} bytes, Content-Type {request.get('content_type')}"
 
 
+READING = {"jpeg": "decoding, resizing and normalising the image", "text": "tokenizing the text"}
+
+
 def _inputs_markdown(served: dict) -> list[str]:
     """The real input against the same tensors in binary, and its preprocessing timed alone."""
     inputs, handler = served.get("inputs"), served.get("handler") or {}
@@ -294,7 +297,7 @@ def _inputs_markdown(served: dict) -> list[str]:
     if pre is not None and "1" in per:
         lines.append(
             f"In process, the archive's handler takes {per['1'] / 1e3:.2f} ms per request at batch 1, of which "
-            f"{pre / 1e3:.2f} ms ({pre / per['1']:.0%}) is reading the request (decoding and resizing, or tokenizing) "
+            f"{pre / 1e3:.2f} ms ({pre / per['1']:.0%}) is reading the request ({READING.get(request['kind'].split()[0], 'preprocessing')}) "
             "and the rest the model and the answer."
         )
     lines += [

@@ -43,7 +43,7 @@ PING_SECONDS = 2.0
 # - "default": stock TorchServe: an archive without a model config (batchSize 1, one
 #   worker) on a server that logs five metric lines per request, synchronously.
 # - "tuned": what this project ships (the archive's model-config.yaml and
-#   config/torchserve.properties): batches of up to 8 gathered for at most 1 ms,
+#   pipeline/serving/torchserve/torchserve.properties): batches of up to 8 gathered for at most 1 ms,
 #   metrics as counters, asynchronous logging.
 # - "tuned-large-batch": batches of up to 32 gathered for up to 2 ms, to show where
 #   larger batches pay off (many clients) and where the wait costs (few).
@@ -191,30 +191,38 @@ def _sweep(
     request: Request,
     bar,
     label: str,
-    floor: bool = True,
-) -> tuple[list[dict], list[dict]]:
-    """Load at each concurrency, then the floor at the same concurrency; TorchServe's metrics where there are some."""
+    alongside: Request | None = None,
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Load at each concurrency, then `alongside` (the same tensors in binary) at the same
+    concurrency, then the floor; TorchServe's metrics, where there are some, for `request`'s runs.
+    Taking turns at each concurrency keeps a server warming up over the sweep from favouring either."""
     headers = {"Authorization": f"Bearer {info.token('inference')}"}
-    send = {"headers": {**headers, **dict(request.headers)}, "generator": settings.load_generator, "content_type": request.content_type}
     ping = f"{info.inference}/v2/health/live" if isinstance(info, RayInfo) else f"{info.inference}/ping"
-    runs, floors = [], []
     generator = settings.load_generator
-    # Warm-up: first requests pay for JIT and connection setup on both sides.
-    measure(request.url(info), request.body, 4, 1.0, **send)
+
+    def load(r: Request, concurrency: int, seconds: float) -> dict:
+        send = {"headers": {**headers, **dict(r.headers)}, "content_type": r.content_type, "generator": generator}
+        return measure(r.url(info), r.body, concurrency, seconds, **send)
+
+    runs, floors, others = [], [], []
+    for each in (request, alongside) if alongside else (request,):
+        load(each, 4, 1.0)  # warm-up: first requests pay for JIT and connection setup on both sides
     for c in settings.concurrency:
         bar.set_postfix_str(f"served {label} c={c}")
         window = metrics_window(info, properties) if isinstance(info, serve.ServerInfo) and properties is not None else None
-        result = measure(request.url(info), request.body, c, settings.served_seconds, **send)
+        result = load(request, c, settings.served_seconds)
         runs.append({**result, **({"torchserve_metrics": window.breakdown()} if window else {})})
         bar.update(1)
-        if not floor:
-            continue
+        if alongside is not None:
+            bar.set_postfix_str(f"served {label} {alongside.kind} c={c}")
+            others.append(load(alongside, c, settings.served_seconds))
+            bar.update(1)
         bar.set_postfix_str(f"served {label} floor c={c}")
         floors.append(measure(ping, "", c, min(PING_SECONDS, settings.served_seconds), headers=headers, method="GET", generator=generator))
         bar.update(1)
     for r, f in zip(runs, floors):
         r["ratio_to_ping_p50"] = r["p50_ms"] / f["p50_ms"] if f["p50_ms"] > 0 else None
-    return runs, floors
+    return runs, floors, others
 
 
 def _describe(info: serve.ServerInfo) -> dict:
@@ -271,10 +279,9 @@ def run(settings, spec, layout: Layout, bar) -> dict:
                 f"start one with make serve MODEL={settings.model}, or use --served auto",
             )
         properties = serve.read_properties(Path(info.run_dir) / "config.properties")
-        runs, floors = _sweep(info, properties, settings, request, bar, "running")
+        runs, floors, others = _sweep(info, properties, settings, request, bar, "running", binary)
         configs.append({"name": "running", "server_config": _describe(info), "runs": runs, "ping": floors})
-        alongside = _sweep(info, properties, settings, binary, bar, "running binary", floor=False)[0] if binary else []
-        return {**sent, "configs": configs, "comparisons": [], "inputs": inputs_compared(runs, alongside, request, binary)}
+        return {**sent, "configs": configs, "comparisons": [], "inputs": inputs_compared(runs, others, request, binary)}
     names = RAY_TORCHSERVE_CONFIGS if settings.served == "ray" else tuple(SERVING_CONFIGS)
     binary_runs: list[dict] = []
     for name in names:
@@ -284,9 +291,9 @@ def run(settings, spec, layout: Layout, bar) -> dict:
             info = serve.start(project, auto_ports=True, properties=config["server"])
             try:
                 server_config = _describe(info)
-                runs, floors = _sweep(info, config["server"], settings, request, bar, name)
-                if name == "tuned" and binary is not None:  # the same tensors, already preprocessed, in the same server's run
-                    binary_runs = _sweep(info, config["server"], settings, binary, bar, f"{name} binary", floor=False)[0]
+                # On the tuned config, the same tensors already preprocessed, in turns with the real input.
+                runs, floors, others = _sweep(info, config["server"], settings, request, bar, name, binary if name == "tuned" else None)
+                binary_runs = others or binary_runs
             finally:
                 serve.stop(project)
         configs.append(
@@ -341,7 +348,7 @@ def _ray_config(name: str, replicas: int, settings, layout: Layout, request: Req
         project = project_for({}, settings, layout, Path(tmp))
         info = ray_server.start(project, replicas=str(replicas), auto_ports=True)
         try:
-            runs, floors = _sweep(info, None, settings, request, bar, name)
+            runs, floors, _ = _sweep(info, None, settings, request, bar, name)
         finally:
             ray_server.stop(project)
     archive = Settings()  # the archive's own model config: what each replica batches with
