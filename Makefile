@@ -13,6 +13,8 @@ FORCE_FLAG := $(if $(filter 1 yes true,$(FORCE)),--force,)
 EXTRAS := bench,reliability,examples,transformers,dev
 # Ray Serve, for the targets that serve on Ray (and the tests and reports that cover it).
 RAY_STAMP := $(VENV)/.installed-ray
+# MkDocs Material, for make docs.
+DOCS_STAMP := $(VENV)/.installed-docs
 REPLICAS ?= 1
 REPLICA_FLAGS := --replicas $(REPLICAS)
 # Smaller variants: VARIANTS=int8 (or int8,fp16) for make export; VARIANT=int8 serves one.
@@ -22,7 +24,7 @@ comma := ,
 VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
 ARCHIVE := model_store/$(notdir $(basename $(MODEL)))$(if $(VARIANT),-$(VARIANT)).mar
 
-.PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench reliability real-models clean distclean
+.PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench reliability real-models docs clean distclean
 
 help:
 	@echo "make export     train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
@@ -37,6 +39,7 @@ help:
 	@echo "make reliability  faults, hostile input and load against the pipeline and a real server -> reports/reliability.md"
 	@echo "make real-models  resnet50, vit_b16, bert_base, gpt2 (and the 2.4 GB MLP) at full size through the chain, one after another"
 	@echo "                -> reports/real-models.md (REAL_MODELS_ARGS='--models resnet50 --serve --timeout 3600')"
+	@echo "make docs       the documentation site: mkdocs build --strict from docs/ into site/"
 	@echo "make clean      remove generated artifacts, reports and archives"
 
 setup: $(STAMP)
@@ -50,6 +53,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 $(RAY_STAMP): $(STAMP)
 	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS),ray]'
+	@touch $@
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS),docs]'
 	@touch $@
 
 export: $(STAMP)
@@ -72,6 +79,9 @@ fmt: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf artifacts/*/ reports/*/ model_store/*.mar

@@ -2,7 +2,7 @@
 
 The full-size models (resnet50, vit_b16, bert_base, gpt2) are only loaded as specs here,
 never built: `make real-models` takes them through the chain. Each family's tiny config
-is a user-style model file written into a temporary folder (as README "Real models"
+is a user-style model file written into a temporary folder (as docs/real-models.md
 shows), so the chain tests exercise `make_spec`, the config in model_args and the
 rebuild from the checkpoint exactly as the full-size ones do.
 """

@@ -1,4 +1,4 @@
-"""A Hugging Face checkpoint on disk as a ModelSpec: `--model hf:PATH` (README "Hugging Face checkpoints").
+"""A Hugging Face checkpoint on disk as a ModelSpec: `--model hf:PATH` (docs/real-models.md, "Hugging Face checkpoints").
 
 PATH is the folder `save_pretrained` writes: `config.json`, `model.safetensors`, and
 `tokenizer.json` (+ `tokenizer_config.json`) for text or `preprocessor_config.json` for

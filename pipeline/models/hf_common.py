@@ -61,7 +61,7 @@ def config_args(config: PreTrainedConfig) -> dict[str, Any]:
 def random_weights(build: Callable[[Mapping[str, Any]], nn.Module], args: Mapping[str, Any]) -> Callable[[int], TrainResult]:
     """A `train(seed)` that trains nothing: the model's own initialisation, seeded.
 
-    To ship weights you have, load them here instead (see README "Real models").
+    To ship weights you have, load them here instead (see docs/real-models.md, "Your own weights").
     """
 
     def train(seed: int) -> TrainResult:

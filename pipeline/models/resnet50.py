@@ -4,7 +4,7 @@
 [batch, 1000]) out. The weights are the model's own seeded initialisation, not
 ImageNet's: the pipeline proves that every artifact computes what eager computes, which
 needs real layers, not trained ones. `make_spec` builds the same class at another
-config (the tests' tiny one); README "Real models" shows how to load real weights.
+config (the tests' tiny one); docs/real-models.md shows how to load real weights.
 Served, it also takes JPEG and PNG images (`curl -T cat.jpg`), decoded in the worker with
 torchvision's ImageNet evaluation transform.
 """

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pipeline.serving.client import http
 from pipeline.serving.server import ServerInfo
 
-MAX_REQUEST = 1 << 20  # config/torchserve.properties: max_request_size
+MAX_REQUEST = 1 << 20  # pipeline/serving/torchserve/torchserve.properties: max_request_size
 # Form-encoded bodies (also what a POST without Content-Type is taken for) are left out
 # on purpose: TorchServe 0.12's frontend (Netty's form decoder) answers 500 to a bad
 # %-escape such as `x=%zz` before the worker sees it. That is reported on its own

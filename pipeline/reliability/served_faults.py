@@ -1,6 +1,6 @@
 """Faults against a real TorchServe: a killed worker, a long soak, a stop mid-load, the attack surface.
 
-Load comes from `pipeline.loadgen` (locust in a child process); each function returns
+Load comes from `pipeline.bench.loadgen` (locust in a child process); each function returns
 a record of what was sent, what failed and how long recovery took, which
 `pipeline.reliability` reports and the tests assert on.
 """

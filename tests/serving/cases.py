@@ -22,7 +22,7 @@ BAD_INPUTS = [
     ("top-level array", b"[5.0]", "JSON object"),
     ("empty body", b"", "empty body"),
     ("invalid UTF-8", b'{"x": "\xff\xfe"}', "UTF-8"),
-    # Found by the fuzzer (pipeline/fuzz.py): these were 503s.
+    # Found by the fuzzer (pipeline/reliability/fuzz.py): these were 503s.
     ("integer beyond float64", b'{"x": ' + b"9" * 400 + b"}", "too large for float32"),
     ("integer over 4300 digits", b'{"x": [' + b"9" * 5000 + b"]}", "unreadable JSON"),
 ]

@@ -3,8 +3,9 @@
 `run_row` takes one model file of this folder through train, trace, export, parity and
 package in its own project folder, then sends its example request through the handler
 from the archive; a refusal records the stage, the reason and the fix. `render` makes the
-README's "What goes through" table; `scripts/zoo_table.py` writes it, and a test fails
-when the README and a fresh run of the matrix disagree.
+"What goes through" table of the model spec page (`PAGE`, docs/model-spec.md);
+`scripts/zoo_table.py` writes it there, and a test fails when the page and a fresh run of
+the matrix disagree.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ NOT_MODELS = {"__init__", "matrix", "test_zoo", "notes"}
 ZOO = sorted(p.stem for p in ZOO_DIR.glob("*.py") if p.stem not in NOT_MODELS)
 COLUMNS = (*STAGES, "handler")
 START, END = "<!-- zoo:start -->", "<!-- zoo:end -->"
+# The page whose "What goes through" section holds the table, between START and END.
+PAGE = ZOO_DIR.parent.parent / "docs" / "model-spec.md"
 
 
 @dataclass
@@ -121,7 +124,7 @@ MARK = {"pass": "✓", "refused": "✗", "not run": "·"}
 
 
 def render(rows: list[Row]) -> str:
-    """The README table: one row per architecture, every stage, the worst parity error, the refusal."""
+    """The page's table: one row per architecture, every stage, the worst parity error, the refusal."""
     through = sum(r.through for r in rows)
     lines = [
         START,
@@ -151,9 +154,10 @@ def _one_line(text: str | None, limit: int = 220) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def readme_table(readme: str) -> str:
-    start, end = readme.index(START), readme.index(END) + len(END)
-    return readme[start:end]
+def page_table(page: str) -> str:
+    """The table in the text of `PAGE`, markers included."""
+    start, end = page.index(START), page.index(END) + len(END)
+    return page[start:end]
 
 
 def comparable(table: str) -> list[tuple[str, ...]]:

@@ -1,4 +1,4 @@
-"""The model zoo: standard architectures through every stage and the handler, and the README's table of them.
+"""The model zoo: standard architectures through every stage and the handler, and the docs' table of them.
 
 Marked `zoo` (and `slow`): `make test-fast` skips them; `make test` runs them all.
 """
@@ -38,9 +38,9 @@ def test_at_least_nine_in_ten_go_through_with_every_attention_recurrent_and_norm
     assert len(must) >= 10 and all(rows[m].through for m in must), [(m, rows[m].reason) for m in must if not rows[m].through]
 
 
-def test_readme_table_matches_the_matrix(rows):
-    readme = (REPO / "README.md").read_text()
+def test_docs_table_matches_the_matrix(rows):
+    page = matrix.PAGE.read_text()
     fresh = matrix.render([rows[m] for m in matrix.ZOO])
-    assert matrix.comparable(matrix.readme_table(readme)) == matrix.comparable(fresh), (
-        "README.md's 'What goes through' table is out of date: run python scripts/zoo_table.py"
+    assert matrix.comparable(matrix.page_table(page)) == matrix.comparable(fresh), (
+        f"{matrix.PAGE.relative_to(REPO)}'s 'What goes through' table is out of date: run python scripts/zoo_table.py"
     )
