@@ -377,24 +377,20 @@ def ticking(stage: str) -> Iterator[None]:
 
 
 def stop_command(args: argparse.Namespace) -> int:
-    from pipeline.serving import ray_server, server
+    from pipeline.serving.backends import BACKENDS
     from pipeline.settings import resolve
 
-    settings = settings_from(args)
+    settings, backend = settings_from(args), BACKENDS[args.on]
     spec, _ = resolve(settings)
-    if args.on == "ray":
-        stopped = ray_server.stop(settings)
-    else:
-        stopped = server.stop(settings)
-    kind = "Ray" if args.on == "ray" else "TorchServe"
-    print(f"stopped the {spec.name} {kind} server" if stopped else f"no {spec.name} {kind} server was running")
+    stopped = backend.stop(settings)
+    print(f"stopped the {spec.name} {backend.label} server" if stopped else f"no {spec.name} {backend.label} server was running")
     return 0
 
 
 def rayservice_command(args: argparse.Namespace) -> int:
     from pipeline.artifacts.manifest import Manifest
     from pipeline.artifacts.names import MAR
-    from pipeline.serving import rayservice
+    from pipeline.serving.ray import rayservice
     from pipeline.settings import resolve
 
     spec, layout = resolve(settings_from(args))
@@ -405,20 +401,19 @@ def rayservice_command(args: argparse.Namespace) -> int:
 
 
 def token_command(args: argparse.Namespace) -> int:
-    from pipeline.serving import ray_server, server
+    from pipeline.serving.backends import BACKENDS
     from pipeline.settings import resolve
 
     spec, layout = resolve(settings_from(args))
-    if args.on == "ray":
-        info: server.ServerInfo | ray_server.RayInfo | None = ray_server.load_info(layout)
-    else:
-        info = server.load_info(layout)
+    backend = BACKENDS[args.on]
+    info = backend.load_info(layout)
     if info is None or not info.key_file.exists():
-        start = "make serve-ray" if args.on == "ray" else "make serve"
-        print(f"error: no {spec.name} server is running; start one with {start}", file=sys.stderr)
+        print(f"error: no {spec.name} {backend.label} server is running; start one with {backend.command('serve')}", file=sys.stderr)
         return 1
-    if args.on == "ray" and args.kind != "inference":
-        print("error: the Ray application has one key, 'inference'", file=sys.stderr)
+    if args.kind not in backend.keys:
+        print(
+            f"error: a {backend.label} server has the key(s) {', '.join(repr(k) for k in backend.keys)}, not {args.kind!r}", file=sys.stderr
+        )
         return 1
     token = info.token(args.kind)
     print(f"Authorization: Bearer {token}" if args.header else token)
@@ -427,36 +422,24 @@ def token_command(args: argparse.Namespace) -> int:
 
 def serve_command(args: argparse.Namespace) -> int:
     from pipeline.artifacts import files
-    from pipeline.serving import ray_server, server
+    from pipeline.serving.backends import BACKENDS, ServeOptions
     from pipeline.settings import resolve
 
-    settings = settings_from(args)
+    settings, backend = settings_from(args), BACKENDS[args.on]
     spec, _ = resolve(settings)
     started = time.perf_counter()
+    options = ServeOptions(
+        auto_ports=args.ports == "auto",
+        timeout=args.timeout,
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        address=args.address,
+    )
+    info = backend.start(settings, options)
+    print(f"{backend.served_line(info, options)}; answered in {time.perf_counter() - started:.1f}s")
     model_arg = "" if args.model == DEFAULT_MODEL else f" --model {shlex.quote(args.model)}"
-    model_var = "" if args.model == DEFAULT_MODEL else f" MODEL={shlex.quote(args.model)}"
-    info: server.ServerInfo | ray_server.RayInfo
-    if args.on == "ray":
-        extra = {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas} if args.replicas == "auto" else {}
-        info = ray_server.start(
-            settings, replicas=args.replicas, address=args.address, auto_ports=args.ports == "auto", timeout=args.timeout, **extra
-        )
-        where = f"the cluster at {info.address}" if info.address else "a local Ray cluster on 127.0.0.1"
-        scale = (
-            f"autoscaling {args.min_replicas}-{args.max_replicas} replicas" if args.replicas == "auto" else f"{args.replicas} replica(s)"
-        )
-        print(f"{info.model} is served by Ray Serve on {where}: {scale}, answered in {time.perf_counter() - started:.1f}s")
-        token_cmd = f"{_rel(sys.executable)} -m pipeline token --on ray{model_arg}"
-        stop_cmd = "make stop-ray" + model_var
-    else:
-        info = server.start(settings, auto_ports=args.ports == "auto", timeout=args.timeout)
-        workers = info.workers()
-        print(
-            f"{info.model} is served by TorchServe: {len(workers)} worker(s) READY "
-            f"(pid {', '.join(str(w['pid']) for w in workers)}; {'GPU' if any(w.get('gpu') for w in workers) else 'CPU'})"
-        )
-        token_cmd = f"{_rel(sys.executable)} -m pipeline token{model_arg}"
-        stop_cmd = "make stop" + model_var
+    token_cmd = backend.command("token", _rel(sys.executable)) + model_arg
     body = json.dumps(spec.request_example())
     # A large example (an image is megabytes of JSON) is over what a shell takes as one
     # argument: it goes in a file beside the server's logs, sent with --data-binary @file.
@@ -470,10 +453,9 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"  try      {token_cmd} --header | curl -s -H @- -T <your.jpg or .png> {info.predictions_url}")
     else:
         print(f"  try      {token_cmd} --header | curl -s -H @- -H 'Content-Type: application/json' {data} {info.predictions_url}")
-    if isinstance(info, ray_server.RayInfo):
-        print(f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.infer_url}, same token")
+    print(f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.infer_url}, same token")
     print(f"  logs     {_rel(Path(info.run_dir) / 'logs')}/")
-    print(f"  stop     {stop_cmd}")
+    print(f"  stop     {backend.command('stop', _rel(sys.executable))}{model_arg}")
     return 0
 
 

@@ -122,7 +122,7 @@ class Labels:
 
     {"logits": [-1.2, 1.4], "labels": [{"label": "POSITIVE", "score": 0.93}, {"label": "NEGATIVE", "score": 0.07}]}
     for one row; a list of rows gets one such list per row, and a token classifier's
-    [batch, seq, classes] one per token (`pipeline.serving.contract.top_labels`).
+    [batch, seq, classes] one per token (`pipeline.serving.common.contract.top_labels`).
     """
 
     output: str
@@ -226,10 +226,10 @@ class ModelSpec:
     def contract(self, cuda_precision: str | None = None) -> dict[str, Any]:
         """The I/O contract the handler reads from inside the archive.
 
-        It declares the sizes every server must carry (see `pipeline.serving.contract.limits`),
+        It declares the sizes every server must carry (see `pipeline.serving.common.contract.limits`),
         and carries the example request only while it is small: a 224 x 224 image stays in the spec.
         """
-        from pipeline.serving import contract as served  # the sizes' defaults live beside the checks that use them
+        from pipeline.serving.common import contract as served  # the sizes' defaults live beside the checks that use them
 
         inputs = [t.to_json() for t in self.inputs]
         contract = {
@@ -248,7 +248,7 @@ class ModelSpec:
         example = served.small_example(self.example_request)
         if example is not None:
             contract["example_request"] = example
-        # Real inputs (pipeline.serving.preprocess) and class names: the tokenizer travels in
+        # Real inputs (pipeline.serving.common.preprocess) and class names: the tokenizer travels in
         # the archive as tokenizer.json, and its hash here is what every server checks it against.
         if self.text_input is not None:
             tokenizer = tokenizer_file(self)

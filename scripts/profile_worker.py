@@ -30,7 +30,7 @@ import psutil
 
 from pipeline.bench.loadgen import measure
 from pipeline.bench.served import project_for
-from pipeline.serving import server as serve
+from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.spec import load_spec
 

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.serving.client import http  # noqa: E402
-from pipeline.serving.preprocess import sample_image  # noqa: E402
+from pipeline.serving.common.client import http  # noqa: E402
+from pipeline.serving.common.preprocess import sample_image  # noqa: E402
 from pipeline.settings import Layout  # noqa: E402
 from pipeline.spec import HF_PREFIX, ModelSpec, load_spec  # noqa: E402
 

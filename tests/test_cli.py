@@ -120,7 +120,8 @@ def _recording_server() -> tuple[http.server.HTTPServer, list[tuple[dict[str, st
 def test_the_printed_curl_reads_the_token_from_its_stdin_not_its_arguments(tmp_path, monkeypatch, capsys, on):
     """`serve` prints a request a shell runs as is: the token reaches the server, and no command line (what ps shows) holds it."""
     from pipeline import cli
-    from pipeline.serving import ray_server, server
+    from pipeline.serving.ray import server as ray_server
+    from pipeline.serving.torchserve import server
 
     token = "a-token-nobody-else-may-see"
     stand_in, seen = _recording_server()

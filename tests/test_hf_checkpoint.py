@@ -50,7 +50,7 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import CHECKPOINT
 from pipeline.errors import SpecError
 from pipeline.models import hf_checkpoint
-from pipeline.serving import server as serve
+from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.spec import HF_TASKS, ImageInput, Labels, TextInput, load_spec
 from pipeline.stages import train

@@ -21,7 +21,7 @@ import torch
 from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT
-from pipeline.serving import server as serve
+from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.spec import load_spec
 from tests.helpers import archive_handler, needs_java

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pipeline.serving import server as serve
+from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Settings
 from pipeline.spec import load_spec
 from tests.helpers import REPO

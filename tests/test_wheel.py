@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from pipeline.serving.client import http
+from pipeline.serving.common.client import http
 from tests.helpers import REPO, needs_java
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def test_wheel_runs_all_and_serve_in_an_empty_folder(tmp_path):
     assert built.returncode == 0, built.stderr
     [wheel] = dist.glob("pipeline-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"pipeline/handlers/onnx_handler.py", "pipeline/serving/torchserve.properties"} <= names
+    assert {"pipeline/handlers/onnx_handler.py", "pipeline/serving/torchserve/torchserve.properties"} <= names
     installed = _run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], tmp_path, os.environ)
     assert installed.returncode == 0, installed.stderr
 

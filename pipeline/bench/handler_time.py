@@ -50,7 +50,7 @@ def p50_us(call: Callable[[], object], calls: int) -> float:
 def measure(mar: Path, body: bytes, preprocessed: bool = False, batches: tuple[int, ...] = BATCHES, calls: int = CALLS) -> dict:
     """{"us_per_request": {batch: p50 µs per request}} for the archive's handler in this process,
     and "preprocess_us_per_request" (the reader alone, one request) where `preprocessed`."""
-    from pipeline.serving.handler import OnnxHandler
+    from pipeline.serving.torchserve.handler import OnnxHandler
 
     inspect_archive(mar)  # members and model checked before anything in it is read
     out: dict = {"calls": calls, "body_bytes": len(body), "us_per_request": {}}

@@ -4,7 +4,7 @@ A model that takes images (a spec's `image_input`) is sent a 640 x 480 JPEG as a
 as `curl -T photo.jpg` sends it; a model that takes texts (`text_input`) a sentence as
 `{"text": ...}`; any other model one row of its tensors as JSON. Where the request is an
 image or a text, the same request preprocessed by the archive's own reader
-(`pipeline.serving.preprocess`) is also sent as an Open Inference Protocol binary tensor,
+(`pipeline.serving.common.preprocess`) is also sent as an Open Inference Protocol binary tensor,
 so the report shows what decoding or tokenizing costs end to end, on the same server.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.serving import oip
-from pipeline.serving.contract import Contract
-from pipeline.serving.preprocess import reader, sample_image
+from pipeline.serving.common import oip
+from pipeline.serving.common.contract import Contract
+from pipeline.serving.common.preprocess import reader, sample_image
 
 # A photo's size as a phone or a web page sends it, rather than the model's 224 x 224.
 IMAGE_SIZE = (640, 480)

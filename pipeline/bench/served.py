@@ -29,10 +29,10 @@ from pipeline.bench import handler_time
 from pipeline.bench.inputs import Request, requests
 from pipeline.bench.loadgen import measure
 from pipeline.errors import PipelineError
-from pipeline.serving import server as serve
-from pipeline.serving.client import http
-from pipeline.serving.contract import Contract
-from pipeline.serving.ray_server import RayInfo
+from pipeline.serving.common.client import http
+from pipeline.serving.common.contract import Contract
+from pipeline.serving.ray.server import RayInfo
+from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.spec import tokenizer_file
 from pipeline.stages import package
@@ -276,7 +276,7 @@ def run(settings, spec, layout: Layout, bar) -> dict:
             raise PipelineError(
                 "bench",
                 f"--served running: no {spec.name} server is running",
-                f"start one with make serve MODEL={settings.model}, or use --served auto",
+                f"start one with python -m pipeline serve --model {settings.model}, or use --served auto",
             )
         properties = serve.read_properties(Path(info.run_dir) / "config.properties")
         runs, floors, others = _sweep(info, properties, settings, request, bar, "running", binary)
@@ -342,7 +342,7 @@ def inputs_compared(runs: list[dict], binary_runs: list[dict], request: Request,
 
 def _ray_config(name: str, replicas: int, settings, layout: Layout, request: Request, bar) -> dict:
     """The same sweep against the archive on Ray Serve (a local cluster of its own)."""
-    from pipeline.serving import ray_server
+    from pipeline.serving.ray import server as ray_server
 
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         project = project_for({}, settings, layout, Path(tmp))

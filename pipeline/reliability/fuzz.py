@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pipeline.serving.client import http
-from pipeline.serving.server import ServerInfo
+from pipeline.serving.common.client import http
+from pipeline.serving.torchserve.server import ServerInfo
 
 MAX_REQUEST = 1 << 20  # pipeline/serving/torchserve/torchserve.properties: max_request_size
 # Form-encoded bodies (also what a POST without Content-Type is taken for) are left out

@@ -27,8 +27,8 @@ import psutil
 
 from pipeline.artifacts import files
 from pipeline.errors import PipelineError
-from pipeline.serving import ray_server
-from pipeline.serving.server import free_port
+from pipeline.serving.common.client import free_port
+from pipeline.serving.ray import server as ray_server
 from pipeline.settings import Settings, resolve
 
 

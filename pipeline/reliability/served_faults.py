@@ -21,9 +21,9 @@ import psutil
 
 from pipeline.bench.loadgen import LoadResult, run_load
 from pipeline.errors import PipelineError
-from pipeline.serving import server as serve
-from pipeline.serving.client import http
-from pipeline.serving.server import ServerInfo
+from pipeline.serving.common.client import http
+from pipeline.serving.torchserve import server as serve
+from pipeline.serving.torchserve.server import ServerInfo
 from pipeline.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -337,7 +337,7 @@ def held_bodies(
     recovery_limit_s: float = 10.0,
 ) -> HeldBodies:
     """Run the attack for `attack_s`, then time how long an authenticated request takes to be answered."""
-    from pipeline.serving import proxy
+    from pipeline.serving.torchserve import proxy
 
     token = info.token("inference")
     before = frontend_rss(info)

@@ -195,7 +195,7 @@ def load_bodies(spec, count: int = 64) -> list[str]:
 def run_served(run: Run) -> None:
     from pipeline.reliability import fuzz
     from pipeline.reliability import served_faults as sf
-    from pipeline.serving import server as serve
+    from pipeline.serving.torchserve import server as serve
 
     if shutil.which("java") is None:
         run.check("served", "a real TorchServe", False, "java was not found; install openjdk-17-jre-headless")

@@ -38,7 +38,7 @@ from pipeline.artifacts.names import (
     PARITY,
 )
 from pipeline.errors import IntegrityError, PipelineError
-from pipeline.serving import rayservice
+from pipeline.serving.ray import rayservice
 from pipeline.settings import Layout, Settings, StageResult, contract, resolve
 from pipeline.spec import tokenizer_file
 

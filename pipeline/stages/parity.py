@@ -32,7 +32,7 @@ from pipeline.artifacts.names import CHECKPOINT, ONNX, PARITY, TORCHSCRIPT
 from pipeline.errors import ParityError
 from pipeline.runtimes.runners import OrtRunner, Runner, TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
-from pipeline.serving import preprocess
+from pipeline.serving.common import preprocess
 from pipeline.settings import Settings, StageResult, cuda_precision, cuda_tolerance, resolve, tolerance
 from pipeline.spec import Feed, ModelSpec, Tolerance, tokenizer_file
 from pipeline.stages.capture import capture_mode
@@ -144,7 +144,7 @@ def _random_feed(spec: ModelSpec, batch: int, seed: int) -> Feed:
 
 
 def real_input_cases(spec: ModelSpec, seed: int) -> dict[str, Feed]:
-    """Sample texts tokenized, or a JPEG decoded, by the servers' own code (`pipeline.serving.preprocess`)."""
+    """Sample texts tokenized, or a JPEG decoded, by the servers' own code (`pipeline.serving.common.preprocess`)."""
     if spec.text_input is None and spec.image_input is None:
         return {}
     tokenizer = tokenizer_file(spec).read_bytes() if spec.text_input is not None else None

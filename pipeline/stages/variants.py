@@ -214,7 +214,7 @@ def build(settings: Settings, variant: str) -> StageResult:
             STAGE,
             f"{spec.name}: {onnx_rec.path} keeps its {onnx_rec.details.get('weight_bytes', 0) / 2**30:.1f} GiB of weights in "
             "external data; the variants are made only from models with their weights embedded (under 2 GiB)",
-            "serve the fp32 archive (make serve), which carries its data file",
+            "serve the fp32 archive (python -m pipeline serve), which carries its data file",
         )
     target = layout.variant_onnx(variant)
     inputs = {ONNX: onnx_rec.sha256}

@@ -19,9 +19,9 @@ from pipeline.bench import handler_time, inputs
 from pipeline.bench import latency as bench
 from pipeline.bench import served as bench_served
 from pipeline.bench.loadgen import wrk_available
-from pipeline.serving import oip, preprocess
-from pipeline.serving import server as serve
-from pipeline.serving.contract import Contract
+from pipeline.serving.common import oip, preprocess
+from pipeline.serving.common.contract import Contract
+from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout
 from pipeline.spec import load_spec
 from pipeline.stages import run_all

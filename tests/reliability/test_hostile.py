@@ -11,7 +11,7 @@ from pipeline.errors import IntegrityError
 from pipeline.reliability import hostile
 from pipeline.reliability.faults import Project, copy_project
 from pipeline.runtimes.session import create_session
-from pipeline.serving import server as serve
+from pipeline.serving.torchserve import server as serve
 
 
 @pytest.fixture

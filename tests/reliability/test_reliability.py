@@ -16,7 +16,7 @@ from pipeline.reliability import fuzz
 from pipeline.reliability import served_faults as sf
 from pipeline.reliability import suite as reliability
 from pipeline.reliability.faults import copy_project
-from pipeline.serving import server as serve
+from pipeline.serving.torchserve import server as serve
 from pipeline.spec import load_spec
 from tests.helpers import MEASUREMENTS, needs_java
 

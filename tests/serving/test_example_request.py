@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from pipeline import cli
-from pipeline.serving import server
+from pipeline.serving.torchserve import server
 
 IMAGE_MODEL = """
 import numpy as np

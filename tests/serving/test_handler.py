@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.runtimes.runners import cuda_available
-from pipeline.serving.contract import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_LENGTH, Contract, RequestError
+from pipeline.serving.common.contract import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_LENGTH, Contract, RequestError
 from tests.helpers import FakeContext, archive_handler
 
 
@@ -86,7 +86,7 @@ def test_one_bad_request_in_a_batch_fails_alone(served):
 def _spy_sessions(monkeypatch) -> list:
     """Record the SessionConfig the handler asks for; run a CPU session so no GPU is needed."""
     from pipeline.runtimes.session import SessionConfig
-    from pipeline.serving import predictor as predictor_module
+    from pipeline.serving.common import predictor as predictor_module
 
     seen: list = []
     real = predictor_module.create_session
@@ -103,7 +103,7 @@ def _spy_sessions(monkeypatch) -> list:
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
 def test_a_gpu_worker_gets_the_contracts_precision(built_root, tmp_path, monkeypatch, precision):
     """The provider options the archive's contract declares reach the handler's CUDA session."""
-    from pipeline.serving.handler import OnnxHandler
+    from pipeline.serving.torchserve.handler import OnnxHandler
 
     seen = _spy_sessions(monkeypatch)
     archive_handler(built_root / "model_store" / "simple_nn.mar", tmp_path)  # unpacks it
@@ -138,7 +138,7 @@ def test_handler_on_a_gpu_worker_runs_on_cuda_and_answers(built_root, tmp_path):
     [(True, True), ([True, False], True), ([1, 0], True), (0.5, False), (2, False), ("true", False), (None, False)],
 )
 def test_bool_inputs_take_true_false_or_0_1_and_nothing_else(value, ok):
-    from pipeline.serving.contract import Contract, RequestError
+    from pipeline.serving.common.contract import Contract, RequestError
 
     contract = Contract(
         {"model": "m", "inputs": [{"name": "flag", "dtype": "bool", "shape": ["batch"]}], "outputs": [], "max_rows_per_request": 8}
@@ -152,7 +152,7 @@ def test_bool_inputs_take_true_false_or_0_1_and_nothing_else(value, ok):
 
 
 def test_numeric_inputs_still_refuse_booleans():
-    from pipeline.serving.contract import Contract, RequestError
+    from pipeline.serving.common.contract import Contract, RequestError
 
     contract = Contract(
         {"model": "m", "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch"]}], "outputs": [], "max_rows_per_request": 8}
@@ -164,7 +164,7 @@ def test_numeric_inputs_still_refuse_booleans():
 def test_torchserve_per_batch_log_line_is_dropped_and_others_kept():
     import logging
 
-    from pipeline.serving.handler import PER_BATCH_LINE, drop_per_batch_line
+    from pipeline.serving.torchserve.handler import PER_BATCH_LINE, drop_per_batch_line
 
     def record(msg, *args):
         return logging.LogRecord("root", logging.INFO, __file__, 1, msg, args, None)
@@ -212,7 +212,7 @@ def _wide_onnx(path: Path) -> None:
 @pytest.fixture
 def wide(tmp_path):
     """A handler for a model with large answers, initialised as TorchServe would, with the session's calls counted."""
-    from pipeline.serving.handler import OnnxHandler
+    from pipeline.serving.torchserve.handler import OnnxHandler
 
     (tmp_path / "io_contract.json").write_text(json.dumps(WIDE))
     _wide_onnx(tmp_path / "model.onnx")
@@ -265,8 +265,8 @@ def test_answers_past_the_batch_budget_are_503s_to_retry_and_the_rest_are_answer
 
 def test_a_lone_answer_within_its_limit_always_goes_whatever_the_batch_budget():
     """A budget below one answer (a hand-written contract) must not refuse that answer forever."""
-    from pipeline.serving.handler import fit_batch
-    from pipeline.serving.predictor import Answer
+    from pipeline.serving.common.predictor import Answer
+    from pipeline.serving.torchserve.handler import fit_batch
 
     big, error = Answer(200, b"x" * 100), Answer.error(400, "bad")
     assert [a.status for a in fit_batch([error, big, big], budget=50)] == [400, 200, 503]
@@ -284,7 +284,7 @@ def test_a_sequence_past_max_lengths_is_a_400_before_onnx_runtime_runs(wide):
 
 def test_the_length_is_checked_before_the_values_are_read():
     """A hostile body costs no conversion past the limit: the length is read from the lists themselves."""
-    from pipeline.serving.contract import Contract, RequestError
+    from pipeline.serving.common.contract import Contract, RequestError
 
     contract = Contract(WIDE)
     with pytest.raises(RequestError, match="65 long along 'seq'"):
@@ -297,7 +297,7 @@ def test_the_length_is_checked_before_the_values_are_read():
 
 def test_the_contract_declares_its_limits_and_keeps_large_examples_out():
     """What the package stage writes into io_contract.json: max_lengths, the size caps, the example while it is small."""
-    from pipeline.serving.contract import EXAMPLE_MAX_BYTES, MAX_BATCH_RESPONSE_BYTES, MAX_RESPONSE_BYTES, Contract
+    from pipeline.serving.common.contract import EXAMPLE_MAX_BYTES, MAX_BATCH_RESPONSE_BYTES, MAX_RESPONSE_BYTES, Contract
     from pipeline.spec import TensorSpec, load_spec
 
     spec = load_spec("seq_encoder")
@@ -318,7 +318,7 @@ def test_the_contract_declares_its_limits_and_keeps_large_examples_out():
 
 
 def test_an_archive_without_declared_limits_gets_the_defaults():
-    from pipeline.serving.contract import MAX_RESPONSE_BYTES, Contract
+    from pipeline.serving.common.contract import MAX_RESPONSE_BYTES, Contract
 
     old = {k: v for k, v in WIDE.items() if not k.startswith("max_") or k == "max_rows_per_request"}
     contract = Contract(old)

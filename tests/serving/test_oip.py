@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import IntegrityError, PipelineError
-from pipeline.serving import oip
-from pipeline.serving.contract import Contract, RequestError
-from pipeline.serving.ray_app import RayAppOptions, deployment_options, fetch_archive, load, read_token
+from pipeline.serving.common import oip
+from pipeline.serving.common.contract import Contract, RequestError
+from pipeline.serving.ray.app import RayAppOptions, deployment_options, fetch_archive, load, read_token
 
 CONTRACT = Contract(
     {
@@ -265,7 +265,7 @@ def test_tampered_archive_with_a_matching_hash_is_still_inspected(built_root, tm
 def test_cuda_replica_gets_the_contracts_precision(built_root, tmp_path, monkeypatch):
     """A replica given a GPU makes the session the handler would: CUDA, the contract's precision."""
     from pipeline.runtimes.session import SessionConfig
-    from pipeline.serving import predictor
+    from pipeline.serving.common import predictor
 
     seen = []
     real = predictor.create_session
@@ -296,7 +296,7 @@ def test_token_file_is_checked(tmp_path, mode, content, message):
 def test_serving_on_ray_without_ray_installed_says_how_to_get_it(built, monkeypatch):
     import importlib.util
 
-    from pipeline.serving import ray_server
+    from pipeline.serving.ray import server as ray_server
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("ray") else real(name, *a))

@@ -1,4 +1,4 @@
-"""pipeline.serving.preprocess without a server: texts tokenized, images decoded, every bad input a 400 naming it."""
+"""pipeline.serving.common.preprocess without a server: texts tokenized, images decoded, every bad input a 400 naming it."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import IntegrityError, SpecError
-from pipeline.serving import preprocess
-from pipeline.serving.contract import Contract, RequestError, top_labels
+from pipeline.serving.common import preprocess
+from pipeline.serving.common.contract import Contract, RequestError, top_labels
 from pipeline.spec import load_spec
 from tests.fixtures.bert_text import build_tokenizer
 from tests.serving.real_models import model_files

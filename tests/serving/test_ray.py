@@ -18,8 +18,9 @@ import psutil
 import pytest
 
 from pipeline.reliability.served_faults import LOOPBACK
-from pipeline.serving import ray_app, ray_server
-from pipeline.serving.client import http
+from pipeline.serving.common.client import http
+from pipeline.serving.ray import app as ray_app
+from pipeline.serving.ray import server as ray_server
 from pipeline.settings import Settings
 from tests.helpers import MEASUREMENTS
 from tests.serving.cases import BAD_INPUTS
@@ -117,7 +118,7 @@ def test_the_cluster_runs_in_token_mode_with_its_own_private_token(app, home):
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     # The servers that check Ray's token, and a replica. (Ray's agents retitle themselves with
     # setproctitle, which writes over the environment the kernel shows for them.)
-    kinds = {"pipeline.serving.ray_server": "launcher", "gcs_server": "GCS", "raylet/raylet": "raylet", "ray::ServeReplica": "replica"}
+    kinds = {"pipeline.serving.ray.server": "launcher", "gcs_server": "GCS", "raylet/raylet": "raylet", "ray::ServeReplica": "replica"}
     seen = {}
     for proc in app.processes():
         line = " ".join(proc.cmdline())
@@ -300,7 +301,7 @@ def test_deploy_onto_a_running_cluster_by_address(built_root, tmp_path):
     import sys
     import tempfile
 
-    from pipeline.serving.server import free_port
+    from pipeline.serving.common.client import free_port
 
     root = tmp_path / "project"
     shutil.copytree(built_root, root)

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.errors import PipelineError
-from pipeline.serving import ray_server
+from pipeline.serving.ray import server as ray_server
 
 
 def test_token_files_are_private_from_their_creation(tmp_path):

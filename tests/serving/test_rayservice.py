@@ -11,7 +11,8 @@ import pytest
 from pipeline import cli
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import MAR
-from pipeline.serving import ray_app, rayservice
+from pipeline.serving.ray import app as ray_app
+from pipeline.serving.ray import rayservice
 from tests.helpers import REPO
 
 

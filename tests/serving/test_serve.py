@@ -20,8 +20,8 @@ from pipeline.artifacts import archive, checkpoint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
 from pipeline.reliability import served_faults
-from pipeline.serving import server as serve
-from pipeline.serving.client import http
+from pipeline.serving.common.client import http
+from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Settings
 from pipeline.spec import load_spec
 from pipeline.stages import package
@@ -166,7 +166,7 @@ def test_a_chunked_body_over_the_cap_is_refused_once_it_passes_it(server):
 
 def test_a_held_body_is_cut_off_with_a_408(server):
     """A client that declares a body and holds it back gets a 408 after the proxy's request timeout, not a slot forever."""
-    from pipeline.serving import proxy
+    from pipeline.serving.torchserve import proxy
 
     host, port = server.inference.removeprefix("http://").rsplit(":", 1)
     head = f"POST /predictions/{server.model} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
@@ -307,7 +307,7 @@ def test_tritonclient_infers_on_torchserve_too(server, binary):
 
 def test_a_client_cannot_mark_its_own_request_as_oip(server):
     """Only the proxy sets the handler's OIP marker: a client's header of that name is dropped."""
-    from pipeline.serving.handler import OIP_HEADER
+    from pipeline.serving.torchserve.handler import OIP_HEADER
 
     status, answer = http("POST", server.predictions_url, b'{"x": 5.0}', server.token(), content_type="application/json")  # the baseline
     assert status == 200

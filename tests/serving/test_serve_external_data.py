@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.artifacts.names import ARCHIVE_DATA
 from pipeline.runtimes.session import create_session
-from pipeline.serving import server as serve
+from pipeline.serving.torchserve import server as serve
 from tests.helpers import external_data_project, needs_java
 
 pytestmark = [pytest.mark.slow, needs_java]

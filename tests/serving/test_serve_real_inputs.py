@@ -1,7 +1,7 @@
 """Texts and images in, labels out, on a real TorchServe and a real Ray Serve: real archives, real HTTP.
 
 Each answer is checked against the eager model run on the same preprocessed tensors
-(pipeline.serving.preprocess, which the servers run), within the spec's tolerance.
+(pipeline.serving.common.preprocess, which the servers run), within the spec's tolerance.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 from pipeline.artifacts import archive, checkpoint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import IntegrityError
-from pipeline.serving import preprocess
-from pipeline.serving import server as serve
-from pipeline.serving.contract import Contract
+from pipeline.serving.common import preprocess
+from pipeline.serving.common.contract import Contract
+from pipeline.serving.torchserve import server as serve
 from pipeline.spec import load_spec
 from pipeline.stages import run_all
 from tests.helpers import needs_java
@@ -75,7 +75,7 @@ def servers(request, project, tmp_path_factory):
     stop: Any
     if request.param == "ray":
         pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
-        from pipeline.serving import ray_server
+        from pipeline.serving.ray import server as ray_server
 
         start, stop = ray_server.start, ray_server.stop
     else:

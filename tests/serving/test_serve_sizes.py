@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.serving import server as serve
-from pipeline.serving.contract import MAX_RESPONSE_BYTES
-from pipeline.serving.handler import PER_BATCH_LINE
+from pipeline.serving.common.contract import MAX_RESPONSE_BYTES
+from pipeline.serving.torchserve import server as serve
+from pipeline.serving.torchserve.handler import PER_BATCH_LINE
 from pipeline.settings import Settings
 from pipeline.stages import run_all
 from tests.helpers import needs_java

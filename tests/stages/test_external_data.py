@@ -235,7 +235,7 @@ def test_the_torchserve_handler_loads_the_pair_from_the_unpacked_archive(externa
 def test_the_ray_replica_loads_the_pair_from_the_verified_archive(external, tmp_path):
     import json
 
-    from pipeline.serving import ray_app
+    from pipeline.serving.ray import app as ray_app
 
     _, layout = external
     sha = Manifest(layout.root, "wide_mlp").records[MAR].sha256

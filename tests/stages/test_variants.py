@@ -19,9 +19,9 @@ from pipeline.artifacts.names import ARCHIVE_CONTRACT, MAR, archive_key, gate_ke
 from pipeline.errors import ParityError, PipelineError, SpecError
 from pipeline.runtimes.runners import cuda_available
 from pipeline.runtimes.session import SessionConfig, create_session
-from pipeline.serving import server
-from pipeline.serving.contract import Contract
-from pipeline.serving.predictor import session_config
+from pipeline.serving.common.contract import Contract
+from pipeline.serving.common.predictor import session_config
+from pipeline.serving.torchserve import server
 from pipeline.settings import Layout, Settings
 from pipeline.spec import TaskMetric, Tolerance, load_spec
 from pipeline.stages import parity, variants

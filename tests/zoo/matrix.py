@@ -21,7 +21,7 @@ from pipeline.artifacts import checkpoint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
 from pipeline.runtimes.runners import TorchRunner
-from pipeline.serving.contract import Contract
+from pipeline.serving.common.contract import Contract
 from pipeline.settings import Layout, Settings, contract
 from pipeline.spec import load_spec
 from pipeline.stages import STAGES

@@ -1,7 +1,7 @@
 """Real inputs to tensors: texts tokenized, images decoded, in the worker; one code path.
 
 The TorchServe handler and the Ray replica both read a request through `RequestReader`
-(via `pipeline.serving.predictor`), and parity makes its text and image cases with the
+(via `pipeline.serving.common.predictor`), and parity makes its text and image cases with the
 same `TextEncoder` and `ImageDecoder` (`sample_feeds`), so what parity verified is what
 the servers compute. Their settings are the contract's `text_input` / `image_input`
 sections (`ModelSpec.contract` writes them from the spec's TextInput / ImageInput).
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import IntegrityError
-from pipeline.serving.contract import Contract, RequestError, decode_body
+from pipeline.serving.common.contract import Contract, RequestError, decode_body
 
 Feed = dict[str, np.ndarray]
 TEXT_FEEDS = ("input_ids", "attention_mask", "token_type_ids")

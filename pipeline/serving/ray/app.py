@@ -2,13 +2,13 @@
 
 Each replica fetches the archive (a path, or a file:// / http(s):// URL), checks its
 SHA-256 against the one the manifest recorded, checks its members like every server
-(`inspect_archive`), and serves its `model.onnx` through `pipeline.serving.predictor`,
+(`inspect_archive`), and serves its `model.onnx` through `pipeline.serving.common.predictor`,
 the code path the TorchServe handler uses. Requests are batched with `@serve.batch`,
 sized from the archive's own model-config.yaml.
 
 Routes (all under the model's name, beside each other):
     POST /predictions/<model>          the project's JSON format, as on TorchServe (and texts or
-                                       images, see pipeline.serving.preprocess; PUT too, for curl -T)
+                                       images, see pipeline.serving.common.preprocess; PUT too, for curl -T)
     GET  /v2/health/live, /v2/health/ready
     GET  /v2, /v2/models/<model>, /v2/models/<model>/ready
     POST /v2/models/<model>/infer      Open Inference Protocol v2 (JSON and binary tensors)
@@ -24,7 +24,7 @@ What Ray does not let the application guard (Ray 2.60): its proxy answers /-/rou
 /-/healthz itself, and reads each request's whole body into memory while the request waits
 for a replica, before the application sees its token or its length (see `_body`).
 
-Entry point for `serve run`, a Serve config file and KubeRay: `pipeline.serving.ray_app:build`.
+Entry point for `serve run`, a Serve config file and KubeRay: `pipeline.serving.ray.app:build`.
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ from urllib.parse import urlsplit
 
 from pipeline.artifacts.archive import MAX_TOTAL_BYTES, extract_model, inspect_archive
 from pipeline.errors import IntegrityError, PipelineError
-from pipeline.serving import oip, preprocess
-from pipeline.serving.contract import Contract, RequestError
-from pipeline.serving.predictor import Answer, Predictor, open_model
+from pipeline.serving.common import oip, preprocess
+from pipeline.serving.common.contract import Contract, RequestError
+from pipeline.serving.common.predictor import Answer, Predictor, open_model
 
 log = logging.getLogger(__name__)
 STAGE = "serve"
-ENTRY_POINT = "pipeline.serving.ray_app:build"
+ENTRY_POINT = "pipeline.serving.ray.app:build"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Serve's logging for the proxy and the replicas: no access-log line per request (each one
 # flushed on its own); warnings and errors still reach Ray's logs.
@@ -375,6 +375,6 @@ def deployment(options: RayAppOptions):
 
 
 def build(args: dict[str, Any]):
-    """The Serve application for `args` (see RayAppOptions): `serve run pipeline.serving.ray_app:build archive=...`."""
+    """The Serve application for `args` (see RayAppOptions): `serve run pipeline.serving.ray.app:build archive=...`."""
     options = RayAppOptions.from_args(dict(args))
     return deployment(options).bind(options.to_args())

@@ -1,10 +1,10 @@
 """The one serving code path: a batch of requests in, one ONNX Runtime call per shape, answers out.
 
-Every front end uses it: the TorchServe handler (`pipeline.serving.handler`) and the Ray
-Serve application (`pipeline.serving.ray_app`). `open_model` makes the session the way
+Every front end uses it: the TorchServe handler (`pipeline.serving.torchserve.handler`) and the Ray
+Serve application (`pipeline.serving.ray.app`). `open_model` makes the session the way
 parity verified it (the contract's CUDA precision, a CUDA session that lands on the CPU
 refused); `Predictor.answer` reads each request (JSON tensors, or texts and images through
-`pipeline.serving.preprocess`), runs, and encodes (with class names where the contract has
+`pipeline.serving.common.preprocess`), runs, and encodes (with class names where the contract has
 them), so a bad request gets the same 400 and message from every server, and fails alone
 in its batch.
 An answer over the contract's `max_response_bytes` is a 413 for its own request.
@@ -23,8 +23,8 @@ import orjson
 from pipeline.artifacts.names import ARCHIVE_TOKENIZER
 from pipeline.errors import PipelineError
 from pipeline.runtimes.session import SessionConfig, create_session, cuda_provider_available
-from pipeline.serving import preprocess
-from pipeline.serving.contract import Contract, RequestError
+from pipeline.serving.common import preprocess
+from pipeline.serving.common.contract import Contract, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Predictor:
     def __init__(self, contract: Contract, session, reader: preprocess.RequestReader | None = None):
         self.contract = contract
         self.session = session
-        # Tensors as JSON; and texts or images, where the contract takes them (pipeline.serving.preprocess).
+        # Tensors as JSON; and texts or images, where the contract takes them (pipeline.serving.common.preprocess).
         self.reader = reader or preprocess.RequestReader(contract)
         self.provider = session.get_providers()[0]
         self.input_names = [t["name"] for t in contract.inputs]

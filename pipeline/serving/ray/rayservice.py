@@ -4,7 +4,7 @@ Written next to the archive, `model_store/<model>.rayservice.yaml`, by the packa
 (with the archive at /models/<model>.mar inside the pods) and by
 `python -m pipeline rayservice --archive-url URL` (fetched from where you put it). Its
 Serve config names the application's real entry point and options
-(`pipeline.serving.ray_app:build`, `RayAppOptions`) and the archive's SHA-256 from the
+(`pipeline.serving.ray.app:build`, `RayAppOptions`) and the archive's SHA-256 from the
 manifest, so a replica refuses any other archive. A test loads the file and checks both
 against the code, so it cannot drift.
 
@@ -30,7 +30,7 @@ import yaml
 from pipeline.artifacts import files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import MAR
-from pipeline.serving.ray_app import ENTRY_POINT, HTTP_LIMITS, QUIET, RayAppOptions
+from pipeline.serving.ray.app import ENTRY_POINT, HTTP_LIMITS, QUIET, RayAppOptions
 from pipeline.settings import Layout
 
 RAY_VERSION = "2.60.0"  # the ray pinned in constraints.txt; the cluster's image must run the same

@@ -1,8 +1,8 @@
 """Serve an archive on Ray Serve: a local cluster on this machine, or a cluster you name.
 
-Local (the default): a launcher process (`python -m pipeline.serving.ray_server`) starts
+Local (the default): a launcher process (`python -m pipeline.serving.ray.server`) starts
 a one-node Ray cluster with every port on 127.0.0.1 and no dashboard, deploys the
-application (`pipeline.serving.ray_app`) and holds the cluster until `stop`. With an
+application (`pipeline.serving.ray.app`) and holds the cluster until `stop`. With an
 address (`--address` or RAY_ADDRESS), the application is deployed onto that cluster and
 `stop` deletes it; the cluster itself is yours.
 
@@ -41,9 +41,9 @@ from pipeline.artifacts import files
 from pipeline.artifacts.archive import verified_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
-from pipeline.serving.client import Endpoint
-from pipeline.serving.ray_app import HTTP_LIMITS, QUIET, RayAppOptions
-from pipeline.serving.server import free_port, port_in_use
+from pipeline.serving.backends import ServeOptions
+from pipeline.serving.common.client import Endpoint, free_port, port_in_use
+from pipeline.serving.ray.app import HTTP_LIMITS, QUIET, RayAppOptions
 from pipeline.settings import Layout, Settings, resolve
 
 STAGE = "serve"
@@ -187,7 +187,7 @@ def deploy(options: RayAppOptions, name: str, http_port: int | None, proxy_locat
     """
     from ray import serve
 
-    from pipeline.serving.ray_app import build
+    from pipeline.serving.ray.app import build
 
     if http_port is not None:
         http_options = {"host": "127.0.0.1", "port": http_port, **HTTP_LIMITS}
@@ -213,7 +213,9 @@ def start(
     existing = load_info(layout)
     if existing is not None and (existing.processes() or existing.address):
         raise PipelineError(
-            STAGE, f"{spec.name} is already served on Ray at {existing.inference}", "use it, or stop it first: make stop-ray"
+            STAGE,
+            f"{spec.name} is already served on Ray at {existing.inference}",
+            "use it, or stop it first: python -m pipeline stop --on ray",
         )
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     (folder / "server.json").unlink(missing_ok=True)
@@ -231,6 +233,21 @@ def start(
         stop(settings)
         raise
     return info
+
+
+def serve(settings: Settings, options: ServeOptions) -> RayInfo:
+    """`start` with the options the command line gives every backend."""
+    extra = {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas} if options.replicas == "auto" else {}
+    return start(
+        settings, replicas=options.replicas, address=options.address, auto_ports=options.auto_ports, timeout=options.timeout, **extra
+    )
+
+
+def served_line(info: RayInfo, options: ServeOptions) -> str:
+    where = f"the cluster at {info.address}" if info.address else "a local Ray cluster on 127.0.0.1"
+    auto = options.replicas == "auto"
+    scale = f"autoscaling {options.min_replicas}-{options.max_replicas} replicas" if auto else f"{options.replicas} replica(s)"
+    return f"{info.model} is served by Ray Serve on {where}: {scale}"
 
 
 def _connect(address: str) -> None:
@@ -271,7 +288,11 @@ def _deploy_to(address: str, options: RayAppOptions, name: str, folder: Path, po
 
 def _launch(options: RayAppOptions, name: str, folder: Path, port: int, replicas: str, timeout: float) -> RayInfo:
     if port_in_use(port):
-        raise PipelineError(STAGE, f"port {port} is already in use on 127.0.0.1", "stop what holds it (make stop-ray), or use --ports auto")
+        raise PipelineError(
+            STAGE,
+            f"port {port} is already in use on 127.0.0.1",
+            "stop what holds it (python -m pipeline stop --on ray), or use --ports auto",
+        )
     status = folder / "launcher.json"
     status.unlink(missing_ok=True)
     config = folder / "launch.json"
@@ -286,7 +307,7 @@ def _launch(options: RayAppOptions, name: str, folder: Path, port: int, replicas
     env = local_cluster_env(folder / RAY_TOKEN, os.environ)
     with open(folder / "logs" / "launcher.log", "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.serving.ray_server", str(config)],
+            [sys.executable, "-m", "pipeline.serving.ray.server", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

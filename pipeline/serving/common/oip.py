@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pipeline.serving.contract import Contract, RequestError, reject_constant
+from pipeline.serving.common.contract import Contract, RequestError, reject_constant
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # OIP datatype <-> numpy; BYTES (strings) has no place in a numeric contract.

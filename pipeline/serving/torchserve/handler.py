@@ -2,7 +2,7 @@
 
 The archive ships a thin entry module (`handlers/onnx_handler.py`) whose `handle` is an
 `OnnxHandler` from here. Parsing, the ONNX Runtime session and encoding are
-`pipeline.serving.predictor`, the code path every server shares, so every server answers
+`pipeline.serving.common.predictor`, the code path every server shares, so every server answers
 alike. Bad input gets HTTP 400 with {"error": ..., "code": 400}; with dynamic batching,
 one bad request fails alone and the others in the batch are still answered.
 
@@ -22,14 +22,14 @@ from http import HTTPStatus
 from pathlib import Path
 
 from pipeline.artifacts.names import ARCHIVE_CONTRACT, ARCHIVE_MODEL
-from pipeline.serving import oip
-from pipeline.serving.contract import Contract, RequestError
-from pipeline.serving.predictor import Answer, Predictor, open_model
+from pipeline.serving.common import oip
+from pipeline.serving.common.contract import Contract, RequestError
+from pipeline.serving.common.predictor import Answer, Predictor, open_model
 
 # TorchServe's worker logs this line for every batch it receives (ts/protocol/otf_message_handler.py);
 # its frontend then reads, parses and logs it again. It carries nothing the access log lacks.
 PER_BATCH_LINE = "Backend received inference at: %d"
-# The proxy in front of TorchServe (pipeline/serving/proxy.py) turns `POST /v2/models/<model>/infer`
+# The proxy in front of TorchServe (pipeline/serving/torchserve/proxy.py) turns `POST /v2/models/<model>/infer`
 # into a prediction with this header; a client's own header of that name is removed first.
 OIP_HEADER = "X-Pipeline-Protocol"
 

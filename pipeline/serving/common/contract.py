@@ -274,7 +274,7 @@ class Contract:
         self.example = _example_hint(data.get("example_request"), self.inputs)
         # {"output", "names", "top_k"}: class names for a classifier's output (answers carry the top k).
         self.labels: dict | None = data.get("labels")
-        # Texts or images in (pipeline.serving.preprocess reads them): their settings, or None.
+        # Texts or images in (pipeline.serving.common.preprocess reads them): their settings, or None.
         self.text_input: dict | None = data.get("text_input")
         self.image_input: dict | None = data.get("image_input")
         # Per input, what every request's checks need: worked out once, not per request.
@@ -313,7 +313,7 @@ class Contract:
         """(array of rows in the full row shape, whether the request sent a single row)."""
         name = tensor["name"]
         dtype, _, kind, row, short = self._layout[name]
-        if isinstance(value, np.ndarray):  # a binary tensor (pipeline.serving.oip): typed already, no leaves to walk
+        if isinstance(value, np.ndarray):  # a binary tensor (pipeline.serving.common.oip): typed already, no leaves to walk
             return self._array_rows(tensor, value)
         listed = _form(_list_shape(value), value, row, short)
         if listed is not None:  # too many rows, a sequence past the model's positions: refused before any work on the values

@@ -1,7 +1,7 @@
 """Serve an archive with a real TorchServe: start it, wait for READY workers, stop it.
 
 Each model's server runs from `run/<model>/`: its config.properties (made from
-pipeline/serving/torchserve.properties), key_file.json (the tokens TorchServe writes), logs/,
+pipeline/serving/torchserve/torchserve.properties), key_file.json (the tokens TorchServe writes), logs/,
 tmp/ (TorchServe's pid file, worker sockets and unpacked archives, so servers in
 different folders never collide) and server.json (what `stop` needs).
 Readiness means the model's workers are READY in the management API: `/ping`
@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,9 +33,10 @@ from pipeline.artifacts.archive import verified_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.errors import PipelineError
-from pipeline.serving import proxy
-from pipeline.serving.client import Endpoint, http
-from pipeline.serving.contract import Contract
+from pipeline.serving.backends import ServeOptions
+from pipeline.serving.common.client import Endpoint, free_port, http, port_in_use
+from pipeline.serving.common.contract import Contract
+from pipeline.serving.torchserve import proxy
 from pipeline.settings import Layout, Settings, resolve
 
 STAGE = "serve"
@@ -56,7 +56,7 @@ LOG_CONFIG = "log4j2.xml"
 
 def shipped_properties() -> dict[str, str]:
     """The server configuration this project ships (secure defaults); see the file's comments."""
-    return parse_properties((importlib.resources.files("pipeline.serving") / CONFIG_TEMPLATE).read_text())
+    return parse_properties((importlib.resources.files(__package__ or "pipeline.serving.torchserve") / CONFIG_TEMPLATE).read_text())
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -73,23 +73,12 @@ def parse_properties(text: str) -> dict[str, str]:
     return props
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_of(props: dict[str, str], kind: str) -> int:
     address_key, port_key = PORT_KEYS[kind]
     if port_key:
         return int(props[port_key])
     assert address_key is not None  # every PORT_KEYS row names one of the two
     return int(props[address_key].rsplit(":", 1)[1])
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass(frozen=True)
@@ -169,7 +158,7 @@ def _write_config(
     props["allowed_urls"] = f"file://{store}/.*"
     ports = {kind: free_port() if auto_ports else _port_of(props, kind) for kind in PORT_KEYS}
     # TorchServe's HTTP APIs listen on Unix sockets in the 0700 run folder, and the proxy
-    # on their TCP ports (pipeline/serving/proxy.py says why); gRPC binds TCP itself.
+    # on their TCP ports (pipeline/serving/torchserve/proxy.py says why); gRPC binds TCP itself.
     props["use_native_io"] = "true"  # TorchServe needs epoll for Unix sockets
     for kind, (address_key, port_key) in PORT_KEYS.items():
         if address_key:
@@ -182,7 +171,7 @@ def _write_config(
         raise PipelineError(
             STAGE,
             f"port(s) already in use on 127.0.0.1: {', '.join(busy)}",
-            "stop what holds them (make stop), or pick free ports: python -m pipeline serve --ports auto",
+            "stop what holds them (python -m pipeline stop), or pick free ports: python -m pipeline serve --ports auto",
         )
     path = folder / "config.properties"
     files.write_text(path, "".join(f"{k}={v}\n" for k, v in props.items()))
@@ -226,7 +215,7 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
         raise PipelineError(
             STAGE,
             f"a server for {spec.name} is already running (pid {existing.pid}) at {existing.inference}",
-            "use it, or stop it first: make stop",
+            "use it, or stop it first: python -m pipeline stop",
         )
     # Workers listen on Unix sockets in tmp/ (.ts.sock.<port>, ports from 9000 up), and a
     # socket path longer than 107 bytes kills each worker at start with no other clue.
@@ -261,7 +250,7 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
         str(config),
         # The frontend logs what happens to it, not every request (see the file's comment).
         "--log-config",
-        str(importlib.resources.files("pipeline.serving") / LOG_CONFIG),
+        str(importlib.resources.files(__package__ or "pipeline.serving.torchserve") / LOG_CONFIG),
         "--model-store",
         str(layout.model_store.resolve()),
         "--models",
@@ -293,6 +282,19 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
     return info
 
 
+def serve(settings: Settings, options: ServeOptions) -> ServerInfo:
+    """`start` with the options the command line gives every backend."""
+    return start(settings, auto_ports=options.auto_ports, timeout=options.timeout)
+
+
+def served_line(info: ServerInfo, options: ServeOptions) -> str:
+    workers = info.workers()
+    device = "GPU" if any(w.get("gpu") for w in workers) else "CPU"
+    return (
+        f"{info.model} is served by TorchServe: {len(workers)} worker(s) READY (pid {', '.join(str(w['pid']) for w in workers)}; {device})"
+    )
+
+
 def _wait_ready(info: ServerInfo, proc: subprocess.Popen, guard: subprocess.Popen, timeout: float) -> None:
     logs = Path(info.run_dir) / "logs"
     deadline = time.monotonic() + timeout
@@ -314,7 +316,7 @@ def _wait_ready(info: ServerInfo, proc: subprocess.Popen, guard: subprocess.Pope
             raise PipelineError(
                 STAGE,
                 f"the {info.model} worker died while loading the model; model_log.log ends:\n{_tail(model_log)}",
-                "fix the error above (a missing package in the worker's Python, a broken archive), then make serve",
+                "fix the error above (a missing package in the worker's Python, a broken archive), then python -m pipeline serve",
             )
         if info.key_file.exists() and info.ready():
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -51,8 +52,20 @@ class Endpoint:
 
     @property
     def infer_url(self) -> str:
-        """The Open Inference Protocol route (pipeline.serving.oip), on TorchServe as on Ray."""
+        """The Open Inference Protocol route (pipeline.serving.common.oip), on TorchServe as on Ray."""
         return f"{self.inference}/v2/models/{self.model}/infer"
 
     def predict(self, body: bytes, token: str | None = None, timeout: float = 30, **kw) -> tuple[int, bytes]:
         return http("POST", self.predictions_url, body, token or self.token("inference"), timeout=timeout, **kw)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
