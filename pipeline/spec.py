@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,6 +30,10 @@ from pipeline.errors import SpecError
 # A tensor dimension is either a fixed size or the name of a dynamic axis.
 Dim = int | str
 Feed = dict[str, np.ndarray]
+# Where a model runs, and the CUDA precision it is verified and served in: declared here, once.
+Device = Literal["cpu", "cuda"]
+Precision = Literal["fp32", "tf32"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32")
 _AXIS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -476,7 +480,7 @@ def _validate(spec: Any, where: str) -> ModelSpec:
         raise SpecError(
             "model", f"{where}: tolerance is {spec.tolerance!r}, not a Tolerance", "write tolerance=Tolerance(atol=1e-5, rtol=1e-4)"
         )
-    if spec.cuda_precision not in ("fp32", "tf32"):
+    if spec.cuda_precision not in PRECISIONS:
         raise SpecError("model", f"{where}: cuda_precision is {spec.cuda_precision!r}", "use 'fp32' (exact) or 'tf32'")
     for attr in ("tf32_tolerance", "int8_tolerance", "fp16_tolerance"):
         value = getattr(spec, attr)

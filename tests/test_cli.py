@@ -159,3 +159,24 @@ def test_the_printed_curl_reads_the_token_from_its_stdin_not_its_arguments(tmp_p
     [(headers, body)] = seen
     assert headers["Authorization"] == f"Bearer {token}" and headers["Content-Type"] == "application/json"
     assert json.loads(body) == {"x": 5.0}
+
+
+def test_the_command_line_is_the_top_layer():
+    """argparse lives in pipeline/cli/ only, and no other module of the package imports pipeline.cli."""
+    import ast
+
+    from tests.helpers import REPO
+
+    offenders = []
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith("pipeline/cli/") or rel == "pipeline/__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            for name in names:
+                if name == "argparse" or name == "pipeline.cli" or name.startswith("pipeline.cli."):
+                    offenders.append(f"{rel}:{node.lineno} imports {name}")
+    assert not offenders, offenders

@@ -106,7 +106,7 @@ def handler_source() -> bytes:
         raise IntegrityError(
             STAGE,
             f"the handler {ARCHIVE_HANDLER} is missing from the installed pipeline package",
-            "reinstall the project (make setup, or pip install the wheel again)",
+            "reinstall the project (pip install the wheel again, or pip install -e . in a checkout)",
         ) from None
 
 
@@ -189,7 +189,7 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
             if onnx_sha256 is not None and data_sha != data_sha256:
                 raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_DATA} other than the verified one", "rebuild the archive")
     except zipfile.BadZipFile as exc:  # also a member whose CRC does not match
-        raise IntegrityError(STAGE, f"{path} is not a readable archive: {exc}", "rebuild it: make export") from None
+        raise IntegrityError(STAGE, f"{path} is not a readable archive: {exc}", "rebuild it: python -m pipeline package --force") from None
     return {
         "members": sorted(names),
         "mar_manifest": manifest,

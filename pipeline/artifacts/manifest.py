@@ -58,7 +58,7 @@ class Manifest:
             raise IntegrityError(
                 "manifest",
                 f"{self.path} is not a readable manifest ({exc})",
-                f"remove it and rebuild: rm {self.path} && make export MODEL={self.model}",
+                f"remove it and rebuild: rm {self.path} && python -m pipeline all --model {self.model}",
             ) from None
 
     def record(
@@ -117,7 +117,7 @@ class Manifest:
             raise IntegrityError(
                 stage,
                 f"{self.model}: no {key} recorded in {self._rel(self.path)}; its stage has not run",
-                f"run the earlier stages first: make export MODEL={self.model}",
+                f"run the earlier stages first: python -m pipeline all --model {self.model}",
             )
         # An ONNX file over 2 GiB comes with its external data: both are checked.
         for rel, sha256, size_recorded in _files(rec):

@@ -79,7 +79,7 @@ def measure_in_child(mar: Path, body: bytes, preprocessed: bool = False, timeout
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise PipelineError(
-            "bench", f"timing the handler failed:\n{proc.stderr.strip()[-800:]}", "run make export, then the benchmark again"
+            "bench", f"timing the handler failed:\n{proc.stderr.strip()[-800:]}", "run python -m pipeline all, then the benchmark again"
         )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -11,7 +11,6 @@ fresh process per engine. The served part drives a real TorchServe with locust.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import gc
 import json
@@ -23,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 import numpy as np
 import psutil
@@ -49,6 +48,7 @@ from pipeline.errors import PipelineError
 from pipeline.runtimes.runners import cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import DEFAULT_MODEL, Layout, Settings, resolve
+from pipeline.spec import Device, Precision
 
 STAGE = "bench"
 BATCH_SIZES = (1, 8, 64, 512, 4096)
@@ -65,7 +65,7 @@ class BenchSettings:
     root: Path = Path(".")
     engines: tuple[str, ...] = DEFAULT_ENGINES
     batch_sizes: tuple[int, ...] = BATCH_SIZES
-    devices: tuple[Literal["cpu", "cuda"], ...] = ("cpu",)
+    devices: tuple[Device, ...] = ("cpu",)
     # Intra-op threads for torch and ONNX Runtime alike: the physical cores.
     threads: int = psutil.cpu_count(logical=False) or 1
     # Seconds of timed calls per engine and batch size, split over the rounds.
@@ -86,10 +86,10 @@ class BenchSettings:
     max_iterations: int = 200_000
     # ONNX Runtime on CUDA: the precision the archive serves (fp32 unless the spec says
     # tf32) and cuDNN's convolution algorithm search; both are recorded with each result.
-    cuda_precision: Literal["fp32", "tf32"] = "fp32"
+    cuda_precision: Precision = "fp32"
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"
 
-    def session(self, device: Literal["cpu", "cuda"]) -> SessionConfig:
+    def session(self, device: Device) -> SessionConfig:
         """The ONNX Runtime session every ORT engine on `device` gets (floors included)."""
         return SessionConfig(
             device=device,
@@ -370,93 +370,8 @@ def _nvidia_driver() -> str | None:
         return None
 
 
-def targets(records: list[dict], served: dict | None) -> list[dict]:
-    """The issue's targets, each with the figure measured in this run and whether it was met."""
-    index = {(r["device"], r["batch"], r["engine"]): r for r in records}
-    out = []
-    ort, eager, floor = (index.get(("cpu", 1, e)) for e in ("onnxruntime", "eager", "floor:onnxruntime"))
-    if ort and eager:
-        out.append(
-            {
-                "target": "CPU batch 1: ONNX Runtime ≥ 2× faster than eager at p50",
-                "value": eager["p50_ms"] / ort["p50_ms"],
-                "goal": 2.0,
-                "met": eager["p50_ms"] / ort["p50_ms"] >= 2.0,
-            }
-        )
-    if ort and floor:
-        out.append(
-            {
-                "target": "CPU batch 1: ONNX Runtime within 1.5× of its floor at p50 (an overhead target: a model with real compute sits far above its floor)",
-                "value": ort["p50_ms"] / floor["p50_ms"],
-                "goal": 1.5,
-                "met": ort["p50_ms"] / floor["p50_ms"] <= 1.5,
-                "lower_is_better": True,
-            }
-        )
-    best_ort = _best(index, "cuda", 1, ORT_ENGINES)
-    best_torch = _best(index, "cuda", 1, TORCH_GRAPH_ENGINES)
-    eager = index.get(("cuda", 1, "eager"))
-    if best_ort and eager:
-        out.append(
-            {
-                "target": f"CUDA batch 1: the best ONNX Runtime configuration ({best_ort['engine']}) ≥ 3× faster than eager CUDA at p50",
-                "value": eager["p50_ms"] / best_ort["p50_ms"],
-                "goal": 3.0,
-                "met": eager["p50_ms"] / best_ort["p50_ms"] >= 3.0,
-            }
-        )
-    if best_ort and best_torch:
-        ratio = best_ort["p50_ms"] / best_torch["p50_ms"]
-        out.append(
-            {
-                "target": f"CUDA batch 1: the best ONNX Runtime configuration ({best_ort['engine']}) within 1.25× "
-                f"of PyTorch with CUDA graphs ({best_torch['engine']}) at p50",
-                "value": ratio,
-                "goal": 1.25,
-                "met": ratio <= 1.25,
-                "lower_is_better": True,
-            }
-        )
-    handler = (served or {}).get("handler")
-    if handler:
-        us = handler["us_per_request"]["1"]
-        out.append(
-            {
-                "target": "handler in process, batch 1: ≤ 50 µs per request (p50 of single calls)",
-                "value": us,
-                "goal": 50.0,
-                "met": us <= 50.0,
-                "lower_is_better": True,
-            }
-        )
-    for config in (served or {}).get("configs", []):
-        one = next((r for r in config["runs"] if r["concurrency"] == 1), None)
-        if config["name"] == "tuned" and one:
-            ms = one["p50_ms"]
-            out.append(
-                {
-                    "target": "served, 1 client, the shipped config (tuned): p50 ≤ 1.5 ms",
-                    "value": ms,
-                    "goal": 1.5,
-                    "met": ms <= 1.5 and one["errors"] == 0,
-                    "lower_is_better": True,
-                }
-            )
-    for c in (served or {}).get("comparisons", []):
-        if (c["base"], c["other"]) == ("default", "tuned"):
-            target = f"served, concurrency {c['concurrency']}: {c['other']} ≥ 2× {c['base']}'s requests/s, no worse p99, zero errors"
-        elif (c["base"], c["other"]) == ("tuned", "ray-1"):
-            target = f"served, concurrency {c['concurrency']}: Ray Serve with 1 replica ≥ 0.8× tuned TorchServe's requests/s, zero errors"
-        else:
-            continue
-        out.append({"target": target, "value": c["rps_ratio"], "goal": c["goal"], "met": c["met"]})
-    return out
-
-
 ORT_ENGINES = ("onnxruntime", "onnxruntime-run", "onnxruntime-cudagraph")
 TORCH_ENGINES = ("eager", "torchscript", "torch.compile", "torch-cudagraph", "torch.compile-cudagraphs")
-TORCH_GRAPH_ENGINES = ("torch-cudagraph", "torch.compile-cudagraphs")
 
 
 def _best(index: dict, device: str, batch: int, engines: tuple[str, ...]) -> dict | None:
@@ -506,7 +421,7 @@ def run(settings: BenchSettings) -> dict:
     manifest = Manifest(layout.root, spec.name)
     for key in (CHECKPOINT, TORCHSCRIPT, ONNX):
         if key not in manifest.records:
-            raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: make export MODEL={settings.model}")
+            raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: python -m pipeline all --model {settings.model}")
     if settings.engines == DEFAULT_ENGINES:  # the gated variants run beside fp32 unless --engines names others
         settings = replace(settings, engines=(*settings.engines, *(f"onnxruntime-{v}" for v in gated_variants(manifest))))
     started = time.perf_counter()
@@ -538,139 +453,9 @@ def run(settings: BenchSettings) -> dict:
         "cold_start": cold,
         "variants": variants_summary(manifest, records, cold),
         "served": served,
-        "targets": targets(records, served),
     }
     out = layout.reports
     files.write_json(out / "latency.json", report)
     files.write_text(out / "latency.md", bench_report.markdown(report))
     bench_report.plot(report, out / "latency.png")
     return report
-
-
-def _csv(kind: Callable[[str], object], allowed: tuple | None = None):
-    def parse(text: str) -> tuple:
-        items = tuple(kind(s.strip()) for s in text.split(",") if s.strip())
-        if not items:
-            raise argparse.ArgumentTypeError("give at least one value")
-        if allowed is not None and any(i not in allowed for i in items):
-            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(map(str, allowed))}")
-        if kind is int and min(cast(tuple[int, ...], items)) < 1:
-            raise argparse.ArgumentTypeError("values must be positive integers")
-        return items
-
-    return parse
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `python -m pipeline bench`."""
-    d = BenchSettings()
-    p.add_argument("--model", default=d.model, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
-    p.add_argument("--root", type=Path, default=d.root, help="project folder (default: .)")
-    p.add_argument(
-        "--engines",
-        type=_csv(str, ENGINES),
-        default=d.engines,
-        help=f"comma-separated, from {', '.join(ENGINES)} (default: {','.join(d.engines)})",
-    )
-    p.add_argument("--batch-sizes", type=_csv(int), default=d.batch_sizes, help="default: 1,8,64,512,4096")
-    p.add_argument(
-        "--device",
-        choices=["cpu", "cuda", "all"],
-        default="all",
-        help="cpu, cuda, or all: the CPU plus CUDA where a GPU is present (default: all)",
-    )
-    p.add_argument(
-        "--threads", type=int, default=d.threads, help="intra-op threads for torch and ONNX Runtime (default: physical cores, %(default)s)"
-    )
-    p.add_argument(
-        "--budget", type=float, default=d.budget_s, help="seconds of timed calls per engine and batch size (default: %(default)s)"
-    )
-    p.add_argument("--rounds", type=int, default=d.rounds, help="interleaved rounds (default: %(default)s)")
-    p.add_argument(
-        "--warmup", type=float, default=d.warmup_s, help="seconds of untimed warm-up per engine and batch (default: %(default)s)"
-    )
-    p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start processes")
-    p.add_argument(
-        "--cold-start-compile", action="store_true", help="also time torch.compile's cold start in a fresh process (compiles from scratch)"
-    )
-    p.add_argument(
-        "--served",
-        choices=["auto", "running", "ray", "off"],
-        default=d.served,
-        help="auto: start TorchServe with the default and the tuned config; running: the server "
-        "`make serve` started; ray: TorchServe (default, tuned) beside Ray Serve (1 and 2 replicas) on a "
-        "local Ray cluster; off: in-process only (default: %(default)s)",
-    )
-    p.add_argument("--concurrency", type=_csv(int), default=d.concurrency, help="served client counts (default: 1,4,16,64)")
-    p.add_argument("--served-seconds", type=float, default=d.served_seconds, help="seconds of load per concurrency (default: %(default)s)")
-    p.add_argument(
-        "--load-generator",
-        choices=["auto", "wrk", "locust"],
-        default=d.load_generator,
-        help="the served load: wrk where installed (auto), else locust (default: %(default)s)",
-    )
-    p.add_argument(
-        "--cuda-graph",
-        action="store_true",
-        help="on CUDA, add ONNX Runtime with CUDA graphs and its PyTorch peers (a CUDAGraph replay and torch.compile mode=reduce-overhead)",
-    )
-    p.add_argument(
-        "--cuda-precision",
-        choices=["fp32", "tf32"],
-        default=d.cuda_precision,
-        help="ONNX Runtime CUDA precision (default: %(default)s, what archives serve unless the spec says tf32)",
-    )
-    p.add_argument(
-        "--cudnn-search",
-        choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"],
-        default=d.cudnn_conv_algo_search,
-        help="cuDNN convolution algorithm search for ONNX Runtime on CUDA (default: %(default)s)",
-    )
-
-
-def settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    devices: tuple[Literal["cpu", "cuda"], ...]
-    if args.device == "cpu":
-        devices = ("cpu",)
-    elif args.device == "cuda":
-        devices = ("cuda",)
-    else:
-        devices = ("cpu", "cuda") if cuda_available() else ("cpu",)
-    engines = args.engines
-    if args.cuda_graph:
-        engines = (*engines, *(e for e in CUDA_GRAPH_ENGINES if e not in engines))
-    if args.budget <= 0 or args.rounds < 1 or args.threads < 1 or args.served_seconds <= 0:
-        raise PipelineError(STAGE, "--budget, --rounds, --threads and --served-seconds must be positive", "e.g. --budget 1 --rounds 5")
-    return BenchSettings(
-        model=args.model,
-        root=args.root,
-        engines=engines,
-        batch_sizes=args.batch_sizes,
-        devices=devices,
-        threads=args.threads,
-        budget_s=args.budget,
-        rounds=args.rounds,
-        warmup_s=args.warmup,
-        cold_start=not args.no_cold_start,
-        cold_start_compile=args.cold_start_compile,
-        served=args.served,
-        concurrency=args.concurrency,
-        served_seconds=args.served_seconds,
-        load_generator=args.load_generator,
-        cuda_precision=args.cuda_precision,
-        cudnn_conv_algo_search=args.cudnn_search,
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the benchmark the options describe and print the summary (the CLI reports a PipelineError)."""
-    try:
-        settings = settings_from_args(args)
-        report = run(settings)
-    except KeyboardInterrupt:
-        print("\ninterrupted; no report was written", file=sys.stderr)
-        return 130
-    from pipeline.bench.report import console_summary
-
-    print(console_summary(report, settings))
-    return 0

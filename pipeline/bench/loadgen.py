@@ -149,7 +149,7 @@ def run_load(
             raise PipelineError(
                 "load",
                 f"the load generator (locust) failed with exit code {code}:\n{tail}",
-                "check that locust is installed (make setup)",
+                "check that locust is installed (pip install the bench extra)",
             )
         data = json.loads(out_path.read_text())
     return LoadResult(

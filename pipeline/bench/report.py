@@ -79,12 +79,6 @@ def markdown(report: dict) -> str:
         *_environment_lines(report["environment"]),
         "",
     ]
-    if report["targets"]:
-        lines += ["## Targets", "", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
-        for t in report["targets"]:
-            sign = "≤" if t.get("lower_is_better") else "≥"
-            lines.append(f"| {t['target']} | {_x(t['value'])} | {sign} {t['goal']}× | {'yes' if t['met'] else '**no**'} |")
-        lines.append("")
     if report.get("variants"):
         lines += _variant_lines(report["variants"])
     if report.get("verdicts"):
@@ -444,7 +438,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def console_summary(report: dict, settings) -> str:
-    """A few lines for the terminal: speedups at batch 1, targets, where the reports are."""
+    """A few lines for the terminal: speedups at the smallest batch, what could not run, where the reports are."""
     out = [f"\n{report['model']}: benchmark done in {report['seconds']:.0f}s"]
     index = {(r["device"], r["batch"], r["engine"]): r for r in report["in_process"]}
     for (device, batch, engine), r in index.items():
@@ -455,8 +449,6 @@ def console_summary(report: dict, settings) -> str:
             )
     for f in report["failures"]:
         out.append(f"  could not run {f['engine']} ({f['device']}): {f['error'][:120]}")
-    for t in report["targets"]:
-        out.append(f"  {'✓' if t['met'] else '✗'} {t['target']}: {_x(t['value'])}")
     folder = Path(settings.root) / "reports" / report["model"]
     out.append(f"  reports  {folder}/latency.md, latency.json, latency.png")
     return "\n".join(out)

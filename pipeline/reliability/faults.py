@@ -379,7 +379,6 @@ def _install_kill_point(target: str, point: str) -> None:
 
 
 def _child_main(argv: list[str]) -> int:
-    from pipeline import cli
     from pipeline.settings import resolve
     from pipeline.stages import STAGES
 
@@ -407,7 +406,8 @@ def _child_main(argv: list[str]) -> int:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         limit = int(argv[4])
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-        return cli.main([stage, "--root", root, "--model", model, "--force"])
+        # The command a user runs, in this process: exec keeps the file size limit and the ignored SIGXFSZ.
+        os.execv(sys.executable, [sys.executable, "-m", "pipeline", stage, "--root", root, "--model", model, "--force"])
     raise SystemExit(f"unknown command {command}")
 
 

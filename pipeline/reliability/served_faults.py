@@ -54,7 +54,7 @@ def wait_for_clients(info: ServerInfo, clients: int, timeout: float = 60.0) -> f
     raise PipelineError(
         "reliability",
         f"the load generator did not open {clients} connections within {timeout:.0f}s",
-        "check that locust runs (make setup) and the server answers",
+        "check that locust runs (pip install the reliability extra) and the server answers",
     )
 
 

@@ -17,7 +17,6 @@ check failed. `--quick` is the CI-sized run (about three minutes on two cores).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import shutil
@@ -519,19 +518,21 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `python -m pipeline reliability`."""
-    p.add_argument("--quick", action="store_true", help="the CI-sized run (fewer kill points, 500 fuzz bodies, 20,000-request soak)")
-    p.add_argument("--root", type=Path, default=Path("."), help="where reports/reliability.{md,json} are written (default: .)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model to build and attack (default: %(default)s)")
-    p.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
-    p.add_argument("--work", type=Path, help="keep the working copies here instead of a temporary folder")
+@dataclass(frozen=True)
+class SuiteOptions:
+    """What `run` does: the plan (quick or full), the model, the sections, where reports go."""
+
+    quick: bool = False
+    root: Path = Path(".")
+    model: str = DEFAULT_MODEL
+    sections: tuple[str, ...] = SECTIONS
+    work: Path | None = None  # keep the working copies here instead of a temporary folder
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: SuiteOptions) -> int:
     """Run the sections asked for and write reports/reliability.{json,md}; 1 if any check failed."""
     plan = QUICK if args.quick else FULL
-    sections = args.only or list(SECTIONS)
+    sections = list(args.sections)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="reliability-") as tmp:
         work = Path(args.work or tmp).resolve()

@@ -22,10 +22,8 @@ from typing import Any, Literal
 
 from pipeline.artifacts.safety import check_onnx_file
 from pipeline.errors import PipelineError
+from pipeline.spec import PRECISIONS, Device, Precision
 
-Device = Literal["cpu", "cuda"]
-Precision = Literal["fp32", "tf32"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 

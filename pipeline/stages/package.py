@@ -67,7 +67,7 @@ def append_data(mar: Path, data: Path, sha256: str) -> None:
             digest.update(block)
             dst.write(block)
     if digest.hexdigest() != sha256:
-        raise IntegrityError(STAGE, f"{data} changed while it was being packaged", "run make export again")
+        raise IntegrityError(STAGE, f"{data} changed while it was being packaged", "run python -m pipeline package again")
 
 
 def run(settings: Settings) -> StageResult:
@@ -152,7 +152,7 @@ def archive(
         staging = Path(tmp)
         shutil.copyfile(model_path, staging / ARCHIVE_MODEL)
         if files.sha256_file(staging / ARCHIVE_MODEL) != model_sha256:
-            raise IntegrityError(STAGE, f"{model_path} changed while it was being packaged", "run make export again")
+            raise IntegrityError(STAGE, f"{model_path} changed while it was being packaged", "run python -m pipeline package again")
         (staging / ARCHIVE_HANDLER).write_bytes(handler)
         (staging / ARCHIVE_CONTRACT).write_text(json.dumps(io_contract, indent=2) + "\n")
         (staging / ARCHIVE_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))

@@ -206,7 +206,7 @@ def build(settings: Settings, variant: str) -> StageResult:
         raise PipelineError(
             STAGE,
             f"{spec.name}: parity has not passed for the current {onnx_rec.path}; a variant is made only from a verified model",
-            f"run the stages first: make export MODEL={settings.model}",
+            f"run the stages first: python -m pipeline all --model {settings.model}",
         )
     if onnx_rec.details.get(EXTERNAL_DATA):
         # The quantizer and the fp16 converter load the whole model into one protobuf message.

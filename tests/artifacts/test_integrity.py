@@ -46,7 +46,7 @@ def test_missing_artifact_refused(project):
 def test_stage_before_its_inputs_exist(tmp_path):
     from pipeline.settings import Settings
 
-    with pytest.raises(IntegrityError, match=r"(?s)no checkpoint recorded.*make export"):
+    with pytest.raises(IntegrityError, match=r"(?s)no checkpoint recorded.*python -m pipeline all"):
         trace.run(Settings(root=tmp_path))
 
 

@@ -49,7 +49,6 @@ def test_writes_three_reports(report):
     md = (folder / "latency.md").read_text()
     for heading in (
         "## Environment",
-        "## Targets",
         "speedup over eager",
         "## Cold start",
         "## Served",
@@ -85,8 +84,8 @@ def test_ratios_are_computed_against_the_same_run(report):
         assert ort["speedup_vs_eager_p50"] == pytest.approx(eager["p50_ms"] / ort["p50_ms"])
         assert ort["ratio_to_floor_p50"] == pytest.approx(ort["p50_ms"] / floor["p50_ms"])
         assert index[("floor:eager", b)]["speedup_vs_eager_p50"] is None
-    cpu_targets = [t for t in result["targets"] if t["target"].startswith("CPU batch 1")]
-    assert len(cpu_targets) == 2 and all(t["value"] > 0 for t in cpu_targets)
+    # A report states facts, not goals: no targets section (goals live in docs and tests).
+    assert "targets" not in result
 
 
 @pytest.mark.slow
@@ -164,9 +163,8 @@ def test_served_load_generator_handler_and_profile_are_reported(report):
     for r in rows:
         assert all(r[p] >= 0 for p in parts)
         assert sum(r[p] for p in parts) >= r["client_mean_ms"] * 0.99  # the parts account for the whole mean
-    targets = {t["target"] for t in result["targets"]}
-    assert any(t.startswith("handler in process, batch 1") for t in targets)
-    assert any(t.startswith("served, 1 client, the shipped config") for t in targets)
+    tuned = next(c for c in served["configs"] if c["name"] == "tuned")
+    assert tuned["runs"][0]["concurrency"] == 1 and tuned["runs"][0]["p50_ms"] > 0  # the shipped config at one client
     md = (root / "reports" / "simple_nn" / "latency.md").read_text()
     assert "Verdict per concurrency:" in md and "- **1 client**:" in md and "- **4 clients**:" in md
     assert "### Where a request's time goes (tuned)" in md
@@ -230,7 +228,9 @@ def test_cuda_graph_flag_adds_onnxruntime_graphs_and_both_pytorch_peers(tmp_path
 
     p, commands = cli.parser()
     args = p.parse_args(["bench", "--device", "cpu", "--cuda-graph", "--cuda-precision", "tf32", "--cudnn-search", "HEURISTIC"])
-    settings = bench.settings_from_args(args)
+    from pipeline.cli.bench import settings_from_args
+
+    settings = settings_from_args(args)
     assert set(CUDA_GRAPH_ENGINES) <= set(settings.engines)
     config = settings.session("cuda")
     assert config.cuda_options()["use_tf32"] == "1" and config.cuda_options()["cudnn_conv_algo_search"] == "HEURISTIC"
@@ -246,10 +246,6 @@ def test_verdicts_name_the_faster_runtime_and_by_how_much():
     assert verdict["winner"] == "PyTorch" and verdict["winner_engine"] == "torch-cudagraph"
     assert verdict["onnxruntime"] == "onnxruntime-cudagraph"
     assert verdict["by"] == pytest.approx(0.044 / 0.036)
-    eager_target, peer_target = bench.targets(records, None)
-    assert "onnxruntime-cudagraph" in eager_target["target"] and eager_target["value"] == pytest.approx(0.414 / 0.044)
-    assert "torch-cudagraph" in peer_target["target"] and peer_target["value"] == pytest.approx(0.044 / 0.036)
-    assert eager_target["met"] and peer_target["met"] and peer_target["lower_is_better"]
 
 
 @pytest.mark.skipif(cuda_available(), reason="checks the guard on a machine without CUDA")
@@ -294,7 +290,7 @@ def test_missing_artifacts_say_run_export_first(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 1
-    assert "make export" in proc.stderr
+    assert "python -m pipeline all" in proc.stderr
 
 
 def test_served_running_without_a_server_is_a_clear_error(built_root, tmp_path):
@@ -369,7 +365,6 @@ def test_cuda_engines_run_on_the_gpu(built_root, tmp_path):
     assert ("torch.compile-cudagraphs", 1) in cuda and cuda[("onnxruntime-run", 1)]["provider"] == "CUDAExecutionProvider"
     assert result["sessions"]["cuda"]["provider_options"]["use_tf32"] == "0"
     assert {v["device"] for v in result["verdicts"]} == {"cpu", "cuda"}
-    assert any(t["target"].startswith("CUDA batch 1") for t in result["targets"])
     assert result["environment"]["gpu"]
 
 
@@ -402,7 +397,6 @@ def test_served_ray_puts_torchserve_and_ray_side_by_side(built_root, tmp_path):
         assert all(p["requests"] > 0 and p["errors"] == 0 for p in config["ping"]), config["name"]  # the floor answered too
     assert {c["name"]: c["server_config"].get("replicas") for c in served["configs"][2:]} == {"ray-1": 1, "ray-2": 2}
     assert [(c["base"], c["other"]) for c in served["comparisons"]] == list(bench_served.RAY_COMPARISONS)
-    assert any("Ray Serve with 1 replica ≥ 0.8×" in t["target"] for t in result["targets"])
     md = (tmp_path / "reports" / "simple_nn" / "latency.md").read_text()
     assert "### TorchServe and Ray Serve side by side" in md and "| clients | default | tuned | ray-1 | ray-2 |" in md
     import psutil

@@ -238,7 +238,7 @@ def test_a_constant_output_is_flagged_in_the_report_and_the_summary(project, mon
     """A model whose output ignores its input (torchvision's zero-initialised ViT head) passes, flagged."""
     import dataclasses
 
-    from pipeline.cli import summary
+    from pipeline.cli.stages import summary
     from pipeline.stages import run_all
     from pipeline.stages import train as train_stage
 

@@ -1,1 +1,3 @@
 """What both backends share: the I/O contract, request reading (tensors, texts, images), the predictor, the Open Inference Protocol, the HTTP client."""
+
+STAGE = "serve"  # what every serving error names as its stage, on either backend

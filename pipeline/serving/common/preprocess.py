@@ -325,7 +325,11 @@ def reader(contract: Contract, tokenizer_json: bytes | None = None) -> RequestRe
     text = image = None
     if contract.text_input:
         if tokenizer_json is None:
-            raise IntegrityError("serve", f"{contract.model} takes texts but has no tokenizer.json", "rebuild the archive: make export")
+            raise IntegrityError(
+                "serve",
+                f"{contract.model} takes texts but has no tokenizer.json",
+                "rebuild the archive: python -m pipeline package --force",
+            )
         text = TextEncoder(contract.text_input, tokenizer_json, contract.inputs)
     if contract.image_input:
         image = ImageDecoder(contract.image_input, contract.inputs)

@@ -45,12 +45,11 @@ from urllib.parse import urlsplit
 
 from pipeline.artifacts.archive import MAX_TOTAL_BYTES, extract_model, inspect_archive
 from pipeline.errors import IntegrityError, PipelineError
-from pipeline.serving.common import oip, preprocess
+from pipeline.serving.common import STAGE, oip, preprocess
 from pipeline.serving.common.contract import Contract, RequestError
 from pipeline.serving.common.predictor import Answer, Predictor, open_model
 
 log = logging.getLogger(__name__)
-STAGE = "serve"
 ENTRY_POINT = "pipeline.serving.ray.app:build"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Serve's logging for the proxy and the replicas: no access-log line per request (each one

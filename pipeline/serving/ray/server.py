@@ -42,11 +42,11 @@ from pipeline.artifacts.archive import verified_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
 from pipeline.serving.backends import ServeOptions
+from pipeline.serving.common import STAGE
 from pipeline.serving.common.client import Endpoint, free_port, port_in_use
 from pipeline.serving.ray.app import HTTP_LIMITS, QUIET, RayAppOptions
 from pipeline.settings import Layout, Settings, resolve
 
-STAGE = "serve"
 DEFAULT_HTTP_PORT = 8000
 # Ray binds its servers to the node's address; with this set (Ray's own switch for
 # single-machine clusters) the node's address is 127.0.0.1, so nothing listens outside.
@@ -94,7 +94,7 @@ def require_ray() -> None:
         raise PipelineError(
             STAGE,
             "Ray Serve is not installed in this Python",
-            "install the ray extra: pip install -c constraints.txt -e '.[ray]' (make serve-ray does it)",
+            "install the ray extra: pip install -c constraints.txt -e '.[ray]' (the Makefile's serve-ray does it)",
         )
 
 

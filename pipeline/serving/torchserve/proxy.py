@@ -29,8 +29,8 @@ from pathlib import Path
 
 from pipeline.artifacts import files
 from pipeline.errors import PipelineError
+from pipeline.serving.common import STAGE
 
-STAGE = "serve"
 REQUEST_TIMEOUT_S = 10  # headers and the whole body, from the first byte
 KEEP_ALIVE_S = 10  # an idle connection between requests
 QUEUE_TIMEOUT_S = 30  # a complete request waiting for a free TorchServe connection

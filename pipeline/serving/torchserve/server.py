@@ -34,12 +34,12 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.errors import PipelineError
 from pipeline.serving.backends import ServeOptions
+from pipeline.serving.common import STAGE
 from pipeline.serving.common.client import Endpoint, free_port, http, port_in_use
 from pipeline.serving.common.contract import Contract
 from pipeline.serving.torchserve import proxy
 from pipeline.settings import Layout, Settings, resolve
 
-STAGE = "serve"
 CONFIG_TEMPLATE = "torchserve.properties"  # package data beside this module
 PORT_KEYS = {
     "inference": ("inference_address", None),

@@ -1,0 +1,69 @@
+"""Command line: `python -m pipeline <command> [options]`; `python -m pipeline <command> --help`.
+
+Stages: train, trace, export, parity, package; `all` runs them in order and prints a
+one-screen summary. serve / stop / token run the endpoint (TorchServe, or Ray Serve with
+`--on ray`); bench writes the latency report; reliability runs the fault harness. Each
+command takes only its own options.
+"""
+
+# The top layer: argparse lives in this package only. Each command maps its options onto a
+# library call (a settings object into `run`), and no library module imports pipeline.cli.
+# options (what several commands share), stages, serving, bench, reliability: one module each.
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import PipelineError
+from pipeline.spec import HF_PREFIX, hf_model
+
+
+def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line and each command's own parser."""
+    from pipeline.cli import bench, reliability, serving, stages
+
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = p.add_subparsers(dest="command", required=True, metavar="command")
+    stages.add_parsers(commands)
+    serving.add_parsers(commands)
+    bench.add_parser(commands)
+    reliability.add_parser(commands)
+    return p, commands.choices
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse; an option the command does not take exits 2 with that command's own usage."""
+    p, commands = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "task", None) is not None:
+        if not args.model.startswith(HF_PREFIX):
+            commands[args.command].error(f"--task is for a Hugging Face checkpoint (--model {HF_PREFIX}PATH), not {args.model!r}")
+        args.model = hf_model(args.model, args.task)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import bench, reliability, serving, stages
+
+    args = parse(sys.argv[1:] if argv is None else argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "serve": serving.serve_command,
+        "stop": serving.stop_command,
+        "token": serving.token_command,
+        "rayservice": serving.rayservice_command,
+        "variants": stages.variants_command,
+        "bench": bench.command,
+        "reliability": reliability.command,
+    }
+    try:
+        return commands.get(args.command, stages.stages_command)(args)
+    except PipelineError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished artifacts are kept, unfinished ones were not written", file=sys.stderr)
+        return 130

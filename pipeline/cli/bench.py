@@ -1,0 +1,157 @@
+"""`python -m pipeline bench`: the benchmark's options, mapped onto `pipeline.bench.latency.run`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+from pipeline.bench import latency
+from pipeline.bench.engines import CUDA_GRAPH_ENGINES, ENGINES
+from pipeline.bench.latency import STAGE, BenchSettings
+from pipeline.cli.options import task_option
+from pipeline.errors import PipelineError
+from pipeline.runtimes.runners import cuda_available
+from pipeline.spec import PRECISIONS, Device
+
+
+def add_parser(commands) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="latency report: eager vs TorchScript vs ONNX Runtime, and the served endpoint",
+        description=latency.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(bench)
+    task_option(bench)
+
+
+def csv_of(kind: Callable[[str], object], allowed: tuple | None = None):
+    def parse(text: str) -> tuple:
+        items = tuple(kind(s.strip()) for s in text.split(",") if s.strip())
+        if not items:
+            raise argparse.ArgumentTypeError("give at least one value")
+        if allowed is not None and any(i not in allowed for i in items):
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(map(str, allowed))}")
+        if kind is int and min(cast(tuple[int, ...], items)) < 1:
+            raise argparse.ArgumentTypeError("values must be positive integers")
+        return items
+
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `python -m pipeline bench`."""
+    d = BenchSettings()
+    p.add_argument("--model", default=d.model, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
+    p.add_argument("--root", type=Path, default=d.root, help="project folder (default: .)")
+    p.add_argument(
+        "--engines",
+        type=csv_of(str, ENGINES),
+        default=d.engines,
+        help=f"comma-separated, from {', '.join(ENGINES)} (default: {','.join(d.engines)})",
+    )
+    p.add_argument("--batch-sizes", type=csv_of(int), default=d.batch_sizes, help="default: 1,8,64,512,4096")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "all"],
+        default="all",
+        help="cpu, cuda, or all: the CPU plus CUDA where a GPU is present (default: all)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=d.threads, help="intra-op threads for torch and ONNX Runtime (default: physical cores, %(default)s)"
+    )
+    p.add_argument(
+        "--budget", type=float, default=d.budget_s, help="seconds of timed calls per engine and batch size (default: %(default)s)"
+    )
+    p.add_argument("--rounds", type=int, default=d.rounds, help="interleaved rounds (default: %(default)s)")
+    p.add_argument(
+        "--warmup", type=float, default=d.warmup_s, help="seconds of untimed warm-up per engine and batch (default: %(default)s)"
+    )
+    p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start processes")
+    p.add_argument(
+        "--cold-start-compile", action="store_true", help="also time torch.compile's cold start in a fresh process (compiles from scratch)"
+    )
+    p.add_argument(
+        "--served",
+        choices=["auto", "running", "ray", "off"],
+        default=d.served,
+        help="auto: start TorchServe with the default and the tuned config; running: the server "
+        "`make serve` started; ray: TorchServe (default, tuned) beside Ray Serve (1 and 2 replicas) on a "
+        "local Ray cluster; off: in-process only (default: %(default)s)",
+    )
+    p.add_argument("--concurrency", type=csv_of(int), default=d.concurrency, help="served client counts (default: 1,4,16,64)")
+    p.add_argument("--served-seconds", type=float, default=d.served_seconds, help="seconds of load per concurrency (default: %(default)s)")
+    p.add_argument(
+        "--load-generator",
+        choices=["auto", "wrk", "locust"],
+        default=d.load_generator,
+        help="the served load: wrk where installed (auto), else locust (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="on CUDA, add ONNX Runtime with CUDA graphs and its PyTorch peers (a CUDAGraph replay and torch.compile mode=reduce-overhead)",
+    )
+    p.add_argument(
+        "--cuda-precision",
+        choices=PRECISIONS,
+        default=d.cuda_precision,
+        help="ONNX Runtime CUDA precision (default: %(default)s, what archives serve unless the spec says tf32)",
+    )
+    p.add_argument(
+        "--cudnn-search",
+        choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"],
+        default=d.cudnn_conv_algo_search,
+        help="cuDNN convolution algorithm search for ONNX Runtime on CUDA (default: %(default)s)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    devices: tuple[Device, ...]
+    if args.device == "cpu":
+        devices = ("cpu",)
+    elif args.device == "cuda":
+        devices = ("cuda",)
+    else:
+        devices = ("cpu", "cuda") if cuda_available() else ("cpu",)
+    engines = args.engines
+    if args.cuda_graph:
+        engines = (*engines, *(e for e in CUDA_GRAPH_ENGINES if e not in engines))
+    if args.budget <= 0 or args.rounds < 1 or args.threads < 1 or args.served_seconds <= 0:
+        raise PipelineError(STAGE, "--budget, --rounds, --threads and --served-seconds must be positive", "e.g. --budget 1 --rounds 5")
+    return BenchSettings(
+        model=args.model,
+        root=args.root,
+        engines=engines,
+        batch_sizes=args.batch_sizes,
+        devices=devices,
+        threads=args.threads,
+        budget_s=args.budget,
+        rounds=args.rounds,
+        warmup_s=args.warmup,
+        cold_start=not args.no_cold_start,
+        cold_start_compile=args.cold_start_compile,
+        served=args.served,
+        concurrency=args.concurrency,
+        served_seconds=args.served_seconds,
+        load_generator=args.load_generator,
+        cuda_precision=args.cuda_precision,
+        cudnn_conv_algo_search=args.cudnn_search,
+    )
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run the benchmark the options describe and print the summary (the CLI reports a PipelineError)."""
+    try:
+        settings = settings_from_args(args)
+        report = latency.run(settings)
+    except KeyboardInterrupt:
+        print("\ninterrupted; no report was written", file=sys.stderr)
+        return 130
+    from pipeline.bench.report import console_summary
+
+    print(console_summary(report, settings))
+    return 0

@@ -1,0 +1,150 @@
+"""The serving commands: serve, stop, token (each on either backend), rayservice."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from pipeline.artifacts.names import VARIANTS
+from pipeline.cli.options import model_options, on_option, rel, settings_from
+from pipeline.settings import DEFAULT_MODEL
+
+
+def add_parsers(commands) -> None:
+    """serve, stop, token, rayservice."""
+    serve = commands.add_parser("serve", help="serve the model's archive (TorchServe, or Ray Serve) and wait until it answers")
+    model_options(serve)
+    on_option(serve)
+    serve.add_argument(
+        "--variant", choices=VARIANTS, help="serve the variant's archive (model_store/<model>-<variant>.mar) instead of fp32"
+    )
+    serve.add_argument(
+        "--replicas",
+        default="1",
+        help="Ray only: replica count, or 'auto' for autoscaling between --min-replicas and --max-replicas (default: %(default)s)",
+    )
+    serve.add_argument("--min-replicas", type=int, default=1, help="Ray only, with --replicas auto (default: %(default)s)")
+    serve.add_argument("--max-replicas", type=int, default=4, help="Ray only, with --replicas auto (default: %(default)s)")
+    serve.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray only: deploy onto this running cluster (default: $RAY_ADDRESS; unset starts a local one on 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--ports",
+        choices=["config", "auto"],
+        default="config",
+        help="ports from the shipped torchserve.properties, or free ones picked at start (default: %(default)s)",
+    )
+    serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for READY workers (default: %(default)s)")
+    stop = commands.add_parser("stop", help="stop the model's server and every process it started")
+    model_options(stop)
+    on_option(stop)
+    token = commands.add_parser("token", help="print the running server's token")
+    model_options(token)
+    on_option(token)
+    token.add_argument("--kind", choices=["inference", "management"], default="inference", help="which key to print")
+    token.add_argument(
+        "--header", action="store_true", help="print it as the header line 'Authorization: Bearer <token>', for curl -H @- to read"
+    )
+
+    kuberay = commands.add_parser(
+        "rayservice",
+        help="write model_store/<model>.rayservice.yaml: a KubeRay RayService serving the verified archive",
+        description="Write a KubeRay RayService for the model's verified archive (the package stage writes one with default values).",
+    )
+    model_options(kuberay)
+    kuberay.add_argument(
+        "--archive-url", help="where the replicas fetch the .mar (https:// URL or a path in the pods; default: /models/<model>.mar)"
+    )
+    kuberay.add_argument("--image", help="a container image with this project installed (pip install 'pipeline[ray]')")
+    kuberay.add_argument("--replicas", default="2", help="replica count, or 'auto' (default: %(default)s)")
+    kuberay.add_argument("--workers", type=int, default=2, help="worker pods (default: %(default)s)")
+
+
+def stop_command(args: argparse.Namespace) -> int:
+    from pipeline.serving.backends import BACKENDS
+    from pipeline.settings import resolve
+
+    settings, backend = settings_from(args), BACKENDS[args.on]
+    spec, _ = resolve(settings)
+    stopped = backend.stop(settings)
+    print(f"stopped the {spec.name} {backend.label} server" if stopped else f"no {spec.name} {backend.label} server was running")
+    return 0
+
+
+def rayservice_command(args: argparse.Namespace) -> int:
+    from pipeline.artifacts.manifest import Manifest
+    from pipeline.artifacts.names import MAR
+    from pipeline.serving.ray import rayservice
+    from pipeline.settings import resolve
+
+    spec, layout = resolve(settings_from(args))
+    Manifest(layout.root, spec.name).verified(MAR, "rayservice")  # the archive the file pins must be the verified one
+    path = rayservice.write(layout, archive=args.archive_url, image=args.image, replicas=args.replicas, workers=args.workers)
+    print(f"wrote {rel(path)}: a KubeRay RayService for {spec.name}; read its header before kubectl apply -f {rel(path)}")
+    return 0
+
+
+def token_command(args: argparse.Namespace) -> int:
+    from pipeline.serving.backends import BACKENDS
+    from pipeline.settings import resolve
+
+    spec, layout = resolve(settings_from(args))
+    backend = BACKENDS[args.on]
+    info = backend.load_info(layout)
+    if info is None or not info.key_file.exists():
+        print(f"error: no {spec.name} {backend.label} server is running; start one with {backend.command('serve')}", file=sys.stderr)
+        return 1
+    if args.kind not in backend.keys:
+        print(
+            f"error: a {backend.label} server has the key(s) {', '.join(repr(k) for k in backend.keys)}, not {args.kind!r}", file=sys.stderr
+        )
+        return 1
+    token = info.token(args.kind)
+    print(f"Authorization: Bearer {token}" if args.header else token)
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from pipeline.artifacts import files
+    from pipeline.serving.backends import BACKENDS, ServeOptions
+    from pipeline.settings import resolve
+
+    settings, backend = settings_from(args), BACKENDS[args.on]
+    spec, _ = resolve(settings)
+    started = time.perf_counter()
+    options = ServeOptions(
+        auto_ports=args.ports == "auto",
+        timeout=args.timeout,
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        address=args.address,
+    )
+    info = backend.start(settings, options)
+    print(f"{backend.served_line(info, options)}; answered in {time.perf_counter() - started:.1f}s")
+    model_arg = "" if args.model == DEFAULT_MODEL else f" --model {shlex.quote(args.model)}"
+    token_cmd = backend.command("token", rel(sys.executable)) + model_arg
+    body = json.dumps(spec.request_example())
+    # A large example (an image is megabytes of JSON) is over what a shell takes as one
+    # argument: it goes in a file beside the server's logs, sent with --data-binary @file.
+    example = Path(info.run_dir) / "example_request.json"
+    files.write_text(example, body)
+    data = f"-d {shlex.quote(body)}" if len(body) <= 4096 else f"--data-binary @{shlex.quote(rel(example))}"
+    print(f"  URL      {info.predictions_url}")
+    print(f'  token    {rel(info.key_file)} ("inference" key); print it with: {token_cmd}')
+    # The token goes to curl on its stdin (-H @-): in curl's arguments, every local user would see it in ps.
+    if spec.image_input is not None:  # an image file, as it is: the worker decodes it
+        print(f"  try      {token_cmd} --header | curl -s -H @- -T <your.jpg or .png> {info.predictions_url}")
+    else:
+        print(f"  try      {token_cmd} --header | curl -s -H @- -H 'Content-Type: application/json' {data} {info.predictions_url}")
+    print(f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.infer_url}, same token")
+    print(f"  logs     {rel(Path(info.run_dir) / 'logs')}/")
+    print(f"  stop     {backend.command('stop', rel(sys.executable))}{model_arg}")
+    return 0
