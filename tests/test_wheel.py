@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,11 +25,22 @@ def _run(args: list[str], cwd, env, timeout: float = 600) -> subprocess.Complete
 def test_wheel_runs_all_and_serve_in_an_empty_folder(tmp_path):
     dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "w"
     work.mkdir()
-    built = _run(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)], REPO, os.environ)
+    # Built from a copy of the checkout's own files: setuptools reuses a build/ folder, which keeps modules since deleted.
+    source = tmp_path / "source"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True)
+    for name in listed.stdout.splitlines():
+        if (REPO / name).is_file() and not (REPO / name).is_symlink():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    (source / "pipeline" / "handlers").symlink_to("../handlers")
+    built = _run(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)], source, os.environ)
     assert built.returncode == 0, built.stderr
     [wheel] = dist.glob("pipeline-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"pipeline/handlers/onnx_handler.py", "pipeline/serving/torchserve/torchserve.properties"} <= names
+    # Every package of the checkout is in the wheel (pyproject lists them one by one).
+    packages = {p.relative_to(REPO).as_posix() for p in (REPO / "pipeline").rglob("__init__.py")}
+    assert packages <= names, sorted(packages - names)
     installed = _run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], tmp_path, os.environ)
     assert installed.returncode == 0, installed.stderr
 
