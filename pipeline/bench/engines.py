@@ -14,65 +14,109 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.runtimes.session import SessionConfig, create_session
-from pipeline.spec import ModelSpec
+from pipeline.spec import Device, ModelSpec
 
-# Engines a user can ask for with --engines, in report order.
-ENGINES = (
-    "eager",
-    "torchscript",
-    "onnxruntime",
-    "onnxruntime-run",
-    "torch.compile",
-    "onnxruntime-cudagraph",
-    "torch-cudagraph",
-    "torch.compile-cudagraphs",
-    "onnxruntime-int8",
-    "onnxruntime-fp16",
-)
-# The gated smaller variants (python -m pipeline variants), each on the device its gate ran on;
-# the benchmark adds the ones that passed beside fp32.
-VARIANT_ENGINES = {"onnxruntime-int8": "int8", "onnxruntime-fp16": "fp16"}
-DEFAULT_ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run", "torch.compile")
-# The CUDA-graph engines: ONNX Runtime's, and its fair PyTorch peers (--cuda-graph adds all three).
-CUDA_GRAPH_ENGINES = ("onnxruntime-cudagraph", "torch-cudagraph", "torch.compile-cudagraphs")
-# Where each engine can exist; any other pairing is skipped with its reason, not failed.
-CUDA_ONLY = {name: "CUDA graphs exist only on CUDA" for name in CUDA_GRAPH_ENGINES}
-CUDA_ONLY["onnxruntime-fp16"] = "the fp16 variant is made and verified for CUDA"
-CPU_ONLY = {"onnxruntime-int8": "the int8 variant is made and verified for the CPU"}
-FLOOR_OF = {
-    "eager": "floor:eager",
-    "torch.compile": "floor:eager",
-    "torchscript": "floor:torchscript",
-    "onnxruntime": "floor:onnxruntime",
-    "onnxruntime-cudagraph": "floor:onnxruntime",
-    "onnxruntime-run": "floor:onnxruntime-run",
-    "torch-cudagraph": "floor:eager",
-    "torch.compile-cudagraphs": "floor:eager",
-    "onnxruntime-int8": "floor:onnxruntime",
-    "onnxruntime-fp16": "floor:onnxruntime",
+
+@dataclass(frozen=True)
+class EngineKind:
+    """One engine the benchmark knows: what it is, which runtime it belongs to, its floor, where it can run."""
+
+    name: str
+    description: str
+    runtime: Literal["torch", "onnxruntime"]
+    floor: str | None = None  # the identity model through the same API: the runtime's own per-call cost
+    default: bool = False  # timed unless --engines names others
+    cuda_graph: bool = False  # --cuda-graph adds it: ONNX Runtime's CUDA graphs and their fair PyTorch peers
+    variant: str | None = None  # a gated smaller variant (python -m pipeline variants), added beside fp32 once it passed
+    only_on: tuple[Device, str] | None = None  # the one device it exists on, and why; elsewhere it is skipped, not failed
+
+
+_CUDA_GRAPHS: tuple[Device, str] = ("cuda", "CUDA graphs exist only on CUDA")
+# In report order; the floors last.
+KINDS: dict[str, EngineKind] = {
+    k.name: k
+    for k in (
+        EngineKind("eager", "eager PyTorch, module(*tensors) under torch.inference_mode", "torch", "floor:eager", default=True),
+        EngineKind(
+            "torchscript", "torch.jit.trace module (model.ts) under torch.inference_mode", "torch", "floor:torchscript", default=True
+        ),
+        EngineKind(
+            "onnxruntime",
+            "ONNX Runtime, inputs pre-bound as OrtValues on the device (IO binding), run_with_iobinding",
+            "onnxruntime",
+            "floor:onnxruntime",
+            default=True,
+        ),
+        EngineKind(
+            "onnxruntime-run",
+            "ONNX Runtime, plain session.run with numpy arrays (copies in and out)",
+            "onnxruntime",
+            "floor:onnxruntime-run",
+            default=True,
+        ),
+        EngineKind("torch.compile", "torch.compile(model) (inductor), compiled during warm-up", "torch", "floor:eager", default=True),
+        EngineKind(
+            "onnxruntime-cudagraph",
+            "ONNX Runtime CUDA provider with enable_cuda_graph, fixed buffers (one session per batch size)",
+            "onnxruntime",
+            "floor:onnxruntime",
+            cuda_graph=True,
+            only_on=_CUDA_GRAPHS,
+        ),
+        EngineKind(
+            "torch-cudagraph",
+            "eager PyTorch captured once per batch size in a torch.cuda.CUDAGraph, replayed on static inputs",
+            "torch",
+            "floor:eager",
+            cuda_graph=True,
+            only_on=_CUDA_GRAPHS,
+        ),
+        EngineKind(
+            "torch.compile-cudagraphs",
+            'torch.compile(mode="reduce-overhead") (inductor + CUDA graphs), compiled during warm-up',
+            "torch",
+            "floor:eager",
+            cuda_graph=True,
+            only_on=_CUDA_GRAPHS,
+        ),
+        EngineKind(
+            "onnxruntime-int8",
+            "the gated int8 variant (model.int8.onnx) through the same IO binding calls",
+            "onnxruntime",
+            "floor:onnxruntime",
+            variant="int8",
+            only_on=("cpu", "the int8 variant is made and verified for the CPU"),
+        ),
+        EngineKind(
+            "onnxruntime-fp16",
+            "the gated fp16 variant (model.fp16.onnx, float32 in and out) through the same IO binding calls",
+            "onnxruntime",
+            "floor:onnxruntime",
+            variant="fp16",
+            only_on=("cuda", "the fp16 variant is made and verified for CUDA"),
+        ),
+        EngineKind("floor:eager", "nn.Identity through the eager call path: torch's per-call overhead", "torch"),
+        EngineKind("floor:torchscript", "scripted identity through TorchScript: its per-call overhead", "torch"),
+        EngineKind("floor:onnxruntime", "identity ONNX graph through the same IO binding calls: ORT's per-call overhead", "onnxruntime"),
+        EngineKind("floor:onnxruntime-run", "identity ONNX graph through session.run: ORT's per-call overhead with copies", "onnxruntime"),
+    )
 }
-DESCRIPTION = {
-    "eager": "eager PyTorch, module(*tensors) under torch.inference_mode",
-    "torchscript": "torch.jit.trace module (model.ts) under torch.inference_mode",
-    "onnxruntime": "ONNX Runtime, inputs pre-bound as OrtValues on the device (IO binding), run_with_iobinding",
-    "onnxruntime-run": "ONNX Runtime, plain session.run with numpy arrays (copies in and out)",
-    "torch.compile": "torch.compile(model) (inductor), compiled during warm-up",
-    "onnxruntime-cudagraph": "ONNX Runtime CUDA provider with enable_cuda_graph, fixed buffers (one session per batch size)",
-    "torch-cudagraph": "eager PyTorch captured once per batch size in a torch.cuda.CUDAGraph, replayed on static inputs",
-    "torch.compile-cudagraphs": 'torch.compile(mode="reduce-overhead") (inductor + CUDA graphs), compiled during warm-up',
-    "onnxruntime-int8": "the gated int8 variant (model.int8.onnx) through the same IO binding calls",
-    "onnxruntime-fp16": "the gated fp16 variant (model.fp16.onnx, float32 in and out) through the same IO binding calls",
-    "floor:eager": "nn.Identity through the eager call path: torch's per-call overhead",
-    "floor:torchscript": "scripted identity through TorchScript: its per-call overhead",
-    "floor:onnxruntime": "identity ONNX graph through the same IO binding calls: ORT's per-call overhead",
-    "floor:onnxruntime-run": "identity ONNX graph through session.run: ORT's per-call overhead with copies",
-}
+# Views of KINDS, for the places that ask one question of every engine.
+ENGINES = tuple(name for name, k in KINDS.items() if k.floor is not None)  # what --engines takes
+DEFAULT_ENGINES = tuple(name for name in ENGINES if KINDS[name].default)
+CUDA_GRAPH_ENGINES = tuple(name for name in ENGINES if KINDS[name].cuda_graph)
+VARIANT_ENGINES: dict[str, str] = {name: v for name in ENGINES if (v := KINDS[name].variant) is not None}
+FLOOR_OF: dict[str, str] = {name: f for name in ENGINES if (f := KINDS[name].floor) is not None}
+DESCRIPTION = {name: k.description for name, k in KINDS.items()}
+# Each runtime's fp32 engines, for "the fastest ONNX Runtime against the fastest PyTorch".
+ORT_ENGINES = tuple(n for n in ENGINES if KINDS[n].runtime == "onnxruntime" and KINDS[n].variant is None)
+TORCH_ENGINES = tuple(n for n in ENGINES if KINDS[n].runtime == "torch")
 
 
 @dataclass
@@ -310,12 +354,9 @@ class _Identity:
 
 
 def skip_reason(name: str, device: str) -> str | None:
-    """Why `name` cannot exist on `device` (a pairing to skip, not a failure), or None."""
-    if device != "cuda" and name in CUDA_ONLY:
-        return CUDA_ONLY[name]
-    if device != "cpu" and name in CPU_ONLY:
-        return CPU_ONLY[name]
-    return None
+    """Why `name` cannot exist on `device` (CUDA graphs on the CPU), or None."""
+    only = KINDS[name].only_on if name in KINDS else None
+    return only[1] if only is not None and only[0] != device else None
 
 
 def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Path], model_factory, recompile_limit: int = 16) -> Engine:

@@ -38,6 +38,8 @@ from pipeline.bench.engines import (
     DESCRIPTION,
     ENGINES,
     FLOOR_OF,
+    ORT_ENGINES,
+    TORCH_ENGINES,
     VARIANT_ENGINES,
     Engine,
     identity_onnx,
@@ -368,10 +370,6 @@ def _nvidia_driver() -> str | None:
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.TimeoutExpired):
         return None
-
-
-ORT_ENGINES = ("onnxruntime", "onnxruntime-run", "onnxruntime-cudagraph")
-TORCH_ENGINES = ("eager", "torchscript", "torch.compile", "torch-cudagraph", "torch.compile-cudagraphs")
 
 
 def _best(index: dict, device: str, batch: int, engines: tuple[str, ...]) -> dict | None:
