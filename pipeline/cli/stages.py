@@ -163,13 +163,14 @@ def summary(results: list[StageResult], settings: Settings, seconds: float) -> s
     from pipeline.artifacts.manifest import Manifest
     from pipeline.artifacts.names import KEYS, MAR, PARITY
     from pipeline.settings import resolve
+    from pipeline.stages.parity import OutputDiff
 
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
     ran = [r.stage for r in results if not r.skipped]
     skipped = [r.stage for r in results if r.skipped]
     parity = manifest.records[PARITY]
-    worst = parity.details["worst"]
+    worst = OutputDiff(**parity.details["worst"])  # the typed record parity wrote
     tol = parity.settings
     mar = manifest.records[MAR]
     stages = [manifest.records[key] for key in KEYS if key in manifest.records]
@@ -177,9 +178,9 @@ def summary(results: list[StageResult], settings: Settings, seconds: float) -> s
         "",
         f"{spec.name}: done in {seconds:.1f}s — ran {len(ran)} stage(s){': ' + ', '.join(ran) if ran else ''}"
         f"{'; skipped (up to date) ' + ', '.join(skipped) if skipped else ''}",
-        f"  parity   PASS; worst {worst['engine']} '{worst['output']}' at {worst['case']}: max abs {worst['max_abs']:.3g} "
-        f"({worst.get('max_scaled', 0):.2g} of its scale), max rel {worst['max_rel']:.3g} vs atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want| "
-        f"+ scaled {tol.get('scaled', 0):g}·scale ({worst['tolerance_used']:.2g}× the bound)",
+        f"  parity   PASS; worst {worst.engine} '{worst.output}' at {worst.case}: max abs {worst.max_abs:.3g} "
+        f"({worst.max_scaled:.2g} of its scale), max rel {worst.max_rel:.3g} vs atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want| "
+        f"+ scaled {tol.get('scaled', 0):g}·scale ({worst.tolerance_used:.2g}× the bound)",
         f"  sweep    batch sizes {parity.details.get('batch_sizes', tol['batch_sizes'])}"
         + (
             f"; left out {', '.join(parity.details['left_out'])} (over the budget, see parity.md)" if parity.details.get("left_out") else ""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from pipeline.errors import ParityError
 from pipeline.runtimes.runners import OrtRunner, Runner, TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.serving.common import preprocess
-from pipeline.settings import Settings, StageResult, cuda_precision, cuda_tolerance, resolve, tolerance
+from pipeline.settings import Layout, Settings, StageResult, cuda_precision, cuda_tolerance, resolve, tolerance
 from pipeline.spec import Feed, ModelSpec, Tolerance, tokenizer_file
 from pipeline.stages.capture import capture_mode
 
@@ -403,18 +404,34 @@ def sweep_settings(settings: Settings) -> tuple[Budget, dict]:
     return budget, recorded
 
 
-def run(settings: Settings) -> StageResult:
+@dataclass
+class Plan:
+    """What one parity run compares, under which bounds, and what its record depends on."""
+
+    spec: ModelSpec
+    layout: Layout
+    manifest: Manifest
+    checkpoint_sha256: str
+    tol: Tolerance
+    cuda_tol: Tolerance
+    precision: str
+    budget: Budget
+    sweep: Sweep
+    inputs: dict[str, str]
+    stage_settings: dict[str, Any]
+
+    @property
+    def report_json(self) -> Path:
+        return self.layout.reports / "parity.json"
+
+
+def plan(settings: Settings) -> Plan:
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
-    model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
-    tol = tolerance(settings, spec)
-    precision = cuda_precision(settings, spec)
-    cuda_tol = cuda_tolerance(settings, spec)
+    ckpt_sha = manifest.verified(CHECKPOINT, STAGE)[1].sha256
+    tol, cuda_tol, precision = tolerance(settings, spec), cuda_tolerance(settings, spec), cuda_precision(settings, spec)
     budget, budget_record = sweep_settings(settings)
-    inputs = {CHECKPOINT: ckpt_sha}
-    for key in (TORCHSCRIPT, ONNX):
-        _, rec = manifest.verified(key, STAGE)
-        inputs[key] = rec.sha256
+    inputs = {CHECKPOINT: ckpt_sha, **{key: manifest.verified(key, STAGE)[1].sha256 for key in (TORCHSCRIPT, ONNX)}}
     # model_source_sha256: the model file holds the sample, edge and parity-case inputs.
     stage_settings = {
         "atol": tol.atol,
@@ -432,92 +449,137 @@ def run(settings: Settings) -> StageResult:
         "cuda_atol": cuda_tol.atol,
         "cuda_rtol": cuda_tol.rtol,
     }
-    report_json = layout.reports / "parity.json"
-    fresh, why = manifest.is_fresh(PARITY, inputs, stage_settings)
-    if fresh and not settings.force and manifest.records[PARITY].details.get("passed"):
-        return StageResult(STAGE, True, (report_json,), 0.0, f"up to date ({why})", manifest.records[PARITY].details)
-
-    start = time.perf_counter()
-    loaders, skipped = engines(spec, manifest, precision)
-    todo = planned(spec, settings.parity_batch_sizes, settings.seed)
-    runs = 1 + len(loaders)
     sweep = Sweep(budget_record["mode"], sorted(set(settings.parity_batch_sizes)), budget_record)
+    return Plan(spec, layout, manifest, ckpt_sha, tol, cuda_tol, precision, budget, sweep, inputs, stage_settings)
+
+
+@dataclass
+class Comparison:
+    """Every engine's outputs against eager's, case by case (`compare_engines`)."""
+
+    engines: list[str]
+    skipped_engines: list[dict]
+    results: list[OutputDiff]
+    evidence: Evidence
+
+
+def compare_engines(p: Plan, settings: Settings) -> Comparison:
+    """Run eager on every case the budget allows, then each engine on the same cases, one engine loaded at a time."""
+    model, _ = checkpoint.load_model(p.manifest, p.spec, STAGE)
+    loaders, skipped = engines(p.spec, p.manifest, p.precision)
+    todo = planned(p.spec, settings.parity_batch_sizes, settings.seed)
+    runs = 1 + len(loaders)
     results: list[OutputDiff] = []
-    layout.artifacts.mkdir(parents=True, exist_ok=True)
+    p.layout.artifacts.mkdir(parents=True, exist_ok=True)
     # Beside the artifacts (a private name the next run sweeps if this one is killed), not
     # in /tmp, which may be memory.
     with (
-        tempfile.TemporaryDirectory(prefix=f".parity-{os.getpid()}.", dir=layout.artifacts) as tmp,
-        tqdm(total=len(todo) * runs, desc=f"parity {spec.name}", unit="run", disable=None, leave=False) as bar,
+        tempfile.TemporaryDirectory(prefix=f".parity-{os.getpid()}.", dir=p.layout.artifacts) as tmp,
+        tqdm(total=len(todo) * runs, desc=f"parity {p.spec.name}", unit="run", disable=None, leave=False) as bar,
     ):
         store = Outputs(Path(tmp))
-        ran, evidence = reference_pass(model, spec, todo, store, sweep, budget, runs, bar)
+        ran, evidence = reference_pass(model, p.spec, todo, store, p.sweep, p.budget, runs, bar)
         del model
         gc.collect()
         for name, load in loaders:
             bar.set_postfix_str(name)
             runner = load()
-            bound = cuda_tol if name == "onnxruntime-cuda" else tol
-            results.extend(engine_pass(runner, spec, ran, store, bound, sweep, bar))
+            bound = p.cuda_tol if name == "onnxruntime-cuda" else p.tol
+            results.extend(engine_pass(runner, p.spec, ran, store, bound, p.sweep, bar))
             del runner  # released before the next engine loads
             gc.collect()
-    worst = max(results, key=lambda r: r.tolerance_used)
-    passed = all(r.passed for r in results)
+    return Comparison([name for name, _ in loaders], skipped, results, evidence)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the comparison proves: whether every output is within its bound, the worst one, and what proves nothing."""
+
+    passed: bool
+    worst: OutputDiff
+    failed: list[OutputDiff]
+    vacuous: list[dict]
+
+
+def judge(comparison: Comparison, tol: Tolerance) -> Verdict:
+    results = comparison.results
     failed = [r for r in results if not r.passed]
-    vacuous = evidence.vacuous(tol)
-    report = {
-        "model": spec.name,
-        "passed": passed,
+    return Verdict(not failed, max(results, key=lambda r: r.tolerance_used), failed, comparison.evidence.vacuous(tol))
+
+
+def report(p: Plan, comparison: Comparison, verdict: Verdict) -> dict:
+    """parity.json: the comparison and the verdict, with the bounds and inputs they were made under."""
+    return {
+        "model": p.spec.name,
+        "passed": verdict.passed,
         "reference": "eager (cpu)",
-        "engines": [name for name, _ in loaders],
-        "skipped_engines": skipped,
-        "tolerance": asdict(tol),
-        "cuda_precision": precision,
-        "cuda_tolerance": asdict(cuda_tol),
-        "sweep": {**asdict(sweep), "ran_batch_sizes": sweep.ran_batch_sizes()},
-        "vacuous": vacuous,
-        "worst": asdict(worst),
-        "failures": len(failed),
-        "results": [asdict(r) for r in results],
-        "inputs": inputs,
+        "engines": comparison.engines,
+        "skipped_engines": comparison.skipped_engines,
+        "tolerance": asdict(p.tol),
+        "cuda_precision": p.precision,
+        "cuda_tolerance": asdict(p.cuda_tol),
+        "sweep": {**asdict(p.sweep), "ran_batch_sizes": p.sweep.ran_batch_sizes()},
+        "vacuous": verdict.vacuous,
+        "worst": asdict(verdict.worst),
+        "failures": len(verdict.failed),
+        "results": [asdict(r) for r in comparison.results],
+        "inputs": p.inputs,
         "environment": fingerprint(),
     }
-    # The report is written before the gate decides, so a failure can be read.
-    files.write_json(report_json, report)
-    files.write_text(layout.reports / "parity.md", render_markdown(report))
+
+
+def gate(p: Plan, verdict: Verdict, comparisons: int) -> None:
+    """Refuse the model when an output is beyond its bound; a pass recorded for other settings goes first."""
+    if verdict.passed:
+        return
+    p.manifest.forget(PARITY)  # a pass recorded for other settings must not let `package` ship this model
+    worst, tol = verdict.worst, p.tol
+    raise ParityError(
+        STAGE,
+        f"{p.spec.name}: {len(verdict.failed)} of {comparisons} comparisons beyond tolerance; worst is "
+        f"{worst.engine} output '{worst.output}' at {worst.case} (batch {worst.batch_size}): max abs error {worst.max_abs:.3g} "
+        f"({worst.max_scaled:.3g} of the output's scale {worst.scale:.3g}), max rel {worst.max_rel:.3g} "
+        f"({worst.tolerance_used:.3g}× the allowed atol {tol.atol:g} + rtol {tol.rtol:g}·|want| + scaled {tol.scaled:g}·scale). "
+        f"Report: {p.report_json.relative_to(p.layout.root)}",
+        "re-export (python -m pipeline export --force), or if the difference is expected for this "
+        "model, set its tolerance in the model's spec or pass --atol/--rtol/--scaled",
+    )
+
+
+def summary_line(p: Plan, verdict: Verdict, comparisons: int) -> str:
+    worst, sweep = verdict.worst, p.sweep
+    note = f"; {len(verdict.vacuous)} output(s) prove nothing (see parity.md)" if verdict.vacuous else ""
+    left_out = f"; left out {', '.join(s['case'] for s in sweep.skipped)} (budget)" if sweep.skipped else ""
+    return (
+        f"{comparisons} comparisons passed; worst {worst.engine} '{worst.output}' {worst.case}: "
+        f"max abs {worst.max_abs:.2g} ({worst.tolerance_used:.2g}× tolerance){left_out}{note}"
+    )
+
+
+def run(settings: Settings) -> StageResult:
+    """Compare, judge, write the report (before the gate decides, so a failure can be read), gate, record."""
+    p = plan(settings)
+    fresh, why = p.manifest.is_fresh(PARITY, p.inputs, p.stage_settings)
+    if fresh and not settings.force and p.manifest.records[PARITY].details.get("passed"):
+        return StageResult(STAGE, True, (p.report_json,), 0.0, f"up to date ({why})", p.manifest.records[PARITY].details)
+    start = time.perf_counter()
+    comparison = compare_engines(p, settings)
+    verdict = judge(comparison, p.tol)
+    written = report(p, comparison, verdict)
+    files.write_json(p.report_json, written)
+    files.write_text(p.layout.reports / "parity.md", render_markdown(written))
     seconds = time.perf_counter() - start
-    if not passed:
-        # A pass recorded for other settings must not let `package` ship this model.
-        manifest.forget(PARITY)
-        raise ParityError(
-            STAGE,
-            f"{spec.name}: {len(failed)} of {len(results)} comparisons beyond tolerance; worst is "
-            f"{worst.engine} output '{worst.output}' at {worst.case} (batch {worst.batch_size}): max abs error {worst.max_abs:.3g} "
-            f"({worst.max_scaled:.3g} of the output's scale {worst.scale:.3g}), max rel {worst.max_rel:.3g} "
-            f"({worst.tolerance_used:.3g}× the allowed atol {tol.atol:g} + rtol {tol.rtol:g}·|want| + scaled {tol.scaled:g}·scale). "
-            f"Report: {report_json.relative_to(layout.root)}",
-            "re-export (python -m pipeline export --force), or if the difference is expected for this "
-            "model, set its tolerance in the model's spec or pass --atol/--rtol/--scaled",
-        )
+    gate(p, verdict, len(comparison.results))
     details = {
         "passed": True,
-        "worst": asdict(worst),
-        "comparisons": len(results),
-        "engines": report["engines"],
-        "cuda_precision": precision,
-        "batch_sizes": sweep.ran_batch_sizes(),
-        "left_out": [s["case"] for s in sweep.skipped],
-        "vacuous": vacuous,
+        "worst": asdict(verdict.worst),
+        "comparisons": len(comparison.results),
+        "engines": comparison.engines,
+        "cuda_precision": p.precision,
+        "batch_sizes": p.sweep.ran_batch_sizes(),
+        "left_out": [s["case"] for s in p.sweep.skipped],
+        "vacuous": verdict.vacuous,
     }
-    manifest.record(PARITY, report_json, STAGE, inputs, stage_settings, seconds, details)
-    note = f"; {len(vacuous)} output(s) prove nothing (see parity.md)" if vacuous else ""
-    left_out = f"; left out {', '.join(s['case'] for s in sweep.skipped)} (budget)" if sweep.skipped else ""
-    return StageResult(
-        STAGE,
-        False,
-        (report_json, layout.reports / "parity.md"),
-        seconds,
-        f"{len(results)} comparisons passed; worst {worst.engine} '{worst.output}' {worst.case}: "
-        f"max abs {worst.max_abs:.2g} ({worst.tolerance_used:.2g}× tolerance){left_out}{note}",
-        details,
-    )
+    p.manifest.record(PARITY, p.report_json, STAGE, p.inputs, p.stage_settings, seconds, details)
+    outputs = (p.report_json, p.layout.reports / "parity.md")
+    return StageResult(STAGE, False, outputs, seconds, summary_line(p, verdict, len(comparison.results)), details)
