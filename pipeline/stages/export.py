@@ -34,6 +34,7 @@ from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
 from pipeline.spec import ModelSpec
 from pipeline.stages.capture import capture_mode, example_args, module_weight_bytes
+from pipeline.stages.fresh import up_to_date
 
 STAGE = "export"
 OPSET = 20
@@ -263,9 +264,8 @@ def run(settings: Settings, external_data_threshold: int = EXTERNAL_DATA_THRESHO
         "model_source_sha256": spec.source_sha256(),
         "external_data_threshold": external_data_threshold,
     }  # the example inputs live in the model file
-    fresh, why = manifest.is_fresh(ONNX, inputs, stage_settings)
-    if fresh and not settings.force:
-        return StageResult(STAGE, True, (layout.onnx,), 0.0, f"up to date ({why})")
+    if skipped := up_to_date(manifest, ONNX, inputs, stage_settings, settings, STAGE, (layout.onnx,)):
+        return skipped
 
     start = time.perf_counter()
     # Batch 4, not 1: torch.export specialises axes whose example size is 0 or 1.

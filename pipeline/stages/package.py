@@ -41,6 +41,7 @@ from pipeline.errors import IntegrityError, PipelineError
 from pipeline.serving.ray import rayservice
 from pipeline.settings import Layout, Settings, StageResult, contract, resolve
 from pipeline.spec import tokenizer_file
+from pipeline.stages.fresh import up_to_date
 
 STAGE = "package"
 VERSION = "1.0"
@@ -136,9 +137,8 @@ def archive(
     inputs = {**inputs, "handler": files.sha256_bytes(handler)}
     config = model_config(settings)
     stage_settings = {"model_config": config, "contract": io_contract, "version": VERSION}
-    fresh, why = manifest.is_fresh(key, inputs, stage_settings)
-    if fresh and not settings.force:
-        return StageResult(STAGE, True, (path,), 0.0, f"up to date ({why})", manifest.records[key].details)
+    if skipped := up_to_date(manifest, key, inputs, stage_settings, settings, STAGE, (path,)):
+        return skipped
 
     start = time.perf_counter()
     layout.model_store.mkdir(parents=True, exist_ok=True)

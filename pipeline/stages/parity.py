@@ -37,6 +37,7 @@ from pipeline.serving.common import preprocess
 from pipeline.settings import Layout, Settings, StageResult, cuda_precision, cuda_tolerance, resolve, tolerance
 from pipeline.spec import Feed, ModelSpec, Tolerance, tokenizer_file
 from pipeline.stages.capture import capture_mode
+from pipeline.stages.fresh import up_to_date
 
 STAGE = "parity"
 REFERENCE = "eager"
@@ -559,9 +560,8 @@ def summary_line(p: Plan, verdict: Verdict, comparisons: int) -> str:
 def run(settings: Settings) -> StageResult:
     """Compare, judge, write the report (before the gate decides, so a failure can be read), gate, record."""
     p = plan(settings)
-    fresh, why = p.manifest.is_fresh(PARITY, p.inputs, p.stage_settings)
-    if fresh and not settings.force and p.manifest.records[PARITY].details.get("passed"):
-        return StageResult(STAGE, True, (p.report_json,), 0.0, f"up to date ({why})", p.manifest.records[PARITY].details)
+    if skipped := up_to_date(p.manifest, PARITY, p.inputs, p.stage_settings, settings, STAGE, (p.report_json,), gate=True):
+        return skipped
     start = time.perf_counter()
     comparison = compare_engines(p, settings)
     verdict = judge(comparison, p.tol)

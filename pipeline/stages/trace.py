@@ -19,6 +19,7 @@ from pipeline.artifacts.names import TORCHSCRIPT
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
 from pipeline.stages.capture import capture_mode, check_args, example_args, module_weight_bytes
+from pipeline.stages.fresh import up_to_date
 
 STAGE = "trace"
 TORCH_DIR = Path(torch.__file__).resolve().parent
@@ -166,9 +167,8 @@ def run(settings: Settings) -> StageResult:
     # The model file also holds the check inputs: editing them re-traces even when the
     # (deterministic) retraining gives the same checkpoint bytes.
     stage_settings = {"seed": settings.seed, "torch": torch.__version__, "model_source_sha256": spec.source_sha256()}
-    fresh, why = manifest.is_fresh(TORCHSCRIPT, inputs, stage_settings)
-    if fresh and not settings.force:
-        return StageResult(STAGE, True, (layout.torchscript,), 0.0, f"up to date ({why})")
+    if skipped := up_to_date(manifest, TORCHSCRIPT, inputs, stage_settings, settings, STAGE, (layout.torchscript,)):
+        return skipped
 
     start = time.perf_counter()
     example = example_args(spec, 4, settings.seed, STAGE)

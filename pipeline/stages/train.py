@@ -10,6 +10,7 @@ from pipeline.artifacts import checkpoint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import CHECKPOINT
 from pipeline.settings import Settings, StageResult, resolve
+from pipeline.stages.fresh import up_to_date
 
 STAGE = "train"
 
@@ -18,10 +19,8 @@ def run(settings: Settings) -> StageResult:
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
     stage_settings = {"seed": settings.seed, "model_source_sha256": spec.source_sha256()}
-    fresh, why = manifest.is_fresh(CHECKPOINT, {}, stage_settings)
-    if fresh and not settings.force:
-        rec = manifest.records[CHECKPOINT]
-        return StageResult(STAGE, True, (layout.checkpoint,), 0.0, f"up to date ({why})", rec.details)
+    if skipped := up_to_date(manifest, CHECKPOINT, {}, stage_settings, settings, STAGE, (layout.checkpoint,)):
+        return skipped
 
     start = time.perf_counter()
     # Single-threaded and deterministic, so the same seed gives the same bytes anywhere.

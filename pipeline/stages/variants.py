@@ -48,6 +48,7 @@ from pipeline.settings import Settings, StageResult, contract, resolve
 from pipeline.spec import ModelSpec, Tolerance
 from pipeline.stages import package, parity
 from pipeline.stages.capture import capture_mode
+from pipeline.stages.fresh import up_to_date
 
 STAGE = "variants"
 # The device each variant is made for, verified on, and served on.
@@ -219,9 +220,8 @@ def build(settings: Settings, variant: str) -> StageResult:
     target = layout.variant_onnx(variant)
     inputs = {ONNX: onnx_rec.sha256}
     stage_settings = {"variant": variant, "seed": settings.seed, "model_source_sha256": spec.source_sha256(), "shallow_conv": SHALLOW_CONV}
-    fresh, why = manifest.is_fresh(variant, inputs, stage_settings)
-    if fresh and not settings.force:
-        return StageResult(STAGE, True, (target,), 0.0, f"{variant}: up to date ({why})", manifest.records[variant].details)
+    if skipped := up_to_date(manifest, variant, inputs, stage_settings, settings, STAGE, (target,), label=f"{variant}: "):
+        return skipped
     start = time.perf_counter()
     with files.atomic_path(target) as tmp:
         plan = make_int8(spec, onnx_path, tmp, settings.seed) if variant == "int8" else make_fp16(onnx_path, tmp)
@@ -279,9 +279,8 @@ def gate(settings: Settings, variant: str) -> StageResult:
         "task_metric": None if metric is None else {"name": metric.name, "max_drop": metric.max_drop},
     }
     key = gate_key(variant)
-    fresh, why = manifest.is_fresh(key, inputs, stage_settings)
-    if fresh and not settings.force and manifest.records[key].details.get("passed"):
-        return StageResult(STAGE, True, (), 0.0, f"{variant} gate: up to date ({why})", manifest.records[key].details)
+    if skipped := up_to_date(manifest, key, inputs, stage_settings, settings, STAGE, (), label=f"{variant} gate: ", gate=True):
+        return skipped
     if device == "cuda" and not cuda_available():
         manifest.forget(key)
         raise PipelineError(
