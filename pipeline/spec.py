@@ -698,11 +698,16 @@ def _hf_spec(model: str) -> ModelSpec:
     return _validate(hf_checkpoint.checkpoint_spec(Path(folder).expanduser(), task or None), model)
 
 
+# Model files already run in this process, by path and content.
+_LOADED: dict[tuple[str, str], ModelSpec] = {}
+
+
 def load_spec(model: str) -> ModelSpec:
     """Load a model's spec by built-in name (`simple_nn`), module (`pkg.my_model`), path to a .py
     file, or Hugging Face checkpoint folder (`hf:PATH`, `hf:PATH#task=TASK`)."""
     if model.startswith(HF_PREFIX):
         return _hf_spec(model)
+    key: tuple[str, str] | None = None
     if model.endswith(".py") or "/" in model:
         path = Path(model).resolve()
         if not path.is_file():
@@ -711,6 +716,10 @@ def load_spec(model: str) -> ModelSpec:
                 f"model file {model} does not exist",
                 "pass the path of a .py file that defines SPEC, or a built-in name such as simple_nn",
             )
+        source = path.read_bytes()
+        key = (str(path), hashlib.sha256(source).hexdigest())
+        if key in _LOADED:  # every stage of one command resolves the spec: the file runs once per version of it
+            return _LOADED[key]
         module_spec = importlib.util.spec_from_file_location(f"user_model_{path.stem}", path)
         if module_spec is None or module_spec.loader is None:  # not a Python source file
             raise SpecError(
@@ -751,4 +760,6 @@ def load_spec(model: str) -> ModelSpec:
     spec = _validate(module.SPEC, where)
     if spec.source is None:
         spec = dataclasses.replace(spec, source=Path(inspect.getfile(module)))
+    if key is not None:
+        _LOADED[key] = spec
     return spec

@@ -4,6 +4,7 @@ import pytest
 
 from pipeline.errors import SpecError
 from pipeline.spec import ModelSpec, load_spec
+from tests.helpers import REPO
 
 
 def test_builtin_default_model_contract():
@@ -113,3 +114,21 @@ def test_a_model_without_an_example_request_gets_one_row_of_its_sample_inputs():
     body = spec.request_example()
     assert list(body) == ["pixel_values"] and len(body["pixel_values"]) == 3 and len(body["pixel_values"][0][0]) == 224
     assert load_spec("simple_nn").request_example() == {"x": 5.0}
+
+
+def test_a_model_file_runs_once_per_version_of_it(tmp_path):
+    """Every stage of one command resolves the spec: the file runs once, and again only once it changes."""
+    import shutil
+
+    path = tmp_path / "counted_model.py"
+    runs = tmp_path / "runs.txt"
+    body = (REPO / "pipeline" / "models" / "simple_nn.py").read_text()
+    counter = f"\nwith open({str(runs)!r}, 'a') as _f:\n    _f.write('x')\n"
+    path.write_text(body + counter)
+    first = load_spec(str(path))
+    assert load_spec(str(path)) is first and runs.read_text() == "x"
+    path.write_text(body + counter + "\n# changed\n")
+    assert load_spec(str(path)) is not first and runs.read_text() == "xx"
+    shutil.copy(path, tmp_path / "other.py")  # the same content at another path is another model file
+    load_spec(str(tmp_path / "other.py"))
+    assert runs.read_text() == "xxx"
