@@ -62,8 +62,6 @@ COMPARISONS = (("default", "tuned"), ("tuned", "tuned-large-batch"))
 RAY_TORCHSERVE_CONFIGS = ("default", "tuned")
 RAY_REPLICAS = {"ray-1": 1, "ray-2": 2}
 RAY_COMPARISONS = (("default", "tuned"), ("tuned", "ray-1"), ("tuned", "ray-2"))
-# What each comparison must reach at 16 clients (requests/s ratio, other over base).
-GOALS = {("default", "tuned"): 2.0, ("tuned", "ray-1"): 0.8}
 _METRIC = re.compile(r"(ts_inference_latency_microseconds|ts_queue_latency_microseconds)\.Microseconds:([0-9.]+)")
 _PREDICTION = re.compile(r"PredictionTime\.ms:([0-9.]+)")
 
@@ -357,18 +355,15 @@ def _ray_config(name: str, replicas: int, settings, layout: Layout, request: Req
 
 
 def compare(configs: list[dict], base: str, other: str, concurrency: int = 16) -> dict | None:
-    """`other` vs `base` at one concurrency: requests/s ratio against its goal, p99 and errors; and who wins where.
-
-    Against a goal of 1 or more `other` must also keep p99 no worse (it claims to be better);
-    under 1 (Ray Serve's 0.8× of TorchServe) only the throughput and zero errors count.
-    """
+    """`other` against `base` at one concurrency (16, or the largest run): the requests/s ratio,
+    both p99s and the errors; and at every concurrency, which served more. Facts only: what a
+    config should reach is for the reader (docs/benchmark.md) to hold it to."""
     by = {c["name"]: {r["concurrency"]: r for r in c["runs"]} for c in configs}
     if base not in by or other not in by:
         return None
     if concurrency not in by[base]:
         concurrency = max(by[base])
     d, t = by[base][concurrency], by[other][concurrency]
-    ratio = t["requests_per_s"] / d["requests_per_s"] if d["requests_per_s"] else None
     per_concurrency = {}
     for c in sorted(by[base]):
         dc, tc = by[base][c], by[other].get(c)
@@ -378,18 +373,13 @@ def compare(configs: list[dict], base: str, other: str, concurrency: int = 16) -
                 "rps_ratio": tc["requests_per_s"] / dc["requests_per_s"] if dc["requests_per_s"] else None,
                 "p99_ratio": tc["p99_ms"] / dc["p99_ms"] if dc["p99_ms"] else None,
             }
-    goal = GOALS.get((base, other))
-    errors = d["errors"] + t["errors"]
-    p99_ok = t["p99_ms"] <= d["p99_ms"] or (goal is not None and goal < 1)
     return {
         "base": base,
         "other": other,
         "concurrency": concurrency,
-        "rps_ratio": ratio,
-        "goal": goal,
+        "rps_ratio": t["requests_per_s"] / d["requests_per_s"] if d["requests_per_s"] else None,
         "p99_base_ms": d["p99_ms"],
         "p99_other_ms": t["p99_ms"],
-        "errors": errors,
-        "met": None if goal is None else bool(ratio and ratio >= goal and p99_ok and errors == 0),
+        "errors": d["errors"] + t["errors"],
         "per_concurrency": per_concurrency,
     }
