@@ -153,11 +153,16 @@ def _parse_strictly(body: bytes | bytearray | str):
     """Python's own parser, for a body orjson refused: it says what is wrong (NaN, invalid UTF-8,
     an integer too long, nesting too deep) or, for what only orjson refuses (integers beyond
     64 bits, lone surrogates), parses it as before."""
+    return strict_json(body, "body")
+
+
+def strict_json(body: bytes | bytearray | str, what: str):
+    """JSON with Python's parser, every failure a RequestError saying what is wrong with `what`."""
     if isinstance(body, (bytes, bytearray)):
         try:
             body = bytes(body).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise RequestError(f"body is not valid UTF-8 (byte {exc.start})") from None
+            raise RequestError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
     try:
         return json.loads(body, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:

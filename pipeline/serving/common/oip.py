@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pipeline.serving.common.contract import Contract, RequestError, reject_constant
+from pipeline.serving.common.contract import Contract, RequestError, strict_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # OIP datatype <-> numpy; BYTES (strings) has no place in a numeric contract.
@@ -103,18 +103,7 @@ def _split(raw: bytes, header_length: str | None) -> tuple[dict, bytes]:
             raise RequestError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
         if not 0 < cut <= len(raw):
             raise RequestError(f"{HEADER_LENGTH} is {cut}, but the body has {len(raw)} bytes")
-    try:
-        head = json.loads(raw[:cut].decode("utf-8"), parse_constant=reject_constant)
-    except RequestError:
-        raise
-    except UnicodeDecodeError as exc:
-        raise RequestError(f"the JSON header is not valid UTF-8 (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise RequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise RequestError("JSON nested too deeply") from None
-    except ValueError as exc:  # not a JSONDecodeError: an integer over Python's 4300-digit limit
-        raise RequestError(f"unreadable JSON: {exc}") from None
+    head = strict_json(raw[:cut], "the JSON header")
     if not isinstance(head, dict):
         raise RequestError('an OIP infer request is a JSON object: {"inputs": [{"name", "shape", "datatype", "data"}]}')
     return head, raw[cut:]
