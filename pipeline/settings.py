@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import SpecError
-from pipeline.spec import ModelSpec, Tolerance, load_spec
+from pipeline.models import load_spec
+from pipeline.spec import ModelSpec, Tolerance
 
 DEFAULT_MODEL = "simple_nn"
 PARITY_BATCH_SIZES = (1, 2, 7, 64, 1000)

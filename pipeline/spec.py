@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import hashlib
-import importlib
-import importlib.util
-import inspect
 import re
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,9 +379,9 @@ def code_sha256(source: bytes) -> str:
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
-_FIELDS = [f.name for f in dataclasses.fields(ModelSpec) if f.name != "source"]
-_REQUIRED = [f.name for f in dataclasses.fields(ModelSpec) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-_EXAMPLE = (
+FIELDS = [f.name for f in dataclasses.fields(ModelSpec) if f.name != "source"]
+REQUIRED = [f.name for f in dataclasses.fields(ModelSpec) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+EXAMPLE = (
     "SPEC = ModelSpec(name='my_model', inputs=(TensorSpec('x', 'float32', ('batch', 3)),), "
     "outputs=(TensorSpec('y', 'float32', ('batch', 1)),), build=build, train=train, sample_inputs=sample_inputs)"
 )
@@ -438,8 +433,8 @@ def _check_tensor(t: Any, role: str, where: str) -> None:
         raise SpecError("model", f"{where}: {t.name} has low {t.low} > high {t.high}", "low and high are inclusive bounds with low <= high")
 
 
-def _validate(spec: Any, where: str) -> ModelSpec:
-    fix = f"define `{_EXAMPLE}` in {where}"
+def validate(spec: Any, where: str) -> ModelSpec:
+    fix = f"define `{EXAMPLE}` in {where}"
     if not isinstance(spec, ModelSpec):
         raise SpecError("model", f"{where}: SPEC is a {type(spec).__name__}, not a pipeline.spec.ModelSpec", fix)
     if not isinstance(spec.name, str) or not spec.name or not spec.name.replace("_", "").replace("-", "").isalnum():
@@ -644,122 +639,7 @@ def _check_image_input(spec: ModelSpec, where: str) -> None:
         )
 
 
-def _load_error(exc: Exception, where: str) -> SpecError:
-    """Turn an exception raised while importing a model file into a message with the fix."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == where]
-    at = f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
-    message = str(exc)
-    problem = f"{where} failed to import{at}: {type(exc).__name__}: {message}"
-    if isinstance(exc, TypeError) and ("ModelSpec" in message or "TensorSpec" in message):
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", message)
-        if unexpected:
-            fields = _FIELDS if "ModelSpec" in message else [f.name for f in dataclasses.fields(TensorSpec)]
-            close = difflib.get_close_matches(unexpected.group(1), fields, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            return SpecError("model", problem, f"{hint}the fields are: {', '.join(fields)}")
-        return SpecError(
-            "model",
-            problem,
-            f"ModelSpec needs {', '.join(_REQUIRED)}; optional: "
-            f"{', '.join(f for f in _FIELDS if f not in _REQUIRED)}. For example: {_EXAMPLE}",
-        )
-    return SpecError("model", problem, "fix the error above; the file must import on its own and define SPEC")
-
-
 # A Hugging Face checkpoint folder (`save_pretrained`'s): `hf:PATH`, or `hf:PATH#task=TASK`
 # to choose the task the folder's architecture does not say (or to override it).
 HF_PREFIX = "hf:"
 HF_TASKS = ("text-classification", "token-classification", "feature-extraction", "image-classification", "causal-lm")
-
-
-def hf_model(model: str, task: str | None) -> str:
-    """The --model string with `task` in it: `hf:PATH#task=TASK` (the one way a task travels)."""
-    if task is None:
-        return model
-    if not model.startswith(HF_PREFIX):
-        raise SpecError(
-            "model", f"--task {task} was given for {model!r}, which is not a checkpoint folder", f"pass --model {HF_PREFIX}PATH"
-        )
-    return f"{model.partition('#')[0]}#task={task}"
-
-
-def _hf_spec(model: str) -> ModelSpec:
-    folder, _, option = model[len(HF_PREFIX) :].partition("#")
-    key, _, task = option.partition("=")
-    if option and (key != "task" or task not in HF_TASKS):
-        what = f"unknown task {task!r}" if key == "task" else f"unknown option {option!r} after '#'"
-        raise SpecError("model", f"{model!r}: {what}", f"write {HF_PREFIX}PATH#task=TASK, TASK one of {', '.join(HF_TASKS)}")
-    try:
-        from pipeline.models import hf_checkpoint  # transformers loads only for a checkpoint
-    except ModuleNotFoundError as exc:
-        raise SpecError(
-            "model", f"{model}: a checkpoint needs {exc.name}, which is not installed", "pip install 'pipeline[transformers]'"
-        ) from None
-    return _validate(hf_checkpoint.checkpoint_spec(Path(folder).expanduser(), task or None), model)
-
-
-# Model files already run in this process, by path and content.
-_LOADED: dict[tuple[str, str], ModelSpec] = {}
-
-
-def load_spec(model: str) -> ModelSpec:
-    """Load a model's spec by built-in name (`simple_nn`), module (`pkg.my_model`), path to a .py
-    file, or Hugging Face checkpoint folder (`hf:PATH`, `hf:PATH#task=TASK`)."""
-    if model.startswith(HF_PREFIX):
-        return _hf_spec(model)
-    key: tuple[str, str] | None = None
-    if model.endswith(".py") or "/" in model:
-        path = Path(model).resolve()
-        if not path.is_file():
-            raise SpecError(
-                "model",
-                f"model file {model} does not exist",
-                "pass the path of a .py file that defines SPEC, or a built-in name such as simple_nn",
-            )
-        source = path.read_bytes()
-        key = (str(path), hashlib.sha256(source).hexdigest())
-        if key in _LOADED:  # every stage of one command resolves the spec: the file runs once per version of it
-            return _LOADED[key]
-        module_spec = importlib.util.spec_from_file_location(f"user_model_{path.stem}", path)
-        if module_spec is None or module_spec.loader is None:  # not a Python source file
-            raise SpecError(
-                "model",
-                f"model file {model} is not a Python module (it must end in .py)",
-                "pass the path of the .py file that defines SPEC",
-            )
-        module = importlib.util.module_from_spec(module_spec)
-        where = str(path)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:  # the user's file: any error it raises is theirs to fix
-            raise _load_error(exc, where) from None
-    else:
-        # The modules that define SPEC: a helper beside them (models/hf_common.py) is not a model.
-        models = Path(__file__).with_name("models").glob("[!_]*.py")
-        known = ", ".join(sorted(p.stem for p in models if re.search(r"^SPEC\b", p.read_text(), re.M)))
-        module_name = model if "." in model else f"pipeline.models.{model}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise _load_error(exc, module_name) from None  # the module exists; one of its imports does not
-            if "." in model:
-                raise SpecError(
-                    "model",
-                    f"no module named {model!r} on the Python path",
-                    "install or add its package to PYTHONPATH, or pass the path to the .py file",
-                ) from None
-            raise SpecError(
-                "model", f"no built-in model named {model!r}", f"use one of: {known}; or pass a path to your own .py file"
-            ) from None
-        except Exception as exc:
-            raise _load_error(exc, module_name) from None
-        where = str(module.__file__)  # None (a namespace package) reads as before in the messages
-    if not hasattr(module, "SPEC"):
-        raise SpecError("model", f"{where} does not define SPEC", f"add `{_EXAMPLE}` at the bottom of the file")
-    spec = _validate(module.SPEC, where)
-    if spec.source is None:
-        spec = dataclasses.replace(spec, source=Path(inspect.getfile(module)))
-    if key is not None:
-        _LOADED[key] = spec
-    return spec

@@ -30,9 +30,9 @@ import psutil
 
 from pipeline.bench.loadgen import measure
 from pipeline.bench.served import project_for
+from pipeline.models import load_spec
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
-from pipeline.spec import load_spec
 
 # First match wins, looking from the innermost frame outwards.
 GROUPS = (

@@ -41,10 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.models import load_spec  # noqa: E402
 from pipeline.serving.common.client import http  # noqa: E402
 from pipeline.serving.common.preprocess import sample_image  # noqa: E402
 from pipeline.settings import Layout  # noqa: E402
-from pipeline.spec import HF_PREFIX, ModelSpec, load_spec  # noqa: E402
+from pipeline.spec import HF_PREFIX, ModelSpec  # noqa: E402
 
 DEFAULT_MODELS = ("resnet50", "vit_b16", "bert_base", "gpt2", "tests/fixtures/wide_mlp.py")
 STAGES = ("train", "trace", "export", "parity", "package")

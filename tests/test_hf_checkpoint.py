@@ -49,10 +49,10 @@ from pipeline.artifacts import files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import CHECKPOINT
 from pipeline.errors import SpecError
-from pipeline.models import hf_checkpoint
+from pipeline.models import hf_checkpoint, load_spec
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
-from pipeline.spec import HF_TASKS, ImageInput, Labels, TextInput, load_spec
+from pipeline.spec import HF_TASKS, ImageInput, Labels, TextInput
 from pipeline.stages import train
 
 # The vocabulary: every word and mark of the sentences (and pairs) the spec's examples are made of.
@@ -387,6 +387,17 @@ def test_editing_the_checkpoint_retrains(checkpoints, tmp_path):
     assert not train.run(Settings(model=f"hf:{folder}#task=feature-extraction", root=tmp_path / "project")).skipped
     record = Manifest((tmp_path / "project").resolve(), "my_sentiment_model").records[CHECKPOINT]
     assert record.details["model_args"]["weights_sha256"]["model.safetensors"] == files.sha256_file(folder / "model.safetensors")
+
+
+def test_a_checkpoint_is_read_once_per_version_of_it(checkpoints, tmp_path):
+    """Every stage of one command resolves the spec: the folder is read once, and again once a file in it changes."""
+    folder = copy(checkpoints["sentiment"], tmp_path)
+    first = load_spec(f"hf:{folder}")
+    assert load_spec(f"hf:{folder}") is first
+    assert load_spec(f"hf:{folder}#task=feature-extraction") is not first
+    edit_config(folder, id2label={"0": "bad", "1": "good", "2": "meh"})
+    again = load_spec(f"hf:{folder}")
+    assert again is not first and again.labels is not None and again.labels.names == ("bad", "good", "meh")
 
 
 # --- what is refused, and the message ----------------------------------------------------

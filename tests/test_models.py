@@ -21,9 +21,9 @@ import torch
 from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT
+from pipeline.models import load_spec
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
-from pipeline.spec import load_spec
 from tests.helpers import archive_handler, needs_java
 
 MODELS = ["simple_nn", "digits_cnn", "store_demand", "seq_encoder"]

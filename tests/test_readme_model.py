@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
+from pipeline.models import load_spec
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Settings
-from pipeline.spec import load_spec
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow

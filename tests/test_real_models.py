@@ -24,8 +24,8 @@ pytest.importorskip("transformers")
 from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT, KEYS
+from pipeline.models import load_spec
 from pipeline.settings import Layout, Settings
-from pipeline.spec import load_spec
 from pipeline.stages import run_all
 from tests.helpers import REPO, archive_handler
 

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import SpecError
-from pipeline.spec import ModelSpec, load_spec
+from pipeline.models import load_spec
+from pipeline.spec import ModelSpec
 from tests.helpers import REPO
 
 

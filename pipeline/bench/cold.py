@@ -46,7 +46,7 @@ def main(job_path: str) -> int:
         else:
             from pipeline.artifacts import checkpoint
             from pipeline.artifacts.manifest import Manifest
-            from pipeline.spec import load_spec
+            from pipeline.models import load_spec
 
             spec = load_spec(job["model"])
             module, _ = checkpoint.load_model(Manifest(job["root"], spec.name), spec, "bench")

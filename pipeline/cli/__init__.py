@@ -17,7 +17,8 @@ import sys
 from collections.abc import Callable
 
 from pipeline.errors import PipelineError
-from pipeline.spec import HF_PREFIX, hf_model
+from pipeline.models import hf_model
+from pipeline.spec import HF_PREFIX
 
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -95,6 +95,14 @@ def checkpoint_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_file() and (p.name in names or p.suffix == ".safetensors"))
 
 
+def folder_state(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Each checkpoint file's name, size and mtime: a spec built from the folder is good while these stay."""
+    try:
+        return tuple((name, (st := (folder / name).stat()).st_size, st.st_mtime_ns) for name in checkpoint_files(folder))
+    except OSError:  # no such folder: checkpoint_spec says what is wrong
+        return ()
+
+
 @functools.lru_cache(maxsize=64)
 def _sha256_at(path: str, size: int, mtime_ns: int) -> str:
     return files.sha256_file(Path(path))

@@ -9,7 +9,7 @@ from pipeline.artifacts import checkpoint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import CHECKPOINT
 from pipeline.errors import PipelineError
-from pipeline.spec import load_spec
+from pipeline.models import load_spec
 
 
 class TiedLM(torch.nn.Module):

@@ -19,11 +19,11 @@ from pipeline.bench import handler_time, inputs
 from pipeline.bench import latency as bench
 from pipeline.bench import served as bench_served
 from pipeline.bench.loadgen import wrk_available
+from pipeline.models import load_spec
 from pipeline.serving.common import oip, preprocess
 from pipeline.serving.common.contract import Contract
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout
-from pipeline.spec import load_spec
 from pipeline.stages import run_all
 from tests.helpers import needs_java
 from tests.serving.real_models import model_files, settings

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
+from pipeline.models import load_spec
 from pipeline.reliability import fuzz
 from pipeline.reliability import served_faults as sf
 from pipeline.reliability import suite as reliability
 from pipeline.reliability.faults import copy_project
 from pipeline.serving.torchserve import server as serve
-from pipeline.spec import load_spec
 from tests.helpers import MEASUREMENTS, needs_java
 
 VALID = b'{"x": 5.0}'

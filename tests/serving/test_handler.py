@@ -297,8 +297,9 @@ def test_the_length_is_checked_before_the_values_are_read():
 
 def test_the_contract_declares_its_limits_and_keeps_large_examples_out():
     """What the package stage writes into io_contract.json: max_lengths, the size caps, the example while it is small."""
+    from pipeline.models import load_spec
     from pipeline.serving.common.contract import EXAMPLE_MAX_BYTES, MAX_BATCH_RESPONSE_BYTES, MAX_RESPONSE_BYTES, Contract
-    from pipeline.spec import TensorSpec, load_spec
+    from pipeline.spec import TensorSpec
 
     spec = load_spec("seq_encoder")
     bert_like = dataclasses.replace(spec, max_lengths={"seq": 512}).contract()
@@ -332,7 +333,7 @@ def test_an_archive_without_declared_limits_gets_the_defaults():
 def test_an_attention_model_s_request_is_bounded_along_every_axis_and_in_elements():
     """One row of 16,000 tokens took 6.1 GB in seq_encoder (attention is quadratic): refused from its
     length, and many rows of allowed length from their element count, before anything is converted."""
-    from pipeline.spec import load_spec
+    from pipeline.models import load_spec
 
     spec = load_spec("seq_encoder")
     declared = spec.contract()

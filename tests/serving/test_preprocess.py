@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import IntegrityError, SpecError
+from pipeline.models import load_spec
 from pipeline.serving.common import preprocess
 from pipeline.serving.common.contract import Contract, RequestError, top_labels
-from pipeline.spec import load_spec
 from tests.fixtures.bert_text import build_tokenizer
 from tests.serving.real_models import model_files
 
@@ -291,7 +291,7 @@ def test_labels_go_beside_the_outputs(specs):
 def test_spec_checks_the_real_input_fields(specs, tmp_path):
     import dataclasses
 
-    from pipeline.spec import ImageInput, Labels, _validate
+    from pipeline.spec import ImageInput, Labels, validate
 
     vit, bert = specs["vit_images"], specs["bert_text"]
     where = str(tmp_path / "m.py")
@@ -306,7 +306,7 @@ def test_spec_checks_the_real_input_fields(specs, tmp_path):
     ]
     for spec, message in bad:
         with pytest.raises(SpecError, match=message):
-            _validate(spec, where)
+            validate(spec, where)
 
 
 def test_images_per_request_are_bounded_before_decoding(image, monkeypatch):

@@ -19,11 +19,11 @@ import torch
 from pipeline.artifacts import archive, checkpoint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
+from pipeline.models import load_spec
 from pipeline.reliability import served_faults
 from pipeline.serving.common.client import http
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Settings
-from pipeline.spec import load_spec
 from pipeline.stages import package
 from tests.helpers import MEASUREMENTS, needs_java
 from tests.serving.cases import BAD_INPUTS

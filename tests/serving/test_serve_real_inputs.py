@@ -21,10 +21,10 @@ import pytest
 from pipeline.artifacts import archive, checkpoint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import IntegrityError
+from pipeline.models import load_spec
 from pipeline.serving.common import preprocess
 from pipeline.serving.common.contract import Contract
 from pipeline.serving.torchserve import server as serve
-from pipeline.spec import load_spec
 from pipeline.stages import run_all
 from tests.helpers import needs_java
 from tests.serving.real_models import assert_close, eager, expected_labels, model_files, settings

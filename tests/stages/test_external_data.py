@@ -79,7 +79,7 @@ def test_manifest_records_the_data_file_with_its_hash_and_which_storage(external
 def test_onnx_runtime_reads_the_pair_and_answers_as_eager(external):
     settings, layout = external
     from pipeline.artifacts import checkpoint
-    from pipeline.spec import load_spec
+    from pipeline.models import load_spec
 
     spec = load_spec(settings.model)
     model, _ = checkpoint.load_model(Manifest(layout.root, "wide_mlp"), spec, "test")
@@ -255,7 +255,7 @@ def test_variants_refuse_a_model_with_external_data_and_say_so(copy):
 def test_the_torchscript_based_fallback_writes_the_same_pair(external, tmp_path):
     """It scatters one file per tensor for a model over 2 GiB: it writes into its own folder, saved again as one pair."""
     from pipeline.artifacts import checkpoint
-    from pipeline.spec import load_spec
+    from pipeline.models import load_spec
     from pipeline.stages.capture import example_args
 
     settings, layout = external

@@ -16,8 +16,8 @@ import pytest
 from pipeline import cli
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import ParityError, PipelineError, SpecError
+from pipeline.models import load_spec
 from pipeline.settings import Layout, Settings
-from pipeline.spec import load_spec
 from pipeline.stages import export, parity, trace, train
 from tests.helpers import REPO
 

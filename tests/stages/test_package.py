@@ -8,7 +8,7 @@ import yaml
 from pipeline.artifacts import archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import IntegrityError
-from pipeline.spec import load_spec
+from pipeline.models import load_spec
 from pipeline.stages import package
 
 

@@ -8,8 +8,9 @@ from onnx import numpy_helper
 
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import ParityError, PipelineError
+from pipeline.models import load_spec
 from pipeline.settings import Settings
-from pipeline.spec import Tolerance, load_spec
+from pipeline.spec import Tolerance
 from pipeline.stages import package, parity
 
 TOL = Tolerance(atol=1e-5, rtol=1e-4, scaled=0.0)  # the element-wise terms alone

@@ -7,8 +7,8 @@ from torch import nn
 from pipeline.artifacts import checkpoint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
+from pipeline.models import load_spec
 from pipeline.settings import Layout, Settings
-from pipeline.spec import load_spec
 from pipeline.stages import trace, train
 from tests.helpers import REPO
 

@@ -5,9 +5,9 @@ from safetensors import safe_open
 
 from pipeline.artifacts import checkpoint
 from pipeline.artifacts.manifest import Manifest
+from pipeline.models import load_spec
 from pipeline.models.simple_nn import SimpleNN
 from pipeline.settings import Settings
-from pipeline.spec import load_spec
 from pipeline.stages import train
 
 

@@ -17,13 +17,14 @@ from pipeline.artifacts import files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT, MAR, archive_key, gate_key
 from pipeline.errors import ParityError, PipelineError, SpecError
+from pipeline.models import load_spec
 from pipeline.runtimes.runners import cuda_available
 from pipeline.runtimes.session import SessionConfig, create_session
 from pipeline.serving.common.contract import Contract
 from pipeline.serving.common.predictor import session_config
 from pipeline.serving.torchserve import server
 from pipeline.settings import Layout, Settings
-from pipeline.spec import TaskMetric, Tolerance, load_spec
+from pipeline.spec import TaskMetric, Tolerance
 from pipeline.stages import parity, variants
 from tests.helpers import needs_java
 

@@ -20,10 +20,10 @@ import numpy as np
 from pipeline.artifacts import checkpoint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
+from pipeline.models import load_spec
 from pipeline.runtimes.runners import TorchRunner
 from pipeline.serving.common.contract import Contract
 from pipeline.settings import Layout, Settings, contract
-from pipeline.spec import load_spec
 from pipeline.stages import STAGES
 from pipeline.stages.capture import capture_mode
 from pipeline.stages.parity import compare
