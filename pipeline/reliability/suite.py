@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from pipeline.artifacts.environment import fingerprint
 from pipeline.errors import PipelineError
 from pipeline.reliability.faults import KILL_POINTS, STAGE_ARTIFACT, Project, copy_project
 from pipeline.settings import DEFAULT_MODEL, Settings, resolve
+
+if TYPE_CHECKING:
+    from pipeline.serving.torchserve.server import ServerInfo
 
 SECTIONS = ("pipeline", "hostile", "served", "ray")
 
@@ -120,6 +123,12 @@ def _survival(cases) -> str:
 
 
 def run_pipeline(run: Run) -> None:
+    _sigkill_mid_write(run)
+    _disk_full_writes(run)
+    _damaged_artifacts(run)
+
+
+def _sigkill_mid_write(run: Run) -> None:
     from pipeline.reliability import faults
 
     stage_seconds = {key: rec.seconds for key, rec in Project(run.built, run.model).manifest().records.items()}
@@ -140,6 +149,10 @@ def run_pipeline(run: Run) -> None:
         f"{_survival(kills)}; artifact afterwards {states}" + (f"; {bad[:3]}" if bad else ""),
     )
 
+
+def _disk_full_writes(run: Run) -> None:
+    from pipeline.reliability import faults
+
     disk = []
     for stage in run.plan.disk_full_stages:
         for mode in ("replace", "fresh"):
@@ -152,6 +165,10 @@ def run_pipeline(run: Run) -> None:
         not bad,
         _survival(disk) + (f"; {bad[:3]}" if bad else ""),
     )
+
+
+def _damaged_artifacts(run: Run) -> None:
+    from pipeline.reliability import faults
 
     project = run.project()
     damage = faults.damage_sweep(project, run.plan.damage_per_artifact)
@@ -191,9 +208,19 @@ def load_bodies(spec, count: int = 64) -> list[str]:
     return bodies
 
 
+@dataclass(frozen=True)
+class Served:
+    """The running server every served check aims at, and what it sends: a valid body, its answer, and the load bodies."""
+
+    info: ServerInfo
+    settings: Settings
+    input_name: str
+    bodies: list[str]
+    body: bytes
+    answer: tuple[int, bytes]
+
+
 def run_served(run: Run) -> None:
-    from pipeline.reliability import fuzz
-    from pipeline.reliability import served_faults as sf
     from pipeline.serving.torchserve import server as serve
 
     if shutil.which("java") is None:
@@ -205,84 +232,114 @@ def run_served(run: Run) -> None:
     body = json.dumps(spec.example_request).encode() if spec.example_request else bodies[0].encode()
     info = serve.start(project.settings, auto_ports=True)
     try:
-        answer = info.predict(body)
-        probes = sf.security_probes(info)
-        run.data["security"] = [asdict(p) for p in probes]
-        failed = [p.name for p in probes if not p.passed]
-        run.check(
-            "served",
-            "security posture: loopback only, tokens required, model API off",
-            not failed,
-            f"{len(probes) - len(failed)}/{len(probes)} probes passed" + (f"; failed: {failed}" if failed else ""),
-        )
-
-        result = fuzz.fuzz_endpoint(info, spec.inputs[0].name, body, run.plan.fuzz_examples)
-        run.data["fuzz"] = {**asdict(result), "server_errors": result.server_errors, "survived": result.survived}
-        run.check(
-            "served",
-            f"fuzzing ({result.requests} hypothesis bodies): no 5xx, worker unchanged, valid answer unchanged",
-            result.survived and result.requests >= run.plan.fuzz_examples,
-            f"statuses {result.statuses}; worker {result.worker_pids_before} -> {result.worker_pids_after}"
-            + (f"; failures {result.failures[:3]}" if result.failures else ""),
-        )
-        run.data["form_body_500"] = sf.form_body_probe(info)
-
-        held = sf.held_bodies(info, body, attack_s=run.plan.held_bodies_s)
-        run.data["held_bodies"] = {**asdict(held), "survived": held.survived}
-        run.check(
-            "served",
-            f"{held.connections} connections with no token hold {held.sent_bytes:,} of {held.declared_bytes:,}-byte bodies for "
-            f"{held.attack_s:.0f}s: memory bounded, answered within {held.recovery_limit_s:.0f}s once they close",
-            held.survived,
-            f"frontend and proxy {held.frontend_rss_before / (1 << 20):.0f} -> peak {held.frontend_rss_peak / (1 << 20):.0f} MiB "
-            f"(bound +{held.memory_bound / (1 << 20):.0f}); cut off and reopened {held.reconnects} times; "
-            f"a request during the attack: {held.during_status}; "
-            + (f"answered {held.recovery_s:.2f}s after they closed" if held.recovery_s is not None else "not answered in time"),
-        )
-
-        soak = sf.soak(info, bodies, run.plan.soak_requests, run.plan.soak_concurrency, run.plan.soak_time_limit_s)
-        run.data["soak"] = {**asdict(soak), "growth_pct": soak.growth_pct, "survived": soak.survived}
-        load = soak.load
-        run.check(
-            "served",
-            f"soak: {run.plan.soak_requests} requests at concurrency {run.plan.soak_concurrency} "
-            f"within {run.plan.soak_time_limit_s:.0f}s, zero errors",
-            soak.survived,
-            f"{load['requests']} requests, {load['errors']} errors in {load['seconds']:.1f}s "
-            f"({load['requests_per_s']:.0f}/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms)",
-        )
-        run.check(
-            "served",
-            "soak: server resident memory grows under 10% after warm-up",
-            soak.growth_pct < 10,
-            f"{sf.rss_mib(soak.rss_before):.0f} -> {sf.rss_mib(soak.rss_after):.0f} MiB ({soak.growth_pct:+.1f}%), "
-            f"peak {soak.rss_peak_total / (1 << 20):.0f} MiB",
-        )
-
-        kills = [sf.kill_worker_in_flight(info, bodies, (body, answer[1])) for _ in range(run.plan.worker_kills)]
-        run.data["worker_kills"] = [{**asdict(k), "survived": k.survived} for k in kills]
-        run.check(
-            "served",
-            "worker SIGKILLed under load: only in-flight requests fail, every later one succeeds",
-            all(k.survived for k in kills),
-            "; ".join(
-                f"{k.errors} in-flight errors {k.error_status} of {k.requests}, recovered in {k.recovery_s:.2f}s, "
-                f"then {k.after_requests - k.after_errors}/{k.after_requests} OK"
-                for k in kills
-            ),
-        )
-
-        stop = sf.stop_under_load(project.settings, info, bodies, body)
-        run.data["graceful_stop"] = {**asdict(stop), "survived": stop.survived}
-        run.check(
-            "served",
-            "stop under load: no process left, ports closed, token removed; a restart serves",
-            stop.survived,
-            f"stopped in {stop.stop_s:.1f}s, left {stop.processes_left or 'nothing'}, "
-            f"restart answered {stop.restart_status} after {stop.restart_s:.1f}s",
-        )
+        served = Served(info, project.settings, spec.inputs[0].name, bodies, body, info.predict(body))
+        # The stop under load goes last: it stops this server.
+        for served_check in (_security, _fuzzing, _held_bodies, _soak, _worker_kills, _stop_under_load):
+            served_check(run, served)
     finally:
         serve.stop(project.settings)
+
+
+def _security(run: Run, served: Served) -> None:
+    from pipeline.reliability import served_faults as sf
+
+    probes = sf.security_probes(served.info)
+    run.data["security"] = [asdict(p) for p in probes]
+    failed = [p.name for p in probes if not p.passed]
+    run.check(
+        "served",
+        "security posture: loopback only, tokens required, model API off",
+        not failed,
+        f"{len(probes) - len(failed)}/{len(probes)} probes passed" + (f"; failed: {failed}" if failed else ""),
+    )
+
+
+def _fuzzing(run: Run, served: Served) -> None:
+    from pipeline.reliability import fuzz
+    from pipeline.reliability import served_faults as sf
+
+    result = fuzz.fuzz_endpoint(served.info, served.input_name, served.body, run.plan.fuzz_examples)
+    run.data["fuzz"] = {**asdict(result), "server_errors": result.server_errors, "survived": result.survived}
+    run.check(
+        "served",
+        f"fuzzing ({result.requests} hypothesis bodies): no 5xx, worker unchanged, valid answer unchanged",
+        result.survived and result.requests >= run.plan.fuzz_examples,
+        f"statuses {result.statuses}; worker {result.worker_pids_before} -> {result.worker_pids_after}"
+        + (f"; failures {result.failures[:3]}" if result.failures else ""),
+    )
+    run.data["form_body_500"] = sf.form_body_probe(served.info)
+
+
+def _held_bodies(run: Run, served: Served) -> None:
+    from pipeline.reliability import served_faults as sf
+
+    held = sf.held_bodies(served.info, served.body, attack_s=run.plan.held_bodies_s)
+    run.data["held_bodies"] = {**asdict(held), "survived": held.survived}
+    run.check(
+        "served",
+        f"{held.connections} connections with no token hold {held.sent_bytes:,} of {held.declared_bytes:,}-byte bodies for "
+        f"{held.attack_s:.0f}s: memory bounded, answered within {held.recovery_limit_s:.0f}s once they close",
+        held.survived,
+        f"frontend and proxy {held.frontend_rss_before / (1 << 20):.0f} -> peak {held.frontend_rss_peak / (1 << 20):.0f} MiB "
+        f"(bound +{held.memory_bound / (1 << 20):.0f}); cut off and reopened {held.reconnects} times; "
+        f"a request during the attack: {held.during_status}; "
+        + (f"answered {held.recovery_s:.2f}s after they closed" if held.recovery_s is not None else "not answered in time"),
+    )
+
+
+def _soak(run: Run, served: Served) -> None:
+    from pipeline.reliability import served_faults as sf
+
+    plan = run.plan
+    soak = sf.soak(served.info, served.bodies, plan.soak_requests, plan.soak_concurrency, plan.soak_time_limit_s)
+    run.data["soak"] = {**asdict(soak), "growth_pct": soak.growth_pct, "survived": soak.survived}
+    load = soak.load
+    run.check(
+        "served",
+        f"soak: {plan.soak_requests} requests at concurrency {plan.soak_concurrency} within {plan.soak_time_limit_s:.0f}s, zero errors",
+        soak.survived,
+        f"{load['requests']} requests, {load['errors']} errors in {load['seconds']:.1f}s "
+        f"({load['requests_per_s']:.0f}/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms)",
+    )
+    run.check(
+        "served",
+        "soak: server resident memory grows under 10% after warm-up",
+        soak.growth_pct < 10,
+        f"{sf.rss_mib(soak.rss_before):.0f} -> {sf.rss_mib(soak.rss_after):.0f} MiB ({soak.growth_pct:+.1f}%), "
+        f"peak {soak.rss_peak_total / (1 << 20):.0f} MiB",
+    )
+
+
+def _worker_kills(run: Run, served: Served) -> None:
+    from pipeline.reliability import served_faults as sf
+
+    valid = (served.body, served.answer[1])
+    kills = [sf.kill_worker_in_flight(served.info, served.bodies, valid) for _ in range(run.plan.worker_kills)]
+    run.data["worker_kills"] = [{**asdict(k), "survived": k.survived} for k in kills]
+    run.check(
+        "served",
+        "worker SIGKILLed under load: only in-flight requests fail, every later one succeeds",
+        all(k.survived for k in kills),
+        "; ".join(
+            f"{k.errors} in-flight errors {k.error_status} of {k.requests}, recovered in {k.recovery_s:.2f}s, "
+            f"then {k.after_requests - k.after_errors}/{k.after_requests} OK"
+            for k in kills
+        ),
+    )
+
+
+def _stop_under_load(run: Run, served: Served) -> None:
+    from pipeline.reliability import served_faults as sf
+
+    stop = sf.stop_under_load(served.settings, served.info, served.bodies, served.body)
+    run.data["graceful_stop"] = {**asdict(stop), "survived": stop.survived}
+    run.check(
+        "served",
+        "stop under load: no process left, ports closed, token removed; a restart serves",
+        stop.survived,
+        f"stopped in {stop.stop_s:.1f}s, left {stop.processes_left or 'nothing'}, "
+        f"restart answered {stop.restart_status} after {stop.restart_s:.1f}s",
+    )
 
 
 def run_ray(run: Run) -> None:
@@ -346,9 +403,25 @@ def summary(run: Run) -> dict:
 
 
 def render_markdown(report: dict) -> str:
-    s, d = report["summary"], report["details"]
+    """reliability.md: the verdict and its figures, every check, then one section per kind of fault that ran."""
+    d = report["details"]
+    lines = [*_md_verdict(report), *_md_checks(report["checks"])]
+    for key, section in _DETAIL_SECTIONS:
+        if key in d:
+            lines += section(d)
+    if report["errors"]:
+        lines += _md_heading("Sections that crashed") + [f"- {e['section']}: {_cell(e['error'])}" for e in report["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def _md_heading(title: str, *first_lines: str) -> list[str]:
+    return ["", f"## {title}", "", *first_lines]
+
+
+def _md_verdict(report: dict) -> list[str]:
+    s = report["summary"]
     growth = "-" if s["memory_growth_pct"] is None else f"{s['memory_growth_pct']:+.1f}%"
-    lines = [
+    return [
         f"# Reliability: {report['model']} ({report['plan']} run)",
         "",
         f"{'PASS' if report['passed'] else 'FAIL'} — {sum(c['passed'] for c in report['checks'])}/{len(report['checks'])} "
@@ -363,155 +436,180 @@ def render_markdown(report: dict) -> str:
         f"| in-flight errors when the worker was killed | {s['in_flight_errors_at_worker_kill']} |",
         f"| time to recovery after worker SIGKILL (s) | {', '.join(f'{r:.2f}' for r in s['recovery_s']) or '-'} |",
         f"| server memory growth over the soak | {growth} |",
-        "",
-        "## Checks",
-        "",
-        "| section | promise | result | figures |",
-        "| --- | --- | --- | --- |",
     ]
-    for c in report["checks"]:
-        lines.append(f"| {c['section']} | {c['name']} | {'✓' if c['passed'] else '✗ FAIL'} | {_cell(c['detail'])} |")
-    if "kills" in d:
-        lines += [
-            "",
-            "## SIGKILL mid-write",
-            "",
+
+
+def _md_checks(checks: list[dict]) -> list[str]:
+    return [
+        *_md_heading("Checks", "| section | promise | result | figures |", "| --- | --- | --- | --- |"),
+        *(f"| {c['section']} | {c['name']} | {'✓' if c['passed'] else '✗ FAIL'} | {_cell(c['detail'])} |" for c in checks),
+    ]
+
+
+def _md_kills(d: dict) -> list[str]:
+    return [
+        *_md_heading(
+            "SIGKILL mid-write",
             "| stage | kill point | killed | artifact after | temporaries left | next run | s |",
             "| --- | --- | --- | --- | ---: | --- | ---: |",
-        ]
-        lines += [
+        ),
+        *(
             f"| {k['stage']} | {k['point']} | {'yes' if k['killed'] else 'finished first'} | {k['artifact']} | "
             f"{k['leftovers']} | {'completed' if k['recovered'] else '✗ ' + _cell('; '.join(k['problems']))} | {k['seconds']:.1f} |"
             for k in d["kills"]
-        ]
-    if "disk_full" in d:
-        lines += [
-            "",
-            "## Disk full (file-size limit of half the artifact)",
-            "",
+        ),
+    ]
+
+
+def _md_disk_full(d: dict) -> list[str]:
+    return [
+        *_md_heading(
+            "Disk full (file-size limit of half the artifact)",
             "| stage | previous artifact | exit | artifact after | error |",
             "| --- | --- | ---: | --- | --- |",
-        ]
-        lines += [
+        ),
+        *(
             f"| {c['stage']} | {'present' if c['mode'] == 'replace' else 'absent'} | {c['exit_code']} | {c['artifact']} | "
             f"{'✓' if c['survived'] else '✗'} {_cell(c['message'][:160])} |"
             for c in d["disk_full"]
-        ]
-    if "damage" in d:
-        lines += [
-            "",
-            "## Damaged artifacts (refused by hash)",
-            "",
-            "| artifact | byte changes refused | truncations refused |",
-            "| --- | ---: | ---: |",
-        ]
-        for key in dict.fromkeys(c["artifact"] for c in d["damage"]):
-            flips = [c for c in d["damage"] if c["artifact"] == key and c["damage"].startswith("byte")]
-            cuts = [c for c in d["damage"] if c["artifact"] == key and c["damage"].startswith("trunc")]
-            lines.append(f"| {key} | {sum(c['refused'] for c in flips)}/{len(flips)} | {sum(c['refused'] for c in cuts)}/{len(cuts)} |")
-    if "hostile" in d:
-        lines += ["", "## Hostile files", "", "| kind | input | refused | payload ran | message |", "| --- | --- | --- | --- | --- |"]
-        lines += [
+        ),
+    ]
+
+
+def _md_damage(d: dict) -> list[str]:
+    lines = _md_heading(
+        "Damaged artifacts (refused by hash)", "| artifact | byte changes refused | truncations refused |", "| --- | ---: | ---: |"
+    )
+    for key in dict.fromkeys(c["artifact"] for c in d["damage"]):
+        flips = [c for c in d["damage"] if c["artifact"] == key and c["damage"].startswith("byte")]
+        cuts = [c for c in d["damage"] if c["artifact"] == key and c["damage"].startswith("trunc")]
+        lines.append(f"| {key} | {sum(c['refused'] for c in flips)}/{len(flips)} | {sum(c['refused'] for c in cuts)}/{len(cuts)} |")
+    return lines
+
+
+def _md_hostile(d: dict) -> list[str]:
+    return [
+        *_md_heading("Hostile files", "| kind | input | refused | payload ran | message |", "| --- | --- | --- | --- | --- |"),
+        *(
             f"| {c['kind']} | {_cell(c['name'])} | {'✓' if c['refused'] else '✗'} | {'YES' if c['payload_ran'] else 'no'} | "
             f"{_cell(c['message'][:180])} |"
             for c in d["hostile"]
-        ]
-    if "fuzz" in d:
-        f = d["fuzz"]
-        lines += [
-            "",
-            f"## Fuzzing: {f['requests']} hypothesis-generated bodies",
-            "",
-            "| body class | sent | status codes |",
-            "| --- | ---: | --- |",
-        ]
-        lines += [
+        ),
+    ]
+
+
+def _md_fuzz(d: dict) -> list[str]:
+    f = d["fuzz"]
+    lines = [
+        *_md_heading(
+            f"Fuzzing: {f['requests']} hypothesis-generated bodies", "| body class | sent | status codes |", "| --- | ---: | --- |"
+        ),
+        *(
             f"| {label} | {sum(codes.values())} | {', '.join(f'{k}: {v}' for k, v in codes.items())} |"
             for label, codes in f["by_class"].items()
-        ]
+        ),
+        "",
+        f"Worker pid before {f['worker_pids_before']}, after {f['worker_pids_after']}; a valid request answered "
+        f"`{f['valid_after'][1][:60]}` after as before. 5xx or no answer: {f['server_errors']}.",
+    ]
+    if "form_body_500" in d:
+        fb = d["form_body_500"]
         lines += [
             "",
-            f"Worker pid before {f['worker_pids_before']}, after {f['worker_pids_after']}; a valid request answered "
-            f"`{f['valid_after'][1][:60]}` after as before. 5xx or no answer: {f['server_errors']}.",
+            f"Known TorchServe 0.12 limitation, outside the fuzzed JSON endpoint: a form-encoded body with a bad "
+            f"%-escape (`{fb['body']}`, `{fb['content_type']}`) gets {fb['status']} from the Java frontend's decoder "
+            f"before any worker sees it (worker unchanged: {fb['worker_unchanged']}).",
         ]
-        if "form_body_500" in d:
-            fb = d["form_body_500"]
-            lines += [
-                "",
-                f"Known TorchServe 0.12 limitation, outside the fuzzed JSON endpoint: a form-encoded body with a bad "
-                f"%-escape (`{fb['body']}`, `{fb['content_type']}`) gets {fb['status']} from the Java frontend's decoder "
-                f"before any worker sees it (worker unchanged: {fb['worker_unchanged']}).",
-            ]
-    if "soak" in d:
-        so, load = d["soak"], d["soak"]["load"]
-        lines += [
-            "",
-            "## Load",
-            "",
-            "| run | requests | errors | seconds | req/s | p50 ms | p99 ms |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-            f"| soak, concurrency {load['concurrency']} | {load['requests']} | {load['errors']} | {load['seconds']:.1f} | "
-            f"{load['requests_per_s']:.0f} | {load['p50_ms']:.2f} | {load['p99_ms']:.2f} |",
-        ]
-        for k in d.get("worker_kills", []):
-            lines.append(
-                f"| worker SIGKILL, concurrency {k['concurrency']} | {k['requests']} | {k['errors']} "
-                f"({', '.join(f'{c}: {n}' for c, n in k['error_status'].items())}) | | | | |"
-            )
-            lines.append(
-                f"| after recovery ({k['recovery_s']:.2f}s; new worker READY after {k['worker_ready_s']:.2f}s) | "
-                f"{k['after_requests']} | {k['after_errors']} | | | | |"
-            )
-        lines += [
-            "",
-            f"Server resident memory after a {so['warmup_requests']}-request warm-up, then after the soak:",
-            "",
-            "| process | before MiB | after MiB | growth |",
-            "| --- | ---: | ---: | ---: |",
-        ]
-        for name, before in so["rss_before"].items():
-            after = so["rss_after"].get(name, 0)
-            lines.append(f"| {name} | {before / 2**20:.1f} | {after / 2**20:.1f} | {100 * (after - before) / before:+.1f}% |")
+    return lines
+
+
+def _md_load(d: dict) -> list[str]:
+    load = d["soak"]["load"]
+    lines = [
+        *_md_heading(
+            "Load", "| run | requests | errors | seconds | req/s | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        ),
+        f"| soak, concurrency {load['concurrency']} | {load['requests']} | {load['errors']} | {load['seconds']:.1f} | "
+        f"{load['requests_per_s']:.0f} | {load['p50_ms']:.2f} | {load['p99_ms']:.2f} |",
+    ]
+    for k in d.get("worker_kills", []):
         lines.append(
-            f"| all | {sum(so['rss_before'].values()) / 2**20:.1f} | {sum(so['rss_after'].values()) / 2**20:.1f} | "
-            f"{so['growth_pct']:+.1f}% |"
+            f"| worker SIGKILL, concurrency {k['concurrency']} | {k['requests']} | {k['errors']} "
+            f"({', '.join(f'{c}: {n}' for c, n in k['error_status'].items())}) | | | | |"
         )
-    if "graceful_stop" in d:
-        g = d["graceful_stop"]
-        lines += [
-            "",
-            "## Stop under load",
-            "",
-            f"`serve.stop` with 8 clients sending took {g['stop_s']:.2f}s; load statuses "
-            f"{g['load_status']} (0 = connection refused once the server was gone); processes left: "
-            f"{g['processes_left'] or 'none'}; ports still open: {g['ports_still_open'] or 'none'}; key file left: "
-            f"{g['key_file_left']}; restart answered {g['restart_status']} after {g['restart_s']:.2f}s.",
-        ]
-    if "ray_node_kill" in d:
-        k = d["ray_node_kill"]
-        recover = f"{k['recover_s']:.1f}" if k["recovered"] else "not recovered"
-        lines += [
-            "",
-            "## Ray Serve: a worker node killed under load",
-            "",
-            f"{k['nodes']}; {k['replicas']} replicas placed on {', '.join(k['placement'])}; {k['clients']} closed-loop clients "
-            f"through the head's proxy; {k['killed']} killed without warning.",
-            "",
-            "| figure | value |",
-            "| --- | ---: |",
-            f"| requests / errors | {k['requests']} / {k['errors']} |",
-            f"| requests in flight at the kill / of them failed | {k['in_flight_at_kill']} / {k['errors_in_flight']} |",
-            f"| failures of requests started after the kill | {k['errors_started_after_kill']} |",
-            f"| seconds to a replacement replica serving | {recover} |",
-            f"| requests after recovery / errors | {k['requests_after_recovery']} / {k['errors_after_recovery']} |",
-            f"| replicas after recovery | {', '.join(k['replacement_placement'])} |",
-        ]
-    if "security" in d:
-        lines += ["", "## Security posture (probed live)", "", "| probe | expected | got | result |", "| --- | --- | --- | --- |"]
-        lines += [f"| {p['name']} | {p['expected']} | {_cell(p['got'][:90])} | {'✓' if p['passed'] else '✗'} |" for p in d["security"]]
-    if report["errors"]:
-        lines += ["", "## Sections that crashed", ""] + [f"- {e['section']}: {_cell(e['error'])}" for e in report["errors"]]
-    return "\n".join(lines) + "\n"
+        lines.append(
+            f"| after recovery ({k['recovery_s']:.2f}s; new worker READY after {k['worker_ready_s']:.2f}s) | "
+            f"{k['after_requests']} | {k['after_errors']} | | | | |"
+        )
+    return lines + _md_memory(d["soak"])
+
+
+def _md_memory(so: dict) -> list[str]:
+    lines = [
+        "",
+        f"Server resident memory after a {so['warmup_requests']}-request warm-up, then after the soak:",
+        "",
+        "| process | before MiB | after MiB | growth |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, before in so["rss_before"].items():
+        after = so["rss_after"].get(name, 0)
+        lines.append(f"| {name} | {before / 2**20:.1f} | {after / 2**20:.1f} | {100 * (after - before) / before:+.1f}% |")
+    lines.append(
+        f"| all | {sum(so['rss_before'].values()) / 2**20:.1f} | {sum(so['rss_after'].values()) / 2**20:.1f} | {so['growth_pct']:+.1f}% |"
+    )
+    return lines
+
+
+def _md_graceful_stop(d: dict) -> list[str]:
+    g = d["graceful_stop"]
+    return _md_heading(
+        "Stop under load",
+        f"`serve.stop` with 8 clients sending took {g['stop_s']:.2f}s; load statuses "
+        f"{g['load_status']} (0 = connection refused once the server was gone); processes left: "
+        f"{g['processes_left'] or 'none'}; ports still open: {g['ports_still_open'] or 'none'}; key file left: "
+        f"{g['key_file_left']}; restart answered {g['restart_status']} after {g['restart_s']:.2f}s.",
+    )
+
+
+def _md_ray_node_kill(d: dict) -> list[str]:
+    k = d["ray_node_kill"]
+    recover = f"{k['recover_s']:.1f}" if k["recovered"] else "not recovered"
+    return _md_heading(
+        "Ray Serve: a worker node killed under load",
+        f"{k['nodes']}; {k['replicas']} replicas placed on {', '.join(k['placement'])}; {k['clients']} closed-loop clients "
+        f"through the head's proxy; {k['killed']} killed without warning.",
+        "",
+        "| figure | value |",
+        "| --- | ---: |",
+        f"| requests / errors | {k['requests']} / {k['errors']} |",
+        f"| requests in flight at the kill / of them failed | {k['in_flight_at_kill']} / {k['errors_in_flight']} |",
+        f"| failures of requests started after the kill | {k['errors_started_after_kill']} |",
+        f"| seconds to a replacement replica serving | {recover} |",
+        f"| requests after recovery / errors | {k['requests_after_recovery']} / {k['errors_after_recovery']} |",
+        f"| replicas after recovery | {', '.join(k['replacement_placement'])} |",
+    )
+
+
+def _md_security(d: dict) -> list[str]:
+    return [
+        *_md_heading("Security posture (probed live)", "| probe | expected | got | result |", "| --- | --- | --- | --- |"),
+        *(f"| {p['name']} | {p['expected']} | {_cell(p['got'][:90])} | {'✓' if p['passed'] else '✗'} |" for p in d["security"]),
+    ]
+
+
+# The sections after the checks, in report order, each under the key of the figures it shows.
+_DETAIL_SECTIONS: tuple[tuple[str, Callable[[dict], list[str]]], ...] = (
+    ("kills", _md_kills),
+    ("disk_full", _md_disk_full),
+    ("damage", _md_damage),
+    ("hostile", _md_hostile),
+    ("fuzz", _md_fuzz),
+    ("soak", _md_load),
+    ("graceful_stop", _md_graceful_stop),
+    ("ray_node_kill", _md_ray_node_kill),
+    ("security", _md_security),
+)
 
 
 def _cell(text: str) -> str:
@@ -538,24 +636,46 @@ def run(args: SuiteOptions) -> int:
         work = Path(args.work or tmp).resolve()
         run = Run(plan, args.model, work)
         print(f"reliability ({plan.name}): building {args.model} in {work}", flush=True)
-        from pipeline.stages import run_all
-
-        try:
-            run_all(Settings(model=args.model, root=run.built))
-        except PipelineError as exc:
-            print(f"error: could not build {args.model}: {exc}", file=sys.stderr)
+        if not _build(run, args.model):
             return 1
-        run.model = resolve(Settings(model=args.model, root=run.built))[0].name
-        errors = []
-        for section in sections:
-            try:
-                SECTION_RUNNERS[section](run)
-            except Exception as exc:  # one section crashing must not hide the others' results
-                errors.append({"section": section, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
-                run.check(section, "section ran to the end", False, f"{type(exc).__name__}: {exc}")
-    report: dict[str, Any] = {
+        errors = _run_sections(run, sections)
+    report = _report(run, sections, errors, start)
+    out = Path(args.root) / "reports"
+    files.write_json(out / "reliability.json", report)
+    files.write_text(out / "reliability.md", render_markdown(report))
+    _print_verdict(run, report, out / "reliability.md")
+    return 0 if report["passed"] else 1
+
+
+def _build(run: Run, model: str) -> bool:
+    """Every stage from scratch into run.built, the copy the cases start from; False (and why, on stderr) if it fails."""
+    from pipeline.stages import run_all
+
+    try:
+        run_all(Settings(model=model, root=run.built))
+    except PipelineError as exc:
+        print(f"error: could not build {model}: {exc}", file=sys.stderr)
+        return False
+    run.model = resolve(Settings(model=model, root=run.built))[0].name
+    return True
+
+
+def _run_sections(run: Run, sections: list[str]) -> list[dict]:
+    """Each section in turn; the sections that crashed, with their tracebacks."""
+    errors = []
+    for section in sections:
+        try:
+            SECTION_RUNNERS[section](run)
+        except Exception as exc:  # one section crashing must not hide the others' results
+            errors.append({"section": section, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+            run.check(section, "section ran to the end", False, f"{type(exc).__name__}: {exc}")
+    return errors
+
+
+def _report(run: Run, sections: list[str], errors: list[dict], start: float) -> dict[str, Any]:
+    return {
         "model": run.model,
-        "plan": plan.name,
+        "plan": run.plan.name,
         "sections": sections,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - start, 1),
@@ -566,15 +686,14 @@ def run(args: SuiteOptions) -> int:
         "environment": fingerprint(),
         "details": run.data,
     }
-    out = Path(args.root) / "reports"
-    files.write_json(out / "reliability.json", report)
-    files.write_text(out / "reliability.md", render_markdown(report))
+
+
+def _print_verdict(run: Run, report: dict[str, Any], markdown: Path) -> None:
     s = report["summary"]
     print(
         f"\n{'PASS' if report['passed'] else 'FAIL'}: {sum(c.passed for c in run.checks)}/{len(run.checks)} checks held in "
         f"{report['seconds']:.0f}s; faults {s['faults_survived']}/{s['faults_injected']} survived, bad files "
         f"{s['bad_files_refused']}/{s['bad_files_tried']} refused, fuzz 5xx {s['fuzz_5xx']}/{s['fuzz_requests']}, "
         f"load errors {s['load_errors']}/{s['load_requests']}, in-flight errors at worker kill "
-        f"{s['in_flight_errors_at_worker_kill']}\n  report: {out / 'reliability.md'}"
+        f"{s['in_flight_errors_at_worker_kill']}\n  report: {markdown}"
     )
-    return 0 if report["passed"] else 1

@@ -20,6 +20,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import EXTERNAL_DATA, ONNX, data_file_name
 from pipeline.errors import PipelineError
-from pipeline.settings import Settings, StageResult, resolve
+from pipeline.settings import Layout, Settings, StageResult, resolve
 from pipeline.spec import ModelSpec
 from pipeline.stages.capture import capture_mode, example_args, module_weight_bytes
 from pipeline.stages.fresh import up_to_date
@@ -245,6 +246,130 @@ def onnx_target(path: Path, external: bool) -> Iterator[Path]:
         data.unlink(missing_ok=True)  # an earlier export's external data: nothing refers to it now
 
 
+@dataclass(frozen=True)
+class ExportJob:
+    """One export: the model, its example inputs, and whether the TorchScript-based fallback may take over."""
+
+    model: torch.nn.Module
+    spec: ModelSpec
+    example: tuple[torch.Tensor, ...]
+    model_arg: str  # the model as the user named it, for the commands in messages
+    fallback_allowed: bool
+
+
+@dataclass(frozen=True)
+class DynamoAttempt:
+    """The torch.export-based exporter's program, its checked graph once saved, or why the fallback must take over."""
+
+    program: torch.onnx.ONNXProgram | None
+    graph: dict | None = None
+    failure: str | None = None
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What was written: the graph's description, its weights and where they are, and why torch.export's graph was not used."""
+
+    graph: dict
+    weights: int
+    external: bool
+    dynamo_failure: str | None
+
+
+def export_dynamo(job: ExportJob) -> DynamoAttempt:
+    """torch.onnx.export(dynamo=True) in memory; a failure raises unless the fallback is allowed."""
+    spec = job.spec
+    try:
+        with _quiet_exporter(), capture_mode():
+            program = torch.onnx.export(
+                job.model,
+                job.example,
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                opset_version=OPSET,
+                dynamo=True,
+                dynamic_shapes=tuple(dynamic_shapes(spec)[t.name] for t in spec.inputs),
+                verbose=False,
+                report=False,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean "cannot export"
+        if not job.fallback_allowed:
+            raise exporter_failure(spec, exc, job.model_arg) from None
+        failure = exporter_failure(spec, exc, job.model_arg, offer_fallback=False)
+        return DynamoAttempt(None, failure=failure.problem, fix=failure.fix)
+    return DynamoAttempt(program)
+
+
+def save_dynamo(job: ExportJob, program: torch.onnx.ONNXProgram, path: Path, external: bool) -> DynamoAttempt:
+    """Save torch.export's graph and check it against the contract; a breach raises unless the fallback is allowed."""
+    # Not program.save: past 1.5 GB it writes external data named after `path`.
+    save_onnx(program.model, path, external)
+    try:
+        return DynamoAttempt(program, checked_graph(path, job.spec))
+    except PipelineError as exc:
+        # The exporter can also succeed with a graph that breaks the contract: it
+        # fixes a recurrent layer's time axis to the example's length.
+        if not job.fallback_allowed:
+            raise PipelineError(STAGE, exc.problem, exc.fix + FALLBACK_HINT.format(model=job.model_arg)) from None
+        return DynamoAttempt(None, failure=exc.problem, fix=exc.fix)
+
+
+def export_fallback(job: ExportJob, dynamo: DynamoAttempt, path: Path, external: bool) -> dict:
+    """The TorchScript-based exporter, after torch.export's failed; its graph checked like the other's."""
+    try:
+        with capture_mode():
+            if external:
+                fallback_to_external(job.model, job.spec, job.example, path)
+            else:
+                export_torchscript_based(job.model, job.spec, job.example, path)
+    except Exception as fallback_exc:
+        first = str(fallback_exc).strip().splitlines()
+        tried = f"{type(fallback_exc).__name__}: {first[0] if first else ''}"[:300]
+        raise PipelineError(STAGE, f"{dynamo.failure}; the TorchScript-based fallback failed too: {tried}", dynamo.fix) from None
+    return checked_graph(path, job.spec)
+
+
+def export_onnx(job: ExportJob, path: Path, external_data_threshold: int) -> Exported:
+    """Export and check `path` (and its data file, when the weights pass the threshold), written atomically."""
+    dynamo = export_dynamo(job)
+    weights = weight_bytes(dynamo.program.model) if dynamo.program is not None else module_weight_bytes(job.model)
+    external = weights > external_data_threshold
+    with onnx_target(path, external) as tmp:
+        if dynamo.program is not None:
+            dynamo = save_dynamo(job, dynamo.program, tmp, external)
+        graph = dynamo.graph if dynamo.graph is not None else export_fallback(job, dynamo, tmp, external)
+    return Exported(graph, weights, external, dynamo.failure)
+
+
+def _details(exported: Exported, layout: Layout) -> dict:
+    """The manifest's onnx record: the graph, which exporter made it, and where its weights are."""
+    graph = exported.graph
+    graph["exporter"] = "TorchScript-based (dynamo=False), the fallback" if exported.dynamo_failure else "torch.export-based (dynamo=True)"
+    graph["weights"] = "external" if exported.external else "embedded"
+    graph["weight_bytes"] = exported.weights
+    if exported.external:
+        data = layout.onnx.with_name(data_file_name(layout.onnx.name))
+        graph[EXTERNAL_DATA] = {
+            "path": str(data.relative_to(layout.root)),
+            "sha256": files.sha256_file(data),
+            "bytes": data.stat().st_size,
+        }
+    if exported.dynamo_failure:
+        graph["dynamo_failure"] = exported.dynamo_failure
+    return graph
+
+
+def _summary(exported: Exported, spec: ModelSpec, layout: Layout) -> str:
+    graph = exported.graph
+    batch = graph["dims"][spec.inputs[0].name][0]
+    return (
+        f"opset {graph['opset'].get('ai.onnx')}, IR {graph['ir_version']}, batch axis symbolic ({batch!r})"
+        + (f", weights in {data_file_name(layout.onnx.name)} ({exported.weights / 2**20:,.1f} MiB)" if exported.external else "")
+        + (" — TorchScript-based fallback exporter (see the manifest)" if exported.dynamo_failure else "")
+    )
+
+
 def run(settings: Settings, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> StageResult:
     """Export the verified checkpoint to model.onnx; weights over `external_data_threshold` bytes go to model.onnx.data.
 
@@ -271,84 +396,13 @@ def run(settings: Settings, external_data_threshold: int = EXTERNAL_DATA_THRESHO
     # Batch 4, not 1: torch.export specialises axes whose example size is 0 or 1.
     example = example_args(spec, 4, settings.seed, STAGE)
     check_example(spec, example)
-    exporter, dynamo_failure, dynamo_fix = "torch.export-based (dynamo=True)", None, ""
-    program = None
-    try:
-        with _quiet_exporter(), capture_mode():
-            program = torch.onnx.export(
-                model,
-                example,
-                input_names=[t.name for t in spec.inputs],
-                output_names=[t.name for t in spec.outputs],
-                opset_version=OPSET,
-                dynamo=True,
-                dynamic_shapes=tuple(dynamic_shapes(spec)[t.name] for t in spec.inputs),
-                verbose=False,
-                report=False,
-            )
-    except Exception as exc:  # the exporter raises many types; all mean "cannot export"
-        if not fallback_allowed:
-            raise exporter_failure(spec, exc, settings.model) from None
-        failure = exporter_failure(spec, exc, settings.model, offer_fallback=False)
-        dynamo_failure, dynamo_fix = failure.problem, failure.fix
-    weights = weight_bytes(program.model) if program is not None else module_weight_bytes(model)
-    external = weights > external_data_threshold
-    with onnx_target(layout.onnx, external) as tmp:
-        if program is not None:
-            # Not program.save: past 1.5 GB it writes external data named after `tmp`.
-            save_onnx(program.model, tmp, external)
-            try:
-                graph = checked_graph(tmp, spec)
-            except PipelineError as exc:
-                # The exporter can also succeed with a graph that breaks the contract: it
-                # fixes a recurrent layer's time axis to the example's length.
-                if not fallback_allowed:
-                    raise PipelineError(STAGE, exc.problem, exc.fix + FALLBACK_HINT.format(model=settings.model)) from None
-                dynamo_failure, dynamo_fix, program = exc.problem, exc.fix, None
-        if program is None:
-            exporter = "TorchScript-based (dynamo=False), the fallback"
-            try:
-                with capture_mode():
-                    if external:
-                        fallback_to_external(model, spec, example, tmp)
-                    else:
-                        export_torchscript_based(model, spec, example, tmp)
-            except Exception as fallback_exc:
-                first = str(fallback_exc).strip().splitlines()
-                tried = f"{type(fallback_exc).__name__}: {first[0] if first else ''}"[:300]
-                raise PipelineError(
-                    STAGE,
-                    f"{dynamo_failure}; the TorchScript-based fallback failed too: {tried}",
-                    dynamo_fix,
-                ) from None
-            graph = checked_graph(tmp, spec)
+    exported = export_onnx(ExportJob(model, spec, example, settings.model, fallback_allowed), layout.onnx, external_data_threshold)
     seconds = time.perf_counter() - start
-    graph["exporter"] = exporter
-    graph["weights"] = "external" if external else "embedded"
-    graph["weight_bytes"] = weights
-    if external:
-        data = layout.onnx.with_name(data_file_name(layout.onnx.name))
-        graph[EXTERNAL_DATA] = {
-            "path": str(data.relative_to(layout.root)),
-            "sha256": files.sha256_file(data),
-            "bytes": data.stat().st_size,
-        }
-    if dynamo_failure:
-        graph["dynamo_failure"] = dynamo_failure
+    graph = _details(exported, layout)
     manifest.record(ONNX, layout.onnx, STAGE, inputs, stage_settings, seconds, graph)
-    batch = graph["dims"][spec.inputs[0].name][0]
-    if dynamo_failure:
+    if exported.dynamo_failure:
         warnings.warn(
-            f"{spec.name}: exported with the TorchScript-based fallback; the torch.export-based exporter failed: {dynamo_failure}",
+            f"{spec.name}: exported with the TorchScript-based fallback; the torch.export-based exporter failed: {exported.dynamo_failure}",
             stacklevel=2,
         )
-    return StageResult(
-        STAGE,
-        False,
-        (layout.onnx,),
-        seconds,
-        f"opset {graph['opset'].get('ai.onnx')}, IR {graph['ir_version']}, batch axis symbolic ({batch!r})"
-        + (f", weights in {data_file_name(layout.onnx.name)} ({weights / 2**20:,.1f} MiB)" if external else "")
-        + (" — TorchScript-based fallback exporter (see the manifest)" if dynamo_failure else ""),
-        graph,
-    )
+    return StageResult(STAGE, False, (layout.onnx,), seconds, _summary(exported, spec, layout), graph)

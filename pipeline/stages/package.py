@@ -150,46 +150,64 @@ def archive(
         tempfile.TemporaryDirectory(prefix=f".{name}-{os.getpid()}.", dir=layout.model_store) as tmp,
     ):
         staging = Path(tmp)
-        shutil.copyfile(model_path, staging / ARCHIVE_MODEL)
-        if files.sha256_file(staging / ARCHIVE_MODEL) != model_sha256:
-            raise IntegrityError(STAGE, f"{model_path} changed while it was being packaged", "run python -m pipeline package again")
-        (staging / ARCHIVE_HANDLER).write_bytes(handler)
-        (staging / ARCHIVE_CONTRACT).write_text(json.dumps(io_contract, indent=2) + "\n")
-        (staging / ARCHIVE_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
-        extra = [staging / ARCHIVE_CONTRACT]
-        text = io_contract.get("text_input")
-        if text:  # the checkpoint's tokenizer, the very one whose hash the contract records
-            shutil.copyfile(tokenizer_file(resolve(settings)[0]), staging / ARCHIVE_TOKENIZER)
-            if files.sha256_file(staging / ARCHIVE_TOKENIZER) != text["sha256"]:
-                raise IntegrityError(STAGE, f"the model's tokenizer changed while {name} was being packaged", "run the package stage again")
-            extra.append(staging / ARCHIVE_TOKENIZER)
-        out = staging / "out"
-        out.mkdir()
-        try:
-            ModelArchiver.generate_model_archive(
-                ModelArchiverConfig(
-                    model_name=name,
-                    handler=str(staging / ARCHIVE_HANDLER),
-                    version=VERSION,
-                    serialized_file=str(staging / ARCHIVE_MODEL),
-                    extra_files=",".join(str(p) for p in extra),
-                    export_path=str(out),
-                    archive_format="zip-store",  # weights barely compress: deflate cost 25 s on ViT-B/16 for a few percent
-                    force=True,
-                    config_file=str(staging / ARCHIVE_CONFIG),
-                )
-            )
-        except SystemExit as exc:  # the archiver exits on bad arguments instead of raising
-            raise PipelineError(STAGE, f"torch-model-archiver failed (exit {exc.code})", "see the archiver's message above") from None
-        built = out / f"{name}.mar"
+        _stage_model(staging, model_path, model_sha256, handler)
+        extra = _stage_extra_files(staging, settings, io_contract, config)
+        built = _run_archiver(name, staging, extra)
         if external_data is not None:
             append_data(built, *external_data)
-        details = inspect_archive(built, model_sha256, None if external_data is None else external_data[1])
+        inspected = inspect_archive(built, model_sha256, None if external_data is None else external_data[1])
         with files.atomic_path(path) as final:
             os.replace(built, final)  # the file just inspected, not a copy of it
     seconds = time.perf_counter() - start
-    details = {"members": details["members"], "model_config": config}
+    details = {"members": inspected["members"], "model_config": config}
     if external_data is not None:
         details["stored"] = [ARCHIVE_DATA]
     rec = manifest.record(key, path, STAGE, inputs, stage_settings, seconds, details)
     return StageResult(STAGE, False, (path,), seconds, f"{rec.path} ({rec.bytes / 1024:.1f} KiB)", details)
+
+
+def _stage_model(staging: Path, model_path: Path, model_sha256: str, handler: bytes) -> None:
+    """The model file, its copy checked against the verified hash, and the handler."""
+    shutil.copyfile(model_path, staging / ARCHIVE_MODEL)
+    if files.sha256_file(staging / ARCHIVE_MODEL) != model_sha256:
+        raise IntegrityError(STAGE, f"{model_path} changed while it was being packaged", "run python -m pipeline package again")
+    (staging / ARCHIVE_HANDLER).write_bytes(handler)
+
+
+def _stage_extra_files(staging: Path, settings: Settings, io_contract: dict, config: dict) -> list[Path]:
+    """The contract, TorchServe's model config and, for a text model, its tokenizer; returns the archiver's extra files."""
+    (staging / ARCHIVE_CONTRACT).write_text(json.dumps(io_contract, indent=2) + "\n")
+    (staging / ARCHIVE_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+    extra = [staging / ARCHIVE_CONTRACT]
+    text = io_contract.get("text_input")
+    if text:  # the checkpoint's tokenizer, the very one whose hash the contract records
+        shutil.copyfile(tokenizer_file(resolve(settings)[0]), staging / ARCHIVE_TOKENIZER)
+        if files.sha256_file(staging / ARCHIVE_TOKENIZER) != text["sha256"]:
+            raise IntegrityError(
+                STAGE, f"the model's tokenizer changed while {io_contract['model']} was being packaged", "run the package stage again"
+            )
+        extra.append(staging / ARCHIVE_TOKENIZER)
+    return extra
+
+
+def _run_archiver(name: str, staging: Path, extra: list[Path]) -> Path:
+    """torch-model-archiver over the staged members; returns the archive it built, still in the staging folder."""
+    out = staging / "out"
+    out.mkdir()
+    try:
+        ModelArchiver.generate_model_archive(
+            ModelArchiverConfig(
+                model_name=name,
+                handler=str(staging / ARCHIVE_HANDLER),
+                version=VERSION,
+                serialized_file=str(staging / ARCHIVE_MODEL),
+                extra_files=",".join(str(p) for p in extra),
+                export_path=str(out),
+                archive_format="zip-store",  # weights barely compress: deflate cost 25 s on ViT-B/16 for a few percent
+                force=True,
+                config_file=str(staging / ARCHIVE_CONFIG),
+            )
+        )
+    except SystemExit as exc:  # the archiver exits on bad arguments instead of raising
+        raise PipelineError(STAGE, f"torch-model-archiver failed (exit {exc.code})", "see the archiver's message above") from None
+    return out / f"{name}.mar"

@@ -339,12 +339,22 @@ def engine_pass(runner: Runner, spec: ModelSpec, ran: list[Case], store: Outputs
 
 
 def render_markdown(report: dict) -> str:
-    tol = report["tolerance"]
-    verdict = "PASS" if report["passed"] else "FAIL"
-    cuda_tol = report.get("cuda_tolerance", tol)
-    sweep = report["sweep"]
+    """parity.md: the rule and the sweep, what the results prove, every comparison, then what each engine cost."""
     lines = [
-        f"# Parity: {report['model']} — {verdict}",
+        f"# Parity: {report['model']} — {'PASS' if report['passed'] else 'FAIL'}",
+        *_md_rule(report),
+        *_md_sweep(report["sweep"]),
+        *_md_findings(report),
+        *_md_results(report["results"]),
+        *_md_costs(report["sweep"]["costs"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _md_rule(report: dict) -> list[str]:
+    tol = report["tolerance"]
+    cuda_tol = report.get("cuda_tolerance", tol)
+    return [
         "",
         f"Reference: eager PyTorch on the CPU. Rule: |got − want| ≤ atol + rtol·|want| + scaled·scale with "
         f"atol {tol['atol']:g}, rtol {tol['rtol']:g}, scaled {tol['scaled']:g}; *scale* is the output's largest |want| "
@@ -357,6 +367,11 @@ def render_markdown(report: dict) -> str:
             if report.get("cuda_precision", "fp32") == "fp32"
             else f"onnxruntime-cuda is held to the declared TF32 bound atol {cuda_tol['atol']:g}, rtol {cuda_tol['rtol']:g}."
         ),
+    ]
+
+
+def _md_sweep(sweep: dict) -> list[str]:
+    return [
         "",
         f"Sweep: **{sweep['mode']}**; batch sizes asked {sweep['asked']}, ran {sweep['ran_batch_sizes']}"
         + (
@@ -364,10 +379,13 @@ def render_markdown(report: dict) -> str:
             if sweep["mode"] == "sized"
             else " (every batch asked for, whatever it costs)."
         ),
+        *(f"- left out {s['case']}: {s['why']}" for s in sweep["skipped"]),
     ]
-    for s in sweep["skipped"]:
-        lines.append(f"- left out {s['case']}: {s['why']}")
-    lines.append("")
+
+
+def _md_findings(report: dict) -> list[str]:
+    """The outputs that prove nothing, the worst comparison, and the engines that did not run."""
+    lines = [""]
     for v in report["vacuous"]:
         lines += [f"**Proves nothing:** output `{v['output']}`: {v['why']}.", ""]
     if report["worst"]:
@@ -377,24 +395,28 @@ def render_markdown(report: dict) -> str:
             f"({w['max_scaled']:.3g} of its scale {w['scale']:.3g}), tol used {w['tolerance_used']:.3g}.",
             "",
         ]
-    for s in report["skipped_engines"]:
-        lines.append(f"Skipped: {s['engine']} ({s['reason']}).")
-    lines += [
+    return lines + [f"Skipped: {s['engine']} ({s['reason']})." for s in report["skipped_engines"]]
+
+
+def _md_results(results: list[dict]) -> list[str]:
+    return [
         "",
         "| engine | case | batch | output | scale | max abs | max abs / scale | max rel | tol used | result |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in report["results"]:
-        mark = "✓" if r["passed"] else "✗ FAIL"
-        lines.append(
+        *(
             f"| {r['engine']} | {r['case']} | {r['batch_size']} | {r['output']} | {r['scale']:.3g} | {r['max_abs']:.3g} | "
-            f"{r['max_scaled']:.3g} | {r['max_rel']:.3g} | {r['tolerance_used']:.3g} | {mark} |"
-        )
-    lines += ["", "| engine | seconds | largest rise in memory (MiB) |", "| --- | ---: | ---: |"]
-    for engine in dict.fromkeys(c["engine"] for c in sweep["costs"]):
-        mine = [c for c in sweep["costs"] if c["engine"] == engine]
+            f"{r['max_scaled']:.3g} | {r['max_rel']:.3g} | {r['tolerance_used']:.3g} | {'✓' if r['passed'] else '✗ FAIL'} |"
+            for r in results
+        ),
+    ]
+
+
+def _md_costs(costs: list[dict]) -> list[str]:
+    lines = ["", "| engine | seconds | largest rise in memory (MiB) |", "| --- | ---: | ---: |"]
+    for engine in dict.fromkeys(c["engine"] for c in costs):
+        mine = [c for c in costs if c["engine"] == engine]
         lines.append(f"| {engine} | {sum(c['seconds'] for c in mine):.2f} | {max(c['extra_mb'] for c in mine):.0f} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def sweep_settings(settings: Settings) -> tuple[Budget, dict]:

@@ -18,6 +18,7 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import TORCHSCRIPT
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult, resolve
+from pipeline.spec import ModelSpec
 from pipeline.stages.capture import capture_mode, check_args, example_args, module_weight_bytes
 from pipeline.stages.fresh import up_to_date
 
@@ -159,7 +160,64 @@ def save_torchscript(traced, path: Path, weights: int) -> None:
         torch.jit.save(traced, str(tmp))
 
 
+@dataclass(frozen=True)
+class Traced:
+    """What torch.jit.trace gave: the module, where forward() branched, and the warnings it raised."""
+
+    module: torch.jit.ScriptModule
+    branches: Branches
+    warnings: list[str]
+
+
+def trace_model(
+    spec: ModelSpec, model: torch.nn.Module, example: tuple[torch.Tensor, ...], checks: list[tuple[torch.Tensor, ...]]
+) -> Traced:
+    """torch.jit.trace with the trace checks; a branch on a tensor's value, or a failed trace, is a PipelineError."""
+    with warnings.catch_warnings(record=True) as caught, capture_mode(), watch_branches() as branches:
+        warnings.simplefilter("always")
+        try:
+            traced = torch.jit.trace(model, example, check_inputs=checks, check_tolerance=1e-5)
+        except Exception as exc:  # the tracer raises many types; all mean "cannot trace"
+            _refuse_value_branches(spec, branches)
+            raise PipelineError(
+                STAGE,
+                f"torch.jit.trace could not trace {spec.name}: {type(exc).__name__}: {str(exc).strip()[:800]}",
+                _untraceable_fix(branches),
+            ) from None
+    _refuse_value_branches(spec, branches)
+    return Traced(traced, branches, sorted({f"{w.category.__name__}: {w.message}" for w in caught}))
+
+
+def check_loads_back(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    """Load back what was written and run it once: a file that cannot be loaded, or answers differently, fails here."""
+    reloaded = torch.jit.load(str(path))
+    with torch.inference_mode(), capture_mode():
+        want = model(*example)
+        got = reloaded(*example)
+    if not _same(want, got):
+        raise PipelineError(
+            STAGE,
+            f"{path.name} loaded back gives different outputs from eager",
+            "report this with the model; parity will show the size of the difference",
+        )
+
+
+def _details(traced: Traced, checks: int) -> dict:
+    shapes = traced.branches.shapes()
+    return {
+        "deprecated": "torch.jit.trace is deprecated since torch 2.11 in favour of torch.export; kept because users still deploy TorchScript",
+        "warnings": traced.warnings,
+        # Branches on a shape, anywhere, let through; the trace checks at other sizes guard them.
+        "shape_branches": shapes,
+        # The same, inside torch only (its own shape assertions), under the key readers already know.
+        "torch_internal_value_checks": [p for p in shapes if _in_torch(p)],
+        "trace_checked_batch_sizes": [4, 1, 7],
+        "trace_checks": checks + 1,
+    }
+
+
 def run(settings: Settings) -> StageResult:
+    """Trace the verified checkpoint to model.ts, with the trace checks, and check that it loads back."""
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
     model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
@@ -175,44 +233,12 @@ def run(settings: Settings) -> StageResult:
     # Trace checks re-run the trace on other batch sizes and values: a model whose
     # control flow depends on the input's values fails here instead of shipping.
     checks = check_args(spec, settings.seed, STAGE)
-    with warnings.catch_warnings(record=True) as caught, capture_mode(), watch_branches() as branches:
-        warnings.simplefilter("always")
-        try:
-            traced = torch.jit.trace(model, example, check_inputs=checks, check_tolerance=1e-5)
-        except Exception as exc:  # the tracer raises many types; all mean "cannot trace"
-            _refuse_value_branches(spec, branches)
-            raise PipelineError(
-                STAGE,
-                f"torch.jit.trace could not trace {spec.name}: {type(exc).__name__}: {str(exc).strip()[:800]}",
-                _untraceable_fix(branches),
-            ) from None
-    _refuse_value_branches(spec, branches)
-    messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
-    save_torchscript(traced, layout.torchscript, module_weight_bytes(model))
-
-    # Load back what was written and run it once: a file that cannot be loaded fails here.
-    reloaded = torch.jit.load(str(layout.torchscript))
-    with torch.inference_mode(), capture_mode():
-        want = model(*example)
-        got = reloaded(*example)
-    if not _same(want, got):
-        raise PipelineError(
-            STAGE,
-            f"{layout.torchscript.name} loaded back gives different outputs from eager",
-            "report this with the model; parity will show the size of the difference",
-        )
+    traced = trace_model(spec, model, example, checks)
+    save_torchscript(traced.module, layout.torchscript, module_weight_bytes(model))
+    check_loads_back(model, example, layout.torchscript)
     seconds = time.perf_counter() - start
-    details = {
-        "deprecated": "torch.jit.trace is deprecated since torch 2.11 in favour of torch.export; kept because users still deploy TorchScript",
-        "warnings": messages,
-        # Branches on a shape, anywhere, let through; the trace checks at other sizes guard them.
-        "shape_branches": branches.shapes(),
-        # The same, inside torch only (its own shape assertions), under the key readers already know.
-        "torch_internal_value_checks": [p for p in branches.shapes() if _in_torch(p)],
-        "trace_checked_batch_sizes": [4, 1, 7],
-        "trace_checks": len(checks) + 1,
-    }
+    details = _details(traced, len(checks))
     manifest.record(TORCHSCRIPT, layout.torchscript, STAGE, inputs, stage_settings, seconds, details)
     return StageResult(
-        STAGE, False, (layout.torchscript,), seconds, f"traced, {len(messages)} warning(s) recorded in the manifest", details
+        STAGE, False, (layout.torchscript,), seconds, f"traced, {len(traced.warnings)} warning(s) recorded in the manifest", details
     )

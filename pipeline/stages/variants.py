@@ -30,25 +30,28 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.environment import fingerprint
-from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.manifest import ArtifactRecord, Manifest
 from pipeline.artifacts.names import CHECKPOINT, EXTERNAL_DATA, ONNX, PARITY, VARIANTS, archive_key, gate_key
 from pipeline.errors import ParityError, PipelineError, SpecError
 from pipeline.runtimes.runners import OrtRunner, TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
-from pipeline.settings import Settings, StageResult, contract, resolve
+from pipeline.settings import Layout, Settings, StageResult, contract, resolve
 from pipeline.spec import ModelSpec, Tolerance
 from pipeline.stages import package, parity
 from pipeline.stages.capture import capture_mode
 from pipeline.stages.fresh import up_to_date
+
+if TYPE_CHECKING:
+    import torch
 
 STAGE = "variants"
 # The device each variant is made for, verified on, and served on.
@@ -258,8 +261,38 @@ def gate_batch_sizes(settings: Settings, manifest: Manifest) -> tuple[int, ...]:
     return tuple(b for b in settings.parity_batch_sizes if ran is None or b in ran)
 
 
-def gate(settings: Settings, variant: str) -> StageResult:
-    """Parity with the variant's tolerance, then the task metric; writes the report, then decides."""
+@dataclass(frozen=True)
+class GatePlan:
+    """What one variant's gate compares, on which device, under which bounds, and what its record depends on."""
+
+    spec: ModelSpec
+    layout: Layout
+    manifest: Manifest
+    variant: str
+    tol: Tolerance
+    path: Path
+    rec: ArtifactRecord
+    onnx_path: Path
+    onnx_rec: ArtifactRecord
+    model: torch.nn.Module
+    train_seed: int
+    inputs: dict[str, str]
+    stage_settings: dict[str, Any]
+
+    @property
+    def device(self) -> str:
+        return DEVICE[self.variant]
+
+    @property
+    def key(self) -> str:
+        return gate_key(self.variant)
+
+    @property
+    def report_json(self) -> Path:
+        return self.layout.reports / f"variant-{self.variant}.json"
+
+
+def plan_gate(settings: Settings, variant: str) -> GatePlan:
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
     tol = tolerance_of(spec, variant)
@@ -278,27 +311,62 @@ def gate(settings: Settings, variant: str) -> StageResult:
         "model_source_sha256": spec.source_sha256(),
         "task_metric": None if metric is None else {"name": metric.name, "max_drop": metric.max_drop},
     }
-    key = gate_key(variant)
-    if skipped := up_to_date(manifest, key, inputs, stage_settings, settings, STAGE, (), label=f"{variant} gate: ", gate=True):
-        return skipped
-    if device == "cuda" and not cuda_available():
-        manifest.forget(key)
+    return GatePlan(spec, layout, manifest, variant, tol, path, rec, onnx_path, onnx_rec, model, train_seed, inputs, stage_settings)
+
+
+def _require_device(g: GatePlan, model_arg: str) -> None:
+    if g.device == "cuda" and not cuda_available():
+        g.manifest.forget(g.key)
         raise PipelineError(
             STAGE,
-            f"{spec.name}: the {variant} variant is for CUDA and is verified on CUDA only; this machine has no CUDA device",
-            f"run python -m pipeline variants --model {settings.model} --{variant} on a machine with an NVIDIA GPU and onnxruntime-gpu",
+            f"{g.spec.name}: the {g.variant} variant is for CUDA and is verified on CUDA only; this machine has no CUDA device",
+            f"run python -m pipeline variants --model {model_arg} --{g.variant} on a machine with an NVIDIA GPU and onnxruntime-gpu",
         )
 
-    start = time.perf_counter()
-    config = SessionConfig(device)  # type: ignore[arg-type]  # DEVICE's values are devices
-    candidate = OrtRunner(f"onnxruntime-{device} {variant}", path, spec, config)
-    reference = TorchRunner(parity.REFERENCE, model, spec)
+
+@dataclass(frozen=True)
+class GateResult:
+    """What the gate measured: every comparison, each output over every case, and the task metric (None: none declared)."""
+
+    engine: str
+    results: list[parity.OutputDiff]
+    outputs: dict[str, dict[str, Any]]
+    task: dict[str, Any] | None
+
+    @property
+    def parity_passed(self) -> bool:
+        return all(o["passed"] for o in self.outputs.values())
+
+    @property
+    def passed(self) -> bool:
+        return self.parity_passed and (self.task is None or self.task["passed"])
+
+    @property
+    def worst(self) -> parity.OutputDiff:
+        return max(self.results, key=lambda r: (self.outputs[r.output]["beyond"], r.beyond, r.tolerance_used))
+
+
+def measure_variant(g: GatePlan, settings: Settings) -> GateResult:
+    """The variant against eager fp32 on every parity case, then the task metric against fp32 ONNX Runtime on its device."""
+    config = SessionConfig(g.device)  # type: ignore[arg-type]  # DEVICE's values are devices
+    candidate = OrtRunner(f"onnxruntime-{g.device} {g.variant}", g.path, g.spec, config)
+    results = _compare_cases(g, candidate, settings)
+    outputs = _per_output(g.spec, results, g.tol)
+    return GateResult(candidate.name, results, outputs, _task_metric(g, candidate, config))
+
+
+def _compare_cases(g: GatePlan, candidate: OrtRunner, settings: Settings) -> list[parity.OutputDiff]:
+    reference = TorchRunner(parity.REFERENCE, g.model, g.spec)
     results: list[parity.OutputDiff] = []
-    for case, feed in parity.cases(spec, gate_batch_sizes(settings, manifest), settings.seed):
+    for case, feed in parity.cases(g.spec, gate_batch_sizes(settings, g.manifest), settings.seed):
         with capture_mode():
             want = reference.infer(feed)
         got = candidate.infer(feed)
-        results.extend(parity.compare(candidate.name, case, t.name, want[t.name], got[t.name], tol) for t in spec.outputs)
+        results.extend(parity.compare(candidate.name, case, t.name, want[t.name], got[t.name], g.tol) for t in g.spec.outputs)
+    return results
+
+
+def _per_output(spec: ModelSpec, results: list[parity.OutputDiff], tol: Tolerance) -> dict[str, dict[str, Any]]:
     # max_mismatch counts over every case of an output: a flipped label is one element in
     # the thousand-odd rows checked, not a quarter of the four edge images it fell in.
     per_output = {}
@@ -312,60 +380,82 @@ def gate(settings: Settings, variant: str) -> StageResult:
             "max_abs": max(r.max_abs for r in rows),
             "passed": beyond <= tol.max_mismatch and all(r.elements for r in rows),
         }
-    parity_passed = all(o["passed"] for o in per_output.values())
-    task: dict[str, Any] | None = None
-    if metric is not None:
-        fp32 = _metric(spec, OrtRunner(f"onnxruntime-{device} fp32", onnx_path, spec, config), train_seed)
-        value = _metric(spec, candidate, train_seed)
-        drop = metric.drop(fp32, value)
-        task = {
-            "name": metric.name,
-            "fp32": fp32,
-            variant: value,
-            "drop": drop,
-            "max_drop": metric.max_drop,
-            "higher_is_better": metric.higher_is_better,
-            "passed": drop <= metric.max_drop,
-        }
-    passed = parity_passed and (task is None or task["passed"])
-    worst = max(results, key=lambda r: (per_output[r.output]["beyond"], r.beyond, r.tolerance_used))
-    report = {
-        "model": spec.name,
-        "variant": variant,
-        "passed": passed,
-        "parity_passed": parity_passed,
+    return per_output
+
+
+def _task_metric(g: GatePlan, candidate: OrtRunner, config: SessionConfig) -> dict[str, Any] | None:
+    metric = g.spec.task_metric
+    if metric is None:
+        return None
+    fp32 = _metric(g.spec, OrtRunner(f"onnxruntime-{g.device} fp32", g.onnx_path, g.spec, config), g.train_seed)
+    value = _metric(g.spec, candidate, g.train_seed)
+    drop = metric.drop(fp32, value)
+    return {
+        "name": metric.name,
+        "fp32": fp32,
+        g.variant: value,
+        "drop": drop,
+        "max_drop": metric.max_drop,
+        "higher_is_better": metric.higher_is_better,
+        "passed": drop <= metric.max_drop,
+    }
+
+
+def gate_report(g: GatePlan, result: GateResult) -> dict:
+    """variant-<variant>.json: both gates' figures, with the bounds and inputs they were measured under."""
+    return {
+        "model": g.spec.name,
+        "variant": g.variant,
+        "passed": result.passed,
+        "parity_passed": result.parity_passed,
         "reference": "eager fp32 (cpu)",
-        "engine": candidate.name,
-        "device": device,
-        "tolerance": asdict(tol),
-        "build": manifest.records[variant].details,
-        "task_metric": task,
-        "worst": asdict(worst),
-        "outputs": per_output,
-        "results": [asdict(r) for r in results],
-        "inputs": inputs,
+        "engine": result.engine,
+        "device": g.device,
+        "tolerance": asdict(g.tol),
+        "build": g.manifest.records[g.variant].details,
+        "task_metric": result.task,
+        "worst": asdict(result.worst),
+        "outputs": result.outputs,
+        "results": [asdict(r) for r in result.results],
+        "inputs": g.inputs,
         "environment": fingerprint(),
     }
-    report_json = layout.reports / f"variant-{variant}.json"
-    files.write_json(report_json, report)
-    files.write_text(layout.reports / f"variant-{variant}.md", render_markdown(report))
+
+
+def gate(settings: Settings, variant: str) -> StageResult:
+    """Parity with the variant's tolerance, then the task metric; writes the report, then decides."""
+    g = plan_gate(settings, variant)
+    if skipped := up_to_date(g.manifest, g.key, g.inputs, g.stage_settings, settings, STAGE, (), label=f"{variant} gate: ", gate=True):
+        return skipped
+    _require_device(g, settings.model)
+
+    start = time.perf_counter()
+    result = measure_variant(g, settings)
+    report = gate_report(g, result)
+    files.write_json(g.report_json, report)
+    files.write_text(g.layout.reports / f"variant-{variant}.md", render_markdown(report))
     seconds = time.perf_counter() - start
-    if not passed:
-        manifest.forget(key)
-        raise ParityError(STAGE, *_refusal(spec, variant, report, report_json.relative_to(layout.root)))
+    if not result.passed:
+        g.manifest.forget(g.key)
+        raise ParityError(STAGE, *_refusal(g.spec, variant, report, g.report_json.relative_to(g.layout.root)))
     details = {
         "passed": True,
-        "worst": asdict(worst),
-        "task_metric": task,
-        "device": device,
-        "bytes": rec.bytes,
-        "size_vs_fp32": rec.bytes / onnx_rec.bytes,
+        "worst": asdict(result.worst),
+        "task_metric": result.task,
+        "device": g.device,
+        "bytes": g.rec.bytes,
+        "size_vs_fp32": g.rec.bytes / g.onnx_rec.bytes,
     }
-    manifest.record(key, report_json, STAGE, inputs, stage_settings, seconds, details)
-    summary = f"{variant} gate passed: {len(results)} comparisons; worst '{worst.output}' max abs {worst.max_abs:.2g}"
+    g.manifest.record(g.key, g.report_json, STAGE, g.inputs, g.stage_settings, seconds, details)
+    return StageResult(STAGE, False, (g.report_json,), seconds, _gate_summary(variant, result), details)
+
+
+def _gate_summary(variant: str, result: GateResult) -> str:
+    worst, task = result.worst, result.task
+    summary = f"{variant} gate passed: {len(result.results)} comparisons; worst '{worst.output}' max abs {worst.max_abs:.2g}"
     if task is not None:
         summary += f"; {task['name']} {task[variant]:.4g} vs fp32 {task['fp32']:.4g}"
-    return StageResult(STAGE, False, (report_json,), seconds, summary, details)
+    return summary
 
 
 def _refusal(spec: ModelSpec, variant: str, report: dict, where: Path) -> tuple[str, str]:
