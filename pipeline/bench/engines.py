@@ -10,6 +10,7 @@ model, i.e. the per-call cost of the runtime itself.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pipeline.artifacts.safety import check_onnx_file
 from pipeline.errors import PipelineError
 from pipeline.runtimes.session import SessionConfig, create_session
 from pipeline.spec import Device, ModelSpec
@@ -29,12 +31,14 @@ class EngineKind:
 
     name: str
     description: str
-    runtime: Literal["torch", "onnxruntime"]
+    runtime: Literal["torch", "onnxruntime", "openvino"]
     floor: str | None = None  # the identity model through the same API: the runtime's own per-call cost
     default: bool = False  # timed unless --engines names others
     cuda_graph: bool = False  # --cuda-graph adds it: ONNX Runtime's CUDA graphs and their fair PyTorch peers
     variant: str | None = None  # a gated smaller variant (python -m pipeline variants), added beside fp32 once it passed
     only_on: tuple[Device, str] | None = None  # the one device it exists on, and why; elsewhere it is skipped, not failed
+    # Not part of the parity stage, so its answers are compared with eager at each batch size before its times count.
+    held_to_parity: bool = False
 
 
 _CUDA_GRAPHS: tuple[Device, str] = ("cuda", "CUDA graphs exist only on CUDA")
@@ -61,6 +65,16 @@ KINDS: dict[str, EngineKind] = {
             default=True,
         ),
         EngineKind("torch.compile", "torch.compile(model) (inductor), compiled during warm-up", "torch", "floor:eager", default=True),
+        EngineKind(
+            "openvino",
+            "OpenVINO's CPU plugin reading the same verified model.onnx: f32 (not the bf16 its CPU plugin may default to), "
+            "the same thread count, one stream, inputs pre-bound to an infer request",
+            "openvino",
+            "floor:openvino",
+            default=True,
+            only_on=("cpu", "OpenVINO is benched on the CPU"),
+            held_to_parity=True,
+        ),
         EngineKind(
             "onnxruntime-cudagraph",
             "ONNX Runtime CUDA provider with enable_cuda_graph, fixed buffers (one session per batch size)",
@@ -105,6 +119,7 @@ KINDS: dict[str, EngineKind] = {
         EngineKind("floor:torchscript", "scripted identity through TorchScript: its per-call overhead", "torch"),
         EngineKind("floor:onnxruntime", "identity ONNX graph through the same IO binding calls: ORT's per-call overhead", "onnxruntime"),
         EngineKind("floor:onnxruntime-run", "identity ONNX graph through session.run: ORT's per-call overhead with copies", "onnxruntime"),
+        EngineKind("floor:openvino", "identity ONNX graph through the same OpenVINO calls: its per-call overhead", "openvino"),
     )
 }
 # Views of KINDS, for the places that ask one question of every engine.
@@ -114,9 +129,10 @@ CUDA_GRAPH_ENGINES = tuple(name for name in ENGINES if KINDS[name].cuda_graph)
 VARIANT_ENGINES: dict[str, str] = {name: v for name in ENGINES if (v := KINDS[name].variant) is not None}
 FLOOR_OF: dict[str, str] = {name: f for name in ENGINES if (f := KINDS[name].floor) is not None}
 DESCRIPTION = {name: k.description for name, k in KINDS.items()}
-# Each runtime's fp32 engines, for "the fastest ONNX Runtime against the fastest PyTorch".
+# Each runtime's fp32 engines, for "the fastest ONNX Runtime against the fastest PyTorch" and the winner of all.
 ORT_ENGINES = tuple(n for n in ENGINES if KINDS[n].runtime == "onnxruntime" and KINDS[n].variant is None)
 TORCH_ENGINES = tuple(n for n in ENGINES if KINDS[n].runtime == "torch")
+FP32_ENGINES = tuple(n for n in ENGINES if KINDS[n].variant is None)
 
 
 @dataclass
@@ -129,6 +145,8 @@ class Engine:
     bind: Callable[[dict[str, np.ndarray]], Callable[[], Any]]
     floor: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # An engine held to parity in the benchmark: its outputs for a feed, by output name.
+    answer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
 
 
 def _sync(device: str) -> Callable[[], None]:
@@ -199,6 +217,40 @@ def ort_run_engine(name: str, session, spec_inputs: list[str], device: str) -> E
         return lambda: session.run(outputs, arrays)
 
     return Engine(name, device, session.get_providers()[0], bind, FLOOR_OF.get(name))
+
+
+def openvino_engine(name: str, path: Path, threads: int) -> Engine:
+    """OpenVINO's CPU plugin on the ONNX file: one compiled model for every batch size (its batch axis stays dynamic), as ONNX Runtime's session is.
+
+    `answer(feed)` runs the same compiled model for the parity check the benchmark holds it to.
+    """
+    import openvino as ov
+
+    check_onnx_file(path)  # the guards every ONNX Runtime session gets: no data read from outside the model's folder
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    outputs = [o.get_any_name() for o in compiled.outputs]
+
+    def bind(feed):
+        request = compiled.create_infer_request()
+        for port in compiled.inputs:  # the arrays stay alive in the tensors, shared, not copied
+            request.set_tensor(port, ov.Tensor(np.ascontiguousarray(feed[port.get_any_name()]), shared_memory=True))
+
+        def call():
+            request.infer()
+            return request
+
+        return call
+
+    def answer(feed):
+        result = compiled({port.get_any_name(): np.ascontiguousarray(feed[port.get_any_name()]) for port in compiled.inputs})
+        return {name: np.asarray(result[name]) for name in outputs}
+
+    described = {key: str(compiled.get_property(key)) for key in config}
+    provider = f"OpenVINO {ov.get_version().split('-')[0]} CPU"
+    held = KINDS[name].held_to_parity  # a floor's identity graph answers with its inputs, which nothing is compared with
+    return Engine(name, "cpu", provider, bind, FLOOR_OF.get(name), {"openvino": described}, answer if held else None)
 
 
 def ort_cudagraph_engine(path: Path, spec_inputs: list[str], config: SessionConfig) -> Engine:
@@ -354,9 +406,15 @@ class _Identity:
 
 
 def skip_reason(name: str, device: str) -> str | None:
-    """Why `name` cannot exist on `device` (CUDA graphs on the CPU), or None."""
-    only = KINDS[name].only_on if name in KINDS else None
-    return only[1] if only is not None and only[0] != device else None
+    """Why `name` cannot exist on `device` (CUDA graphs on the CPU), or is not installed here; None when it can run."""
+    kind = KINDS.get(name)
+    if kind is None:
+        return None
+    if kind.only_on is not None and kind.only_on[0] != device:
+        return kind.only_on[1]
+    if kind.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
+        return "the openvino package is not installed: pip install 'pipeline[bench]'"
+    return None
 
 
 def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Path], model_factory, recompile_limit: int = 16) -> Engine:
@@ -386,6 +444,8 @@ def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Pat
                 "bench", f"{name}: the {variant} variant has not passed its gates", "python -m pipeline variants --" + variant
             )
         return ort_iobinding_engine(name, create_session(paths[variant], config), input_names, device)
+    if name in ("openvino", "floor:openvino"):
+        return openvino_engine(name, paths["onnx" if name == "openvino" else "identity"], config.threads or 1)
     if name == "onnxruntime-cudagraph":
         return ort_cudagraph_engine(paths["onnx"], input_names, config)
     if name == "torch-cudagraph":

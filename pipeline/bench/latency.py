@@ -14,12 +14,10 @@ from __future__ import annotations
 import datetime
 import gc
 import json
-import math
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -28,7 +26,7 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from pipeline.artifacts import files
+from pipeline.artifacts import cost, files
 from pipeline.artifacts.environment import fingerprint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import CHECKPOINT, ONNX, TORCHSCRIPT, VARIANTS, gate_key
@@ -38,6 +36,7 @@ from pipeline.bench.engines import (
     DESCRIPTION,
     ENGINES,
     FLOOR_OF,
+    FP32_ENGINES,
     ORT_ENGINES,
     TORCH_ENGINES,
     VARIANT_ENGINES,
@@ -46,11 +45,14 @@ from pipeline.bench.engines import (
     load,
     skip_reason,
 )
+from pipeline.bench.sweep import CallBudget, Sweep, calibrate, time_calls, warm_seconds
+from pipeline.bench.sweep import Cost as EngineCost
 from pipeline.errors import PipelineError
-from pipeline.runtimes.runners import cuda_available
+from pipeline.runtimes.runners import TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import DEFAULT_MODEL, Layout, Settings, resolve
-from pipeline.spec import Device, Precision
+from pipeline.spec import Device, Precision, Tolerance
+from pipeline.stages.parity import compare
 
 STAGE = "bench"
 BATCH_SIZES = (1, 8, 64, 512, 4096)
@@ -86,10 +88,19 @@ class BenchSettings:
     load_generator: Literal["auto", "wrk", "locust"] = "auto"
     # Upper bound on timed calls per engine and batch (memory for the samples).
     max_iterations: int = 200_000
+    # "sized": batch sizes past sweep.MIN_SWEEP run, per engine, only where its measured cost
+    # scaled to that batch fits the seconds left of sweep_budget_s, and the memory the last
+    # batch took, scaled, fits sweep_budget_mb; "full": every batch size asked for.
+    sweep: Literal["sized", "full"] = "sized"
+    sweep_budget_s: float = 60.0
+    sweep_budget_mb: float = 4096.0
     # ONNX Runtime on CUDA: the precision the archive serves (fp32 unless the spec says
     # tf32) and cuDNN's convolution algorithm search; both are recorded with each result.
     cuda_precision: Precision = "fp32"
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"
+
+    def calls(self) -> CallBudget:
+        return CallBudget(self.budget_s, self.rounds, self.warmup_s, self.max_iterations)
 
     def session(self, device: Device) -> SessionConfig:
         """The ONNX Runtime session every ORT engine on `device` gets (floors included)."""
@@ -112,6 +123,9 @@ class Timing:
     # Seconds from bind to the end of warm-up: session per shape, graph capture, compilation.
     setup_s: float = 0.0
     samples_ns: list[np.ndarray] = field(default_factory=list)
+
+    def p50_s(self) -> float:
+        return float(np.median(np.concatenate(self.samples_ns))) / 1e9
 
     def stats(self) -> dict:
         ns = np.concatenate(self.samples_ns).astype(np.float64)
@@ -138,36 +152,6 @@ def _pkey(p: float) -> str:
     return f"p{str(p).replace('.', '')}_ms"
 
 
-def time_calls(call: Callable[[], object], n: int) -> np.ndarray:
-    """Wall time of each of n calls, in ns; the loop itself is outside the timed span."""
-    out = np.empty(n, dtype=np.int64)
-    clock = time.perf_counter_ns
-    for i in range(n):
-        start = clock()
-        call()
-        out[i] = clock() - start
-    return out
-
-
-def calibrate(call: Callable[[], object], settings: BenchSettings) -> int:
-    """Warm up (compiles, caches, allocator pools), then size each round to the budget.
-
-    The first calls compile, capture or record (torch.compile's CUDA graphs replay from
-    the third call), so they are left out of the per-call estimate, and the warm-up runs
-    until both its time and a minimum number of calls are spent.
-    """
-    time_calls(call, 3)
-    deadline = time.perf_counter() + settings.warmup_s
-    warm = list(time_calls(call, 10))
-    while time.perf_counter() < deadline:
-        warm.extend(time_calls(call, 5))
-    per_call_s = max(float(np.median(warm[-10:])) / 1e9, 1e-9)
-    # At least a few calls per round, but never more than 3x the budget on a slow call.
-    total = max(settings.budget_s / per_call_s, 3 * settings.rounds)
-    total = min(total, max(settings.rounds, 3 * settings.budget_s / per_call_s), settings.max_iterations)
-    return max(1, math.ceil(total / settings.rounds))
-
-
 def _model_factory(spec, manifest: Manifest):
     from pipeline.artifacts import checkpoint
 
@@ -184,8 +168,19 @@ def _wanted(settings: BenchSettings, device: str | None = None) -> list[str]:
     return [*floors, *settings.engines]
 
 
-def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar: tqdm) -> tuple[list[dict], list[dict], list[dict]]:
-    """Every engine × batch size on every device; (records, failures, skipped pairings)."""
+@dataclass
+class InProcess:
+    """The in-process part of a report: timings, failures, pairings that cannot exist, parity checks, the sweep."""
+
+    records: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    parity: list[dict] = field(default_factory=list)
+    sweep: Sweep | None = None
+
+
+def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar: tqdm) -> InProcess:
+    """Every engine × batch size on every device, as far as the sweep's budget allows."""
     import torch
 
     manifest = Manifest(layout.root, spec.name)
@@ -198,48 +193,116 @@ def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar
     manifest.verified(CHECKPOINT, STAGE)
     torch.set_num_threads(settings.threads)
     factory = _model_factory(spec, manifest)
-    records: list[dict] = []
-    failures: list[dict] = []
-    skipped: list[dict] = []
+    out = InProcess(sweep=Sweep(settings.sweep, list(settings.batch_sizes), settings.sweep_budget_s, memory_budget_mb(settings)))
     for device in settings.devices:
-        engines: dict[str, Engine] = {}
-        for name in _wanted(settings, device):
-            reason = skip_reason(name, device)
-            if reason:  # a pairing that cannot exist (CUDA graphs on the CPU) is not a failure
-                skipped.append({"engine": name, "device": device, "reason": reason})
-                continue
-            bar.set_postfix_str(f"{device} load {name}")
-            try:
-                engines[name] = load(name, spec, settings.session(device), paths, factory, len(settings.batch_sizes) + 8)
-            except Exception as exc:  # an engine that cannot run here is reported, not fatal
-                failures.append({"engine": name, "device": device, "batch": None, "error": _reason(exc)})
+        engines = _load_engines(settings, spec, device, paths, factory, out, bar)
+        reference = _Reference(spec, factory, device) if any(e.answer for e in engines.values()) else None
+        costs: dict[str, EngineCost] = {}
+        last: EngineCost | None = None
         for batch in settings.batch_sizes:
-            feed = spec.sample_inputs(batch, np.random.default_rng(settings.seed * 1000 + batch))
-            calls, timings, per_round = {}, {}, {}
-            for name, engine in engines.items():
-                bar.set_postfix_str(f"{device} b={batch} warm up {name}")
-                try:
-                    setup = time.perf_counter()
-                    calls[name] = engine.bind(feed)
-                    per_round[name] = calibrate(calls[name], settings)
-                except Exception as exc:
-                    failures.append({"engine": name, "device": device, "batch": batch, "error": _reason(exc)})
-                    calls.pop(name, None)
-                    continue
-                timings[name] = Timing(name, device, engine.provider, batch, time.perf_counter() - setup)
-            order_rng = np.random.default_rng(settings.seed + batch)
-            gc.collect()
-            gc.disable()  # as timeit does: a collection inside one call is noise, not the engine
-            try:
-                for _ in range(settings.rounds):
-                    for name in order_rng.permutation(sorted(calls)):
-                        timings[name].samples_ns.append(time_calls(calls[name], per_round[name]))
-                    bar.update(1)
-            finally:
-                gc.enable()
-            del calls
-            records.extend(t.stats() for t in timings.values())
-    return _relate(records), failures, skipped
+            assert out.sweep is not None
+            if not out.sweep.batch_fits(device, batch, last):
+                bar.update(settings.rounds)
+                continue
+            fits = {
+                n: e
+                for n, e in engines.items()
+                if not n.startswith("floor:") and out.sweep.engine_fits(device, batch, n, costs.get(n), settings.calls())
+            }
+            fits |= {f: engines[f] for n in list(fits) if (f := FLOOR_OF.get(n, "")) in engines}  # a floor follows its engines
+            if not fits:
+                bar.update(settings.rounds)
+                continue
+            began = time.perf_counter()
+            with cost.measure() as used:
+                timings = _time_batch(settings, spec, device, batch, fits, reference, out, bar)
+            out.sweep.finish_batch(device, batch, sorted(timings), time.perf_counter() - began)
+            for name, (timing, overhead_s) in timings.items():
+                costs[name] = EngineCost(batch, timing.p50_s(), overhead_s)
+            last = EngineCost(batch, 0.0, 0.0, used.extra_mb)
+            out.records.extend(t.stats() for t, _ in timings.values())
+    out.records = _relate(out.records)
+    return out
+
+
+def _load_engines(settings, spec, device: Device, paths, factory, out: InProcess, bar: tqdm) -> dict[str, Engine]:
+    engines: dict[str, Engine] = {}
+    for name in _wanted(settings, device):
+        reason = skip_reason(name, device)
+        if reason:  # a pairing that cannot exist (CUDA graphs on the CPU) is not a failure
+            out.skipped.append({"engine": name, "device": device, "reason": reason})
+            continue
+        bar.set_postfix_str(f"{device} load {name}")
+        try:
+            engines[name] = load(name, spec, settings.session(device), paths, factory, len(settings.batch_sizes) + 8)
+        except Exception as exc:  # an engine that cannot run here is reported, not fatal
+            out.failures.append({"engine": name, "device": device, "batch": None, "error": _reason(exc)})
+    return engines
+
+
+class _Reference:
+    """Eager's outputs, the answers an engine outside the parity stage is held to."""
+
+    def __init__(self, spec, factory, device: str):
+        self.runner = TorchRunner("eager", factory(), spec, device)
+
+    def check(self, engine: Engine, feed: dict, batch: int, tol: Tolerance) -> dict:
+        assert engine.answer is not None
+        want, got = self.runner.infer(feed), engine.answer(feed)
+        diffs = [compare(engine.name, f"bench b={batch}", name, want[name], got[name], tol) for name in want]
+        worst = max(diffs, key=lambda d: d.tolerance_used)
+        return {
+            "engine": engine.name,
+            "device": engine.device,
+            "batch": batch,
+            "passed": all(d.passed for d in diffs),
+            "worst_output": worst.output,
+            "max_abs": worst.max_abs,
+            "tolerance_used": worst.tolerance_used,
+        }
+
+
+def _time_batch(settings, spec, device, batch, engines: dict[str, Engine], reference, out: InProcess, bar: tqdm):
+    """Warm up and time each engine at one batch size, in rounds of a shuffled order; {name: (timing, setup beyond its calls)}."""
+    feed = spec.sample_inputs(batch, np.random.default_rng(settings.seed * 1000 + batch))
+    calls, timings, per_round = {}, {}, {}
+    for name, engine in engines.items():
+        bar.set_postfix_str(f"{device} b={batch} warm up {name}")
+        try:
+            if engine.answer is not None and reference is not None:
+                check = reference.check(engine, feed, batch, spec.tolerance)
+                out.parity.append(check)
+                if not check["passed"]:
+                    raise PipelineError(
+                        STAGE,
+                        f"answers differ from eager beyond the model's tolerance ({check['tolerance_used']:.3g}x the bound "
+                        f"on {check['worst_output']!r})",
+                        "its times are left out: the same model.onnx passed parity on ONNX Runtime, so the difference is this engine's",
+                    )
+            setup = time.perf_counter()
+            calls[name] = engine.bind(feed)
+            per_round[name] = calibrate(calls[name], settings.calls())
+        except Exception as exc:
+            out.failures.append({"engine": name, "device": device, "batch": batch, "error": _reason(exc)})
+            calls.pop(name, None)
+            continue
+        timings[name] = Timing(name, device, engine.provider, batch, time.perf_counter() - setup)
+    order_rng = np.random.default_rng(settings.seed + batch)
+    gc.collect()
+    gc.disable()  # as timeit does: a collection inside one call is noise, not the engine
+    try:
+        for _ in range(settings.rounds):
+            for name in order_rng.permutation(sorted(calls)):
+                timings[name].samples_ns.append(time_calls(calls[name], per_round[name]))
+            bar.update(1)
+    finally:
+        gc.enable()
+    return {name: (t, max(0.0, t.setup_s - warm_seconds(t.p50_s(), settings.calls()))) for name, t in timings.items()}
+
+
+def memory_budget_mb(settings: BenchSettings) -> float:
+    """The sweep's memory budget: the one asked for, at most half of what the machine has free now."""
+    return round(min(settings.sweep_budget_mb, psutil.virtual_memory().available / cost.MB / 2), 0)
 
 
 def _relate(records: list[dict]) -> list[dict]:
@@ -378,12 +441,14 @@ def _best(index: dict, device: str, batch: int, engines: tuple[str, ...]) -> dic
 
 
 def verdicts(records: list[dict]) -> list[dict]:
-    """At each device and batch size: the fastest ONNX Runtime engine against the fastest PyTorch one, at p50."""
+    """At each device and batch size: the fastest ONNX Runtime engine against the fastest PyTorch one, at p50,
+    and the fastest fp32 engine of all (OpenVINO included), against eager and the fastest PyTorch engine."""
     index = {(r["device"], r["batch"], r["engine"]): r for r in records}
     out = []
     for device, batch in sorted({(r["device"], r["batch"]) for r in records}):
         ort, torch_ = _best(index, device, batch, ORT_ENGINES), _best(index, device, batch, TORCH_ENGINES)
-        if not (ort and torch_):
+        fastest, eager = _best(index, device, batch, FP32_ENGINES), index.get((device, batch, "eager"))
+        if not (ort and torch_ and fastest):
             continue
         ort_wins = ort["p50_ms"] <= torch_["p50_ms"]
         winner, loser = (ort, torch_) if ort_wins else (torch_, ort)
@@ -396,17 +461,16 @@ def verdicts(records: list[dict]) -> list[dict]:
                 "winner": "ONNX Runtime" if ort_wins else "PyTorch",
                 "winner_engine": winner["engine"],
                 "by": loser["p50_ms"] / winner["p50_ms"],
+                "fastest": fastest["engine"],
+                "fastest_vs_eager": eager["p50_ms"] / fastest["p50_ms"] if eager else None,
+                "fastest_vs_best_pytorch": torch_["p50_ms"] / fastest["p50_ms"],
             }
         )
     return out
 
 
-def run(settings: BenchSettings) -> dict:
-    """Measure everything asked for and write latency.json, latency.md and latency.png."""
-    from pipeline.bench import report as bench_report
-    from pipeline.bench import served as bench_served
-
-    spec, layout = resolve(Settings(model=settings.model, root=settings.root))
+def check(settings: BenchSettings, spec, manifest: Manifest) -> BenchSettings:
+    """Refuse what cannot be measured here, before any work; the settings with the gated variants added."""
     if "cuda" in settings.devices and not cuda_available():
         raise PipelineError(
             STAGE,
@@ -416,13 +480,24 @@ def run(settings: BenchSettings) -> dict:
     unknown = [e for e in settings.engines if e not in ENGINES]
     if unknown:
         raise PipelineError(STAGE, f"unknown engine(s) {unknown}", f"choose from {', '.join(ENGINES)}")
-    manifest = Manifest(layout.root, spec.name)
     for key in (CHECKPOINT, TORCHSCRIPT, ONNX):
         if key not in manifest.records:
             raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: python -m pipeline all --model {settings.model}")
     if settings.engines == DEFAULT_ENGINES:  # the gated variants run beside fp32 unless --engines names others
         settings = replace(settings, engines=(*settings.engines, *(f"onnxruntime-{v}" for v in gated_variants(manifest))))
+    return settings
+
+
+def run(settings: BenchSettings) -> dict:
+    """Measure everything asked for and write latency.json, latency.md and latency.png."""
+    from pipeline.bench import report as bench_report
+    from pipeline.bench import served as bench_served
+
+    spec, layout = resolve(Settings(model=settings.model, root=settings.root))
+    manifest = Manifest(layout.root, spec.name)
+    settings = check(settings, spec, manifest)
     started = time.perf_counter()
+    cost.start()
     steps = len(settings.devices) * len(settings.batch_sizes) * settings.rounds
     steps += len(settings.devices) * len(cold_engines(settings)) if settings.cold_start else 0
     steps += bench_served.steps(settings, spec)
@@ -431,7 +506,7 @@ def run(settings: BenchSettings) -> dict:
         tqdm(total=steps, desc=f"bench {spec.name}", unit="step", disable=None, mininterval=0.5) as bar,
     ):
         scratch = Path(tmp)
-        records, failures, skipped = in_process(settings, spec, layout, scratch, bar)
+        measured = in_process(settings, spec, layout, scratch, bar)
         cold = cold_starts(settings, spec, layout, scratch, bar) if settings.cold_start else []
         served = bench_served.run(settings, spec, layout, bar) if settings.served != "off" else None
     report = {
@@ -439,17 +514,21 @@ def run(settings: BenchSettings) -> dict:
         "model": spec.name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": time.perf_counter() - started,
+        # This process's peak resident memory (the in-process engines, the sweep); servers and cold starts run apart.
+        "peak_memory_mb": cost.peak_mb(),
         "settings": {**asdict(settings), "root": str(settings.root)},
         "environment": environment(settings),
         "engines": {name: DESCRIPTION[name] for name in _wanted(settings)},
         "onnx_sha256": manifest.records[ONNX].sha256,
-        "in_process": records,
-        "failures": failures,
-        "skipped": skipped,
+        "sweep": measured.sweep.to_json() if measured.sweep else None,
+        "in_process": measured.records,
+        "failures": measured.failures,
+        "skipped": measured.skipped,
+        "held_to_parity": measured.parity,
         "sessions": {device: settings.session(device).describe() for device in settings.devices},
-        "verdicts": verdicts(records),
+        "verdicts": verdicts(measured.records),
         "cold_start": cold,
-        "variants": variants_summary(manifest, records, cold),
+        "variants": variants_summary(manifest, measured.records, cold),
         "served": served,
     }
     out = layout.reports

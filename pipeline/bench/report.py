@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import files
+from pipeline.bench.sweep import MIN_SWEEP
 
 
 def _ms(v) -> str:
@@ -65,13 +66,15 @@ def _variant_lines(variants: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def markdown(report: dict) -> str:
+def _header(report: dict) -> list[str]:
     s = report["settings"]
-    lines = [
+    peak = report.get("peak_memory_mb")
+    return [
         f"# Latency: {report['model']}",
         "",
-        f"Measured {report['created']} in {report['seconds']:.0f} s by `python -m pipeline bench`. "
-        f"Same seeded inputs for every engine; {s['warmup_s']} s warm-up per engine and batch excluded; "
+        f"Measured {report['created']} in {report['seconds']:.0f} s by `python -m pipeline bench`"
+        + (f", peak resident memory {peak / 1024:.2f} GiB (this process; the servers and cold starts run apart)" if peak else "")
+        + f". Same seeded inputs for every engine; {s['warmup_s']} s warm-up per engine and batch excluded; "
         f"about {s['budget_s']} s of timed calls per engine and batch, in {s['rounds']} interleaved rounds "
         "(engine order shuffled each round); GPU calls synchronised. Times in milliseconds per call.",
         "",
@@ -79,112 +82,203 @@ def markdown(report: dict) -> str:
         *_environment_lines(report["environment"]),
         "",
     ]
-    if report.get("variants"):
-        lines += _variant_lines(report["variants"])
-    if report.get("verdicts"):
-        lines += [
-            "## ONNX Runtime or PyTorch: the fastest of each at p50",
-            "",
-            "| device | batch | fastest ONNX Runtime | fastest PyTorch | winner | by |",
-            "| --- | ---: | --- | --- | --- | ---: |",
-        ]
-        for v in report["verdicts"]:
-            lines.append(
-                f"| {v['device']} | {v['batch']} | {v['onnxruntime']} | {v['pytorch']} | "
-                f"**{v['winner']}** ({v['winner_engine']}) | {_x(v['by'])} |"
-            )
-        lines.append("")
+
+
+def _variants(report: dict) -> list[str]:
+    return _variant_lines(report["variants"]) if report.get("variants") else []
+
+
+def _winners(report: dict) -> list[str]:
+    """Per device and batch: the fastest ONNX Runtime against the fastest PyTorch, and the fastest fp32 engine of all."""
+    if not report.get("verdicts"):
+        return []
+    lines = [
+        "## The fastest engine, and ONNX Runtime or PyTorch, at p50",
+        "",
+        "| device | batch | fastest of all (fp32) | × eager | × fastest PyTorch | fastest ONNX Runtime | fastest PyTorch | winner | by |",
+        "| --- | ---: | --- | ---: | ---: | --- | --- | --- | ---: |",
+    ]
+    for v in report["verdicts"]:
+        lines.append(
+            f"| {v['device']} | {v['batch']} | **{v.get('fastest', '—')}** | {_x(v.get('fastest_vs_eager'))} | "
+            f"{_x(v.get('fastest_vs_best_pytorch'))} | {v['onnxruntime']} | {v['pytorch']} | "
+            f"**{v['winner']}** ({v['winner_engine']}) | {_x(v['by'])} |"
+        )
+    lines.append("")
     sessions = report.get("sessions") or {}
     if sessions:
-        lines += [
-            "ONNX Runtime sessions (every ORT engine on a device, floors included): "
-            + "; ".join(f"{d}: {s}" for d, s in sessions.items())
-            + ".",
-            "",
-        ]
-    records = report["in_process"]
-    devices = list(dict.fromkeys(r["device"] for r in records))
-    batches = list(dict.fromkeys(r["batch"] for r in records))
-    for device in devices:
-        mine = [r for r in records if r["device"] == device]
-        engines = list(dict.fromkeys(r["engine"] for r in mine))
-        index = {(r["engine"], r["batch"]): r for r in mine}
-        lines += [
-            f"## In process, {device.upper()}: speedup over eager at p50 (higher is faster)",
-            "",
-            "| engine | " + " | ".join(f"batch {b}" for b in batches) + " |",
-            "| --- |" + " ---: |" * len(batches),
-        ]
-        for e in engines:
-            if e.startswith("floor:"):
-                continue
-            lines.append(f"| {e} | " + " | ".join(_x(index.get((e, b), {}).get("speedup_vs_eager_p50")) for b in batches) + " |")
-        lines += [
-            "",
-            f"## In process, {device.upper()}: latency per call",
-            "",
-            "| engine | batch | p50 | p90 | p99 | p99.9 | mean | std | samples/s | calls | × floor (p50) | × eager (speedup) | setup s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for b in batches:
-            for e in engines:
-                r = index.get((e, b))
-                if r is None:
-                    continue
-                p999 = _ms(r["p999_ms"]) + ("†" if r["iterations"] < 1000 else "")
-                lines.append(
-                    f"| {e} | {b} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | {_ms(r['p99_ms'])} | {p999} | "
-                    f"{_ms(r['mean_ms'])} | {_ms(r['std_ms'])} | {r['throughput_per_s']:,.0f} | {r['iterations']} | "
-                    f"{_x(r['ratio_to_floor_p50'])} | {_x(r['speedup_vs_eager_p50'])} | {r.get('setup_s', 0):.2f} |"
-                )
-        lines.append("")
+        described = "; ".join(f"{d}: {s}" for d, s in sessions.items())
+        lines += [f"ONNX Runtime sessions (every ORT engine on a device, floors included): {described}.", ""]
+    return lines
+
+
+def _sweep(report: dict) -> list[str]:
+    """Which batch sizes ran for which engines, and what the sized sweep left out and why."""
+    sweep = report.get("sweep")
+    if not sweep:
+        return []
+    if sweep["mode"] == "full":
+        head = f"Every batch size asked for ran ({', '.join(map(str, sweep['asked']))}; `--sweep full`)."
+    else:
+        head = (
+            f"Sized to the model (`--sweep sized`): batch sizes up to {MIN_SWEEP} always run; a larger one runs for an engine "
+            f"only where its cost at the largest batch it ran, scaled by rows, fits what is left of {sweep['seconds']:.0f} s, "
+            f"and where the last batch's memory, scaled, fits {sweep['memory_mb']:.0f} MiB. "
+            f"Asked: {', '.join(map(str, sweep['asked']))}; spent {sweep['spent_s']:.0f} s."
+        )
+    lines = ["## Batch sizes", "", head, ""]
+    every = {r["device"]: r["engines"] for r in reversed(sweep["ran"])}  # what the first batch size ran, per device
+    for r in sweep["ran"]:
+        ran = "every engine" if r["engines"] == every[r["device"]] else ", ".join(r["engines"]) or "no engine"
+        lines.append(f"- {r['device']} batch {r['batch']}: {ran}")
     lines += [
+        f"- left out: {s['device']} batch {s['batch']}{' for ' + s['engine'] if s['engine'] else ''}: {s['reason']}"
+        for s in sweep["skipped"]
+    ]
+    return [*lines, ""]
+
+
+def _held_to_parity(report: dict) -> list[str]:
+    checks = report.get("held_to_parity") or []
+    if not checks:
+        return []
+    lines = [
+        "## Engines held to parity here",
+        "",
+        "Not part of the parity stage, so each one's answers at each batch size were compared with eager's, under "
+        "the model's own tolerance, before its times were counted.",
+        "",
+        "| engine | device | batch | passed | worst output | max abs | × the bound |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: |",
+    ]
+    for c in checks:
+        lines.append(
+            f"| {c['engine']} | {c['device']} | {c['batch']} | {'yes' if c['passed'] else '**no**'} | {c['worst_output']} | "
+            f"{c['max_abs']:.3g} | {c['tolerance_used']:.3g} |"
+        )
+    return [*lines, ""]
+
+
+def _by_device(report: dict) -> list[str]:
+    records = report["in_process"]
+    return [line for device in dict.fromkeys(r["device"] for r in records) for line in _device(records, device)]
+
+
+def _device(records: list[dict], device: str) -> list[str]:
+    """One device's speedups over eager, then every engine's latency per call."""
+    mine = [r for r in records if r["device"] == device]
+    batches = list(dict.fromkeys(r["batch"] for r in records))
+    engines = list(dict.fromkeys(r["engine"] for r in mine))
+    index = {(r["engine"], r["batch"]): r for r in mine}
+    lines = [
+        f"## In process, {device.upper()}: speedup over eager at p50 (higher is faster)",
+        "",
+        "| engine | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "| --- |" + " ---: |" * len(batches),
+    ]
+    for e in (e for e in engines if not e.startswith("floor:")):
+        lines.append(f"| {e} | " + " | ".join(_x(index.get((e, b), {}).get("speedup_vs_eager_p50")) for b in batches) + " |")
+    lines += [
+        "",
+        f"## In process, {device.upper()}: latency per call",
+        "",
+        "| engine | batch | p50 | p90 | p99 | p99.9 | mean | std | samples/s | calls | × floor (p50) | × eager (speedup) | setup s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in (index[(e, b)] for b in batches for e in engines if (e, b) in index):
+        p999 = _ms(r["p999_ms"]) + ("†" if r["iterations"] < 1000 else "")
+        lines.append(
+            f"| {r['engine']} | {r['batch']} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | {_ms(r['p99_ms'])} | {p999} | "
+            f"{_ms(r['mean_ms'])} | {_ms(r['std_ms'])} | {r['throughput_per_s']:,.0f} | {r['iterations']} | "
+            f"{_x(r['ratio_to_floor_p50'])} | {_x(r['speedup_vs_eager_p50'])} | {r.get('setup_s', 0):.2f} |"
+        )
+    return [*lines, ""]
+
+
+def _notes(report: dict) -> list[str]:
+    """What the tables' marks mean, which providers really ran, and the pairings that cannot exist."""
+    providers = sorted({f"{r['engine']} → {r['provider']}" for r in report["in_process"] if not r["engine"].startswith("floor:")})
+    lines = [
         "† fewer than 1,000 calls: p99.9 is close to the maximum seen. *setup s*: from binding the inputs to "
         "the end of warm-up (a session per shape, graph capture, compilation), kept out of the timed calls.",
         "",
-        "Providers that really ran: "
-        + ", ".join(sorted({f"{r['engine']} → {r['provider']}" for r in records if not r["engine"].startswith("floor:")}))
-        + ".",
+        f"Providers that really ran: {', '.join(providers)}.",
         "",
     ]
     if report.get("skipped"):
-        lines += [
-            "Skipped pairings (they cannot exist, so they are not failures): "
-            + "; ".join(f"{s['engine']} on {s['device']} ({s['reason']})" for s in report["skipped"])
-            + ".",
-            "",
-        ]
-    if report["failures"]:
-        lines += ["## Engines that could not run here", "", "| engine | device | batch | reason |", "| --- | --- | --- | --- |"]
-        for f in report["failures"]:
-            lines.append(f"| {f['engine']} | {f['device']} | {f['batch'] if f['batch'] is not None else 'all'} | {f['error']} |")
-        lines.append("")
-    if report["cold_start"]:
-        lines += [
-            "## Cold start (fresh process per engine, batch 1)",
-            "",
-            "| engine | device | import | load / session | first inference | total |",
-            "| --- | --- | ---: | ---: | ---: | ---: |",
-        ]
-        for c in report["cold_start"]:
-            if "error" in c:
-                lines.append(f"| {c['engine']} | {c['device']} | failed: {c['error']} | | | |")
-            else:
-                lines.append(
-                    f"| {c['engine']} | {c['device']} | {c['import_s']:.3f} s | {c['load_s']:.3f} s | "
-                    f"{c['first_inference_s'] * 1e3:.1f} ms | {c['total_s']:.3f} s |"
-                )
-        lines.append("")
-    lines += _served_markdown(report.get("served"))
-    lines += ["## Engines", ""] + [f"- **{k}**: {v}" for k, v in report["engines"].items()] + [""]
-    return "\n".join(lines)
+        pairings = "; ".join(f"{s['engine']} on {s['device']} ({s['reason']})" for s in report["skipped"])
+        lines += [f"Skipped pairings (they cannot exist, so they are not failures): {pairings}.", ""]
+    return lines
 
 
-def _served_markdown(served: dict | None) -> list[str]:
+def _failures(report: dict) -> list[str]:
+    if not report["failures"]:
+        return []
+    lines = ["## Engines that could not run here", "", "| engine | device | batch | reason |", "| --- | --- | --- | --- |"]
+    for f in report["failures"]:
+        lines.append(f"| {f['engine']} | {f['device']} | {f['batch'] if f['batch'] is not None else 'all'} | {f['error']} |")
+    return [*lines, ""]
+
+
+def _cold_start(report: dict) -> list[str]:
+    if not report["cold_start"]:
+        return []
+    lines = [
+        "## Cold start (fresh process per engine, batch 1)",
+        "",
+        "| engine | device | import | load / session | first inference | total |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for c in report["cold_start"]:
+        if "error" in c:
+            lines.append(f"| {c['engine']} | {c['device']} | failed: {c['error']} | | | |")
+        else:
+            lines.append(
+                f"| {c['engine']} | {c['device']} | {c['import_s']:.3f} s | {c['load_s']:.3f} s | "
+                f"{c['first_inference_s'] * 1e3:.1f} ms | {c['total_s']:.3f} s |"
+            )
+    return [*lines, ""]
+
+
+def _served(report: dict) -> list[str]:
+    served = report.get("served")
     if not served:
         return []
+    lines = _served_header(served)
+    for config in served["configs"]:
+        lines += _ray_config(config) if config.get("server") == "ray" else _torchserve_config(config)
+    if any(c.get("server") == "ray" for c in served["configs"]):
+        lines += side_by_side(served["configs"])
+    return [*lines, *_profile_markdown(served), *_inputs_markdown(served), *_comparisons(served)]
+
+
+def _engines(report: dict) -> list[str]:
+    return ["## Engines", "", *(f"- **{k}**: {v}" for k, v in report["engines"].items()), ""]
+
+
+# The report's sections, in order: each renders its part of the JSON report, or nothing.
+SECTIONS = (
+    _header,
+    _variants,
+    _winners,
+    _sweep,
+    _held_to_parity,
+    _by_device,
+    _notes,
+    _failures,
+    _cold_start,
+    _served,
+    _engines,
+)
+
+
+def markdown(report: dict) -> str:
+    return "\n".join(line for section in SECTIONS for line in section(report))
+
+
+def _served_header(served: dict) -> list[str]:
     generators = sorted({r.get("generator", "locust") for c in served["configs"] for r in c["runs"]})
-    lines = [
+    return [
         f"## Served (real servers on 127.0.0.1; load from {' and '.join(generators)}, closed-loop clients on the same machine)",
         "",
         *verdicts(served["configs"]),
@@ -194,50 +288,54 @@ def _served_markdown(served: dict | None) -> list[str]:
         "metrics, the handler time per batch from the worker.",
         "",
     ]
-    for config in served["configs"]:
-        sc = config["server_config"]
-        if config.get("server") == "ray":
-            lines += [
-                f"### {config['name']}: Ray Serve, {sc['replicas']} replica(s), serve.batch up to {sc.get('batchSize')} "
-                f"within {sc.get('maxBatchDelay')} ms (the archive's model config); a local Ray cluster on 127.0.0.1",
-                "",
-                "The floor is `/v2/health/live` through the same proxy.",
-                "",
-                "| clients | req/s | p50 | p90 | p99 | errors | floor p50 | × floor | load CPU |",
-                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            ]
-            for r, p in zip(config["runs"], config["ping"]):
-                lines.append(
-                    f"| {r['concurrency']} | {r['requests_per_s']:,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | "
-                    f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} | {_share(r)} |"
-                )
-            lines.append("")
-            continue
-        server = ", ".join(f"{k}={v}" for k, v in config.get("changes", {}).get("server", {}).items())
-        lines += [
-            f"### {config['name']}: batchSize {sc.get('batchSize')}, maxBatchDelay {sc.get('maxBatchDelay')} ms, "
-            f"workers {sc.get('minWorkers')}" + (f"; server: {server}" if server else ""),
-            "",
-            f"TorchServe's metrics from its {config['runs'][0]['torchserve_metrics']['source'] if config['runs'] else '—'}.",
-            "",
-            "| clients | req/s | p50 | p90 | p99 | errors | /ping p50 | × ping | TS queue mean | TS total mean | handler/batch | queue share | load CPU |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for r, p in zip(config["runs"], config["ping"]):
-            m = r["torchserve_metrics"]
-            share = m.get("queue_share_of_total")
-            lines.append(
-                f"| {r['concurrency']} | {r['requests_per_s']:,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | "
-                f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} | "
-                f"{_ms(m['queue'].get('mean_ms'))} | {_ms(m['frontend_total'].get('mean_ms'))} | "
-                f"{_ms(m['handler_per_batch'].get('mean_ms', m['handler_per_batch'].get('last_ms')))} | "
-                f"{'—' if share is None else f'{share:.0%}'} | {_share(r)} |"
-            )
-        lines.append("")
-    if any(c.get("server") == "ray" for c in served["configs"]):
-        lines += side_by_side(served["configs"])
-    lines += _profile_markdown(served)
-    lines += _inputs_markdown(served)
+
+
+def _ray_config(config: dict) -> list[str]:
+    sc = config["server_config"]
+    lines = [
+        f"### {config['name']}: Ray Serve, {sc['replicas']} replica(s), serve.batch up to {sc.get('batchSize')} "
+        f"within {sc.get('maxBatchDelay')} ms (the archive's model config); a local Ray cluster on 127.0.0.1",
+        "",
+        "The floor is `/v2/health/live` through the same proxy.",
+        "",
+        "| clients | req/s | p50 | p90 | p99 | errors | floor p50 | × floor | load CPU |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r, p in zip(config["runs"], config["ping"]):
+        lines.append(
+            f"| {r['concurrency']} | {r['requests_per_s']:,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | "
+            f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} | {_share(r)} |"
+        )
+    return [*lines, ""]
+
+
+def _torchserve_config(config: dict) -> list[str]:
+    sc = config["server_config"]
+    server = ", ".join(f"{k}={v}" for k, v in config.get("changes", {}).get("server", {}).items())
+    lines = [
+        f"### {config['name']}: batchSize {sc.get('batchSize')}, maxBatchDelay {sc.get('maxBatchDelay')} ms, "
+        f"workers {sc.get('minWorkers')}" + (f"; server: {server}" if server else ""),
+        "",
+        f"TorchServe's metrics from its {config['runs'][0]['torchserve_metrics']['source'] if config['runs'] else '—'}.",
+        "",
+        "| clients | req/s | p50 | p90 | p99 | errors | /ping p50 | × ping | TS queue mean | TS total mean | handler/batch | queue share | load CPU |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r, p in zip(config["runs"], config["ping"]):
+        m = r["torchserve_metrics"]
+        share = m.get("queue_share_of_total")
+        lines.append(
+            f"| {r['concurrency']} | {r['requests_per_s']:,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | "
+            f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} | "
+            f"{_ms(m['queue'].get('mean_ms'))} | {_ms(m['frontend_total'].get('mean_ms'))} | "
+            f"{_ms(m['handler_per_batch'].get('mean_ms', m['handler_per_batch'].get('last_ms')))} | "
+            f"{'—' if share is None else f'{share:.0%}'} | {_share(r)} |"
+        )
+    return [*lines, ""]
+
+
+def _comparisons(served: dict) -> list[str]:
+    lines: list[str] = []
     for c in served.get("comparisons", []):
         lines += [
             f"### {c['other']} vs {c['base']}",
@@ -376,7 +474,7 @@ def side_by_side(configs: list[dict]) -> list[str]:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Latency percentiles vs batch size per engine; served latency and throughput vs clients."""
+    """Latency percentiles vs batch size per engine; served latency and throughput vs clients; where a request's time goes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -386,7 +484,19 @@ def plot(report: dict, path: Path) -> None:
     profile_rows = (served or {}).get("profile") or []
     panels = (3 if served else 1) + (1 if profile_rows else 0)
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5), squeeze=False)
-    ax = axes[0][0]
+    _in_process_panel(axes[0][0], report)
+    if served:
+        _served_panels(axes[0][1], axes[0][2], served)
+    if profile_rows:
+        _profile_panel(axes[0][-1], profile_rows)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    files.write_bytes(path, buf.getvalue())
+
+
+def _in_process_panel(ax, report: dict) -> None:
     records = report["in_process"]
     for device in dict.fromkeys(r["device"] for r in records):
         for engine in dict.fromkeys(r["engine"] for r in records if r["device"] == device):
@@ -404,35 +514,32 @@ def plot(report: dict, path: Path) -> None:
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    if served:
-        lat, thr = axes[0][1], axes[0][2]
-        for config in served["configs"]:
-            c = [r["concurrency"] for r in config["runs"]]
-            (line,) = lat.plot(c, [r["p50_ms"] for r in config["runs"]], marker="o", label=f"{config['name']} p50")
-            lat.plot(c, [r["p99_ms"] for r in config["runs"]], ":", marker="^", color=line.get_color(), label=f"{config['name']} p99")
-            thr.plot(c, [r["requests_per_s"] for r in config["runs"]], marker="o", color=line.get_color(), label=config["name"])
-        ping = served["configs"][0]["ping"]
-        lat.plot([p["concurrency"] for p in ping], [p["p50_ms"] for p in ping], "--", color="grey", label="TorchServe /ping p50 (floor)")
-        lat.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms per request", title="served latency")
-        thr.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s", title="served throughput")
-        for a in (lat, thr):
-            a.grid(True, which="both", alpha=0.3)
-            a.legend(fontsize=7)
-    if profile_rows:
-        bars = axes[0][-1]
-        labels = [str(r["concurrency"]) for r in profile_rows]
-        bottom = np.zeros(len(profile_rows))
-        for key, label in PROFILE_PARTS:
-            values = np.array([r[key] for r in profile_rows])
-            bars.bar(labels, values, bottom=bottom, label=label.split(" (")[0])
-            bottom += values
-        bars.set(xlabel="concurrent clients", ylabel="ms per request (mean)", title="tuned: where a request's time goes")
-        bars.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    files.write_bytes(path, buf.getvalue())
+
+
+def _served_panels(lat, thr, served: dict) -> None:
+    for config in served["configs"]:
+        c = [r["concurrency"] for r in config["runs"]]
+        (line,) = lat.plot(c, [r["p50_ms"] for r in config["runs"]], marker="o", label=f"{config['name']} p50")
+        lat.plot(c, [r["p99_ms"] for r in config["runs"]], ":", marker="^", color=line.get_color(), label=f"{config['name']} p99")
+        thr.plot(c, [r["requests_per_s"] for r in config["runs"]], marker="o", color=line.get_color(), label=config["name"])
+    ping = served["configs"][0]["ping"]
+    lat.plot([p["concurrency"] for p in ping], [p["p50_ms"] for p in ping], "--", color="grey", label="TorchServe /ping p50 (floor)")
+    lat.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms per request", title="served latency")
+    thr.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s", title="served throughput")
+    for a in (lat, thr):
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=7)
+
+
+def _profile_panel(bars, profile_rows: list[dict]) -> None:
+    labels = [str(r["concurrency"]) for r in profile_rows]
+    bottom = np.zeros(len(profile_rows))
+    for key, label in PROFILE_PARTS:
+        values = np.array([r[key] for r in profile_rows])
+        bars.bar(labels, values, bottom=bottom, label=label.split(" (")[0])
+        bottom += values
+    bars.set(xlabel="concurrent clients", ylabel="ms per request (mean)", title="tuned: where a request's time goes")
+    bars.legend(fontsize=7)
 
 
 def console_summary(report: dict, settings) -> str:

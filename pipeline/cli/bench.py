@@ -53,7 +53,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.engines,
         help=f"comma-separated, from {', '.join(ENGINES)} (default: {','.join(d.engines)})",
     )
-    p.add_argument("--batch-sizes", type=csv_of(int), default=d.batch_sizes, help="default: 1,8,64,512,4096")
+    p.add_argument("--batch-sizes", type=csv_of(int), default=d.batch_sizes, help="default: 1,8,64,512,4096, as far as --sweep allows")
+    p.add_argument(
+        "--sweep",
+        choices=["sized", "full"],
+        default=d.sweep,
+        help="sized: batch sizes past 8 run per engine only where its measured cost, scaled to that batch, fits "
+        "--sweep-budget and --sweep-memory (the report lists what was left out); full: every batch size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sweep-budget", type=float, default=d.sweep_budget_s, help="seconds the sized in-process sweep may spend (default: %(default)s)"
+    )
+    p.add_argument(
+        "--sweep-memory",
+        type=float,
+        default=d.sweep_budget_mb,
+        help="MiB one batch size may take in the sized sweep, at most half the free memory (default: %(default)s)",
+    )
     p.add_argument(
         "--device",
         choices=["cpu", "cuda", "all"],
@@ -120,13 +136,20 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     engines = args.engines
     if args.cuda_graph:
         engines = (*engines, *(e for e in CUDA_GRAPH_ENGINES if e not in engines))
-    if args.budget <= 0 or args.rounds < 1 or args.threads < 1 or args.served_seconds <= 0:
-        raise PipelineError(STAGE, "--budget, --rounds, --threads and --served-seconds must be positive", "e.g. --budget 1 --rounds 5")
+    if min(args.budget, args.rounds, args.threads, args.served_seconds, args.sweep_budget, args.sweep_memory) <= 0:
+        raise PipelineError(
+            STAGE,
+            "--budget, --rounds, --threads, --served-seconds, --sweep-budget and --sweep-memory must be positive",
+            "e.g. --budget 1 --rounds 5",
+        )
     return BenchSettings(
         model=args.model,
         root=args.root,
         engines=engines,
         batch_sizes=args.batch_sizes,
+        sweep=args.sweep,
+        sweep_budget_s=args.sweep_budget,
+        sweep_budget_mb=args.sweep_memory,
         devices=devices,
         threads=args.threads,
         budget_s=args.budget,

@@ -129,3 +129,35 @@ class TokenFeeds:
     def example_request(self, ids: list[int]) -> dict[str, Any]:
         """A pasteable body: these token ids (folded into the vocabulary) and a mask of ones."""
         return {"input_ids": [i % self.vocab_size for i in ids], "attention_mask": [1] * len(ids)}
+
+
+@dataclass(frozen=True)
+class AgreementWithEager:
+    """A task metric for a model whose weights are its seeded initialisation, so it has no labelled data:
+    how closely answers follow eager fp32's on held-out inputs (`TaskMetric.evaluate`).
+
+    "top-1": the share of rows whose top class is eager's (a classifier); "cosine": the mean cosine
+    similarity of each row's output with eager's (an encoder's embeddings). Load real weights and
+    a labelled set, and a real metric takes its place (docs/real-models.md).
+    """
+
+    build: Callable[[Mapping[str, Any]], nn.Module]
+    args: Mapping[str, Any]
+    inputs: Callable[[int, np.random.Generator], Feed]
+    input_names: tuple[str, ...]
+    output: str
+    output_index: int
+    kind: str = "top-1"
+    rows: int = 64
+
+    def __call__(self, infer: Callable[[Feed], Mapping[str, np.ndarray]], seed: int) -> float:
+        torch.manual_seed(seed)  # the weights `random_weights(build, args)(seed)` gives
+        model = self.build(self.args).eval()
+        feed = self.inputs(self.rows, np.random.default_rng(seed + 7919))  # not parity's or calibration's rows
+        with torch.inference_mode():
+            want = model(*(torch.from_numpy(feed[name]) for name in self.input_names))[self.output_index].numpy()
+        got = np.asarray(infer(feed)[self.output])
+        if self.kind == "top-1":
+            return float(np.mean(want.argmax(-1) == got.argmax(-1)))
+        w, g = want.reshape(len(want), -1).astype(np.float64), got.reshape(len(got), -1).astype(np.float64)
+        return float(np.mean((w * g).sum(1) / (np.linalg.norm(w, axis=1) * np.linalg.norm(g, axis=1))))

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from pipeline.models.hf_common import ImageFeeds, config_args, num_labels, random_weights, with_labels
-from pipeline.spec import ImageInput, ModelSpec, TensorSpec
+from pipeline.models.hf_common import AgreementWithEager, ImageFeeds, config_args, num_labels, random_weights, with_labels
+from pipeline.spec import ImageInput, ModelSpec, TaskMetric, TensorSpec, Tolerance
 
 # torchvision's ImageNet evaluation transform: the shortest edge to 256 (for 224), a centre crop, ImageNet's mean and std.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -50,6 +50,14 @@ def make_spec(config: ResNetConfig, name: str = "resnet50", image_size: int = 22
         build=build,
         train=random_weights(build, config_args(config)),
         sample_inputs=feeds.sample_inputs,
+        # int8 (static, calibrated): its logits moved by up to 2.7 % of their scale, and every
+        # held-out row kept eager's top class. The bound is 5 % of the scale; at most 2 rows in 100 may flip.
+        int8_tolerance=Tolerance(atol=0.01, rtol=0.0, scaled=0.05),
+        task_metric=TaskMetric(
+            "top-1 agreement with eager fp32",
+            AgreementWithEager(build, config_args(config), feeds.sample_inputs, ("pixel_values",), "logits", 0),
+            max_drop=0.02,
+        ),
         # A 224x224 image is too large a JSON body to paste; send a JPEG (`curl -T cat.jpg`).
         example_request=None,
         image_input=ImageInput(

@@ -1,0 +1,155 @@
+"""How long the in-process benchmark runs: calls per engine, and which batch sizes fit.
+
+Each engine and batch size gets a warm-up and then timed calls sized to a time budget
+(`calibrate`). The batch sweep is sized to the model the way parity's is (`Sweep`):
+batch sizes up to `MIN_SWEEP` always run; a larger one runs for an engine only where
+that engine's measured cost at the largest batch it ran, scaled by rows, fits the
+seconds left of the budget, and only where the memory the last batch took, scaled the
+same way, fits the memory budget. A ResNet-50 then stops at batch 8 or 64 on a small
+CPU, where `simple_nn` sweeps to 4096; the report lists what was left out and why.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+# Batch sizes up to this run whatever they cost (as parity's MIN_SWEEP).
+MIN_SWEEP = 8
+# The first calls compile, capture or record (torch.compile's CUDA graphs replay from the
+# third), so they are never part of a per-call estimate.
+FIRST_CALLS = 3
+WARM_CALLS = 10
+
+
+@dataclass(frozen=True)
+class CallBudget:
+    """Seconds of timed calls per engine and batch, split over rounds, after a warm-up."""
+
+    budget_s: float
+    rounds: int
+    warmup_s: float
+    max_iterations: int
+
+
+def time_calls(call: Callable[[], object], n: int) -> np.ndarray:
+    """Wall time of each of n calls, in ns; the loop itself is outside the timed span."""
+    out = np.empty(n, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(n):
+        start = clock()
+        call()
+        out[i] = clock() - start
+    return out
+
+
+def warm_calls(per_call_s: float, budget: CallBudget) -> int:
+    """Warm-up calls after the first ones: ten while calls are quick, fewer once one call outlasts the warm-up."""
+    return max(2, min(WARM_CALLS, math.ceil(budget.warmup_s / max(per_call_s, 1e-9))))
+
+
+def per_round(per_call_s: float, budget: CallBudget) -> int:
+    """Timed calls per round: the budget's worth, at least a few, and never 3x the budget on a slow call."""
+    per_call_s = max(per_call_s, 1e-9)
+    total = max(budget.budget_s / per_call_s, 3 * budget.rounds)
+    total = min(total, max(budget.rounds, 3 * budget.budget_s / per_call_s), budget.max_iterations)
+    return max(1, math.ceil(total / budget.rounds))
+
+
+def warm_seconds(per_call_s: float, budget: CallBudget) -> float:
+    """What `calibrate` spends warming up an engine whose call takes `per_call_s`."""
+    return max((FIRST_CALLS + warm_calls(per_call_s, budget)) * per_call_s, budget.warmup_s)
+
+
+def expected_seconds(per_call_s: float, budget: CallBudget) -> float:
+    """What `calibrate` and the timed rounds spend on an engine whose call takes `per_call_s`."""
+    return warm_seconds(per_call_s, budget) + budget.rounds * per_round(per_call_s, budget) * per_call_s
+
+
+def calibrate(call: Callable[[], object], budget: CallBudget) -> int:
+    """Warm up (compiles, caches, allocator pools), then size each round to the budget.
+
+    The warm-up runs until both its time and a minimum number of calls are spent; the
+    per-call estimate is the median of its last calls.
+    """
+    third_s = float(time_calls(call, FIRST_CALLS)[-1]) / 1e9
+    deadline = time.perf_counter() + budget.warmup_s
+    warm = list(time_calls(call, warm_calls(third_s, budget)))
+    while time.perf_counter() < deadline:
+        warm.extend(time_calls(call, 5 if third_s < 0.01 else 1))
+    return per_round(float(np.median(warm[-WARM_CALLS:])) / 1e9, budget)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one engine cost at one batch size: the basis for its estimate at the next."""
+
+    batch: int
+    per_call_s: float
+    # Setup beyond its calls (compiling, a session per shape): spent again at each batch size.
+    overhead_s: float
+    # Memory the whole batch step took above where it began (MiB), every engine together.
+    extra_mb: float = 0.0
+
+
+@dataclass
+class Sweep:
+    """What the sweep may spend, what it ran, and what it left out and why (the report's "sweep")."""
+
+    mode: Literal["sized", "full"]
+    asked: list[int]
+    seconds: float
+    memory_mb: float
+    spent_s: float = 0.0
+    ran: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    # What the engines admitted at the batch size under way are expected to take.
+    reserved_s: float = field(default=0.0, repr=False)
+
+    def batch_fits(self, device: str, batch: int, last: Cost | None) -> bool:
+        """Whether `batch` fits the memory budget, from the memory the last batch size took (recorded when not)."""
+        if self.mode == "full" or batch <= MIN_SWEEP or last is None:
+            return True
+        need_mb = last.extra_mb * batch / last.batch
+        if need_mb <= self.memory_mb:
+            return True
+        reason = (
+            f"would take about {need_mb:.0f} MiB, over the {self.memory_mb:.0f} MiB budget "
+            f"(batch {last.batch} took {last.extra_mb:.0f} MiB)"
+        )
+        self.skipped.append({"device": device, "batch": batch, "engine": None, "reason": reason})
+        return False
+
+    def engine_fits(self, device: str, batch: int, engine: str, last: Cost | None, budget: CallBudget) -> bool:
+        """Whether `engine` at `batch` fits the seconds left, from its cost at the largest batch it ran."""
+        if self.mode == "full" or batch <= MIN_SWEEP or last is None:
+            return True
+        need_s = last.overhead_s + expected_seconds(last.per_call_s * batch / last.batch, budget)
+        left_s = self.seconds - self.spent_s - self.reserved_s
+        if need_s <= left_s:
+            self.reserved_s += need_s
+            return True
+        reason = (
+            f"would take about {need_s:.0f} s, {max(left_s, 0):.0f} s left of the {self.seconds:.0f} s budget "
+            f"(one call took {last.per_call_s * 1e3:.3g} ms at batch {last.batch}"
+            + (f", setup {last.overhead_s:.0f} s" if last.overhead_s >= 1 else "")
+            + ")"
+        )
+        self.skipped.append({"device": device, "batch": batch, "engine": engine, "reason": reason})
+        return False
+
+    def finish_batch(self, device: str, batch: int, engines: list[str], seconds: float) -> None:
+        """Record what a batch size ran and what it really took, in place of its estimate."""
+        self.ran.append({"device": device, "batch": batch, "engines": engines})
+        self.spent_s += seconds
+        self.reserved_s = 0.0
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        del out["reserved_s"]
+        return out
