@@ -466,7 +466,7 @@ def _refusal(spec: ModelSpec, variant: str, report: dict, where: Path) -> tuple[
         if not out["passed"]:
             problems.append(
                 f"parity: {out['beyond']:.2%} of output '{name}' ({out['elements']} elements over every case) is beyond "
-                f"atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want| (allowed {tol['max_mismatch']:.2%}; max abs error {out['max_abs']:.3g})"
+                f"atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want| + scaled {tol['scaled']:g}·scale (allowed {tol['max_mismatch']:.2%}; max abs error {out['max_abs']:.3g})"
             )
     task = report["task_metric"]
     if task is not None and not task["passed"]:
@@ -491,7 +491,7 @@ def render_markdown(report: dict) -> str:
         f"Method: **{build['method']}**; {build['why']}. Size: {build['bytes']:,} bytes, {build['size_vs_fp32']:.2f}× fp32.",
         "",
         f"**Gate 1, parity** ({'pass' if report['parity_passed'] else 'FAIL'}): {report['engine']} against eager fp32. An element passes "
-        f"when |got − want| ≤ atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want|; each output may have at most "
+        f"when |got − want| ≤ atol {tol['atol']:g} + rtol {tol['rtol']:g}·|want| + scaled {tol['scaled']:g}·scale; each output may have at most "
         f"{tol['max_mismatch']:.2%} of its elements, over every case, beyond that.",
         "",
         "| output | elements | beyond bound | max abs | result |",
