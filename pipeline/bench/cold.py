@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def main(job_path: str) -> int:
@@ -18,7 +19,11 @@ def main(job_path: str) -> int:
         job = json.load(f)
     engine, device = job["engine"], job["device"]
     t0 = time.perf_counter()
-    if engine.startswith("onnxruntime"):
+    if engine == "openvino":
+        import openvino  # noqa: F401
+
+        from pipeline.bench.engines import openvino_compiled
+    elif engine.startswith("onnxruntime"):
         import onnxruntime  # noqa: F401
 
         if device == "cuda":
@@ -33,7 +38,12 @@ def main(job_path: str) -> int:
     t1 = time.perf_counter()
     with np.load(job["feed"]) as data:
         feed = {name: data[name] for name in job["inputs"]}
-    if engine.startswith("onnxruntime"):
+    if engine == "openvino":
+        compiled = openvino_compiled(Path(job["onnx"]), job["threads"])
+        provider = "OpenVINO CPU"
+        t2 = time.perf_counter()
+        compiled(feed)
+    elif engine.startswith("onnxruntime"):
         config = SessionConfig(**job["session"])
         session = create_session(job["onnx"], config)
         provider = session.get_providers()[0]
@@ -51,8 +61,8 @@ def main(job_path: str) -> int:
             spec = load_spec(job["model"])
             module, _ = checkpoint.load_model(Manifest(job["root"], spec.name), spec, "bench")
             module = module.to(device)
-            if engine == "torch.compile":
-                module = torch.compile(module)
+            if engine.startswith("torch.compile"):
+                module = torch.compile(module, mode="max-autotune" if engine.endswith("max-autotune") else None)
         provider = f"torch {device}"
         t2 = time.perf_counter()
         args = [torch.from_numpy(feed[name]).to(device) for name in job["inputs"]]

@@ -39,9 +39,12 @@ class EngineKind:
     only_on: tuple[Device, str] | None = None  # the one device it exists on, and why; elsewhere it is skipped, not failed
     # Not part of the parity stage, so its answers are compared with eager at each batch size before its times count.
     held_to_parity: bool = False
+    # What it computes in: winners are named per precision (an fp16 engine is held to the spec's fp16_tolerance).
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
 
 
 _CUDA_GRAPHS: tuple[Device, str] = ("cuda", "CUDA graphs exist only on CUDA")
+_CUDA: tuple[Device, str] = ("cuda", "benched on CUDA only")
 # In report order; the floors last.
 KINDS: dict[str, EngineKind] = {
     k.name: k
@@ -65,6 +68,34 @@ KINDS: dict[str, EngineKind] = {
             default=True,
         ),
         EngineKind("torch.compile", "torch.compile(model) (inductor), compiled during warm-up", "torch", "floor:eager", default=True),
+        EngineKind(
+            "eager-fp16",
+            "eager PyTorch under torch.autocast(cuda, float16): what a PyTorch user turns on first for speed",
+            "torch",
+            "floor:eager",
+            default=True,
+            only_on=_CUDA,
+            held_to_parity=True,
+            precision="fp16",
+        ),
+        EngineKind(
+            "torch.compile-max-autotune",
+            'torch.compile(model, mode="max-autotune") (inductor, autotuned kernels), compiled during warm-up',
+            "torch",
+            "floor:eager",
+            default=True,
+            only_on=_CUDA,
+        ),
+        EngineKind(
+            "onnxruntime-tensorrt",
+            "ONNX Runtime's TensorRT provider (fp32, CUDA for what TensorRT does not take), IO binding; "
+            "engines built per shape during warm-up",
+            "onnxruntime",
+            "floor:onnxruntime",
+            default=True,
+            only_on=_CUDA,
+            held_to_parity=True,
+        ),
         EngineKind(
             "openvino",
             "OpenVINO's CPU plugin reading the same verified model.onnx: f32 (not the bf16 its CPU plugin may default to), "
@@ -106,6 +137,7 @@ KINDS: dict[str, EngineKind] = {
             "floor:onnxruntime",
             variant="int8",
             only_on=("cpu", "the int8 variant is made and verified for the CPU"),
+            precision="int8",
         ),
         EngineKind(
             "onnxruntime-fp16",
@@ -114,6 +146,7 @@ KINDS: dict[str, EngineKind] = {
             "floor:onnxruntime",
             variant="fp16",
             only_on=("cuda", "the fp16 variant is made and verified for CUDA"),
+            precision="fp16",
         ),
         EngineKind("floor:eager", "nn.Identity through the eager call path: torch's per-call overhead", "torch"),
         EngineKind("floor:torchscript", "scripted identity through TorchScript: its per-call overhead", "torch"),
@@ -129,10 +162,11 @@ CUDA_GRAPH_ENGINES = tuple(name for name in ENGINES if KINDS[name].cuda_graph)
 VARIANT_ENGINES: dict[str, str] = {name: v for name in ENGINES if (v := KINDS[name].variant) is not None}
 FLOOR_OF: dict[str, str] = {name: f for name in ENGINES if (f := KINDS[name].floor) is not None}
 DESCRIPTION = {name: k.description for name, k in KINDS.items()}
-# Each runtime's fp32 engines, for "the fastest ONNX Runtime against the fastest PyTorch" and the winner of all.
-ORT_ENGINES = tuple(n for n in ENGINES if KINDS[n].runtime == "onnxruntime" and KINDS[n].variant is None)
-TORCH_ENGINES = tuple(n for n in ENGINES if KINDS[n].runtime == "torch")
-FP32_ENGINES = tuple(n for n in ENGINES if KINDS[n].variant is None)
+
+
+def engines_of(precision: str, runtime: str | None = None) -> tuple[str, ...]:
+    """The engines computing in `precision` (of one runtime, or all): "the fastest ONNX Runtime against the fastest PyTorch"."""
+    return tuple(n for n in ENGINES if KINDS[n].precision == precision and runtime in (None, KINDS[n].runtime))
 
 
 @dataclass
@@ -219,17 +253,25 @@ def ort_run_engine(name: str, session, spec_inputs: list[str], device: str) -> E
     return Engine(name, device, session.get_providers()[0], bind, FLOOR_OF.get(name))
 
 
-def openvino_engine(name: str, path: Path, threads: int) -> Engine:
-    """OpenVINO's CPU plugin on the ONNX file: one compiled model for every batch size (its batch axis stays dynamic), as ONNX Runtime's session is.
-
-    `answer(feed)` runs the same compiled model for the parity check the benchmark holds it to.
-    """
+def openvino_compiled(path: Path, threads: int):
+    """OpenVINO's CPU plugin on the ONNX file, compiled once for every batch size (its batch axis stays dynamic), as
+    ONNX Runtime's session is: f32, `threads` intra-op threads, one stream; the cold start compiles the same."""
     import openvino as ov
 
     check_onnx_file(path)  # the guards every ONNX Runtime session gets: no data read from outside the model's folder
     core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    return core.compile_model(core.read_model(str(path)), "CPU", OPENVINO_CONFIG | {"INFERENCE_NUM_THREADS": threads})
+
+
+# f32: on CPUs with bfloat16 support the CPU plugin's default inference precision is bf16.
+OPENVINO_CONFIG = {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def openvino_engine(name: str, path: Path, threads: int) -> Engine:
+    """OpenVINO through a pre-bound infer request; `answer(feed)` runs the same compiled model for the parity check."""
+    import openvino as ov
+
+    compiled = openvino_compiled(path, threads)
     outputs = [o.get_any_name() for o in compiled.outputs]
 
     def bind(feed):
@@ -247,10 +289,56 @@ def openvino_engine(name: str, path: Path, threads: int) -> Engine:
         result = compiled({port.get_any_name(): np.ascontiguousarray(feed[port.get_any_name()]) for port in compiled.inputs})
         return {name: np.asarray(result[name]) for name in outputs}
 
-    described = {key: str(compiled.get_property(key)) for key in config}
+    described = {key: str(compiled.get_property(key)) for key in (*OPENVINO_CONFIG, "INFERENCE_NUM_THREADS")}
     provider = f"OpenVINO {ov.get_version().split('-')[0]} CPU"
     held = KINDS[name].held_to_parity  # a floor's identity graph answers with its inputs, which nothing is compared with
     return Engine(name, "cpu", provider, bind, FLOOR_OF.get(name), {"openvino": described}, answer if held else None)
+
+
+def torch_answer(module, spec: ModelSpec, device: str, autocast: bool = False):
+    """A torch engine's outputs for a feed, as numpy float32 by output name (the parity check's side)."""
+    import torch
+
+    def answer(feed):
+        args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])).to(device) for t in spec.inputs]
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.float16, enabled=autocast):
+            out = module(*args)
+        values = out if isinstance(out, (tuple, list)) else (out,)
+        return {t.name: v.float().cpu().numpy() for t, v in zip(spec.outputs, values)}
+
+    return answer
+
+
+def autocast_engine(name: str, module, spec: ModelSpec) -> Engine:
+    """Eager PyTorch under torch.autocast(cuda, float16): inputs stay as declared, matmuls and convolutions run in fp16."""
+    import torch
+
+    module = module.to("cuda").eval()
+
+    def bind(feed):
+        args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])).to("cuda") for t in spec.inputs]
+        torch.cuda.synchronize()
+
+        def call():
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+                out = module(*args)
+            torch.cuda.synchronize()
+            return out
+
+        return call
+
+    provider = f"torch cuda ({torch.cuda.get_device_name(0)}), autocast float16"
+    return Engine(name, "cuda", provider, bind, FLOOR_OF.get(name), answer=torch_answer(module, spec, "cuda", autocast=True))
+
+
+def ort_answer(session, spec: ModelSpec):
+    """An ONNX Runtime session's outputs for a feed, by output name (the parity check's side)."""
+    names = [t.name for t in spec.outputs]
+
+    def answer(feed):
+        return dict(zip(names, session.run(names, {t.name: np.ascontiguousarray(feed[t.name]) for t in spec.inputs})))
+
+    return answer
 
 
 def ort_cudagraph_engine(path: Path, spec_inputs: list[str], config: SessionConfig) -> Engine:
@@ -444,6 +532,14 @@ def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Pat
                 "bench", f"{name}: the {variant} variant has not passed its gates", "python -m pipeline variants --" + variant
             )
         return ort_iobinding_engine(name, create_session(paths[variant], config), input_names, device)
+    if name == "eager-fp16":
+        return autocast_engine(name, model_factory(), spec)
+    if name == "torch.compile-max-autotune":
+        _raise_recompile_limit(recompile_limit)
+        return torch_engine(name, torch.compile(model_factory().to(device), mode="max-autotune"), spec, device)
+    if name == "onnxruntime-tensorrt":
+        session = create_session(paths["onnx"], replace(config, tensorrt=True))
+        return replace(ort_iobinding_engine(name, session, input_names, device), answer=ort_answer(session, spec))
     if name in ("openvino", "floor:openvino"):
         return openvino_engine(name, paths["onnx" if name == "openvino" else "identity"], config.threads or 1)
     if name == "onnxruntime-cudagraph":

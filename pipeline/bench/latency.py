@@ -36,11 +36,10 @@ from pipeline.bench.engines import (
     DESCRIPTION,
     ENGINES,
     FLOOR_OF,
-    FP32_ENGINES,
-    ORT_ENGINES,
-    TORCH_ENGINES,
+    KINDS,
     VARIANT_ENGINES,
     Engine,
+    engines_of,
     identity_onnx,
     load,
     skip_reason,
@@ -270,7 +269,7 @@ def _time_batch(settings, spec, device, batch, engines: dict[str, Engine], refer
         bar.set_postfix_str(f"{device} b={batch} warm up {name}")
         try:
             if engine.answer is not None and reference is not None:
-                check = reference.check(engine, feed, batch, spec.tolerance)
+                check = reference.check(engine, feed, batch, held_tolerance(spec, name))
                 out.parity.append(check)
                 if not check["passed"]:
                     raise PipelineError(
@@ -298,6 +297,19 @@ def _time_batch(settings, spec, device, batch, engines: dict[str, Engine], refer
     finally:
         gc.enable()
     return {name: (t, max(0.0, t.setup_s - warm_seconds(t.p50_s(), settings.calls()))) for name, t in timings.items()}
+
+
+def held_tolerance(spec, engine: str) -> Tolerance:
+    """The bound an engine outside the parity stage is held to: the model's own, or its fp16_tolerance for an fp16 engine."""
+    if KINDS[engine].precision != "fp16":
+        return spec.tolerance
+    if spec.fp16_tolerance is None:
+        raise PipelineError(
+            STAGE,
+            f"{spec.name} declares no fp16_tolerance, so {engine}'s answers have nothing to be held to",
+            "declare fp16_tolerance in the model's spec, e.g. Tolerance(atol=1e-2, rtol=1e-2, max_mismatch=0.01)",
+        )
+    return spec.fp16_tolerance
 
 
 def memory_budget_mb(settings: BenchSettings) -> float:
@@ -362,7 +374,8 @@ def variants_summary(manifest: Manifest, records: list[dict], cold: list[dict]) 
 
 def cold_engines(settings: BenchSettings) -> list[str]:
     """The engines whose cold start is measured; the others share a session creation or model load with one."""
-    skip = {"onnxruntime-run", *CUDA_GRAPH_ENGINES, *(() if settings.cold_start_compile else ("torch.compile",))}
+    compiles = ("torch.compile", "torch.compile-max-autotune")
+    skip = {"onnxruntime-run", "eager-fp16", *CUDA_GRAPH_ENGINES, *(() if settings.cold_start_compile else compiles)}
     return [e for e in settings.engines if e not in skip]
 
 
@@ -374,6 +387,9 @@ def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, ba
     out = []
     for device in settings.devices:
         for engine in cold_engines(settings):
+            if skip_reason(engine, device):  # listed once, in the report's skipped pairings
+                bar.update(1)
+                continue
             bar.set_postfix_str(f"cold start {engine} ({device})")
             job = {
                 "engine": engine,
@@ -385,7 +401,7 @@ def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, ba
                 "torchscript": str(layout.torchscript),
                 "model": settings.model,
                 "root": str(layout.root),
-                "session": asdict(settings.session(device)),
+                "session": asdict(replace(settings.session(device), tensorrt=engine == "onnxruntime-tensorrt")),
             }
             job_path = scratch / "cold_job.json"
             job_path.write_text(json.dumps(job))
@@ -441,31 +457,34 @@ def _best(index: dict, device: str, batch: int, engines: tuple[str, ...]) -> dic
 
 
 def verdicts(records: list[dict]) -> list[dict]:
-    """At each device and batch size: the fastest ONNX Runtime engine against the fastest PyTorch one, at p50,
-    and the fastest fp32 engine of all (OpenVINO included), against eager and the fastest PyTorch engine."""
+    """At each device, batch size and precision: the fastest ONNX Runtime engine against the fastest PyTorch one, at p50,
+    and the fastest engine of all (OpenVINO included), against eager fp32 and the fastest PyTorch engine of that precision."""
     index = {(r["device"], r["batch"], r["engine"]): r for r in records}
     out = []
     for device, batch in sorted({(r["device"], r["batch"]) for r in records}):
-        ort, torch_ = _best(index, device, batch, ORT_ENGINES), _best(index, device, batch, TORCH_ENGINES)
-        fastest, eager = _best(index, device, batch, FP32_ENGINES), index.get((device, batch, "eager"))
-        if not (ort and torch_ and fastest):
-            continue
-        ort_wins = ort["p50_ms"] <= torch_["p50_ms"]
-        winner, loser = (ort, torch_) if ort_wins else (torch_, ort)
-        out.append(
-            {
-                "device": device,
-                "batch": batch,
-                "onnxruntime": ort["engine"],
-                "pytorch": torch_["engine"],
-                "winner": "ONNX Runtime" if ort_wins else "PyTorch",
-                "winner_engine": winner["engine"],
-                "by": loser["p50_ms"] / winner["p50_ms"],
-                "fastest": fastest["engine"],
-                "fastest_vs_eager": eager["p50_ms"] / fastest["p50_ms"] if eager else None,
-                "fastest_vs_best_pytorch": torch_["p50_ms"] / fastest["p50_ms"],
-            }
-        )
+        for precision in ("fp32", "fp16"):
+            ort = _best(index, device, batch, engines_of(precision, "onnxruntime"))
+            torch_ = _best(index, device, batch, engines_of(precision, "torch"))
+            fastest, eager = _best(index, device, batch, engines_of(precision)), index.get((device, batch, "eager"))
+            if not (ort and torch_ and fastest):
+                continue
+            ort_wins = ort["p50_ms"] <= torch_["p50_ms"]
+            winner, loser = (ort, torch_) if ort_wins else (torch_, ort)
+            out.append(
+                {
+                    "device": device,
+                    "batch": batch,
+                    "precision": precision,
+                    "onnxruntime": ort["engine"],
+                    "pytorch": torch_["engine"],
+                    "winner": "ONNX Runtime" if ort_wins else "PyTorch",
+                    "winner_engine": winner["engine"],
+                    "by": loser["p50_ms"] / winner["p50_ms"],
+                    "fastest": fastest["engine"],
+                    "fastest_vs_eager": eager["p50_ms"] / fastest["p50_ms"] if eager else None,
+                    "fastest_vs_best_pytorch": torch_["p50_ms"] / fastest["p50_ms"],
+                }
+            )
     return out
 
 

@@ -89,19 +89,21 @@ def _variants(report: dict) -> list[str]:
 
 
 def _winners(report: dict) -> list[str]:
-    """Per device and batch: the fastest ONNX Runtime against the fastest PyTorch, and the fastest fp32 engine of all."""
+    """Per device, batch and precision: the fastest engine of all, and the fastest ONNX Runtime against the fastest PyTorch."""
     if not report.get("verdicts"):
         return []
     lines = [
         "## The fastest engine, and ONNX Runtime or PyTorch, at p50",
         "",
-        "| device | batch | fastest of all (fp32) | × eager | × fastest PyTorch | fastest ONNX Runtime | fastest PyTorch | winner | by |",
-        "| --- | ---: | --- | ---: | ---: | --- | --- | --- | ---: |",
+        "× eager is against eager fp32; × fastest PyTorch against the fastest PyTorch engine of the same precision.",
+        "",
+        "| device | batch | precision | fastest of all | × eager | × fastest PyTorch | fastest ONNX Runtime | fastest PyTorch | winner | by |",
+        "| --- | ---: | --- | --- | ---: | ---: | --- | --- | --- | ---: |",
     ]
     for v in report["verdicts"]:
         lines.append(
-            f"| {v['device']} | {v['batch']} | **{v.get('fastest', '—')}** | {_x(v.get('fastest_vs_eager'))} | "
-            f"{_x(v.get('fastest_vs_best_pytorch'))} | {v['onnxruntime']} | {v['pytorch']} | "
+            f"| {v['device']} | {v['batch']} | {v.get('precision', 'fp32')} | **{v.get('fastest', '—')}** | "
+            f"{_x(v.get('fastest_vs_eager'))} | {_x(v.get('fastest_vs_best_pytorch'))} | {v['onnxruntime']} | {v['pytorch']} | "
             f"**{v['winner']}** ({v['winner_engine']}) | {_x(v['by'])} |"
         )
     lines.append("")

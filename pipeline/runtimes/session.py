@@ -26,6 +26,7 @@ from pipeline.spec import PRECISIONS, Device, Precision
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class SessionConfig:
     # cuDNN's convolution algorithm search: EXHAUSTIVE (ORT's default) times every
     # algorithm on the first call of each shape, HEURISTIC picks one without timing.
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"
+    # ONNX Runtime's TensorRT provider first (fp32; the benchmark's engine), CUDA for what it does not take.
+    tensorrt: bool = False
 
     def __post_init__(self):
         if self.device not in ("cpu", "cuda"):
@@ -50,6 +53,8 @@ class SessionConfig:
             raise PipelineError("runtime", f"unknown CUDA precision {self.precision!r}", "use 'fp32' or 'tf32'")
         if self.cuda_graph and self.device != "cuda":
             raise PipelineError("runtime", "CUDA graphs exist only on CUDA", "use device 'cuda' or drop cuda_graph")
+        if self.tensorrt and self.device != "cuda":
+            raise PipelineError("runtime", "TensorRT runs only on CUDA", "use device 'cuda' or drop tensorrt")
 
     def cuda_options(self) -> dict[str, str]:
         """The CUDA provider's options, as strings (how ONNX Runtime reports them back)."""
@@ -60,7 +65,12 @@ class SessionConfig:
             "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
         }
 
+    def tensorrt_options(self) -> dict[str, str]:
+        return {"device_id": str(self.gpu_id), "trt_fp16_enable": "False"}
+
     def providers(self) -> list[Any]:
+        if self.tensorrt:
+            return [(TENSORRT, self.tensorrt_options()), (CUDA, self.cuda_options()), CPU]
         if self.device == "cuda":
             # CPU stays in the list for the few ops without a CUDA kernel (ORT places
             # them itself); the session as a whole must still run on CUDA (checked below).
@@ -72,6 +82,8 @@ class SessionConfig:
         out: dict[str, Any] = {"device": self.device, "threads": self.threads}
         if self.device == "cuda":
             out.update(precision=self.precision, provider_options=self.cuda_options())
+        if self.tensorrt:
+            out["tensorrt_options"] = self.tensorrt_options()
         return out
 
 
@@ -111,15 +123,17 @@ def create_session(path: Path | str, config: SessionConfig = SessionConfig()):
 
 def check_session(session, config: SessionConfig) -> None:
     """Refuse a session that does not run where and how it was asked to."""
-    want = CUDA if config.device == "cuda" else CPU
+    want = TENSORRT if config.tensorrt else CUDA if config.device == "cuda" else CPU
     got = session.get_providers()
-    # ORT silently falls back to the CPU when the CUDA provider fails to load.
+    # ORT silently falls back to the CPU when the CUDA provider fails to load, and to CUDA when TensorRT's libraries do not.
     if not got or got[0] != want:
-        raise PipelineError(
-            "runtime",
-            f"ONNX Runtime was asked for {want} but runs on {got}",
-            "check the CUDA 13 / cuDNN 9 libraries (import torch first, or onnxruntime.preload_dlls())",
+        fix = (
+            "TensorRT's libraries did not load in onnxruntime-gpu: pip install the tensorrt package its release notes name, "
+            "or leave the onnxruntime-tensorrt engine out"
+            if config.tensorrt
+            else "check the CUDA 13 / cuDNN 9 libraries (import torch first, or onnxruntime.preload_dlls())"
         )
+        raise PipelineError("runtime", f"ONNX Runtime was asked for {want} but runs on {got}", fix)
     if config.device == "cuda":
         # The options that change results or how a call runs must read back as asked.
         applied = session.get_provider_options().get(CUDA, {})
