@@ -25,6 +25,7 @@ from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT, KEYS
 from pipeline.models import load_spec
+from pipeline.runtimes.runners import TorchRunner
 from pipeline.settings import Layout, Settings
 from pipeline.stages import run_all
 from tests.helpers import REPO, archive_handler
@@ -252,3 +253,19 @@ def test_suite_reports_a_tiny_model_with_measurements(tmp_path):
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert len(cells) == 13 and all(cells[i] != "—" for i in range(1, 12)), cells  # every measured column filled; served is "—"
     assert f"commit {report['machine']['commit']}" in table
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_the_variant_metric_without_labels_follows_eager(name, tmp_path):
+    """Random weights have no labelled data: the task metric is agreement with eager fp32, 1 for eager itself, lower for noise."""
+    spec = load_spec(str(tiny_file(tmp_path, name)))
+    assert spec.task_metric is not None and spec.fp16_tolerance is not None
+    assert (spec.int8_tolerance is not None) == (name in ("resnet_tiny", "bert_tiny"))  # measured on the CPU for these two
+    metric = spec.task_metric.evaluate
+    model = spec.build(spec.train(0).model_args)
+    model.load_state_dict(spec.train(0).state_dict)
+    runner = TorchRunner("eager", model.eval(), spec)
+    assert metric(runner.infer, 0) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    noise = metric(lambda feed: {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in runner.infer(feed).items()}, 0)
+    assert noise < 0.9

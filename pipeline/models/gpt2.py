@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline.models.hf_common import TokenFeeds, config_args, random_weights
-from pipeline.spec import ModelSpec, TensorSpec
+from pipeline.models.hf_common import AgreementWithEager, TokenFeeds, config_args, random_weights
+from pipeline.spec import ModelSpec, TaskMetric, TensorSpec, Tolerance
 
 
 class GPT2Logits(nn.Module):
@@ -51,6 +51,14 @@ def make_spec(config: GPT2Config, name: str = "gpt2") -> ModelSpec:
         edge_inputs=feeds.edge_inputs,
         parity_cases=feeds.parity_cases,
         max_lengths={"seq": config.n_positions},
+        # fp16 (not yet measured on a GPU): fp16 keeps about three significant digits, so 0.01 plus 2 % of
+        # each output's scale, and the same task metric as int8.
+        fp16_tolerance=Tolerance(atol=0.01, rtol=0.0, scaled=0.02),
+        task_metric=TaskMetric(
+            "next-token top-1 agreement with eager fp32",
+            AgreementWithEager(build, config_args(config), feeds.sample_inputs, ("input_ids", "attention_mask"), "logits", 0),
+            max_drop=0.02,
+        ),
         # "Hello" in GPT-2's vocabulary. One token: each token's answer is vocab_size floats,
         # about 1 MB of JSON at 50257.
         example_request=feeds.example_request([15496]),

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
-from pipeline.models.hf_common import ImageFeeds, config_args, image_hw, num_labels, random_weights, with_labels
-from pipeline.spec import ImageInput, ModelSpec, TensorSpec
+from pipeline.models.hf_common import AgreementWithEager, ImageFeeds, config_args, image_hw, num_labels, random_weights, with_labels
+from pipeline.spec import ImageInput, ModelSpec, TaskMetric, TensorSpec, Tolerance
 
 
 class ViTClassifier(nn.Module):
@@ -39,13 +39,22 @@ def build(args: Mapping[str, Any]) -> nn.Module:
 def make_spec(config: ViTConfig, name: str = "vit_b16") -> ModelSpec:
     """The spec of `ViTForImageClassification(config)`: images of the config's image_size."""
     (height, width), channels = image_hw(config.image_size), config.num_channels
+    feeds = ImageFeeds(channels, height, width)
     return ModelSpec(
         name=name,
         inputs=(TensorSpec("pixel_values", "float32", ("batch", channels, height, width)),),
         outputs=(TensorSpec("logits", "float32", ("batch", num_labels(config))),),
         build=build,
         train=random_weights(build, config_args(config)),
-        sample_inputs=ImageFeeds(channels, height, width).sample_inputs,
+        sample_inputs=feeds.sample_inputs,
+        # fp16 (not yet measured on a GPU): fp16 keeps about three significant digits, so 0.01 plus 2 % of
+        # each output's scale, and the same task metric as int8.
+        fp16_tolerance=Tolerance(atol=0.01, rtol=0.0, scaled=0.02),
+        task_metric=TaskMetric(
+            "top-1 agreement with eager fp32",
+            AgreementWithEager(build, config_args(config), feeds.sample_inputs, ("pixel_values",), "logits", 0),
+            max_drop=0.02,
+        ),
         # A 224x224 image is too large a JSON body to paste; send a JPEG (`curl -T cat.jpg`).
         example_request=None,
         # ViTImageProcessor's (google/vit-base-patch16-224): resized to the model's size, normalised to [-1, 1].
