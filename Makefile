@@ -24,7 +24,7 @@ comma := ,
 VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
 ARCHIVE := model_store/$(notdir $(basename $(MODEL)))$(if $(VARIANT),-$(VARIANT)).mar
 
-.PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench reliability real-models docs clean distclean
+.PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench tune reliability real-models docs clean distclean
 
 help:
 	@echo "make export     train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
@@ -36,6 +36,8 @@ help:
 	@echo "make serve-ray  the same archive on Ray Serve: a local cluster on 127.0.0.1 (RAY_ADDRESS=... joins one); REPLICAS=2 or REPLICAS=auto"
 	@echo "make stop-ray   stop it (the local cluster too)"
 	@echo "make bench      latency report: eager vs TorchScript vs ONNX Runtime in process, and the served endpoint (BENCH_ARGS=...)"
+	@echo "make tune       the serving config (batch, delay, workers, threads) that meets P99_MS=5 on a real TorchServe,"
+	@echo "                packaged into the archive -> reports/<model>/tune.{json,md,png} (VARIANT=int8, TUNE_ARGS=...)"
 	@echo "make reliability  faults, hostile input and load against the pipeline and a real server -> reports/reliability.md"
 	@echo "make real-models  resnet50, vit_b16, bert_base, gpt2 (and the 2.4 GB MLP) at full size through the chain, one after another"
 	@echo "                -> reports/real-models.md (REAL_MODELS_ARGS='--models resnet50 --serve --timeout 3600')"
@@ -108,6 +110,12 @@ stop-ray: $(STAMP)
 bench: $(RAY_STAMP)
 	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all $(MODEL_FLAGS)
 	$(PY) -m pipeline bench $(MODEL_FLAGS) $(BENCH_ARGS)
+
+tune: $(STAMP)
+	$(if $(P99_MS),,$(error make tune needs the goal: make tune MODEL=$(MODEL) P99_MS=5))
+	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all $(MODEL_FLAGS)
+	@test -z "$(VARIANT)" || test -f $(ARCHIVE) || $(PY) -m pipeline variants $(MODEL_FLAGS) --$(VARIANT)
+	$(PY) -m pipeline tune $(MODEL_FLAGS) --p99-ms $(P99_MS) $(if $(VARIANT),--variant $(VARIANT)) $(TUNE_ARGS)
 
 reliability: $(RAY_STAMP)
 	$(PY) -m pipeline reliability $(RELIABILITY_ARGS)

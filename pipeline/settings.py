@@ -42,6 +42,10 @@ class Settings:
     serve_max_batch_delay_ms: int = 1
     serve_workers: int = 1
     serve_response_timeout_s: int = 30
+    # ONNX Runtime intra-op threads per worker, written into the archive's contract
+    # (io_contract.json "intra_op_threads"); None leaves it to the server (ONNX Runtime's
+    # default on TorchServe, num_cpus on Ray). python -m pipeline tune measures the best.
+    serve_threads: int | None = None
     # Which archive to serve: None for the fp32 model, or a variant ("int8", "fp16").
     variant: str | None = None
 
@@ -137,5 +141,9 @@ def cuda_tolerance(settings: Settings, spec: ModelSpec) -> Tolerance:
 
 
 def contract(settings: Settings, spec: ModelSpec) -> dict[str, Any]:
-    """The I/O contract the archive carries, with the CUDA precision that was verified."""
-    return spec.contract(cuda_precision(settings, spec))
+    """The I/O contract the archive carries, with the CUDA precision that was verified
+    and, where one was chosen, the intra-op threads each worker's session takes."""
+    io_contract = spec.contract(cuda_precision(settings, spec))
+    if settings.serve_threads is not None:
+        io_contract["intra_op_threads"] = settings.serve_threads
+    return io_contract

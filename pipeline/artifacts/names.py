@@ -22,6 +22,11 @@ def archive_key(variant: str | None) -> str:
     return f"mar-{variant}" if variant else MAR
 
 
+def tune_key(variant: str | None) -> str:
+    """The manifest key of the serving config `python -m pipeline tune` measured and chose (per archive)."""
+    return f"tune-{variant}" if variant else "tune"
+
+
 # An ONNX file over protobuf's 2 GiB keeps its weights in one external-data file beside
 # it, named after it (model.onnx -> model.onnx.data); no other external location is loaded.
 # Its record's details name that file under EXTERNAL_DATA: {"path", "sha256", "bytes"}.

@@ -171,15 +171,29 @@ def metrics_window(info: serve.ServerInfo, properties: dict[str, str]):
     return LogWindow.mark(Path(info.run_dir) / "logs")
 
 
-def project_for(config: dict, settings, layout: Layout, folder: Path) -> Settings:
-    """A private project folder whose archive carries `config`: the user's archive is untouched."""
+def copy_project(layout: Layout, folder: Path) -> None:
+    """The model's verified artifacts and gate reports copied into `folder`, a private project
+    that can be packaged and served without touching the user's archive (or measurements)."""
     src = layout.root
     (folder / "artifacts").mkdir(parents=True)
     shutil.copytree(src / "artifacts" / layout.model, folder / "artifacts" / layout.model)
-    shutil.copytree(src / "reports" / layout.model, folder / "reports" / layout.model, ignore=shutil.ignore_patterns("latency*"))
+    shutil.copytree(src / "reports" / layout.model, folder / "reports" / layout.model, ignore=shutil.ignore_patterns("latency*", "tune*"))
+
+
+def project_for(config: dict, settings, layout: Layout, folder: Path) -> Settings:
+    """A private project folder whose archive carries `config`: the user's archive is untouched."""
+    copy_project(layout, folder)
     project = Settings(model=settings.model, root=folder, force=True, **config)
     package.run(project)
     return project
+
+
+def load(info: serve.ServerInfo | RayInfo, request: Request, concurrency: int, seconds: float, generator: str = "auto") -> dict:
+    """`request` from `concurrency` closed-loop clients for `seconds` against a running server (wrk, or locust)."""
+    headers = {"Authorization": f"Bearer {info.token('inference')}", **dict(request.headers)}
+    return measure(
+        request.url(info), request.body, concurrency, seconds, headers=headers, content_type=request.content_type, generator=generator
+    )
 
 
 def _sweep(
@@ -198,22 +212,18 @@ def _sweep(
     ping = f"{info.inference}/v2/health/live" if isinstance(info, RayInfo) else f"{info.inference}/ping"
     generator = settings.load_generator
 
-    def load(r: Request, concurrency: int, seconds: float) -> dict:
-        send = {"headers": {**headers, **dict(r.headers)}, "content_type": r.content_type, "generator": generator}
-        return measure(r.url(info), r.body, concurrency, seconds, **send)
-
     runs, floors, others = [], [], []
     for each in (request, alongside) if alongside else (request,):
-        load(each, 4, 1.0)  # warm-up: first requests pay for JIT and connection setup on both sides
+        load(info, each, 4, 1.0, generator)  # warm-up: first requests pay for JIT and connection setup on both sides
     for c in settings.concurrency:
         bar.set_postfix_str(f"served {label} c={c}")
         window = metrics_window(info, properties) if isinstance(info, serve.ServerInfo) and properties is not None else None
-        result = load(request, c, settings.served_seconds)
+        result = load(info, request, c, settings.served_seconds, generator)
         runs.append({**result, **({"torchserve_metrics": window.breakdown()} if window else {})})
         bar.update(1)
         if alongside is not None:
             bar.set_postfix_str(f"served {label} {alongside.kind} c={c}")
-            others.append(load(alongside, c, settings.served_seconds))
+            others.append(load(info, alongside, c, settings.served_seconds, generator))
             bar.update(1)
         bar.set_postfix_str(f"served {label} floor c={c}")
         floors.append(measure(ping, "", c, min(PING_SECONDS, settings.served_seconds), headers=headers, method="GET", generator=generator))

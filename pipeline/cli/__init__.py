@@ -2,13 +2,14 @@
 
 Stages: train, trace, export, parity, package; `all` runs them in order and prints a
 one-screen summary. serve / stop / token run the endpoint (TorchServe, or Ray Serve with
-`--on ray`); bench writes the latency report; reliability runs the fault harness. Each
+`--on ray`); bench writes the latency report; tune finds the serving config that meets a
+p99 goal and packages the archive with it; reliability runs the fault harness. Each
 command takes only its own options.
 """
 
 # The top layer: argparse lives in this package only. Each command maps its options onto a
 # library call (a settings object into `run`), and no library module imports pipeline.cli.
-# options (what several commands share), stages, serving, bench, reliability: one module each.
+# options (what several commands share), stages, serving, bench, tune, reliability: one module each.
 
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ from pipeline.spec import HF_PREFIX
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The command line and each command's own parser."""
-    from pipeline.cli import bench, reliability, serving, stages
+    from pipeline.cli import bench, reliability, serving, stages, tune
 
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True, metavar="command")
     stages.add_parsers(commands)
     serving.add_parsers(commands)
     bench.add_parser(commands)
+    tune.add_parser(commands)
     reliability.add_parser(commands)
     return p, commands.choices
 
@@ -48,7 +50,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import bench, reliability, serving, stages
+    from pipeline.cli import bench, reliability, serving, stages, tune
 
     args = parse(sys.argv[1:] if argv is None else argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "rayservice": serving.rayservice_command,
         "variants": stages.variants_command,
         "bench": bench.command,
+        "tune": tune.command,
         "reliability": reliability.command,
     }
     try:

@@ -11,7 +11,7 @@ from typing import cast
 from pipeline.bench import latency
 from pipeline.bench.engines import CUDA_GRAPH_ENGINES, ENGINES
 from pipeline.bench.latency import STAGE, BenchSettings
-from pipeline.cli.options import task_option
+from pipeline.cli.options import load_generator_option, task_option
 from pipeline.errors import PipelineError
 from pipeline.runtimes.runners import cuda_available
 from pipeline.spec import PRECISIONS, Device
@@ -100,12 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--concurrency", type=csv_of(int), default=d.concurrency, help="served client counts (default: 1,4,16,64)")
     p.add_argument("--served-seconds", type=float, default=d.served_seconds, help="seconds of load per concurrency (default: %(default)s)")
-    p.add_argument(
-        "--load-generator",
-        choices=["auto", "wrk", "locust"],
-        default=d.load_generator,
-        help="the served load: wrk where installed (auto), else locust (default: %(default)s)",
-    )
+    load_generator_option(p, d.load_generator)
     p.add_argument(
         "--cuda-graph",
         action="store_true",

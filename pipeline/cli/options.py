@@ -64,6 +64,24 @@ def archive_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=positive, default=Settings.serve_workers, help="TorchServe workers for the model (default: %(default)s)"
     )
+    p.add_argument(
+        "--threads",
+        type=positive,
+        default=Settings.serve_threads,
+        help="ONNX Runtime intra-op threads per worker, written into the archive's io_contract.json; an explicit "
+        "OMP_NUM_THREADS on the server still wins (default: none, the server's choice: ONNX Runtime's on TorchServe, "
+        "num_cpus on Ray; python -m pipeline tune measures which is best)",
+    )
+
+
+def load_generator_option(p: argparse.ArgumentParser, default: str) -> None:
+    """The served load's generator, for the commands that load a real server (bench, tune)."""
+    p.add_argument(
+        "--load-generator",
+        choices=["auto", "wrk", "locust"],
+        default=default,
+        help="the served load: wrk where installed (auto), else locust (default: %(default)s)",
+    )
 
 
 def on_option(p: argparse.ArgumentParser) -> None:
@@ -94,6 +112,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         serve_batch_size=getattr(args, "batch_size", Settings.serve_batch_size),
         serve_max_batch_delay_ms=getattr(args, "max_batch_delay_ms", Settings.serve_max_batch_delay_ms),
         serve_workers=getattr(args, "workers", Settings.serve_workers),
+        serve_threads=getattr(args, "threads", Settings.serve_threads),
         variant=getattr(args, "variant", None),
     )
 

@@ -266,6 +266,9 @@ class Contract:
         # A smaller variant ("int8", "fp16") says so, and names the one device its gate ran on.
         self.variant: str | None = data.get("variant")
         self.device: str | None = data.get("device")
+        # ONNX Runtime intra-op threads per session, as packaged (python -m pipeline tune picks them); None: the server's choice.
+        threads = data.get("intra_op_threads")
+        self.intra_op_threads: int | None = None if threads is None else int(threads)
         declared = dict(data.get("max_lengths") or {})
         # Sizes in bytes (see `limits`); an archive made before they were declared gets the defaults.
         sizes = {**limits(self.inputs, declared), **{k: data[k] for k in LIMITS if k in data}}

@@ -41,11 +41,20 @@ class Answer:
         return cls(code, orjson.dumps({"error": message, "code": code}))
 
 
-def session_config(contract: Contract, gpu_id: int | None, threads: int | None) -> SessionConfig:
+def session_threads(contract: Contract, threads: int | None, default_threads: int | None = None) -> int | None:
+    """Intra-op threads: the operator's explicit choice (`threads`), else the archive's contract
+    (what it was packaged, and tuned, with), else the server's own default (None: ONNX Runtime's)."""
+    for choice in (threads, contract.intra_op_threads, default_threads):
+        if choice is not None:
+            return choice
+    return None
+
+
+def session_config(contract: Contract, gpu_id: int | None, threads: int | None, default_threads: int | None = None) -> SessionConfig:
     """CUDA on the given GPU where this onnxruntime can, else the CPU (and a warning saying why).
 
     A variant runs only where its gate verified it: an int8 archive on the CPU even on a
-    GPU worker, an fp16 archive on CUDA or not at all.
+    GPU worker, an fp16 archive on CUDA or not at all. Threads: see `session_threads`.
     """
     on_gpu = gpu_id is not None and cuda_provider_available() and contract.device != "cpu"
     if contract.device == "cuda" and not on_gpu:
@@ -61,7 +70,12 @@ def session_config(contract: Contract, gpu_id: int | None, threads: int | None) 
         log.warning(
             "assigned GPU %s but this onnxruntime has no CUDA provider (%s): serving on the CPU", gpu_id, ort.get_available_providers()
         )
-    return SessionConfig(device="cuda" if on_gpu else "cpu", threads=threads, gpu_id=int(gpu_id or 0), precision=contract.cuda_precision)
+    return SessionConfig(
+        device="cuda" if on_gpu else "cpu",
+        threads=session_threads(contract, threads, default_threads),
+        gpu_id=int(gpu_id or 0),
+        precision=contract.cuda_precision,
+    )
 
 
 class Predictor:
@@ -138,11 +152,14 @@ class Predictor:
         )
 
 
-def open_model(model_path: Path, contract: Contract, gpu_id: int | None = None, threads: int | None = None) -> Predictor:
-    """The predictor for an unpacked archive's model, on the GPU it was given if there is one."""
+def open_model(
+    model_path: Path, contract: Contract, gpu_id: int | None = None, threads: int | None = None, default_threads: int | None = None
+) -> Predictor:
+    """The predictor for an unpacked archive's model, on the GPU it was given if there is one
+    (threads: `session_threads`)."""
     import onnxruntime as ort
 
-    config = session_config(contract, gpu_id, threads)
+    config = session_config(contract, gpu_id, threads, default_threads)
     tokenizer = model_path.parent / ARCHIVE_TOKENIZER  # beside the model, where the archive has one
     reader = preprocess.reader(contract, tokenizer.read_bytes() if contract.text_input else None)
     predictor = Predictor(contract, create_session(model_path, config), reader)

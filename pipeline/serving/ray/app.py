@@ -167,8 +167,9 @@ def load(options: RayAppOptions, folder: Path, gpu_id: int | None = None) -> tup
     info = inspect_archive(mar)
     model = extract_model(mar, folder)  # with its model.onnx.data beside it, where it has one
     contract = Contract(info["contract"])
-    threads = max(1, int(options.num_cpus))
-    return open_model(model, contract, gpu_id, threads), info["model_config"] or {}
+    # The archive's threads where it was packaged with some, else one per CPU the replica reserves.
+    # (Not OMP_NUM_THREADS: Ray sets that in its workers itself, from their CPUs.)
+    return open_model(model, contract, gpu_id, default_threads=max(1, int(options.num_cpus))), info["model_config"] or {}
 
 
 def batch_settings(options: RayAppOptions, model_config: dict) -> tuple[int, float]:

@@ -109,6 +109,7 @@ class OnnxHandler:
         model_dir = Path(props.get("model_dir", "."))
         contract = Contract(json.loads((model_dir / ARCHIVE_CONTRACT).read_text()))
         gpu_id = props.get("gpu_id")
+        # An explicit OMP_NUM_THREADS overrides the threads the archive was packaged (and tuned) with.
         threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None
         # TorchServe assigns a GPU to every worker on a GPU machine; a CPU-only
         # onnxruntime there serves on the CPU, and says so.
