@@ -103,4 +103,6 @@ def test_the_handler_times_decoding_apart_from_the_model(models):
     timed = handler_time.measure_in_child(s.root / "model_store" / "vit_images.mar", request.body, preprocessed=True)
     per = timed["us_per_request"]
     assert timed["body_bytes"] == len(request.body) and set(per) == {"1", "8"}
-    assert 0 < timed["preprocess_us_per_request"] < per["1"]  # reading the request is part of handling it
+    # Reading the request is part of handling it. The two are medians measured one after the other, and decoding
+    # is nearly all of this tiny model's handler, so the bound leaves room for the machine's drift between them.
+    assert 0 < timed["preprocess_us_per_request"] < per["1"] * 1.2
