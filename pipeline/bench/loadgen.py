@@ -120,11 +120,15 @@ def run_load(
     headers: dict[str, str] | None = None,
     method: str = "POST",
     timeout_s: float = 30.0,
+    spread: Sequence[str] = (),
 ) -> LoadResult:
-    """Closed-loop load: `concurrency` clients, each sending its next request on the last answer."""
+    """Closed-loop load: `concurrency` clients, each sending its next request on the last answer;
+    with `spread` (the same route at other addresses), the clients take the addresses in turn."""
     parts = _check_target(url, concurrency, duration_s)
+    others = [_check_target(u, concurrency, duration_s) for u in spread]
     config = {
         "host": f"{parts.scheme}://{parts.netloc}",
+        "hosts": [f"{p.scheme}://{p.netloc}" for p in (parts, *others)],
         "path": parts.path + (f"?{parts.query}" if parts.query else ""),
         "concurrency": concurrency,
         "duration_s": duration_s,
@@ -164,7 +168,10 @@ def run_load(
 # wrk reports through a Lua script: status counts from every thread, percentiles in µs.
 WRK_SCRIPT = """
 local threads = {}
-function setup(thread) table.insert(threads, thread) end
+function setup(thread)
+  if pick then pick(thread) end
+  table.insert(threads, thread)
+end
 function init(args) statuses = {} end
 function response(status, hdrs, b) statuses[status] = (statuses[status] or 0) + 1 end
 function done(summary, latency, requests)
@@ -197,9 +204,17 @@ def run_wrk(
     headers: dict[str, str] | None = None,
     method: str = "POST",
     content_type: str = "application/json",
+    spread: Sequence[str] = (),
 ) -> dict:
-    """wrk, one thread, `concurrency` connections, for whole seconds: the summary `LoadResult.summary()` gives."""
+    """wrk, `concurrency` connections for whole seconds: the summary `LoadResult.summary()` gives.
+
+    One thread; or, with `spread` (the same route at other addresses: Ray's replicas under
+    direct ingress), one thread per address, each with its share of the connections, so
+    the load is spread as a client balancing over them would spread it. wrk's percentiles
+    are over every thread's requests.
+    """
     _check_target(url, concurrency, duration_s)
+    targets = [_check_target(u, concurrency, duration_s) for u in (url, *spread)][: max(1, concurrency)]
     seconds = max(1, round(duration_s))
     with tempfile.TemporaryDirectory(prefix="pipeline-wrk-") as tmp:
         lines = [f"wrk.method = {json.dumps(method)}"]
@@ -213,9 +228,19 @@ def run_wrk(
                 f'wrk.headers["Content-Type"] = {json.dumps(content_type)}',
             ]
         lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()]
+        if len(targets) > 1:  # thread i connects to address i
+            where = ", ".join(f"{{{json.dumps(t.hostname)}, {json.dumps(str(t.port))}}}" for t in targets)
+            lines += [
+                f"local targets, picked = {{{where}}}, 0",
+                "function pick(thread)",
+                "  picked = picked + 1",
+                "  local t = targets[picked]",
+                "  thread.addr = wrk.lookup(t[1], t[2])[1]",
+                "end",
+            ]
         script = Path(tmp) / "load.lua"
         script.write_text("\n".join(lines) + "\n" + WRK_SCRIPT)
-        command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script), url]
+        command = ["wrk", f"-t{len(targets)}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script), url]
         code, output, cpu_s = _run_child(command, seconds + 60, "wrk")
     found = [line for line in output.splitlines() if line.startswith("WRK-JSON ")]
     if code != 0 or not found:
@@ -253,13 +278,17 @@ def measure(
     method: str = "POST",
     generator: str = "auto",
     content_type: str = "application/json",
+    spread: Sequence[str] = (),
 ) -> dict:
-    """The benchmark's load: wrk where installed (or asked for), locust otherwise; the summary says which ran."""
+    """The benchmark's load: wrk where installed (or asked for), locust otherwise; the summary says which ran.
+
+    `spread`: the same route at other addresses, the load spread over them all.
+    """
     if generator == "wrk" or (generator == "auto" and wrk_available()):
         if not wrk_available():
             raise PipelineError(
                 "load", "--load-generator wrk: wrk is not installed", "sudo apt-get install -y wrk, or use --load-generator locust"
             )
-        return run_wrk(url, body, concurrency, duration_s, headers=headers, method=method, content_type=content_type)
+        return run_wrk(url, body, concurrency, duration_s, headers=headers, method=method, content_type=content_type, spread=spread)
     headers = {"Content-Type": content_type, **(headers or {})}
-    return run_load(url, [body] if body else [], concurrency, duration_s, headers=headers, method=method).summary()
+    return run_load(url, [body] if body else [], concurrency, duration_s, headers=headers, method=method, spread=spread).summary()

@@ -34,9 +34,17 @@ def main(config_path: str, out_path: str) -> int:
     limit = int(config.get("max_requests") or 0)
     records: list[tuple[float, int, float]] = []
 
+    # Each user keeps to one address; users take the addresses in turn (Ray's replicas under direct ingress).
+    next_host = itertools.cycle(config.get("hosts") or [config["host"]]).__next__
+
     class Client(FastHttpUser):
         host = config["host"]
         wait_time = constant(0)
+
+        def __init__(self, environment):
+            self.host = next_host()
+            super().__init__(environment)
+
         # Enough sockets for every user; keep-alive like a real client.
         concurrency = 1
         network_timeout = float(config.get("timeout_s", 30.0))

@@ -298,7 +298,7 @@ def _ray_config(config: dict) -> list[str]:
         f"### {config['name']}: Ray Serve, {sc['replicas']} replica(s), serve.batch up to {sc.get('batchSize')} "
         f"within {sc.get('maxBatchDelay')} ms (the archive's model config); a local Ray cluster on 127.0.0.1",
         "",
-        "The floor is `/v2/health/live` through the same proxy.",
+        _ray_route(sc),
         "",
         "| clients | req/s | p50 | p90 | p99 | errors | floor p50 | × floor | load CPU |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -309,6 +309,13 @@ def _ray_config(config: dict) -> list[str]:
             f"{_ms(r['p99_ms'])} | {r['errors']} | {_ms(p['p50_ms'])} | {_x(r['ratio_to_ping_p50'])} | {_share(r)} |"
         )
     return [*lines, ""]
+
+
+def _ray_route(sc: dict) -> str:
+    if sc.get("route") == "direct ingress":
+        spread = f", the clients spread over the {sc['addresses']} replicas' addresses" if sc.get("addresses", 1) > 1 else ""
+        return f"Sent to the replica's own HTTP server (direct ingress){spread}; the floor is `/v2/health/live` there too."
+    return "Sent through Serve's HTTP proxy; the floor is `/v2/health/live` through the same proxy."
 
 
 def _torchserve_config(config: dict) -> list[str]:

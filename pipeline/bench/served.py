@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,11 @@ SERVING_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
 COMPARISONS = (("default", "tuned"), ("tuned", "tuned-large-batch"))
 # --served ray: TorchServe's default and tuned configs beside Ray Serve's replica counts.
 RAY_TORCHSERVE_CONFIGS = ("default", "tuned")
+# Each replica count at the replicas' own addresses (direct ingress; the load spread over
+# them), and one replica again through Serve's proxy, to show what the proxy costs.
 RAY_REPLICAS = {"ray-1": 1, "ray-2": 2}
-RAY_COMPARISONS = (("default", "tuned"), ("tuned", "ray-1"), ("tuned", "ray-2"))
+RAY_PROXY = "ray-1-proxy"
+RAY_COMPARISONS = (("default", "tuned"), ("tuned", "ray-1"), ("tuned", "ray-2"), ("ray-1-proxy", "ray-1"))
 _METRIC = re.compile(r"(ts_inference_latency_microseconds|ts_queue_latency_microseconds)\.Microseconds:([0-9.]+)")
 _PREDICTION = re.compile(r"PredictionTime\.ms:([0-9.]+)")
 
@@ -69,7 +72,7 @@ _PREDICTION = re.compile(r"PredictionTime\.ms:([0-9.]+)")
 def steps(settings, spec) -> int:
     if settings.served == "off":
         return 0
-    configs = {"running": 1, "ray": len(RAY_TORCHSERVE_CONFIGS) + len(RAY_REPLICAS)}.get(settings.served, len(SERVING_CONFIGS))
+    configs = {"running": 1, "ray": len(RAY_TORCHSERVE_CONFIGS) + len(RAY_REPLICAS) + 1}.get(settings.served, len(SERVING_CONFIGS))
     binary = len(settings.concurrency) if spec.image_input is not None or spec.text_input is not None else 0
     return configs * len(settings.concurrency) * 2 + binary
 
@@ -188,11 +191,27 @@ def project_for(config: dict, settings, layout: Layout, folder: Path) -> Setting
     return project
 
 
+def replica_spread(info: serve.ServerInfo | RayInfo, url: str) -> list[str]:
+    """`url` (on `info.inference`) at each other replica's own address, where Ray serves at several."""
+    if not isinstance(info, RayInfo) or info.inference not in info.replica_urls:
+        return []
+    return [url.replace(info.inference, u, 1) for u in info.replica_urls if u != info.inference]
+
+
 def load(info: serve.ServerInfo | RayInfo, request: Request, concurrency: int, seconds: float, generator: str = "auto") -> dict:
-    """`request` from `concurrency` closed-loop clients for `seconds` against a running server (wrk, or locust)."""
+    """`request` from `concurrency` closed-loop clients for `seconds` against a running server (wrk, or locust);
+    on Ray at several replica addresses, spread over them all."""
     headers = {"Authorization": f"Bearer {info.token('inference')}", **dict(request.headers)}
+    url = request.url(info)
     return measure(
-        request.url(info), request.body, concurrency, seconds, headers=headers, content_type=request.content_type, generator=generator
+        url,
+        request.body,
+        concurrency,
+        seconds,
+        headers=headers,
+        content_type=request.content_type,
+        generator=generator,
+        spread=replica_spread(info, url),
     )
 
 
@@ -212,7 +231,7 @@ def _sweep(
     ping = f"{info.inference}/v2/health/live" if isinstance(info, RayInfo) else f"{info.inference}/ping"
     generator = settings.load_generator
 
-    runs, floors, others = [], [], []
+    runs, floors, binary_runs = [], [], []
     for each in (request, alongside) if alongside else (request,):
         load(info, each, 4, 1.0, generator)  # warm-up: first requests pay for JIT and connection setup on both sides
     for c in settings.concurrency:
@@ -223,14 +242,15 @@ def _sweep(
         bar.update(1)
         if alongside is not None:
             bar.set_postfix_str(f"served {label} {alongside.kind} c={c}")
-            others.append(load(info, alongside, c, settings.served_seconds, generator))
+            binary_runs.append(load(info, alongside, c, settings.served_seconds, generator))
             bar.update(1)
         bar.set_postfix_str(f"served {label} floor c={c}")
-        floors.append(measure(ping, "", c, min(PING_SECONDS, settings.served_seconds), headers=headers, method="GET", generator=generator))
+        floor_s = min(PING_SECONDS, settings.served_seconds)
+        floors.append(measure(ping, "", c, floor_s, headers=headers, method="GET", generator=generator, spread=replica_spread(info, ping)))
         bar.update(1)
     for r, f in zip(runs, floors):
         r["ratio_to_ping_p50"] = r["p50_ms"] / f["p50_ms"] if f["p50_ms"] > 0 else None
-    return runs, floors, others
+    return runs, floors, binary_runs
 
 
 def _describe(info: serve.ServerInfo) -> dict:
@@ -308,7 +328,7 @@ def run(settings, spec, layout: Layout, bar) -> dict:
             {"name": name, "server": "torchserve", "changes": config, "server_config": server_config, "runs": runs, "ping": floors}
         )
     if settings.served == "ray":
-        configs += [_ray_config(name, replicas, settings, layout, request, bar) for name, replicas in RAY_REPLICAS.items()]
+        configs += [c for name, replicas in RAY_REPLICAS.items() for c in _ray_configs(name, replicas, settings, layout, request, bar)]
     pairs = RAY_COMPARISONS if settings.served == "ray" else COMPARISONS
     comparisons = [c for c in (compare(configs, base, other) for base, other in pairs) if c]
     mar, _ = Manifest(layout.root, layout.model).verified(MAR, "bench")
@@ -348,20 +368,28 @@ def inputs_compared(runs: list[dict], binary_runs: list[dict], request: Request,
     return {"request": request.describe(), "binary": binary.describe(), "binary_runs": binary_runs, "per_concurrency": rows}
 
 
-def _ray_config(name: str, replicas: int, settings, layout: Layout, request: Request, bar) -> dict:
-    """The same sweep against the archive on Ray Serve (a local cluster of its own)."""
+def _ray_configs(name: str, replicas: int, settings, layout: Layout, request: Request, bar) -> list[dict]:
+    """The same sweep against the archive on Ray Serve (a local cluster of its own), at the
+    replicas' own addresses; with one replica, again through Serve's proxy on the same cluster."""
     from pipeline.serving.ray import server as ray_server
 
+    archive = Settings()  # the archive's own model config: what each replica batches with
+    server_config = {"replicas": replicas, "batchSize": archive.serve_batch_size, "maxBatchDelay": archive.serve_max_batch_delay_ms}
+    configs = []
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         project = project_for({}, settings, layout, Path(tmp))
         info = ray_server.start(project, replicas=str(replicas), auto_ports=True)
         try:
-            runs, floors, _ = _sweep(info, None, settings, request, bar, name)
+            ways = [(name, info, "direct ingress" if info.replica_urls else "Serve's proxy")]
+            if replicas == 1:
+                ways.append((RAY_PROXY, replace(info, inference=info.proxy, replica_urls=()), "Serve's proxy"))
+            for label, at, route in ways:
+                runs, floors, _ = _sweep(at, None, settings, request, bar, label)
+                config = {**server_config, "route": route, "addresses": len(at.replica_urls) or 1}
+                configs.append({"name": label, "server": "ray", "server_config": config, "runs": runs, "ping": floors})
         finally:
             ray_server.stop(project)
-    archive = Settings()  # the archive's own model config: what each replica batches with
-    server_config = {"replicas": replicas, "batchSize": archive.serve_batch_size, "maxBatchDelay": archive.serve_max_batch_delay_ms}
-    return {"name": name, "server": "ray", "server_config": server_config, "runs": runs, "ping": floors}
+    return configs
 
 
 def compare(configs: list[dict], base: str, other: str, concurrency: int = 16) -> dict | None:

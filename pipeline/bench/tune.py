@@ -1,9 +1,12 @@
-"""`python -m pipeline tune`: the serving config that meets a p99 goal, found on a real TorchServe.
+"""`python -m pipeline tune`: the serving config that meets a p99 goal, found on a real TorchServe (or Ray Serve).
 
 Each config of a small grid (batch size and batch delay, workers, ONNX Runtime intra-op
 threads per worker) is packaged from the verified model into a private project folder,
 served by TorchServe on free loopback ports, loaded at every concurrency asked for (wrk,
-or locust: `pipeline.bench.loadgen.measure`), and stopped before the next starts. The pick
+or locust: `pipeline.bench.loadgen.measure`), and stopped before the next starts. With
+`--on ray` the same grid runs on a local Ray Serve cluster: replicas in place of workers,
+`serve.batch`'s size and wait from the archive's batch size and delay, the load spread over
+the replicas' own addresses (direct ingress). The pick
 (`pick`, a pure function of the table) is the config with the most requests/s at the
 largest concurrency asked whose p99 meets the goal at every concurrency, with no errors.
 The user's archive is then packaged again with it (the package stage, the same verified
@@ -36,6 +39,7 @@ from pipeline.bench.served import copy_project, load
 from pipeline.errors import PipelineError
 from pipeline.runtimes.session import cuda_provider_available
 from pipeline.serving.common.contract import Contract
+from pipeline.serving.ray.server import RayInfo
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import DEFAULT_MODEL, Layout, Settings, StageResult, resolve
 from pipeline.spec import tokenizer_file
@@ -55,18 +59,25 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or 1
 
 
+Server = Literal["torchserve", "ray"]
+
+
 @dataclass(frozen=True)
 class ServingConfig:
-    """One point of the grid: what goes into the archive (model-config.yaml and io_contract.json)."""
+    """One point of the grid: what goes into the archive (model-config.yaml and io_contract.json),
+    and on Ray the replica count `workers` stands for (each replica is one process, as a worker is)."""
 
     batch_size: int
     max_batch_delay_ms: int
     workers: int
     threads: int
+    server: Server = "torchserve"
 
     @property
     def name(self) -> str:
         delay = f"-d{self.max_batch_delay_ms}" if self.batch_size > 1 else ""
+        if self.server == "ray":
+            return f"ray-b{self.batch_size}{delay}-r{self.workers}-t{self.threads}"
         return f"b{self.batch_size}{delay}-w{self.workers}-t{self.threads}"
 
     def applied(self, base: Settings) -> Settings:
@@ -80,8 +91,17 @@ class ServingConfig:
         )
 
     def options(self) -> str:
-        """The same config as package options."""
-        return f"--batch-size {self.batch_size} --max-batch-delay-ms {self.max_batch_delay_ms} --workers {self.workers} --threads {self.threads}"
+        """The same config as package options (on Ray, the replicas are serve's option)."""
+        batching = f"--batch-size {self.batch_size} --max-batch-delay-ms {self.max_batch_delay_ms}"
+        if self.server == "ray":
+            return f"{batching} --threads {self.threads}"
+        return f"{batching} --workers {self.workers} --threads {self.threads}"
+
+    def serve_command(self, model: str) -> str:
+        """How to serve the archive as measured."""
+        if self.server == "ray":
+            return f"python -m pipeline serve --on ray --model {model} --replicas {self.workers}"
+        return f"python -m pipeline serve --model {model}"
 
 
 @dataclass(frozen=True)
@@ -90,12 +110,13 @@ class TuneSettings:
 
     model: str = DEFAULT_MODEL
     root: Path = Path(".")
+    on: Server = "torchserve"  # the server to tune for; on "ray", `workers` are replica counts
     p99_ms: float = 5.0
     concurrency: tuple[int, ...] = CONCURRENCY
     seconds: float = 3.0  # of load per config and concurrency, after WARMUP_S of warm-up per config
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     delays_ms: tuple[int, ...] = DELAYS_MS  # for batch sizes over 1
-    workers: tuple[int, ...] = WORKERS
+    workers: tuple[int, ...] = WORKERS  # TorchServe workers, or Ray replicas
     threads: tuple[int, ...] | None = None  # None: 1 and this machine's physical cores
     load_generator: Literal["auto", "wrk", "locust"] = "auto"
     variant: str | None = None  # tune a variant's archive ("int8") instead of the fp32 one
@@ -114,7 +135,7 @@ def grid(settings: TuneSettings) -> list[ServingConfig]:
     if settings.threads is None:
         pairs = [(w, t) for w, t in pairs if t == 1 or w * t <= cores]
     batching = [(b, settings.delays_ms[0] if b == 1 else d) for b in dict.fromkeys(settings.batch_sizes) for d in settings.delays_ms]
-    return [ServingConfig(b, d, w, t) for b, d in dict.fromkeys(batching) for w, t in pairs]
+    return [ServingConfig(b, d, w, t, settings.on) for b, d in dict.fromkeys(batching) for w, t in pairs]
 
 
 # The table: one row per config, {"config": name, **ServingConfig fields, "runs": [loadgen summaries]}
@@ -220,10 +241,11 @@ def run(settings: TuneSettings) -> dict:
         **choice,
         "chosen_config": None if chosen is None else asdict(chosen),
         "package_options": None if chosen is None else chosen.options(),
+        "serve_command": None if chosen is None else chosen.serve_command(settings.model),
         "why": _why(table, choice, max(settings.concurrency)),
         "archive": archive,
     }
-    paths = write_report(report, layout, settings.variant)
+    paths = write_report(report, layout, settings.variant, settings.on)
     _record(layout, settings, report, paths[0])
     if chosen is None:
         raise PipelineError(
@@ -249,6 +271,10 @@ def archived_settings(manifest: Manifest, settings: TuneSettings) -> Settings:
 
 
 def _check(settings: TuneSettings) -> None:
+    if settings.on == "ray":
+        from pipeline.serving.ray.server import require_ray
+
+        require_ray()
     if not settings.p99_ms > 0 or not settings.seconds > 0 or not settings.concurrency:
         raise PipelineError(STAGE, "--p99-ms and --seconds must be over 0, with at least one concurrency", "e.g. --p99-ms 5 --seconds 3")
     if settings.variant is not None and _device(settings.variant) == "cuda" and not cuda_provider_available():
@@ -302,7 +328,7 @@ def measure_grid(settings: TuneSettings, layout: Layout, configs: list[ServingCo
             done = bar.n
             try:
                 _package(project)
-                row["runs"] = serve_and_load(project, settings, request, config.name, bar)
+                row["runs"] = serve_and_load(project, settings, request, config, bar)
             except PipelineError as exc:  # recorded, and the sweep goes on: one config that cannot serve is a result
                 row["failed"] = str(exc)
             bar.update(done + len(settings.concurrency) + 1 - bar.n)
@@ -310,9 +336,16 @@ def measure_grid(settings: TuneSettings, layout: Layout, configs: list[ServingCo
     return table
 
 
-def serve_and_load(project: Settings, settings: TuneSettings, request: Request, label: str, bar) -> list[dict]:
-    """One TorchServe for `project`'s archive: warm-up, then each concurrency; always stopped."""
-    info = serve.start(project, auto_ports=True)
+def serve_and_load(project: Settings, settings: TuneSettings, request: Request, config: ServingConfig, bar) -> list[dict]:
+    """One TorchServe (or local Ray cluster) for `project`'s archive: warm-up, then each concurrency; always stopped."""
+    label = config.name
+    if config.server == "ray":
+        from pipeline.serving.ray import server as ray_server
+
+        info: serve.ServerInfo | RayInfo = ray_server.start(project, replicas=str(config.workers), auto_ports=True)
+        stop = ray_server.stop
+    else:
+        info, stop = serve.start(project, auto_ports=True), serve.stop
     try:
         load(info, request, 4, WARMUP_S, settings.load_generator)  # JIT, connections, first batches
         bar.update(1)
@@ -323,17 +356,21 @@ def serve_and_load(project: Settings, settings: TuneSettings, request: Request, 
             bar.update(1)
         return runs
     finally:
-        serve.stop(project)
+        stop(project)
 
 
-def report_paths(layout: Layout, variant: str | None) -> tuple[Path, Path, Path]:
-    stem = f"tune-{variant}" if variant else "tune"
+def report_stem(variant: str | None, on: Server = "torchserve") -> str:
+    return "-".join(["tune", *(["ray"] if on == "ray" else []), *([variant] if variant else [])])
+
+
+def report_paths(layout: Layout, variant: str | None, on: Server = "torchserve") -> tuple[Path, Path, Path]:
+    stem = report_stem(variant, on)
     return tuple(layout.reports / f"{stem}.{ext}" for ext in ("json", "md", "png"))  # type: ignore[return-value]
 
 
-def write_report(report: dict, layout: Layout, variant: str | None) -> tuple[Path, Path, Path]:
-    """tune.json, tune.md and tune.png (the Pareto front) under reports/<model>/."""
-    paths = report_paths(layout, variant)
+def write_report(report: dict, layout: Layout, variant: str | None, on: Server = "torchserve") -> tuple[Path, Path, Path]:
+    """tune.json, tune.md and tune.png (the Pareto front) under reports/<model>/ (tune-ray.* for Ray)."""
+    paths = report_paths(layout, variant, on)
     files.write_json(paths[0], report)
     files.write_text(paths[1], markdown(report))
     plot(report, paths[2])
@@ -347,6 +384,7 @@ def _record(layout: Layout, settings: TuneSettings, report: dict, path: Path) ->
     archive_path, archive_rec = verified_archive(manifest, settings.variant, STAGE)
     model = manifest.records[settings.variant or ONNX]
     details = {
+        "server": settings.on,
         "goal_p99_ms": settings.p99_ms,
         "met": report["chosen"] is not None,
         "chosen": report["chosen_config"],
@@ -359,6 +397,18 @@ def _record(layout: Layout, settings: TuneSettings, report: dict, path: Path) ->
     }
     inputs = {"model": model.sha256, "archive": archive_rec.sha256}
     manifest.record(key, path, STAGE, inputs, report["settings"], report["seconds"], details)
+
+
+def _server(s: dict) -> str:
+    if s.get("on") == "ray":
+        return "one local Ray Serve cluster (direct ingress, the load spread over the replicas' addresses)"
+    return "one TorchServe"
+
+
+def _legend(s: dict) -> str:
+    if s.get("on") == "ray":
+        return "`ray-bB-dD-rR-tT`: serve.batch of up to B gathered for at most D ms, R replicas, T ONNX Runtime threads each."
+    return "`bB-dD-wW-tT`: batches of up to B gathered for at most D ms, W workers, T ONNX Runtime threads each."
 
 
 def _ms(v: float | None) -> str:
@@ -374,7 +424,7 @@ def markdown(report: dict) -> str:
         f"# Tuning the serving config: {report['model']}{' (' + report['variant'] + ')' if report['variant'] else ''}",
         "",
         f"Goal: p99 ≤ {goal:g} ms at every concurrency ({concurrency} clients) with zero errors. "
-        f"Load: {report['generator'] or 'none ran'}, {s['seconds']:g} s per run after {WARMUP_S:g} s of warm-up, one TorchServe "
+        f"Load: {report['generator'] or 'none ran'}, {s['seconds']:g} s per run after {WARMUP_S:g} s of warm-up, {_server(s)} "
         f"per config. Ranked by requests/s at {report['ranked_at_concurrency']} clients. "
         f"{len(report['table'])} configs in {report['seconds']:.0f} s.",
         "",
@@ -385,7 +435,8 @@ def markdown(report: dict) -> str:
             f"**Chosen: {report['chosen']}** — {report['why']}.",
             "",
             f"`{archive['path']}` was {'packaged again' if archive['repackaged'] else 'already packaged'} with it "
-            f"(`python -m pipeline package {report['package_options']}` gives the same archive).",
+            f"(`python -m pipeline package {report['package_options']}` gives the same archive); serve it as measured with "
+            f"`{report['serve_command']}`.",
         ]
     else:
         closest = next(r for r in report["table"] if r["config"] == report["closest"])
@@ -400,7 +451,7 @@ def markdown(report: dict) -> str:
         "",
         "## Every config",
         "",
-        "`bB-dD-wW-tT`: batches of up to B gathered for at most D ms, W workers, T ONNX Runtime threads each.",
+        _legend(s),
         "",
         "| config | clients | req/s | p50 ms | p99 ms | errors | p99 met | config met |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
@@ -471,6 +522,7 @@ def console_summary(report: dict) -> str:
             f"  p99      {p99s} (goal {report['goal_p99_ms']:g} ms)",
             f"  archive  {report['archive']['path']} {'packaged again' if report['archive']['repackaged'] else 'already had it'} "
             f"({report['package_options']})",
-            f"  report   reports/{report['model']}/{'tune-' + report['variant'] if report['variant'] else 'tune'}.md",
+            f"  serve    {report['serve_command']}",
+            f"  report   reports/{report['model']}/{report_stem(report['variant'], report['settings'].get('on', 'torchserve'))}.md",
         ]
     )

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 from pipeline.bench import latency
 from pipeline.bench.engines import CUDA_GRAPH_ENGINES, ENGINES
 from pipeline.bench.latency import STAGE, BenchSettings
-from pipeline.cli.options import load_generator_option, task_option
+from pipeline.cli.options import csv_of, load_generator_option, task_option
 from pipeline.errors import PipelineError
 from pipeline.runtimes.runners import cuda_available
 from pipeline.spec import PRECISIONS, Device
@@ -26,20 +24,6 @@ def add_parser(commands) -> None:
     )
     add_arguments(bench)
     task_option(bench)
-
-
-def csv_of(kind: Callable[[str], object], allowed: tuple | None = None):
-    def parse(text: str) -> tuple:
-        items = tuple(kind(s.strip()) for s in text.split(",") if s.strip())
-        if not items:
-            raise argparse.ArgumentTypeError("give at least one value")
-        if allowed is not None and any(i not in allowed for i in items):
-            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(map(str, allowed))}")
-        if kind is int and min(cast(tuple[int, ...], items)) < 1:
-            raise argparse.ArgumentTypeError("values must be positive integers")
-        return items
-
-    return parse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

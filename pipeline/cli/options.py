@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from pipeline.serving.backends import BACKENDS, DEFAULT
 from pipeline.settings import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings
 from pipeline.spec import HF_TASKS
+
+
+def csv_of(kind: Callable[[str], object], allowed: tuple | None = None):
+    def parse(text: str) -> tuple:
+        items = tuple(kind(s.strip()) for s in text.split(",") if s.strip())
+        if not items:
+            raise argparse.ArgumentTypeError("give at least one value")
+        if allowed is not None and any(i not in allowed for i in items):
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(map(str, allowed))}")
+        if kind is int and min(cast(tuple[int, ...], items)) < 1:
+            raise argparse.ArgumentTypeError("values must be positive integers")
+        return items
+
+    return parse
 
 
 def batch_sizes(text: str) -> tuple[int, ...]:

@@ -10,14 +10,13 @@ from pathlib import Path
 from pipeline.artifacts.names import VARIANTS
 from pipeline.bench import tune
 from pipeline.bench.tune import TuneSettings
-from pipeline.cli.bench import csv_of
-from pipeline.cli.options import load_generator_option, task_option
+from pipeline.cli.options import csv_of, load_generator_option, task_option
 
 
 def add_parser(commands) -> None:
     p = commands.add_parser(
         "tune",
-        help="find, on a real TorchServe, the serving config that meets a p99 goal, and package the archive with it",
+        help="find, on a real TorchServe (or Ray Serve), the serving config that meets a p99 goal, and package the archive with it",
         description=tune.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -27,6 +26,12 @@ def add_parser(commands) -> None:
     )
     task_option(p)
     p.add_argument("--root", type=Path, default=d.root, help="project folder (default: .)")
+    p.add_argument(
+        "--on",
+        choices=("torchserve", "ray"),
+        default=d.on,
+        help="the server to tune for: TorchServe, or the same archive on a local Ray Serve cluster (default: %(default)s)",
+    )
     p.add_argument("--p99-ms", type=float, required=True, help="the goal: p99 latency in ms that every concurrency must meet")
     p.add_argument("--concurrency", type=csv_of(int), default=d.concurrency, help="closed-loop client counts (default: 1,4,16,64)")
     p.add_argument("--seconds", type=float, default=d.seconds, help="seconds of load per config and concurrency (default: %(default)s)")
@@ -34,7 +39,7 @@ def add_parser(commands) -> None:
     p.add_argument(
         "--delays-ms", type=csv_of(int), default=d.delays_ms, help="max batch delays in ms, for batch sizes over 1 (default: 1,2,5)"
     )
-    p.add_argument("--workers", type=csv_of(int), default=d.workers, help="worker counts to try (default: 1,2)")
+    p.add_argument("--workers", type=csv_of(int), default=d.workers, help="worker counts to try; on Ray, replica counts (default: 1,2)")
     p.add_argument(
         "--threads",
         type=csv_of(int),

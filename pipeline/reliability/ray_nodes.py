@@ -7,6 +7,10 @@ requests through the proxy; one worker node is killed without warning while they
 Every request's start, end and status are kept, so the report can say which failures
 were in flight at the kill, how long until the application served from a replacement
 replica again, and whether any request after that failed.
+
+Beside them, one client at each replica's own address (direct ingress, what `serve --on
+ray` prints): the report says what the client holding the killed replica's address got
+after the kill, and whether the other replica's client lost anything.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pipeline.errors import PipelineError
 from pipeline.serving.common.client import free_port
 from pipeline.serving.ray import server as ray_server
 from pipeline.settings import Settings, resolve
+
+RETRY_AFTER_S = 0.1  # a client whose connection failed waits this long before its next request
 
 
 @dataclass
@@ -61,6 +67,8 @@ class Traffic:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
             with self.lock:
                 self.records.append((start, time.monotonic(), status))
+            if status == 0:
+                time.sleep(RETRY_AFTER_S)
         conn.close()
 
     def run(self, clients: int) -> list[threading.Thread]:
@@ -146,14 +154,15 @@ def node_kill(
         figures["placement"] = sorted(worker_ids.get(n, "head") for n in placed.values())
         figures["replicas_on_both_workers"] = set(placed.values()) == set(worker_ids)
 
-        traffic = Traffic(
-            "127.0.0.1",
-            port,
-            f"/predictions/{spec.name}",
-            json.dumps(spec.example_request).encode(),
-            json.loads(key_file.read_text())["inference"]["key"],
-        )
+        body, token = json.dumps(spec.example_request).encode(), json.loads(key_file.read_text())["inference"]["key"]
+        traffic = Traffic("127.0.0.1", port, f"/predictions/{spec.name}", body, token)
         threads = traffic.run(clients)
+        # One client at each replica's own address: which node's replica it reaches is known.
+        direct = [
+            (placed.get(t.name, ""), Traffic(t.ip, t.port, f"/predictions/{spec.name}", body, token))
+            for t in ray_server.replica_targets(spec.name, port, 2)
+        ]
+        threads += [t for _, d in direct for t in d.run(1)]
         time.sleep(before_s)
         victim = next(w for w in workers if w.node_id in placed.values())
         kill_at = power_off(victim)
@@ -168,6 +177,8 @@ def node_kill(
                 break
         time.sleep(after_s)
         traffic.stop.set()
+        for _, d in direct:
+            d.stop.set()
         for t in threads:
             t.join(timeout=35)
         records = list(traffic.records)
@@ -197,8 +208,30 @@ def node_kill(
         errors_after_recovery=sum(1 for r in later if r[2] != 200),
         replacement_placement=sorted(worker_ids.get(n, "head") for n in replacement.values()),
         failures=[{"start_s": round(s - kill_at, 3), "end_s": round(e - kill_at, 3), "status": st} for s, e, st in failed],
+        direct=direct_figures(direct, victim.node_id, kill_at),
     )
     return figures
+
+
+def direct_figures(direct: list[tuple[str, Traffic]], victim: str, kill_at: float) -> dict[str, Any]:
+    """What the clients at each replica's own address saw: the killed replica's after the kill, the other's throughout.
+    `direct`: (the node of the replica at that address, its client)."""
+    out: dict[str, Any] = {"addresses": len(direct)}
+    for node, traffic in direct:
+        records = list(traffic.records)
+        after = [r for r in records if r[0] > kill_at]
+        failed_after = [r for r in after if r[2] != 200]
+        role = "victim" if node == victim else "survivor"
+        out[role] = {
+            "requests": len(records),
+            "errors": sum(1 for r in records if r[2] != 200),
+            "requests_after_kill": len(after),
+            "errors_after_kill": len(failed_after),
+            "answered_after_kill": len(after) - len(failed_after),
+            "error_statuses": sorted({r[2] for r in records if r[2] != 200}),
+            "slowest_failure_s": max((e - s for s, e, _ in failed_after), default=0.0),
+        }
+    return out
 
 
 def node_kill_in_child(settings: Settings, work: Path, timeout: float = 240.0) -> dict[str, Any]:

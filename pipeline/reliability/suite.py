@@ -368,6 +368,13 @@ def run_ray(run: Run) -> None:
         k["requests_after_recovery"] > 0 and k["errors_after_recovery"] == 0,
         f"{k['requests_after_recovery'] - k['errors_after_recovery']}/{k['requests_after_recovery']} OK",
     )
+    survivor = k["direct"].get("survivor")
+    run.check(
+        "ray",
+        "a client at the other replica's own address loses nothing",
+        bool(survivor) and survivor["requests"] > 0 and survivor["errors"] == 0,
+        f"{survivor['requests'] - survivor['errors']}/{survivor['requests']} OK" if survivor else f"replica addresses: {k['direct']}",
+    )
 
 
 SECTION_RUNNERS: dict[str, Callable[[Run], None]] = {"pipeline": run_pipeline, "hostile": run_hostile, "served": run_served, "ray": run_ray}
@@ -588,7 +595,29 @@ def _md_ray_node_kill(d: dict) -> list[str]:
         f"| seconds to a replacement replica serving | {recover} |",
         f"| requests after recovery / errors | {k['requests_after_recovery']} / {k['errors_after_recovery']} |",
         f"| replicas after recovery | {', '.join(k['replacement_placement'])} |",
+        *_md_direct(k.get("direct") or {}),
     )
+
+
+def _md_direct(direct: dict) -> list[str]:
+    """The clients at each replica's own address (direct ingress), beside the proxy's."""
+    victim, survivor = direct.get("victim"), direct.get("survivor")
+    if not victim or not survivor:
+        return []
+    statuses = ", ".join(str(s) for s in victim["error_statuses"]) or "none"
+    return [
+        "",
+        "One more client at each replica's own address (direct ingress), beside the proxy's clients: what a client "
+        "that holds a replica's address sees. Status 0 is a refused or broken connection; such a client waits "
+        "0.1 s before its next request.",
+        "",
+        "| client at | requests after the kill | failed (statuses) | answered | slowest failure |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| the killed replica's address | {victim['requests_after_kill']} | {victim['errors_after_kill']} ({statuses}) | "
+        f"{victim['answered_after_kill']} | {victim['slowest_failure_s']:.2f} s |",
+        f"| the other replica's address | {survivor['requests_after_kill']} | {survivor['errors_after_kill']} | "
+        f"{survivor['answered_after_kill']} | {survivor['slowest_failure_s']:.2f} s |",
+    ]
 
 
 def _md_security(d: dict) -> list[str]:

@@ -13,6 +13,7 @@ from pipeline.bench import engines
 from pipeline.bench import latency as bench
 from pipeline.bench import served as bench_served
 from pipeline.bench.engines import CUDA_GRAPH_ENGINES, FLOOR_OF
+from pipeline.errors import PipelineError
 from pipeline.runtimes.runners import cuda_available
 from tests.helpers import REPO
 
@@ -332,10 +333,58 @@ def test_log_window_reads_only_new_metrics(tmp_path):
 
 def test_load_goes_to_loopback_only():
     from pipeline.bench.loadgen import run_load
-    from pipeline.errors import PipelineError
 
     with pytest.raises(PipelineError, match="only 127.0.0.1"):
         run_load("http://10.0.0.1:8080/ping", [], 1, 1.0)
+
+
+@pytest.fixture
+def two_servers():
+    """Two HTTP servers on loopback that count the POSTs each one answered."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers, counts = [], []
+    for i in range(2):
+        counts.append(0)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            index = i
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                counts[self.index] += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield [f"http://127.0.0.1:{s.server_address[1]}/predictions/m" for s in servers], counts
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("generator", ["wrk", "locust"])
+def test_load_spread_over_addresses_reaches_each_of_them(two_servers, generator):
+    """Ray's replicas each at an address of their own: the load reaches both, and the summary counts both."""
+    from pipeline.bench.loadgen import measure, wrk_available
+
+    if generator == "wrk" and not wrk_available():
+        pytest.skip("wrk is not installed")
+    (first, second), counts = two_servers
+    result = measure(first, "{}", 4, 1.0, generator=generator, spread=[second])
+    assert counts[0] > 0 and counts[1] > 0, counts
+    assert result["errors"] == 0 and result["requests"] <= sum(counts) <= result["requests"] + 8  # + what was in flight at the end
+    with pytest.raises(PipelineError, match="only 127.0.0.1"):
+        measure(first, "{}", 4, 1.0, generator=generator, spread=["http://10.0.0.1:8080/predictions/m"])
 
 
 @pytest.mark.cuda
@@ -375,22 +424,28 @@ def test_compare_falls_back_to_the_largest_concurrency_run():
 
 @pytest.mark.slow
 def test_served_ray_puts_torchserve_and_ray_side_by_side(built_root, tmp_path):
-    """--served ray: TorchServe (default, tuned) and Ray Serve (1 and 2 replicas), real servers, one sweep each."""
+    """--served ray: TorchServe (default, tuned) and Ray Serve (1 and 2 replicas at their own addresses, and 1
+    through Serve's proxy), real servers, one sweep each."""
     pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
     import shutil
 
     shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
     result = bench.run(tiny(tmp_path, engines=("onnxruntime",), batch_sizes=(1,), cold_start=False, served="ray"))
     served = result["served"]
-    assert [c["name"] for c in served["configs"]] == ["default", "tuned", "ray-1", "ray-2"]
+    assert [c["name"] for c in served["configs"]] == ["default", "tuned", "ray-1", "ray-1-proxy", "ray-2"]
     for config in served["configs"]:
         assert [r["concurrency"] for r in config["runs"]] == list(CONCURRENCY)
         assert all(r["requests"] > 0 and r["errors"] == 0 for r in config["runs"]), config["name"]
         assert all(p["requests"] > 0 and p["errors"] == 0 for p in config["ping"]), config["name"]  # the floor answered too
-    assert {c["name"]: c["server_config"].get("replicas") for c in served["configs"][2:]} == {"ray-1": 1, "ray-2": 2}
+    ray_configs = {c["name"]: c["server_config"] for c in served["configs"][2:]}
+    assert {n: (c["replicas"], c["route"], c["addresses"]) for n, c in ray_configs.items()} == {
+        "ray-1": (1, "direct ingress", 1),
+        "ray-1-proxy": (1, "Serve's proxy", 1),
+        "ray-2": (2, "direct ingress", 2),
+    }
     assert [(c["base"], c["other"]) for c in served["comparisons"]] == list(bench_served.RAY_COMPARISONS)
     md = (tmp_path / "reports" / "simple_nn" / "latency.md").read_text()
-    assert "### TorchServe and Ray Serve side by side" in md and "| clients | default | tuned | ray-1 | ray-2 |" in md
+    assert "### TorchServe and Ray Serve side by side" in md and "| clients | default | tuned | ray-1 | ray-1-proxy | ray-2 |" in md
     import psutil
 
     left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if "/pipeline-ray-" in " ".join(p.info["cmdline"] or ())]

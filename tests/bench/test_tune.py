@@ -237,3 +237,38 @@ def test_ray_serve_opens_the_tuned_archive_with_its_threads_over_num_cpus(tuned,
     root, report = tuned
     assert threads(root / "model_store" / "simple_nn.mar", tmp_path / "tuned") == report["chosen_config"]["threads"] == 1
     assert threads(built_root / "model_store" / "simple_nn.mar", tmp_path / "plain") == 2  # no threads in the archive: num_cpus
+
+
+def test_a_ray_config_is_named_and_packaged_as_ray_takes_it():
+    config = ServingConfig(8, 2, 2, 1, "ray")
+    assert config.name == "ray-b8-d2-r2-t1"
+    assert config.options() == "--batch-size 8 --max-batch-delay-ms 2 --threads 1"  # replicas are serve's, not the archive's
+    assert config.serve_command("simple_nn") == "python -m pipeline serve --on ray --model simple_nn --replicas 2"
+    assert [c.name for c in tune.grid(TuneSettings(on="ray", batch_sizes=(1,), workers=(1, 2), threads=(1,)))] == [
+        "ray-b1-r1-t1",
+        "ray-b1-r2-t1",
+    ]
+    assert tune.report_stem("int8", "ray") == "tune-ray-int8" and tune.report_stem(None) == "tune"
+
+
+@pytest.mark.slow
+def test_a_sweep_on_ray_serve_spreads_over_the_replicas_and_packages_the_choice(built_root, tmp_path):
+    """Two configs on real local Ray clusters (one and two replicas); the pick's batching goes into the archive."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
+    root = tmp_path / "project"
+    shutil.copytree(built_root, root)
+    grid = {**GRID, "batch_sizes": (8,), "delays_ms": (2,), "workers": (1, 2)}
+    report = tune.run(TuneSettings(root=root, on="ray", p99_ms=1000.0, **grid))
+    assert report["grid"] == ["ray-b8-d2-r1-t1", "ray-b8-d2-r2-t1"]
+    for row in report["table"]:
+        assert [r["concurrency"] for r in row["runs"]] == list(CONCURRENCY), row.get("failed")
+        assert all(r["errors"] == 0 and r["requests"] > 0 for r in row["runs"])
+    with zipfile.ZipFile(root / Manifest(root, "simple_nn").records[MAR].path) as zf:
+        config = yaml.safe_load(zf.read(ARCHIVE_CONFIG))
+    assert (config["batchSize"], config["maxBatchDelay"]) == (8, 2)
+    record = Manifest(root, "simple_nn").records["tune"]
+    assert record.details["server"] == "ray" and record.details["chosen"]["server"] == "ray"
+    md = (root / "reports" / "simple_nn" / "tune-ray.md").read_text()
+    assert "one local Ray Serve cluster" in md and report["serve_command"] in md
+    left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if "/pipeline-ray-" in " ".join(p.info["cmdline"] or ())]
+    assert left == []

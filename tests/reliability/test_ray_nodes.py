@@ -30,6 +30,15 @@ def test_a_killed_worker_node_costs_only_the_requests_in_flight(built_root, tmp_
     assert k["recovered"] and k["recover_s"] <= 30
     assert k["requests_after_recovery"] > 0 and k["errors_after_recovery"] == 0
     assert len(k["replacement_placement"]) == 2 and k["killed"] not in k["replacement_placement"]
+    # A client at each replica's own address: the other replica's loses nothing; the killed one's keeps trying.
+    victim, survivor = k["direct"]["victim"], k["direct"]["survivor"]
+    MEASUREMENTS.append(
+        f"Ray node kill, direct ingress: the killed replica's address failed {victim['errors_after_kill']} of "
+        f"{victim['requests_after_kill']} requests after the kill ({victim['answered_after_kill']} answered); the other's lost "
+        f"{survivor['errors']} of {survivor['requests']}"
+    )
+    assert survivor["requests"] > 0 and survivor["errors"] == 0
+    assert victim["requests_after_kill"] > 0 and victim["slowest_failure_s"] < 30
 
 
 def test_the_report_has_a_ray_section():
@@ -49,6 +58,23 @@ def test_the_report_has_a_ray_section():
         "requests_after_recovery": 800,
         "errors_after_recovery": 0,
         "replacement_placement": ["worker 2", "worker 2"],
+        "direct": {
+            "addresses": 2,
+            "victim": {
+                "requests_after_kill": 70,
+                "errors_after_kill": 70,
+                "answered_after_kill": 0,
+                "error_statuses": [0],
+                "slowest_failure_s": 0.01,
+            },
+            "survivor": {
+                "requests_after_kill": 900,
+                "errors_after_kill": 0,
+                "answered_after_kill": 900,
+                "error_statuses": [],
+                "slowest_failure_s": 0.0,
+            },
+        },
     }
     report = {"model": "m", "plan": "full", "passed": True, "seconds": 1.0, "created": "now", "environment": {}, "checks": [], "errors": []}
     run = reliability.Run(reliability.FULL, "m", Path("unused"))
@@ -58,3 +84,5 @@ def test_the_report_has_a_ray_section():
     assert "## Ray Serve: a worker node killed under load" in md
     assert "| requests in flight at the kill / of them failed | 4 / 2 |" in md
     assert "| seconds to a replacement replica serving | 4.5 |" in md
+    assert "| the killed replica's address | 70 | 70 (0) | 0 | 0.01 s |" in md
+    assert "| the other replica's address | 900 | 0 | 900 | 0.00 s |" in md

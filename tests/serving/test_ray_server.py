@@ -31,6 +31,13 @@ def test_the_local_cluster_is_in_token_mode_whatever_the_environment_says(tmp_pa
     assert env.items() >= ray_server.LOOPBACK_ENV.items()
 
 
+def test_the_local_cluster_runs_direct_ingress_unless_the_environment_turns_it_off(tmp_path):
+    env = ray_server.local_cluster_env(tmp_path / ray_server.RAY_TOKEN, {})
+    assert env.items() >= ray_server.DIRECT_INGRESS_ENV.items()
+    off = ray_server.local_cluster_env(tmp_path / ray_server.RAY_TOKEN, {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"})
+    assert off["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"  # a comparison run can turn the throughput mode off
+
+
 def _private(path, text="a" * 64, mode=0o600):
     path.write_text(text + "\n")
     path.chmod(mode)

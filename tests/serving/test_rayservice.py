@@ -7,6 +7,7 @@ import importlib.metadata
 import re
 
 import pytest
+import yaml
 
 from pipeline import cli
 from pipeline.artifacts.manifest import Manifest
@@ -81,6 +82,16 @@ def test_a_bad_option_is_refused_before_anything_is_written(built, capsys):
 def _templates(service: dict) -> list[dict]:
     cluster = service["spec"]["rayClusterConfig"]
     return [cluster["headGroupSpec"]["template"], *(group["template"] for group in cluster["workerGroupSpecs"])]
+
+
+def test_every_node_keeps_serves_proxy_in_front_with_the_throughput_mode_behind_it():
+    """The Service KubeRay makes for Serve targets the proxy's port; a replica's own port moves on restart."""
+    service = rayservice.manifest_for("simple_nn", "0" * 64, "/models/simple_nn.mar", replicas="2")
+    for template in _templates(service):
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+    assert yaml.safe_load(service["spec"]["serveConfigV2"])["http_options"]["port"] == rayservice.SERVE_PORT
 
 
 @pytest.mark.parametrize("replicas", ["2", "auto"])

@@ -98,6 +98,12 @@ def _env(name: str) -> list[dict]:
         {"name": "RAY_AUTH_MODE", "value": "token"},
         {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"{name}-ray-auth", "key": "token"}}},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+        # Serve's proxy stays the entry: the Service KubeRay makes for Serve targets it on port 8000,
+        # and a replica's own direct-ingress port moves when the replica restarts. What the
+        # throughput mode adds behind it (gRPC from the proxy to the replicas, the application on the
+        # replica's own loop, the GC frozen after start) applies.
+        {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"},
+        {"name": "RAY_SERVE_ENABLE_DIRECT_INGRESS", "value": "0"},
     ]
 
 
