@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import psutil
@@ -44,6 +44,7 @@ from pipeline.bench.engines import (
     load,
     skip_reason,
 )
+from pipeline.bench.inputs import at_lengths, check_lengths
 from pipeline.bench.sweep import CallBudget, Sweep, calibrate, time_calls, warm_seconds
 from pipeline.bench.sweep import Cost as EngineCost
 from pipeline.errors import PipelineError
@@ -97,6 +98,16 @@ class BenchSettings:
     # tf32) and cuDNN's convolution algorithm search; both are recorded with each result.
     cuda_precision: Precision = "fp32"
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"
+    # In process: each input axis named here stretched to this length ({"seq": 512}); none: the
+    # spec's sample_inputs as they are. The reports are then latency-seq512.*, beside the others.
+    lengths: dict[str, int] = field(default_factory=dict)
+
+    def feed(self, spec, batch: int, seed: int) -> dict[str, np.ndarray]:
+        """The seeded in-process feed at `batch` rows, at the lengths asked for."""
+        return at_lengths(spec, spec.sample_inputs(batch, np.random.default_rng(seed)), self.lengths)
+
+    def report_stem(self) -> str:
+        return "latency" + "".join(f"-{name}{length}" for name, length in sorted(self.lengths.items()))
 
     def calls(self) -> CallBudget:
         return CallBudget(self.budget_s, self.rounds, self.warmup_s, self.max_iterations)
@@ -263,7 +274,7 @@ class _Reference:
 
 def _time_batch(settings, spec, device, batch, engines: dict[str, Engine], reference, out: InProcess, bar: tqdm):
     """Warm up and time each engine at one batch size, in rounds of a shuffled order; {name: (timing, setup beyond its calls)}."""
-    feed = spec.sample_inputs(batch, np.random.default_rng(settings.seed * 1000 + batch))
+    feed = settings.feed(spec, batch, settings.seed * 1000 + batch)
     calls, timings, per_round = {}, {}, {}
     for name, engine in engines.items():
         bar.set_postfix_str(f"{device} b={batch} warm up {name}")
@@ -381,9 +392,9 @@ def cold_engines(settings: BenchSettings) -> list[str]:
 
 def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar: tqdm) -> list[dict]:
     """Each engine in a fresh process: import, load/session creation, first inference."""
-    feed = spec.sample_inputs(1, np.random.default_rng(settings.seed))
+    feed = settings.feed(spec, 1, settings.seed)
     feed_path = scratch / "cold_feed.npz"
-    np.savez(feed_path, **feed)
+    np.savez(feed_path, **cast(dict[str, Any], feed))  # numpy types its keyword arguments as allow_pickle's bool
     out = []
     for device in settings.devices:
         for engine in cold_engines(settings):
@@ -499,6 +510,7 @@ def check(settings: BenchSettings, spec, manifest: Manifest) -> BenchSettings:
     unknown = [e for e in settings.engines if e not in ENGINES]
     if unknown:
         raise PipelineError(STAGE, f"unknown engine(s) {unknown}", f"choose from {', '.join(ENGINES)}")
+    check_lengths(spec, settings.lengths, STAGE)
     for key in (CHECKPOINT, TORCHSCRIPT, ONNX):
         if key not in manifest.records:
             raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: python -m pipeline all --model {settings.model}")
@@ -508,7 +520,7 @@ def check(settings: BenchSettings, spec, manifest: Manifest) -> BenchSettings:
 
 
 def run(settings: BenchSettings) -> dict:
-    """Measure everything asked for and write latency.json, latency.md and latency.png."""
+    """Measure everything asked for and write latency.json, latency.md and latency.png (latency-seq512.* with lengths)."""
     from pipeline.bench import report as bench_report
     from pipeline.bench import served as bench_served
 
@@ -551,7 +563,8 @@ def run(settings: BenchSettings) -> dict:
         "served": served,
     }
     out = layout.reports
-    files.write_json(out / "latency.json", report)
-    files.write_text(out / "latency.md", bench_report.markdown(report))
-    bench_report.plot(report, out / "latency.png")
+    stem = settings.report_stem()
+    files.write_json(out / f"{stem}.json", report)
+    files.write_text(out / f"{stem}.md", bench_report.markdown(report))
+    bench_report.plot(report, out / f"{stem}.png")
     return report

@@ -74,7 +74,7 @@ def _header(report: dict) -> list[str]:
         "",
         f"Measured {report['created']} in {report['seconds']:.0f} s by `python -m pipeline bench`"
         + (f", peak resident memory {peak / 1024:.2f} GiB (this process; the servers and cold starts run apart)" if peak else "")
-        + f". Same seeded inputs for every engine; {s['warmup_s']} s warm-up per engine and batch excluded; "
+        + f". Same seeded inputs for every engine{_lengths(s)}; {s['warmup_s']} s warm-up per engine and batch excluded; "
         f"about {s['budget_s']} s of timed calls per engine and batch, in {s['rounds']} interleaved rounds "
         "(engine order shuffled each round); GPU calls synchronised. Times in milliseconds per call.",
         "",
@@ -82,6 +82,11 @@ def _header(report: dict) -> list[str]:
         *_environment_lines(report["environment"]),
         "",
     ]
+
+
+def _lengths(s: dict) -> str:
+    stretched = ", ".join(f"{name} = {n}" for name, n in sorted((s.get("lengths") or {}).items()))
+    return f", in process at {stretched} (the spec's sample inputs repeated along the axis)" if stretched else ""
 
 
 def _variants(report: dict) -> list[str]:
@@ -564,5 +569,6 @@ def console_summary(report: dict, settings) -> str:
     for f in report["failures"]:
         out.append(f"  could not run {f['engine']} ({f['device']}): {f['error'][:120]}")
     folder = Path(settings.root) / "reports" / report["model"]
-    out.append(f"  reports  {folder}/latency.md, latency.json, latency.png")
+    stem = settings.report_stem()
+    out.append(f"  reports  {folder}/{stem}.md, {stem}.json, {stem}.png")
     return "\n".join(out)

@@ -55,6 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="MiB one batch size may take in the sized sweep, at most half the free memory (default: %(default)s)",
     )
     p.add_argument(
+        "--length",
+        type=lengths,
+        default={},
+        metavar="AXIS=N",
+        help="in process, stretch each input's AXIS to N (e.g. seq=512 for a text model; comma-separated for several "
+        "axes); the reports are then latency-seq512.*, beside the others (default: the spec's sample inputs)",
+    )
+    p.add_argument(
         "--device",
         choices=["cpu", "cuda", "all"],
         default="all",
@@ -104,6 +112,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def lengths(text: str) -> dict[str, int]:
+    """`seq=512` (or `seq=512,other=3`) as {"seq": 512}."""
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: give AXIS=N with N a positive integer, e.g. seq=512")
+        out[name.strip()] = int(value)
+    if not out:
+        raise argparse.ArgumentTypeError("give AXIS=N, e.g. seq=512")
+    return out
+
+
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     devices: tuple[Device, ...]
     if args.device == "cpu":
@@ -142,6 +163,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         load_generator=args.load_generator,
         cuda_precision=args.cuda_precision,
         cudnn_conv_algo_search=args.cudnn_search,
+        lengths=args.length,
     )
 
 

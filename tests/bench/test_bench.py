@@ -470,3 +470,15 @@ def test_variant_engines_run_only_on_the_device_their_gate_ran_on():
     assert engines.skip_reason("onnxruntime-int8", "cuda") == "the int8 variant is made and verified for the CPU"
     assert engines.skip_reason("onnxruntime-fp16", "cpu") == "the fp16 variant is made and verified for CUDA"
     assert engines.skip_reason("onnxruntime-int8", "cpu") is None
+
+
+def test_length_option_reads_axis_equals_n():
+    import argparse
+
+    from pipeline.cli.bench import lengths
+
+    assert lengths("seq=512") == {"seq": 512} and lengths("seq=128, other=3") == {"seq": 128, "other": 3}
+    for bad in ("seq", "seq=0", "=5", "seq=x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            lengths(bad)
+    assert bench.BenchSettings(lengths={"seq": 512}).report_stem() == "latency-seq512" and bench.BenchSettings().report_stem() == "latency"

@@ -106,3 +106,46 @@ def test_the_handler_times_decoding_apart_from_the_model(models):
     # Reading the request is part of handling it. The two are medians measured one after the other, and decoding
     # is nearly all of this tiny model's handler, so the bound leaves room for the machine's drift between them.
     assert 0 < timed["preprocess_us_per_request"] < per["1"] * 1.2
+
+
+def test_lengths_stretch_the_text_axis_and_are_refused_past_the_model(models):
+    _, spec, contract, _ = models["bert_text"]
+    feed = spec.sample_inputs(2, np.random.default_rng(0))
+    long = inputs.at_lengths(spec, feed, {"seq": 40})
+    for t in spec.inputs:
+        assert long[t.name].shape == (2, 40)
+        np.testing.assert_array_equal(long[t.name][:, : feed[t.name].shape[1]], feed[t.name])  # the sample's own values, repeated
+    assert long["attention_mask"].all() and long["input_ids"].max() <= spec.inputs[0].high
+    assert inputs.at_lengths(spec, feed, {})["input_ids"].shape == feed["input_ids"].shape
+    inputs.check_lengths(spec, {"seq": contract.max_lengths["seq"]}, "bench")
+    with pytest.raises(bench.PipelineError, match=r"outside 1\.\.\d+"):
+        inputs.check_lengths(spec, {"seq": contract.max_lengths["seq"] + 1}, "bench")
+    with pytest.raises(bench.PipelineError, match="no axis 'pixels'"):
+        inputs.check_lengths(spec, {"pixels": 4}, "bench")
+    with pytest.raises(bench.PipelineError, match="no axis 'batch'"):
+        inputs.check_lengths(spec, {"batch": 4}, "bench")
+
+
+@pytest.mark.slow
+def test_a_bench_at_a_sequence_length_writes_its_own_reports(models):
+    s, spec, _, _ = models["bert_text"]
+    run_all(s)
+    settings_ = bench.BenchSettings(
+        model=s.model,
+        root=s.root,
+        engines=("eager", "onnxruntime"),
+        batch_sizes=(1, 2),
+        budget_s=0.05,
+        rounds=2,
+        warmup_s=0.02,
+        served="off",
+        lengths={"seq": 32},
+    )
+    report = bench.run(settings_)
+    folder = s.root / "reports" / spec.name
+    assert report["settings"]["lengths"] == {"seq": 32}
+    measured = {(r["engine"], r["batch"]) for r in report["in_process"] if not r["engine"].startswith("floor:")}
+    assert measured == {(e, b) for e in ("eager", "onnxruntime") for b in (1, 2)}
+    assert "in process at seq = 32" in (folder / "latency-seq32.md").read_text()
+    assert json.loads((folder / "latency-seq32.json").read_text())["settings"]["lengths"] == {"seq": 32}
+    assert report["cold_start"] and all("error" not in c for c in report["cold_start"])  # the cold starts took the long feed too

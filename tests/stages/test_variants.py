@@ -112,6 +112,17 @@ def test_digits_int8_passes_both_gates_and_ships_its_own_archive(digits_int8):
 
 
 @pytest.mark.slow
+def test_calibrating_in_smaller_runs_makes_the_same_variant(digits_int8, tmp_path, monkeypatch):
+    """The calibration ranges are min and max over every row, so how the rows are split into runs (memory) changes nothing."""
+    from pipeline.stages import variants
+
+    settings, layout, _, _ = digits_int8
+    spec = load_spec("digits_cnn")
+    monkeypatch.setattr(variants, "CALIBRATION_BATCH", variants.CALIBRATION_ROWS)  # every row in one run
+    variants.make_int8(spec, layout.onnx, tmp_path / "one.onnx", settings.seed)
+    assert files.sha256_file(tmp_path / "one.onnx") == Manifest(layout.root, "digits_cnn").records["int8"].sha256
+
+
 def test_store_demand_int8_is_dynamic_and_within_its_declared_error(chains, tmp_path):
     settings, layout = private_copy(chains, tmp_path, "store_demand")
     list(variants.run(settings, ("int8",)))
