@@ -7,7 +7,8 @@
 # For each model: build and verify the fp32 chain (parity on ONNX Runtime CUDA), build and gate
 # the fp16 variant (parity against eager fp32 and the task metric, on CUDA), then the CUDA
 # benchmark at batch 1, 8 and 64 with every engine (`--cuda-graph` adds the CUDA-graph ones),
-# their setup times and cold starts. Each step runs under its own timeout, so one slow
+# their setup times and cold starts; a text model (bert_base, gpt2) again at sequence lengths
+# 128 and 512 (`--length`), without cold starts. Each step runs under its own timeout, so one slow
 # compile cannot take the others' time; a step that fails is reported and the rest go on.
 # Reports land in reports/<model>/ and, with the manifests and the log, in $OUT (a tarball).
 # Python: $PYTHON, else python3 (a GPU image with CUDA torch and onnxruntime-gpu; see
@@ -41,6 +42,15 @@ for model in $MODELS; do
     # shellcheck disable=SC2086  # ENGINES_FLAG is empty or two words
     step 420 "$PY" -m pipeline bench --model "$model" --device cuda --cuda-graph --served off \
         --batch-sizes 1,8,64 --sweep-budget "$SWEEP_BUDGET" --budget 0.3 --rounds 3 $ENGINES_FLAG
+    case "$model" in
+        bert_base | gpt2)
+            for length in 128 512; do
+                # shellcheck disable=SC2086
+                step 300 "$PY" -m pipeline bench --model "$model" --device cuda --cuda-graph --served off --no-cold-start \
+                    --length "seq=$length" --batch-sizes 1,8,64 --sweep-budget "$SWEEP_BUDGET" --budget 0.3 --rounds 3 $ENGINES_FLAG
+            done
+            ;;
+    esac
 done
 tar czf "$OUT/reports.tgz" reports artifacts/*/manifest.json "$log" "$OUT/steps.txt" 2>/dev/null
 echo "reports: $OUT/reports.tgz"
