@@ -8,8 +8,9 @@ JPEG, a sentence: `pipeline.bench.inputs`), and on the tuned config the same ten
 as a binary Open Inference Protocol request, so decoding or tokenizing is seen end to end. TorchServe's per-request metrics (queue time and total time in the
 frontend, the handler's time per batch in the worker) are read from its metrics logs
 for exactly the span of each run. With `--served ray` the same sweep runs against the
-same archive on Ray Serve (a local cluster, 1 and 2 replicas), whose floor is its
-`/v2/health/live` route through the same proxy.
+same archive on Ray Serve (a local cluster): 1 and 2 replicas at their own addresses
+(direct ingress, the load spread over them), and 1 through Serve's proxy; the floor is
+`/v2/health/live` on the same route.
 """
 
 from __future__ import annotations

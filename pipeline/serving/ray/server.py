@@ -61,7 +61,7 @@ RAY_TOKEN = "ray_token"  # the local cluster's control-plane token, beside key_f
 # Serve's direct ingress, and what RAY_SERVE_THROUGHPUT_OPTIMIZED adds to it: gRPC between
 # handles, the application's code on the replica's own event loop, and the GC frozen after
 # start (ray/serve/_private/constants.py). Each ingress replica listens on http_options.host,
-# 127.0.0.1 here. On one replica at 16 clients this measured 19x Serve's proxy (docs/results/).
+# 127.0.0.1 here. On one replica at 16 clients this served 11-18x what Serve's proxy did (docs/results/).
 DIRECT_INGRESS_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
 
 
