@@ -33,9 +33,19 @@ def test_commands_name_the_backend_only_where_it_is_not_the_default():
 def test_the_ray_line_says_where_and_how_many():
     from pipeline.serving.ray.server import RayInfo
 
-    info = RayInfo(model="m", run_dir="/nonexistent", inference="http://127.0.0.1:1", replicas="auto")
+    info = RayInfo(model="m", run_dir="/nonexistent", inference="http://127.0.0.1:1", replicas="auto", proxy="http://127.0.0.1:1")
     line = BACKENDS["ray"].served_line(info, ServeOptions(replicas="auto", min_replicas=1, max_replicas=3))
-    assert line == "m is served by Ray Serve on a local Ray cluster on 127.0.0.1: autoscaling 1-3 replicas"
+    assert (
+        line
+        == "m is served by Ray Serve on a local Ray cluster on 127.0.0.1: autoscaling 1-3 replicas, through Serve's proxy at http://127.0.0.1:1"
+    )
+    direct = RayInfo(
+        model="m", run_dir="/nonexistent", inference="http://127.0.0.1:30000", replicas="2", proxy="http://127.0.0.1:8000",
+        replica_urls=("http://127.0.0.1:30000", "http://127.0.0.1:30001"),
+    )  # fmt: skip
+    line = BACKENDS["ray"].served_line(direct, ServeOptions(replicas="2"))
+    assert line.startswith("m is served by Ray Serve on a local Ray cluster on 127.0.0.1: 2 replica(s), each at its own address ")
+    assert "(http://127.0.0.1:30000, http://127.0.0.1:30001: direct ingress" in line and "proxy at http://127.0.0.1:8000" in line
 
 
 def test_the_command_line_has_no_branch_per_backend():
