@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import numpy as np
 
@@ -195,6 +195,34 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
+def _wrk_request(method: str, body_path: Path, content_type: str, headers: dict[str, str]) -> list[str]:
+    """The Lua lines that set wrk's request: its method, its body (POST) and headers."""
+    lines = [f"wrk.method = {json.dumps(method)}"]
+    if method == "POST":
+        lines += [
+            f'local body_file = assert(io.open({json.dumps(str(body_path))}, "rb"))',
+            'wrk.body = body_file:read("*a")',
+            "body_file:close()",
+            f'wrk.headers["Content-Type"] = {json.dumps(content_type)}',
+        ]
+    return lines + [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+
+
+def _wrk_targets(targets: list[SplitResult]) -> list[str]:
+    """With several addresses, the Lua `pick` that WRK_SCRIPT's setup calls: thread i connects to address i."""
+    if len(targets) < 2:
+        return []
+    where = ", ".join(f"{{{json.dumps(t.hostname)}, {json.dumps(str(t.port))}}}" for t in targets)
+    return [
+        f"local targets, picked = {{{where}}}, 0",
+        "function pick(thread)",
+        "  picked = picked + 1",
+        "  local t = targets[picked]",
+        "  thread.addr = wrk.lookup(t[1], t[2])[1]",
+        "end",
+    ]
+
+
 def run_wrk(
     url: str,
     body: str | bytes,
@@ -213,31 +241,12 @@ def run_wrk(
     the load is spread as a client balancing over them would spread it. wrk's percentiles
     are over every thread's requests.
     """
-    _check_target(url, concurrency, duration_s)
     targets = [_check_target(u, concurrency, duration_s) for u in (url, *spread)][: max(1, concurrency)]
     seconds = max(1, round(duration_s))
     with tempfile.TemporaryDirectory(prefix="pipeline-wrk-") as tmp:
-        lines = [f"wrk.method = {json.dumps(method)}"]
-        if method == "POST":  # the body read from a file, so that any bytes (a JPEG) go as they are
-            body_path = Path(tmp) / "body"
-            body_path.write_bytes(body.encode("utf-8") if isinstance(body, str) else body)
-            lines += [
-                f'local body_file = assert(io.open({json.dumps(str(body_path))}, "rb"))',
-                'wrk.body = body_file:read("*a")',
-                "body_file:close()",
-                f'wrk.headers["Content-Type"] = {json.dumps(content_type)}',
-            ]
-        lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()]
-        if len(targets) > 1:  # thread i connects to address i
-            where = ", ".join(f"{{{json.dumps(t.hostname)}, {json.dumps(str(t.port))}}}" for t in targets)
-            lines += [
-                f"local targets, picked = {{{where}}}, 0",
-                "function pick(thread)",
-                "  picked = picked + 1",
-                "  local t = targets[picked]",
-                "  thread.addr = wrk.lookup(t[1], t[2])[1]",
-                "end",
-            ]
+        body_path = Path(tmp) / "body"  # read from a file, so that any bytes (a JPEG) go as they are
+        body_path.write_bytes(body.encode("utf-8") if isinstance(body, str) else body)
+        lines = _wrk_request(method, body_path, content_type, headers or {}) + _wrk_targets(targets)
         script = Path(tmp) / "load.lua"
         script.write_text("\n".join(lines) + "\n" + WRK_SCRIPT)
         command = ["wrk", f"-t{len(targets)}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script), url]
