@@ -95,6 +95,17 @@ def test_every_inference_and_metadata_route_needs_the_token(app, method, path, t
     assert status == 401 and "bearer token" in json.loads(answer)["error"]
 
 
+def test_the_replica_serves_at_its_own_address_and_the_proxy_serves_the_same(app):
+    """Direct ingress: the recorded address is the replica's own server; Serve's proxy answers the same, with the same token."""
+    assert app.replica_urls == (app.inference,) and app.proxy and app.proxy != app.inference
+    body = json.dumps({"x": [1.0, 2.0]}).encode()
+    direct = http("POST", app.predictions_url, body, app.token())
+    via_proxy = http("POST", f"{app.proxy}/predictions/{app.model}", body, app.token())
+    assert direct[0] == via_proxy[0] == 200 and json.loads(direct[1]) == json.loads(via_proxy[1])
+    status, answer = http("POST", f"{app.proxy}/predictions/{app.model}", body, None)
+    assert status == 401 and "bearer token" in json.loads(answer)["error"]
+
+
 def test_only_health_is_open_and_only_the_token_holder_is_told_the_routes(app):
     assert http("GET", app.inference + "/v2/health/live")[0] == 200
     assert http("GET", app.inference + "/v2/health/ready")[0] == 200
