@@ -147,7 +147,7 @@ def run_load(
             config["body_files"].append(str(path))
         config_path.write_text(json.dumps(config))
         command = [sys.executable, "-m", "pipeline.bench.locust_worker", str(config_path), str(out_path)]
-        code, output, cpu_s = _run_child(command, duration_s + timeout_s + 30, "locust")
+        code, output, _ = _run_child(command, duration_s + timeout_s + 30, "locust")
         if code != 0 or not out_path.exists():
             tail = "\n".join(output.strip().splitlines()[-8:])
             raise PipelineError(
@@ -161,7 +161,7 @@ def run_load(
         seconds=float(data["seconds"]),
         latency_ms=np.asarray(data["latency_ms"], dtype=np.float64),
         status=np.asarray(data["status"], dtype=np.int64),
-        cpu_s=cpu_s,
+        cpu_s=float(data["cpu_s"]),
     )
 
 

@@ -4,9 +4,10 @@ Run by `pipeline.bench.loadgen` as `python -m pipeline.bench.locust_worker CONFI
 imported by the pipeline itself, because importing locust monkey-patches the
 standard library for gevent. Each of `concurrency` users sends its next request as
 soon as the previous one is answered (no think time) until the time limit or the
-request limit is reached. Every request's latency, status code and end time is
-written to OUT as JSON, so the parent computes exact percentiles (locust's own
-statistics round response times to whole milliseconds).
+request limit is reached. Every request's latency, status code and end time, and
+the CPU time of the load window, are written to OUT as JSON, so the parent computes
+exact percentiles (locust's own statistics round response times to whole
+milliseconds).
 """
 
 from __future__ import annotations
@@ -69,15 +70,18 @@ def main(config_path: str, out_path: str) -> int:
             runner.quit()
 
     env.events.request.add_listener(on_request)
-    started = time.monotonic()
+    # The CPU share is of the load window only: importing locust and gevent costs
+    # a second or two of CPU before the first request.
+    started, cpu_started = time.monotonic(), time.process_time()
     runner.start(int(config["concurrency"]), spawn_rate=int(config["concurrency"]))
     gevent.spawn_later(float(config["duration_s"]), runner.quit)
     runner.greenlet.join()
-    seconds = time.monotonic() - started
+    seconds, cpu_s = time.monotonic() - started, time.process_time() - cpu_started
     with open(out_path, "w") as f:
         json.dump(
             {
                 "seconds": seconds,
+                "cpu_s": cpu_s,
                 "latency_ms": [r[0] for r in records],
                 "status": [r[1] for r in records],
                 "end_s": [r[2] - started for r in records],
