@@ -26,7 +26,7 @@ class Settings:
     rtol: float | None = None
     parity_batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES
     scaled: float | None = None
-    # "sized": batches past MIN_SWEEP run only where the model's measured cost fits the
+    # "sized": batches past cost.MIN_SWEEP run only where the model's measured cost fits the
     # budget below; "full": every batch size asked for, whatever it costs.
     parity_sweep: str = "sized"
     parity_budget_s: float = 60.0

@@ -97,6 +97,46 @@ def peak_mb() -> float:
     return round(_peak(sampler.stage_peak, sampler.stage_kernel), 1)
 
 
+# Batch sizes up to this run whatever they cost, in parity and in the benchmark: they are
+# cheap, and batch 1, 2 and 7 are what catch a batch size baked into the graph.
+MIN_SWEEP = 8
+
+
+def scaled(value: float, measured_at: int, batch: int) -> float:
+    """A cost measured at one batch size, scaled by rows to another."""
+    return value * batch / measured_at
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The rule both sized sweeps (parity's and the benchmark's) follow.
+
+    A batch size up to `MIN_SWEEP` always runs. A larger one runs only where what a smaller
+    batch cost, scaled by rows (`scaled`), fits: its memory within `memory_mb`, its
+    seconds within what is left of `seconds`. `full` runs every batch size.
+    """
+
+    seconds: float
+    memory_mb: float
+    full: bool = False
+
+    def always(self, batch: int) -> bool:
+        """Whether `batch` runs whatever it costs."""
+        return self.full or batch <= MIN_SWEEP
+
+    def over_memory(self, need_mb: float, basis: str) -> str | None:
+        """None when `need_mb` fits the memory budget; otherwise the reason, with what the estimate rests on."""
+        if need_mb <= self.memory_mb:
+            return None
+        return f"would take about {need_mb:.0f} MiB, over the {self.memory_mb:.0f} MiB budget ({basis})"
+
+    def over_time(self, need_s: float, left_s: float, basis: str) -> str | None:
+        """None when `need_s` fits the `left_s` seconds still free; otherwise the reason."""
+        if need_s <= left_s:
+            return None
+        return f"would take about {need_s:.0f} s, {max(left_s, 0):.0f} s left of the {self.seconds:.0f} s budget ({basis})"
+
+
 @dataclass
 class Cost:
     """One measured run: seconds, and how far memory rose above where it started (MiB)."""

@@ -88,7 +88,7 @@ class BenchSettings:
     load_generator: Literal["auto", "wrk", "locust"] = "auto"
     # Upper bound on timed calls per engine and batch (memory for the samples).
     max_iterations: int = 200_000
-    # "sized": batch sizes past sweep.MIN_SWEEP run, per engine, only where its measured cost
+    # "sized": batch sizes past cost.MIN_SWEEP run, per engine, only where its measured cost
     # scaled to that batch fits the seconds left of sweep_budget_s, and the memory the last
     # batch took, scaled, fits sweep_budget_mb; "full": every batch size asked for.
     sweep: Literal["sized", "full"] = "sized"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import files
-from pipeline.bench.sweep import MIN_SWEEP
+from pipeline.artifacts.cost import MIN_SWEEP
 
 
 def _ms(v) -> str:

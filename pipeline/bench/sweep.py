@@ -1,8 +1,8 @@
 """How long the in-process benchmark runs: calls per engine, and which batch sizes fit.
 
 Each engine and batch size gets a warm-up and then timed calls sized to a time budget
-(`calibrate`). The batch sweep is sized to the model the way parity's is (`Sweep`):
-batch sizes up to `MIN_SWEEP` always run; a larger one runs for an engine only where
+(`calibrate`). The batch sweep is sized to the model by parity's rule (`cost.Sizing`):
+batch sizes up to `cost.MIN_SWEEP` always run; a larger one runs for an engine only where
 that engine's measured cost at the largest batch it ran, scaled by rows, fits the
 seconds left of the budget, and only where the memory the last batch took, scaled the
 same way, fits the memory budget. A ResNet-50 then stops at batch 8 or 64 on a small
@@ -19,8 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-# Batch sizes up to this run whatever they cost (as parity's MIN_SWEEP).
-MIN_SWEEP = 8
+from pipeline.artifacts import cost
+
 # The first calls compile, capture or record (torch.compile's CUDA graphs replay from the
 # third), so they are never part of a per-call estimate.
 FIRST_CALLS = 3
@@ -111,37 +111,34 @@ class Sweep:
     # What the engines admitted at the batch size under way are expected to take.
     reserved_s: float = field(default=0.0, repr=False)
 
+    @property
+    def sizing(self) -> cost.Sizing:
+        return cost.Sizing(self.seconds, self.memory_mb, self.mode == "full")
+
     def batch_fits(self, device: str, batch: int, last: Cost | None) -> bool:
         """Whether `batch` fits the memory budget, from the memory the last batch size took (recorded when not)."""
-        if self.mode == "full" or batch <= MIN_SWEEP or last is None:
+        if last is None or self.sizing.always(batch):
             return True
-        need_mb = last.extra_mb * batch / last.batch
-        if need_mb <= self.memory_mb:
-            return True
-        reason = (
-            f"would take about {need_mb:.0f} MiB, over the {self.memory_mb:.0f} MiB budget "
-            f"(batch {last.batch} took {last.extra_mb:.0f} MiB)"
-        )
-        self.skipped.append({"device": device, "batch": batch, "engine": None, "reason": reason})
-        return False
+        basis = f"batch {last.batch} took {last.extra_mb:.0f} MiB"
+        return self._fits(device, batch, None, self.sizing.over_memory(cost.scaled(last.extra_mb, last.batch, batch), basis))
 
     def engine_fits(self, device: str, batch: int, engine: str, last: Cost | None, budget: CallBudget) -> bool:
         """Whether `engine` at `batch` fits the seconds left, from its cost at the largest batch it ran."""
-        if self.mode == "full" or batch <= MIN_SWEEP or last is None:
+        if last is None or self.sizing.always(batch):
             return True
-        need_s = last.overhead_s + expected_seconds(last.per_call_s * batch / last.batch, budget)
-        left_s = self.seconds - self.spent_s - self.reserved_s
-        if need_s <= left_s:
-            self.reserved_s += need_s
-            return True
-        reason = (
-            f"would take about {need_s:.0f} s, {max(left_s, 0):.0f} s left of the {self.seconds:.0f} s budget "
-            f"(one call took {last.per_call_s * 1e3:.3g} ms at batch {last.batch}"
-            + (f", setup {last.overhead_s:.0f} s" if last.overhead_s >= 1 else "")
-            + ")"
-        )
-        self.skipped.append({"device": device, "batch": batch, "engine": engine, "reason": reason})
-        return False
+        need_s = last.overhead_s + expected_seconds(cost.scaled(last.per_call_s, last.batch, batch), budget)
+        setup = f", setup {last.overhead_s:.0f} s" if last.overhead_s >= 1 else ""
+        basis = f"one call took {last.per_call_s * 1e3:.3g} ms at batch {last.batch}{setup}"
+        if not self._fits(device, batch, engine, self.sizing.over_time(need_s, self.seconds - self.spent_s - self.reserved_s, basis)):
+            return False
+        self.reserved_s += need_s
+        return True
+
+    def _fits(self, device: str, batch: int, engine: str | None, reason: str | None) -> bool:
+        """True without a reason; otherwise the batch (or the engine at it) is recorded as left out."""
+        if reason is not None:
+            self.skipped.append({"device": device, "batch": batch, "engine": engine, "reason": reason})
+        return reason is None
 
     def finish_batch(self, device: str, batch: int, engines: list[str], seconds: float) -> None:
         """Record what a batch size ran and what it really took, in place of its estimate."""

@@ -3,7 +3,7 @@
 Every engine runs the same seeded inputs at several batch sizes plus edge values (and,
 for a model that takes texts or images, sample texts tokenized and a JPEG decoded by the
 servers' own preprocessing); every output is compared with eager. The sweep is sized to the model: batches past
-`MIN_SWEEP` run only where eager's measured cost, scaled to that batch, fits a time
+`cost.MIN_SWEEP` run only where eager's measured cost, scaled to that batch, fits a time
 and memory budget (`--parity-sweep full` runs them all). Engines run one after
 another, each loaded only for its own pass, against eager's outputs kept on disk, so
 one engine's memory is in use at a time. The report is written first, then the gate
@@ -41,9 +41,6 @@ from pipeline.stages.fresh import up_to_date
 
 STAGE = "parity"
 REFERENCE = "eager"
-# Batches up to this size always run: they are cheap, and batch 1, 2 and 7 are what
-# catch a batch size baked into the graph.
-MIN_SWEEP = 7
 CHUNK = 1 << 22  # elements compared at a time, so a comparison's float64 copies stay small
 
 
@@ -167,8 +164,8 @@ def planned(spec: ModelSpec, batch_sizes: tuple[int, ...], seed: int) -> list[Ca
             declared.append(Case(name, None, functools.partial(dict, feed)))
     for name, feed in real_input_cases(spec, seed).items():
         declared.append(Case(name, None, functools.partial(dict, feed)))
-    small = [c for c in random if c.batch is not None and c.batch <= MIN_SWEEP]
-    return small + declared + [c for c in random if c.batch is not None and c.batch > MIN_SWEEP]
+    small = [c for c in random if c.batch is not None and c.batch <= cost.MIN_SWEEP]
+    return small + declared + [c for c in random if c.batch is not None and c.batch > cost.MIN_SWEEP]
 
 
 def cases(spec: ModelSpec, batch_sizes: tuple[int, ...], seed: int) -> Iterator[tuple[str, Feed]]:
@@ -177,28 +174,15 @@ def cases(spec: ModelSpec, batch_sizes: tuple[int, ...], seed: int) -> Iterator[
         yield case.name, spec.check_feed(case.make(), f"parity case {case.name!r}", STAGE)
 
 
-@dataclass(frozen=True)
-class Budget:
-    """What the sized sweep may spend: seconds for every engine, and memory for one case (MiB)."""
-
-    seconds: float
-    memory_mb: float
-    full: bool = False
-
-    def why_not(self, case: Case, measured: dict[int, cost.Cost], runs: int, spent_s: float) -> str | None:
-        """None when `case` fits; otherwise the reason, from the largest random batch measured so far."""
-        if self.full or case.batch is None or case.batch <= MIN_SWEEP or not measured:
-            return None
-        known = max(measured)
-        rows = case.batch / known
-        need_mb = measured[known].extra_mb * rows
-        need_s = measured[known].seconds * rows * runs
-        basis = f"eager took {measured[known].seconds:.2g} s and {measured[known].extra_mb:.0f} MiB at batch {known}"
-        if need_mb > self.memory_mb:
-            return f"would take about {need_mb:.0f} MiB, over the {self.memory_mb:.0f} MiB budget ({basis})"
-        if spent_s + need_s > self.seconds:
-            return f"would take about {need_s:.0f} s on {runs} engines, {max(self.seconds - spent_s, 0):.0f} s left of the {self.seconds:.0f} s budget ({basis})"
+def why_not(sizing: cost.Sizing, case: Case, measured: dict[int, cost.Cost], runs: int, spent_s: float) -> str | None:
+    """None when `case` fits the sweep's budget; otherwise the reason, from the largest random batch eager ran so far."""
+    if case.batch is None or sizing.always(case.batch) or not measured:
         return None
+    known = max(measured)
+    basis = f"{runs} engines; eager took {measured[known].seconds:.2g} s and {measured[known].extra_mb:.0f} MiB at batch {known}"
+    return sizing.over_memory(cost.scaled(measured[known].extra_mb, known, case.batch), basis) or sizing.over_time(
+        cost.scaled(measured[known].seconds, known, case.batch) * runs, sizing.seconds - spent_s, basis
+    )
 
 
 @dataclass
@@ -287,7 +271,7 @@ class Evidence:
 
 
 def reference_pass(
-    model, spec: ModelSpec, planned_cases: list[Case], store: Outputs, sweep: Sweep, budget: Budget, runs: int, bar
+    model, spec: ModelSpec, planned_cases: list[Case], store: Outputs, sweep: Sweep, sizing: cost.Sizing, runs: int, bar
 ) -> tuple[list[Case], Evidence]:
     """Eager on every case that fits the budget: its outputs stored, its cost measured."""
     reference = TorchRunner(REFERENCE, model, spec)
@@ -296,7 +280,7 @@ def reference_pass(
     spent = 0.0
     evidence = Evidence()
     for case in planned_cases:
-        why = budget.why_not(case, measured, runs, spent)
+        why = why_not(sizing, case, measured, runs, spent)
         if why is not None:
             sweep.skipped.append({"case": case.name, "batch": case.batch, "why": why})
             bar.total -= runs
@@ -419,12 +403,12 @@ def _md_costs(costs: list[dict]) -> list[str]:
     return lines
 
 
-def sweep_settings(settings: Settings) -> tuple[Budget, dict]:
+def sweep_settings(settings: Settings) -> tuple[cost.Sizing, dict]:
     """The budget the sweep runs under, and how it is recorded (a change re-runs parity)."""
     full = settings.parity_sweep == "full"
-    budget = Budget(settings.parity_budget_s, settings.parity_budget_mb, full)
-    recorded = {"mode": settings.parity_sweep} if full else {"mode": "sized", "seconds": budget.seconds, "memory_mb": budget.memory_mb}
-    return budget, recorded
+    sizing = cost.Sizing(settings.parity_budget_s, settings.parity_budget_mb, full)
+    recorded = {"mode": settings.parity_sweep} if full else {"mode": "sized", "seconds": sizing.seconds, "memory_mb": sizing.memory_mb}
+    return sizing, recorded
 
 
 @dataclass
@@ -438,7 +422,7 @@ class Plan:
     tol: Tolerance
     cuda_tol: Tolerance
     precision: str
-    budget: Budget
+    sizing: cost.Sizing
     sweep: Sweep
     inputs: dict[str, str]
     stage_settings: dict[str, Any]
@@ -453,7 +437,7 @@ def plan(settings: Settings) -> Plan:
     manifest = Manifest(layout.root, spec.name)
     ckpt_sha = manifest.verified(CHECKPOINT, STAGE)[1].sha256
     tol, cuda_tol, precision = tolerance(settings, spec), cuda_tolerance(settings, spec), cuda_precision(settings, spec)
-    budget, budget_record = sweep_settings(settings)
+    sizing, budget_record = sweep_settings(settings)
     inputs = {CHECKPOINT: ckpt_sha, **{key: manifest.verified(key, STAGE)[1].sha256 for key in (TORCHSCRIPT, ONNX)}}
     # model_source_sha256: the model file holds the sample, edge and parity-case inputs.
     stage_settings = {
@@ -473,7 +457,7 @@ def plan(settings: Settings) -> Plan:
         "cuda_rtol": cuda_tol.rtol,
     }
     sweep = Sweep(budget_record["mode"], sorted(set(settings.parity_batch_sizes)), budget_record)
-    return Plan(spec, layout, manifest, ckpt_sha, tol, cuda_tol, precision, budget, sweep, inputs, stage_settings)
+    return Plan(spec, layout, manifest, ckpt_sha, tol, cuda_tol, precision, sizing, sweep, inputs, stage_settings)
 
 
 @dataclass
@@ -501,7 +485,7 @@ def compare_engines(p: Plan, settings: Settings) -> Comparison:
         tqdm(total=len(todo) * runs, desc=f"parity {p.spec.name}", unit="run", disable=None, leave=False) as bar,
     ):
         store = Outputs(Path(tmp))
-        ran, evidence = reference_pass(model, p.spec, todo, store, p.sweep, p.budget, runs, bar)
+        ran, evidence = reference_pass(model, p.spec, todo, store, p.sweep, p.sizing, runs, bar)
         del model
         gc.collect()
         for name, load in loaders:

@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
+from pipeline.artifacts.cost import MIN_SWEEP
 from pipeline.bench import engines
 from pipeline.bench import latency as bench
-from pipeline.bench.sweep import MIN_SWEEP, CallBudget, Cost, Sweep, expected_seconds, per_round, warm_calls
+from pipeline.bench.sweep import CallBudget, Cost, Sweep, expected_seconds, per_round, warm_calls
 from tests.bench.test_bench import tiny
 
 BUDGET = CallBudget(budget_s=0.5, rounds=5, warmup_s=0.2, max_iterations=200_000)
@@ -21,6 +22,25 @@ def test_calls_are_sized_to_the_budget_and_a_slow_call_warms_up_less():
     # Warm-up and rounds: a 2 s call costs its first calls, two warm calls and five timed ones.
     assert expected_seconds(2.0, BUDGET) == pytest.approx((3 + 2 + 5) * 2.0)
     assert expected_seconds(1e-5, BUDGET) == pytest.approx(0.2 + 0.5, rel=0.01)
+
+
+def test_parity_and_the_benchmark_size_their_sweeps_by_one_rule():
+    """The same measured cost leaves out the same batch sizes, for the same reason, in both sweeps."""
+    from pipeline.artifacts.cost import Cost as Measured
+    from pipeline.artifacts.cost import Sizing
+    from pipeline.stages.parity import Case, why_not
+
+    sizing = Sizing(seconds=60.0, memory_mb=1000.0)
+    bench_sweep = Sweep("sized", [1, 8, 64, 512], seconds=60.0, memory_mb=1000.0)
+    at_8 = Cost(batch=8, per_call_s=0.3, overhead_s=0.0, extra_mb=100.0)
+    measured = {8: Measured(seconds=0.3, extra_mb=100.0)}
+    for batch, fits in ((MIN_SWEEP, True), (64, True), (512, False)):
+        parity_reason = why_not(sizing, Case(f"random b={batch}", batch, dict), measured, runs=1, spent_s=0.0)
+        assert (parity_reason is None) == fits == bench_sweep.batch_fits("cpu", batch, at_8), batch
+    assert parity_reason is not None and parity_reason.startswith("would take about 6400 MiB, over the 1000 MiB budget")
+    assert bench_sweep.skipped[-1]["reason"].startswith("would take about 6400 MiB, over the 1000 MiB budget")
+    # A declared case (edge values, a sample text) is not a batch size: it always runs.
+    assert why_not(Sizing(seconds=0.0, memory_mb=0.0), Case("edge values", None, dict), measured, 3, 0.0) is None
 
 
 def test_a_batch_past_the_minimum_runs_only_where_its_scaled_cost_fits():
