@@ -138,12 +138,3 @@ def cuda_tolerance(settings: Settings, spec: ModelSpec) -> Tolerance:
             "or serve in fp32 (--cuda-precision fp32)",
         )
     return spec.tf32_tolerance
-
-
-def contract(settings: Settings, spec: ModelSpec) -> dict[str, Any]:
-    """The I/O contract the archive carries, with the CUDA precision that was verified
-    and, where one was chosen, the intra-op threads each worker's session takes."""
-    io_contract = spec.contract(cuda_precision(settings, spec))
-    if settings.serve_threads is not None:
-        io_contract["intra_op_threads"] = settings.serve_threads
-    return io_contract

@@ -222,49 +222,6 @@ class ModelSpec:
     labels: Labels | None = None
     source: Path | None = field(default=None, compare=False)
 
-    def contract(self, cuda_precision: str | None = None) -> dict[str, Any]:
-        """The I/O contract the handler reads from inside the archive.
-
-        It declares the sizes every server must carry (see `pipeline.serving.common.contract.limits`),
-        and carries the example request only while it is small: a 224 x 224 image stays in the spec.
-        """
-        from pipeline.serving.common import contract as served  # the sizes' defaults live beside the checks that use them
-
-        inputs = [t.to_json() for t in self.inputs]
-        contract = {
-            "model": self.name,
-            "inputs": inputs,
-            "outputs": [t.to_json() for t in self.outputs],
-            "max_rows_per_request": self.max_rows_per_request,
-            "max_lengths": (lengths := served.max_lengths(inputs, self.max_lengths)),
-            "max_elements_per_request": served.max_elements(inputs, lengths, self.max_elements_per_request),
-            **served.limits(inputs, self.max_lengths),
-            **{k: v for k in ("max_request_bytes", "max_response_bytes") if (v := getattr(self, k)) is not None},
-            "cuda_precision": cuda_precision or self.cuda_precision,
-        }
-        if self.image_input is not None and self.max_request_bytes is None:
-            contract["max_request_bytes"] = max(contract["max_request_bytes"], served.IMAGE_REQUEST_BYTES)
-        example = served.small_example(self.example_request)
-        if example is not None:
-            contract["example_request"] = example
-        # Real inputs (pipeline.serving.common.preprocess) and class names: the tokenizer travels in
-        # the archive as tokenizer.json, and its hash here is what every server checks it against.
-        if self.text_input is not None:
-            tokenizer = tokenizer_file(self)
-            contract["text_input"] = {
-                "tokenizer": "tokenizer.json",
-                "sha256": hashlib.sha256(tokenizer.read_bytes()).hexdigest(),
-                "max_length": self.text_input.max_length,
-                "truncate": self.text_input.truncate,
-                "max_texts": self.text_input.max_texts,
-            }
-        if self.image_input is not None:
-            image = dataclasses.asdict(self.image_input)
-            contract["image_input"] = {k: list(v) if isinstance(v, tuple) else v for k, v in image.items()}
-        if self.labels is not None:
-            contract["labels"] = {"output": self.labels.output, "names": list(self.labels.names), "top_k": self.labels.top_k}
-        return contract
-
     def request_example(self) -> dict[str, Any]:
         """A body that works: `example_request`, or else one row of `sample_inputs`, rounded
         to 0.1 (a 224 x 224 image is then about 0.6 MB of JSON, not 3 MB)."""

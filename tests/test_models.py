@@ -22,6 +22,7 @@ from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.models import load_spec
+from pipeline.serving.common.contract import declare
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
 from tests.helpers import archive_handler, needs_java
@@ -82,7 +83,7 @@ def test_chain_writes_verified_artifacts_with_the_declared_contract(chain):
             assert dims[axis].dim_param, f"{t.name} axis {axis} is fixed"
         assert onnx.helper.tensor_dtype_to_np_dtype(values[t.name].type.tensor_type.elem_type) == np.dtype(t.dtype)
     with zipfile.ZipFile(layout.mar) as zf:
-        assert json.loads(zf.read(ARCHIVE_CONTRACT)) == spec.contract()
+        assert json.loads(zf.read(ARCHIVE_CONTRACT)) == declare(spec)
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT, KEYS
 from pipeline.models import load_spec
 from pipeline.runtimes.runners import TorchRunner
+from pipeline.serving.common.contract import declare
 from pipeline.settings import Layout, Settings
 from pipeline.stages import run_all
 from tests.helpers import REPO, archive_handler
@@ -218,7 +219,7 @@ def test_tiny_config_goes_through_the_chain_and_the_handler(name, tmp_path):
     if spec.parity_cases is not None:
         assert set(spec.parity_cases(np.random.default_rng(0))) <= cases
     with zipfile.ZipFile(layout.mar) as zf:
-        assert json.loads(zf.read(ARCHIVE_CONTRACT)) == spec.contract()
+        assert json.loads(zf.read(ARCHIVE_CONTRACT)) == declare(spec)
 
     # The checkpoint rebuilds the tiny model; the archive's handler answers as eager does.
     model, _ = checkpoint.load_model(manifest, spec, "test")

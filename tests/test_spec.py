@@ -4,6 +4,7 @@ import pytest
 
 from pipeline.errors import SpecError
 from pipeline.models import load_spec
+from pipeline.serving.common.contract import declare
 from pipeline.spec import ModelSpec
 from tests.helpers import REPO
 
@@ -14,7 +15,7 @@ def test_builtin_default_model_contract():
     assert [t.name for t in spec.inputs] == ["x"]
     assert [t.name for t in spec.outputs] == ["y"]
     assert spec.inputs[0].dynamic_axes() == {0: "batch"}
-    assert spec.contract()["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 1]}]
+    assert declare(spec)["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 1]}]
     assert spec.source is not None and spec.source_sha256()
 
 
@@ -104,8 +105,8 @@ def test_the_archive_limits_can_be_set_per_model():
     import dataclasses
 
     spec = load_spec("bert_base")
-    assert spec.contract()["max_response_bytes"] == 16 << 20
-    bigger = dataclasses.replace(spec, max_response_bytes=64 << 20, max_request_bytes=2 << 20).contract()
+    assert declare(spec)["max_response_bytes"] == 16 << 20
+    bigger = declare(dataclasses.replace(spec, max_response_bytes=64 << 20, max_request_bytes=2 << 20))
     assert bigger["max_response_bytes"] == 64 << 20 and bigger["max_request_bytes"] == 2 << 20
     assert bigger["max_lengths"] == {"seq": 512}
 

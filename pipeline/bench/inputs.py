@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.serving.common import oip
-from pipeline.serving.common.contract import Contract
+from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.common.preprocess import reader, sample_image
 
 # A photo's size as a phone or a web page sends it, rather than the model's 224 x 224.
@@ -64,7 +64,7 @@ def at_lengths(spec, feed: Mapping[str, np.ndarray], lengths: Mapping[str, int])
 def check_lengths(spec, lengths: Mapping[str, int], stage: str) -> None:
     """Refuse a length for an axis no input has (or the batch axis), or one over the model's maximum."""
     axes = {name for t in spec.inputs for axis, name in t.dynamic_axes().items() if axis > 0}
-    limits = Contract(spec.contract()).max_lengths
+    limits = Contract(declare(spec)).max_lengths
     for name, length in lengths.items():
         if name not in axes:
             raise PipelineError(

@@ -31,7 +31,7 @@ from pipeline.bench.inputs import Request, requests
 from pipeline.bench.loadgen import measure
 from pipeline.errors import PipelineError
 from pipeline.serving.common.client import http
-from pipeline.serving.common.contract import Contract
+from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.ray.server import RayInfo
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
@@ -293,7 +293,7 @@ def profile(configs: list[dict], handler: dict, name: str = "tuned") -> list[dic
 def run(settings, spec, layout: Layout, bar) -> dict:
     """Sweep concurrency against each serving config; compare default with tuned; real inputs against binary tensors."""
     tokenizer = tokenizer_file(spec).read_bytes() if spec.text_input is not None else None
-    request, binary = requests(spec, Contract(spec.contract()), tokenizer)
+    request, binary = requests(spec, Contract(declare(spec)), tokenizer)
     sent = {
         "request": request.describe(),
         **({"request_body": request.body.decode()} if request.content_type == "application/json" else {}),

@@ -38,7 +38,7 @@ from pipeline.bench.inputs import Request, requests
 from pipeline.bench.served import copy_project, load
 from pipeline.errors import PipelineError
 from pipeline.runtimes.session import cuda_provider_available
-from pipeline.serving.common.contract import Contract
+from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.ray.server import RayInfo
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import DEFAULT_MODEL, Layout, Settings, StageResult, resolve
@@ -220,7 +220,7 @@ def run(settings: TuneSettings) -> dict:
     base = archived_settings(manifest, settings)
     configs = grid(settings)
     tokenizer = tokenizer_file(spec).read_bytes() if spec.text_input is not None else None
-    request, _ = requests(spec, Contract(spec.contract()), tokenizer)
+    request, _ = requests(spec, Contract(declare(spec)), tokenizer)
     start = time.perf_counter()
     table = measure_grid(settings, layout, configs, base, request)
     choice = pick(table, settings.p99_ms)

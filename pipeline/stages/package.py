@@ -38,13 +38,23 @@ from pipeline.artifacts.names import (
     PARITY,
 )
 from pipeline.errors import IntegrityError, PipelineError
+from pipeline.serving.common.contract import declare
 from pipeline.serving.ray import rayservice
-from pipeline.settings import Layout, Settings, StageResult, contract, resolve
-from pipeline.spec import tokenizer_file
+from pipeline.settings import Layout, Settings, StageResult, cuda_precision, resolve
+from pipeline.spec import ModelSpec, tokenizer_file
 from pipeline.stages.fresh import up_to_date
 
 STAGE = "package"
 VERSION = "1.0"
+
+
+def archive_contract(settings: Settings, spec: ModelSpec) -> dict:
+    """The I/O contract the archive carries, with the CUDA precision that was verified
+    and, where one was chosen, the intra-op threads each worker's session takes."""
+    io_contract = declare(spec, cuda_precision(settings, spec))
+    if settings.serve_threads is not None:
+        io_contract["intra_op_threads"] = settings.serve_threads
+    return io_contract
 
 
 def model_config(settings: Settings) -> dict:
@@ -93,7 +103,7 @@ def run(settings: Settings) -> StageResult:
             f"run the parity stage and fix what it reports: python -m pipeline parity --model {spec.name}",
         )
     manifest.verified(PARITY, STAGE)
-    io_contract = contract(settings, spec)
+    io_contract = archive_contract(settings, spec)
     if parity_rec.settings.get("cuda_precision", "fp32") != io_contract["cuda_precision"]:
         raise PipelineError(
             STAGE,

@@ -34,6 +34,7 @@ from pipeline.errors import ParityError
 from pipeline.runtimes.runners import OrtRunner, Runner, TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.serving.common import preprocess
+from pipeline.serving.common.contract import declare
 from pipeline.settings import Layout, Settings, StageResult, cuda_precision, cuda_tolerance, resolve, tolerance
 from pipeline.spec import Feed, ModelSpec, Tolerance, tokenizer_file
 from pipeline.stages.capture import capture_mode
@@ -147,7 +148,7 @@ def real_input_cases(spec: ModelSpec, seed: int) -> dict[str, Feed]:
     if spec.text_input is None and spec.image_input is None:
         return {}
     tokenizer = tokenizer_file(spec).read_bytes() if spec.text_input is not None else None
-    return preprocess.sample_feeds(spec.contract(), tokenizer, np.random.default_rng(seed))
+    return preprocess.sample_feeds(declare(spec), tokenizer, np.random.default_rng(seed))
 
 
 def planned(spec: ModelSpec, batch_sizes: tuple[int, ...], seed: int) -> list[Case]:
@@ -449,7 +450,7 @@ def plan(settings: Settings) -> Plan:
         "model_source_sha256": spec.source_sha256(),
         # The text and image cases are made by the archive's preprocessing: a new tokenizer.json
         # (its sha256 is in the section) or image settings re-run parity.
-        "preprocessing": {k: v for k, v in spec.contract().items() if k in ("text_input", "image_input")},
+        "preprocessing": {k: v for k, v in declare(spec).items() if k in ("text_input", "image_input")},
         "seed": settings.seed,
         "cuda": cuda_available(),
         "cuda_precision": precision,

@@ -44,7 +44,7 @@ from pipeline.artifacts.names import CHECKPOINT, EXTERNAL_DATA, ONNX, PARITY, VA
 from pipeline.errors import ParityError, PipelineError, SpecError
 from pipeline.runtimes.runners import OrtRunner, TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
-from pipeline.settings import Layout, Settings, StageResult, contract, resolve
+from pipeline.settings import Layout, Settings, StageResult, resolve
 from pipeline.spec import ModelSpec, Tolerance
 from pipeline.stages import package, parity
 from pipeline.stages.capture import capture_mode
@@ -555,7 +555,12 @@ def package_variant(settings: Settings, variant: str) -> StageResult:
             f"run it: python -m pipeline variants --model {settings.model} --{variant}",
         )
     _, gate_rec = manifest.verified(gate_key(variant), STAGE)
-    io_contract = {**contract(settings, spec), "model": layout.served_name(variant), "variant": variant, "device": DEVICE[variant]}
+    io_contract = {
+        **package.archive_contract(settings, spec),
+        "model": layout.served_name(variant),
+        "variant": variant,
+        "device": DEVICE[variant],
+    }
     inputs = {variant: rec.sha256, "gate": gate_rec.sha256}
     return package.archive(settings, layout, manifest, archive_key(variant), path, rec.sha256, io_contract, inputs)
 

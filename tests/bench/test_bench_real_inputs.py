@@ -21,7 +21,7 @@ from pipeline.bench import served as bench_served
 from pipeline.bench.loadgen import wrk_available
 from pipeline.models import load_spec
 from pipeline.serving.common import oip, preprocess
-from pipeline.serving.common.contract import Contract
+from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout
 from pipeline.stages import run_all
@@ -37,7 +37,7 @@ def models(tmp_path_factory):
     for name, path in model_files(root / "models").items():
         spec = load_spec(str(path))
         tokenizer = path.with_name("tokenizer.json").read_bytes() if spec.text_input else None
-        out[name] = (settings(root, path), spec, Contract(spec.contract()), tokenizer)
+        out[name] = (settings(root, path), spec, Contract(declare(spec)), tokenizer)
     return out
 
 
@@ -66,7 +66,7 @@ def test_a_text_model_is_sent_a_sentence_and_its_tokens_in_binary(models):
 def test_a_model_of_tensors_alone_is_sent_json_and_nothing_else(built):
     s, _ = built
     spec = load_spec(s.model)
-    request, binary = inputs.requests(spec, Contract(spec.contract()), None)
+    request, binary = inputs.requests(spec, Contract(declare(spec)), None)
     assert request.kind == "json tensor" and binary is None and json.loads(request.body)
 
 

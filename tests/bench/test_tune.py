@@ -20,7 +20,8 @@ from pipeline.errors import PipelineError
 from pipeline.models import load_spec
 from pipeline.serving.common.contract import Contract
 from pipeline.serving.common.predictor import session_config
-from pipeline.settings import Settings, contract
+from pipeline.settings import Settings
+from pipeline.stages.package import archive_contract
 from tests.helpers import FakeContext
 
 CONCURRENCY = (1, 4)
@@ -97,13 +98,13 @@ def test_a_config_becomes_the_package_stages_settings():
 
 def test_the_archives_contract_carries_the_thread_count_only_when_one_was_chosen():
     spec = load_spec("simple_nn")
-    assert contract(Settings(serve_threads=1), spec)["intra_op_threads"] == 1
-    assert "intra_op_threads" not in contract(Settings(), spec)
+    assert archive_contract(Settings(serve_threads=1), spec)["intra_op_threads"] == 1
+    assert "intra_op_threads" not in archive_contract(Settings(), spec)
 
 
 def test_the_contracts_thread_count_reaches_the_session_config():
     """Precedence: the operator's explicit threads, then the archive's contract, then the server's default."""
-    base = contract(Settings(), load_spec("simple_nn"))
+    base = archive_contract(Settings(), load_spec("simple_nn"))
     tuned, plain = Contract({**base, "intra_op_threads": 1}), Contract(base)
     assert tuned.intra_op_threads == 1 and plain.intra_op_threads is None
     assert session_config(tuned, None, None).threads == 1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.runtimes.runners import cuda_available
-from pipeline.serving.common.contract import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_LENGTH, Contract, RequestError
+from pipeline.serving.common.contract import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_LENGTH, Contract, RequestError, declare
 from tests.helpers import FakeContext, archive_handler
 
 
@@ -302,7 +302,7 @@ def test_the_contract_declares_its_limits_and_keeps_large_examples_out():
     from pipeline.spec import TensorSpec
 
     spec = load_spec("seq_encoder")
-    bert_like = dataclasses.replace(spec, max_lengths={"seq": 512}).contract()
+    bert_like = declare(dataclasses.replace(spec, max_lengths={"seq": 512}))
     assert bert_like["max_lengths"] == {"seq": 512} and bert_like["example_request"] == spec.example_request
     assert (bert_like["max_request_bytes"], bert_like["max_response_bytes"]) == (1 << 20, MAX_RESPONSE_BYTES)
     assert bert_like["max_batch_response_bytes"] == MAX_BATCH_RESPONSE_BYTES >= MAX_RESPONSE_BYTES
@@ -311,7 +311,7 @@ def test_the_contract_declares_its_limits_and_keeps_large_examples_out():
         inputs=(TensorSpec("image", "float32", ("batch", 3, 224, 224)),),
         example_request={"image": np.zeros((3, 224, 224)).tolist()},  # 2.3 MB of JSON: mobilenet's archive was refused
     )
-    contract = image.contract()
+    contract = declare(image)
     assert "example_request" not in contract and len(json.dumps(contract)) < EXAMPLE_MAX_BYTES
     # A full-precision 224 x 224 image as JSON is about 3 MB: the cap is what one such row needs, not more.
     assert contract["max_request_bytes"] == 4 << 20
@@ -336,7 +336,7 @@ def test_an_attention_model_s_request_is_bounded_along_every_axis_and_in_element
     from pipeline.models import load_spec
 
     spec = load_spec("seq_encoder")
-    declared = spec.contract()
+    declared = declare(spec)
     assert declared["max_lengths"] == {"seq": 1024} and declared["max_elements_per_request"] == 16384
     contract = Contract(declared)
     with pytest.raises(RequestError, match="16000 long along 'seq'; this model takes at most 1024"):
@@ -347,5 +347,5 @@ def test_an_attention_model_s_request_is_bounded_along_every_axis_and_in_element
     with pytest.raises(RequestError, match="at most 16,384 per request"):  # a declared shape (OIP) is checked the same way
         contract.check_extent("tokens", [256, 1000])
     # A spec that declares nothing still gets a cap: 1 Mi elements, or one longest row where that is more.
-    plain = Contract(dataclasses.replace(spec, max_lengths={}, max_elements_per_request=None).contract())
+    plain = Contract(declare(dataclasses.replace(spec, max_lengths={}, max_elements_per_request=None)))
     assert (plain.max_lengths, plain.max_elements) == ({"seq": DEFAULT_MAX_LENGTH}, DEFAULT_MAX_ELEMENTS)

@@ -14,7 +14,7 @@ from PIL import Image
 from pipeline.errors import IntegrityError, SpecError
 from pipeline.models import load_spec
 from pipeline.serving.common import preprocess
-from pipeline.serving.common.contract import Contract, RequestError, top_labels
+from pipeline.serving.common.contract import Contract, RequestError, declare, top_labels
 from tests.fixtures.bert_text import build_tokenizer
 from tests.serving.real_models import model_files
 
@@ -27,12 +27,12 @@ def specs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def text(specs):
     spec = specs["bert_text"]
-    return preprocess.reader(Contract(spec.contract()), spec.source.with_name("tokenizer.json").read_bytes())
+    return preprocess.reader(Contract(declare(spec)), spec.source.with_name("tokenizer.json").read_bytes())
 
 
 @pytest.fixture(scope="module")
 def image(specs):
-    return preprocess.reader(Contract(specs["vit_images"].contract()))
+    return preprocess.reader(Contract(declare(specs["vit_images"])))
 
 
 def encode(pixels: np.ndarray, fmt: str, **kw) -> bytes:
@@ -84,7 +84,7 @@ def test_long_text_is_truncated_to_max_length(text):
 
 def test_long_text_is_refused_where_truncation_is_off(specs):
     spec = specs["bert_text"]
-    contract = spec.contract()
+    contract = declare(spec)
     contract["text_input"]["truncate"] = False
     reader = preprocess.reader(Contract(contract), spec.source.with_name("tokenizer.json").read_bytes())
     assert "102 tokens; this model takes at most 32" in refused(reader, {"body": {"text": ["cat", " ".join(["cat"] * 100)]}})
@@ -112,7 +112,7 @@ def test_a_long_pair_is_truncated_to_max_length_from_its_longer_text(text):
 
 def test_a_long_pair_is_refused_where_truncation_is_off(specs):
     spec = specs["bert_text"]
-    contract = spec.contract()
+    contract = declare(spec)
     contract["text_input"]["truncate"] = False
     reader = preprocess.reader(Contract(contract), spec.source.with_name("tokenizer.json").read_bytes())
     body = {"text": ["cat", " ".join(["cat"] * 20)], "text_pair": ["dog", " ".join(["dog"] * 20)]}
@@ -121,7 +121,7 @@ def test_a_long_pair_is_refused_where_truncation_is_off(specs):
 
 def test_a_text_pair_to_a_model_of_single_texts_is_refused(specs):
     spec = specs["bert_text"]
-    contract = spec.contract()
+    contract = declare(spec)
     contract["inputs"] = [t for t in contract["inputs"] if t["name"] != "token_type_ids"]
     reader = preprocess.reader(Contract(contract), spec.source.with_name("tokenizer.json").read_bytes())
     assert set(reader.read({"body": {"text": "the cat sat"}})[0]) == {"input_ids", "attention_mask"}
@@ -187,7 +187,7 @@ def test_text_model_still_takes_tensors_and_refuses_images(text):
 def test_a_tokenizer_other_than_the_contracts_is_refused(specs):
     spec = specs["bert_text"]
     with pytest.raises(IntegrityError, match="the contract records"):
-        preprocess.reader(Contract(spec.contract()), b"{}")
+        preprocess.reader(Contract(declare(spec)), b"{}")
 
 
 # --- images --------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_decompression_bomb_is_refused_from_its_header_before_decoding(image, mo
 
 
 def test_image_model_request_cap_fits_a_photo(specs):
-    assert specs["vit_images"].contract()["max_request_bytes"] >= 4 << 20
+    assert declare(specs["vit_images"])["max_request_bytes"] >= 4 << 20
 
 
 # --- labels and spec checks ----------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_top_labels_are_softmax_scores_best_first_nested_like_the_output():
 
 
 def test_labels_go_beside_the_outputs(specs):
-    contract = Contract(specs["vit_images"].contract())
+    contract = Contract(declare(specs["vit_images"]))
     answer = contract.to_json({"logits": np.array([[0.0, 5.0, 0.0]], dtype=np.float32)}, single=True)
     assert answer["logits"] == [0.0, 5.0, 0.0] and [x["label"] for x in answer["labels"]] == ["dog", "cat"]
 

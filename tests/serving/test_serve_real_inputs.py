@@ -23,7 +23,7 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import IntegrityError
 from pipeline.models import load_spec
 from pipeline.serving.common import preprocess
-from pipeline.serving.common.contract import Contract
+from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.torchserve import server as serve
 from pipeline.stages import run_all
 from tests.helpers import needs_java
@@ -44,7 +44,7 @@ def project(tmp_path_factory):
         spec = load_spec(str(path))
         model, _ = checkpoint.load_model(Manifest(root.resolve(), name), spec, "test")
         tokenizer = path.with_name("tokenizer.json").read_bytes() if spec.text_input else None
-        built[name] = (settings(root, path), spec, model, preprocess.reader(Contract(spec.contract()), tokenizer))
+        built[name] = (settings(root, path), spec, model, preprocess.reader(Contract(declare(spec)), tokenizer))
     return built
 
 

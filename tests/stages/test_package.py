@@ -9,6 +9,7 @@ from pipeline.artifacts import archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import IntegrityError
 from pipeline.models import load_spec
+from pipeline.serving.common.contract import declare
 from pipeline.stages import package
 
 
@@ -28,7 +29,7 @@ def test_archive_holds_model_handler_manifest_and_nothing_stray(built):
     assert mar_manifest["model"]["configFile"] == "model-config.yaml"
     manifest = Manifest(layout.root, "simple_nn")
     assert onnx_sha == manifest.records["onnx"].sha256
-    assert contract == load_spec("simple_nn").contract()
+    assert contract == declare(load_spec("simple_nn"))
     assert config["batchSize"] >= 1 and config["maxBatchDelay"] >= 0 and config["minWorkers"] >= 1
     assert handler == archive.handler_source()
 

@@ -26,9 +26,10 @@ from pipeline.errors import PipelineError
 from pipeline.models import load_spec
 from pipeline.runtimes.runners import TorchRunner
 from pipeline.serving.common.contract import Contract
-from pipeline.settings import Layout, Settings, contract
+from pipeline.settings import Layout, Settings
 from pipeline.stages import STAGES
 from pipeline.stages.capture import capture_mode
+from pipeline.stages.package import archive_contract
 from pipeline.stages.parity import compare
 from tests.helpers import archive_handler
 
@@ -108,7 +109,7 @@ def _handler_answers(spec, settings: Settings, layout: Layout, folder: Path) -> 
     if status != 200:
         return f"HTTP {status}: {json.loads(raw).get('error')}"
     answer = json.loads(raw)
-    feed, single = Contract(contract(settings, spec)).parse(json.loads(body))
+    feed, single = Contract(archive_contract(settings, spec)).parse(json.loads(body))
     model, _ = checkpoint.load_model(Manifest(layout.root, spec.name), spec, "zoo")
     with capture_mode():
         want = TorchRunner("eager", model, spec).infer(feed)

@@ -21,6 +21,8 @@ serve` writes the first two into TorchServe's config.properties; an answer over 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -28,6 +30,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+
+from pipeline.spec import ModelSpec, tokenizer_file
 
 MIB = 1 << 20
 # TorchServe's frontend refuses a worker's message holding any one answer over its
@@ -84,7 +88,7 @@ def max_elements(inputs: Sequence[Mapping[str, Any]], lengths: Mapping[str, int]
 
 
 def limits(inputs: Sequence[Mapping[str, Any]], max_lengths: Mapping[str, int]) -> dict[str, int]:
-    """The sizes a contract declares by default (`ModelSpec.contract` writes them into the archive)."""
+    """The sizes a contract declares by default (`declare` writes them into the archive)."""
     return {
         "max_request_bytes": request_bytes(inputs, max_lengths),
         "max_response_bytes": MAX_RESPONSE_BYTES,
@@ -102,6 +106,48 @@ def small_example(example: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if example is None or len(json.dumps(dict(example))) > EXAMPLE_MAX_BYTES:
         return None
     return dict(example)
+
+
+def declare(spec: ModelSpec, cuda_precision: str | None = None) -> dict[str, Any]:
+    """The I/O contract a model's spec declares: what the handler reads from inside the archive.
+
+    It declares the sizes every server must carry (`limits`), and carries the example
+    request only while it is small: a 224 x 224 image stays in the spec.
+    """
+    inputs = [t.to_json() for t in spec.inputs]
+    contract = {
+        "model": spec.name,
+        "inputs": inputs,
+        "outputs": [t.to_json() for t in spec.outputs],
+        "max_rows_per_request": spec.max_rows_per_request,
+        "max_lengths": (lengths := max_lengths(inputs, spec.max_lengths)),
+        "max_elements_per_request": max_elements(inputs, lengths, spec.max_elements_per_request),
+        **limits(inputs, spec.max_lengths),
+        **{k: v for k in ("max_request_bytes", "max_response_bytes") if (v := getattr(spec, k)) is not None},
+        "cuda_precision": cuda_precision or spec.cuda_precision,
+    }
+    if spec.image_input is not None and spec.max_request_bytes is None:
+        contract["max_request_bytes"] = max(contract["max_request_bytes"], IMAGE_REQUEST_BYTES)
+    example = small_example(spec.example_request)
+    if example is not None:
+        contract["example_request"] = example
+    # Real inputs (pipeline.serving.common.preprocess) and class names: the tokenizer travels in
+    # the archive as tokenizer.json, and its hash here is what every server checks it against.
+    if spec.text_input is not None:
+        tokenizer = tokenizer_file(spec)
+        contract["text_input"] = {
+            "tokenizer": "tokenizer.json",
+            "sha256": hashlib.sha256(tokenizer.read_bytes()).hexdigest(),
+            "max_length": spec.text_input.max_length,
+            "truncate": spec.text_input.truncate,
+            "max_texts": spec.text_input.max_texts,
+        }
+    if spec.image_input is not None:
+        image = dataclasses.asdict(spec.image_input)
+        contract["image_input"] = {k: list(v) if isinstance(v, tuple) else v for k, v in image.items()}
+    if spec.labels is not None:
+        contract["labels"] = {"output": spec.labels.output, "names": list(spec.labels.names), "top_k": spec.labels.top_k}
+    return contract
 
 
 def _example_hint(example: Mapping[str, Any] | None, inputs: Sequence[Mapping[str, Any]]) -> str:

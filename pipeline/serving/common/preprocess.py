@@ -4,7 +4,7 @@ The TorchServe handler and the Ray replica both read a request through `RequestR
 (via `pipeline.serving.common.predictor`), and parity makes its text and image cases with the
 same `TextEncoder` and `ImageDecoder` (`sample_feeds`), so what parity verified is what
 the servers compute. Their settings are the contract's `text_input` / `image_input`
-sections (`ModelSpec.contract` writes them from the spec's TextInput / ImageInput).
+sections (`contract.declare` writes them from the spec's TextInput / ImageInput).
 
 Requests, beside the JSON tensors every model takes ({"input_ids": [[101, 2023, 102]]}):
     text models:   {"text": "a sentence"}  or  {"text": ["one", "two"]}   (at most max_texts)
