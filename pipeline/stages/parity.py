@@ -180,9 +180,9 @@ def why_not(sizing: cost.Sizing, case: Case, measured: dict[int, cost.Cost], run
     if case.batch is None or sizing.always(case.batch) or not measured:
         return None
     known = max(measured)
-    basis = f"{runs} engines; eager took {measured[known].seconds:.2g} s and {measured[known].extra_mb:.0f} MiB at batch {known}"
+    basis = f"eager took {measured[known].seconds:.2g} s and {measured[known].extra_mb:.0f} MiB at batch {known}"
     return sizing.over_memory(cost.scaled(measured[known].extra_mb, known, case.batch), basis) or sizing.over_time(
-        cost.scaled(measured[known].seconds, known, case.batch) * runs, sizing.seconds - spent_s, basis
+        cost.scaled(measured[known].seconds, known, case.batch) * runs, sizing.seconds - spent_s, f"{runs} engines; {basis}"
     )
 
 
