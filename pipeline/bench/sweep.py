@@ -1,7 +1,7 @@
 """How long the in-process benchmark runs: calls per engine, and which batch sizes fit.
 
 Each engine and batch size gets a warm-up and then timed calls sized to a time budget
-(`calibrate`). The batch sweep is sized to the model by parity's rule (`cost.Sizing`):
+(`calibrate`). The batch sweep is sized to the model by the rule parity's also follows (`cost.Sizing`):
 batch sizes up to `cost.MIN_SWEEP` always run; a larger one runs for an engine only where
 that engine's measured cost at the largest batch it ran, scaled by rows, fits the
 seconds left of the budget, and only where the memory the last batch took, scaled the
