@@ -25,6 +25,13 @@ if ! "$PY" -c 'import sys, torch, onnxruntime as o; sys.exit(0 if torch.cuda.is_
     echo "error: $PY has no CUDA torch or no CUDA provider in onnxruntime; run make bench for the CPU report" >&2
     exit 1
 fi
+# A GPU image with no registry gets what it lacks as wheels (docs/benchmark.md, "On CUDA"): a
+# package still missing is named now, before any GPU time goes on steps that would all fail.
+"$PY" -m pipeline --help >/dev/null || exit 1
+if ! "$PY" -c 'import transformers, tokenizers, onnxruntime.transformers.float16'; then
+    echo "error: $PY lacks transformers, tokenizers or onnxruntime.transformers, which the real models and their fp16 variant need; install their wheels" >&2
+    exit 1
+fi
 mkdir -p "$OUT"
 log="$OUT/run.log"
 step() {  # step SECONDS ARGS...: one command under its timeout, its outcome logged

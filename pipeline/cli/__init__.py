@@ -16,15 +16,35 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from types import ModuleType
 
 from pipeline.errors import PipelineError
 from pipeline.models import hf_model
 from pipeline.spec import HF_PREFIX
 
+# Where a module's name is not the name pip installs it by.
+_DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "ts": "torchserve", "model_archiver": "torch-model-archiver"}
+
+
+def _commands() -> tuple[ModuleType, ...]:
+    """The command modules; a dependency this Python lacks is named, with how to install it."""
+    try:
+        from pipeline.cli import bench, reliability, serving, stages, tune
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] == "pipeline":
+            raise
+        package = _DISTRIBUTIONS.get(exc.name.split(".")[0], exc.name.split(".")[0])
+        raise PipelineError(
+            "setup",
+            f"{sys.executable} lacks {package!r} (import {exc.name}), which the pipeline needs",
+            f"make setup, or pip install -c constraints.txt -e . in the checkout (offline: bring the {package} wheel and pip install it)",
+        ) from None
+    return bench, reliability, serving, stages, tune
+
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The command line and each command's own parser."""
-    from pipeline.cli import bench, reliability, serving, stages, tune
+    bench, reliability, serving, stages, tune = _commands()
 
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True, metavar="command")
@@ -50,8 +70,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import bench, reliability, serving, stages, tune
-
+    try:
+        bench, reliability, serving, stages, tune = _commands()
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     args = parse(sys.argv[1:] if argv is None else argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "serve": serving.serve_command,
