@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import sys
 import time
 import warnings
@@ -169,11 +170,38 @@ class Traced:
     warnings: list[str]
 
 
+@contextlib.contextmanager
+def library_log(name: str) -> Iterator[list[str]]:
+    """A library's logged warnings (transformers logs, it does not warn) kept for the manifest instead of printed.
+
+    torch.jit.trace reads every attribute of the module, so a property such as a transformers
+    model's `loss_function` logs about a loss that tracing never computes.
+    """
+    logger = logging.getLogger(name)
+    kept: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(f"{name}: {record.getMessage()}")
+
+    handlers, propagate = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [Keep(logging.WARNING)], False
+    try:
+        yield kept
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+
+
 def trace_model(
     spec: ModelSpec, model: torch.nn.Module, example: tuple[torch.Tensor, ...], checks: list[tuple[torch.Tensor, ...]]
 ) -> Traced:
     """torch.jit.trace with the trace checks; a branch on a tensor's value, or a failed trace, is a PipelineError."""
-    with warnings.catch_warnings(record=True) as caught, capture_mode(), watch_branches() as branches:
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        library_log("transformers") as logged,
+        capture_mode(),
+        watch_branches() as branches,
+    ):
         warnings.simplefilter("always")
         try:
             traced = torch.jit.trace(model, example, check_inputs=checks, check_tolerance=1e-5)
@@ -185,7 +213,7 @@ def trace_model(
                 _untraceable_fix(branches),
             ) from None
     _refuse_value_branches(spec, branches)
-    return Traced(traced, branches, sorted({f"{w.category.__name__}: {w.message}" for w in caught}))
+    return Traced(traced, branches, sorted({f"{w.category.__name__}: {w.message}" for w in caught} | set(logged)))
 
 
 def check_loads_back(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> None:

@@ -1,3 +1,4 @@
+import logging
 import warnings
 
 import pytest
@@ -28,6 +29,18 @@ def test_deprecation_recorded_not_printed(built):
     assert "deprecated" in rec.details["deprecated"]
     assert any("torch.jit.trace" in w for w in rec.details["warnings"])
     assert rec.inputs["checkpoint"] == Manifest(layout.root, "simple_nn").records["checkpoint"].sha256
+
+
+def test_a_library_logged_warning_is_kept_for_the_manifest_not_printed(capfd):
+    import transformers  # noqa: F401  # its handler on the "transformers" logger is what prints
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    with trace.library_log("transformers") as kept:
+        logger.warning("`loss_type=None` was set in the config but it is unrecognized.")
+    assert kept == ["transformers: `loss_type=None` was set in the config but it is unrecognized."]
+    assert "loss_type" not in capfd.readouterr().err
+    logger.warning("printed again once tracing is over")
+    assert "printed again" in capfd.readouterr().err
 
 
 def test_retrace_after_retrain_with_other_seed(project):
