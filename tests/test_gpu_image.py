@@ -2,13 +2,14 @@
 
 Such an image has CUDA torch, onnx, onnxscript and the scientific stack, and gets onnxruntime-gpu,
 orjson, torch-model-archiver, transformers and tokenizers carried to it as wheels. It has no
-server, no load generator and no OpenVINO. These tests run the commands the GPU scripts run with
-those packages hidden, so a new import of one of them fails here, not on the GPU machine; and
-check that a package the pipeline needs, when missing, is named with how to bring it.
+server, no load generator and no OpenVINO. The GPU script is rehearsed here on the CPU with
+those packages hidden, so a new import of one of them fails here, not on the GPU machine; and a
+package the pipeline needs, when missing, must be named with how to bring it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,42 +39,42 @@ importlib.util.find_spec = lambda name, package=None: None if name.split(".")[0]
 """
 
 
-def _python(tmp_path: Path, hidden: tuple[str, ...]):
+def _env(tmp_path: Path, hidden: tuple[str, ...]) -> dict[str, str]:
     site = tmp_path / "hide"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(HIDE)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "HIDDEN_MODULES": ",".join(hidden)}
-
-    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
-
-    return run
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "HIDDEN_MODULES": ",".join(hidden)}
 
 
-def test_the_gpu_scripts_commands_need_nothing_the_image_lacks(tmp_path):
-    run = _python(tmp_path, NOT_ON_THE_IMAGE)
-    hidden = run("-c", "import ray")
+def test_the_gpu_script_needs_nothing_the_image_lacks(tmp_path):
+    """scripts/gpu_real_models.sh rehearsed on the CPU (DEVICE=cpu) with a small transformers model that reads images."""
+    env = _env(tmp_path, NOT_ON_THE_IMAGE)
+    hidden = subprocess.run([sys.executable, "-c", "import ray"], env=env, capture_output=True, text=True)
     assert hidden.returncode != 0 and "No module named 'ray'" in hidden.stderr, "the hiding did not take"
-    root = tmp_path / "project"
-    # The chain of a transformers model with a real input (images through PIL), as the real models run it.
-    model = REPO / "tests" / "fixtures" / "vit_images.py"
-    done = run("-m", "pipeline", "all", "--model", str(model), "--root", str(root))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (root / "model_store" / "vit_images.mar").is_file()
-    # The in-process benchmark, every engine the image can run; OpenVINO is reported as missing, not a crash.
-    bench = run(
-        "-m", "pipeline", "bench", "--model", str(model), "--root", str(root), "--served", "off", "--no-cold-start",
-        "--batch-sizes", "1", "--budget", "0.05", "--rounds", "1", "--engines", "eager,onnxruntime,openvino",
-    )  # fmt: skip
-    assert bench.returncode == 0, bench.stderr[-3000:]
-    report = (root / "reports" / "vit_images" / "latency.md").read_text()
-    assert "onnxruntime" in report and "openvino" in report
+    root, out = tmp_path / "project", tmp_path / "out"
+    env |= {
+        "PYTHON": sys.executable, "DEVICE": "cpu", "MODELS": "tests/fixtures/vit_images.py", "ROOT": str(root), "OUT": str(out),
+        "LIMIT_S": "120", "MARGIN_S": "20", "ENGINES": "eager,onnxruntime,openvino",
+    }  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_real_models.sh")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = (out / "steps.txt").read_text().splitlines()
+    assert [line.split(" ", 2)[1] for line in steps] == ["rc=0", "rc=0"], steps  # the chain, then the benchmark
+    assert "pipeline all" in steps[0] and "pipeline bench" in steps[1] and "--time-limit" in steps[1]
+    kept = out / "reports" / "vit_images"
+    assert {"parity.md", "latency.json", "latency.md", "manifest.json"} <= {p.name for p in kept.iterdir()}
+    report = json.loads((kept / "latency.json").read_text())
+    assert {r["device"] for r in report["in_process"]} == {"cpu"} and {"eager", "onnxruntime"} <= {
+        r["engine"] for r in report["in_process"]
+    }
+    # OpenVINO is not on the image: reported as skipped, with how to install it, not a crash.
+    assert any(s["engine"] == "openvino" and "not installed" in s["reason"] for s in report["skipped"]), report["skipped"]
 
 
 def test_a_missing_dependency_is_named_with_how_to_install_it(tmp_path):
-    run = _python(tmp_path, ("orjson",))
+    env = _env(tmp_path, ("orjson",))
     for args in (("all",), ("--help",)):
-        done = run("-m", "pipeline", *args)
+        done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 1, done.stdout + done.stderr
         assert "lacks 'orjson'" in done.stderr and "make setup" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr

@@ -45,7 +45,7 @@ from pipeline.bench.engines import (
     skip_reason,
 )
 from pipeline.bench.inputs import at_lengths, check_lengths
-from pipeline.bench.sweep import CallBudget, Sweep, calibrate, time_calls, warm_seconds
+from pipeline.bench.sweep import CallBudget, Deadline, Sweep, calibrate, time_calls, warm_seconds
 from pipeline.bench.sweep import Cost as EngineCost
 from pipeline.errors import PipelineError
 from pipeline.runtimes.runners import TorchRunner, cuda_available
@@ -101,6 +101,9 @@ class BenchSettings:
     # In process: each input axis named here stretched to this length ({"seq": 512}); none: the
     # spec's sample_inputs as they are. The reports are then latency-seq512.*, beside the others.
     lengths: dict[str, int] = field(default_factory=dict)
+    # Seconds the whole run may take: no work starts after them, nor any whose measured cost would overrun them
+    # (what is left out is reported); the report is written either way. None: no limit.
+    time_limit_s: float | None = None
 
     def feed(self, spec, batch: int, seed: int) -> dict[str, np.ndarray]:
         """The seeded in-process feed at `batch` rows, at the lengths asked for."""
@@ -189,8 +192,8 @@ class InProcess:
     sweep: Sweep | None = None
 
 
-def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar: tqdm) -> InProcess:
-    """Every engine × batch size on every device, as far as the sweep's budget allows."""
+def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar: tqdm, deadline: Deadline) -> InProcess:
+    """Every engine × batch size on every device, as far as the sweep's budget and the time limit allow."""
     import torch
 
     manifest = Manifest(layout.root, spec.name)
@@ -203,7 +206,8 @@ def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar
     manifest.verified(CHECKPOINT, STAGE)
     torch.set_num_threads(settings.threads)
     factory = _model_factory(spec, manifest)
-    out = InProcess(sweep=Sweep(settings.sweep, list(settings.batch_sizes), settings.sweep_budget_s, memory_budget_mb(settings)))
+    sweep = Sweep(settings.sweep, list(settings.batch_sizes), settings.sweep_budget_s, memory_budget_mb(settings), deadline=deadline)
+    out = InProcess(sweep=sweep)
     for device in settings.devices:
         engines = _load_engines(settings, spec, device, paths, factory, out, bar)
         reference = _Reference(spec, factory, device) if any(e.answer for e in engines.values()) else None
@@ -277,6 +281,9 @@ def _time_batch(settings, spec, device, batch, engines: dict[str, Engine], refer
     feed = settings.feed(spec, batch, settings.seed * 1000 + batch)
     calls, timings, per_round = {}, {}, {}
     for name, engine in engines.items():
+        assert out.sweep is not None
+        if not out.sweep.may_start(device, batch, name):
+            continue
         bar.set_postfix_str(f"{device} b={batch} warm up {name}")
         try:
             if engine.answer is not None and reference is not None:
@@ -390,8 +397,8 @@ def cold_engines(settings: BenchSettings) -> list[str]:
     return [e for e in settings.engines if e not in skip]
 
 
-def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar: tqdm) -> list[dict]:
-    """Each engine in a fresh process: import, load/session creation, first inference."""
+def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar: tqdm, deadline: Deadline) -> list[dict]:
+    """Each engine in a fresh process: import, load/session creation, first inference; none starts past the time limit."""
     feed = settings.feed(spec, 1, settings.seed)
     feed_path = scratch / "cold_feed.npz"
     np.savez(feed_path, **cast(dict[str, Any], feed))  # numpy types its keyword arguments as allow_pickle's bool
@@ -399,6 +406,11 @@ def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, ba
     for device in settings.devices:
         for engine in cold_engines(settings):
             if skip_reason(engine, device):  # listed once, in the report's skipped pairings
+                bar.update(1)
+                continue
+            late = deadline.over()
+            if late is not None:
+                out.append({"engine": engine, "device": device, "left_out": late})
                 bar.update(1)
                 continue
             bar.set_postfix_str(f"cold start {engine} ({device})")
@@ -418,7 +430,10 @@ def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, ba
             job_path.write_text(json.dumps(job))
             try:
                 proc = subprocess.run(
-                    [sys.executable, "-m", "pipeline.bench.cold", str(job_path)], capture_output=True, text=True, timeout=600
+                    [sys.executable, "-m", "pipeline.bench.cold", str(job_path)],
+                    capture_output=True,
+                    text=True,
+                    timeout=min(600, deadline.left_s()),
                 )
                 if proc.returncode != 0:
                     raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
@@ -528,6 +543,7 @@ def run(settings: BenchSettings) -> dict:
     manifest = Manifest(layout.root, spec.name)
     settings = check(settings, spec, manifest)
     started = time.perf_counter()
+    deadline = Deadline(settings.time_limit_s, started)
     cost.start()
     steps = len(settings.devices) * len(settings.batch_sizes) * settings.rounds
     steps += len(settings.devices) * len(cold_engines(settings)) if settings.cold_start else 0
@@ -537,9 +553,10 @@ def run(settings: BenchSettings) -> dict:
         tqdm(total=steps, desc=f"bench {spec.name}", unit="step", disable=None, mininterval=0.5) as bar,
     ):
         scratch = Path(tmp)
-        measured = in_process(settings, spec, layout, scratch, bar)
-        cold = cold_starts(settings, spec, layout, scratch, bar) if settings.cold_start else []
-        served = bench_served.run(settings, spec, layout, bar) if settings.served != "off" else None
+        measured = in_process(settings, spec, layout, scratch, bar, deadline)
+        cold = cold_starts(settings, spec, layout, scratch, bar, deadline) if settings.cold_start else []
+        served_late = deadline.over() if settings.served != "off" else None
+        served = bench_served.run(settings, spec, layout, bar) if settings.served != "off" and served_late is None else None
     report = {
         "schema": SCHEMA,
         "model": spec.name,
@@ -561,6 +578,7 @@ def run(settings: BenchSettings) -> dict:
         "cold_start": cold,
         "variants": variants_summary(manifest, measured.records, cold),
         "served": served,
+        "served_left_out": served_late,
     }
     out = layout.reports
     stem = settings.report_stem()

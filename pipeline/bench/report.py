@@ -133,6 +133,8 @@ def _sweep(report: dict) -> list[str]:
             f"and where the last batch's memory, scaled, fits {sweep['memory_mb']:.0f} MiB. "
             f"Asked: {', '.join(map(str, sweep['asked']))}; spent {sweep['spent_s']:.0f} s."
         )
+    if sweep.get("time_limit_s") is not None:
+        head += f" The whole run had a `--time-limit` of {sweep['time_limit_s']:.0f} s: nothing started past it."
     lines = ["## Batch sizes", "", head, ""]
     every = {r["device"]: r["engines"] for r in reversed(sweep["ran"])}  # what the first batch size ran, per device
     for r in sweep["ran"]:
@@ -239,6 +241,8 @@ def _cold_start(report: dict) -> list[str]:
     for c in report["cold_start"]:
         if "error" in c:
             lines.append(f"| {c['engine']} | {c['device']} | failed: {c['error']} | | | |")
+        elif "left_out" in c:
+            lines.append(f"| {c['engine']} | {c['device']} | not run: {c['left_out']} | | | |")
         else:
             lines.append(
                 f"| {c['engine']} | {c['device']} | {c['import_s']:.3f} s | {c['load_s']:.3f} s | "
@@ -249,6 +253,8 @@ def _cold_start(report: dict) -> list[str]:
 
 def _served(report: dict) -> list[str]:
     served = report.get("served")
+    if report.get("served_left_out"):
+        return ["## Served", "", f"Not run: {report['served_left_out']}.", ""]
     if not served:
         return []
     lines = _served_header(served)
@@ -527,7 +533,8 @@ def _in_process_panel(ax, report: dict) -> None:
         title=f"{report['model']}: in process",
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if records:
+        ax.legend(fontsize=7)
 
 
 def _served_panels(lat, thr, served: dict) -> None:

@@ -98,6 +98,30 @@ class Cost:
 
 
 @dataclass
+class Deadline:
+    """The end of the whole benchmark (`--time-limit`): no work starts after it, nor any whose known cost overruns it.
+
+    Work under way is not cut short (a compile cannot be), so a caller with a hard end of
+    its own gives the limit with a margin for the longest single step.
+    """
+
+    limit_s: float | None = None
+    began: float = field(default_factory=time.perf_counter)
+
+    def left_s(self) -> float:
+        return math.inf if self.limit_s is None else self.limit_s - (time.perf_counter() - self.began)
+
+    def over(self, need_s: float = 0.0, basis: str = "") -> str | None:
+        """None while `need_s` more seconds fit before the end; otherwise why the work is left out."""
+        left = self.left_s()
+        if left > 0 and need_s <= left:
+            return None
+        if left <= 0:
+            return f"the --time-limit of {self.limit_s:.0f} s was reached"
+        return f"would take about {need_s:.0f} s, {left:.0f} s left of the --time-limit of {self.limit_s:.0f} s ({basis})"
+
+
+@dataclass
 class Sweep:
     """What the sweep may spend, what it ran, and what it left out and why (the report's "sweep")."""
 
@@ -110,29 +134,40 @@ class Sweep:
     skipped: list[dict] = field(default_factory=list)
     # What the engines admitted at the batch size under way are expected to take.
     reserved_s: float = field(default=0.0, repr=False)
+    deadline: Deadline = field(default_factory=Deadline, repr=False)
 
     @property
     def sizing(self) -> cost.Sizing:
         return cost.Sizing(self.seconds, self.memory_mb, self.mode == "full")
 
     def batch_fits(self, device: str, batch: int, last: Cost | None) -> bool:
-        """Whether `batch` fits the memory budget, from the memory the last batch size took (recorded when not)."""
+        """Whether `batch` fits the time limit and the memory budget, from the memory the last batch size took (recorded when not)."""
+        if not self._fits(device, batch, None, self.deadline.over()):
+            return False
         if last is None or self.sizing.always(batch):
             return True
         basis = f"batch {last.batch} took {last.extra_mb:.0f} MiB"
         return self._fits(device, batch, None, self.sizing.over_memory(cost.scaled(last.extra_mb, last.batch, batch), basis))
 
     def engine_fits(self, device: str, batch: int, engine: str, last: Cost | None, budget: CallBudget) -> bool:
-        """Whether `engine` at `batch` fits the seconds left, from its cost at the largest batch it ran."""
-        if last is None or self.sizing.always(batch):
+        """Whether `engine` at `batch` fits the seconds left (of the sweep's budget and of the time limit), from its cost at
+        the largest batch it ran."""
+        if last is None:
             return True
         need_s = last.overhead_s + expected_seconds(cost.scaled(last.per_call_s, last.batch, batch), budget)
         setup = f", setup {last.overhead_s:.0f} s" if last.overhead_s >= 1 else ""
         basis = f"one call took {last.per_call_s * 1e3:.3g} ms at batch {last.batch}{setup}"
-        if not self._fits(device, batch, engine, self.sizing.over_time(need_s, self.seconds - self.spent_s - self.reserved_s, basis)):
+        reason = self.deadline.over(self.reserved_s + need_s, basis)
+        if reason is None and not self.sizing.always(batch):
+            reason = self.sizing.over_time(need_s, self.seconds - self.spent_s - self.reserved_s, basis)
+        if not self._fits(device, batch, engine, reason):
             return False
         self.reserved_s += need_s
         return True
+
+    def may_start(self, device: str, batch: int, engine: str) -> bool:
+        """Whether an admitted engine may still warm up at `batch`: not once the time limit is reached (recorded)."""
+        return self._fits(device, batch, engine, self.deadline.over())
 
     def _fits(self, device: str, batch: int, engine: str | None, reason: str | None) -> bool:
         """True without a reason; otherwise the batch (or the engine at it) is recorded as left out."""
@@ -148,5 +183,6 @@ class Sweep:
 
     def to_json(self) -> dict:
         out = asdict(self)
-        del out["reserved_s"]
+        del out["reserved_s"], out["deadline"]
+        out["time_limit_s"] = self.deadline.limit_s
         return out

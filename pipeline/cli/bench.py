@@ -55,6 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="MiB one batch size may take in the sized sweep, at most half the free memory (default: %(default)s)",
     )
     p.add_argument(
+        "--time-limit",
+        type=float,
+        default=d.time_limit_s,
+        help="seconds the whole run may take: no engine, batch size, cold start or served sweep starts past them, "
+        "nor one whose measured cost would overrun them; the report says what was left out (default: no limit)",
+    )
+    p.add_argument(
         "--length",
         type=lengths,
         default={},
@@ -136,10 +143,11 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     engines = args.engines
     if args.cuda_graph:
         engines = (*engines, *(e for e in CUDA_GRAPH_ENGINES if e not in engines))
-    if min(args.budget, args.rounds, args.threads, args.served_seconds, args.sweep_budget, args.sweep_memory) <= 0:
+    positive = (args.budget, args.rounds, args.threads, args.served_seconds, args.sweep_budget, args.sweep_memory)
+    if min(positive) <= 0 or (args.time_limit is not None and args.time_limit <= 0):
         raise PipelineError(
             STAGE,
-            "--budget, --rounds, --threads, --served-seconds, --sweep-budget and --sweep-memory must be positive",
+            "--budget, --rounds, --threads, --served-seconds, --sweep-budget, --sweep-memory and --time-limit must be positive",
             "e.g. --budget 1 --rounds 5",
         )
     return BenchSettings(
@@ -164,6 +172,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         cuda_precision=args.cuda_precision,
         cudnn_conv_algo_search=args.cudnn_search,
         lengths=args.length,
+        time_limit_s=args.time_limit,
     )
 
 

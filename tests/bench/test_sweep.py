@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
 from pipeline.artifacts.cost import MIN_SWEEP
 from pipeline.bench import engines
 from pipeline.bench import latency as bench
-from pipeline.bench.sweep import CallBudget, Cost, Sweep, expected_seconds, per_round, warm_calls
+from pipeline.bench.sweep import CallBudget, Cost, Deadline, Sweep, expected_seconds, per_round, warm_calls
 from tests.bench.test_bench import tiny
 
 BUDGET = CallBudget(budget_s=0.5, rounds=5, warmup_s=0.2, max_iterations=200_000)
@@ -47,6 +48,7 @@ def test_a_batch_past_the_minimum_runs_only_where_its_scaled_cost_fits():
     sweep = Sweep("sized", [1, 8, 64, 512], seconds=60.0, memory_mb=1000.0, spent_s=20.0)
     slow = Cost(batch=8, per_call_s=0.3, overhead_s=0.0, extra_mb=100.0)
     assert sweep.engine_fits("cpu", MIN_SWEEP, "eager", slow, BUDGET)  # up to MIN_SWEEP, whatever it costs
+    sweep.finish_batch("cpu", MIN_SWEEP, ["eager"], 0.0)
     # At 64 rows one call takes about 2.4 s: 10 calls are 24 s, which fits the 40 s left, and is set aside.
     assert sweep.engine_fits("cpu", 64, "eager", slow, BUDGET)
     assert not sweep.engine_fits("cpu", 64, "torchscript", slow, BUDGET)  # 24 s more would not fit the 16 s still free
@@ -63,6 +65,24 @@ def test_a_batch_past_the_minimum_runs_only_where_its_scaled_cost_fits():
     assert sweep.spent_s == 50.0 and sweep.reserved_s == 0.0 and "reserved_s" not in sweep.to_json()
     full = Sweep("full", [1, 8, 64, 512], seconds=0.0, memory_mb=0.0, spent_s=20.0)
     assert full.engine_fits("cpu", 512, "eager", slow, BUDGET) and full.batch_fits("cpu", 512, slow) and not full.skipped
+
+
+def test_the_time_limit_bounds_even_the_batch_sizes_that_always_run():
+    near = Sweep("sized", [1, 8, 64], seconds=600.0, memory_mb=1000.0, deadline=Deadline(100.0, time.perf_counter() - 90.0))
+    compiled = Cost(batch=1, per_call_s=0.001, overhead_s=30.0)  # compiling again at the next shape
+    quick = Cost(batch=1, per_call_s=0.001, overhead_s=0.0)
+    assert near.batch_fits("cuda", MIN_SWEEP, quick)
+    assert not near.engine_fits("cuda", MIN_SWEEP, "torch.compile-max-autotune", compiled, BUDGET)  # 30 s, 10 left
+    assert near.engine_fits("cuda", MIN_SWEEP, "onnxruntime", quick, BUDGET)
+    assert near.may_start("cuda", MIN_SWEEP, "onnxruntime")
+    (left_out,) = near.skipped
+    assert left_out["engine"] == "torch.compile-max-autotune" and "left of the --time-limit of 100 s" in left_out["reason"]
+    assert "setup 30 s" in left_out["reason"] and near.to_json()["time_limit_s"] == 100.0
+    over = Sweep("sized", [1, 8], seconds=600.0, memory_mb=1000.0, deadline=Deadline(100.0, time.perf_counter() - 101.0))
+    assert not over.batch_fits("cpu", 1, None) and not over.may_start("cpu", 1, "eager")
+    assert [s["reason"] for s in over.skipped] == ["the --time-limit of 100 s was reached"] * 2
+    free = Sweep("sized", [1, 8], seconds=600.0, memory_mb=1000.0)
+    assert free.engine_fits("cpu", MIN_SWEEP, "torch.compile", Cost(1, 0.001, 1e6), BUDGET) and free.to_json()["time_limit_s"] is None
 
 
 @pytest.fixture
@@ -84,6 +104,21 @@ def test_the_report_says_which_sweep_ran_and_what_it_left_out(copied):
     assert "## Batch sizes" in md and "- left out: cpu batch 64 for eager: would take about" in md
     full = bench.run(bench.replace(settings, sweep="full", sweep_budget_s=0.01))
     assert {r["batch"] for r in full["in_process"]} == {1, 8, 64, 4096} and full["sweep"]["skipped"] == []
+
+
+def test_a_time_limit_already_reached_starts_nothing_and_the_report_says_so(copied):
+    settings = tiny(copied, engines=("eager", "onnxruntime"), served="auto", time_limit_s=1e-6)
+    result = bench.run(settings)
+    assert result["in_process"] == [] and result["served"] is None
+    assert result["served_left_out"] == "the --time-limit of 0 s was reached"
+    assert {(s["batch"], s["engine"]) for s in result["sweep"]["skipped"]} == {(1, None), (8, None)}
+    assert {c["engine"]: c["left_out"] for c in result["cold_start"]} == {
+        e: "the --time-limit of 0 s was reached" for e in ("eager", "onnxruntime")
+    }
+    md = (copied / "reports" / "simple_nn" / "latency.md").read_text()
+    assert "`--time-limit` of 0 s" in md and "| eager | cpu | not run: the --time-limit of 0 s was reached |" in md
+    assert "## Served\n\nNot run: the --time-limit of 0 s was reached." in md
+    assert not (copied / "run").exists()  # no server was started
 
 
 @pytest.mark.skipif(engines.skip_reason("openvino", "cpu") is not None, reason="openvino is not installed")
