@@ -359,6 +359,28 @@ def test_start_stop_start_in_the_same_folder(built_root, tmp_path):
     assert not serve.stop(settings)  # nothing left to stop
 
 
+def test_a_port_taken_between_its_pick_and_the_bind_is_picked_again(built_root, tmp_path, monkeypatch):
+    settings = _copy_project(built_root, tmp_path / "project")
+    with socket.socket() as taken:
+        # Bound but not listening: free to the check before start, taken when TorchServe binds it, as in a race.
+        taken.bind(("127.0.0.1", 0))
+        held = taken.getsockname()[1]
+        real, calls = serve.free_ports, []
+
+        def picks(n: int) -> list[int]:
+            calls.append(n)
+            return [*real(n - 1), held] if len(calls) == 1 else real(n)  # the first start's gRPC management port
+
+        monkeypatch.setattr(serve, "free_ports", picks)
+        info = serve.start(settings, auto_ports=True)
+        try:
+            assert len(calls) == 2 and held not in info.ports.values() and post(info, {"x": 0.0})[0] == 200
+            assert "Address already in use" in (Path(info.run_dir) / "logs" / "stdout.log").read_text()
+        finally:
+            serve.stop(settings)
+    _assert_gone(info)
+
+
 def test_worker_that_dies_at_start_fails_serve_with_the_log(built_root, tmp_path, monkeypatch):
     settings = _copy_project(built_root, tmp_path / "project")
     # The installed handler the archive is checked against is swapped too, so the worker is what fails.

@@ -35,7 +35,7 @@ from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.errors import PipelineError
 from pipeline.serving.backends import ServeOptions
 from pipeline.serving.common import STAGE
-from pipeline.serving.common.client import Endpoint, free_port, http, port_in_use
+from pipeline.serving.common.client import Endpoint, free_ports, http, port_in_use
 from pipeline.serving.common.contract import Contract
 from pipeline.serving.torchserve import proxy
 from pipeline.settings import Layout, Settings, resolve
@@ -156,7 +156,7 @@ def _write_config(
     store = layout.model_store.resolve()
     props["model_store"] = str(store)
     props["allowed_urls"] = f"file://{store}/.*"
-    ports = {kind: free_port() if auto_ports else _port_of(props, kind) for kind in PORT_KEYS}
+    ports = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS)))) if auto_ports else {kind: _port_of(props, kind) for kind in PORT_KEYS}
     # TorchServe's HTTP APIs listen on Unix sockets in the 0700 run folder, and the proxy
     # on their TCP ports (pipeline/serving/torchserve/proxy.py says why); gRPC binds TCP itself.
     props["use_native_io"] = "true"  # TorchServe needs epoll for Unix sockets
@@ -228,12 +228,34 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
             f"{folder} would be up to {longest} bytes, over the {_SOCKET_PATH_MAX}-byte limit",
             "run from a folder with a shorter path (or pass a shorter --root)",
         )
-    for stale in ("server.json", "key_file.json", *(api_socket(folder, kind).name for kind in HTTP_APIS)):
-        (folder / stale).unlink(missing_ok=True)
     # Owner only, whatever the umask: tmp/ holds the workers' sockets, and the folder the key file.
     for private in (folder, folder / "logs", folder / "tmp"):
         private.mkdir(parents=True, exist_ok=True)
         private.chmod(0o700)
+    # A port picked free can be taken by another process before TorchServe or HAProxy binds it: with
+    # --ports auto, a start that lost that race picks other ports, twice at most.
+    for _ in range(2 if auto_ports else 0):
+        try:
+            return _launch(settings, layout, folder, mar, name, auto_ports, properties, timeout)
+        except PipelineError as exc:
+            if "Address already in use" not in str(exc):
+                raise
+    return _launch(settings, layout, folder, mar, name, auto_ports, properties, timeout)
+
+
+def _launch(
+    settings: Settings,
+    layout: Layout,
+    folder: Path,
+    mar: Path,
+    name: str,
+    auto_ports: bool,
+    properties: dict[str, str] | None,
+    timeout: float,
+) -> ServerInfo:
+    """Write the config, start TorchServe and its proxy, and wait for READY workers; stopped again on any failure."""
+    for stale in ("server.json", "key_file.json", *(api_socket(folder, kind).name for kind in HTTP_APIS)):
+        (folder / stale).unlink(missing_ok=True)
     config, props, ports = _write_config(layout, folder, auto_ports, properties, size_caps(mar))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
