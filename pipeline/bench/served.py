@@ -27,15 +27,13 @@ import numpy as np
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import MAR
 from pipeline.bench import handler_time
-from pipeline.bench.inputs import Request, requests
 from pipeline.bench.loadgen import measure
 from pipeline.errors import PipelineError
 from pipeline.serving.common.client import http
-from pipeline.serving.common.contract import Contract, declare
+from pipeline.serving.common.samples import Request, sample_requests
 from pipeline.serving.ray.server import RayInfo
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
-from pipeline.spec import tokenizer_file
 from pipeline.stages import package
 
 PING_SECONDS = 2.0
@@ -292,8 +290,7 @@ def profile(configs: list[dict], handler: dict, name: str = "tuned") -> list[dic
 
 def run(settings, spec, layout: Layout, bar) -> dict:
     """Sweep concurrency against each serving config; compare default with tuned; real inputs against binary tensors."""
-    tokenizer = tokenizer_file(spec).read_bytes() if spec.text_input is not None else None
-    request, binary = requests(spec, Contract(declare(spec)), tokenizer)
+    request, binary = sample_requests(spec)
     sent = {
         "request": request.describe(),
         **({"request_body": request.body.decode()} if request.content_type == "application/json" else {}),

@@ -34,15 +34,13 @@ from pipeline.artifacts import files
 from pipeline.artifacts.archive import verified_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ONNX, tune_key
-from pipeline.bench.inputs import Request, requests
 from pipeline.bench.served import copy_project, load
 from pipeline.errors import PipelineError
 from pipeline.runtimes.session import cuda_provider_available
-from pipeline.serving.common.contract import Contract, declare
+from pipeline.serving.common.samples import Request, sample_requests
 from pipeline.serving.ray.server import RayInfo
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import DEFAULT_MODEL, Layout, Settings, StageResult, resolve
-from pipeline.spec import tokenizer_file
 from pipeline.stages import package
 
 STAGE = "tune"
@@ -219,8 +217,7 @@ def run(settings: TuneSettings) -> dict:
     manifest = Manifest(layout.root, spec.name)
     base = archived_settings(manifest, settings)
     configs = grid(settings)
-    tokenizer = tokenizer_file(spec).read_bytes() if spec.text_input is not None else None
-    request, _ = requests(spec, Contract(declare(spec)), tokenizer)
+    request, _ = sample_requests(spec)
     start = time.perf_counter()
     table = measure_grid(settings, layout, configs, base, request)
     choice = pick(table, settings.p99_ms)

@@ -22,6 +22,7 @@ from pipeline.bench.loadgen import wrk_available
 from pipeline.models import load_spec
 from pipeline.serving.common import oip, preprocess
 from pipeline.serving.common.contract import Contract, declare
+from pipeline.serving.common.samples import sample_requests
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout
 from pipeline.stages import run_all
@@ -43,7 +44,7 @@ def models(tmp_path_factory):
 
 def test_an_image_model_is_sent_a_640x480_jpeg_and_its_tensor_in_binary(models):
     _, spec, contract, _ = models["vit_images"]
-    request, binary = inputs.requests(spec, contract, None)
+    request, binary = sample_requests(spec)
     assert request.kind == "jpeg 640x480" and request.content_type == "image/jpeg" and request.route == "predictions"
     assert Image.open(io.BytesIO(request.body)).size == (640, 480)
     assert binary is not None and binary.route == "infer" and binary.content_type == "application/octet-stream"
@@ -55,7 +56,7 @@ def test_an_image_model_is_sent_a_640x480_jpeg_and_its_tensor_in_binary(models):
 
 def test_a_text_model_is_sent_a_sentence_and_its_tokens_in_binary(models):
     _, spec, contract, tokenizer = models["bert_text"]
-    request, binary = inputs.requests(spec, contract, tokenizer)
+    request, binary = sample_requests(spec)
     assert request.kind == "text" and "text" in json.loads(request.body)
     assert binary is not None
     want, _ = preprocess.reader(contract, tokenizer).read({"body": request.body}, "application/json")
@@ -66,7 +67,7 @@ def test_a_text_model_is_sent_a_sentence_and_its_tokens_in_binary(models):
 def test_a_model_of_tensors_alone_is_sent_json_and_nothing_else(built):
     s, _ = built
     spec = load_spec(s.model)
-    request, binary = inputs.requests(spec, Contract(declare(spec)), None)
+    request, binary = sample_requests(spec)
     assert request.kind == "json tensor" and binary is None and json.loads(request.body)
 
 
@@ -99,7 +100,7 @@ def test_the_served_sweep_sends_the_jpeg_and_the_binary_tensor_to_a_real_torchse
 def test_the_handler_times_decoding_apart_from_the_model(models):
     s, spec, contract, _ = models["vit_images"]
     run_all(s)
-    request, _ = inputs.requests(spec, contract, None)
+    request, _ = sample_requests(spec)
     timed = handler_time.measure_in_child(s.root / "model_store" / "vit_images.mar", request.body, preprocessed=True)
     per = timed["us_per_request"]
     assert timed["body_bytes"] == len(request.body) and set(per) == {"1", "8"}
