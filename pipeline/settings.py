@@ -31,8 +31,12 @@ class Settings:
     parity_sweep: str = "sized"
     parity_budget_s: float = 60.0
     parity_budget_mb: float = 1536.0
-    # Allow the TorchScript-based exporter where the torch.export-based one fails (or the spec says so).
-    exporter_fallback: bool = False
+    # Use the TorchScript-based exporter where the torch.export-based one fails (recorded, and held
+    # to eager by the same parity gate); False makes that failure stop the chain.
+    exporter_fallback: bool = True
+    # Stop the chain where TorchScript cannot be made; by default the chain goes on without it
+    # (the archive serves the ONNX graph) and the manifest says why it was not made.
+    require_torchscript: bool = False
     # CUDA precision to verify and serve; None takes the model spec's (fp32 unless it says tf32).
     cuda_precision: str | None = None
     # Serving defaults written into the archive's model-config.yaml. A lone request

@@ -38,6 +38,11 @@ class ArtifactRecord:
     # The stage's peak resident memory while it made this artifact (MiB; 0 in older manifests).
     peak_rss_mb: float = 0.0
 
+    @property
+    def not_made(self) -> str | None:
+        """Why the stage could not make this artifact (the record's file is then a note that says so), or None."""
+        return self.details.get("not_made")
+
 
 class Manifest:
     """The manifest of one model's artifacts; every change is written atomically."""

@@ -197,9 +197,10 @@ def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar
     import torch
 
     manifest = Manifest(layout.root, spec.name)
+    ts_path, ts = manifest.verified(TORCHSCRIPT, STAGE)
     paths = {
         "onnx": manifest.verified(ONNX, STAGE)[0],
-        "torchscript": manifest.verified(TORCHSCRIPT, STAGE)[0],
+        "torchscript": ts_path,
         "identity": identity_onnx(spec, scratch / "identity.onnx"),
         **{v: manifest.verified(v, STAGE)[0] for v in gated_variants(manifest)},
     }
@@ -208,6 +209,8 @@ def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar
     factory = _model_factory(spec, manifest)
     sweep = Sweep(settings.sweep, list(settings.batch_sizes), settings.sweep_budget_s, memory_budget_mb(settings), deadline=deadline)
     out = InProcess(sweep=sweep)
+    if ts.not_made:  # check() left it out of the engines; the report says why
+        out.skipped.append({"engine": "torchscript", "device": "any", "reason": f"not made: {ts.not_made}"})
     for device in settings.devices:
         engines = _load_engines(settings, spec, device, paths, factory, out, bar)
         reference = _Reference(spec, factory, device) if any(e.answer for e in engines.values()) else None
@@ -529,8 +532,18 @@ def check(settings: BenchSettings, spec, manifest: Manifest) -> BenchSettings:
     for key in (CHECKPOINT, TORCHSCRIPT, ONNX):
         if key not in manifest.records:
             raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: python -m pipeline all --model {settings.model}")
-    if settings.engines == DEFAULT_ENGINES:  # the gated variants run beside fp32 unless --engines names others
+    default = settings.engines == DEFAULT_ENGINES
+    if default:  # the gated variants run beside fp32 unless --engines names others
         settings = replace(settings, engines=(*settings.engines, *(f"onnxruntime-{v}" for v in gated_variants(manifest))))
+    not_made = manifest.records[TORCHSCRIPT].not_made
+    if not_made and "torchscript" in settings.engines:
+        if not default:
+            raise PipelineError(
+                STAGE,
+                f"--engines names torchscript, but TorchScript was not made for {spec.name}: {not_made}",
+                "leave torchscript out of --engines; the ONNX engines and eager measure the model",
+            )
+        settings = replace(settings, engines=tuple(e for e in settings.engines if e != "torchscript"))
     return settings
 
 

@@ -35,12 +35,21 @@ def stage_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--force", action="store_true", help="redo the stage(s) even when inputs and settings are unchanged")
     if name in ("train", "all"):
         p.add_argument("--seed", type=int, default=0, help="seed for training and sample inputs (default: 0)")
+    if name in ("trace", "all"):
+        p.add_argument(
+            "--require-torchscript",
+            action="store_true",
+            help="stop where TorchScript cannot be made (by default the chain goes on without it: the archive serves "
+            "the ONNX graph, and the manifest and parity report say why TorchScript was not made)",
+        )
     if name in ("export", "all"):
         p.add_argument(
             "--exporter-fallback",
-            action="store_true",
+            action=argparse.BooleanOptionalAction,
+            default=Settings.exporter_fallback,
             help="where the torch.export-based ONNX exporter fails, use the TorchScript-based one "
-            "(recorded in the manifest, checked by the same parity gate)",
+            "(recorded in the manifest, checked by the same parity gate); --no-exporter-fallback stops there instead "
+            "(default: on)",
         )
     if name in ("parity", "package", "all"):
         p.add_argument(
@@ -98,7 +107,7 @@ def add_parsers(commands) -> None:
 
 
 def line(result: StageResult, peak_mb: float | None = None) -> str:
-    mark = "·" if result.skipped else "✓"
+    mark = "!" if result.details.get("not_made") else "·" if result.skipped else "✓"
     verb = "skipped" if result.skipped else f"ran in {result.seconds:.1f}s"
     peak = f"peak {peak_mb / 1024:.1f} GiB" if peak_mb is not None and not result.skipped else ""
     return f"  {mark} {result.stage:<8} {verb:<14} {peak:<15} {result.summary}"
@@ -161,7 +170,7 @@ def ticking(stage: str) -> Iterator[None]:
 
 def summary(results: list[StageResult], settings: Settings, seconds: float) -> str:
     from pipeline.artifacts.manifest import Manifest
-    from pipeline.artifacts.names import KEYS, MAR, PARITY
+    from pipeline.artifacts.names import KEYS, MAR, ONNX, PARITY, TORCHSCRIPT
     from pipeline.settings import resolve
     from pipeline.stages.parity import OutputDiff
 
@@ -186,6 +195,10 @@ def summary(results: list[StageResult], settings: Settings, seconds: float) -> s
             f"; left out {', '.join(parity.details['left_out'])} (over the budget, see parity.md)" if parity.details.get("left_out") else ""
         ),
     ]
+    if not_made := manifest.records[TORCHSCRIPT].not_made:
+        lines.append(f"  NOTE     TorchScript not made (the archive serves ONNX): {not_made}")
+    if "fallback" in (exporter := manifest.records[ONNX].details.get("exporter", "")):
+        lines.append(f"  NOTE     ONNX by the {exporter}: {manifest.records[ONNX].details.get('dynamo_failure', '')}")
     for v in parity.details.get("vacuous", []):
         lines.append(f"  WARNING  output '{v['output']}' proves nothing: {v['why']}")
     lines += [

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import re
 import time
+import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,13 +81,23 @@ def check_example(spec: ModelSpec, example: tuple[torch.Tensor, ...]) -> None:
 
 
 FALLBACK_HINT = (
-    "; or allow the TorchScript-based exporter as a fallback (checked by the same parity gate): "
-    "python -m pipeline all --model {model} --exporter-fallback, or exporter_fallback=True in the spec"
+    "; or let the TorchScript-based exporter take over, as it does by default (checked by the same parity gate): "
+    "python -m pipeline all --model {model} without --no-exporter-fallback"
 )
 
 
-def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, offer_fallback: bool = True) -> PipelineError:
-    """The exporter's own reason (its innermost cause), where in forward() it arose, and a hint."""
+def data_dependent(exc: BaseException) -> bool:
+    """Whether torch.export failed on control flow that depends on a tensor's value."""
+    text = ""
+    while exc is not None:
+        text += f"{type(exc).__name__}: {exc}\n"
+        exc = exc.__cause__  # type: ignore[assignment]
+    return "data-dependent" in text or "GuardOnDataDependent" in text
+
+
+def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, log: Path, offer_fallback: bool = True) -> PipelineError:
+    """The exporter's own reason (its innermost cause), where in forward() it arose, and a hint; its full text goes to `log`."""
+    files.write_text(log, f"torch.onnx.export(dynamo=True) of {spec.name}\n\n{''.join(traceback.format_exception(exc))}")
     root: BaseException = exc
     while root.__cause__ is not None:
         root = root.__cause__
@@ -96,7 +107,7 @@ def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, offer_fall
     call = re.search(r'The following call raised this error:\s*\n\s*(File "[^"]+", line \d+, in \w+)\s*\n\s*(\S.*)', full)
     where = f" (raised at {call.group(1)}: `{call.group(2).strip()}`)" if call else ""
     missing_op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", full)
-    if "data-dependent" in full or "GuardOnDataDependent" in full:
+    if data_dependent(exc):
         hint = (
             "forward() branches on a tensor's value (data-dependent control flow): compute both sides and pick "
             "with torch.where, or use torch.cond for whole branches"
@@ -107,11 +118,14 @@ def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, offer_fall
             "or pass torch.onnx.export a custom_translation_table"
         )
     else:
-        hint = "see the exporter's reason above and https://pytorch.org/docs/stable/onnx_dynamo.html"
+        hint = (
+            "the exporter failed inside torch or a library, not on a line of yours that the message can name; "
+            "the TorchScript-based exporter often gets such a model through"
+        )
     fallback = FALLBACK_HINT.format(model=model_arg) if offer_fallback else ""
     return PipelineError(
         STAGE,
-        f"torch.onnx.export could not export {spec.name}: {reason}{where}",
+        f"torch.onnx.export could not export {spec.name}: {reason}{where} (the exporter's full text: {log})",
         f"{hint}{fallback}. The earlier stages' artifacts are unchanged and no model.onnx was written; "
         f"after fixing the model: python -m pipeline all --model {model_arg}",
     )
@@ -121,7 +135,7 @@ def export_torchscript_based(model, spec: ModelSpec, example: tuple[torch.Tensor
     """The fallback: torch.onnx.export(dynamo=False), the same names and dynamic axes."""
     axes = {t.name: {i: name for i, name in t.dynamic_axes().items()} for t in (*spec.inputs, *spec.outputs)}
     with _quiet_exporter(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its deprecation notice is the reason this is opt-in
+        warnings.simplefilter("ignore")  # its deprecation notice: the manifest records which exporter made the graph
         torch.onnx.export(
             model,
             example,
@@ -255,6 +269,7 @@ class ExportJob:
     example: tuple[torch.Tensor, ...]
     model_arg: str  # the model as the user named it, for the commands in messages
     fallback_allowed: bool
+    log: Path  # where the exporters' full text goes; the terminal gets one line of it
 
 
 @dataclass(frozen=True)
@@ -294,9 +309,11 @@ def export_dynamo(job: ExportJob) -> DynamoAttempt:
                 report=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
-        if not job.fallback_allowed:
-            raise exporter_failure(spec, exc, job.model_arg) from None
-        failure = exporter_failure(spec, exc, job.model_arg, offer_fallback=False)
+        # A branch on a tensor's value is the model's, not the exporter's, limit: the
+        # TorchScript-based exporter would bake in the side the example took.
+        if not job.fallback_allowed or data_dependent(exc):
+            raise exporter_failure(spec, exc, job.model_arg, job.log, offer_fallback=not data_dependent(exc)) from None
+        failure = exporter_failure(spec, exc, job.model_arg, job.log, offer_fallback=False)
         return DynamoAttempt(None, failure=failure.problem, fix=failure.fix)
     return DynamoAttempt(program)
 
@@ -324,9 +341,15 @@ def export_fallback(job: ExportJob, dynamo: DynamoAttempt, path: Path, external:
             else:
                 export_torchscript_based(job.model, job.spec, job.example, path)
     except Exception as fallback_exc:
+        with job.log.open("a") as log:
+            log.write(f"\n\ntorch.onnx.export(dynamo=False) of {job.spec.name}\n\n{''.join(traceback.format_exception(fallback_exc))}")
         first = str(fallback_exc).strip().splitlines()
         tried = f"{type(fallback_exc).__name__}: {first[0] if first else ''}"[:300]
-        raise PipelineError(STAGE, f"{dynamo.failure}; the TorchScript-based fallback failed too: {tried}", dynamo.fix) from None
+        raise PipelineError(
+            STAGE,
+            f"both exporters failed. 1. torch.export-based: {dynamo.failure}; 2. TorchScript-based: {tried}",
+            dynamo.fix.split(". The earlier stages")[0] + f". Both exporters' full text: {job.log}",
+        ) from None
     return checked_graph(path, job.spec)
 
 
@@ -366,7 +389,7 @@ def _summary(exported: Exported, spec: ModelSpec, layout: Layout) -> str:
     return (
         f"opset {graph['opset'].get('ai.onnx')}, IR {graph['ir_version']}, batch axis symbolic ({batch!r})"
         + (f", weights in {data_file_name(layout.onnx.name)} ({exported.weights / 2**20:,.1f} MiB)" if exported.external else "")
-        + (" — TorchScript-based fallback exporter (see the manifest)" if exported.dynamo_failure else "")
+        + (f"; made by the TorchScript-based exporter, as {exported.dynamo_failure}" if exported.dynamo_failure else "")
     )
 
 
@@ -396,13 +419,9 @@ def run(settings: Settings, external_data_threshold: int = EXTERNAL_DATA_THRESHO
     # Batch 4, not 1: torch.export specialises axes whose example size is 0 or 1.
     example = example_args(spec, 4, settings.seed, STAGE)
     check_example(spec, example)
-    exported = export_onnx(ExportJob(model, spec, example, settings.model, fallback_allowed), layout.onnx, external_data_threshold)
+    job = ExportJob(model, spec, example, settings.model, fallback_allowed, layout.reports / "export.log")
+    exported = export_onnx(job, layout.onnx, external_data_threshold)
     seconds = time.perf_counter() - start
     graph = _details(exported, layout)
     manifest.record(ONNX, layout.onnx, STAGE, inputs, stage_settings, seconds, graph)
-    if exported.dynamo_failure:
-        warnings.warn(
-            f"{spec.name}: exported with the TorchScript-based fallback; the torch.export-based exporter failed: {exported.dynamo_failure}",
-            stacklevel=2,
-        )
     return StageResult(STAGE, False, (layout.onnx,), seconds, _summary(exported, spec, layout), graph)

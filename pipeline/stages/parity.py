@@ -207,13 +207,16 @@ def engines(spec: ModelSpec, manifest: Manifest, precision: str = "fp32") -> tup
     ONNX Runtime on CUDA gets exactly the session the handler serves with: the same
     factory, the same provider options, the declared precision.
     """
-    ts_path, _ = manifest.verified(TORCHSCRIPT, STAGE)
+    ts_path, ts = manifest.verified(TORCHSCRIPT, STAGE)
     onnx_path, _ = manifest.verified(ONNX, STAGE)
     loaders: list[tuple[str, Callable[[], Runner]]] = [
-        ("torchscript", lambda: TorchRunner("torchscript", torch.jit.load(str(ts_path)), spec)),
         ("onnxruntime-cpu", lambda: OrtRunner("onnxruntime-cpu", onnx_path, spec, SessionConfig("cpu"))),
     ]
     skipped = []
+    if ts.not_made:  # the trace stage said why; the archive serves the ONNX graph
+        skipped.append({"engine": "torchscript", "reason": f"not made: {ts.not_made}"})
+    else:
+        loaders.insert(0, ("torchscript", lambda: TorchRunner("torchscript", torch.jit.load(str(ts_path)), spec)))
     if cuda_available():
         config = SessionConfig("cuda", precision=precision)  # type: ignore[arg-type]
         loaders.append(("onnxruntime-cuda", lambda: OrtRunner("onnxruntime-cuda", onnx_path, spec, config)))

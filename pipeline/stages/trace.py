@@ -9,7 +9,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,8 +18,8 @@ from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import TORCHSCRIPT
 from pipeline.errors import PipelineError
-from pipeline.settings import Settings, StageResult, resolve
-from pipeline.spec import ModelSpec
+from pipeline.settings import Layout, Settings, StageResult, resolve
+from pipeline.spec import ModelSpec, Tolerance
 from pipeline.stages.capture import capture_mode, check_args, example_args, module_weight_bytes
 from pipeline.stages.fresh import up_to_date
 
@@ -98,38 +98,99 @@ def watch_branches() -> Iterator[Branches]:
             torch.Tensor.__bool__ = previous  # type: ignore[method-assign]
 
 
+class NotTraceable(PipelineError):
+    """torch.jit.trace cannot make a TorchScript module that answers as eager does; the chain may go on without it."""
+
+
+def owner(place: str) -> str | None:
+    """The installed library a `file:line` lies in (its top-level package), or None for the user's own code."""
+    path = Path(place.rsplit(":", 1)[0]).resolve()
+    if path.is_relative_to(TORCH_DIR):
+        return "torch"
+    parts = path.parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts[:-1]:
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    return None
+
+
+def library_classes(model: torch.nn.Module, library: str) -> list[str]:
+    """The outermost modules of `model` whose class comes from `library` (LlamaForCausalLM), by name."""
+    found: list[str] = []
+    skip: set[str] = set()
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{s}.") for s in skip):
+            continue
+        if type(module).__module__.split(".")[0] == library:
+            found.append(type(module).__name__)
+            skip.add(name)
+    return sorted(set(found))
+
+
 def _refuse_value_branches(spec, branches: Branches) -> None:
-    """Fail on a branch on a tensor's value, wherever it is written; the tracer only warns about it.
+    """Fail on a branch on a tensor's value in the user's code; the tracer only warns about it.
 
     The trace checks catch such a branch only when a check input takes the other side;
     the branch exists, so refuse rather than ship a coin toss. A branch on a shape
     (`if x.shape[1] > 1:`, in the model, a library or torch) is the same for every input
     of that shape: it is recorded, and the trace checks (other batch sizes, other lengths
-    of every dynamic axis, the parity cases) stay the guard.
+    of every dynamic axis, the parity cases) stay the guard. A value branch inside an
+    installed library is not the user's to fix: TorchScript is not made (`NotTraceable`).
     """
-    if branches.values():
+    own = [p for p in branches.values() if owner(p) is None]
+    if own:
         raise PipelineError(
             STAGE,
-            f"{spec.name}: forward() branches on a tensor's value at {', '.join(branches.values())}; torch.jit.trace "
+            f"{spec.name}: forward() branches on a tensor's value at {', '.join(own)}; torch.jit.trace "
             "records only the branch the example took, so other inputs would silently get wrong answers",
             "compute both sides and pick with torch.where (or torch.cond), so the graph is the same for every input; "
             "a branch on a shape (if x.shape[1] > 1:) is allowed",
         )
 
 
-def _untraceable_fix(branches: Branches) -> str:
-    fix = "make forward() free of Python control flow that depends on tensor values, or drop TorchScript and serve the ONNX model"
-    if not branches.shapes():
-        return fix
-    # A shape branch is let through, and then a check input of another size may take its other side.
-    return (
-        f"{fix}; it branches on a shape at {', '.join(branches.shapes())}, where a check input of another size "
-        "(batch 1, another length) may take the other side: compute both sides and pick with torch.where"
+def untraceable_fix(model: torch.nn.Module, places: list[str]) -> str:
+    """What the user can do: change their own code where a site is theirs; never edit an installed library."""
+    own = [p for p in places if owner(p) is None]
+    libraries = sorted({lib for p in places if (lib := owner(p)) is not None})
+    go_on = (
+        "the chain goes on without TorchScript (the archive serves the ONNX graph, which parity holds to eager); "
+        "--require-torchscript makes it stop here instead"
     )
+    if own:
+        return (
+            f"in your code at {', '.join(own)}: compute both sides and pick with torch.where (or torch.cond), so the traced graph "
+            f"is the same at every input size; otherwise {go_on}"
+        )
+    if not libraries:
+        return f"TorchScript is optional: {go_on}"
+    where = "; ".join(f"{lib} ({', '.join(library_classes(model, lib)) or 'its code'})" for lib in libraries)
+    versions = ", ".join(f"{lib} {_version(lib)}" for lib in libraries)
+    return (
+        f"the branches are inside {where}, not in your code: {go_on}. For TorchScript as well, try another release of "
+        f"the library (installed: {versions}); for a checkpoint folder, another task (--task / TASK=) builds another class"
+    )
+
+
+def _version(library: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(library)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _in_torch(place: str) -> bool:
     return Path(place.rsplit(":", 1)[0]).resolve().is_relative_to(TORCH_DIR)
+
+
+def _close(want: torch.Tensor, got: torch.Tensor, tol: Tolerance) -> bool:
+    """|got - want| <= atol + rtol·|want| + scaled·max|want|, the parity rule, on one output."""
+    if want.shape != got.shape:
+        return False
+    w, g = want.double(), got.double()
+    scale = float(w.abs().max()) if w.numel() else 0.0
+    return bool(((w - g).abs() <= tol.atol + tol.rtol * w.abs() + tol.scaled * scale).all())
 
 
 def _same(want, got) -> bool:
@@ -163,11 +224,14 @@ def save_torchscript(traced, path: Path, weights: int) -> None:
 
 @dataclass(frozen=True)
 class Traced:
-    """What torch.jit.trace gave: the module, where forward() branched, and the warnings it raised."""
+    """What torch.jit.trace gave: the module, where forward() branched, the warnings it raised, and how it was checked."""
 
     module: torch.jit.ScriptModule
     branches: Branches
     warnings: list[str]
+    # "graphs": every check input traced to the same graph. "outputs": the graphs differ at other
+    # sizes only by shape branches, and the traced module answers every check input as eager does.
+    checked_by: str = "graphs"
 
 
 @contextlib.contextmanager
@@ -193,9 +257,20 @@ def library_log(name: str) -> Iterator[list[str]]:
 
 
 def trace_model(
-    spec: ModelSpec, model: torch.nn.Module, example: tuple[torch.Tensor, ...], checks: list[tuple[torch.Tensor, ...]]
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    checks: list[tuple[torch.Tensor, ...]],
+    log: Path,
 ) -> Traced:
-    """torch.jit.trace with the trace checks; a branch on a tensor's value, or a failed trace, is a PipelineError."""
+    """torch.jit.trace with the trace checks.
+
+    A branch on a tensor's value in the user's code is a PipelineError. Where the checks'
+    graphs differ only because code branches on a shape (transformers' attention and mask
+    code takes other paths at batch 1 or length 1), the module traced at the example's size
+    is kept if it answers every check input as eager does; otherwise, or where the tracer
+    fails, `NotTraceable`. The tracer's full text goes to `log`, not the terminal.
+    """
     with (
         warnings.catch_warnings(record=True) as caught,
         library_log("transformers") as logged,
@@ -203,17 +278,51 @@ def trace_model(
         watch_branches() as branches,
     ):
         warnings.simplefilter("always")
+        checked_by = "graphs"
         try:
             traced = torch.jit.trace(model, example, check_inputs=checks, check_tolerance=1e-5)
-        except Exception as exc:  # the tracer raises many types; all mean "cannot trace"
+        except Exception as exc:  # the tracer raises many types; all mean "not as checked"
             _refuse_value_branches(spec, branches)
-            raise PipelineError(
-                STAGE,
-                f"torch.jit.trace could not trace {spec.name}: {type(exc).__name__}: {str(exc).strip()[:800]}",
-                _untraceable_fix(branches),
-            ) from None
+            files.write_text(log, f"torch.jit.trace of {spec.name}\n\n{type(exc).__name__}: {exc}\n")
+            graphs_differ = "Graphs differed across invocations" in str(exc)
+            if not (graphs_differ and branches.shapes() and not branches.values()):
+                raise _not_traceable(spec, model, exc, branches, log) from None
+            traced = torch.jit.trace(model, example, check_trace=False)
+            checked_by = "outputs"
+            mismatch = _first_mismatch(spec, model, traced, checks)
+            if mismatch is not None:
+                raise _not_traceable(spec, model, exc, branches, log, mismatch) from None
     _refuse_value_branches(spec, branches)
-    return Traced(traced, branches, sorted({f"{w.category.__name__}: {w.message}" for w in caught} | set(logged)))
+    found = sorted({f"{w.category.__name__}: {w.message}" for w in caught} | set(logged))
+    return Traced(traced, branches, found, checked_by)
+
+
+def _first_mismatch(spec: ModelSpec, model: torch.nn.Module, traced, checks: list[tuple[torch.Tensor, ...]]) -> str | None:
+    """The first check input (named by its shapes) where the traced module's answer differs from eager's, or None."""
+    with torch.inference_mode():
+        for args in checks:
+            want, got = model(*args), traced(*args)
+            want = want if isinstance(want, (tuple, list)) else (want,)
+            got = got if isinstance(got, (tuple, list)) else (got,)
+            if len(want) != len(got) or not all(_close(w, g, spec.tolerance) for w, g in zip(want, got)):
+                return ", ".join(f"{t.name} {list(a.shape)}" for t, a in zip(spec.inputs, args))
+    return None
+
+
+def _not_traceable(
+    spec: ModelSpec, model: torch.nn.Module, exc: Exception, branches: Branches, log: Path, mismatch: str | None = None
+) -> NotTraceable:
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    places = branches.shapes() + branches.values()
+    where = f"; it branches on a shape at {', '.join(places)}" if places else ""
+    why = f"{type(exc).__name__}: {first}"[:300]
+    if mismatch is not None:
+        why = f"the graph differs at other input sizes, and the module traced at the example's size answers {mismatch} unlike eager"
+    return NotTraceable(
+        STAGE,
+        f"torch.jit.trace could not make TorchScript of {spec.name}: {why}{where} (the tracer's full text: {log})",
+        untraceable_fix(model, places),
+    )
 
 
 def check_loads_back(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> None:
@@ -233,6 +342,7 @@ def check_loads_back(model: torch.nn.Module, example: tuple[torch.Tensor, ...], 
 def _details(traced: Traced, checks: int) -> dict:
     shapes = traced.branches.shapes()
     return {
+        "checked_by": traced.checked_by,
         "deprecated": "torch.jit.trace is deprecated since torch 2.11 in favour of torch.export; kept because users still deploy TorchScript",
         "warnings": traced.warnings,
         # Branches on a shape, anywhere, let through; the trace checks at other sizes guard them.
@@ -244,8 +354,28 @@ def _details(traced: Traced, checks: int) -> dict:
     }
 
 
+def not_made_note(layout: Layout) -> Path:
+    """Where the trace stage says, in place of model.ts, why TorchScript was not made."""
+    return layout.artifacts / "model.ts.not-made.json"
+
+
+def _skip_not_made(manifest: Manifest, layout: Layout, failure: NotTraceable, inputs: dict, stage_settings: dict, seconds: float):
+    """Record that TorchScript was not made and why; an older model.ts goes, so nothing serves or times it."""
+    layout.torchscript.unlink(missing_ok=True)
+    note = not_made_note(layout)
+    files.write_json(note, {"made": False, "problem": failure.problem, "what_to_do": failure.fix})
+    details = {"not_made": failure.problem, "what_to_do": failure.fix}
+    manifest.record(TORCHSCRIPT, note, STAGE, inputs, stage_settings, seconds, details)
+    summary = f"TorchScript not made, the chain goes on with ONNX: {failure.problem}\n    what to do: {failure.fix}"
+    return StageResult(STAGE, False, (note,), seconds, summary, details)
+
+
 def run(settings: Settings) -> StageResult:
-    """Trace the verified checkpoint to model.ts, with the trace checks, and check that it loads back."""
+    """Trace the verified checkpoint to model.ts, with the trace checks, and check that it loads back.
+
+    Where TorchScript cannot be made, the stage records why in the manifest (a note in
+    place of model.ts) and the chain goes on with ONNX, unless `require_torchscript`.
+    """
     spec, layout = resolve(settings)
     manifest = Manifest(layout.root, spec.name)
     model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
@@ -253,20 +383,30 @@ def run(settings: Settings) -> StageResult:
     # The model file also holds the check inputs: editing them re-traces even when the
     # (deterministic) retraining gives the same checkpoint bytes.
     stage_settings = {"seed": settings.seed, "torch": torch.__version__, "model_source_sha256": spec.source_sha256()}
-    if skipped := up_to_date(manifest, TORCHSCRIPT, inputs, stage_settings, settings, STAGE, (layout.torchscript,)):
-        return skipped
+    outputs = (layout.torchscript,)
+    if skipped := up_to_date(manifest, TORCHSCRIPT, inputs, stage_settings, settings, STAGE, outputs):
+        if not skipped.details.get("not_made"):
+            return skipped
+        if settings.require_torchscript:
+            raise NotTraceable(STAGE, skipped.details["not_made"], skipped.details["what_to_do"])
+        return replace(skipped, summary=f"TorchScript not made (up to date): {skipped.details['not_made']}")
 
     start = time.perf_counter()
     example = example_args(spec, 4, settings.seed, STAGE)
     # Trace checks re-run the trace on other batch sizes and values: a model whose
     # control flow depends on the input's values fails here instead of shipping.
     checks = check_args(spec, settings.seed, STAGE)
-    traced = trace_model(spec, model, example, checks)
+    try:
+        traced = trace_model(spec, model, example, checks, layout.reports / "trace.log")
+    except NotTraceable as failure:
+        if settings.require_torchscript:
+            raise
+        return _skip_not_made(manifest, layout, failure, inputs, stage_settings, time.perf_counter() - start)
     save_torchscript(traced.module, layout.torchscript, module_weight_bytes(model))
     check_loads_back(model, example, layout.torchscript)
+    not_made_note(layout).unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     details = _details(traced, len(checks))
     manifest.record(TORCHSCRIPT, layout.torchscript, STAGE, inputs, stage_settings, seconds, details)
-    return StageResult(
-        STAGE, False, (layout.torchscript,), seconds, f"traced, {len(traced.warnings)} warning(s) recorded in the manifest", details
-    )
+    how = "" if traced.checked_by == "graphs" else "; graphs differ at other sizes by shape branches, answers checked against eager"
+    return StageResult(STAGE, False, outputs, seconds, f"traced, {len(traced.warnings)} warning(s) recorded in the manifest{how}", details)

@@ -110,19 +110,19 @@ def test_torch_internal_shape_assertions_are_recorded_not_refused(tmp_path, fast
     assert parity.run(settings).details["passed"]
 
 
-def test_export_fallback_is_offered_then_used_only_when_asked(tmp_path):
+def test_export_falls_back_by_default_and_stops_when_told_not_to(tmp_path):
     settings, layout = fixture_settings("cdist_model", tmp_path)
     train.run(settings)
     trace.run(settings)
     with pytest.raises(PipelineError) as info:
-        export.run(settings)
-    assert "aten._cdist_forward" in info.value.problem and "--exporter-fallback" in info.value.fix
+        export.run(replace(settings, exporter_fallback=False))
+    assert "aten._cdist_forward" in info.value.problem and "without --no-exporter-fallback" in info.value.fix
+    assert str(layout.reports / "export.log") in info.value.problem and "Traceback" in (layout.reports / "export.log").read_text()
     assert not layout.onnx.exists()
 
-    fallback = replace(settings, exporter_fallback=True)
-    with pytest.warns(UserWarning, match="TorchScript-based fallback"):
-        result = export.run(fallback)
-    assert "fallback" in result.summary
+    fallback = settings  # the default
+    result = export.run(fallback)
+    assert "made by the TorchScript-based exporter, as torch.onnx.export could not export" in result.summary
     record = Manifest(layout.root, "cdist_model").records["onnx"]
     assert record.details["exporter"].startswith("TorchScript-based") and "cdist" in record.details["dynamo_failure"]
     assert record.settings["exporter_fallback"] is True

@@ -1,5 +1,7 @@
 import logging
 import warnings
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
 from pipeline.models import load_spec
 from pipeline.settings import Layout, Settings
-from pipeline.stages import trace, train
+from pipeline.stages import export, parity, trace, train
 from tests.helpers import REPO
 
 
@@ -56,10 +58,10 @@ def test_retrace_after_retrain_with_other_seed(project):
 FIXTURES = REPO / "tests" / "fixtures"
 
 
-def traced(fixture: str, root) -> tuple[Settings, Layout]:
+def traced(fixture: str, root, require: bool = True) -> tuple[Settings, Layout]:
     """Train and trace a fixture model in `root`; the trace stage's error, if any, propagates."""
     path = FIXTURES / f"{fixture}.py"
-    settings = Settings(model=str(path), root=root)
+    settings = Settings(model=str(path), root=root, require_torchscript=require)
     train.run(settings)
     trace.run(settings)
     return settings, Layout(root.resolve(), load_spec(str(path)).name)
@@ -90,11 +92,41 @@ def test_shape_branch_in_the_model_file_goes_through_and_is_recorded(tmp_path):
 
 
 def test_shape_branch_that_flips_at_batch_1_is_caught_by_the_trace_checks(tmp_path):
-    with pytest.raises(PipelineError) as info:
+    with pytest.raises(trace.NotTraceable) as info:
         traced("trace_batch_branch", tmp_path)
     err = info.value
-    assert "could not trace trace_batch_branch: TracingCheckError" in err.problem
+    assert "could not make TorchScript of trace_batch_branch" in err.problem and "answers x [1, 3] unlike eager" in err.problem
     assert marked_line("trace_batch_branch", "x.shape[0] > 1") in err.fix and "torch.where" in err.fix
+
+
+def test_without_torchscript_the_chain_goes_on_and_says_why(tmp_path):
+    """By default a model TorchScript cannot hold is recorded as not made: no model.ts, a note, parity skips it."""
+    (tmp_path / "artifacts" / "trace_batch_branch").mkdir(parents=True)
+    stale = Layout(tmp_path.resolve(), "trace_batch_branch").torchscript
+    stale.write_bytes(b"an older model.ts")
+    settings, layout = traced("trace_batch_branch", tmp_path, require=False)
+    record = Manifest(layout.root, "trace_batch_branch").records["torchscript"]
+    assert "answers x [1, 3] unlike eager" in record.not_made and "--require-torchscript" in record.details["what_to_do"]
+    assert not layout.torchscript.exists(), "an older model.ts would be served or timed in place of what was built"
+    assert trace.not_made_note(layout).is_file() and record.path.endswith("model.ts.not-made.json")
+    assert len((layout.reports / "trace.log").read_text()) > len(record.not_made)  # the tracer's full text
+    again = trace.run(settings)
+    assert again.skipped and again.details["not_made"] == record.not_made
+    with pytest.raises(trace.NotTraceable, match="unlike eager"):
+        trace.run(replace(settings, require_torchscript=True))  # asked for, the recorded reason stops the chain
+    export.run(settings)
+    loaders, skipped = parity.engines(load_spec(settings.model), Manifest(layout.root, "trace_batch_branch"))
+    assert "torchscript" not in [name for name, _ in loaders]
+    assert skipped[0]["engine"] == "torchscript" and skipped[0]["reason"] == f"not made: {record.not_made}"
+
+
+def test_advice_never_points_into_an_installed_library():
+    site = str(Path(torch.__file__).resolve().parent.parent)
+    places = [f"{site}/transformers/masking_utils.py:868", f"{site}/transformers/integrations/sdpa_attention.py:148"]
+    model = nn.Sequential(nn.Linear(2, 2))
+    fix = trace.untraceable_fix(model, places)
+    assert "inside transformers" in fix and "not in your code" in fix and "torch.where" not in fix
+    assert trace.owner(places[0]) == "transformers" and trace.owner(__file__) is None
 
 
 class _OnWeight(nn.Module):
