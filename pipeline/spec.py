@@ -148,9 +148,11 @@ class TextInput:
 @dataclass(frozen=True)
 class ImageInput:
     """Images in (a raw JPEG or PNG body, base64 in JSON, or multipart), decoded with Pillow
-    into the model input `input` [batch, 3, height, width]: resized (the shortest edge to
-    `resize_shortest_edge`, or to exactly `resize`), centre-cropped to `crop`, scaled by
-    `rescale`, then normalised with `mean` and `std` per channel. An image of more than
+    into the model input `input` [batch, 3, height, width]: resized with Pillow's `resample`
+    filter (the shortest edge to `resize_shortest_edge`, the long edge in proportion and
+    truncated to an int, as transformers and torchvision do; or to exactly `resize`),
+    centre-cropped to `crop` (offset (size - crop) // 2), scaled by `rescale`, then
+    normalised with `mean` and `std` per channel. An image of more than
     `max_pixels` pixels is refused before it is decoded (Pillow's bomb limit, set explicitly).
     """
 

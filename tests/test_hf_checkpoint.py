@@ -2,7 +2,7 @@
 
 Each checkpoint is a small config of a transformers class with random weights, saved with
 `save_pretrained` beside a tokenizer built with the `tokenizers` library (a word-level
-vocabulary) or a ViT image processor: no hub, no download.
+vocabulary) or an image processor (transformers' Pil backends: no torchvision): no hub, no download.
 """
 
 from __future__ import annotations
@@ -28,17 +28,29 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from tokenizers.processors import TemplateProcessing
 from transformers import (
+    AutoImageProcessor,
+    BeitImageProcessorPil,
     BertConfig,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
+    BitImageProcessorPil,
+    CLIPImageProcessorPil,
+    ConvNextImageProcessorPil,
+    DeiTImageProcessorPil,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
+    LevitImageProcessorPil,
+    MobileNetV1ImageProcessorPil,
+    MobileNetV2ImageProcessorPil,
+    PoolFormerImageProcessorPil,
     PreTrainedTokenizerFast,
+    PvtImageProcessorPil,
     RobertaConfig,
     RobertaForSequenceClassification,
+    SiglipImageProcessorPil,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessorPil,
@@ -49,7 +61,9 @@ from pipeline.artifacts import files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import CHECKPOINT
 from pipeline.errors import SpecError
-from pipeline.models import hf_checkpoint, load_spec
+from pipeline.models import hf_checkpoint, hf_image, load_spec
+from pipeline.serving.common import preprocess
+from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.spec import HF_TASKS, ImageInput, Labels, TextInput
@@ -353,6 +367,91 @@ def test_image_input_follows_a_shortest_edge_and_crop_preprocessor(checkpoints, 
     )
 
 
+# The pixels the worker makes of a JPEG (the decoder of the served archive) against the
+# transformers processor's own (its Pil backend), photos of several shapes through each
+# processor class the loader follows. Both decode with the same Pillow and resize with
+# Pillow's filters at the same sizes and crop offsets, so they differ only by float32
+# rounding in rescale and normalise: at most 7.2e-7 measured, 1e-5 allowed. A resize one
+# pixel off (the long edge rounded where transformers truncates) is 0.3 to 0.9 off.
+PIXEL_ATOL = 1e-5
+PHOTOS = ((640, 480), (300, 500), (224, 224), (1000, 333), (199, 301))
+# facebook/convnext-tiny-224's preprocessor_config.json as the hub has it: an old feature
+# extractor, size an int (ConvNeXt reads it as a shortest edge), crop_pct 0.875.
+CONVNEXT_TINY = {
+    "crop_pct": 0.875,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ConvNextFeatureExtractor",
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "resample": 3,
+    "size": 224,
+}
+# Case: (the processor, or its preprocessor_config.json, and the (height, width) it makes).
+# The classes' own defaults are their checkpoints' settings (MobileNet: 256, then 224).
+PROCESSOR_CASES = {
+    "ViT": (ViTImageProcessorPil(), (224, 224)),
+    "DeiT": (DeiTImageProcessorPil(), (224, 224)),
+    "BiT": (BitImageProcessorPil(), (224, 224)),
+    "CLIP": (CLIPImageProcessorPil(), (224, 224)),
+    "SigLIP": (SiglipImageProcessorPil(), (224, 224)),
+    "PVT": (PvtImageProcessorPil(), (224, 224)),
+    "MobileNetV1": (MobileNetV1ImageProcessorPil(), (224, 224)),
+    "MobileNetV2": (MobileNetV2ImageProcessorPil(), (224, 224)),
+    "BEiT": (BeitImageProcessorPil(), (224, 224)),
+    "ConvNeXt crop_pct": (ConvNextImageProcessorPil(size={"shortest_edge": 224}), (224, 224)),
+    "ConvNeXt 384 warps": (ConvNextImageProcessorPil(), (384, 384)),
+    "convnext-tiny-224 as the hub has it": (CONVNEXT_TINY, (224, 224)),
+    "LeViT": (LevitImageProcessorPil(), (224, 224)),
+    "PoolFormer": (PoolFormerImageProcessorPil(), (224, 224)),
+    "PoolFormer oblong": (
+        PoolFormerImageProcessorPil(size={"height": 224, "width": 192}, crop_size={"height": 200, "width": 176}),
+        (200, 176),
+    ),
+}
+
+
+def with_processor(folder: Path, processor, hw: tuple[int, int]) -> Path:
+    """The image checkpoint with this preprocessor_config.json, its config's image_size what it makes."""
+    (folder / "preprocessor_config.json").unlink()
+    if isinstance(processor, dict):
+        (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    else:
+        processor.save_pretrained(folder)
+    edit_config(folder, image_size=list(hw))
+    return folder
+
+
+@pytest.mark.parametrize("case", list(PROCESSOR_CASES))
+def test_the_workers_pixels_are_the_image_processors(checkpoints, tmp_path, case):
+    processor, hw = PROCESSOR_CASES[case]
+    folder = with_processor(copy(checkpoints["flowers"], tmp_path), processor, hw)
+    spec = load_spec(f"hf:{folder}")
+    decoder = preprocess.reader(Contract(declare(spec))).image
+    assert decoder is not None
+    theirs = AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
+    rng = np.random.default_rng(0)
+    for width, height in PHOTOS:
+        jpeg = preprocess.sample_image(rng, width, height)
+        got = decoder.decode(jpeg)
+        want = theirs(Image.open(io.BytesIO(jpeg)), return_tensors="np")["pixel_values"][0]
+        assert got.shape == want.shape == (3, *hw)
+        np.testing.assert_allclose(got, want, rtol=0, atol=PIXEL_ATOL, err_msg=f"{case}: a {width} x {height} JPEG")
+
+
+def test_every_processor_followed_has_a_pixel_case():
+    classes = {type(p).__name__ for p, _ in PROCESSOR_CASES.values() if not isinstance(p, dict)}
+    assert classes == set(hf_image.PROCESSORS)
+
+
+def test_convnext_resizes_over_crop_pct_then_crops(checkpoints, tmp_path):
+    # The issue's checkpoint: refused before ("resizes to something other than the input's (224, 224)").
+    folder = with_processor(copy(checkpoints["flowers"], tmp_path), CONVNEXT_TINY, (224, 224))
+    image = load_spec(f"hf:{folder}").image_input
+    assert (image.resize_shortest_edge, image.resize, image.crop, image.resample) == (256, None, (224, 224), "bicubic")
+    assert image.mean == (0.485, 0.456, 0.406) and image.std == (0.229, 0.224, 0.225)
+
+
 def test_train_loads_the_checkpoints_weights_and_records_their_hash(checkpoints):
     folder = checkpoints["gpt"]
     spec = load_spec(f"hf:{folder}")
@@ -452,6 +551,45 @@ ERRORS = {
         r"preprocessor_config\.json: resample 9 is not one of Pillow's filters.*3 \(bicubic\)",
     ),
     "task unknown": ("sentiment", None, "#task=translation", r"unknown task 'translation'.*text-classification"),
+    "processor not followed": (
+        "flowers",
+        lambda f: edit_json(f / "preprocessor_config.json", image_processor_type="MobileViTImageProcessor"),
+        "",
+        r"image_processor_type MobileViTImageProcessor: .*not follow.*what to do: save a preprocessor_config\.json of one the pipeline follows",
+    ),
+    "size by the longest edge": (
+        "flowers",
+        lambda f: edit_json(f / "preprocessor_config.json", size={"shortest_edge": 32, "longest_edge": 64}),
+        "",
+        r'preprocessor_config\.json: size \{"longest_edge": 64, "shortest_edge": 32\} \(ViTImageProcessor\): .*longest edge'
+        r'.*what to do: save a preprocessor_config\.json of "image_processor_type": "ViTImageProcessor" and "size": \{"height": H',
+    ),
+    "padded to a size": (
+        "flowers",
+        lambda f: edit_json(f / "preprocessor_config.json", do_pad=True, pad_size={"height": 40, "width": 40}),
+        "",
+        r'pad_size \{"height": 40, "width": 40\} \(ViTImageProcessor\).*what to do: set "do_pad": false',
+    ),
+    "shortest edge without a crop": (
+        "flowers",
+        lambda f: edit_json(f / "preprocessor_config.json", size={"shortest_edge": 32}),
+        "",
+        r'size \{"shortest_edge": 32\} .*images of different sizes.*what to do: set "do_center_crop": true with "crop_size"',
+    ),
+    "no resize": (
+        "flowers",
+        lambda f: edit_json(f / "preprocessor_config.json", do_resize=False),
+        "",
+        r'do_resize false .*each image at its own size.*what to do: set "do_resize": true',
+    ),
+    "convnext cropped twice": (
+        "flowers",
+        lambda f: (f / "preprocessor_config.json").write_text(
+            json.dumps({**CONVNEXT_TINY, "size": 32, "do_center_crop": True, "crop_size": 32})
+        ),
+        "",
+        r'do_center_crop true \(ConvNextFeatureExtractor\): its resize crops to \(32, 32\) already.*what to do: set "do_center_crop": false',
+    ),
     "option unknown": ("sentiment", None, "#size=large", r"unknown option 'size=large' after '#'.*PATH#task=TASK"),
     "text without tokenizer.json": ("sentiment", remove("tokenizer.json"), "", r"has no tokenizer\.json.*save_pretrained"),
     "image without preprocessor": ("flowers", remove("preprocessor_config.json"), "", r"has no preprocessor_config\.json.*save_pretrained"),

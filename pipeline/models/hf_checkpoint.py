@@ -23,23 +23,21 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from PIL import Image
 from tokenizers import Tokenizer
 from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
-from transformers.image_processing_utils import get_size_dict
 from transformers.models.auto import modeling_auto
 
 from pipeline.artifacts import files
 from pipeline.errors import SpecError
-from pipeline.models.hf_common import SAMPLE_LENGTH, TokenFeeds, config_args, image_hw, num_labels
+from pipeline.models.hf_common import SAMPLE_LENGTH, TokenFeeds, checkpoint_file, config_args, num_labels
+from pipeline.models.hf_image import PREPROCESSOR, image_input
 from pipeline.spec import HF_TASKS, Feed, ImageInput, Labels, ModelSpec, TensorSpec, TextInput, TrainResult, code_sha256
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
-PREPROCESSOR = "preprocessor_config.json"
 
 # Each task's transformers classes, per model_type: what `--task` picks, and what it infers from.
 TASK_CLASSES: dict[str, Mapping[str, Any]] = {
@@ -365,13 +363,12 @@ def max_length(folder: Path, config: PreTrainedConfig) -> int:
 
 def text_fields(folder: Path, config: PreTrainedConfig, segments: int = 0) -> dict[str, Any]:
     """A text model's inputs and their examples; `segments` > 0: token_type_ids too, of that many segment ids."""
-    path = folder / TOKENIZER
-    if not path.is_file():
-        raise SpecError(
-            "model",
-            f"{folder} has no {TOKENIZER}: a text model's inputs are made by its tokenizer",
-            f"save the tokenizer beside the model: AutoTokenizer.from_pretrained(...).save_pretrained({str(folder)!r}) (a fast tokenizer)",
-        )
+    path = checkpoint_file(
+        folder,
+        TOKENIZER,
+        "a text model's inputs are made by its tokenizer",
+        f"save the tokenizer beside the model: AutoTokenizer.from_pretrained(...).save_pretrained({str(folder)!r}) (a fast tokenizer)",
+    )
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # the tokenizers library raises its own exception type
@@ -466,79 +463,6 @@ def image_fields(folder: Path, config: PreTrainedConfig) -> dict[str, Any]:
         "example_request": None,
         "image_input": image,
     }
-
-
-def image_input(folder: Path, config: PreTrainedConfig) -> ImageInput:
-    """The preprocessing preprocessor_config.json declares, as the worker runs it on a decoded image."""
-    path = folder / PREPROCESSOR
-    if not path.is_file():
-        raise SpecError(
-            "model",
-            f"{folder} has no {PREPROCESSOR}: an image model's inputs are made by its image processor",
-            f"save it beside the model: AutoImageProcessor.from_pretrained(...).save_pretrained({str(folder)!r})",
-        )
-    raw = json.loads(path.read_text())
-    if getattr(config, "num_channels", 3) != 3:
-        raise SpecError(
-            "model", f"{folder / CONFIG}: num_channels is {config.num_channels}", "image inputs are RGB: use a model of 3 channels"
-        )
-
-    def size(key: str) -> dict[str, int]:
-        if key not in raw:
-            raise SpecError("model", f"{path}: do_{'resize' if key == 'size' else 'center_crop'} is set, {key} is not", f"give {key}")
-        try:
-            return get_size_dict(raw[key], param_name=key)
-        except ValueError as exc:
-            raise SpecError(
-                "model", f"{path}: {key} {raw[key]!r}: {exc}", f"give {key} as {{height, width}} or {{shortest_edge}}"
-            ) from None
-
-    resize = size("size") if raw.get("do_resize", True) else {}
-    crop = size("crop_size") if raw.get("do_center_crop", False) else {}
-    final = crop or (resize if "height" in resize else {})
-    if final:
-        hw = (final["height"], final["width"])
-    elif hasattr(config, "image_size"):
-        hw = image_hw(config.image_size)
-    else:
-        raise SpecError(
-            "model", f"{path}: the images' size is not fixed (size {resize})", "set do_center_crop and crop_size, or size {height, width}"
-        )
-    if hasattr(config, "image_size") and image_hw(config.image_size) != hw:
-        raise SpecError(
-            "model",
-            f"{path} makes images of {hw[0]}x{hw[1]} (size / crop_size), {folder / CONFIG} image_size is {config.image_size}",
-            "save the image processor the model was trained with",
-        )
-    normalise = raw.get("do_normalize", True)
-    if normalise and ("image_mean" not in raw or "image_std" not in raw):
-        raise SpecError("model", f"{path}: do_normalize is set without image_mean and image_std", "give both, three floats each")
-    return ImageInput(
-        input="pixel_values",
-        height=hw[0],
-        width=hw[1],
-        mean=_rgb(raw["image_mean"] if normalise else 0.0),
-        std=_rgb(raw["image_std"] if normalise else 1.0),
-        resize_shortest_edge=resize.get("shortest_edge"),
-        resize=(resize["height"], resize["width"]) if "height" in resize else None,
-        crop=(crop["height"], crop["width"]) if crop else None,
-        rescale=float(raw.get("rescale_factor", 1 / 255)) if raw.get("do_rescale", True) else 1.0,
-        resample=_resample(path, raw.get("resample", Image.Resampling.BILINEAR)),
-    )
-
-
-def _resample(path: Path, value: Any) -> str:
-    # preprocessor_config.json holds Pillow's number for it; ImageInput its name.
-    try:
-        return Image.Resampling(value).name.lower()
-    except ValueError:
-        names = ", ".join(f"{r.value} ({r.name.lower()})" for r in Image.Resampling)
-        raise SpecError("model", f"{path}: resample {value!r} is not one of Pillow's filters", f"use one of {names}") from None
-
-
-def _rgb(value: float | list[float]) -> tuple[float, float, float]:
-    r, g, b = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
-    return r, g, b
 
 
 @dataclass(frozen=True)

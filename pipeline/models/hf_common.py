@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -46,6 +47,14 @@ def image_hw(size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
         return size, size
     height, width = size
     return int(height), int(width)
+
+
+def checkpoint_file(folder: Path, name: str, why: str, fix: str) -> Path:
+    """`folder / name`, or a SpecError saying what the model needs it for and how to save it."""
+    path = folder / name
+    if not path.is_file():
+        raise SpecError("model", f"{folder} has no {name}: {why}", fix)
+    return path
 
 
 def config_args(config: PreTrainedConfig) -> dict[str, Any]:

@@ -211,6 +211,13 @@ def test_shortest_edge_then_centre_crop(image):
     assert image.image.resized_size(80, 40) == (72, 36)
 
 
+def test_the_long_edge_is_truncated_as_transformers_does(image):
+    # 36 * 110 / 70 is 56.57: transformers' get_resize_output_image_size (and torchvision's Resize) make it 56, not 57.
+    assert image.image.resized_size(110, 70) == (56, 36)
+    assert image.image.resized_size(70, 110) == (36, 56)
+    assert image.image.resized_size(36, 36) == (36, 36)
+
+
 def test_tiny_image_is_accepted_and_resized(image):
     feed, _ = image.read({"body": solid(1, 1)}, "image/png")
     np.testing.assert_allclose(feed["pixel_values"][0, 0], 1.0, atol=1e-6)

@@ -204,8 +204,9 @@ class ImageDecoder:
         """(width, height) after the resize step: the shortest edge to a length, an exact size, or the model's."""
         edge = self.section.get("resize_shortest_edge")
         if edge:
-            short = min(width, height)
-            return max(1, round(width * edge / short)), max(1, round(height * edge / short))
+            # As transformers' get_resize_output_image_size (and torchvision's Resize) do it: the
+            # long edge truncated, not rounded (640 x 480 to 224 is 298 x 224), or pixels shift.
+            return (edge, int(edge * height / width)) if width <= height else (int(edge * width / height), edge)
         exact = self.section.get("resize")
         return (int(exact[1]), int(exact[0])) if exact else self.size
 
