@@ -14,7 +14,8 @@ the cluster's token (RAY_AUTH_TOKEN, or a 0600 file named by RAY_AUTH_TOKEN_PATH
 Each model's Ray server runs from `run/<model>/ray/`: key_file.json (the bearer token,
 mode 0600, the same format as TorchServe's), ray_token (the local cluster's Ray token,
 mode 0600; nothing is written to ~/.ray), server.json (what `stop` needs) and logs/.
-Readiness means a real request was answered, not only that Serve says RUNNING.
+Readiness means a real request was answered, not only that Serve says RUNNING: the request
+`pipeline.serving.common.samples` builds for the model's inputs (a JPEG, a sentence, tensors).
 
 The local cluster runs Serve's direct ingress (DIRECT_INGRESS_ENV): each replica serves HTTP
 itself on 127.0.0.1, at a port of its own (30000 and up), so a request skips the proxy's
@@ -50,6 +51,7 @@ from pipeline.errors import PipelineError
 from pipeline.serving.backends import ServeOptions
 from pipeline.serving.common import STAGE
 from pipeline.serving.common.client import Endpoint, free_port, port_in_use
+from pipeline.serving.common.samples import Request, sample_requests
 from pipeline.serving.ray.app import HTTP_LIMITS, QUIET, RayAppOptions
 from pipeline.settings import Layout, Settings, resolve
 
@@ -280,7 +282,7 @@ def start(
     else:
         info = _launch(options, name, folder, port, replicas, timeout)
     try:
-        _wait_answered(info, json.dumps(spec.example_request or {}).encode(), timeout)
+        _wait_answered(info, sample_requests(spec)[0], timeout)
     except BaseException:
         stop(settings)
         raise
@@ -405,12 +407,13 @@ def _launch(options: RayAppOptions, name: str, folder: Path, port: int, replicas
     return info
 
 
-def _wait_answered(info: RayInfo, body: bytes, timeout: float) -> None:
+def _wait_answered(info: RayInfo, request: Request, timeout: float) -> None:
+    """Until `request` (an image, a text or tensors, whatever the model takes) gets a 200."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            status, answer = info.predict(body, timeout=10)
+            status, answer = info.predict(request.body, content_type=request.content_type, timeout=10)
             if status == 200:
                 return
             last = f"HTTP {status}: {answer[:200]!r}"
