@@ -197,8 +197,8 @@ def summary(results: list[StageResult], settings: Settings, seconds: float) -> s
     ]
     if not_made := manifest.records[TORCHSCRIPT].not_made:
         lines.append(f"  NOTE     TorchScript not made (the archive serves ONNX): {not_made}")
-    if "fallback" in (exporter := manifest.records[ONNX].details.get("exporter", "")):
-        lines.append(f"  NOTE     ONNX by the {exporter}: {manifest.records[ONNX].details.get('dynamo_failure', '')}")
+    if failure := manifest.records[ONNX].details.get("dynamo_failure"):
+        lines.append(f"  NOTE     the ONNX graph was made by the TorchScript-based exporter, because {failure}")
     for v in parity.details.get("vacuous", []):
         lines.append(f"  WARNING  output '{v['output']}' proves nothing: {v['why']}")
     lines += [

@@ -389,7 +389,7 @@ def _summary(exported: Exported, spec: ModelSpec, layout: Layout) -> str:
     return (
         f"opset {graph['opset'].get('ai.onnx')}, IR {graph['ir_version']}, batch axis symbolic ({batch!r})"
         + (f", weights in {data_file_name(layout.onnx.name)} ({exported.weights / 2**20:,.1f} MiB)" if exported.external else "")
-        + (f"; made by the TorchScript-based exporter, as {exported.dynamo_failure}" if exported.dynamo_failure else "")
+        + (f"; made by the TorchScript-based exporter, because {exported.dynamo_failure}" if exported.dynamo_failure else "")
     )
 
 

@@ -122,7 +122,7 @@ def test_export_falls_back_by_default_and_stops_when_told_not_to(tmp_path):
 
     fallback = settings  # the default
     result = export.run(fallback)
-    assert "made by the TorchScript-based exporter, as torch.onnx.export could not export" in result.summary
+    assert "made by the TorchScript-based exporter, because torch.onnx.export could not export" in result.summary
     record = Manifest(layout.root, "cdist_model").records["onnx"]
     assert record.details["exporter"].startswith("TorchScript-based") and "cdist" in record.details["dynamo_failure"]
     assert record.settings["exporter_fallback"] is True
