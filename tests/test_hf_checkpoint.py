@@ -23,7 +23,7 @@ import torch
 pytest.importorskip("transformers")
 
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from tokenizers.processors import TemplateProcessing
@@ -54,6 +54,8 @@ from transformers import (
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessorPil,
+    XLMRobertaConfig,
+    XLMRobertaModel,
 )
 
 from pipeline import cli
@@ -619,10 +621,65 @@ def test_an_unusable_checkpoint_is_refused_with_the_fix(checkpoints, tmp_path, c
     assert info.value.stage == "model" and info.value.fix
 
 
-def test_weights_that_do_not_fit_the_task_are_refused_at_train(checkpoints):
-    # The token classifier's encoder has no pooler: feature extraction would run a random one.
-    spec = load_spec(f"hf:{checkpoints['ner']}#task=feature-extraction")
-    with pytest.raises(SpecError, match=r"model\.safetensors has no weights .* for BertModel: pooler\.dense\.bias"):
+def xlmr_embedder(folder: Path) -> Path:
+    """A sentence-embedding backbone: XLMRobertaModel saved without its pooler (add_pooling_layer=False)."""
+    config = XLMRobertaConfig(**BERT, max_position_embeddings=POSITIONS + 2, type_vocab_size=1, pad_token_id=0)
+    return save(XLMRobertaModel(config, add_pooling_layer=False), folder, tokenizer())
+
+
+@pytest.mark.parametrize("case", ["xlm-r embedder", "token classifier's encoder"])
+def test_an_encoder_saved_without_its_pooler_is_built_without_one(checkpoints, tmp_path, case):
+    if case == "xlm-r embedder":
+        folder, model, want_class = xlmr_embedder(tmp_path / "xlmr-embedder"), "hf:{}", XLMRobertaModel
+    else:  # BertForTokenClassification holds its BertModel without a pooler
+        folder, model, want_class = checkpoints["ner"], "hf:{}#task=feature-extraction", BertModel
+    spec = load_spec(model.format(folder))
+    assert spec.task == "feature-extraction"
+    assert {t.name: t.shape for t in spec.outputs} == {"last_hidden_state": ("batch", "seq", 32)}
+    result = spec.train(0)
+    assert result.model_args["init_args"] == {"add_pooling_layer": False}
+    built = spec.build(json.loads(json.dumps(result.model_args)))  # as the manifest carries them
+    assert built.model.pooler is None
+    built.load_state_dict(result.state_dict)  # strict: every tensor the module has, and no other
+    feed = spec.sample_inputs(2, np.random.default_rng(0))
+    ids, mask = (torch.from_numpy(feed[name]) for name in ("input_ids", "attention_mask"))
+    want = want_class.from_pretrained(folder, local_files_only=True, add_pooling_layer=False).eval()
+    with torch.inference_mode():
+        (got,) = built.eval()(ids, mask) if len(spec.inputs) == 2 else built.eval()(ids, mask, torch.zeros_like(ids))
+        torch.testing.assert_close(got, want(input_ids=ids, attention_mask=mask).last_hidden_state)
+
+
+@pytest.mark.slow
+def test_an_encoder_without_its_pooler_goes_through_the_chain(short_tmp):
+    folder = xlmr_embedder(short_tmp / "xlmr-embedder")
+    root = short_tmp / "project"
+    assert cli.main(["all", "--model", f"hf:{folder}", "--root", str(root), "--parity-batch-sizes", "1,2,7"]) == 0
+    layout = Layout(root.resolve(), "xlmr-embedder")
+    report = json.loads((layout.reports / "parity.json").read_text())
+    assert report["passed"] and {r["output"] for r in report["results"]} == {"last_hidden_state"}
+    assert layout.mar.is_file()
+    model_args = Manifest(layout.root, "xlmr-embedder").records[CHECKPOINT].details["model_args"]
+    assert model_args["outputs"] == ["last_hidden_state"] and model_args["init_args"] == {"add_pooling_layer": False}
+
+
+def drop_weights(folder: Path, *names: str) -> None:
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k not in names}, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "dropped",
+    [("encoder.layer.1.output.dense.weight",), ("pooler.dense.bias",)],
+    ids=["an encoder layer's", "half the pooler"],
+)
+def test_weights_really_missing_are_refused_at_train_naming_them(checkpoints, tmp_path, dropped):
+    folder = copy(checkpoints["encoder"], tmp_path)
+    drop_weights(folder, *dropped)
+    spec = load_spec(f"hf:{folder}")
+    assert [t.name for t in spec.outputs] == ["last_hidden_state", "pooler_output"]  # a pooler's weight is there
+    with pytest.raises(
+        SpecError, match=rf"(?s)model\.safetensors has no weights .* for BertModel: {re.escape(dropped[0])}.*save_pretrained"
+    ):
         spec.train(0)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer
 from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
@@ -154,20 +155,24 @@ def build(args: Mapping[str, Any]) -> CheckpointModule:
     cls = getattr(transformers, args["architecture"])
     modules: dict[tuple[str, ...], type[CheckpointModule]] = {TEXT_INPUTS: TextModule, PAIR_INPUTS: TextPairModule}
     module = modules.get(tuple(args["inputs"]), ImageModule)
-    return module(cls(cls.config_class.from_dict(dict(args["config"]))), tuple(args["outputs"]))
+    config = cls.config_class.from_dict(dict(args["config"]))
+    return module(cls(config, **args.get("init_args", {})), tuple(args["outputs"]))
 
 
 def load_weights(folder: Path, args: Mapping[str, Any]) -> TrainResult:
     """The checkpoint's weights in the module `build(args)` makes; model_args carry the weights' sha256."""
     cls = getattr(transformers, args["architecture"])
-    loaded, info = cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32, output_loading_info=True)
+    init = args.get("init_args", {})
+    loaded, info = cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32, output_loading_info=True, **init)
     missing = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
     if missing:
+        built = f"{args['architecture']}({', '.join(f'{k}={v}' for k, v in init.items())})" if init else args["architecture"]
         raise SpecError(
             "train",
-            f"{folder / WEIGHTS} has no weights (or weights of another shape) for {args['architecture']}: {', '.join(missing[:5])}"
+            f"{weights_file(folder)} has no weights (or weights of another shape) for {built}: {', '.join(missing[:5])}"
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
-            f"save the model of task {args['task']} with save_pretrained, or pass the task the weights were saved for (--task)",
+            "the folder's weights are not all of the model its config.json describes: save the trained model again with "
+            "model.save_pretrained(PATH), or pass the task the weights were saved for (--task)",
         )
     model = build(args)
     model.model.load_state_dict(loaded.state_dict())
@@ -181,8 +186,11 @@ def checkpoint_spec(folder: Path, task: str | None = None) -> ModelSpec:
     raw, config = read_config(folder)
     task, cls = model_class(folder, raw, config, task)
     inputs = model_inputs(folder, cls, config, task)
-    outputs = output_names(cls, config, task)
+    init = init_args(folder, cls)
+    outputs = output_names(cls, config, task, init)
     args = {"task": task, "architecture": cls.__name__, "inputs": list(inputs), "outputs": list(outputs), "config": config_args(config)}
+    if init:  # what build() passes the class besides its config, so it rebuilds the module the weights fill
+        args["init_args"] = init
     fields: dict[str, Any] = {
         "name": spec_name(folder),
         "outputs": tuple(TensorSpec(name, "float32", output_shape(name, config, task)) for name in outputs),
@@ -311,11 +319,46 @@ def _names(values: Any) -> list[str]:
     return [n for v in values for n in ((v,) if isinstance(v, str) else v)]
 
 
-def output_names(cls: type[PreTrainedModel], config: PreTrainedConfig, task: str) -> tuple[str, ...]:
+def weights_file(folder: Path) -> Path:
+    """The file that says which tensors the weights hold: model.safetensors, or the shards' index (as transformers picks)."""
+    return folder / WEIGHTS if (folder / WEIGHTS).is_file() else folder / f"{WEIGHTS}.index.json"
+
+
+def weight_names(folder: Path) -> set[str]:
+    """The names of the tensors in the folder's weights, from the safetensors header or the index: nothing is loaded."""
+    path = weights_file(folder)
+    try:
+        if path.name.endswith(".index.json"):
+            return set(json.loads(path.read_text())["weight_map"])
+        with safe_open(str(path), framework="pt") as weights:
+            return set(weights.keys())
+    except (ValueError, KeyError, TypeError, OSError, SafetensorError) as exc:
+        raise SpecError(
+            "model", f"{path} cannot be read: {exc}", "save the weights again: model.save_pretrained(PATH) (safe_serialization)"
+        ) from None
+
+
+def init_args(folder: Path, cls: type[PreTrainedModel]) -> dict[str, Any]:
+    """What the class takes besides its config to build the module the folder's weights fill.
+
+    A BERT-family encoder (BertModel, RobertaModel, XLMRobertaModel, ...) builds a pooler by
+    default; a sentence-embedding model is saved without one (add_pooling_layer=False), and
+    so is the encoder inside a token classifier. Where the weights hold no pooler, the class
+    is built without it, as transformers offers: a random pooler would be served otherwise.
+    """
+    if "add_pooling_layer" not in inspect.signature(cls.__init__).parameters:
+        return {}
+    prefix = f"{cls.base_model_prefix}."  # a task model's file holds its encoder under this name
+    if any(name.removeprefix(prefix).startswith("pooler.") for name in weight_names(folder)):
+        return {}
+    return {"add_pooling_layer": False}
+
+
+def output_names(cls: type[PreTrainedModel], config: PreTrainedConfig, task: str, init: Mapping[str, Any]) -> tuple[str, ...]:
     if task != "feature-extraction":
         return ("logits",)
     with torch.device("meta"):  # the class as build() makes it, no memory: does it have a pooler?
-        model = cls(config)
+        model = cls(config, **init)
     return ("last_hidden_state", "pooler_output") if getattr(model, "pooler", None) is not None else ("last_hidden_state",)
 
 
