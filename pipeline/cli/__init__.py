@@ -18,27 +18,25 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
+from pipeline.artifacts.environment import IMPORT_FAILURES, import_failure
 from pipeline.errors import PipelineError
 from pipeline.models import hf_model
 from pipeline.spec import HF_PREFIX
-
-# Where a module's name is not the name pip installs it by.
-_DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "ts": "torchserve", "model_archiver": "torch-model-archiver"}
 
 
 def _commands() -> tuple[ModuleType, ...]:
     """The command modules; a dependency this Python lacks is named, with how to install it."""
     try:
         from pipeline.cli import bench, reliability, serving, stages, tune
-    except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.split(".")[0] == "pipeline":
+    except IMPORT_FAILURES as exc:
+        failure = import_failure(exc)
+        if failure is None:
             raise
-        package = _DISTRIBUTIONS.get(exc.name.split(".")[0], exc.name.split(".")[0])
-        raise PipelineError(
-            "setup",
-            f"{sys.executable} lacks {package!r} (import {exc.name}), which the pipeline needs",
-            f"make setup, or pip install -c constraints.txt -e . in the checkout (offline: bring the {package} wheel and pip install it)",
-        ) from None
+        package = failure.distribution
+        install = (
+            f"make setup, or pip install -c constraints.txt -e . in the checkout (offline: bring the {package} wheel and pip install it)"
+        )
+        raise PipelineError("setup", failure.problem("the pipeline"), failure.fix(install)) from None
     return bench, reliability, serving, stages, tune
 
 

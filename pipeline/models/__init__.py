@@ -18,6 +18,7 @@ import re
 import traceback
 from pathlib import Path
 
+from pipeline.artifacts.environment import IMPORT_FAILURES, ImportFailure, import_failure
 from pipeline.errors import SpecError
 from pipeline.spec import EXAMPLE, FIELDS, HF_PREFIX, HF_TASKS, REQUIRED, ModelSpec, TensorSpec, validate
 
@@ -25,8 +26,19 @@ from pipeline.spec import EXAMPLE, FIELDS, HF_PREFIX, HF_TASKS, REQUIRED, ModelS
 _LOADED: dict[tuple[str, ...], ModelSpec] = {}
 
 
-def _load_error(exc: Exception, where: str) -> SpecError:
+def _missing_package(failure: ImportFailure, where: str) -> SpecError:
+    install = "pip install 'pipeline[transformers]'" if failure.package == "transformers" else f"pip install {failure.distribution}"
+    return SpecError("model", failure.problem(where), failure.fix(install))
+
+
+def _load_error(exc: Exception, where: str, module: str) -> SpecError:
     """Turn an exception raised while importing a model file into a message with the fix."""
+    # A package that cannot load (a torchvision built for another torch breaks `import transformers`)
+    # is named, and one a built-in model needs that is missing; a user's file keeps its own line
+    # for a missing import (it may be a module of theirs, not a package) and for its own errors.
+    failure = import_failure(exc) if isinstance(exc, ImportError) else None
+    if failure is not None and failure.package != module.split(".")[0] and (not failure.missing or module.startswith("pipeline.")):
+        return _missing_package(failure, where)
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == where]
     at = f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
     message = str(exc)
@@ -65,10 +77,11 @@ def _hf_spec(model: str) -> ModelSpec:
         raise SpecError("model", f"{model!r}: {what}", f"write {HF_PREFIX}PATH#task=TASK, TASK one of {', '.join(HF_TASKS)}")
     try:
         from pipeline.models import hf_checkpoint  # transformers loads only for a checkpoint
-    except ModuleNotFoundError as exc:
-        raise SpecError(
-            "model", f"{model}: a checkpoint needs {exc.name}, which is not installed", "pip install 'pipeline[transformers]'"
-        ) from None
+    except IMPORT_FAILURES as exc:
+        failure = import_failure(exc)
+        if failure is None:
+            raise
+        raise _missing_package(failure, f"{model} (a Hugging Face checkpoint)") from None
     path = Path(folder).expanduser().resolve()
     state = (model, str(path), repr(hf_checkpoint.folder_state(path)))
     if state not in _LOADED:  # every stage of one command resolves the spec: the folder is read once per version of it
@@ -106,7 +119,7 @@ def load_spec(model: str) -> ModelSpec:
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:  # the user's file: any error it raises is theirs to fix
-            raise _load_error(exc, where) from None
+            raise _load_error(exc, where, path.stem) from None
     else:
         # The modules that define SPEC: a helper beside them (models/hf_common.py) is not a model.
         models = Path(__file__).parent.glob("[!_]*.py")
@@ -116,7 +129,7 @@ def load_spec(model: str) -> ModelSpec:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name is None or not module_name.startswith(exc.name):
-                raise _load_error(exc, module_name) from None  # the module exists; one of its imports does not
+                raise _load_error(exc, module_name, module_name) from None  # the module exists; one of its imports does not
             if "." in model:
                 raise SpecError(
                     "model",
@@ -127,7 +140,7 @@ def load_spec(model: str) -> ModelSpec:
                 "model", f"no built-in model named {model!r}", f"use one of: {known}; or pass a path to your own .py file"
             ) from None
         except Exception as exc:
-            raise _load_error(exc, module_name) from None
+            raise _load_error(exc, module_name, module_name) from None
         where = str(module.__file__)  # None (a namespace package) reads as before in the messages
     if not hasattr(module, "SPEC"):
         raise SpecError("model", f"{where} does not define SPEC", f"add `{EXAMPLE}` at the bottom of the file")
