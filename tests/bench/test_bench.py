@@ -482,3 +482,23 @@ def test_length_option_reads_axis_equals_n():
         with pytest.raises(argparse.ArgumentTypeError):
             lengths(bad)
     assert bench.BenchSettings(lengths={"seq": 512}).report_stem() == "latency-seq512" and bench.BenchSettings().report_stem() == "latency"
+
+
+def test_torchscript_not_made_is_left_out_of_the_default_engines_and_refused_when_named(tmp_path, built_root):
+    import shutil
+
+    from pipeline.artifacts import files
+    from pipeline.artifacts.manifest import Manifest
+    from pipeline.models import load_spec
+
+    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    manifest = Manifest(tmp_path, "simple_nn")
+    note = tmp_path / "artifacts" / "simple_nn" / "model.ts.not-made.json"
+    files.write_json(note, {"made": False})
+    old = manifest.records["torchscript"]
+    manifest.record("torchscript", note, "trace", old.inputs, old.settings, 0.0, {"not_made": "the tracer failed", "what_to_do": "-"})
+    spec = load_spec("simple_nn")
+    kept = bench.check(tiny(tmp_path, engines=bench.DEFAULT_ENGINES), spec, manifest)
+    assert "torchscript" not in kept.engines and "onnxruntime" in kept.engines
+    with pytest.raises(PipelineError, match="TorchScript was not made for simple_nn: the tracer failed"):
+        bench.check(tiny(tmp_path, engines=("eager", "torchscript")), spec, manifest)
