@@ -149,7 +149,7 @@ def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.n
     """The eager model rebuilt from its verified checkpoint, in eval mode, and the checkpoint's sha256."""
     path, rec = manifest.verified(CHECKPOINT, stage)
     check_header(path, stage)
-    unreadable = f"retrain: python -m pipeline train --model {spec.name} --force"
+    unreadable = f"retrain: python -m pipeline train --model {manifest.command} --force"
     try:
         with safe_open(str(path), framework="pt") as f:  # checks the file's layout; reads no weights
             meta = json.loads((f.metadata() or {})["pipeline"])
@@ -163,6 +163,6 @@ def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.n
         raise IntegrityError(stage, f"{rec.path} is not a readable safetensors checkpoint: {exc}", unreadable) from None
     except ValueError as exc:
         raise IntegrityError(
-            stage, str(exc), f"retrain after changing the model: python -m pipeline train --model {spec.name} --force"
+            stage, str(exc), f"retrain after changing the model: python -m pipeline train --model {manifest.command} --force"
         ) from None
     return model.eval(), rec.sha256

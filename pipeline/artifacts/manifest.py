@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,11 @@ class ArtifactRecord:
 class Manifest:
     """The manifest of one model's artifacts; every change is written atomically."""
 
-    def __init__(self, root: Path, model: str):
+    def __init__(self, root: Path, model: str, command: str | None = None):
         self.root = Path(root)
         self.model = model
+        # The model as the user names it on the command line (hf:PATH, a file's path), for the commands in messages.
+        self.command = shlex.quote(command or model)
         self.path = self.root / "artifacts" / model / "manifest.json"
         self.records: dict[str, ArtifactRecord] = {}
         if self.path.exists():
@@ -63,7 +66,7 @@ class Manifest:
             raise IntegrityError(
                 "manifest",
                 f"{self.path} is not a readable manifest ({exc})",
-                f"remove it and rebuild: rm {self.path} && python -m pipeline all --model {self.model}",
+                f"remove it and rebuild: rm {self.path} && python -m pipeline all --model {self.command}",
             ) from None
 
     def record(
@@ -122,7 +125,7 @@ class Manifest:
             raise IntegrityError(
                 stage,
                 f"{self.model}: no {key} recorded in {self._rel(self.path)}; its stage has not run",
-                f"run the earlier stages first: python -m pipeline all --model {self.model}",
+                f"run the earlier stages first: python -m pipeline all --model {self.command}",
             )
         # An ONNX file over 2 GiB comes with its external data: both are checked.
         for rel, sha256, size_recorded in _files(rec):
@@ -133,13 +136,13 @@ class Manifest:
                 raise IntegrityError(
                     stage,
                     f"{rel} is a symbolic link or lies outside {self.root}; refusing to follow it",
-                    f"remove it and rebuild it: rm {path} && python -m pipeline {rec.stage} --model {self.model} --force",
+                    f"remove it and rebuild it: rm {path} && python -m pipeline {rec.stage} --model {self.command} --force",
                 )
             if not path.exists():
                 raise IntegrityError(
                     stage,
                     f"{rel} is missing (recorded by the {rec.stage} stage)",
-                    f"rebuild it: python -m pipeline {rec.stage} --model {self.model} --force",
+                    f"rebuild it: python -m pipeline {rec.stage} --model {self.command} --force",
                 )
             size = path.stat().st_size
             digest = files.sha256_file(path)
@@ -149,7 +152,7 @@ class Manifest:
                     f"{rel} does not match the manifest: sha256 {digest[:12]}… ({size} bytes), "
                     f"recorded {sha256[:12]}… ({size_recorded} bytes). It was changed, truncated or "
                     f"corrupted after the {rec.stage} stage wrote it; refusing to load it",
-                    f"rebuild it: python -m pipeline {rec.stage} --model {self.model} --force",
+                    f"rebuild it: python -m pipeline {rec.stage} --model {self.command} --force",
                 )
         return self.root / rec.path, rec
 

@@ -196,7 +196,7 @@ def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar
     """Every engine × batch size on every device, as far as the sweep's budget and the time limit allow."""
     import torch
 
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     ts_path, ts = manifest.verified(TORCHSCRIPT, STAGE)
     paths = {
         "onnx": manifest.verified(ONNX, STAGE)[0],
@@ -553,7 +553,7 @@ def run(settings: BenchSettings) -> dict:
     from pipeline.bench import served as bench_served
 
     spec, layout = resolve(Settings(model=settings.model, root=settings.root))
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     settings = check(settings, spec, manifest)
     started = time.perf_counter()
     deadline = Deadline(settings.time_limit_s, started)

@@ -214,7 +214,7 @@ def run(settings: TuneSettings) -> dict:
     """
     _check(settings)
     spec, layout = resolve(Settings(model=settings.model, root=settings.root))
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     base = archived_settings(manifest, settings)
     configs = grid(settings)
     request, _ = sample_requests(spec)

@@ -175,7 +175,7 @@ def summary(results: list[StageResult], settings: Settings, seconds: float) -> s
     from pipeline.stages.parity import OutputDiff
 
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     ran = [r.stage for r in results if not r.skipped]
     skipped = [r.stage for r in results if r.skipped]
     parity = manifest.records[PARITY]

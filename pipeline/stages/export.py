@@ -399,7 +399,7 @@ def run(settings: Settings, external_data_threshold: int = EXTERNAL_DATA_THRESHO
     The threshold is an argument for tests, which force the external-data path on a small model.
     """
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
     inputs = {"checkpoint": ckpt_sha}
     fallback_allowed = settings.exporter_fallback or spec.exporter_fallback

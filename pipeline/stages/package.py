@@ -83,7 +83,7 @@ def append_data(mar: Path, data: Path, sha256: str) -> None:
 
 def run(settings: Settings) -> StageResult:
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     onnx_path, onnx_rec = manifest.verified(ONNX, STAGE)
     # The gate: only a model whose parity passed for exactly this ONNX file ships.
     # Parity must also have run against the current checkpoint: after a retrain whose
@@ -100,7 +100,7 @@ def run(settings: Settings) -> StageResult:
         raise PipelineError(
             STAGE,
             f"{spec.name}: parity has not passed for the current {onnx_rec.path} (see {layout.reports.relative_to(layout.root)}/parity.md)",
-            f"run the parity stage and fix what it reports: python -m pipeline parity --model {spec.name}",
+            f"run the parity stage and fix what it reports: python -m pipeline parity --model {manifest.command}",
         )
     manifest.verified(PARITY, STAGE)
     io_contract = archive_contract(settings, spec)
@@ -109,7 +109,7 @@ def run(settings: Settings) -> StageResult:
             STAGE,
             f"{spec.name}: parity verified CUDA precision {parity_rec.settings.get('cuda_precision', 'fp32')}, "
             f"this archive would serve {io_contract['cuda_precision']}",
-            f"run parity with the same precision: python -m pipeline all --model {spec.name} "
+            f"run parity with the same precision: python -m pipeline all --model {manifest.command} "
             f"--cuda-precision {io_contract['cuda_precision']}",
         )
     inputs = {"onnx": onnx_rec.sha256, "parity": parity_rec.sha256}

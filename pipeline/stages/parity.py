@@ -438,7 +438,7 @@ class Plan:
 
 def plan(settings: Settings) -> Plan:
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     ckpt_sha = manifest.verified(CHECKPOINT, STAGE)[1].sha256
     tol, cuda_tol, precision = tolerance(settings, spec), cuda_tolerance(settings, spec), cuda_precision(settings, spec)
     sizing, budget_record = sweep_settings(settings)

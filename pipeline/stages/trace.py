@@ -377,7 +377,7 @@ def run(settings: Settings) -> StageResult:
     place of model.ts) and the chain goes on with ONNX, unless `require_torchscript`.
     """
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     model, ckpt_sha = checkpoint.load_model(manifest, spec, STAGE)
     inputs = {"checkpoint": ckpt_sha}
     # The model file also holds the check inputs: editing them re-traces even when the

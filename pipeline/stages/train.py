@@ -17,7 +17,7 @@ STAGE = "train"
 
 def run(settings: Settings) -> StageResult:
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     stage_settings = {"seed": settings.seed, "model_source_sha256": spec.source_sha256()}
     if skipped := up_to_date(manifest, CHECKPOINT, {}, stage_settings, settings, STAGE, (layout.checkpoint,)):
         return skipped

@@ -207,7 +207,7 @@ def make_fp16(source: Path, target: Path) -> dict[str, Any]:
 def build(settings: Settings, variant: str) -> StageResult:
     """artifacts/<model>/model.<variant>.onnx from the fp32 file parity passed."""
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     onnx_path, onnx_rec = manifest.verified(ONNX, STAGE)
     parity_rec = manifest.records.get(PARITY)
     if parity_rec is None or parity_rec.inputs.get(ONNX) != onnx_rec.sha256 or not parity_rec.details.get("passed"):
@@ -298,7 +298,7 @@ class GatePlan:
 
 def plan_gate(settings: Settings, variant: str) -> GatePlan:
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     tol = tolerance_of(spec, variant)
     device = DEVICE[variant]
     path, rec = manifest.verified(variant, STAGE)
@@ -546,7 +546,7 @@ def gate_passed(manifest: Manifest, variant: str) -> bool:
 def package_variant(settings: Settings, variant: str) -> StageResult:
     """model_store/<model>-<variant>.mar, only from a variant whose gate passed for exactly this file."""
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     path, rec = manifest.verified(variant, STAGE)
     if not gate_passed(manifest, variant):
         raise PipelineError(

@@ -95,3 +95,10 @@ def test_any_single_byte_change_or_truncation_is_refused_by_hash(damageable, key
     )
     assert case.refused, case
     Manifest(damageable.root, "simple_nn").verified(key, "test")  # restored for the next case
+
+
+def test_the_advice_names_the_model_as_the_user_typed_it(tmp_path):
+    """A checkpoint folder's artifacts are named after the folder; the command to run takes hf:PATH, quoted for the shell."""
+    with pytest.raises(IntegrityError) as err:
+        Manifest(tmp_path, "my-llama", "hf:/models/my llama").verified("checkpoint", "trace")
+    assert err.value.fix == "run the earlier stages first: python -m pipeline all --model 'hf:/models/my llama'"

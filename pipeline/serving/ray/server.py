@@ -191,7 +191,7 @@ def require_token_auth(environ: Mapping[str, str], cluster: str) -> None:
 def app_options(settings: Settings, replicas: str, key_file: Path, **extra: Any) -> RayAppOptions:
     """The application's options for the project's verified archive."""
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     mar, rec = verified_archive(manifest, settings.variant, STAGE)
     return RayAppOptions.from_args(
         {"archive": str(Path(mar).resolve()), "sha256": rec.sha256, "token_file": str(key_file), "replicas": replicas, **extra}

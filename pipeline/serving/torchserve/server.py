@@ -206,7 +206,7 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
             "java was not found: TorchServe's frontend needs Java 11 or newer",
             "install it: sudo apt-get install -y openjdk-17-jre-headless (or your OS's JRE 17 package)",
         )
-    manifest = Manifest(layout.root, spec.name)
+    manifest = Manifest(layout.root, spec.name, settings.model)
     mar, _ = verified_archive(manifest, settings.variant, STAGE)
     name = layout.served_name(settings.variant)
     folder = run_dir(layout)
