@@ -343,14 +343,83 @@ def test_a_shape_within_the_limits_still_decodes():
 
 
 @pytest.mark.parametrize(
-    "shape, message",
-    [([2**32, 2**32, 1], "binary_data_size 0 does not match"), ([2**22, 0, 0], "holds no values")],
-    ids=["int64 overflow", "empty"],
+    "contract, shape, message",
+    [
+        (CONTRACT, [2**32, 2**32, 1], "has 3 axes; this model's 'x' has 2"),
+        (CONTRACT, [2**64, 1], "has 18446744073709551616 rows; at most 8"),
+        (LIMITED, [1, 0], "holds no values"),
+    ],
+    ids=["int64 overflow", "rows past int64", "empty"],
 )
-def test_a_hostile_shape_costs_nothing(shape, message):
+def test_a_hostile_shape_costs_nothing(contract, shape, message):
     """np.prod wrapped [2**32, 2**32, 1] around to 0 values, which 0 bytes of data matched; nesting nothing
-    into [2**22, 0, 0] built 2**22 lists (and [2**40, 0, 0] would never finish). The shape's rank differs from
-    the contract's, so only its size is checked here."""
-    raw, length = _binary({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": 0}}]})
-    with pytest.raises(RequestError, match=message):
-        oip.decode_infer(raw, length, CONTRACT)
+    into [2**22, 0, 0] built 2**22 lists. The shape alone is refused: its rank, its rows, its values."""
+    name = contract.inputs[0]["name"]
+    dtype = oip.datatype(contract.inputs[0]["dtype"])
+    raw, length = _binary({"inputs": [{"name": name, "shape": shape, "datatype": dtype, "parameters": {"binary_data_size": 0}}]})
+    with pytest.raises(RequestError, match=re.escape(message)):
+        oip.decode_infer(raw, length, contract)
+
+
+IMAGE = Contract(
+    {
+        "model": "m",
+        "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 3, 8]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 1]}],
+        "max_rows_per_request": 8,
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "shape, data, message",
+    [
+        ([20_000_000, 1], [], "has 2 axes; this model's 'image' has 3: [-1, 3, 8]"),  # the attack: 78 bytes, 13 s and 2.2 GB
+        ([40_000_000], [], "has 1 axes"),  # killed the worker
+        ([20_000_000, 3, 8], [], "has 20000000 rows; at most 8"),
+        ([1, 3, 8], [], "has 0 values for shape [1, 3, 8] (24)"),  # no data for a shape that holds some
+        ([1, 3, 8], [1.0] * 23, "has 23 values for shape [1, 3, 8] (24)"),
+        ([1, 3, 8], [[[1.0] * 8] * 3] * 2, "has 48 values for shape [1, 3, 8] (24)"),  # nested, as OIP allows, but too many
+        ([1, 4, 8], [1.0] * 32, "is 4 long on axis 1; this model's 'image' takes 3 there"),
+    ],
+    ids=["fewer axes, no data", "one axis", "too many rows", "no data", "too few values", "nested too many", "fixed axis"],
+)
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_shape_is_checked_against_the_contract_whatever_its_rank(shape, data, message, binary):
+    """Every limit is checked from the declared shape, for any number of axes, before data is read or
+    anything allocated: a refusal within a second and a few kB, not seconds and gigabytes."""
+    import time
+    import tracemalloc
+
+    tensor: dict = {"name": "image", "shape": shape, "datatype": "FP32"}
+    arrays = []
+    if binary:
+        flat = np.asarray(data, np.float32).reshape(-1)
+        tensor["parameters"] = {"binary_data_size": flat.nbytes}
+        arrays = [flat]
+        message = message if "values for shape" not in message else "does not match shape"
+    else:
+        tensor["data"] = data
+    raw, length = _binary({"inputs": [tensor]}, *arrays)
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(RequestError, match=re.escape(message)):
+            oip.decode_infer(raw, length if binary else None, IMAGE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 1.0 and peak < 1 << 20
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_full_shape_with_its_data_still_decodes(binary):
+    x = np.arange(48, dtype=np.float32).reshape(2, 3, 8)
+    if binary:
+        raw, length = oip.encode_request({"image": x})
+        body, _ = oip.decode_infer(raw, str(length), IMAGE)
+    else:
+        for data in (x.reshape(-1).tolist(), x.tolist()):  # flat or nested, as OIP allows
+            raw = json.dumps({"inputs": [{"name": "image", "shape": [2, 3, 8], "datatype": "FP32", "data": data}]}).encode()
+            body, _ = oip.decode_infer(raw, None, IMAGE)
+    np.testing.assert_array_equal(IMAGE.parse(body)[0]["image"], x)

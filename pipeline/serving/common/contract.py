@@ -260,7 +260,7 @@ def _fits(shape: tuple[int, ...], pattern: tuple[int | str, ...]) -> bool:
     return len(shape) == len(pattern) and all(isinstance(p, str) or p == s for s, p in zip(shape, pattern))
 
 
-def _list_shape(value) -> tuple[int, ...]:
+def list_shape(value) -> tuple[int, ...]:
     """The shape a nested JSON list has if it is not ragged, read along its first elements only."""
     shape: list[int] = []
     while isinstance(value, list) and len(shape) <= 33:  # deeper is refused by _check_leaves
@@ -369,7 +369,7 @@ class Contract:
         dtype, _, kind, row, short = self._layout[name]
         if isinstance(value, np.ndarray):  # a binary tensor (pipeline.serving.common.oip): typed already, no leaves to walk
             return self._array_rows(tensor, value)
-        listed = _form(_list_shape(value), value, row, short)
+        listed = _form(list_shape(value), value, row, short)
         if listed is not None:  # too many rows, a sequence past the model's positions: refused before any work on the values
             self.check_extent(name, listed[1])
         _check_leaves(name, value, kind)

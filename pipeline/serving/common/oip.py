@@ -11,8 +11,10 @@ route; the answer's arrays go back as OIP tensors.
 
 Whatever the request holds is refused with a RequestError (a 400) rather than failing later:
 NaN and Infinity anywhere (JSON has neither), nesting too deep to parse, an "id" that is
-not a string, "parameters" that are not an object of booleans, numbers and strings, and a
-shape with more axes than the contract's.
+not a string, "parameters" that are not an object of booleans, numbers and strings. A tensor's
+declared shape is checked first, before any of its data is read or anything allocated: its rank
+and fixed axes must be the contract's, and its rows, lengths and element count within the
+contract's limits; then its data (JSON values or binary bytes) must hold exactly that many values.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pipeline.serving.common.contract import Contract, RequestError, strict_json
+from pipeline.serving.common.contract import Contract, RequestError, list_shape, strict_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # OIP datatype <-> numpy; BYTES (strings) has no place in a numeric contract.
@@ -117,6 +119,25 @@ def _nest(flat: list, shape: list[int]) -> list:
     return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
+def _checked_count(name: str, shape: list[int], declared: dict, contract: Contract) -> int:
+    """The values a tensor of this shape holds, once its rank, fixed axes, rows, lengths and element
+    count are within the contract's: all checked from the shape alone, before any data is read."""
+    rank = len(declared["shape"])
+    if len(shape) != rank:  # fewer axes would otherwise pass the checks below, which read the axes by position
+        raise RequestError(f"input {name!r} has {len(shape)} axes; this model's {name!r} has {rank}: {_shape(declared)}")
+    fixed = [
+        (axis, d, want) for axis, (d, want) in enumerate(zip(shape, declared["shape"])) if axis and isinstance(want, int) and d != want
+    ]
+    if fixed:
+        axis, d, want = fixed[0]
+        raise RequestError(f"input {name!r} is {d} long on axis {axis}; this model's {name!r} takes {want} there: {_shape(declared)}")
+    contract.check_extent(name, shape)
+    count = math.prod(shape)  # exact: np.prod wraps around int64 (to 0 for [2**32, 2**32])
+    if count == 0:  # nesting nothing into [2**30, 0, 0] would still build 2**30 lists
+        raise RequestError(f"input {name!r} has shape {shape}, which holds no values; send at least one row")
+    return count
+
+
 def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> tuple[dict, dict]:
     """(the project's JSON body for this request, how to answer it) from an OIP infer request."""
     head, tail = _split(raw, header_length)
@@ -142,11 +163,7 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
         want = datatype(declared[name]["dtype"])
         if tensor.get("datatype") != want:
             raise RequestError(f"input {name!r} is {want}, not {tensor.get('datatype')!r}")
-        if len(shape) == len(declared[name]["shape"]):  # too many rows, too long a sequence: refused before reading its data
-            contract.check_extent(declared[name]["name"], shape)
-        count = math.prod(shape)  # exact: np.prod wraps around int64 (to 0 for [2**32, 2**32])
-        if count == 0:  # nesting nothing into [2**30, 0, 0] would still build 2**30 lists
-            raise RequestError(f"input {name!r} has shape {shape}, which holds no values; send at least one row")
+        count = _checked_count(name, shape, declared[name], contract)
         size = _parameters(tensor.get("parameters"), f"input {name!r}: ").get("binary_data_size")
         if size is not None:
             item = np.dtype(DATATYPES[want]).itemsize
@@ -155,26 +172,19 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
                     f"input {name!r}: binary_data_size {size!r} does not match shape {shape} of {want} "
                     f"({count * item} bytes) within the {len(tail) - offset} bytes left"
                 )
-            rank = len(declared[name]["shape"])
-            if len(shape) > rank:
-                raise RequestError(f"input {name!r} has {len(shape)} axes; this model's {name!r} has {rank}: {_shape(declared[name])}")
             # Kept as an array: the contract reads it without a list per value (a 224 x 224 image is 150,528 of them).
             body[name] = np.frombuffer(tail[offset : offset + size], dtype=DATATYPES[want]).reshape(shape)
             offset += size
             continue
-        else:
-            values = tensor.get("data")
-            if not isinstance(values, list):
-                raise RequestError(f'input {name!r} has no "data" list (or binary_data_size)')
-            if values and all(not isinstance(v, list) for v in values) and len(values) != count:
-                raise RequestError(f"input {name!r} has {len(values)} values for shape {shape} ({count})")
-            if values and any(isinstance(v, list) for v in values):
-                body[name] = values  # already nested: the contract checks its shape (and depth)
-                continue
-        rank = len(declared[name]["shape"])
-        if len(shape) > rank:  # before nesting, which builds one level per axis
-            raise RequestError(f"input {name!r} has {len(shape)} axes; this model's {name!r} has {rank}: {_shape(declared[name])}")
-        body[name] = _nest(values, shape) if shape else (values[0] if values else values)
+        values = tensor.get("data")
+        if not isinstance(values, list):
+            raise RequestError(f'input {name!r} has no "data" list (or binary_data_size)')
+        nested = any(isinstance(v, list) for v in values)
+        found = math.prod(list_shape(values)) if nested else len(values)
+        if found != count:  # no data at all included: nesting nothing into a large shape would build its lists anyway
+            raise RequestError(f"input {name!r} has {found} values for shape {shape} ({count}); send exactly {count}")
+        # Already nested: the contract checks its shape (and depth); else nested here, its size now known to be bounded.
+        body[name] = values if nested else _nest(values, shape)
     if offset != len(tail):
         raise RequestError(f"{len(tail) - offset} bytes of binary data follow the inputs that no input claims")
     parameters = _parameters(head.get("parameters"), "")
