@@ -2,11 +2,28 @@
 
 python scripts/make_hf_checkpoint.py bert-text-classification /tmp/ckpt/bert-sentiment
 python scripts/make_hf_checkpoint.py vit-image-classification /tmp/ckpt/vit-flowers
+python scripts/make_hf_checkpoint.py llama-causal-lm /tmp/held/llama
+python scripts/make_hf_checkpoint.py qwen2-causal-lm /tmp/held/qwen2
+python scripts/make_hf_checkpoint.py convnext-image-classification /tmp/held/convnext
+python scripts/make_hf_checkpoint.py swin-image-classification /tmp/held/swin
+python scripts/make_hf_checkpoint.py xlmr-feature-extraction /tmp/held/xlmr
 
 There is no model hub here, so the folder is what `save_pretrained` writes for a model of
-the real size: BERT-base (BertForSequenceClassification, 3 labels) with a WordPiece
-`tokenizer.json` trained on this checkout's text files, or ViT-B/16
-(ViTForImageClassification at 224 x 224, 5 labels) with its `preprocessor_config.json`.
+the real size, with a tokenizer trained on this checkout's text files or the image
+processor the hub's checkpoint has:
+
+- BERT-base (BertForSequenceClassification, 3 labels), an uncased WordPiece tokenizer;
+- ViT-B/16 (ViTForImageClassification at 224 x 224, 5 labels);
+- a Llama of 8 layers at width 1024 (LlamaForCausalLM: RoPE, 16 heads sharing 4 key-value
+  heads, vocabulary 32,000), a byte-level BPE tokenizer;
+- Qwen2-0.5B's widths in 8 layers (Qwen2ForCausalLM: 896 wide, 14 heads sharing 2
+  key-value heads, tied embeddings, vocabulary 151,936), a byte-level BPE tokenizer;
+- ConvNeXt-Tiny (ConvNextForImageClassification, 10 labels), resized to 224 / 0.875 and
+  cropped to 224 as the hub's convnext-tiny-224 is;
+- Swin-Tiny (SwinForImageClassification at 224 x 224, window 7, 10 labels);
+- XLM-R base without its pooler (XLMRobertaModel, a sentence embedder), a Unigram
+  tokenizer and a vocabulary of the size it reached here (the real one has 250,002).
+
 `make export MODEL=hf:<folder>` then takes it like any checkpoint; the real-model suite
 (`scripts/real_models.py --models hf:<folder> --serve`) serves it and sends a sentence or a
 JPEG.
@@ -16,46 +33,86 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
+from tokenizers.models import BPE, Unigram, WordPiece
+from tokenizers.trainers import BpeTrainer, Trainer, UnigramTrainer, WordPieceTrainer
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    ConvNextImageProcessorPil,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SwinConfig,
+    SwinForImageClassification,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessorPil,
+    XLMRobertaConfig,
+    XLMRobertaModel,
 )
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# The first classes of Imagenette, for the image classifiers that are not ViT's flowers.
+IMAGENETTE = ["tench", "springer", "cassette", "chainsaw", "church", "horn", "truck", "pump", "golf", "parachute"]
+BICUBIC = 3  # PIL's code, as preprocessor_config.json writes `resample`
+# The hub's ConvNeXt and Swin processors normalise with ImageNet's statistics, not the 0.5s of ViT.
+MEAN, STD = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
+
+
+def train(tok: Tokenizer, trainer: Trainer) -> Tokenizer:
+    """`tok` trained on the checkout's Markdown and Python files."""
+    corpus = [str(p) for pattern in ("*.md", "pipeline/**/*.py") for p in sorted(ROOT.glob(pattern))]
+    tok.train(corpus, trainer)
+    return tok
+
+
+def wrap(tok: Tokenizer, max_length: int, template: tuple[str, str] | None = None, **specials: str) -> PreTrainedTokenizerFast:
+    """`tok` as a fast tokenizer; `template` (single, pair) places its special tokens around a text."""
+    if template is not None:
+        names = {t for t in " ".join(template).split() if not t.startswith("$")}
+        tok.post_processor = processors.TemplateProcessing(
+            single=template[0], pair=template[1], special_tokens=[(t, tok.token_to_id(t)) for t in sorted(names)]
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **specials)
 
 
 def wordpiece_tokenizer(vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
-    """A BERT-style uncased WordPiece tokenizer, trained on the checkout's Markdown and Python files."""
+    """A BERT-style uncased WordPiece tokenizer."""
     tok = Tokenizer(WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    corpus = [str(p) for pattern in ("*.md", "pipeline/**/*.py") for p in sorted(ROOT.glob(pattern))]
-    tok.train(corpus, WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        model_max_length=max_length,
+    train(tok, WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+    return wrap(
+        tok,
+        max_length,
+        ("[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]"),
         pad_token="[PAD]",
         unk_token="[UNK]",
         cls_token="[CLS]",
         sep_token="[SEP]",
         mask_token="[MASK]",
     )
+
+
+def byte_level_bpe(vocab_size: int, specials: list[str]) -> Tokenizer:
+    """A GPT-2-style byte-level BPE (every byte has a token, so nothing is unknown), `specials` first."""
+    tok = Tokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    return train(tok, BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet))
 
 
 def bert_text_classification(out: Path) -> None:
@@ -70,7 +127,91 @@ def vit_image_classification(out: Path) -> None:
     ViTImageProcessorPil(size={"height": config.image_size, "width": config.image_size}).save_pretrained(out)
 
 
-KINDS = {"bert-text-classification": bert_text_classification, "vit-image-classification": vit_image_classification}
+def llama_causal_lm(out: Path) -> None:
+    # <unk>, <s>, </s> at 0, 1, 2: Llama's ids, which LlamaConfig's bos and eos name.
+    tok = byte_level_bpe(32000, ["<unk>", "<s>", "</s>"])
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    wrap(tok, config.max_position_embeddings, ("<s> $A", "<s> $A <s> $B"), **specials).save_pretrained(out)
+
+
+def qwen2_causal_lm(out: Path) -> None:
+    tok = byte_level_bpe(151936, ["<|endoftext|>"])
+    end = tok.token_to_id("<|endoftext|>")
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=8,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=end,
+        eos_token_id=end,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    # Qwen2 adds no special token around a text; <|endoftext|> ends and pads.
+    wrap(tok, config.max_position_embeddings, eos_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(out)
+
+
+def convnext_image_classification(out: Path) -> None:
+    config = ConvNextConfig(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768], id2label=dict(enumerate(IMAGENETTE)))
+    ConvNextForImageClassification(config).save_pretrained(out)
+    processor = ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=0.875, resample=BICUBIC, image_mean=MEAN, image_std=STD)
+    processor.save_pretrained(out)
+
+
+def swin_image_classification(out: Path) -> None:
+    config = SwinConfig(
+        image_size=224,
+        embed_dim=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        id2label=dict(enumerate(IMAGENETTE)),
+    )
+    SwinForImageClassification(config).save_pretrained(out)
+    processor = ViTImageProcessorPil(size={"height": 224, "width": 224}, resample=BICUBIC, image_mean=MEAN, image_std=STD)
+    processor.save_pretrained(out)
+
+
+def xlmr_feature_extraction(out: Path) -> None:
+    # <s>, <pad>, </s>, <unk> at 0..3 as in XLM-R, whose config names 0, 1 and 2.
+    tok = Tokenizer(Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    train(tok, UnigramTrainer(vocab_size=32000, special_tokens=specials, unk_token="<unk>"))
+    # The checkout's text does not reach 32,000 pieces; the model's vocabulary is what it reached.
+    config = XLMRobertaConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=514, type_vocab_size=1)
+    XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(out)
+    names = dict(zip(("bos_token", "pad_token", "eos_token", "unk_token", "mask_token"), specials, strict=True))
+    template = ("<s> $A </s>", "<s> $A </s> </s> $B </s>")
+    wrap(tok, 512, template, cls_token="<s>", sep_token="</s>", **names).save_pretrained(out)
+
+
+KINDS: dict[str, Callable[[Path], None]] = {
+    "bert-text-classification": bert_text_classification,
+    "vit-image-classification": vit_image_classification,
+    "llama-causal-lm": llama_causal_lm,
+    "qwen2-causal-lm": qwen2_causal_lm,
+    "convnext-image-classification": convnext_image_classification,
+    "swin-image-classification": swin_image_classification,
+    "xlmr-feature-extraction": xlmr_feature_extraction,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
