@@ -22,7 +22,6 @@ VARIANTS ?=
 VARIANT  ?=
 comma := ,
 VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
-ARCHIVE := model_store/$(notdir $(basename $(MODEL)))$(if $(VARIANT),-$(VARIANT)).mar
 
 .PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench tune reliability real-models docs clean distclean
 
@@ -92,29 +91,29 @@ distclean: clean
 	rm -rf $(VENV) *.egg-info
 
 serve: $(STAMP)
-	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all $(MODEL_FLAGS)
-	@test -z "$(VARIANT)" || test -f $(ARCHIVE) || $(PY) -m pipeline variants $(MODEL_FLAGS) --$(VARIANT)
+	$(PY) -m pipeline all $(MODEL_FLAGS)
+	@test -z "$(VARIANT)" || $(PY) -m pipeline variants $(MODEL_FLAGS) --$(VARIANT)
 	$(PY) -m pipeline serve $(MODEL_FLAGS) $(if $(VARIANT),--variant $(VARIANT)) $(SERVE_ARGS)
 
 stop: $(STAMP)
 	$(PY) -m pipeline stop $(MODEL_FLAGS)
 
 serve-ray: $(RAY_STAMP)
-	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all $(MODEL_FLAGS)
-	@test -z "$(VARIANT)" || test -f $(ARCHIVE) || $(PY) -m pipeline variants $(MODEL_FLAGS) --$(VARIANT)
+	$(PY) -m pipeline all $(MODEL_FLAGS)
+	@test -z "$(VARIANT)" || $(PY) -m pipeline variants $(MODEL_FLAGS) --$(VARIANT)
 	$(PY) -m pipeline serve --on ray $(MODEL_FLAGS) $(REPLICA_FLAGS) $(if $(VARIANT),--variant $(VARIANT)) $(SERVE_ARGS)
 
 stop-ray: $(STAMP)
 	$(PY) -m pipeline stop --on ray $(MODEL_FLAGS)
 
 bench: $(RAY_STAMP)
-	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all $(MODEL_FLAGS)
+	$(PY) -m pipeline all $(MODEL_FLAGS)
 	$(PY) -m pipeline bench $(MODEL_FLAGS) $(BENCH_ARGS)
 
 tune: $(STAMP)
 	$(if $(P99_MS),,$(error make tune needs the goal: make tune MODEL=$(MODEL) P99_MS=5))
-	@test -f model_store/$(notdir $(basename $(MODEL))).mar || $(PY) -m pipeline all $(MODEL_FLAGS)
-	@test -z "$(VARIANT)" || test -f $(ARCHIVE) || $(PY) -m pipeline variants $(MODEL_FLAGS) --$(VARIANT)
+	$(PY) -m pipeline all $(MODEL_FLAGS)
+	@test -z "$(VARIANT)" || $(PY) -m pipeline variants $(MODEL_FLAGS) --$(VARIANT)
 	$(PY) -m pipeline tune $(MODEL_FLAGS) --p99-ms $(P99_MS) $(if $(VARIANT),--variant $(VARIANT)) $(TUNE_ARGS)
 
 reliability: $(RAY_STAMP)

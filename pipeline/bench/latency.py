@@ -29,7 +29,7 @@ from tqdm import tqdm
 from pipeline.artifacts import cost, files
 from pipeline.artifacts.environment import fingerprint
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import CHECKPOINT, ONNX, TORCHSCRIPT, VARIANTS, gate_key
+from pipeline.artifacts.names import CHECKPOINT, MAR, ONNX, TORCHSCRIPT, VARIANTS, gate_key
 from pipeline.bench.engines import (
     CUDA_GRAPH_ENGINES,
     DEFAULT_ENGINES,
@@ -52,6 +52,7 @@ from pipeline.runtimes.runners import TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import DEFAULT_MODEL, Layout, Settings, resolve
 from pipeline.spec import Device, Precision, Tolerance
+from pipeline.stages.fresh import stale
 from pipeline.stages.parity import compare
 
 STAGE = "bench"
@@ -532,6 +533,12 @@ def check(settings: BenchSettings, spec, manifest: Manifest) -> BenchSettings:
     for key in (CHECKPOINT, TORCHSCRIPT, ONNX):
         if key not in manifest.records:
             raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: python -m pipeline all --model {settings.model}")
+    if reason := stale(spec, manifest, MAR if MAR in manifest.records else ONNX):
+        raise PipelineError(
+            STAGE,
+            f"{spec.name}'s artifacts are older than what they were built from: {reason}",
+            f"rebuild what changed: python -m pipeline all --model {manifest.command} (make bench does it first)",
+        )
     default = settings.engines == DEFAULT_ENGINES
     if default:  # the gated variants run beside fp32 unless --engines names others
         settings = replace(settings, engines=(*settings.engines, *(f"onnxruntime-{v}" for v in gated_variants(manifest))))

@@ -111,13 +111,35 @@ def token_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_stale(settings, spec, layout) -> None:
+    """Never serve an archive older than the model it was built from: say what changed and how to rebuild."""
+    from pipeline.artifacts.manifest import Manifest
+    from pipeline.artifacts.names import archive_key
+    from pipeline.errors import PipelineError
+    from pipeline.stages.fresh import stale
+
+    manifest = Manifest(layout.root, spec.name, settings.model)
+    reason = stale(spec, manifest, archive_key(settings.variant))
+    if reason is None:
+        return
+    rebuild = f"python -m pipeline all --model {manifest.command}"
+    if settings.variant:
+        rebuild += f" && python -m pipeline variants --model {manifest.command} --{settings.variant}"
+    raise PipelineError(
+        "serve",
+        f"model_store/{layout.served_name(settings.variant)}.mar is older than what it was built from: {reason}",
+        f"rebuild what changed ({rebuild}), then serve; make serve MODEL=... does both",
+    )
+
+
 def serve_command(args: argparse.Namespace) -> int:
     from pipeline.artifacts import files
     from pipeline.serving.backends import BACKENDS, ServeOptions
     from pipeline.settings import resolve
 
     settings, backend = settings_from(args), BACKENDS[args.on]
-    spec, _ = resolve(settings)
+    spec, layout = resolve(settings)
+    refuse_stale(settings, spec, layout)
     started = time.perf_counter()
     options = ServeOptions(
         auto_ports=args.ports == "auto",

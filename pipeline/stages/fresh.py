@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.names import CHECKPOINT
 from pipeline.settings import Settings, StageResult
+from pipeline.spec import ModelSpec
 
 
 def up_to_date(
@@ -31,3 +33,29 @@ def up_to_date(
     if gate and not details.get("passed"):
         return None
     return StageResult(stage, True, tuple(outputs), 0.0, f"{label}up to date ({why})", details)
+
+
+def stale(spec: ModelSpec, manifest: Manifest, key: str) -> str | None:
+    """Why artifact `key` is older than what it was built from, or None when its whole chain is current.
+
+    The chain is the manifest's: each record names the sha256 of the records it was made
+    from, and the checkpoint's record the model file (or checkpoint folder) it came from.
+    An edited model file, or a stage re-run without the ones after it, breaks a link.
+    """
+    records = manifest.records
+    todo, seen = [key], set()
+    while todo:
+        name = todo.pop()
+        rec = records.get(name)
+        if rec is None or name in seen:
+            continue
+        seen.add(name)
+        for upstream, sha256 in rec.inputs.items():
+            if upstream in records and records[upstream].sha256 != sha256:
+                return f"its {name} was made from an older {upstream} ({records[upstream].path} was rebuilt after it)"
+            todo.append(upstream)
+    made_from = records[CHECKPOINT].settings.get("model_source_sha256") if CHECKPOINT in records else None
+    if made_from is not None and made_from != spec.source_sha256():
+        source = spec.source if spec.source is not None else spec.name
+        return f"{source} changed after the checkpoint was made from it"
+    return None
