@@ -273,6 +273,69 @@ def test_decompression_bomb_is_refused_from_its_header_before_decoding(image, mo
     assert Image.MAX_IMAGE_PIXELS == 4_000_000  # set explicitly from the contract's max_pixels
 
 
+def progressive(width: int, height: int, extra_scans: int = 0) -> bytes:
+    """A grey progressive JPEG, with its last scan (an AC refinement) repeated `extra_scans` more times before EOI."""
+    data = encode(np.full((height, width), 128), "JPEG", progressive=True, quality=50)
+    last = data.rfind(b"\xff\xda")
+    return data[:-2] + data[last:-2] * extra_scans + b"\xff\xd9"
+
+
+@pytest.fixture
+def large(image, monkeypatch):
+    """The image model's decoder at the default 40 MP, resizing to its input exactly."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the decoder sets it; the fixture's stays
+    section = {**image.image.section, "max_pixels": 40_000_000, "resize_shortest_edge": None, "resize": [32, 32]}
+    return preprocess.ImageDecoder(section, image.contract.inputs)
+
+
+def test_jpeg_scans_are_counted_from_the_markers():
+    plain = progressive(64, 48)
+    scans = preprocess.jpeg_scans(plain, 1000)
+    assert 2 <= scans <= 12 and preprocess.jpeg_scans(progressive(64, 48, 500), 1000) == scans + 500
+    assert preprocess.jpeg_scans(progressive(64, 48, 500), 10) == 10  # counting stops at the bound
+    assert preprocess.jpeg_scans(encode(np.zeros((8, 8)), "JPEG"), 1000) == 1  # baseline
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(10_000, "over 256 scans"), (14, "scans of 36,000,000 pixels")],
+    ids=["10,000 scans (731 KB, was 30 s)", "too many for its size"],
+)
+def test_a_jpeg_of_many_scans_is_refused_before_decoding(large, monkeypatch, extra, message):
+    import time
+
+    data = progressive(6000, 6000, extra)
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded"))
+    started = time.perf_counter()
+    with pytest.raises(RequestError, match=message):
+        large.decode(data)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_large_progressive_jpeg_still_decodes_at_reduced_size(large, monkeypatch):
+    """Within the bounds it decodes, at 1/8 of its size (libjpeg's DCT scaling): still twice the model's input."""
+    import time
+
+    resized = []
+    real = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **kw: resized.append(self.size) or real(self, *a, **kw))
+    started = time.perf_counter()
+    row = large.decode(progressive(6000, 6000))
+    assert time.perf_counter() - started < 3.0
+    assert row.shape == (3, 32, 32) and resized == [(750, 750)]
+    np.testing.assert_allclose(row[:, 16, 16], 128 / 127.5 - 1, atol=0.02)
+    small = large.decode(solid(96, 72, fmt="JPEG"))  # a small one is decoded whole, as parity decoded it
+    assert small.shape == (3, 32, 32) and resized[-1] == (96, 72)
+
+
+def test_an_image_too_long_on_a_side_is_refused_from_its_header(large, monkeypatch):
+    """1 x 40,000,000 is within 40 MP, but took 2.9 s and 1.8 GB to decode and resize."""
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded"))
+    for width, height in ((40_000_000, 1), (1, 20_000)):
+        with pytest.raises(RequestError, match="at most 16,384 pixels on a side"):
+            large.decode(png_header(width, height))
+
+
 def test_image_model_request_cap_fits_a_photo(specs):
     assert declare(specs["vit_images"])["max_request_bytes"] >= 4 << 20
 

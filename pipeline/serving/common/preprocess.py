@@ -21,8 +21,11 @@ Texts in one request are padded to the longest (attention_mask marks the padding
 
 Bad input is a `RequestError` (HTTP 400) naming the problem: an empty body or text, text
 that is not UTF-8, too many texts, a text over max_length where truncation is off, a
-Content-Type other than JSON/JPEG/PNG, a GIF, a truncated or corrupt image, and an image
-over max_pixels, refused from its header before anything is decoded. A tiny image (1 x 1)
+Content-Type other than JSON/JPEG/PNG, a GIF, a truncated or corrupt image, an image
+over max_pixels or MAX_SIDE on a side, and a JPEG of more scans than MAX_SCANS (or of scans
+times pixels over MAX_SCAN_PIXELS), all refused from the header and markers before anything
+is decoded. A JPEG much larger than the model's input is decoded at 1/2, 1/4 or 1/8 of its
+size (never under twice the resized size) before it is resized. A tiny image (1 x 1)
 is accepted and resized like any other; an image so thin that resizing it would pass
 max_pixels (1 x 20000 to a shortest edge of 224) is refused.
 """
@@ -33,6 +36,7 @@ import base64
 import binascii
 import hashlib
 import io
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -50,6 +54,17 @@ JSON_TYPES = ("application/json", "text/plain", "")
 UNTYPED = ("", "application/octet-stream")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF"}
+# The longest side an image may have, whatever max_pixels allows: a 1 x 40,000,000 PNG is within
+# 40 MP, but took 2.9 s and 1.8 GB to decode and resize. A 16k side holds any camera's photo.
+MAX_SIDE = 16_384
+# A progressive JPEG is decoded scan by scan, each one a pass over every coefficient: 300 scans of
+# 6000 x 6000 took 17 s (and 68,000 killed a worker), however few bytes each scan is. Encoders write
+# about 10 (libjpeg's default script; mozjpeg's up to ~20), so a few hundred is generous, and the scans
+# times the pixels bounds the work: a 40 MP photo of 15 scans decodes, in about 1 s.
+MAX_SCANS = 256
+MAX_SCAN_PIXELS = 600_000_000
+# Where a scan's entropy-coded data ends: a marker, i.e. 0xFF not followed by 0x00 (a stuffed byte), RSTn or 0xFF.
+_ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 def media_type(content_type: str | None) -> str:
@@ -188,17 +203,39 @@ class ImageDecoder:
         except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, ... for a broken header
             raise RequestError(f"{what} is not a readable {fmt}: {exc}") from None
         width, height = image.size
-        if width * height > self.max_pixels:
-            raise RequestError(f"{what} is {width} x {height} = {width * height:,} pixels; this model takes at most {self.max_pixels:,}")
-        resized = self.resized_size(width, height)
-        if resized[0] * resized[1] > self.max_pixels:
-            raise RequestError(f"{what} is {width} x {height}: too thin to resize to this model's input; crop it first")
+        resized = self.check_size(width, height, what)
+        if fmt == "JPEG":
+            self.check_scans(data, width * height, what)
+            # libjpeg's DCT scaling decodes at 1/2, 1/4 or 1/8 where the model's input is that much smaller;
+            # never below twice the resized size in either orientation (Pillow's thumbnail keeps the same gap).
+            side = 2 * max(resized)
+            image.draft(None, (side, side))
         try:
             image.load()  # the decode; LOAD_TRUNCATED_IMAGES stays False, so a cut-off file is an error
             rgb = ImageOps.exif_transpose(image).convert("RGB")  # a phone photo upright, as its viewer shows it
         except Exception as exc:  # a corrupt stream: OSError, SyntaxError, zlib.error, ValueError, ...
             raise RequestError(f"{what} is a corrupt or truncated {fmt}: {exc}") from None
         return self.to_row(rgb)
+
+    def check_size(self, width: int, height: int, what: str) -> tuple[int, int]:
+        """The size after resizing, once the header's size is within max_pixels, MAX_SIDE on each side, and not too thin."""
+        if width * height > self.max_pixels:
+            raise RequestError(f"{what} is {width} x {height} = {width * height:,} pixels; this model takes at most {self.max_pixels:,}")
+        resized = self.resized_size(width, height)
+        if resized[0] * resized[1] > self.max_pixels:
+            raise RequestError(f"{what} is {width} x {height}: too thin to resize to this model's input; crop it first")
+        if max(width, height) > MAX_SIDE:
+            raise RequestError(f"{what} is {width} x {height}; this model takes at most {MAX_SIDE:,} pixels on a side")
+        return resized
+
+    def check_scans(self, data: bytes | bytearray, pixels: int, what: str) -> None:
+        """Refuse a JPEG whose scans would take too long to decode: each is one more pass over every pixel's coefficients."""
+        scans = jpeg_scans(data, MAX_SCANS + 1)
+        if scans > MAX_SCANS or scans * pixels > MAX_SCAN_PIXELS:
+            raise RequestError(
+                f"{what} is a JPEG of {f'over {MAX_SCANS}' if scans > MAX_SCANS else scans} scans of {pixels:,} pixels; this model decodes at most "
+                f"{MAX_SCANS} scans and {MAX_SCAN_PIXELS:,} pixels over all of them: save it as a baseline JPEG, or smaller"
+            )
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize step: the shortest edge to a length, an exact size, or the model's."""
@@ -224,6 +261,29 @@ class ImageDecoder:
     def feed(self, images: Sequence[bytes | bytearray]) -> Feed:
         rows = [self.decode(data, f"image {i}" if len(images) > 1 else "the image") for i, data in enumerate(images)]
         return {self.input: np.stack(rows)}
+
+
+def jpeg_scans(data: bytes | bytearray, stop: int) -> int:
+    """How many scans (SOS segments) a JPEG holds, counted up to `stop`, from its markers alone: nothing is decoded.
+
+    Segments are skipped by their length; a scan's entropy-coded data runs to the next byte 0xFF
+    that is not a stuffed 0x00, a restart marker or a fill byte (ITU T.81, B.1.1.2 and B.1.1.5)."""
+    scans, at = 0, 2  # after SOI
+    while scans < stop and at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            at += 1
+        elif marker == 0xD9:  # EOI
+            break
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM and RSTn have no length
+            at += 2
+        else:
+            at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+            if marker == 0xDA:
+                scans += 1
+                end = _ENTROPY_END.search(data, at)
+                at = end.start() if end else len(data)
+    return scans
 
 
 def _base64(value: Any, i: int | None) -> bytes:
