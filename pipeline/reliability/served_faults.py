@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import threading
@@ -22,6 +23,7 @@ import psutil
 from pipeline.bench.loadgen import LoadResult, run_load
 from pipeline.errors import PipelineError
 from pipeline.serving.common.client import http
+from pipeline.serving.torchserve import proxy
 from pipeline.serving.torchserve import server as serve
 from pipeline.serving.torchserve.server import ServerInfo
 from pipeline.settings import Settings
@@ -313,6 +315,20 @@ def frontend_rss(info: ServerInfo) -> int:
     return total
 
 
+def _attackers(count: int, target, *args) -> list[threading.Thread]:
+    """`count` daemon threads running `target(*args)`, started."""
+    threads = [threading.Thread(target=target, args=args, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def proxy_limits(info: ServerInfo) -> proxy.Limits:
+    """The proxy's limits for the running server, from its config.properties."""
+    props = serve.read_properties(Path(info.run_dir) / "config.properties")
+    return proxy.Limits(int(props["max_request_size"]), int(props["default_response_timeout"]))
+
+
 def _hold_one(port: int, path: str, declared: int, sent: int, end: float, stats: dict) -> None:
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
     payload = head.encode() + b"1" * sent
@@ -337,19 +353,12 @@ def held_bodies(
     recovery_limit_s: float = 10.0,
 ) -> HeldBodies:
     """Run the attack for `attack_s`, then time how long an authenticated request takes to be answered."""
-    from pipeline.serving.torchserve import proxy
-
     token = info.token("inference")
     before = frontend_rss(info)
     stats = {"reconnects": 0}
     end = time.monotonic() + attack_s
     path = f"/predictions/{info.model}"
-    attackers = [
-        threading.Thread(target=_hold_one, args=(info.ports["inference"], path, declared, sent, end, stats), daemon=True)
-        for _ in range(connections)
-    ]
-    for thread in attackers:
-        thread.start()
+    attackers = _attackers(connections, _hold_one, info.ports["inference"], path, declared, sent, end, stats)
     peak = before
     during = ""
     while time.monotonic() < end:
@@ -374,9 +383,7 @@ def held_bodies(
             break
         time.sleep(0.2)
     peak = max(peak, frontend_rss(info))
-    props = serve.read_properties(Path(info.run_dir) / "config.properties")
-    limits = proxy.Limits(int(props["max_request_size"]), int(props["default_response_timeout"]))
-    bound = 2 * limits.connections * limits.buffer_bytes + SLACK_BYTES  # a request and an answer buffer per connection
+    bound = proxy_limits(info).memory + SLACK_BYTES
     return HeldBodies(
         connections, declared, sent, attack_s, stats["reconnects"], before, peak, bound, during or "not sent", recovery, recovery_limit_s
     )
@@ -531,3 +538,120 @@ def form_body_probe(info: ServerInfo) -> dict:
 
 def rss_mib(rss: dict[str, int]) -> float:
     return sum(rss.values()) / (1 << 20)
+
+
+# --- HTTP/2 streams: many streams per connection, each declaring a large body -----------------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_DATA, H2_HEADERS, H2_SETTINGS, H2_WINDOW_UPDATE = 0x0, 0x1, 0x4, 0x8
+H2_WINDOW = 65_535  # every stream's and the connection's initial window (RFC 9113 6.9.2)
+H2_FRAME = 16_384  # the largest frame a peer must accept
+
+
+@dataclass(frozen=True)
+class H2Streams:
+    """Cleartext HTTP/2 with prior knowledge, no token: each stream declares a body and sends it as the windows allow.
+
+    Before the proxy refused HTTP/2, each stream had a buffer of its own: 24 connections x 100
+    streams took the proxy from 11 MB to 2,434 MB, which it kept after they closed.
+    """
+
+    connections: int
+    streams: int  # per connection
+    declared_bytes: int
+    attack_s: float
+    spoken: int  # connections the proxy answered in HTTP/2 (its SETTINGS frame)
+    refused: int  # connections answered in HTTP/1.1 or closed before a frame
+    proxy_rss_before: int
+    proxy_rss_peak: int
+    proxy_rss_after: int  # a second after the attackers closed
+    memory_bound: int  # what the proxy's limits allow its buffers, and some slack
+
+    @property
+    def survived(self) -> bool:
+        grew = max(self.proxy_rss_peak, self.proxy_rss_after) - self.proxy_rss_before
+        return self.spoken == 0 and grew <= self.memory_bound
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    # A literal field without indexing, new name, no Huffman (RFC 7541 6.2.2); both shorter than 127 bytes.
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def _h2_request(stream: int, path: str, declared: int) -> bytes:
+    fields = {":method": "POST", ":scheme": "http", ":path": path, ":authority": "127.0.0.1", "content-length": str(declared)}
+    return _h2_frame(H2_HEADERS, 0x4, stream, b"".join(_hpack_literal(k, v) for k, v in fields.items()))  # END_HEADERS
+
+
+def _h2_credit(frames: bytes, windows: dict[int, int]) -> tuple[bytes, bool]:
+    """Add the WINDOW_UPDATEs in `frames` to `windows` (stream 0: the connection); the unparsed rest, and whether SETTINGS came."""
+    settings = False
+    while len(frames) >= 9:
+        length, kind, stream = int.from_bytes(frames[:3], "big"), frames[3], int.from_bytes(frames[5:9], "big") & 0x7FFFFFFF
+        if len(frames) < 9 + length:
+            break
+        if kind == H2_WINDOW_UPDATE and stream in windows:
+            windows[stream] += int.from_bytes(frames[9:13], "big") & 0x7FFFFFFF
+        settings |= kind == H2_SETTINGS
+        frames = frames[9 + length :]
+    return frames, settings
+
+
+def _h2_one(port: int, path: str, streams: int, declared: int, end: float, stats: dict) -> None:
+    ids = [2 * i + 1 for i in range(streams)]
+    windows = {0: H2_WINDOW, **dict.fromkeys(ids, H2_WINDOW)}
+    sent = dict.fromkeys(ids, 0)
+    pending, spoke = b"", False
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(H2_PREFACE + _h2_frame(H2_SETTINGS, 0, 0) + b"".join(_h2_request(i, path, declared) for i in ids))
+            while time.monotonic() < end:
+                data = []
+                for i in ids:  # all but the last byte of each body, as the windows allow
+                    n = min(H2_FRAME, windows[0], windows[i], declared - 1 - sent[i])
+                    if n > 0:
+                        data.append(_h2_frame(H2_DATA, 0, i, b"1" * n))
+                        windows[0], windows[i], sent[i] = windows[0] - n, windows[i] - n, sent[i] + n
+                if data:
+                    s.sendall(b"".join(data))
+                if not select.select([s], [], [], 0.05 if data else max(0.05, end - time.monotonic()))[0]:
+                    continue
+                chunk = s.recv(1 << 16)
+                if not chunk or (not spoke and (pending + chunk).startswith(b"HTTP/")):
+                    break  # closed, or answered in HTTP/1
+                pending, settings = _h2_credit(pending + chunk, windows)
+                spoke |= settings
+    except OSError:
+        pass  # reset or timed out: what the proxy said before counts
+    stats["spoken" if spoke else "refused"] += 1
+
+
+def proxy_rss(info: ServerInfo) -> int:
+    """Resident bytes of the proxy (HAProxy) in front of TorchServe."""
+    for proc in info.processes():
+        try:
+            if proc.name() == "haproxy":
+                return proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    raise PipelineError("reliability", f"no HAProxy process found for {info.model} in {info.run_dir}", "start the server again")
+
+
+def h2_streams(info: ServerInfo, connections: int = 24, streams: int = 100, declared: int = 1_000_000, attack_s: float = 10.0) -> H2Streams:
+    """Open `connections` HTTP/2 connections of `streams` streams each for `attack_s`; the proxy's memory during and after."""
+    before = proxy_rss(info)
+    stats = {"spoken": 0, "refused": 0}
+    end = time.monotonic() + attack_s
+    path = f"/predictions/{info.model}"
+    attackers = _attackers(connections, _h2_one, info.ports["inference"], path, streams, declared, end, stats)
+    peak = before
+    while any(thread.is_alive() for thread in attackers):
+        peak = max(peak, proxy_rss(info))
+        time.sleep(0.1)
+    time.sleep(1.0)
+    bound = proxy_limits(info).memory + SLACK_BYTES
+    return H2Streams(connections, streams, declared, attack_s, stats["spoken"], stats["refused"], before, peak, proxy_rss(info), bound)

