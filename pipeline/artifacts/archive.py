@@ -1,13 +1,16 @@
 """What is inside a `.mar` archive, checked before anything in it is trusted.
 
-Entry names, types and declared sizes are checked from the zip headers alone (no
-path escapes, links, encryption, duplicates or zip bombs); then the members must be
+First the file's layout: its local headers, walked from offset 0, must be exactly its
+central directory (`ziplayout`), since TorchServe extracts by the former and `zipfile`
+reads the latter. Entry names, types and declared sizes are checked from the zip headers
+alone (no path escapes, links, encryption, duplicates or zip bombs); then the members must be
 exactly the expected ones, plus `model.onnx.data` when the model keeps its weights in
 external data and `tokenizer.json` (its hash the contract's) when it takes texts; the
 handler (the one Python file inside, which every worker runs) must be the installed
 package's own, and the one the archive's manifest names; and the model inside (and its
 data) must be the verified one, pointing at no other file. The package
-stage checks what it built; every server checks what it serves.
+stage checks what it built; every server checks what it serves, in a private copy
+(`private_archive`) that it then serves, so no one can swap the file in between.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.artifacts import files
 from pipeline.artifacts.manifest import ArtifactRecord, Manifest
 from pipeline.artifacts.names import (
     ARCHIVE_CONFIG,
@@ -37,6 +41,7 @@ from pipeline.artifacts.names import (
     archive_key,
 )
 from pipeline.artifacts.safety import check_data_size, check_onnx_bytes
+from pipeline.artifacts.ziplayout import check_layout
 from pipeline.errors import IntegrityError
 
 STAGE = "package"
@@ -141,7 +146,8 @@ def sha256_member(zf: zipfile.ZipFile, name: str) -> str:
 def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str | None = None) -> dict:
     """Check an archive holds exactly the expected files, the installed handler, the right model, safe paths.
 
-    Entry names, types and declared sizes are checked before any entry is read. The
+    An archive whose local headers and central directory disagree (a hidden entry, a
+    prefix, bytes after the end) is refused before anything else. Entry names, types and declared sizes are checked before any entry is read. The
     handler must be the installed package's, byte for byte, and the one its manifest
     names: whoever can replace an archive can record its hash too. The model inside is
     checked for external data before anything loads it: it may keep its weights only in
@@ -150,7 +156,8 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
     a model with its weights embedded).
     """
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(path) as zf:  # reads the end record and the central directory, no entry yet
+            check_layout(path)
             infos = zf.infolist()
             check_members(path, infos)
             names = [i.filename for i in infos]
@@ -212,9 +219,34 @@ def extract_model(path: Path, folder: Path) -> Path:
     return folder / ARCHIVE_MODEL
 
 
+def _inspect_verified(manifest: Manifest, variant: str | None, path: Path) -> None:
+    model = manifest.records[variant or ONNX]
+    inspect_archive(path, model.sha256, (model.details.get(EXTERNAL_DATA) or {}).get("sha256"))
+
+
 def verified_archive(manifest: Manifest, variant: str | None, stage: str) -> tuple[Path, ArtifactRecord]:
     """The model's archive, or a variant's: its hash checked against the manifest, then what it holds."""
     path, rec = manifest.verified(archive_key(variant), stage)
-    model = manifest.records[variant or ONNX]
-    inspect_archive(path, model.sha256, (model.details.get(EXTERNAL_DATA) or {}).get("sha256"))
+    _inspect_verified(manifest, variant, path)
     return path, rec
+
+
+def private_archive(manifest: Manifest, variant: str | None, stage: str, folder: Path) -> tuple[Path, ArtifactRecord]:
+    """The verified archive copied into `folder` (the server's own, 0700) and checked there: serve the copy.
+
+    Checking the project's file and then handing its path to a server leaves a gap in
+    which whoever can write model_store/ swaps it; the copy is hashed against the
+    manifest and inspected after it is made, and no one else can write it.
+    """
+    path, rec = manifest.verified(archive_key(variant), stage)
+    copy = folder / path.name
+    copy.unlink(missing_ok=True)  # a link or someone else's file left there is not written through
+    shutil.copyfile(path, copy)
+    digest = files.sha256_file(copy)
+    if digest != rec.sha256:
+        copy.unlink()
+        raise IntegrityError(
+            stage, f"{rec.path} changed while it was being copied to {folder} (sha256 {digest[:12]}…, recorded {rec.sha256[:12]}…)", _FIX
+        )
+    _inspect_verified(manifest, variant, copy)
+    return copy, rec

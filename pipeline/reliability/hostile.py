@@ -5,7 +5,9 @@ match: what stops them is the check that runs before a library parses the file.
 - a checkpoint that is a pickle (torch.save or plain): loading must not run it;
 - an ONNX model whose weights are "external data" pointing anywhere on the disk;
 - a `.mar` with `../`, absolute or backslash paths, symlinks, duplicate names, a
-  zip bomb or a lying size header, an extra member, or a model with external data;
+  zip bomb or a lying size header, an extra member, a model with external data, or a
+  handler hidden between the last member and the central directory (which `zipfile`
+  never sees and TorchServe unpacks last, over the checked one);
 - an artifact replaced by a symbolic link, or a manifest path leading outside.
 Each case returns a `HostileCase`; `pipeline.reliability` reports them, tests assert.
 """
@@ -13,6 +15,7 @@ Each case returns a `HostileCase`; `pipeline.reliability` reports them, tests as
 from __future__ import annotations
 
 import functools
+import io
 import json
 import pickle
 import shutil
@@ -203,6 +206,37 @@ def _lie_about_size(path: Path, name: str, size: int) -> Path:
     raise ValueError(f"{name} not found in {path}")
 
 
+def _directory_offset(data: bytes) -> int:
+    """Where the central directory starts, from an end record with no comment and no ZIP64."""
+    return struct.unpack_from("<I", data, len(data) - 22 + 16)[0]
+
+
+def hide_member(src: Path, dst: Path, name: str, data: bytes) -> Path:
+    """`src` with a member slipped in after its last one, before its central directory, which does not list it.
+
+    Python's `zipfile` never sees it; a reader walking local headers from the start
+    (TorchServe's frontend) unpacks it last, over the listed member of the same name.
+    """
+    with io.BytesIO() as buf:
+        with zipfile.ZipFile(buf, "w") as one:
+            one.writestr(name, data)
+        single = buf.getvalue()
+    hidden = single[: _directory_offset(single)]  # its local header and data
+    good = src.read_bytes()
+    at = _directory_offset(good)
+    out = bytearray(good[:at] + hidden + good[at:])
+    struct.pack_into("<I", out, len(out) - 22 + 16, at + len(hidden))
+    dst.write_bytes(bytes(out))
+    return dst
+
+
+def smuggled_handler(marker: Path) -> bytes:
+    """The installed handler, plus a line that creates `marker` when a worker imports it."""
+    from pipeline.artifacts.archive import handler_source
+
+    return handler_source() + f"\nimport pathlib\npathlib.Path({str(marker)!r}).touch()\n".encode()
+
+
 def _other_handler(info: zipfile.ZipInfo, data: bytes) -> tuple[zipfile.ZipInfo, bytes]:
     manifest = json.loads(data)
     manifest["model"]["handler"] = "ts.torch_handler.base_handler"  # TorchServe's own, which unpickles
@@ -236,6 +270,11 @@ def archive_cases(project: Project, work: Path) -> list[HostileCase]:
         cases.append(_attempt("mar", name, functools.partial(inspect_archive, path)))
     lying = _lie_about_size(shutil.copyfile(mar, work / "hostile-size.mar"), MODEL_NAME, 0xFFFF_FFF0)
     cases.append(_attempt("mar", "size header declaring 4 GiB for model.onnx", lambda: inspect_archive(lying)))
+    marker = work / f"{MARKER}-handler"
+    hidden = hide_member(mar, work / "hostile-hidden.mar", ARCHIVE_HANDLER, smuggled_handler(marker))
+    cases.append(_attempt("mar", "hidden entry (onnx_handler.py before the central directory)", lambda: inspect_archive(hidden), marker))
+    twice = rebuild_archive(mar, work / "hostile-twice.mar", add_member(ARCHIVE_HANDLER, smuggled_handler(marker)))
+    cases.append(_attempt("mar", "duplicate entry (second onnx_handler.py)", lambda: inspect_archive(twice), marker))
     return cases
 
 

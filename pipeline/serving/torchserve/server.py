@@ -1,7 +1,9 @@
 """Serve an archive with a real TorchServe: start it, wait for READY workers, stop it.
 
 Each model's server runs from `run/<model>/`: its config.properties (made from
-pipeline/serving/torchserve/torchserve.properties), key_file.json (the tokens TorchServe writes), logs/,
+pipeline/serving/torchserve/torchserve.properties), key_file.json (the tokens TorchServe writes),
+model_store/ (the server's own copy of the archive, checked after it was copied: what
+TorchServe unpacks is what was checked), logs/,
 tmp/ (TorchServe's pid file, worker sockets and unpacked archives, so servers in
 different folders never collide) and server.json (what `stop` needs).
 Readiness means the model's workers are READY in the management API: `/ping`
@@ -29,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from pipeline.artifacts import files
-from pipeline.artifacts.archive import verified_archive
+from pipeline.artifacts.archive import private_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.errors import PipelineError
@@ -145,7 +147,7 @@ def api_socket(folder: Path, kind: str) -> Path:
 
 
 def _write_config(
-    layout: Layout, folder: Path, auto_ports: bool, overrides: dict[str, str] | None = None, caps: dict[str, int] | None = None
+    store: Path, folder: Path, auto_ports: bool, overrides: dict[str, str] | None = None, caps: dict[str, int] | None = None
 ) -> tuple[Path, dict[str, str], dict[str, int]]:
     props = shipped_properties()
     props.update(overrides or {})
@@ -153,7 +155,8 @@ def _write_config(
     # frontend refused would kill the worker (TooLongFrameException).
     for key, least in (caps or {}).items():
         props[key] = str(max(int(props.get(key, "0")), least))
-    store = layout.model_store.resolve()
+    _fit_jvm_memory(props)
+    store = store.resolve()
     props["model_store"] = str(store)
     props["allowed_urls"] = f"file://{store}/.*"
     ports = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS)))) if auto_ports else {kind: _port_of(props, kind) for kind in PORT_KEYS}
@@ -178,6 +181,17 @@ def _write_config(
     return path, props, ports
 
 
+_XMX = re.compile(r"-Xmx(\d+)m\b")
+
+
+def _fit_jvm_memory(props: dict[str, str]) -> None:
+    """Raise the frontend's -Xmx, and with it its direct memory, to what a body at the cap needs (proxy.Limits.jvm_memory)."""
+    need = proxy.Limits(int(props["max_request_size"]), int(props["default_response_timeout"])).jvm_memory >> 20
+    found = _XMX.search(props.get("vmargs", ""))
+    if found and int(found.group(1)) < need:
+        props["vmargs"] = _XMX.sub(f"-Xmx{need}m", props["vmargs"])
+
+
 _SOCKET_PATH_MAX = 107  # sun_path on Linux holds 108 bytes with the terminating NUL
 _LOG_PREFIX = re.compile(r"^\S+ \[\w+\s*\] \S+ (MODEL_LOG|MODEL_METRICS) - ")
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
@@ -194,7 +208,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, properties: dict[str, str] | None = None) -> ServerInfo:
-    """Start TorchServe with model_store/<model>.mar; return once its workers are READY.
+    """Start TorchServe with a checked private copy of model_store/<model>.mar; return once its workers are READY.
 
     `properties` overrides entries of the shipped torchserve.properties for this server
     only (the benchmark's tuned config); addresses and the model store stay ours.
@@ -207,7 +221,6 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
             "install it: sudo apt-get install -y openjdk-17-jre-headless (or your OS's JRE 17 package)",
         )
     manifest = Manifest(layout.root, spec.name, settings.model)
-    mar, _ = verified_archive(manifest, settings.variant, STAGE)
     name = layout.served_name(settings.variant)
     folder = run_dir(layout)
     existing = load_info(layout)
@@ -229,23 +242,23 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
             "run from a folder with a shorter path (or pass a shorter --root)",
         )
     # Owner only, whatever the umask: tmp/ holds the workers' sockets, and the folder the key file.
-    for private in (folder, folder / "logs", folder / "tmp"):
+    for private in (folder, folder / "logs", folder / "tmp", folder / "model_store"):
         private.mkdir(parents=True, exist_ok=True)
         private.chmod(0o700)
+    mar, _ = private_archive(manifest, settings.variant, STAGE, folder / "model_store")
     # A port picked free can be taken by another process before TorchServe or HAProxy binds it: with
     # --ports auto, a start that lost that race picks other ports, twice at most.
     for _ in range(2 if auto_ports else 0):
         try:
-            return _launch(settings, layout, folder, mar, name, auto_ports, properties, timeout)
+            return _launch(settings, folder, mar, name, auto_ports, properties, timeout)
         except PipelineError as exc:
             if "Address already in use" not in str(exc):
                 raise
-    return _launch(settings, layout, folder, mar, name, auto_ports, properties, timeout)
+    return _launch(settings, folder, mar, name, auto_ports, properties, timeout)
 
 
 def _launch(
     settings: Settings,
-    layout: Layout,
     folder: Path,
     mar: Path,
     name: str,
@@ -256,7 +269,7 @@ def _launch(
     """Write the config, start TorchServe and its proxy, and wait for READY workers; stopped again on any failure."""
     for stale in ("server.json", "key_file.json", *(api_socket(folder, kind).name for kind in HTTP_APIS)):
         (folder / stale).unlink(missing_ok=True)
-    config, props, ports = _write_config(layout, folder, auto_ports, properties, size_caps(mar))
+    config, props, ports = _write_config(mar.parent, folder, auto_ports, properties, size_caps(mar))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
     env.update(
@@ -274,7 +287,7 @@ def _launch(
         "--log-config",
         str(importlib.resources.files(__package__ or "pipeline.serving.torchserve") / LOG_CONFIG),
         "--model-store",
-        str(layout.model_store.resolve()),
+        str(mar.parent.resolve()),
         "--models",
         f"{name}={mar.name}",
     ]
@@ -295,7 +308,9 @@ def _launch(
     files.write_json(folder / "server.json", asdict(info))
     try:
         limits = proxy.Limits(body_bytes=int(props["max_request_size"]), response_timeout_s=int(props["default_response_timeout"]))
-        routes = [proxy.Route(kind, ports[kind], api_socket(folder, kind).relative_to(folder)) for kind in HTTP_APIS]
+        # The proxy checks each API's key at the headers, so it starts once TorchServe has written them.
+        keys = _wait_for_keys(info, proc, timeout)
+        routes = [proxy.Route(kind, ports[kind], api_socket(folder, kind).relative_to(folder), keys.get(kind)) for kind in HTTP_APIS]
         guard = proxy.start(folder / "proxy", routes, limits, folder / "logs" / "proxy.log", cwd=folder)
         _wait_ready(info, proc, guard, timeout)
     except BaseException:
@@ -317,6 +332,27 @@ def served_line(info: ServerInfo, options: ServeOptions) -> str:
     )
 
 
+def _check_running(proc: subprocess.Popen, logs: Path) -> None:
+    if proc.poll() is not None:
+        raise PipelineError(
+            STAGE,
+            f"TorchServe exited with code {proc.returncode} during start-up:\n{_tail(logs / 'stdout.log')}",
+            f"see {logs}/ts_log.log",
+        )
+
+
+def _wait_for_keys(info: ServerInfo, proc: subprocess.Popen, timeout: float) -> dict[str, str]:
+    """The keys TorchServe writes at start (key_file.json), by API."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _check_running(proc, Path(info.run_dir) / "logs")
+        try:
+            return {kind: entry["key"] for kind, entry in json.loads(info.key_file.read_text()).items()}
+        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or half written
+            time.sleep(0.1)
+    raise PipelineError(STAGE, f"TorchServe wrote no {info.key_file} within {timeout:.0f}s", f"see {info.run_dir}/logs/ts_log.log")
+
+
 def _wait_ready(info: ServerInfo, proc: subprocess.Popen, guard: subprocess.Popen, timeout: float) -> None:
     logs = Path(info.run_dir) / "logs"
     deadline = time.monotonic() + timeout
@@ -327,12 +363,7 @@ def _wait_ready(info: ServerInfo, proc: subprocess.Popen, guard: subprocess.Pope
                 f"HAProxy, in front of TorchServe, exited with code {guard.returncode} during start-up:\n{_tail(logs / 'proxy.log')}",
                 f"see {logs}/proxy.log",
             )
-        if proc.poll() is not None:
-            raise PipelineError(
-                STAGE,
-                f"TorchServe exited with code {proc.returncode} during start-up:\n{_tail(logs / 'stdout.log')}",
-                f"see {logs}/ts_log.log",
-            )
+        _check_running(proc, logs)
         model_log = logs / "model_log.log"
         if model_log.exists() and "Backend worker process died" in model_log.read_text(errors="replace"):
             raise PipelineError(
