@@ -39,12 +39,15 @@ import io
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.errors import IntegrityError
 from pipeline.serving.common.contract import Contract, RequestError, decode_body
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 Feed = dict[str, np.ndarray]
 TEXT_FEEDS = ("input_ids", "attention_mask", "token_type_ids")
@@ -63,6 +66,22 @@ MAX_SIDE = 16_384
 # times the pixels bounds the work: a 40 MP photo of 15 scans decodes, in about 1 s.
 MAX_SCANS = 256
 MAX_SCAN_PIXELS = 600_000_000
+# Tokenizers read a whole text before they truncate it (1 MiB of "!" took 1.5 s and 851 MB: one
+# token, and ~850 bytes of encoding, per character), so texts are bounded in characters first.
+# Each is cut at max_length x CHARS_PER_TOKEN characters where truncation is on (refused where it
+# is off): ordinary text averages 4-6 characters a token (WordPiece, BPE), so the cut never
+# changes the max_length tokens kept; only a text of words each over 32 characters (one [UNK]
+# each, up to WordPiece's 100) could lose tokens. A request's texts hold at most
+# max_texts x max_length x REQUEST_CHARS_PER_TOKEN characters in all (64 x 16 k was 1.18 GB).
+CHARS_PER_TOKEN = 32
+REQUEST_CHARS_PER_TOKEN = 8
+# multipart/form-data on Ray (TorchServe's frontend splits forms itself): parts per body, headers
+# per part and bytes per header line, and parameters per header. A real part has two headers
+# (Content-Disposition, Content-Type) and two parameters (name, filename).
+MAX_FORM_PARTS = 64
+MAX_PART_HEADERS = 8
+MAX_PART_HEADER_BYTES = 4 << 10
+MAX_HEADER_PARAMETERS = 16
 # Where a scan's entropy-coded data ends: a marker, i.e. 0xFF not followed by 0x00 (a stuffed byte), RSTn or 0xFF.
 _ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
@@ -93,6 +112,9 @@ class TextEncoder:
         self.max_length = int(section["max_length"])
         self.truncate = bool(section["truncate"])
         self.max_texts = int(section["max_texts"])
+        # Bounds in characters, checked before tokenizing (see CHARS_PER_TOKEN): per text, and per request.
+        self.max_chars = self.max_length * CHARS_PER_TOKEN
+        self.max_request_chars = max(self.max_chars, self.max_texts * self.max_length * REQUEST_CHARS_PER_TOKEN)
         self.feeds = {t["name"]: np.dtype(t["dtype"]) for t in inputs if t["name"] in TEXT_FEEDS}
         # Only a model that tells segments apart (token_type_ids) reads a pair as two sentences.
         self.pairs = "token_type_ids" in self.feeds
@@ -145,10 +167,33 @@ class TextEncoder:
             )
         return list(zip(firsts, seconds)), single
 
+    def bounded(self, texts: Sequence[str | tuple[str, str]]) -> list[str | tuple[str, str]]:
+        """The texts cut at max_chars each where truncation is on (refused where it is off), then
+        refused if they hold over max_request_chars in all: what the tokenizer reads is bounded before it reads it."""
+
+        def cut(text: str, i: int) -> str:
+            if len(text) <= self.max_chars:
+                return text
+            if not self.truncate:
+                raise RequestError(
+                    f'"text" item {i} is {len(text):,} characters, over {self.max_length} tokens of any ordinary text '
+                    f"(at most {self.max_chars:,} characters): shorten it"
+                )
+            return text[: self.max_chars]
+
+        out = [cut(t, i) if isinstance(t, str) else (cut(t[0], i), cut(t[1], i)) for i, t in enumerate(texts)]
+        total = sum(len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in out)
+        if total > self.max_request_chars:
+            raise RequestError(
+                f"the texts hold {total:,} characters (after cutting each at {self.max_chars:,}); this model reads at most "
+                f"{self.max_request_chars:,} per request: send fewer texts per request, or shorter ones"
+            )
+        return out
+
     def encode(self, texts: Sequence[str | tuple[str, str]]) -> Feed:
         """The model's token inputs for these texts (or pairs: token_type_ids 0 for the first, 1 for the second),
         padded to the longest; a text too long is a RequestError."""
-        encodings = self.tokenizer.encode_batch(list(texts))
+        encodings = self.tokenizer.encode_batch(self.bounded(texts))
         longest = max(len(e.ids) for e in encodings)
         if not self.truncate and longest > self.max_length:
             i = next(i for i, e in enumerate(encodings) if len(e.ids) == longest)
@@ -296,21 +341,82 @@ def _base64(value: Any, i: int | None) -> bytes:
         raise RequestError(f"{what} is not valid base64") from None
 
 
-def multipart_files(body: bytes, content_type: str) -> dict[str, bytes]:
-    """The files of a multipart/form-data body, by field name, as TorchServe's frontend splits them (for Ray's route)."""
-    from email import policy
-    from email.parser import BytesParser
+class _FormParts:
+    """python-multipart's callbacks, collecting each part's headers and data within the form limits."""
 
-    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", errors="replace")
-    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise RequestError("the multipart/form-data body does not parse; send the image as a file field (curl -F data=@cat.jpg)")
+    def __init__(self, max_parts: int):
+        self.max_parts = max_parts
+        self.parts: list[tuple[dict[str, str], list[bytes]]] = []
+        self.field = self.value = b""
+
+    def begin(self) -> None:
+        if len(self.parts) == self.max_parts:
+            raise RequestError(f"the multipart/form-data body has over {self.max_parts} parts; send at most {self.max_parts} files")
+        self.parts.append(({}, []))
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self.field += data[start:end]  # each header line within MAX_PART_HEADER_BYTES: the parser's own limit
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
+
+    def header_end(self) -> None:
+        self.parts[-1][0][self.field.decode("latin-1").lower()] = self.value.decode("latin-1")
+        self.field = self.value = b""
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        self.parts[-1][1].append(data[start:end])
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self.begin,
+            "on_header_field": self.header_field,
+            "on_header_value": self.header_value,
+            "on_header_end": self.header_end,
+            "on_part_data": self.data,
+        }
+
+
+def _options(header: str, what: str) -> dict[bytes, bytes]:
+    """A header's parameters (python-multipart's parser), refused past MAX_HEADER_PARAMETERS before parsing them."""
+    from python_multipart.multipart import parse_options_header
+
+    if header.count(";") > MAX_HEADER_PARAMETERS:
+        raise RequestError(f"{what} has over {MAX_HEADER_PARAMETERS} parameters")
+    return parse_options_header(header)[1]
+
+
+def multipart_files(body: bytes, content_type: str, max_parts: int = MAX_FORM_PARTS) -> dict[str, bytes]:
+    """The files of a multipart/form-data body, by field name, as TorchServe's frontend splits them (for Ray's route).
+
+    Parsed with python-multipart (the parser Starlette uses), within limits checked as it goes:
+    at most `max_parts` parts, MAX_PART_HEADERS headers of MAX_PART_HEADER_BYTES each per part, MAX_HEADER_PARAMETERS
+    parameters per header. The standard library's email parser had none: one part header of
+    100,000 parameters (1 MiB) held a Ray replica for 30 s.
+    """
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser
+
+    if len(content_type) > MAX_PART_HEADER_BYTES:
+        raise RequestError(f"the Content-Type header is over {MAX_PART_HEADER_BYTES:,} bytes")
+    boundary = _options(content_type, "the Content-Type header").get(b"boundary")
+    if not boundary:
+        raise RequestError("the multipart/form-data Content-Type names no boundary; let the client write it (curl -F data=@cat.jpg)")
+    form = _FormParts(max_parts)
+    try:
+        parser = MultipartParser(boundary, form.callbacks(), max_header_count=MAX_PART_HEADERS, max_header_size=MAX_PART_HEADER_BYTES)
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as exc:
+        raise RequestError(
+            f"the multipart/form-data body does not parse ({exc}); send the image as a file field (curl -F data=@cat.jpg)"
+        ) from None
     files = {}
-    for i, part in enumerate(message.iter_parts()):
-        if part.get_filename() is not None:
-            payload = part.get_payload(decode=True)
-            name = part.get_param("name", header="content-disposition")
-            files[name if isinstance(name, str) else f"file{i}"] = payload if isinstance(payload, bytes) else b""
+    for i, (headers, chunks) in enumerate(form.parts):
+        disposition = _options(headers.get("content-disposition", ""), f"part {i}'s Content-Disposition")
+        if b"filename" in disposition:
+            name = disposition.get(b"name", b"").decode("latin-1")
+            files[name or f"file{i}"] = b"".join(chunks)
     if not files:
         raise RequestError("the multipart/form-data body holds no file; send the image as a file field (curl -F data=@cat.jpg)")
     return files

@@ -17,6 +17,8 @@ Ray Serve has no data-plane authentication, so the application checks a bearer t
 unknown path is a 401 like any other, and only a caller with the token is told the routes.
 Bodies over the cap (the archive's max_request_bytes, as on TorchServe) get 413 with JSON;
 a body that has not arrived within body_timeout_s gets 408 and frees its replica slot.
+Decoding (an OIP request, a multipart form, a batch's images and texts) and inference run in
+a thread, never on the replica's event loop, which keeps reading bodies and answering health checks.
 Serve's proxy answers 408 to a request not answered within HTTP_LIMITS' request_timeout_s,
 and 503 at once to one past max_queued_requests (while every replica slot is taken).
 
@@ -204,6 +206,8 @@ class ModelServer:
         self.contract = self.predictor.contract
         self.max_request_bytes = self.options.max_request_bytes or self.contract.max_request_bytes
         self.token = read_token(self.options.token_file).encode("utf-8")
+        # A multipart body's parts: one file per image, and no more images than rows.
+        self.max_parts = min(preprocess.MAX_FORM_PARTS, self.contract.max_rows)
         size, wait_s = batch_settings(self.options, model_config)
         if size > max_ongoing(self.options):
             log.warning("batch size %d is over max_ongoing_requests %d: batches are capped there", size, max_ongoing(self.options))
@@ -235,7 +239,9 @@ class ModelServer:
 
     async def answer(self, requests: list[tuple[dict, str | None]]) -> list[Answer]:
         """One batch of (item, Content-Type) through the shared predictor; `self.predict` is this behind `serve.batch`."""
-        return self.predictor.answer([item for item, _ in requests], [kind for _, kind in requests])
+        # In a thread: decoding images, tokenizing and the session's run would otherwise hold the
+        # replica's event loop, and with it every other request's body, health checks and batching.
+        return await asyncio.to_thread(self.predictor.answer, [item for item, _ in requests], [kind for _, kind in requests])
 
     async def __call__(self, request):
         path = request.url.path.rstrip("/") or "/"
@@ -303,7 +309,7 @@ class ModelServer:
         item: dict = {"body": raw}
         if kind == "multipart/form-data" and self.contract.image_input:
             try:
-                item = dict(preprocess.multipart_files(raw, content_type or ""))
+                item = dict(await asyncio.to_thread(preprocess.multipart_files, raw, content_type or "", self.max_parts))
             except RequestError as exc:
                 return _error(exc.code, str(exc))
         elif kind in FORM_TYPES:
@@ -314,7 +320,7 @@ class ModelServer:
     async def infer(self, request):
         try:
             raw = await self._body(request)
-            body, plan = oip.decode_infer(raw, request.headers.get(oip.HEADER_LENGTH), self.contract)
+            body, plan = await asyncio.to_thread(oip.decode_infer, raw, request.headers.get(oip.HEADER_LENGTH), self.contract)
         except RequestError as exc:
             return _error(exc.code, str(exc))
         answer = await self.predict(({"body": body}, None))
