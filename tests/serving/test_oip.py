@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -212,6 +213,7 @@ def _options(**kw) -> dict:
         ({"replicas": 0}, "at least 1"),
         ({"min_replicas": 3, "max_replicas": 2}, "min_replicas"),
         ({"body_timeout_s": 0}, "body_timeout_s must be over 0"),
+        ({"body_idle_s": 20}, "body_idle_s must be over 0 and at most body_timeout_s"),
         ({"max_queued_requests": 0}, "max_queued_requests must be at least 1"),
     ],
 )
@@ -423,3 +425,33 @@ def test_a_full_shape_with_its_data_still_decodes(binary):
             raw = json.dumps({"inputs": [{"name": "image", "shape": [2, 3, 8], "datatype": "FP32", "data": data}]}).encode()
             body, _ = oip.decode_infer(raw, None, IMAGE)
     np.testing.assert_array_equal(IMAGE.parse(body)[0]["image"], x)
+
+
+class _StalledRequest:
+    """A Starlette request that declares a body and sends `chunks`, then nothing."""
+
+    def __init__(self, chunks: list[bytes]):
+        self.headers = {"content-length": "1000"}
+        self.chunks = chunks
+
+    async def stream(self):
+        for chunk in self.chunks:
+            yield chunk
+        await asyncio.sleep(3600)
+        yield b""
+
+
+@pytest.mark.parametrize("chunks", [[], [b"{"]], ids=["nothing sent", "stopped"])
+def test_a_body_that_stops_is_a_408_after_body_idle_s(chunks):
+    """An authenticated client that declared a body and sent none held a replica slot for body_timeout_s (10 s)."""
+    import time
+
+    from pipeline.serving.ray.app import ModelServer
+
+    server = object.__new__(ModelServer)  # its body reading only: no Ray, no model
+    server.options = RayAppOptions.from_args(_options(body_idle_s=0.2, body_timeout_s=10))
+    server.max_request_bytes = 1 << 20
+    started = time.perf_counter()
+    with pytest.raises(RequestError, match="no part of the request body arrived for 0.2 s") as raised:
+        asyncio.run(server._body(_StalledRequest(chunks)))
+    assert raised.value.code == 408 and time.perf_counter() - started < 1.0

@@ -16,7 +16,8 @@ Ray Serve has no data-plane authentication, so the application checks a bearer t
 (read from a key file) first, on every path but the two health routes: without it, an
 unknown path is a 401 like any other, and only a caller with the token is told the routes.
 Bodies over the cap (the archive's max_request_bytes, as on TorchServe) get 413 with JSON;
-a body that has not arrived within body_timeout_s gets 408 and frees its replica slot.
+a body that has not arrived within body_timeout_s, or that stops for body_idle_s, gets 408 and
+frees its replica slot.
 Decoding (an OIP request, a multipart form, a batch's images and texts) and inference run in
 a thread, never on the replica's event loop, which keeps reading bodies and answering health checks.
 Serve's proxy answers 408 to a request not answered within HTTP_LIMITS' request_timeout_s,
@@ -80,6 +81,7 @@ class RayAppOptions:
     batch_size: int | None = None  # default: the archive's batchSize
     batch_wait_ms: float | None = None  # default: the archive's maxBatchDelay
     body_timeout_s: float = 10.0  # a request body must arrive within this, or 408 (its replica slot is freed)
+    body_idle_s: float = 2.0  # and no gap between its chunks may be longer: a body declared and not sent is a 408 after this
     max_queued_requests: int = 64  # requests the proxy holds while every replica slot is taken; past it, 503 at once
 
     @classmethod
@@ -107,6 +109,10 @@ class RayAppOptions:
             )
         if not options.body_timeout_s > 0:
             raise PipelineError(STAGE, f"body_timeout_s must be over 0, got {options.body_timeout_s}", "e.g. body_timeout_s=10")
+        if not 0 < options.body_idle_s <= options.body_timeout_s:
+            raise PipelineError(
+                STAGE, f"body_idle_s must be over 0 and at most body_timeout_s, got {options.body_idle_s}", "e.g. body_idle_s=2"
+            )
         if options.max_queued_requests < 1:
             raise PipelineError(STAGE, f"max_queued_requests must be at least 1, got {options.max_queued_requests}", "e.g. 64")
         return options
@@ -282,7 +288,18 @@ class ModelServer:
 
     async def _read(self, request) -> bytes:
         chunks, total = [], 0
-        async for chunk in request.stream():
+        stream = request.stream().__aiter__()
+        while True:
+            # Each chunk within body_idle_s: a client that declares a body and sends none (or stops)
+            # holds its replica slot that long, not the whole body_timeout_s.
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), self.options.body_idle_s)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise RequestError(
+                    f"no part of the request body arrived for {self.options.body_idle_s:g} s; send it whole, at once", code=408
+                ) from None
             total += len(chunk)
             if total > self.max_request_bytes:
                 raise self._too_large()  # read no further
