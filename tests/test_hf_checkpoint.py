@@ -13,6 +13,8 @@ import itertools
 import json
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -64,6 +66,7 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import CHECKPOINT
 from pipeline.errors import SpecError
 from pipeline.models import hf_checkpoint, hf_image, load_spec
+from pipeline.reliability import hostile
 from pipeline.serving.common import preprocess
 from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.torchserve import server as serve
@@ -619,6 +622,58 @@ def test_an_unusable_checkpoint_is_refused_with_the_fix(checkpoints, tmp_path, c
     with pytest.raises(SpecError, match=f"(?s){message}") as info:
         load_spec(f"hf:{folder}{suffix}")
     assert info.value.stage == "model" and info.value.fix
+
+
+# --- hostile folders: nothing outside the folder is read, no pickle is loaded ---------------
+
+HOSTILE = {
+    "tokenizer.json linked to a file outside the folder": r"tokenizer\.json leads outside the checkpoint folder, to .*outside-tokenizer\.json",
+    "model.safetensors linked to a file outside the folder": r"model\.safetensors leads outside the checkpoint folder",
+    "safetensors index naming pytorch_model.bin": r"names \['pytorch_model\.bin'\]: a safetensors index may name only \.safetensors files",
+    "safetensors index naming ../outside.safetensors": r"names \['\.\./outside\.safetensors'\]: a safetensors index may name only",
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_folder_is_refused_before_anything_outside_is_read(checkpoints, tmp_path, case):
+    folder = copy(checkpoints["sentiment"], tmp_path / "in")
+    marker = tmp_path / "payload-ran"
+    hostile.CHECKPOINT_EDITS[case](folder, marker)
+    with pytest.raises(SpecError, match=f"(?s){HOSTILE[case]}") as info:
+        load_spec(f"hf:{folder}")
+    assert info.value.fix and not marker.exists()
+
+
+def test_train_checks_the_folder_again(checkpoints, tmp_path):
+    """A folder changed after its spec was made (by another stage's process, say) is checked again before loading."""
+    folder = copy(checkpoints["sentiment"], tmp_path)
+    spec = load_spec(f"hf:{folder}")
+    hostile.CHECKPOINT_EDITS["safetensors index naming pytorch_model.bin"](folder, tmp_path / "payload-ran")
+    with pytest.raises(SpecError, match="pickled weights are not loaded"):
+        spec.train(0)
+    assert not (tmp_path / "payload-ran").exists()
+
+
+def test_a_link_inside_the_folder_is_followed(checkpoints, tmp_path):
+    folder = copy(checkpoints["sentiment"], tmp_path)
+    (folder / "tokenizer.json").rename(folder / "tokenizer.real.json")
+    (folder / "tokenizer.json").symlink_to("tokenizer.real.json")
+    assert load_spec(f"hf:{folder}").text_input is not None
+
+
+@pytest.mark.parametrize("case", ["safetensors index naming pytorch_model.bin", "tokenizer.json linked to a file outside the folder"])
+def test_the_command_line_refuses_a_hostile_folder_with_an_error_line(checkpoints, tmp_path, case):
+    folder = copy(checkpoints["sentiment"], tmp_path / "in")
+    hostile.CHECKPOINT_EDITS[case](folder, tmp_path / "payload-ran")
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline", "all", "--model", f"hf:{folder}", "--root", str(tmp_path / "project")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1, run.stderr
+    assert re.search(HOSTILE[case], run.stderr) and "error:" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (tmp_path / "payload-ran").exists()
 
 
 def xlmr_embedder(folder: Path) -> Path:

@@ -31,7 +31,7 @@ from transformers.models.auto import modeling_auto
 
 from pipeline.artifacts import files
 from pipeline.errors import SpecError
-from pipeline.models.hf_common import SAMPLE_LENGTH, TokenFeeds, checkpoint_file, config_args, num_labels
+from pipeline.models.hf_common import SAMPLE_LENGTH, TokenFeeds, check_links, checkpoint_file, config_args, inside, num_labels
 from pipeline.models.hf_image import PREPROCESSOR, image_input
 from pipeline.spec import HF_TASKS, Feed, ImageInput, Labels, ModelSpec, TensorSpec, TextInput, TrainResult, code_sha256
 
@@ -39,6 +39,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+INDEX = f"{WEIGHTS}.index.json"
 
 # Each task's transformers classes, per model_type: what `--task` picks, and what it infers from.
 TASK_CLASSES: dict[str, Mapping[str, Any]] = {
@@ -90,7 +91,7 @@ class CheckpointSpec(ModelSpec):
 
 def checkpoint_files(folder: Path) -> list[str]:
     """The files of a checkpoint that make the model: config, weights (one file or shards), tokenizer, preprocessor."""
-    names = {CONFIG, TOKENIZER, TOKENIZER_CONFIG, PREPROCESSOR, f"{WEIGHTS}.index.json"}
+    names = {CONFIG, TOKENIZER, TOKENIZER_CONFIG, PREPROCESSOR, INDEX}
     return sorted(p.name for p in folder.iterdir() if p.is_file() and (p.name in names or p.suffix == ".safetensors"))
 
 
@@ -163,7 +164,10 @@ def load_weights(folder: Path, args: Mapping[str, Any]) -> TrainResult:
     """The checkpoint's weights in the module `build(args)` makes; model_args carry the weights' sha256."""
     cls = getattr(transformers, args["architecture"])
     init = args.get("init_args", {})
-    loaded, info = cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32, output_loading_info=True, **init)
+    check_files(folder)  # again: the folder may have changed since the spec was made
+    loaded, info = cls.from_pretrained(
+        folder, local_files_only=True, use_safetensors=True, dtype=torch.float32, output_loading_info=True, **init
+    )
     missing = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
     if missing:
         built = f"{args['architecture']}({', '.join(f'{k}={v}' for k, v in init.items())})" if init else args["architecture"]
@@ -251,10 +255,11 @@ def read_config(folder: Path) -> tuple[dict[str, Any], PreTrainedConfig]:
         raise SpecError(
             "model", f"checkpoint folder {folder} does not exist", "pass hf:PATH, PATH the folder model.save_pretrained(PATH) wrote"
         )
+    check_files(folder)  # before anything in it is opened
     path = folder / CONFIG
     if not path.is_file():
         raise SpecError("model", f"{folder} has no {CONFIG}", f"save the model into it with model.save_pretrained({str(folder)!r})")
-    if not (folder / WEIGHTS).is_file() and not (folder / f"{WEIGHTS}.index.json").is_file():
+    if not (folder / WEIGHTS).is_file() and not (folder / INDEX).is_file():
         other = [p.name for p in folder.glob("*.bin")]
         raise SpecError(
             "model",
@@ -319,9 +324,31 @@ def _names(values: Any) -> list[str]:
     return [n for v in values for n in ((v,) if isinstance(v, str) else v)]
 
 
+def check_files(folder: Path) -> None:
+    """Every file the loader may read is the folder's own (no link out of it), and the weights are safetensors:
+    the shards' index may name no other file (a pickle, a path out)."""
+    check_links(folder)
+    if (folder / WEIGHTS).is_file() or not (folder / INDEX).is_file():
+        return  # transformers reads model.safetensors and never the index then
+    path = folder / INDEX
+    try:
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SpecError("model", f"{path} cannot be read: {exc!r}", "save the weights again: model.save_pretrained(PATH)") from None
+    bad = [s for s in shards if not isinstance(s, str) or Path(s).name != s or not s.endswith(".safetensors")]
+    if bad:
+        raise SpecError(
+            "model",
+            f"{path} names {bad}: a safetensors index may name only .safetensors files in the folder (pickled weights are not loaded)",
+            "save the weights as safetensors: model.save_pretrained(PATH) (safe_serialization is the default)",
+        )
+    for shard in shards:
+        inside(folder, shard)
+
+
 def weights_file(folder: Path) -> Path:
     """The file that says which tensors the weights hold: model.safetensors, or the shards' index (as transformers picks)."""
-    return folder / WEIGHTS if (folder / WEIGHTS).is_file() else folder / f"{WEIGHTS}.index.json"
+    return folder / WEIGHTS if (folder / WEIGHTS).is_file() else folder / INDEX
 
 
 def weight_names(folder: Path) -> set[str]:

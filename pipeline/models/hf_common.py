@@ -49,9 +49,33 @@ def image_hw(size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def inside(folder: Path, name: str) -> Path:
+    """`folder / name`, refused where it leads out of the folder (a link, '..', an absolute name): checked before it is opened."""
+    path = folder / name
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a loop of links
+        raise SpecError(
+            "model", f"{path} cannot be resolved: {exc}", f"replace the link with the file itself: rm {path}, then copy it in"
+        ) from None
+    if not target.is_relative_to(folder.resolve()):
+        raise SpecError(
+            "model",
+            f"{path} leads outside the checkpoint folder, to {target}: refusing to read it (only the folder's own files are loaded)",
+            f"copy the file into the folder instead of linking to it, if you trust it: cp --remove-destination {target} {path}",
+        )
+    return path
+
+
+def check_links(folder: Path) -> None:
+    """Refuse a checkpoint folder holding a link out of it, whatever its name: transformers reads files the loader does not name."""
+    for entry in sorted(folder.iterdir()):
+        inside(folder, entry.name)
+
+
 def checkpoint_file(folder: Path, name: str, why: str, fix: str) -> Path:
     """`folder / name`, or a SpecError saying what the model needs it for and how to save it."""
-    path = folder / name
+    path = inside(folder, name)
     if not path.is_file():
         raise SpecError("model", f"{folder} has no {name}: {why}", fix)
     return path

@@ -8,7 +8,9 @@ match: what stops them is the check that runs before a library parses the file.
   zip bomb or a lying size header, an extra member, a model with external data, or a
   handler hidden between the last member and the central directory (which `zipfile`
   never sees and TorchServe unpacks last, over the checked one);
-- an artifact replaced by a symbolic link, or a manifest path leading outside.
+- an artifact replaced by a symbolic link, or a manifest path leading outside;
+- a Hugging Face checkpoint folder (`hf:PATH`) whose tokenizer or weights link out of it,
+  or whose safetensors index names a pickle or a file outside.
 Each case returns a `HostileCase`; `pipeline.reliability` reports them, tests assert.
 """
 
@@ -314,10 +316,89 @@ def escaping_artifacts(project: Project, outside: Path) -> list[HostileCase]:
     return cases
 
 
+# --- Hugging Face checkpoint folders -------------------------------------------------------
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """A tiny BERT sentiment checkpoint as save_pretrained writes it: config, safetensors weights, a fast tokenizer."""
+    import torch
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "hello", "world"]
+    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = Whitespace()
+    config = BertConfig(
+        hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, vocab_size=len(words), max_position_embeddings=16
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", model_max_length=16).save_pretrained(folder)
+    return folder
+
+
+def _link_out(name: str) -> Callable[[Path, Path], None]:
+    """The folder's `name` moved outside it, a symbolic link left in its place."""
+
+    def edit(folder: Path, marker: Path) -> None:
+        outside = shutil.move(folder / name, folder.parent / f"outside-{name}")
+        (folder / name).symlink_to(outside)
+
+    return edit
+
+
+def _index_naming(shard: str) -> Callable[[Path, Path], None]:
+    """model.safetensors replaced by an index that maps every tensor to `shard`, a pickle or a file outside."""
+
+    def edit(folder: Path, marker: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        tensors = load_file(folder / "model.safetensors")
+        if shard.endswith(".bin"):  # torch.save's pickle, with a payload beside the tensors
+            torch.save({**tensors, "payload": _Payload(marker)}, folder / shard)
+        else:
+            shutil.move(folder / "model.safetensors", folder / shard)
+        (folder / "model.safetensors").unlink(missing_ok=True)
+        index = {"metadata": {}, "weight_map": dict.fromkeys(tensors, shard)}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    return edit
+
+
+CHECKPOINT_EDITS = {
+    "tokenizer.json linked to a file outside the folder": _link_out("tokenizer.json"),
+    "model.safetensors linked to a file outside the folder": _link_out("model.safetensors"),
+    "safetensors index naming pytorch_model.bin": _index_naming("pytorch_model.bin"),
+    "safetensors index naming ../outside.safetensors": _index_naming("../outside.safetensors"),
+}
+
+
+def _train_from(folder: Path) -> object:
+    from pipeline.models import load_spec
+
+    return load_spec(f"hf:{folder}").train(0)
+
+
+def checkpoint_folders(work: Path) -> list[HostileCase]:
+    """Hostile `hf:PATH` folders: the spec (or train, which loads the weights) must refuse them before reading outside."""
+    good = tiny_checkpoint(work / "good")
+    cases = []
+    for i, (name, edit) in enumerate(CHECKPOINT_EDITS.items()):
+        folder = Path(shutil.copytree(good, work / f"case-{i}" / "checkpoint"))
+        marker = work / f"{MARKER}-checkpoint-{i}"
+        edit(folder, marker)
+        cases.append(_attempt("checkpoint", name, functools.partial(_train_from, folder), marker))
+    return cases
+
+
 def all_cases(project: Project, work: Path) -> list[HostileCase]:
     return [
         *pickle_checkpoints(project),
         *onnx_external_data(project),
         *archive_cases(project, work / "archives"),
         *escaping_artifacts(project, work / "outside"),
+        *checkpoint_folders(work / "hf"),
     ]

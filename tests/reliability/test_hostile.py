@@ -100,6 +100,14 @@ def test_symlinked_artifact_and_escaping_manifest_path_are_refused(victim, tmp_p
         assert case.refused and "is a symbolic link or lies outside" in case.message, case
 
 
+def test_hostile_checkpoint_folders_are_refused_before_anything_outside_is_read(tmp_path):
+    cases = hostile.checkpoint_folders(tmp_path)
+    assert [c.name for c in cases] == list(hostile.CHECKPOINT_EDITS)
+    for case in cases:
+        assert case.survived, case
+        assert "leads outside the checkpoint folder" in case.message or "may name only .safetensors files" in case.message, case
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="serve.start checks for java first")
 def test_serve_refuses_a_hostile_archive_before_starting_anything(victim, tmp_path):
