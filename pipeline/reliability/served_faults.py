@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from pipeline.bench.loadgen import LoadResult, run_load
@@ -337,8 +338,9 @@ def _hold_one(port: int, path: str, declared: int, sent: int, end: float, stats:
             with socket.create_connection(("127.0.0.1", port), timeout=max(0.1, end - time.monotonic())) as s:
                 s.settimeout(max(0.1, end - time.monotonic()))
                 s.sendall(payload)
-                s.recv(1)  # blocks until the server answers or closes, or the attack ends
+                answer = s.recv(12)  # blocks until the server answers or closes, or the attack ends
             stats["reconnects"] += 1
+            stats["refused_401"] += answer.startswith(b"HTTP/1.1 401")
         except OSError:
             time.sleep(0.05)  # refused, timed out or reset: try again while the attack lasts
 
@@ -355,7 +357,7 @@ def held_bodies(
     """Run the attack for `attack_s`, then time how long an authenticated request takes to be answered."""
     token = info.token("inference")
     before = frontend_rss(info)
-    stats = {"reconnects": 0}
+    stats = {"reconnects": 0, "refused_401": 0}
     end = time.monotonic() + attack_s
     path = f"/predictions/{info.model}"
     attackers = _attackers(connections, _hold_one, info.ports["inference"], path, declared, sent, end, stats)
@@ -655,3 +657,73 @@ def h2_streams(info: ServerInfo, connections: int = 24, streams: int = 100, decl
     time.sleep(1.0)
     bound = proxy_limits(info).memory + SLACK_BYTES
     return H2Streams(connections, streams, declared, attack_s, stats["spoken"], stats["refused"], before, peak, proxy_rss(info), bound)
+
+
+# --- slow bodies without a token: headers and a few bytes, the connection reopened when closed --
+
+
+@dataclass(frozen=True)
+class SlowUnauthenticated:
+    """Connections with no token that send their headers and a few bytes of the body, then wait.
+
+    Before the proxy checked the token, each held a proxy connection until its body timed out
+    (TorchServe checks the token only once the whole body has arrived): 300 of them for 30 s
+    let a client with the token get one answer, after 32.7 s.
+    """
+
+    connections: int
+    declared_bytes: int
+    sent_bytes: int
+    attack_s: float
+    reconnects: int  # attacking connections the server closed, opened again at once
+    refused_401: int  # of those, answered 401
+    requests: int  # authenticated requests sent one after another during the attack
+    answered: int  # of those, 200 within `latency_limit_s`
+    latency_p50_s: float | None
+    latency_max_s: float | None  # over the requests answered 200
+    latency_limit_s: float
+
+    @property
+    def answered_share(self) -> float:
+        return self.answered / self.requests if self.requests else 0.0
+
+    @property
+    def survived(self) -> bool:
+        return self.answered_share >= 0.9
+
+
+def slow_unauthenticated(info: ServerInfo, body: bytes, connections: int = 300, attack_s: float = 30.0) -> SlowUnauthenticated:
+    """Run the attack for `attack_s` while a client with the token sends requests one after another."""
+    declared, sent, latency_limit_s = 1_000, 10, 2.0
+    token = info.token("inference")
+    stats = {"reconnects": 0, "refused_401": 0}
+    end = time.monotonic() + attack_s
+    attackers = _attackers(connections, _hold_one, info.ports["inference"], f"/predictions/{info.model}", declared, sent, end, stats)
+    time.sleep(min(1.0, attack_s / 4))  # the attack under way
+    latencies, requests = [], 0
+    while time.monotonic() < end - latency_limit_s:
+        requests += 1
+        start = time.monotonic()
+        try:
+            status, _ = http("POST", info.predictions_url, body, token, timeout=latency_limit_s)
+        except OSError:
+            status = 0
+        if status == 200 and time.monotonic() - start <= latency_limit_s:
+            latencies.append(time.monotonic() - start)
+        time.sleep(0.05)
+    for thread in attackers:
+        thread.join(timeout=5)
+    p50, worst = (float(np.median(latencies)), max(latencies)) if latencies else (None, None)
+    return SlowUnauthenticated(
+        connections,
+        declared,
+        sent,
+        attack_s,
+        stats["reconnects"],
+        stats["refused_401"],
+        requests,
+        len(latencies),
+        p50,
+        worst,
+        latency_limit_s,
+    )

@@ -299,7 +299,7 @@ def test_tritonclient_infers_on_torchserve_too(server, binary):
         bad.set_data_from_numpy(np.ones((1, 1), np.float64), binary_data=binary)
         with pytest.raises(Exception, match=r"(?s)\[400\].*input 'x' is FP32"):
             client.infer(server.model, [bad], headers={"Authorization": f"Bearer {server.token()}"})
-        with pytest.raises(Exception, match=r"(?s)\[400\].*Token Authorization failed"):  # the token still counts
+        with pytest.raises(Exception, match=r"(?s)\[401\].*Token Authorization failed"):  # the token still counts
             client.infer(server.model, [x], headers={"Authorization": "Bearer not-the-token"})
     finally:
         client.close()

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import time
+from pathlib import Path
+
 import pytest
 
 from pipeline.reliability import served_faults as sf
 from pipeline.reliability.faults import copy_project
+from pipeline.serving.common.client import http
+from pipeline.serving.torchserve import proxy
 from pipeline.serving.torchserve import server as serve
 from tests.helpers import MEASUREMENTS, needs_java
 
@@ -34,3 +41,89 @@ def test_http2_streams_are_refused_and_the_proxy_memory_stays_bounded(server):
         f"{result.proxy_rss_before >> 20} -> peak {result.proxy_rss_peak >> 20} -> after {result.proxy_rss_after >> 20} MiB "
         f"(bound +{result.memory_bound >> 20})"
     )
+
+
+def _send_head(info, port: int, head: str, body: bytes = b"") -> tuple[bytes, float]:
+    """What the server answered to `head` (and the first bytes of a body), read until it closed, and how long that took."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, time.monotonic() - start
+
+
+@pytest.mark.slow
+@needs_java
+@pytest.mark.parametrize(
+    "api, key",
+    [("inference", None), ("inference", "not-the-key"), ("inference", "management"), ("management", "inference"), ("management", None)],
+)
+def test_a_request_without_the_api_s_key_is_a_401_at_its_headers_and_never_reaches_torchserve(server, api, key):
+    """TorchServe checks the token only once the whole body has arrived; the proxy refuses at the headers and closes."""
+    access_log = Path(server.run_dir) / "logs" / "access_log.log"
+    logged = access_log.read_text().count("\n")
+    token = server.token(key) if key in ("inference", "management") else key
+    head = (
+        f"POST /predictions/{server.model} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n"
+        + (f"Authorization: Bearer {token}\r\n" if token else "")
+        + "\r\n"
+    )
+    answer, waited = _send_head(server, server.ports[api], head, b'{"x": [1')
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 401") and waited < 2, (answer[:300], waited)
+    error = json.loads(body)
+    assert error["code"] == 401 and "Token Authorization failed" in error["message"] and f"<the {api} key>" in error["message"]
+    assert access_log.read_text().count("\n") == logged  # TorchServe never saw it
+
+
+@pytest.mark.slow
+@needs_java
+def test_the_metrics_api_takes_no_body_and_the_token_api_is_refused(server):
+    head = "POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n"
+    answer, waited = _send_head(server, server.ports["metrics"], head, b"1" * 10)
+    assert answer.startswith(b"HTTP/1.1 400") and b"takes no request body" in answer and waited < 2, answer[:300]
+    assert http("GET", f"{server.metrics}/metrics")[0] == 200
+    status, answer = http("POST", f"{server.management}/token?type=inference", token=server.token("management"))
+    assert status == 403 and b"restart the server" in answer
+
+
+@pytest.mark.slow
+@needs_java
+def test_slow_bodies_without_a_token_leave_the_server_to_clients_with_one(server):
+    """Headers and 10 of 1,000 bytes, no token, reopened when closed: the proxy answers 401 at the headers and closes,
+    so they hold no slot. Before, 300 of them for 30 s let a client with the token get one answer, after 32.7 s."""
+    connections = sf.proxy_limits(server).connections + 50  # more than the proxy's slots: 170
+    result = sf.slow_unauthenticated(server, b'{"x": 5.0}', connections=connections, attack_s=8)
+    assert result.refused_401 > result.connections, result  # answered and reopened, not held
+    assert result.requests >= 10 and result.answered_share >= 0.9, result
+    assert result.survived
+    MEASUREMENTS.append(
+        f"slow bodies without a token: {result.connections} connections x {result.sent_bytes} of {result.declared_bytes} bytes "
+        f"for {result.attack_s:.0f}s ({result.reconnects} closed and reopened, {result.refused_401} after a 401); with the token "
+        f"{result.answered}/{result.requests} answered within {result.latency_limit_s:.0f}s, p50 {result.latency_p50_s}, "
+        f"max {result.latency_max_s}"
+    )
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize("cap_mib", [1, 4, 24, 48, 67, 72, 96, 200])
+def test_torchserve_holds_the_bodies_its_memory_allows_one_at_least(cap_mib):
+    """Four 67 MiB bodies (the old floor) at a 72 MiB cap exhausted the JVM's 256 MiB of direct memory."""
+    limits = proxy.Limits(cap_mib * MIB, 30)
+    assert limits.upstream >= 1
+    assert limits.upstream == 1 or limits.upstream * limits.body_bytes <= proxy.UPSTREAM_MEMORY
+    # One body or all of them: within 3/8 of the frontend's memory, raised for a cap over UPSTREAM_MEMORY.
+    assert limits.upstream * limits.body_bytes * proxy.JVM_MEMORY <= limits.jvm_memory * proxy.UPSTREAM_MEMORY
+    props = {"max_request_size": str(limits.body_bytes), "default_response_timeout": "30", "vmargs": "-Xmx256m -Dx=1"}
+    serve.fit_jvm_memory(props)
+    assert props["vmargs"] == f"-Xmx{limits.jvm_memory // MIB}m -Dx=1"
+    assert (limits.jvm_memory > proxy.JVM_MEMORY) == (cap_mib > 96)
+
+
+def test_a_72_mib_cap_hands_torchserve_one_request_at_a_time(tmp_path):
+    routes = [proxy.Route("inference", 1, Path("inference.sock"), "k")]
+    assert "server torchserve unix@inference.sock maxconn 1\n" in proxy.config(routes, proxy.Limits(72 * MIB, 30), tmp_path)

@@ -16,14 +16,19 @@ listens on 127.0.0.1 in their place. HAProxy:
   and closes the connection, so a held or trickled body frees its slot;
 - refuses a body over the archive's cap with a JSON 413: from its declared length, before
   reading it, and for a chunked body as soon as what arrived passes the cap;
+- answers a request without the API's key 401 at its headers, before reading its body, so
+  an unauthenticated client holds neither a slot nor a buffer (TorchServe checks the token
+  only once the whole body has arrived);
 - forwards only complete requests, at most `Limits.upstream` at a time, so TorchServe
-  holds at most that many bodies however many clients wait.
+  holds at most that many bodies however many clients wait: their caps within
+  UPSTREAM_MEMORY, one at least; for a cap over it the frontend's memory is raised.
 
 gRPC stays TorchServe's own listener on 127.0.0.1 (its address must be a TCP one).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
@@ -40,7 +45,8 @@ QUEUE_TIMEOUT_S = 30  # a complete request waiting for a free TorchServe connect
 CONNECT_TIMEOUT_S = 5
 HEADER_ROOM = 64 * 1024  # the buffer holds the headers beside the largest body
 PROXY_MEMORY = 256 * 1024 * 1024  # what the proxy's buffers may take at most
-UPSTREAM_MEMORY = 96 * 1024 * 1024  # bodies TorchServe may hold at once (its direct memory is 256 MiB)
+JVM_MEMORY = 256 * 1024 * 1024  # TorchServe's frontend heap (vmargs=-Xmx256m), and so its direct memory
+UPSTREAM_MEMORY = 96 * 1024 * 1024  # bodies TorchServe may hold at once: 3/8 of its direct memory
 ERRORS = (400, 403, 408, 413, 500, 502, 503, 504)
 WHAT_TO_DO = {
     400: "the request is not valid HTTP/1.1 (HTTP/2 is not served); check the client",
@@ -71,6 +77,7 @@ class Route:
     name: str  # inference, management, metrics
     port: int
     socket: Path  # relative to `cwd` of `start`: HAProxy takes Unix socket paths of at most 97 bytes
+    key: str | None = None  # the bearer key TorchServe wrote for this API (key_file.json); None: it has none (metrics)
 
 
 @dataclass(frozen=True)
@@ -91,8 +98,18 @@ class Limits:
 
     @property
     def upstream(self) -> int:
-        """Requests handed to TorchServe at once, per API."""
-        return max(4, min(64, UPSTREAM_MEMORY // self.body_bytes))
+        """Requests handed to TorchServe at once, per API: their bodies within UPSTREAM_MEMORY, one at least.
+
+        Netty may hold a body twice while it gathers it; four bodies at a 72 MiB cap were more than
+        the JVM's 256 MiB of direct memory (OutOfMemoryError: Cannot reserve direct buffer memory).
+        """
+        return max(1, min(64, UPSTREAM_MEMORY // self.body_bytes))
+
+    @property
+    def jvm_memory(self) -> int:
+        """TorchServe's heap and direct memory: JVM_MEMORY, or for a cap over UPSTREAM_MEMORY the same 8/3 of one body."""
+        mib = 1 << 20
+        return max(JVM_MEMORY, -(-self.body_bytes * JVM_MEMORY // UPSTREAM_MEMORY // mib) * mib)
 
     @property
     def memory(self) -> int:
@@ -113,9 +130,14 @@ def binary() -> str:
         ) from None
 
 
+def _refusal(status: int, message: str) -> bytes:
+    """The JSON body of an answer the proxy gives itself, in TorchServe's error format."""
+    return json.dumps({"code": status, "type": HTTPStatus(status).phrase.replace(" ", ""), "message": message}).encode()
+
+
 def error_page(status: int, message: str) -> bytes:
     """A raw HTTP answer in TorchServe's error format, for HAProxy's errorfile."""
-    body = json.dumps({"code": status, "type": HTTPStatus(status).phrase.replace(" ", ""), "message": message}).encode()
+    body = _refusal(status, message)
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         "content-type: application/json\r\n"
@@ -138,6 +160,47 @@ def _messages(limits: Limits) -> dict[int, str]:
         504: f"TorchServe did not answer within {limits.response_timeout_s + 10} s",
     }
     return {code: f"{what[code]}: {WHAT_TO_DO[code]}" for code in ERRORS}
+
+
+def _refusals(routes: list[Route]) -> dict[str, bytes]:
+    """The bodies of the proxy's own refusals, by file name: a missing or wrong token per API, the token API, a body to metrics."""
+    pages = {
+        "token-api.json": _refusal(403, "keys are not renewed through the token API behind this proxy: restart the server for new keys"),
+        "metrics-body.json": _refusal(400, "the metrics API takes no request body: GET /metrics"),
+    }
+    for route in routes:
+        kind = "" if route.name == "inference" else f" --kind {route.name}"
+        pages[f"401-{route.name}.json"] = _refusal(
+            401,
+            f"Token Authorization failed: a missing or wrong bearer token; send the header 'Authorization: Bearer <the "
+            f"{route.name} key>' (python -m pipeline token{kind} --header prints it)",
+        )
+    return pages
+
+
+def _authorization(route: Route, pages: Path) -> list[str]:
+    """The token checked at the headers, before the body is read: an unauthenticated request holds no slot or buffer.
+
+    The header's SHA-256 is compared, not the header: HAProxy's string match stops at the first
+    byte that differs, and a digest's first bytes tell nothing about the key's.
+    """
+    if route.key is None:
+        # No token to check (TorchServe's metrics API has none): then no body either, so none is waited for.
+        no_body = "{ req.hdr_val(content-length) gt 0 } or { req.hdr(transfer-encoding) -m found }"
+        return [f"    http-request return status 400 content-type application/json file {pages / 'metrics-body.json'} if {no_body}"]
+    digest = hashlib.sha256(f"Bearer {route.key}".encode()).hexdigest().upper()
+    lines = [
+        "    acl one_authorization req.fhdr_cnt(authorization) eq 1",
+        f"    acl right_key req.fhdr(authorization),sha2(256),hex -m str {digest}",
+        f"    http-request return status 401 content-type application/json file {pages / f'401-{route.name}.json'}"
+        " hdr www-authenticate Bearer unless one_authorization right_key",
+    ]
+    if route.name == "management":
+        # TorchServe's token API rewrites key_file.json; this proxy keeps the keys it started with.
+        lines.append(
+            f"    http-request return status 403 content-type application/json file {pages / 'token-api.json'} if {{ path_beg /token }}"
+        )
+    return lines
 
 
 def config(routes: list[Route], limits: Limits, error_dir: Path) -> str:
@@ -170,6 +233,7 @@ def config(routes: list[Route], limits: Limits, error_dir: Path) -> str:
             f"frontend {route.name}",
             # HTTP/1.1 only: the h2 multiplexer buffers each stream apart, past the memory bound.
             f"    bind 127.0.0.1:{route.port} proto h1",
+            *_authorization(route, error_dir),
             # The declared length is refused before a byte of the body is read; a chunked body
             # once what arrived passes the cap (the buffer holds the cap and the headers).
             f"    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt {cap} }}",
@@ -189,6 +253,8 @@ def start(folder: Path, routes: list[Route], limits: Limits, log: Path, cwd: Pat
     error_dir.mkdir(parents=True, exist_ok=True)
     for code, message in _messages(limits).items():
         files.write_bytes(error_dir / f"{code}.http", error_page(code, message))
+    for name, body in _refusals(routes).items():
+        files.write_bytes(error_dir / name, body)
     path = folder / "haproxy.cfg"
     files.write_text(path, config(routes, limits, error_dir))
     command = [binary(), "-f", str(path), "-db"]  # -db: in the foreground, logging to stderr

@@ -155,7 +155,7 @@ def _write_config(
     # frontend refused would kill the worker (TooLongFrameException).
     for key, least in (caps or {}).items():
         props[key] = str(max(int(props.get(key, "0")), least))
-    _fit_jvm_memory(props)
+    fit_jvm_memory(props)
     store = store.resolve()
     props["model_store"] = str(store)
     props["allowed_urls"] = f"file://{store}/.*"
@@ -184,7 +184,7 @@ def _write_config(
 _XMX = re.compile(r"-Xmx(\d+)m\b")
 
 
-def _fit_jvm_memory(props: dict[str, str]) -> None:
+def fit_jvm_memory(props: dict[str, str]) -> None:
     """Raise the frontend's -Xmx, and with it its direct memory, to what a body at the cap needs (proxy.Limits.jvm_memory)."""
     need = proxy.Limits(int(props["max_request_size"]), int(props["default_response_timeout"])).jvm_memory >> 20
     found = _XMX.search(props.get("vmargs", ""))
