@@ -6,7 +6,8 @@ Builds the model's artifacts from scratch in a temporary folder (faults damage t
 then runs four sections, each bounded in time:
   pipeline  SIGKILL of every stage at chosen points of its write and at timed moments,
             a file-size limit (disk full), random byte flips and truncations
-  hostile   pickle checkpoints, ONNX external data, unsafe archives, symlinks
+  hostile   pickle checkpoints, ONNX external data, unsafe archives, symlinks; hostile
+            requests to the shared decoders (OIP shapes, JPEG scans, thin PNGs, multipart, texts)
   served    a real TorchServe on 127.0.0.1: hypothesis fuzzing, the worker killed under
             load, a soak, a stop under load, the security posture
   ray       the same archive on Ray Serve across a multi-node cluster on this machine:
@@ -196,6 +197,23 @@ def run_hostile(run: Run) -> None:
         "hostile files refused by our own check before use",
         not bad and live,
         f"{_survival(cases)}; the pickle payload does run when unpickled: {live}" + (f"; {bad[:3]}" if bad else ""),
+    )
+    _hostile_requests(run)
+
+
+def _hostile_requests(run: Run) -> None:
+    """The decoders' attacks (pipeline.reliability.decoders): each a 4xx or 200 in time, the worker's memory flat."""
+    from pipeline.reliability import decoders
+
+    attacks = decoders.run_attacks()
+    run.data["decoder_attacks"] = [{**asdict(a), "survived": a.survived} for a in attacks]
+    slow = [f"{a.name}: {a.status} in {a.seconds:.2f} s, +{a.growth_mb:.0f} MB" for a in attacks if not a.survived]
+    run.check(
+        "hostile",
+        f"hostile requests to the decoders answered within their limits, memory within {decoders.MAX_GROWTH_MB:.0f} MB",
+        not slow,
+        f"{len(attacks) - len(slow)}/{len(attacks)} within limits; slowest {max(a.seconds for a in attacks):.3f} s, "
+        f"memory +{max(a.growth_mb for a in attacks):.0f} MB" + (f"; {slow[:3]}" if slow else ""),
     )
 
 
@@ -505,6 +523,15 @@ def _md_hostile(d: dict) -> list[str]:
     ]
 
 
+def _md_decoder_attacks(d: dict) -> list[str]:
+    title = "Hostile requests to the decoders"
+    rows = [
+        f"| {_cell(a['name'])} | {a['status']} | {a['seconds']:.3f} ({a['limit_s']:g}) | +{a['growth_mb']:.0f} MB | {_cell(a['message'])} |"
+        for a in d["decoder_attacks"]
+    ]
+    return _md_heading(title, "| request | status | seconds (limit) | memory | message |", "| --- | --- | --- | --- | --- |") + rows
+
+
 def _md_fuzz(d: dict) -> list[str]:
     f = d["fuzz"]
     lines = [
@@ -633,6 +660,7 @@ _DETAIL_SECTIONS: tuple[tuple[str, Callable[[dict], list[str]]], ...] = (
     ("disk_full", _md_disk_full),
     ("damage", _md_damage),
     ("hostile", _md_hostile),
+    ("decoder_attacks", _md_decoder_attacks),
     ("fuzz", _md_fuzz),
     ("soak", _md_load),
     ("graceful_stop", _md_graceful_stop),

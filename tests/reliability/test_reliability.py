@@ -129,8 +129,11 @@ def test_reliability_report_for_one_section(tmp_path, capsys):
     assert report["passed"] and report["sections"] == ["hostile"]
     assert report["summary"]["bad_files_tried"] == report["summary"]["bad_files_refused"] == 18
     assert all(c["refused"] and not c["payload_ran"] for c in report["details"]["hostile"])
+    attacks = report["details"]["decoder_attacks"]
+    assert len(attacks) == 8 and all(a["survived"] and a["status"] in (200, 400) for a in attacks), attacks
     md = (tmp_path / "reports" / "reliability.md").read_text()
     assert md.startswith("# Reliability: simple_nn (quick run)") and "## Hostile files" in md
+    assert "## Hostile requests to the decoders" in md
     assert "PASS" in out and "reliability.md" in out
 
 
