@@ -59,6 +59,8 @@ class Plan:
     soak_time_limit_s: float
     worker_kills: int
     held_bodies_s: float  # how long the held-bodies attack lasts
+    slow_unauthenticated: tuple[int, float] = (300, 30.0)  # connections and seconds of slow bodies without a token
+    h2_streams: tuple[int, float] = (24, 10.0)  # HTTP/2 connections (100 streams each) and seconds
 
 
 FULL = Plan(
@@ -81,6 +83,8 @@ QUICK = Plan(
     120.0,
     1,
     12.0,
+    slow_unauthenticated=(170, 8.0),  # 50 more than the proxy's slots for a 1 MiB cap
+    h2_streams=(6, 4.0),
 )
 
 
@@ -252,7 +256,7 @@ def run_served(run: Run) -> None:
     try:
         served = Served(info, project.settings, spec.inputs[0].name, bodies, body, info.predict(body))
         # The stop under load goes last: it stops this server.
-        for served_check in (_security, _fuzzing, _held_bodies, _soak, _worker_kills, _stop_under_load):
+        for served_check in (_security, _fuzzing, _held_bodies, _slow_unauthenticated, _h2_streams, _soak, _worker_kills, _stop_under_load):
             served_check(run, served)
     finally:
         serve.stop(project.settings)
@@ -302,6 +306,38 @@ def _held_bodies(run: Run, served: Served) -> None:
         f"(bound +{held.memory_bound / (1 << 20):.0f}); cut off and reopened {held.reconnects} times; "
         f"a request during the attack: {held.during_status}; "
         + (f"answered {held.recovery_s:.2f}s after they closed" if held.recovery_s is not None else "not answered in time"),
+    )
+
+
+def _slow_unauthenticated(run: Run, served: Served) -> None:
+    from pipeline.reliability import served_faults as sf
+
+    connections, seconds = run.plan.slow_unauthenticated
+    slow = sf.slow_unauthenticated(served.info, served.body, connections, seconds)
+    run.data["slow_unauthenticated"] = {**asdict(slow), "answered_share": slow.answered_share, "survived": slow.survived}
+    run.check(
+        "served",
+        f"{slow.connections} connections with no token send {slow.sent_bytes} of {slow.declared_bytes}-byte bodies for "
+        f"{slow.attack_s:.0f}s: 90% of requests with the token answered within {slow.latency_limit_s:.0f}s",
+        slow.survived,
+        f"{slow.answered}/{slow.requests} answered, p50 {slow.latency_p50_s or 0:.3f}s, max {slow.latency_max_s or 0:.3f}s; "
+        f"attackers closed and reopened {slow.reconnects} times, {slow.refused_401} after a 401",
+    )
+
+
+def _h2_streams(run: Run, served: Served) -> None:
+    from pipeline.reliability import served_faults as sf
+
+    connections, seconds = run.plan.h2_streams
+    h2 = sf.h2_streams(served.info, connections, attack_s=seconds)
+    run.data["h2_streams"] = {**asdict(h2), "survived": h2.survived}
+    run.check(
+        "served",
+        f"{h2.connections} HTTP/2 connections of {h2.streams} streams declaring {h2.declared_bytes:,}-byte bodies: refused, "
+        "the proxy's memory bounded",
+        h2.survived,
+        f"{h2.refused} refused, {h2.spoken} answered in HTTP/2; proxy {h2.proxy_rss_before / (1 << 20):.0f} -> peak "
+        f"{h2.proxy_rss_peak / (1 << 20):.0f} -> after {h2.proxy_rss_after / (1 << 20):.0f} MiB (bound +{h2.memory_bound / (1 << 20):.0f})",
     )
 
 
