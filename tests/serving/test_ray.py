@@ -277,8 +277,10 @@ def test_oip_bad_request_is_a_400(triton, shape, dtype, data, message):
         ({"inputs": [{"name": "x", "shape": [1] * 3000, "datatype": "FP32", "data": [1.0]}]}, "has 3000 axes"),
         ({"id": float("nan"), "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}, "NaN is not a number"),
         ({"parameters": {"p": float("-inf")}, "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, "-Infinity"),
+        # Fewer axes and no data: refused from the shape, in a thread, not nested on the replica's event loop.
+        ({"inputs": [{"name": "x", "shape": [20_000_000], "datatype": "FP32", "data": []}]}, "has 1 axes; this model's 'x' has 2"),
     ],
-    ids=["3000 axes", "NaN id", "-Infinity parameter"],
+    ids=["3000 axes", "NaN id", "-Infinity parameter", "fewer axes, no data"],
 )
 def test_oip_odd_json_is_a_400_not_a_500(app, head, message):
     status, answer = http("POST", f"{app.inference}/v2/models/simple_nn/infer", json.dumps(head).encode(), app.token())
