@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -145,6 +146,52 @@ def _fill(model: torch.nn.Module, path: Path, aliases: dict[str, str], where: st
                     tensor.copy_(dest)
 
 
+def with_spec_outputs(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
+    """The model, its forward's outputs given as the spec's tuple, in the spec's order.
+
+    A forward may return a tensor, a tuple or list of them, or a dict, a transformers
+    `ModelOutput` or a named tuple, whose entries are read by the spec's output names:
+    tracing and the exporters take tensors and tuples, and parity compares by position.
+    The instance's own forward is wrapped, not the module: parameter names (and the ONNX
+    graph's initializers) stay the model's, and `functools.wraps` keeps its signature, by
+    which torch.export maps the dynamic axes onto the argument names.
+    """
+    original = model.forward
+    names = tuple(t.name for t in spec.outputs)
+
+    @functools.wraps(original)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return in_spec_order(spec.name, names, original(*args, **kwargs))
+
+    model.forward = forward
+    return model
+
+
+def in_spec_order(model: str, names: tuple[str, ...], out: Any) -> Any:
+    """`out` as it is, or, for outputs given by name, the named entries as a tuple in `names`' order."""
+    if isinstance(out, Mapping):
+        entries, kind = dict(out), f"a dict ({type(out).__name__})"
+    elif isinstance(out, tuple) and hasattr(out, "_fields"):
+        entries, kind = dict(zip(out._fields, out)), f"a named tuple ({type(out).__name__})"
+    else:
+        return out
+    missing = [n for n in names if n not in entries]
+    if missing:
+        raise PipelineError(
+            "model",
+            f"{model}: forward() returns {kind} with {sorted(entries)}, without the spec's output(s) {missing}",
+            "name the spec's outputs after the entries forward() returns (TensorSpec(name, ...)), in the order they should be served",
+        )
+    wrong = [n for n in names if not isinstance(entries[n], torch.Tensor)]
+    if wrong:
+        raise PipelineError(
+            "model",
+            f"{model}: forward()'s {wrong} are not tensors ({', '.join(type(entries[n]).__name__ for n in wrong)})",
+            "return tensors for the spec's outputs",
+        )
+    return tuple(entries[n] for n in names)
+
+
 def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.nn.Module, str]:
     """The eager model rebuilt from its verified checkpoint, in eval mode, and the checkpoint's sha256."""
     path, rec = manifest.verified(CHECKPOINT, stage)
@@ -165,4 +212,4 @@ def load_model(manifest: Manifest, spec: ModelSpec, stage: str) -> tuple[torch.n
         raise IntegrityError(
             stage, str(exc), f"retrain after changing the model: python -m pipeline train --model {manifest.command} --force"
         ) from None
-    return model.eval(), rec.sha256
+    return with_spec_outputs(model, spec).eval(), rec.sha256

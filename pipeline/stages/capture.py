@@ -54,3 +54,10 @@ def module_weight_bytes(model: torch.nn.Module) -> int:
     """The bytes of a module's parameters and buffers, each storage once (tied weights are one)."""
     tensors = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in model.state_dict().values()}
     return sum(tensors.values())
+
+
+def run_once(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> None:
+    """Run the model once on the example, eagerly: a forward that returns what the spec cannot name
+    fails here with its own message, not as a tracer's or an exporter's."""
+    with torch.inference_mode(), capture_mode():
+        model(*example)

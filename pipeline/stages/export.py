@@ -35,7 +35,7 @@ from pipeline.artifacts.names import EXTERNAL_DATA, ONNX, data_file_name
 from pipeline.errors import PipelineError
 from pipeline.settings import Layout, Settings, StageResult, resolve
 from pipeline.spec import ModelSpec
-from pipeline.stages.capture import capture_mode, example_args, module_weight_bytes
+from pipeline.stages.capture import capture_mode, example_args, module_weight_bytes, run_once
 from pipeline.stages.fresh import up_to_date
 
 STAGE = "export"
@@ -419,6 +419,7 @@ def run(settings: Settings, external_data_threshold: int = EXTERNAL_DATA_THRESHO
     # Batch 4, not 1: torch.export specialises axes whose example size is 0 or 1.
     example = example_args(spec, 4, settings.seed, STAGE)
     check_example(spec, example)
+    run_once(model, example)
     job = ExportJob(model, spec, example, settings.model, fallback_allowed, layout.reports / "export.log")
     exported = export_onnx(job, layout.onnx, external_data_threshold)
     seconds = time.perf_counter() - start

@@ -20,7 +20,7 @@ from pipeline.artifacts.names import TORCHSCRIPT
 from pipeline.errors import PipelineError
 from pipeline.settings import Layout, Settings, StageResult, resolve
 from pipeline.spec import ModelSpec, Tolerance
-from pipeline.stages.capture import capture_mode, check_args, example_args, module_weight_bytes
+from pipeline.stages.capture import capture_mode, check_args, example_args, module_weight_bytes, run_once
 from pipeline.stages.fresh import up_to_date
 
 STAGE = "trace"
@@ -393,6 +393,7 @@ def run(settings: Settings) -> StageResult:
 
     start = time.perf_counter()
     example = example_args(spec, 4, settings.seed, STAGE)
+    run_once(model, example)
     # Trace checks re-run the trace on other batch sizes and values: a model whose
     # control flow depends on the input's values fails here instead of shipping.
     checks = check_args(spec, settings.seed, STAGE)
