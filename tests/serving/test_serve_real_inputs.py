@@ -10,6 +10,7 @@ import base64
 import http.client
 import json
 import secrets
+import time
 import uuid
 import zipfile
 from typing import Any
@@ -23,6 +24,7 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import IntegrityError
 from pipeline.models import load_spec
 from pipeline.serving.common import preprocess
+from pipeline.serving.common.client import http
 from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.torchserve import server as serve
 from pipeline.stages import run_all
@@ -176,3 +178,32 @@ def test_bad_input_is_a_400_and_the_worker_stays_up(servers, project):
         assert status == 400 and message in answer["error"], (name, content_type, answer)
     assert post(infos["vit_images"], jpeg, "image/jpeg")[0] == 200
     assert post(infos["bert_text"], b'{"text": "hello"}')[0] == 200
+
+
+def test_hostile_real_inputs_are_answered_at_once(servers, project):
+    """The security review's requests, end to end: each cost a worker (or a Ray replica's event loop) seconds to
+    minutes before its check; each must now be answered within 3 s, and the server still answer after."""
+    from pipeline.reliability.decoders import many_scans
+
+    _, infos = servers
+    boundary = "b0undary"
+    head = 'Content-Disposition: form-data; name="data"; filename="a.png"' + "; p=1" * 100_000
+    form = f"--{boundary}\r\n{head}\r\nContent-Type: image/png\r\n\r\nx\r\n--{boundary}--\r\n".encode()
+    oip = {"inputs": [{"name": "pixel_values", "shape": [20_000_000, 1], "datatype": "FP32", "data": []}]}
+    cases = [
+        ("vit_images", many_scans(1900, 1900, 10_000), "image/jpeg", 400),  # was a minute of decoding
+        # 1 MiB: 30 s on a Ray replica; TorchServe's frontend splits the form itself, and answers in its own way
+        ("vit_images", form, f"multipart/form-data; boundary={boundary}", 4),
+        ("bert_text", json.dumps({"text": "!" * 900_000}).encode(), "application/json", 200),  # cut before tokenizing
+        ("bert_text", json.dumps({"text": ["cat " * 2048] * 8}).encode(), "application/json", 400),
+    ]
+    for name, body, content_type, want in cases:
+        started = time.perf_counter()
+        status, answer = post(infos[name], body, content_type)
+        seconds = time.perf_counter() - started
+        assert (status == want or status // 100 == want) and seconds < 3.0, (name, content_type[:30], status, seconds, answer)
+    info = infos["vit_images"]
+    started = time.perf_counter()
+    status, raw = http("POST", info.infer_url, json.dumps(oip).encode(), info.token("inference"), content_type="application/json")
+    assert status == 400 and b"has 2 axes" in raw and time.perf_counter() - started < 1.0, raw
+    assert post(infos["vit_images"], preprocess.sample_image(np.random.default_rng(6), 64, 48), "image/jpeg")[0] == 200
