@@ -127,7 +127,7 @@ def test_reliability_report_for_one_section(tmp_path, capsys):
     assert code == 0, out
     report = json.loads((tmp_path / "reports" / "reliability.json").read_text())
     assert report["passed"] and report["sections"] == ["hostile"]
-    assert report["summary"]["bad_files_tried"] == report["summary"]["bad_files_refused"] == 18
+    assert report["summary"]["bad_files_tried"] == report["summary"]["bad_files_refused"] == len(report["details"]["hostile"]) == 24
     assert all(c["refused"] and not c["payload_ran"] for c in report["details"]["hostile"])
     attacks = report["details"]["decoder_attacks"]
     assert len(attacks) == 8 and all(a["survived"] and a["status"] in (200, 400) for a in attacks), attacks
