@@ -242,8 +242,11 @@ def test_the_ray_replica_loads_the_pair_from_the_verified_archive(external, tmp_
     options = ray_app.RayAppOptions(archive=str(layout.mar), sha256=sha, token_file="unused")
     predictor, _ = ray_app.load(options, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ARCHIVE_MODEL, ARCHIVE_DATA, "model.mar"])
-    [answer] = predictor.answer([{"body": json.dumps({"x": [0.5] * 16}).encode()}])
-    assert answer.status == 200 and len(json.loads(answer.body)["y"]) == 16
+    x = np.random.default_rng(6).standard_normal((3, 16)).astype(np.float32)
+    [answer] = predictor.answer([{"body": json.dumps({"x": x.tolist()}).encode()}])
+    assert answer.status == 200
+    (want,) = create_session(layout.onnx).run(["y"], {"x": x})
+    np.testing.assert_allclose(np.array(json.loads(answer.body)["y"], dtype=np.float32), want, atol=1e-6)
 
 
 def test_variants_refuse_a_model_with_external_data_and_say_so(copy):
