@@ -48,8 +48,17 @@ def test_a_library_logged_warning_is_kept_for_the_manifest_not_printed(capfd):
 
 def test_retrace_after_retrain_with_other_seed(project):
     settings, layout = project
+    x = torch.linspace(-20, 20, 101).unsqueeze(1)
+    with torch.inference_mode():
+        old = torch.jit.load(str(layout.torchscript))(x)
     train.run(Settings(root=settings.root, seed=3))
     assert not trace.run(Settings(root=settings.root, seed=3)).skipped
+    # The new trace carries the new weights: it answers as the retrained eager model, not as the old trace.
+    model, _ = checkpoint.load_model(Manifest(layout.root, "simple_nn"), load_spec("simple_nn"), "test")
+    with torch.inference_mode():
+        got = torch.jit.load(str(layout.torchscript))(x)
+        torch.testing.assert_close(got, model(x), atol=1e-6, rtol=1e-6)
+    assert not torch.equal(got, old)
 
 
 # Shape branches are not value branches: what decides is where the bool came from in the

@@ -2,8 +2,9 @@ import json
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
-from pipeline.artifacts import checkpoint
+from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.models import load_spec
 from pipeline.models.simple_nn import SimpleNN
@@ -58,5 +59,12 @@ def test_skip_when_unchanged_and_force_redoes(project):
 
 def test_different_seed_retrains(project):
     settings, layout = project
+    before = Manifest(layout.root, "simple_nn").records["checkpoint"].sha256
+    old = load_file(layout.checkpoint)
     result = train.run(Settings(root=settings.root, seed=1))
     assert not result.skipped
+    # The seed reaches the training, not only the cache key: other initial weights, other weights.
+    record = Manifest(layout.root, "simple_nn").records["checkpoint"]
+    assert record.sha256 != before and record.sha256 == files.sha256_file(layout.checkpoint)
+    new = load_file(layout.checkpoint)
+    assert new.keys() == old.keys() and not any(torch.equal(new[k], old[k]) for k in new)
