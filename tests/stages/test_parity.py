@@ -42,9 +42,15 @@ def test_report_covers_every_engine_batch_and_edge_case(built):
         for b in (1, 2, 7, 64, 1000):
             assert (engine, b) in cases
     assert any(r["case"] == "edge values" for r in report["results"])
+    tol = report["tolerance"]
     for r in report["results"]:
         assert r["max_abs"] >= 0 and r["max_rel"] >= 0 and r["mean_abs"] >= 0
-        assert r["max_abs"] <= report["tolerance"]["atol"] + report["tolerance"]["rtol"] * 3000
+        # The case's own bound: atol + rtol·|want| + scaled·scale, at its largest where |want| is the scale.
+        bound = tol["atol"] + (tol["rtol"] + tol["scaled"]) * r["scale"]
+        assert r["passed"] and r["max_abs"] <= bound, r
+        # tolerance_used is the worst element's error over its own bound, which is at most `bound`.
+        assert r["max_abs"] / bound <= r["tolerance_used"] * (1 + 1e-6) and r["tolerance_used"] <= 1, r
+        assert r["max_scaled"] == pytest.approx(r["max_abs"] / r["scale"]), r
     assert report["tolerance"] == {"atol": 1e-5, "rtol": 1e-4, "max_mismatch": 0.0, "scaled": 1e-5}
     assert report["sweep"]["mode"] == "sized" and report["sweep"]["ran_batch_sizes"] == [1, 2, 7, 64, 1000]
     assert report["vacuous"] == []
