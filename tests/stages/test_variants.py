@@ -214,6 +214,47 @@ def test_a_variant_serves_only_on_the_device_its_gate_ran_on():
     assert session_config(int8, 0, None).device == "cpu"  # a GPU worker still runs int8 on the CPU
 
 
+@pytest.mark.slow
+def test_the_fp16_gate_passes_reports_and_packages_under_its_own_tolerance(chains, tmp_path, monkeypatch):
+    """The fp16 gate's pass path where there is no GPU: the same code with fp16's device set to the CPU, where
+    ONNX Runtime computes the fp16 nodes through casts; the report, the record and the archive all say "cpu".
+    test_fp16_passes_its_gates_on_cuda runs it on CUDA where there is one."""
+    settings, layout = private_copy(chains, tmp_path, "digits_cnn")
+    monkeypatch.setattr(variants, "DEVICE", {**variants.DEVICE, "fp16": "cpu"})
+    tol = load_spec("digits_cnn").fp16_tolerance
+    fp32 = files.sha256_file(layout.mar)
+    assert [r.stage for r in variants.run(settings, ("fp16",))] == ["variants", "variants", "package"]
+    manifest = Manifest(layout.root, "digits_cnn")
+    for key in ("fp16", gate_key("fp16"), archive_key("fp16")):
+        manifest.verified(key, "test")
+    assert variants.gate_passed(manifest, "fp16")
+    report = json.loads((layout.reports / "variant-fp16.json").read_text())
+    assert report["passed"] and report["parity_passed"] and report["build"]["method"] == "float16"
+    assert (report["device"], report["engine"]) == ("cpu", "onnxruntime-cpu fp16")
+    assert report["tolerance"] == dataclasses.asdict(tol)  # fp16's bound, not int8's or fp32's
+    assert set(report["outputs"]) == {"probabilities", "label"}
+    assert all(out["passed"] and out["beyond"] <= tol.max_mismatch for out in report["outputs"].values())
+    task = report["task_metric"]
+    assert task["name"] == "held-out accuracy" and task["passed"] and task["drop"] <= 0.005 and task["fp32"] > 0.9
+    gate = manifest.records[gate_key("fp16")].details
+    assert gate["passed"] and gate["device"] == "cpu" and 0.4 < gate["size_vs_fp32"] < 0.6  # fp16 halves the weights
+    markdown = (layout.reports / "variant-fp16.md").read_text()
+    assert markdown.startswith("# Variant fp16: digits_cnn — PASS") and "**Gate 1, parity** (pass)" in markdown
+    assert f"atol {tol.atol:g} + rtol {tol.rtol:g}" in markdown and "| probabilities |" in markdown
+    with zipfile.ZipFile(layout.archive("fp16")) as zf:
+        contract = json.loads(zf.read(ARCHIVE_CONTRACT))
+        assert files.sha256_bytes(zf.read("model.onnx")) == manifest.records["fp16"].sha256
+    assert (contract["model"], contract["variant"], contract["device"]) == ("digits_cnn-fp16", "fp16", "cpu")
+    assert files.sha256_file(layout.mar) == fp32  # fp32 untouched
+    # The same file under a bound fp16 cannot meet: refused, its gate record forgotten, so it cannot be packaged.
+    replace_spec(monkeypatch, "digits_cnn", fp16_tolerance=dataclasses.replace(tol, atol=1e-7, rtol=0.0, max_mismatch=0.0))
+    with pytest.raises(ParityError, match="the fp16 variant is refused; parity: "):
+        variants.gate(settings, "fp16")
+    manifest = Manifest(layout.root, "digits_cnn")
+    assert gate_key("fp16") not in manifest.records and not variants.gate_passed(manifest, "fp16")
+    assert json.loads((layout.reports / "variant-fp16.json").read_text())["passed"] is False
+
+
 @pytest.mark.cuda
 @pytest.mark.slow
 @pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
