@@ -73,6 +73,7 @@ from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.spec import HF_TASKS, ImageInput, Labels, TextInput
 from pipeline.stages import train
+from tests.helpers import needs_java
 
 # The vocabulary: every word and mark of the sentences (and pairs) the spec's examples are made of.
 WORDS = re.findall(r"\w+|[^\w\s]+", " ".join(hf_checkpoint.SENTENCES + sum(hf_checkpoint.PAIRS, ())).lower())
@@ -746,7 +747,23 @@ def test_the_cli_prints_the_error(checkpoints, tmp_path, capsys):
 # --- the chain ---------------------------------------------------------------------------
 
 
+def transformers_logits(name: str, folder: Path, body: bytes) -> np.ndarray:
+    """What eager transformers answers for a request's body: the checkpoint's own tokenizer or image processor, then its model."""
+    if name == "sentiment":
+        request = json.loads(body)
+        tok = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+        feed = tok(request["text"], request.get("text_pair"), return_token_type_ids=True, return_tensors="pt")
+        model = BertForSequenceClassification.from_pretrained(folder, local_files_only=True)
+    else:
+        processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
+        feed = processor(Image.open(io.BytesIO(body)), return_tensors="pt")
+        model = ViTForImageClassification.from_pretrained(folder, local_files_only=True)
+    with torch.inference_mode():
+        return model.eval()(**feed).logits[0].numpy()
+
+
 @pytest.mark.slow
+@needs_java
 @pytest.mark.parametrize("name", ["sentiment", "flowers"])
 def test_a_checkpoint_goes_through_the_chain(checkpoints, short_tmp, name):
     root = short_tmp / "project"  # TorchServe's sockets live under it: pytest's own tmp_path is too long
@@ -778,8 +795,14 @@ def test_a_checkpoint_goes_through_the_chain(checkpoints, short_tmp, name):
         answers = [info.predict(body, content_type=content_type) for body in bodies]
     finally:
         serve.stop(settings)
-    for status, answer in answers:
+    tol = spec.tolerance
+    for body, (status, answer) in zip(bodies, answers, strict=True):
         assert status == 200, answer
         top = json.loads(answer)["labels"]
         assert [t["label"] for t in top] and {t["label"] for t in top} <= set(names.values()), top
         assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(top))
+        # The served logits are the checkpoint's own answer to the same input: tokens (both segments of a
+        # pair) or pixels (resize, crop, normalisation) as transformers makes them, within the spec's tolerance.
+        got, want = np.array(json.loads(answer)["logits"]), transformers_logits(name, checkpoints[name], body)
+        assert got.shape == want.shape == (len(names),)
+        np.testing.assert_allclose(got, want, rtol=tol.rtol, atol=tol.atol + tol.scaled * np.abs(want).max())
