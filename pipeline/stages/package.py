@@ -204,6 +204,11 @@ def _run_archiver(name: str, staging: Path, extra: list[Path]) -> Path:
     """torch-model-archiver over the staged members; returns the archive it built, still in the staging folder."""
     out = staging / "out"
     out.mkdir()
+    # The archiver copies the members into gettempdir()/<model name> and zips that folder: a
+    # name shared by every process packaging the model (one removed it under another's zip),
+    # and a place other local users can write. Its temporary folder is ours while it runs.
+    (staging / "tmp").mkdir(mode=0o700)
+    previous, tempfile.tempdir = tempfile.tempdir, str(staging / "tmp")
     try:
         ModelArchiver.generate_model_archive(
             ModelArchiverConfig(
@@ -220,4 +225,6 @@ def _run_archiver(name: str, staging: Path, extra: list[Path]) -> Path:
         )
     except SystemExit as exc:  # the archiver exits on bad arguments instead of raising
         raise PipelineError(STAGE, f"torch-model-archiver failed (exit {exc.code})", "see the archiver's message above") from None
+    finally:
+        tempfile.tempdir = previous
     return out / f"{name}.mar"

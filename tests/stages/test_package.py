@@ -83,3 +83,19 @@ def test_batching_options_reach_the_archives_model_config(project, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["package", "--root", str(layout.root), "--max-batch-delay-ms", "0"])
     assert exited.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_the_archiver_stages_in_a_folder_of_its_own(project, tmp_path, monkeypatch):
+    """torch-model-archiver copies members into gettempdir()/<model name>: another process's folder of
+    that name (or another user's) is neither removed nor read into the archive."""
+    import dataclasses
+    import tempfile
+
+    shared = tmp_path / "shared-tmp"
+    (shared / "simple_nn").mkdir(parents=True)
+    (shared / "simple_nn" / "smuggled.py").write_text("print('owned')\n")
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    settings, layout = project
+    assert not package.run(dataclasses.replace(settings, force=True)).skipped
+    assert (shared / "simple_nn" / "smuggled.py").exists() and tempfile.tempdir == str(shared)
+    assert not any("smuggled" in n for n in zipfile.ZipFile(layout.mar).namelist())
