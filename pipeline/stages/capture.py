@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline.artifacts import files
+from pipeline.settings import Layout
 from pipeline.spec import ModelSpec
 
 
@@ -61,3 +65,24 @@ def run_once(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> None:
     fails here with its own message, not as a tracer's or an exporter's."""
     with torch.inference_mode(), capture_mode():
         model(*example)
+
+
+@dataclass(frozen=True)
+class StageLog:
+    """Where a stage keeps a tool's full text (a tracer's graph dump, an exporter's traceback),
+    and the path as messages show it: from the project root, the same on every machine."""
+
+    path: Path
+    shown: str
+
+    @classmethod
+    def of(cls, layout: Layout, stage: str) -> StageLog:
+        path = layout.reports / f"{stage}.log"
+        return cls(path, str(path.relative_to(layout.root)))
+
+    def write(self, text: str) -> None:
+        files.write_text(self.path, text)
+
+    def append(self, text: str) -> None:
+        with self.path.open("a") as log:
+            log.write(text)

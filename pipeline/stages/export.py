@@ -35,7 +35,7 @@ from pipeline.artifacts.names import EXTERNAL_DATA, ONNX, data_file_name
 from pipeline.errors import PipelineError
 from pipeline.settings import Layout, Settings, StageResult, resolve
 from pipeline.spec import ModelSpec
-from pipeline.stages.capture import capture_mode, example_args, module_weight_bytes, run_once
+from pipeline.stages.capture import StageLog, capture_mode, example_args, module_weight_bytes, run_once
 from pipeline.stages.fresh import up_to_date
 
 STAGE = "export"
@@ -95,9 +95,9 @@ def data_dependent(exc: BaseException) -> bool:
     return "data-dependent" in text or "GuardOnDataDependent" in text
 
 
-def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, log: Path, offer_fallback: bool = True) -> PipelineError:
+def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, log: StageLog, offer_fallback: bool = True) -> PipelineError:
     """The exporter's own reason (its innermost cause), where in forward() it arose, and a hint; its full text goes to `log`."""
-    files.write_text(log, f"torch.onnx.export(dynamo=True) of {spec.name}\n\n{''.join(traceback.format_exception(exc))}")
+    log.write(f"torch.onnx.export(dynamo=True) of {spec.name}\n\n{''.join(traceback.format_exception(exc))}")
     root: BaseException = exc
     while root.__cause__ is not None:
         root = root.__cause__
@@ -125,7 +125,7 @@ def exporter_failure(spec: ModelSpec, exc: Exception, model_arg: str, log: Path,
     fallback = FALLBACK_HINT.format(model=model_arg) if offer_fallback else ""
     return PipelineError(
         STAGE,
-        f"torch.onnx.export could not export {spec.name}: {reason}{where} (the exporter's full text: {log})",
+        f"torch.onnx.export could not export {spec.name}: {reason}{where} (the exporter's full text: {log.shown})",
         f"{hint}{fallback}. The earlier stages' artifacts are unchanged and no model.onnx was written; "
         f"after fixing the model: python -m pipeline all --model {model_arg}",
     )
@@ -269,7 +269,7 @@ class ExportJob:
     example: tuple[torch.Tensor, ...]
     model_arg: str  # the model as the user named it, for the commands in messages
     fallback_allowed: bool
-    log: Path  # where the exporters' full text goes; the terminal gets one line of it
+    log: StageLog  # where the exporters' full text goes; the terminal gets one line of it
 
 
 @dataclass(frozen=True)
@@ -341,14 +341,13 @@ def export_fallback(job: ExportJob, dynamo: DynamoAttempt, path: Path, external:
             else:
                 export_torchscript_based(job.model, job.spec, job.example, path)
     except Exception as fallback_exc:
-        with job.log.open("a") as log:
-            log.write(f"\n\ntorch.onnx.export(dynamo=False) of {job.spec.name}\n\n{''.join(traceback.format_exception(fallback_exc))}")
+        job.log.append(f"\n\ntorch.onnx.export(dynamo=False) of {job.spec.name}\n\n{''.join(traceback.format_exception(fallback_exc))}")
         first = str(fallback_exc).strip().splitlines()
         tried = f"{type(fallback_exc).__name__}: {first[0] if first else ''}"[:300]
         raise PipelineError(
             STAGE,
             f"both exporters failed. 1. torch.export-based: {dynamo.failure}; 2. TorchScript-based: {tried}",
-            dynamo.fix.split(". The earlier stages")[0] + f". Both exporters' full text: {job.log}",
+            dynamo.fix.split(". The earlier stages")[0] + f". Both exporters' full text: {job.log.shown}",
         ) from None
     return checked_graph(path, job.spec)
 
@@ -420,7 +419,7 @@ def run(settings: Settings, external_data_threshold: int = EXTERNAL_DATA_THRESHO
     example = example_args(spec, 4, settings.seed, STAGE)
     check_example(spec, example)
     run_once(model, example)
-    job = ExportJob(model, spec, example, settings.model, fallback_allowed, layout.reports / "export.log")
+    job = ExportJob(model, spec, example, settings.model, fallback_allowed, StageLog.of(layout, STAGE))
     exported = export_onnx(job, layout.onnx, external_data_threshold)
     seconds = time.perf_counter() - start
     graph = _details(exported, layout)

@@ -20,7 +20,7 @@ from pipeline.artifacts.names import TORCHSCRIPT
 from pipeline.errors import PipelineError
 from pipeline.settings import Layout, Settings, StageResult, resolve
 from pipeline.spec import ModelSpec, Tolerance
-from pipeline.stages.capture import capture_mode, check_args, example_args, module_weight_bytes, run_once
+from pipeline.stages.capture import StageLog, capture_mode, check_args, example_args, module_weight_bytes, run_once
 from pipeline.stages.fresh import up_to_date
 
 STAGE = "trace"
@@ -261,7 +261,7 @@ def trace_model(
     model: torch.nn.Module,
     example: tuple[torch.Tensor, ...],
     checks: list[tuple[torch.Tensor, ...]],
-    log: Path,
+    log: StageLog,
 ) -> Traced:
     """torch.jit.trace with the trace checks.
 
@@ -283,7 +283,7 @@ def trace_model(
             traced = torch.jit.trace(model, example, check_inputs=checks, check_tolerance=1e-5)
         except Exception as exc:  # the tracer raises many types; all mean "not as checked"
             _refuse_value_branches(spec, branches)
-            files.write_text(log, f"torch.jit.trace of {spec.name}\n\n{type(exc).__name__}: {exc}\n")
+            log.write(f"torch.jit.trace of {spec.name}\n\n{type(exc).__name__}: {exc}\n")
             graphs_differ = "Graphs differed across invocations" in str(exc)
             if not (graphs_differ and branches.shapes() and not branches.values()):
                 raise _not_traceable(spec, model, exc, branches, log) from None
@@ -310,7 +310,7 @@ def _first_mismatch(spec: ModelSpec, model: torch.nn.Module, traced, checks: lis
 
 
 def _not_traceable(
-    spec: ModelSpec, model: torch.nn.Module, exc: Exception, branches: Branches, log: Path, mismatch: str | None = None
+    spec: ModelSpec, model: torch.nn.Module, exc: Exception, branches: Branches, log: StageLog, mismatch: str | None = None
 ) -> NotTraceable:
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     places = branches.shapes() + branches.values()
@@ -320,7 +320,7 @@ def _not_traceable(
         why = f"the graph differs at other input sizes, and the module traced at the example's size answers {mismatch} unlike eager"
     return NotTraceable(
         STAGE,
-        f"torch.jit.trace could not make TorchScript of {spec.name}: {why}{where} (the tracer's full text: {log})",
+        f"torch.jit.trace could not make TorchScript of {spec.name}: {why}{where} (the tracer's full text: {log.shown})",
         untraceable_fix(model, places),
     )
 
@@ -398,7 +398,7 @@ def run(settings: Settings) -> StageResult:
     # control flow depends on the input's values fails here instead of shipping.
     checks = check_args(spec, settings.seed, STAGE)
     try:
-        traced = trace_model(spec, model, example, checks, layout.reports / "trace.log")
+        traced = trace_model(spec, model, example, checks, StageLog.of(layout, STAGE))
     except NotTraceable as failure:
         if settings.require_torchscript:
             raise

@@ -176,7 +176,11 @@ def test_a_held_body_is_cut_off_with_a_408(server):
         answered.append(time.monotonic() - start)
     slack = 250 * max(answered)  # a hundred-odd ms on a quiet machine, more on a busy one
     host, port = server.inference.removeprefix("http://").rsplit(":", 1)
-    head = f"POST /predictions/{server.model} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    # With the token: a request without it is a 401 at its headers, before any body is waited for.
+    head = (
+        f"POST /predictions/{server.model} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {server.token('inference')}\r\nContent-Length: 100\r\n\r\n"
+    )
     with socket.create_connection((host, int(port)), timeout=proxy.REQUEST_TIMEOUT_S + 10) as sock:
         sock.sendall(head.encode() + b"[1")
         start = time.monotonic()

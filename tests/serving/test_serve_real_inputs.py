@@ -7,12 +7,12 @@ Each answer is checked against the eager model run on the same preprocessed tens
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import secrets
 import time
 import uuid
 import zipfile
+from http.client import HTTPConnection
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -98,7 +98,7 @@ def servers(request, project, tmp_path_factory):
 def post(info, body: bytes, content_type: str | None = "application/json"):
     if content_type is None:  # as `curl -T cat.jpg` sends it: a PUT with no Content-Type at all (urllib would add a form's)
         url = urlsplit(info.predictions_url)
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        conn = HTTPConnection(url.hostname, url.port, timeout=30)
         conn.request("PUT", url.path, body, {"Authorization": f"Bearer {info.token('inference')}"})
         response = conn.getresponse()
         status, answer = response.status, response.read()
