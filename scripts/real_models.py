@@ -40,6 +40,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from pipeline.artifacts.files import human_bytes  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.models import load_spec  # noqa: E402
 from pipeline.serving.common.client import http  # noqa: E402
@@ -242,13 +243,7 @@ def machine(root: Path) -> dict[str, Any]:
 
 
 def _size(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
+    return "—" if n is None else human_bytes(n)
 
 
 def _brief(sweep: Any) -> str:

@@ -17,7 +17,13 @@ from pipeline.settings import DEFAULT_MODEL
 
 def add_parsers(commands) -> None:
     """serve, stop, token, rayservice."""
-    serve = commands.add_parser("serve", help="serve the model's archive (TorchServe, or Ray Serve) and wait until it answers")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the model's archive (TorchServe, or Ray Serve) and wait until it answers",
+        description="Serve the model's verified archive (model_store/<model>.mar) on TorchServe, or on Ray Serve with --on ray, "
+        "and return once a real request has been answered. An archive older than the model it was built from is refused: "
+        "make serve rebuilds what changed first.",
+    )
     model_options(serve)
     on_option(serve)
     serve.add_argument(
@@ -42,10 +48,18 @@ def add_parsers(commands) -> None:
         help="ports from the shipped torchserve.properties, or free ones picked at start (default: %(default)s)",
     )
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for READY workers (default: %(default)s)")
-    stop = commands.add_parser("stop", help="stop the model's server and every process it started")
+    stop = commands.add_parser(
+        "stop",
+        help="stop the model's server and every process it started",
+        description="Stop the model's server and every process it started.",
+    )
     model_options(stop)
     on_option(stop)
-    token = commands.add_parser("token", help="print the running server's token")
+    token = commands.add_parser(
+        "token",
+        help="print the running server's token",
+        description="Print the running server's inference token (--header: as a header line).",
+    )
     model_options(token)
     on_option(token)
     token.add_argument("--kind", choices=["inference", "management"], default="inference", help="which key to print")

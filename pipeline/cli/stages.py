@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from tqdm import tqdm
 
 from pipeline.artifacts import cost
+from pipeline.artifacts.files import human_bytes
 from pipeline.artifacts.names import VARIANTS
 from pipeline.cli.options import archive_options, batch_sizes, model_options, settings_from
 from pipeline.settings import PARITY_BATCH_SIZES, Settings, StageResult
@@ -202,12 +203,14 @@ def summary(results: list[StageResult], settings: Settings, seconds: float) -> s
     for v in parity.details.get("vacuous", []):
         lines.append(f"  WARNING  output '{v['output']}' proves nothing: {v['why']}")
     lines += [
-        f"  archive  {mar.path} ({mar.bytes / 1024:.1f} KiB), CUDA precision {tol.get('cuda_precision', 'fp32')}",
+        f"  archive  {mar.path} ({human_bytes(mar.bytes)})"
+        + f", CUDA precision {tol.get('cuda_precision', 'fp32')}"
+        + ("" if tol.get("cuda") else " (declared, not verified: no CUDA device here)"),
         "  cost     "
         + ", ".join(f"{r.stage} {r.seconds:.1f}s {r.peak_rss_mb / 1024:.1f} GiB" for r in stages)
         + " (as recorded: time, peak memory)",
         f"  reports  {layout.reports.relative_to(layout.root)}/parity.md, manifest {manifest.path.relative_to(layout.root)}",
     ]
     if skipped and not ran:
-        lines.append("  nothing changed; use --force (python -m pipeline all --force) to redo every stage")
+        lines.append("  nothing changed; to redo every stage: make export FORCE=1 (python -m pipeline all --force)")
     return "\n".join(lines)

@@ -173,7 +173,7 @@ def archive(
     if external_data is not None:
         details["stored"] = [ARCHIVE_DATA]
     rec = manifest.record(key, path, STAGE, inputs, stage_settings, seconds, details)
-    return StageResult(STAGE, False, (path,), seconds, f"{rec.path} ({rec.bytes / 1024:.1f} KiB)", details)
+    return StageResult(STAGE, False, (path,), seconds, f"{rec.path} ({files.human_bytes(rec.bytes)})", details)
 
 
 def _stage_model(staging: Path, model_path: Path, model_sha256: str, handler: bytes) -> None:
