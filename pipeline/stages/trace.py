@@ -180,10 +180,6 @@ def _version(library: str) -> str:
         return "unknown"
 
 
-def _in_torch(place: str) -> bool:
-    return Path(place.rsplit(":", 1)[0]).resolve().is_relative_to(TORCH_DIR)
-
-
 def _close(want: torch.Tensor, got: torch.Tensor, tol: Tolerance) -> bool:
     """|got - want| <= atol + rtol·|want| + scaled·max|want|, the parity rule, on one output."""
     if want.shape != got.shape:
@@ -348,7 +344,7 @@ def _details(traced: Traced, checks: int) -> dict:
         # Branches on a shape, anywhere, let through; the trace checks at other sizes guard them.
         "shape_branches": shapes,
         # The same, inside torch only (its own shape assertions), under the key readers already know.
-        "torch_internal_value_checks": [p for p in shapes if _in_torch(p)],
+        "torch_internal_value_checks": [p for p in shapes if owner(p) == "torch"],
         "trace_checked_batch_sizes": [4, 1, 7],
         "trace_checks": checks + 1,
     }
