@@ -30,6 +30,8 @@ Device = Literal["cpu", "cuda"]
 Precision = Literal["fp32", "tf32"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32")
 _AXIS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A tensor's name: an identifier, or dotted identifiers as a cache's names go (past_key_values.0.key).
+_TENSOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,43 @@ class TextInput:
 
 
 @dataclass(frozen=True)
+class Generation:
+    """A decoder that generates text with its key/value cache (`pipeline.generation`).
+
+    The model's inputs are `input_ids` [batch, seq], `attention_mask` [batch, total] (past and
+    new tokens, 0 = padding on the left), `position_ids` [batch, seq] and, per layer `i`,
+    `past_key_values.{i}.key` and `.value` [batch, kv_heads, past, head_size]; its outputs are
+    `logits` [batch, seq, vocab] and `present.{i}.key|value` [batch, kv_heads, total, head_size].
+    One graph does the prefill (past 0) and every decode step. Texts are tokenized with
+    `tokenizer` (a `tokenizer.json`, which travels in the archive); generation stops at one of
+    `eos_ids`, a stop string or `max_new_tokens`, and never runs past `max_length` positions.
+    """
+
+    tokenizer: Path
+    layers: int
+    kv_heads: int
+    head_size: int
+    vocab_size: int
+    eos_ids: tuple[int, ...]
+    pad_id: int
+    max_length: int
+    bos_id: int | None = None
+    dtype: str = "float32"
+    # Caps a request is held to before any work: new tokens, and prompts in one batch.
+    max_new_tokens: int = 256
+    max_batch: int = 8
+    # generation_config.json's sampling defaults (greedy where it sets none).
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def cache_names(self, prefix: str) -> list[str]:
+        """`{prefix}.{i}.key`, `{prefix}.{i}.value` for each layer, in the graph's order."""
+        return [f"{prefix}.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+
+
+@dataclass(frozen=True)
 class ImageInput:
     """Images in (a raw JPEG or PNG body, base64 in JSON, or multipart), decoded with Pillow
     into the model input `input` [batch, 3, height, width]: resized with Pillow's `resample`
@@ -222,6 +261,8 @@ class ModelSpec:
     text_input: TextInput | None = None
     image_input: ImageInput | None = None
     labels: Labels | None = None
+    # A decoder deployed to generate: its cache layout and tokenizer (None: one forward pass).
+    generation: Generation | None = None
     source: Path | None = field(default=None, compare=False)
 
     def request_example(self) -> dict[str, Any]:
@@ -353,10 +394,10 @@ def _check_tensor(t: Any, role: str, where: str) -> None:
             f"{where}: {role} {t!r} is not a TensorSpec",
             "declare each as TensorSpec(name, dtype, shape), e.g. TensorSpec('x', 'float32', ('batch', 3))",
         )
-    if not isinstance(t.name, str) or not _AXIS_NAME.match(t.name):
+    if not isinstance(t.name, str) or not _TENSOR_NAME.match(t.name):
         raise SpecError(
             "model",
-            f"{where}: {role} name {t.name!r} must be an identifier (letters, digits, '_')",
+            f"{where}: {role} name {t.name!r} must be an identifier (letters, digits, '_'; dots between parts)",
             "it becomes a JSON key and an ONNX graph name; use e.g. 'image' or 'token_ids'",
         )
     try:
@@ -601,4 +642,11 @@ def _check_image_input(spec: ModelSpec, where: str) -> None:
 # A Hugging Face checkpoint folder (`save_pretrained`'s): `hf:PATH`, or `hf:PATH#task=TASK`
 # to choose the task the folder's architecture does not say (or to override it).
 HF_PREFIX = "hf:"
-HF_TASKS = ("text-classification", "token-classification", "feature-extraction", "image-classification", "causal-lm")
+HF_TASKS = (
+    "text-classification",
+    "token-classification",
+    "feature-extraction",
+    "image-classification",
+    "text-generation",
+    "causal-lm",
+)

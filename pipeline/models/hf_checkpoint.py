@@ -33,13 +33,16 @@ from pipeline.artifacts import files
 from pipeline.errors import SpecError
 from pipeline.models.hf_common import SAMPLE_LENGTH, TokenFeeds, check_links, checkpoint_file, config_args, inside, num_labels
 from pipeline.models.hf_image import PREPROCESSOR, image_input
-from pipeline.spec import HF_TASKS, Feed, ImageInput, Labels, ModelSpec, TensorSpec, TextInput, TrainResult, code_sha256
+from pipeline.generation import decoder
+from pipeline.generation.decoder import CachedDecoder
+from pipeline.spec import HF_TASKS, Feed, Generation, ImageInput, Labels, ModelSpec, TensorSpec, TextInput, TrainResult, code_sha256
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 INDEX = f"{WEIGHTS}.index.json"
+GENERATION_CONFIG = "generation_config.json"
 
 # Each task's transformers classes, per model_type: what `--task` picks, and what it infers from.
 TASK_CLASSES: dict[str, Mapping[str, Any]] = {
@@ -47,8 +50,11 @@ TASK_CLASSES: dict[str, Mapping[str, Any]] = {
     "token-classification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
     "feature-extraction": modeling_auto.MODEL_MAPPING_NAMES,
     "image-classification": modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    "text-generation": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     "causal-lm": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
 }
+# A causal LM's class is both tasks' class: it is deployed to generate (causal-lm: one logits pass).
+PREFERRED = ("text-generation",)
 CLASSIFIERS = ("text-classification", "token-classification", "image-classification")
 IMAGE_TASKS = ("image-classification",)
 # What tokenizer_config.json says when no length was set (transformers' VERY_LARGE_INTEGER).
@@ -91,7 +97,7 @@ class CheckpointSpec(ModelSpec):
 
 def checkpoint_files(folder: Path) -> list[str]:
     """The files of a checkpoint that make the model: config, weights (one file or shards), tokenizer, preprocessor."""
-    names = {CONFIG, TOKENIZER, TOKENIZER_CONFIG, PREPROCESSOR, INDEX}
+    names = {CONFIG, TOKENIZER, TOKENIZER_CONFIG, PREPROCESSOR, INDEX, GENERATION_CONFIG}
     return sorted(p.name for p in folder.iterdir() if p.is_file() and (p.name in names or p.suffix == ".safetensors"))
 
 
@@ -151,9 +157,12 @@ class ImageModule(CheckpointModule):
         return self.run(pixel_values=pixel_values)
 
 
-def build(args: Mapping[str, Any]) -> CheckpointModule:
+def build(args: Mapping[str, Any]) -> nn.Module:
     """The checkpoint's class at its config (model_args), random weights: train loads the real ones."""
     cls = getattr(transformers, args["architecture"])
+    if args["task"] == "text-generation":
+        config = cls.config_class.from_dict(dict(args["config"]))
+        return CachedDecoder(cls(config), config.num_hidden_layers)
     modules: dict[tuple[str, ...], type[CheckpointModule]] = {TEXT_INPUTS: TextModule, PAIR_INPUTS: TextPairModule}
     module = modules.get(tuple(args["inputs"]), ImageModule)
     config = cls.config_class.from_dict(dict(args["config"]))
@@ -206,6 +215,8 @@ def checkpoint_spec(folder: Path, task: str | None = None) -> ModelSpec:
     }
     if task in IMAGE_TASKS:
         return CheckpointSpec(**fields, **image_fields(folder, config))
+    if task == "text-generation":
+        return CheckpointSpec(**{**fields, **generation_fields(folder, config)})
     segments = type_vocab_size(cls, config) if "token_type_ids" in inputs else 0
     return CheckpointSpec(**fields, **text_fields(folder, config, segments))
 
@@ -281,6 +292,8 @@ def read_config(folder: Path) -> tuple[dict[str, Any], PreTrainedConfig]:
 def infer_task(folder: Path, architecture: str) -> str:
     """The task an architecture is for: the task whose transformers classes include it."""
     tasks = [task for task, classes in TASK_CLASSES.items() if architecture in _names(classes.values())]
+    preferred = [task for task in tasks if task in PREFERRED]
+    tasks = preferred or tasks
     if len(tasks) != 1:
         why = f"is for {' and '.join(tasks)}" if tasks else "is none of the tasks' classes"
         raise SpecError(
@@ -382,6 +395,8 @@ def init_args(folder: Path, cls: type[PreTrainedModel]) -> dict[str, Any]:
 
 
 def output_names(cls: type[PreTrainedModel], config: PreTrainedConfig, task: str, init: Mapping[str, Any]) -> tuple[str, ...]:
+    if task == "text-generation":
+        return ("logits", "present")  # the spec's outputs come from generation_fields
     if task != "feature-extraction":
         return ("logits",)
     with torch.device("meta"):  # the class as build() makes it, no memory: does it have a pooler?
@@ -439,18 +454,7 @@ def text_fields(folder: Path, config: PreTrainedConfig, segments: int = 0) -> di
         "a text model's inputs are made by its tokenizer",
         f"save the tokenizer beside the model: AutoTokenizer.from_pretrained(...).save_pretrained({str(folder)!r}) (a fast tokenizer)",
     )
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:  # the tokenizers library raises its own exception type
-        raise SpecError(
-            "model", f"{path} cannot be read by tokenizers: {exc}", "save it again with a fast tokenizer's save_pretrained"
-        ) from None
-    if tokenizer.get_vocab_size() > config.vocab_size:
-        raise SpecError(
-            "model",
-            f"{path} has {tokenizer.get_vocab_size()} tokens, {folder / CONFIG} vocab_size is {config.vocab_size}",
-            "use the tokenizer the model was trained with",
-        )
+    tokenizer = read_tokenizer(path, config)
     length = max_length(folder, config)
     feeds = TextFeeds(path, TokenFeeds(config.vocab_size, length, segments), _pad_id(tokenizer, config))
     inputs: tuple[TensorSpec, ...] = (
@@ -468,6 +472,88 @@ def text_fields(folder: Path, config: PreTrainedConfig, segments: int = 0) -> di
         "example_request": {"text": SENTENCES[1]},  # tokenized in the worker, as every text request is
         "text_input": TextInput(tokenizer=path, max_length=length, truncate=True),
     }
+
+
+def generation_fields(folder: Path, config: PreTrainedConfig) -> dict[str, Any]:
+    """A decoder's cache layout, tokenizer and generation settings, and its graph's inputs and outputs."""
+    path = checkpoint_file(
+        folder,
+        TOKENIZER,
+        "a decoder's prompts are tokenized and its tokens turned back into text by its tokenizer",
+        f"save the tokenizer beside the model: AutoTokenizer.from_pretrained(...).save_pretrained({str(folder)!r}) (a fast tokenizer)",
+    )
+    tokenizer = read_tokenizer(path, config)
+    settings = generation_config(folder)
+    eos = _ids(settings.get("eos_token_id", config.eos_token_id), config.vocab_size)
+    pad = _ids(settings.get("pad_token_id", getattr(config, "pad_token_id", None)), config.vocab_size)
+    bos = _ids(settings.get("bos_token_id", getattr(config, "bos_token_id", None)), config.vocab_size)
+    heads = config.num_attention_heads
+    gen = Generation(
+        tokenizer=path,
+        layers=config.num_hidden_layers,
+        kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_size=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        vocab_size=config.vocab_size,
+        eos_ids=eos,
+        pad_id=pad[0] if pad else eos[0] if eos else _pad_id(tokenizer, config),
+        bos_id=bos[0] if bos else None,
+        max_length=max_length(folder, config),
+        do_sample=bool(settings.get("do_sample", False)),
+        temperature=float(settings.get("temperature") or 1.0),
+        top_k=int(settings.get("top_k") or 0),
+        top_p=float(settings.get("top_p") or 1.0),
+    )
+    inputs, outputs = decoder.tensors(gen)
+    feeds = decoder.DecoderFeeds(gen)
+    return {
+        "inputs": inputs,
+        "outputs": outputs,
+        "sample_inputs": feeds.sample_inputs,
+        "edge_inputs": feeds.edge_inputs,
+        "parity_cases": feeds.parity_cases,
+        "max_lengths": {"seq": gen.max_length, "total": gen.max_length, "past": gen.max_length},
+        "example_request": {"text": SENTENCES[1], "max_new_tokens": 16},
+        "generation": gen,
+    }
+
+
+def read_tokenizer(path: Path, config: PreTrainedConfig) -> Tokenizer:
+    """The folder's tokenizer.json, which must fit the model's vocabulary."""
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises its own exception type
+        raise SpecError(
+            "model", f"{path} cannot be read by tokenizers: {exc}", "save it again with a fast tokenizer's save_pretrained"
+        ) from None
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise SpecError(
+            "model",
+            f"{path} has {tokenizer.get_vocab_size()} tokens, {path.parent / CONFIG} vocab_size is {config.vocab_size}",
+            "use the tokenizer the model was trained with",
+        )
+    return tokenizer
+
+
+def generation_config(folder: Path) -> dict[str, Any]:
+    """generation_config.json as written (EOS, pad and sampling defaults); {} where the folder has none."""
+    path = inside(folder, GENERATION_CONFIG)
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise SpecError(
+            "model", f"{path} cannot be read: {exc}", "save it again: model.generation_config.save_pretrained(PATH), or remove it"
+        ) from None
+    if not isinstance(settings, dict):
+        raise SpecError("model", f"{path} holds a {type(settings).__name__}, not an object", "save it again with save_pretrained")
+    return settings
+
+
+def _ids(value: Any, vocab_size: int) -> tuple[int, ...]:
+    # An id, a list of ids or None, as generation_config.json and config.json write them.
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    return tuple(v for v in values if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < vocab_size)
 
 
 def _pad_id(tokenizer: Tokenizer, config: PreTrainedConfig) -> int:

@@ -15,6 +15,7 @@ data file's hash and size ("external_data"), verified with the graph on every re
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import re
 import time
@@ -22,6 +23,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,14 @@ def dynamic_shapes(spec: ModelSpec) -> dict[str, dict[int, torch.export.Dim]]:
     for t in spec.inputs:
         shapes[t.name] = {i: dims.setdefault(name, torch.export.Dim(name, min=1)) for i, name in t.dynamic_axes().items()}
     return shapes
+
+
+def positional_shapes(model: torch.nn.Module, spec: ModelSpec) -> tuple[Any, ...]:
+    """The dynamic shapes in the structure of forward's arguments: those a `*args` takes as one tuple."""
+    shapes = [dynamic_shapes(spec)[t.name] for t in spec.inputs]
+    params = list(inspect.signature(model.forward).parameters.values())
+    star = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    return tuple(shapes) if star is None else (*shapes[:star], tuple(shapes[star:]))
 
 
 def check_example(spec: ModelSpec, example: tuple[torch.Tensor, ...]) -> None:
@@ -304,7 +314,7 @@ def export_dynamo(job: ExportJob) -> DynamoAttempt:
                 output_names=[t.name for t in spec.outputs],
                 opset_version=OPSET,
                 dynamo=True,
-                dynamic_shapes=tuple(dynamic_shapes(spec)[t.name] for t in spec.inputs),
+                dynamic_shapes=positional_shapes(job.model, spec),
                 verbose=False,
                 report=False,
             )

@@ -388,6 +388,17 @@ def run(settings: Settings) -> StageResult:
         return replace(skipped, summary=f"TorchScript not made (up to date): {skipped.details['not_made']}")
 
     start = time.perf_counter()
+    if spec.generation is not None:
+        # What torch.jit.trace would bake in: one cache length's shape branches, and a trace per layout.
+        failure = NotTraceable(
+            STAGE,
+            f"{spec.name} is a text-generation model: it is served from its ONNX graph with the key/value cache, "
+            "which parity holds to eager token for token; TorchScript is not made for it",
+            "nothing to do; for one logits pass without the cache, TorchScript included, use --task causal-lm (TASK=causal-lm)",
+        )
+        if settings.require_torchscript:
+            raise failure
+        return _skip_not_made(manifest, layout, failure, inputs, stage_settings, time.perf_counter() - start)
     example = example_args(spec, 4, settings.seed, STAGE)
     run_once(model, example)
     # Trace checks re-run the trace on other batch sizes and values: a model whose

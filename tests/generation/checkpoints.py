@@ -1,0 +1,76 @@
+"""Small decoders of transformers' own classes, saved as save_pretrained writes them, with a
+byte-level BPE tokenizer (GPT-2's kind: one token can end inside a UTF-8 character) and a
+generation_config.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers.models import BPE
+from tokenizers.trainers import BpeTrainer
+from transformers import (
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+VOCAB = 320  # 256 bytes, the specials, and some merges
+POSITIONS = 96
+BOS, EOS, PAD = 0, 1, 2
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world! Where is the nearest train station?",
+    "Café crème, naïve façade: déjà vu. Ünïcödé – “quotes” and emoji 🙂.",
+    "She sells sea shells by the sea shore, and the shells she sells are sea shells.",
+] * 20
+SMALL = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # grouped-query attention: two query heads share each key/value head
+    "vocab_size": VOCAB,
+    "max_position_embeddings": POSITIONS,
+    "bos_token_id": BOS,
+    "eos_token_id": EOS,
+}
+DECODERS = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**SMALL)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**SMALL, tie_word_embeddings=True)),
+    "mistral": lambda: MistralForCausalLM(MistralConfig(**SMALL, sliding_window=None)),
+    "gpt2": lambda: GPT2LMHeadModel(
+        GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=POSITIONS, bos_token_id=BOS, eos_token_id=EOS)
+    ),
+}
+
+
+def tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<s>", "</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=POSITIONS
+    )
+
+
+def save_decoder(kind: str, folder: Path, seed: int = 0) -> Path:
+    """The `kind` decoder with seeded random weights in `folder`, its tokenizer and generation config."""
+    torch.manual_seed(seed)
+    model = DECODERS[kind]()
+    model.save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD).save_pretrained(folder)
+    return folder
