@@ -21,3 +21,7 @@ class ParityError(PipelineError):
 
 class SpecError(PipelineError):
     """A model description is missing a field or has a wrong one."""
+
+
+class RequestError(PipelineError):
+    """A request asks for what the model's contract does not allow (a 400 at a server): checked before any work."""

@@ -1,0 +1,71 @@
+"""Prompts to token ids (left-padded), and new token ids back to text, a whole character at a time.
+
+A byte-level BPE token (GPT-2's, Llama 3's, Qwen's) can end inside a UTF-8 character:
+"é" may be two tokens. `TextStream` decodes all of a row's new tokens each time and hands
+out only what follows the text it already gave, holding back while the text ends in an
+incomplete character (the decoder's U+FFFD), so a stream never shows a broken character.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from pipeline.errors import RequestError
+
+INCOMPLETE = "\ufffd"
+
+
+def load(path: Path) -> Tokenizer:
+    return Tokenizer.from_file(str(path))
+
+
+def encode(tokenizer: Tokenizer, prompts: Sequence[str], bos_id: int | None = None) -> list[list[int]]:
+    """Each prompt's ids, with the special tokens its tokenizer adds; an empty prompt is the BOS token alone."""
+    rows = []
+    for prompt, encoding in zip(prompts, tokenizer.encode_batch(list(prompts))):
+        ids = list(encoding.ids)
+        if not ids:
+            if bos_id is None:
+                raise RequestError("generate", f"prompt {prompt!r} has no tokens and the model has no BOS token", "send some text")
+            ids = [bos_id]
+        rows.append(ids)
+    return rows
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids and attention_mask [batch, longest]: each row's tokens at the right, padding (mask 0) on the left."""
+    width = max(len(row) for row in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = row
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+class TextStream:
+    """One row's new tokens as text: `push(token)` returns the text that is now whole."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.text = ""  # what has been handed out
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if decoded.endswith(INCOMPLETE) or not decoded.startswith(self.text):
+            return ""
+        piece, self.text = decoded[len(self.text) :], decoded
+        return piece
+
+    def rest(self) -> str:
+        """At the end: whatever is left, an incomplete character included (as U+FFFD)."""
+        decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        piece = decoded[len(self.text) :] if decoded.startswith(self.text) else ""
+        self.text += piece
+        return piece
