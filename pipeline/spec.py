@@ -349,9 +349,10 @@ SERVING_ONLY = frozenset(
 
 
 def tokenizer_file(spec: ModelSpec, where: Path | None = None) -> Path:
-    """The spec's tokenizer.json; a relative path is relative to the model file."""
-    assert spec.text_input is not None
-    path = Path(spec.text_input.tokenizer)
+    """The spec's tokenizer.json (a text model's, or a generation model's); a relative path is relative to the model file."""
+    source = spec.text_input or spec.generation
+    assert source is not None
+    path = Path(source.tokenizer)
     base = where or (spec.source.parent if spec.source is not None else None)
     return path if path.is_absolute() or base is None else base / path
 

@@ -22,6 +22,7 @@ import shutil
 import stat
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -163,8 +164,8 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
             names = [i.filename for i in infos]
             got = set(names)
             contract = json.loads(zf.read(ARCHIVE_CONTRACT)) if ARCHIVE_CONTRACT in got else {}
-            text = contract.get("text_input") if isinstance(contract, dict) else None
-            expected = ARCHIVE_MEMBERS | ({ARCHIVE_TOKENIZER} if text else set())
+            tokenizer = tokenizer_sha256(contract)
+            expected = ARCHIVE_MEMBERS | ({ARCHIVE_TOKENIZER} if tokenizer else set())
             if not expected <= got <= expected | {ARCHIVE_DATA}:
                 raise IntegrityError(
                     STAGE,
@@ -172,7 +173,7 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
                     f"plus {ARCHIVE_DATA} for a model with external data",
                     "rebuild the archive with the package stage",
                 )
-            if text and sha256_member(zf, ARCHIVE_TOKENIZER) != text.get("sha256"):
+            if tokenizer and sha256_member(zf, ARCHIVE_TOKENIZER) != tokenizer:
                 raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_TOKENIZER} other than the one its contract records", _FIX)
             manifest = json.loads(zf.read(ARCHIVE_MANIFEST))
             check_handler(path, manifest, zf.read(ARCHIVE_HANDLER))
@@ -205,6 +206,15 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
         "contract": contract,
         "model_config": config,
     }
+
+
+def tokenizer_sha256(contract: Any) -> str | None:
+    """The sha256 of the tokenizer.json an archive carries (a text model's or a generation model's), or None where it has none."""
+    for key in ("text_input", "generation"):
+        section = contract.get(key) if isinstance(contract, dict) else None
+        if isinstance(section, dict) and section.get("tokenizer"):
+            return str(section.get("sha256"))
+    return None
 
 
 def extract_model(path: Path, folder: Path) -> Path:

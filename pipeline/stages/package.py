@@ -22,7 +22,7 @@ import yaml
 from model_archiver import ModelArchiver, ModelArchiverConfig
 
 from pipeline.artifacts import files
-from pipeline.artifacts.archive import handler_source, inspect_archive
+from pipeline.artifacts.archive import handler_source, inspect_archive, tokenizer_sha256
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import (
     ARCHIVE_CONFIG,
@@ -189,10 +189,10 @@ def _stage_extra_files(staging: Path, settings: Settings, io_contract: dict, con
     (staging / ARCHIVE_CONTRACT).write_text(json.dumps(io_contract, indent=2) + "\n")
     (staging / ARCHIVE_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
     extra = [staging / ARCHIVE_CONTRACT]
-    text = io_contract.get("text_input")
-    if text:  # the checkpoint's tokenizer, the very one whose hash the contract records
+    tokenizer = tokenizer_sha256(io_contract)
+    if tokenizer:  # the checkpoint's tokenizer, the very one whose hash the contract records
         shutil.copyfile(tokenizer_file(resolve(settings)[0]), staging / ARCHIVE_TOKENIZER)
-        if files.sha256_file(staging / ARCHIVE_TOKENIZER) != text["sha256"]:
+        if files.sha256_file(staging / ARCHIVE_TOKENIZER) != tokenizer:
             raise IntegrityError(
                 STAGE, f"the model's tokenizer changed while {io_contract['model']} was being packaged", "run the package stage again"
             )

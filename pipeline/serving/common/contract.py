@@ -108,6 +108,30 @@ def small_example(example: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return dict(example)
 
 
+def generation_section(spec: ModelSpec) -> dict[str, Any]:
+    """A generation model's cache layout, token ids, caps and tokenizer: what the loop needs besides the graph."""
+    gen = spec.generation
+    assert gen is not None
+    return {
+        "tokenizer": "tokenizer.json",
+        "sha256": hashlib.sha256(tokenizer_file(spec).read_bytes()).hexdigest(),
+        "past": gen.cache_names("past_key_values"),
+        "present": gen.cache_names("present"),
+        "layers": gen.layers,
+        "kv_heads": gen.kv_heads,
+        "head_size": gen.head_size,
+        "dtype": gen.dtype,
+        "vocab_size": gen.vocab_size,
+        "eos_ids": list(gen.eos_ids),
+        "pad_id": gen.pad_id,
+        "bos_id": gen.bos_id,
+        "max_length": gen.max_length,
+        "max_new_tokens": gen.max_new_tokens,
+        "max_batch": gen.max_batch,
+        "defaults": {"do_sample": gen.do_sample, "temperature": gen.temperature, "top_k": gen.top_k, "top_p": gen.top_p},
+    }
+
+
 def declare(spec: ModelSpec, cuda_precision: str | None = None) -> dict[str, Any]:
     """The I/O contract a model's spec declares: what the handler reads from inside the archive.
 
@@ -142,6 +166,8 @@ def declare(spec: ModelSpec, cuda_precision: str | None = None) -> dict[str, Any
             "truncate": spec.text_input.truncate,
             "max_texts": spec.text_input.max_texts,
         }
+    if spec.generation is not None:
+        contract["generation"] = generation_section(spec)
     if spec.image_input is not None:
         image = dataclasses.asdict(spec.image_input)
         contract["image_input"] = {k: list(v) if isinstance(v, tuple) else v for k, v in image.items()}
