@@ -15,6 +15,11 @@ EXTRAS := bench,reliability,examples,transformers,dev
 RAY_STAMP := $(VENV)/.installed-ray
 # MkDocs Material, for make docs.
 DOCS_STAMP := $(VENV)/.installed-docs
+# The onnxruntime-genai peer of the generation benchmark, in a venv of its own: it pulls the CPU
+# onnxruntime, which would shadow onnxruntime-gpu in $(VENV). Its model builder needs torch,
+# transformers and onnx-ir (not declared).
+GENAI_VENV  ?= .venv-genai
+GENAI_STAMP := $(GENAI_VENV)/.installed
 REPLICAS ?= 1
 REPLICA_FLAGS := --replicas $(REPLICAS)
 # Smaller variants: VARIANTS=int8 (or int8,fp16) for make export; VARIANT=int8 serves one.
@@ -23,7 +28,7 @@ VARIANT  ?=
 comma := ,
 VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
 
-.PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench tune reliability real-models docs clean distclean
+.PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench genai-peer tune reliability real-models docs clean distclean
 
 help:
 	@echo "make export     train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
@@ -36,6 +41,8 @@ help:
 	@echo "make stop-ray   stop it (the local cluster too)"
 	@echo "make bench      latency report: eager vs TorchScript vs ONNX Runtime in process, and the served endpoint (BENCH_ARGS=...)"
 	@echo "make tune       the serving config (batch, delay, workers, threads) that meets P99_MS=5 on a real TorchServe,"
+	@echo "                a text-generation model: tokens/s, time to first token, inter-token latency per engine"
+	@echo "make genai-peer the onnxruntime-genai venv ($(GENAI_VENV)) the generation benchmark compares against"
 	@echo "                packaged into the archive -> reports/<model>/tune.{json,md,png} (VARIANT=int8, TUNE_ARGS=...)"
 	@echo "make reliability  faults, hostile input and load against the pipeline and a real server -> reports/reliability.md"
 	@echo "make real-models  resnet50, vit_b16, bert_base, gpt2 (and the 2.4 GB MLP) at full size through the chain, one after another"
@@ -57,6 +64,14 @@ $(RAY_STAMP): $(STAMP)
 	@touch $@
 
 $(DOCS_STAMP): $(STAMP)
+genai-peer: $(GENAI_STAMP)
+
+$(GENAI_STAMP): constraints.txt
+	@test -x $(GENAI_VENV)/bin/python || $(PYTHON) -m venv $(GENAI_VENV)
+	$(GENAI_VENV)/bin/python -m pip install -qq --disable-pip-version-check -c constraints.txt \
+		onnxruntime-genai==0.18.0 onnx-ir torch transformers onnx numpy
+	@touch $@
+
 	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS),docs]'
 	@touch $@
 
@@ -88,7 +103,7 @@ clean:
 	rm -rf artifacts/*/ reports/*/ model_store/*.mar
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(GENAI_VENV) *.egg-info
 
 serve: $(STAMP)
 	$(PY) -m pipeline all $(MODEL_FLAGS)

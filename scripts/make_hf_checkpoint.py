@@ -4,6 +4,7 @@ python scripts/make_hf_checkpoint.py bert-text-classification /tmp/ckpt/bert-sen
 python scripts/make_hf_checkpoint.py vit-image-classification /tmp/ckpt/vit-flowers
 python scripts/make_hf_checkpoint.py llama-causal-lm /tmp/held/llama
 python scripts/make_hf_checkpoint.py qwen2-causal-lm /tmp/held/qwen2
+python scripts/make_hf_checkpoint.py gpt2-text-generation /tmp/gpt2-full
 python scripts/make_hf_checkpoint.py convnext-image-classification /tmp/held/convnext
 python scripts/make_hf_checkpoint.py swin-image-classification /tmp/held/swin
 python scripts/make_hf_checkpoint.py xlmr-feature-extraction /tmp/held/xlmr
@@ -18,6 +19,8 @@ processor the hub's checkpoint has:
   heads, vocabulary 32,000), a byte-level BPE tokenizer;
 - Qwen2-0.5B's widths in 8 layers (Qwen2ForCausalLM: 896 wide, 14 heads sharing 2
   key-value heads, tied embeddings, vocabulary 151,936), a byte-level BPE tokenizer;
+- GPT-2 small (GPT2LMHeadModel at GPT2Config's defaults: 12 layers, 768 wide, vocabulary 50,257,
+  1,024 positions), a byte-level BPE tokenizer with <|endoftext|> as BOS, EOS and padding;
 - ConvNeXt-Tiny (ConvNextForImageClassification, 10 labels), resized to 224 / 0.875 and
   cropped to 224 as the hub's convnext-tiny-224 is;
 - Swin-Tiny (SwinForImageClassification at 224 x 224, window 7, 10 labels);
@@ -46,6 +49,9 @@ from transformers import (
     ConvNextConfig,
     ConvNextForImageClassification,
     ConvNextImageProcessorPil,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -166,6 +172,16 @@ def qwen2_causal_lm(out: Path) -> None:
     wrap(tok, config.max_position_embeddings, eos_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(out)
 
 
+def gpt2_text_generation(out: Path) -> None:
+    tok = byte_level_bpe(50257, ["<|endoftext|>"])
+    end = tok.token_to_id("<|endoftext|>")
+    config = GPT2Config(bos_token_id=end, eos_token_id=end)
+    GPT2LMHeadModel(config).save_pretrained(out)
+    specials = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    wrap(tok, config.n_positions, **specials).save_pretrained(out)
+    GenerationConfig(bos_token_id=end, eos_token_id=end, pad_token_id=end).save_pretrained(out)
+
+
 def convnext_image_classification(out: Path) -> None:
     config = ConvNextConfig(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768], id2label=dict(enumerate(IMAGENETTE)))
     ConvNextForImageClassification(config).save_pretrained(out)
@@ -208,6 +224,7 @@ KINDS: dict[str, Callable[[Path], None]] = {
     "vit-image-classification": vit_image_classification,
     "llama-causal-lm": llama_causal_lm,
     "qwen2-causal-lm": qwen2_causal_lm,
+    "gpt2-text-generation": gpt2_text_generation,
     "convnext-image-classification": convnext_image_classification,
     "swin-image-classification": swin_image_classification,
     "xlmr-feature-extraction": xlmr_feature_extraction,
