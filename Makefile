@@ -28,11 +28,12 @@ VARIANT  ?=
 comma := ,
 VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
 
-.PHONY: help setup export test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench genai-peer tune reliability real-models docs clean distclean
+.PHONY: help setup export generate test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench genai-peer tune reliability real-models docs clean distclean
 
 help:
 	@echo "make export     train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
 	@echo "                VARIANTS=int8 (or int8,fp16) also builds, gates and packages the smaller variants"
+	@echo "make generate   text from a decoder (MODEL=hf:PATH PROMPT='Once upon a time'), built and verified first (GENERATE_ARGS=--json ...)"
 	@echo "make test       the whole test suite (TorchServe end-to-end included)"
 	@echo "make test-fast  the tests that need no server and no whole-chain run"
 	@echo "make lint       ruff (lint and format check); make fmt formats; make typecheck runs mypy"
@@ -40,9 +41,9 @@ help:
 	@echo "make serve-ray  the same archive on Ray Serve: a local cluster on 127.0.0.1 (RAY_ADDRESS=... joins one); REPLICAS=2 or REPLICAS=auto"
 	@echo "make stop-ray   stop it (the local cluster too)"
 	@echo "make bench      latency report: eager vs TorchScript vs ONNX Runtime in process, and the served endpoint (BENCH_ARGS=...)"
-	@echo "make tune       the serving config (batch, delay, workers, threads) that meets P99_MS=5 on a real TorchServe,"
 	@echo "                a text-generation model: tokens/s, time to first token, inter-token latency per engine"
 	@echo "make genai-peer the onnxruntime-genai venv ($(GENAI_VENV)) the generation benchmark compares against"
+	@echo "make tune       the serving config (batch, delay, workers, threads) that meets P99_MS=5 on a real TorchServe,"
 	@echo "                packaged into the archive -> reports/<model>/tune.{json,md,png} (VARIANT=int8, TUNE_ARGS=...)"
 	@echo "make reliability  faults, hostile input and load against the pipeline and a real server -> reports/reliability.md"
 	@echo "make real-models  resnet50, vit_b16, bert_base, gpt2 (and the 2.4 GB MLP) at full size through the chain, one after another"
@@ -63,7 +64,6 @@ $(RAY_STAMP): $(STAMP)
 	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS),ray]'
 	@touch $@
 
-$(DOCS_STAMP): $(STAMP)
 genai-peer: $(GENAI_STAMP)
 
 $(GENAI_STAMP): constraints.txt
@@ -72,12 +72,20 @@ $(GENAI_STAMP): constraints.txt
 		onnxruntime-genai==0.18.0 onnx-ir torch transformers onnx numpy
 	@touch $@
 
+$(DOCS_STAMP): $(STAMP)
 	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS),docs]'
 	@touch $@
 
 export: $(STAMP)
 	$(PY) -m pipeline all $(MODEL_FLAGS) $(FORCE_FLAG) $(EXPORT_ARGS)
 	$(if $(VARIANTS),$(PY) -m pipeline variants $(MODEL_FLAGS) $(VARIANT_FLAGS) $(FORCE_FLAG))
+
+# The prompt reaches the command through the environment, so no quote in it can break the shell line.
+export PROMPT
+generate: $(STAMP)
+	@test -n "$$PROMPT" || { echo "error: say what to generate from: make generate MODEL=hf:PATH PROMPT='Once upon a time'"; exit 2; }
+	$(PY) -m pipeline all $(MODEL_FLAGS)
+	$(PY) -m pipeline generate $(MODEL_FLAGS) --prompt "$$PROMPT" $(GENERATE_ARGS)
 
 test: $(RAY_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,7 +1,7 @@
 """Command line: `python -m pipeline <command> [options]`; `python -m pipeline <command> --help`.
 
 Stages: train, trace, export, parity, package; `all` runs them in order and prints a
-one-screen summary. serve / stop / token run the endpoint (TorchServe, or Ray Serve with
+one-screen summary. generate writes text with a decoder's verified graph; serve / stop / token run the endpoint (TorchServe, or Ray Serve with
 `--on ray`); bench writes the latency report; tune finds the serving config that meets a
 p99 goal and packages the archive with it; reliability runs the fault harness. Each
 command takes only its own options.
@@ -27,7 +27,7 @@ from pipeline.spec import HF_PREFIX
 def _commands() -> tuple[ModuleType, ...]:
     """The command modules; a dependency this Python lacks is named, with how to install it."""
     try:
-        from pipeline.cli import bench, reliability, serving, stages, tune
+        from pipeline.cli import bench, generate, reliability, serving, stages, tune
     except IMPORT_FAILURES as exc:
         failure = import_failure(exc)
         if failure is None:
@@ -37,17 +37,18 @@ def _commands() -> tuple[ModuleType, ...]:
             f"make setup, or pip install -c constraints.txt -e . in the checkout (offline: bring the {package} wheel and pip install it)"
         )
         raise PipelineError("setup", failure.problem("the pipeline"), failure.fix(install)) from None
-    return bench, reliability, serving, stages, tune
+    return bench, generate, reliability, serving, stages, tune
 
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The command line and each command's own parser."""
-    bench, reliability, serving, stages, tune = _commands()
+    bench, generate, reliability, serving, stages, tune = _commands()
 
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True, metavar="command")
     stages.add_parsers(commands)
     serving.add_parsers(commands)
+    generate.add_parser(commands)
     bench.add_parser(commands)
     tune.add_parser(commands)
     reliability.add_parser(commands)
@@ -69,7 +70,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        bench, reliability, serving, stages, tune = _commands()
+        bench, generate, reliability, serving, stages, tune = _commands()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "token": serving.token_command,
         "rayservice": serving.rayservice_command,
         "variants": stages.variants_command,
+        "generate": generate.command,
         "bench": bench.command,
         "tune": tune.command,
         "reliability": reliability.command,
