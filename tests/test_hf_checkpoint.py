@@ -159,7 +159,15 @@ def edit_config(folder: Path, **changes) -> None:
         ("ner", "token-classification", {"logits": ("batch", "seq", 5)}),
         ("encoder", "feature-extraction", {"last_hidden_state": ("batch", "seq", 32), "pooler_output": ("batch", 32)}),
         ("flowers", "image-classification", {"logits": ("batch", 4)}),
-        ("gpt", "causal-lm", {"logits": ("batch", "seq", 100)}),
+        # A decoder is deployed to generate: its graph takes and returns the key/value cache.
+        (
+            "gpt",
+            "text-generation",
+            {
+                "logits": ("batch", 100),
+                **{f"present.{i}.{kind}": ("batch", 2, "total", 16) for i in range(2) for kind in ("key", "value")},
+            },
+        ),
     ],
 )
 def test_task_comes_from_the_architecture(checkpoints, name, task, outputs):
@@ -167,6 +175,13 @@ def test_task_comes_from_the_architecture(checkpoints, name, task, outputs):
     assert spec.task == task
     assert {t.name: t.shape for t in spec.outputs} == outputs
     assert all(t.dtype == "float32" for t in spec.outputs)
+
+
+def test_causal_lm_keeps_one_logits_pass(checkpoints):
+    spec = load_spec(f"hf:{checkpoints['gpt']}#task=causal-lm")
+    assert spec.task == "causal-lm" and spec.generation is None
+    assert {t.name: t.shape for t in spec.outputs} == {"logits": ("batch", "seq", 100)}
+    assert [t.name for t in spec.inputs] == ["input_ids", "attention_mask"]
 
 
 def test_task_overrides_the_architecture(checkpoints):
@@ -292,7 +307,8 @@ def test_max_length_is_the_tokenizers_below_the_positions(checkpoints, tmp_path)
     assert spec.sample_inputs(4, np.random.default_rng(0))["input_ids"].shape[1] == 12
     assert all(f["input_ids"].shape[1] <= 12 for f in spec.parity_cases(np.random.default_rng(0)).values())
     # gpt's tokenizer says no length (transformers' 1e30): the model's positions.
-    assert load_spec(f"hf:{checkpoints['gpt']}").text_input.max_length == POSITIONS
+    assert load_spec(f"hf:{checkpoints['gpt']}#task=causal-lm").text_input.max_length == POSITIONS
+    assert load_spec(f"hf:{checkpoints['gpt']}").generation.max_length == POSITIONS
 
 
 def test_text_examples_are_sentences_through_the_checkpoints_tokenizer(checkpoints):
@@ -460,7 +476,7 @@ def test_convnext_resizes_over_crop_pct_then_crops(checkpoints, tmp_path):
 
 def test_train_loads_the_checkpoints_weights_and_records_their_hash(checkpoints):
     folder = checkpoints["gpt"]
-    spec = load_spec(f"hf:{folder}")
+    spec = load_spec(f"hf:{folder}#task=causal-lm")
     result = spec.train(0)
     assert result.model_args["weights_sha256"] == {"model.safetensors": files.sha256_file(folder / "model.safetensors")}
     saved = load_file(folder / "model.safetensors")

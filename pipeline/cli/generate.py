@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from pipeline.cli.options import model_options, positive, settings_from
 from pipeline.generation import load
@@ -27,12 +26,21 @@ def add_parser(commands) -> None:
     model_options(p)
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch (left-padded, one run)")
     p.add_argument("--max-new-tokens", type=positive, default=32, help="new tokens at most per prompt (default: %(default)s)")
-    p.add_argument("--temperature", type=float, help="0: greedy; above 0: sample (default: the checkpoint's generation_config.json, else greedy)")
-    p.add_argument("--top-p", type=float, help="sample from the most likely tokens whose probability reaches this (default: the checkpoint's, else 1)")
+    p.add_argument(
+        "--temperature", type=float, help="0: greedy; above 0: sample (default: the checkpoint's generation_config.json, else greedy)"
+    )
+    p.add_argument(
+        "--top-p", type=float, help="sample from the most likely tokens whose probability reaches this (default: the checkpoint's, else 1)"
+    )
     p.add_argument("--top-k", type=int, help="sample from the k most likely tokens, 0 for all (default: the checkpoint's, else 0)")
     p.add_argument("--seed", type=int, help="the sampler's seed: the same seed gives the same text")
     p.add_argument("--stop", action="append", default=[], help="stop a prompt's text before this string (repeatable)")
-    p.add_argument("--engine", choices=load.ENGINES, default="onnxruntime", help="the ONNX graph on ONNX Runtime, or eager torch (default: %(default)s)")
+    p.add_argument(
+        "--engine",
+        choices=load.ENGINES,
+        default="onnxruntime",
+        help="the ONNX graph on ONNX Runtime, or eager torch (default: %(default)s)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="ONNX Runtime's device (default: %(default)s)")
     p.add_argument("--threads", type=positive, help="ONNX Runtime intra-op threads (default: its own choice)")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per prompt")
@@ -68,5 +76,3 @@ def command(args: argparse.Namespace) -> int:
         for prompt, completion in zip(args.prompt, run.completions):
             print(f"{prompt}{completion.text}\n")
     return 0
-
-

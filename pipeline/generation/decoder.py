@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel
 
 from pipeline.spec import Feed, Generation, TensorSpec
 
@@ -30,7 +30,7 @@ SAMPLE_PAST = 7
 class CachedDecoder(nn.Module):
     """(input_ids, attention_mask, position_ids, *past) -> (logits of the last position, *present)."""
 
-    def __init__(self, model: nn.Module, layers: int):
+    def __init__(self, model: PreTrainedModel, layers: int):
         super().__init__()
         self.model = model
         self.layers = layers

@@ -32,7 +32,9 @@ Cache = Any
 class Engine(Protocol):
     name: str
 
-    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: Cache | None) -> tuple[np.ndarray, Cache]:
+    def step(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: Cache | None
+    ) -> tuple[np.ndarray, Cache]:
         """The last position's logits [batch, vocab] (float32) and the cache with these tokens added."""
         ...
 
@@ -56,7 +58,9 @@ class OnnxEngine:
         shape = (batch, self.gen.kv_heads, 0, self.gen.head_size)
         return [self.ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.gen.dtype), self.device, self.device_id) for _ in self.past]
 
-    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: Cache | None) -> tuple[np.ndarray, Cache]:
+    def step(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: Cache | None
+    ) -> tuple[np.ndarray, Cache]:
         binding = self.session.io_binding()
         for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask), ("position_ids", position_ids)):
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
@@ -75,15 +79,21 @@ class EagerEngine:
 
     name = "eager"
 
-    def __init__(self, module: CachedDecoder, gen: Generation):
+    def __init__(self, module: torch.nn.Module, gen: Generation):
+        if not isinstance(module, CachedDecoder):
+            raise TypeError(f"eager generation runs a CachedDecoder, not a {type(module).__name__}")
         self.module = module.eval()
         self.gen = gen
 
-    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: Cache | None) -> tuple[np.ndarray, Cache]:
+    def step(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: Cache | None
+    ) -> tuple[np.ndarray, Cache]:
         batch = input_ids.shape[0]
         if cache is None:
             shape = (batch, self.gen.kv_heads, 0, self.gen.head_size)
             cache = [torch.zeros(shape, dtype=getattr(torch, self.gen.dtype)) for _ in range(2 * self.gen.layers)]
         with torch.inference_mode():
-            logits, *present = self.module(torch.from_numpy(input_ids), torch.from_numpy(attention_mask), torch.from_numpy(position_ids), *cache)
+            logits, *present = self.module(
+                torch.from_numpy(input_ids), torch.from_numpy(attention_mask), torch.from_numpy(position_ids), *cache
+            )
         return logits.float().numpy(), present

@@ -68,7 +68,9 @@ def load(settings: Settings, engine: str = "onnxruntime", session: SessionConfig
     if parity is None or not parity.details.get("passed"):
         raise PipelineError(stage, f"{spec.name} has not passed parity yet", f"build and verify it first: {build} (make export MODEL=...)")
     if reason := stale(spec, manifest, PARITY):
-        raise PipelineError(stage, f"{spec.name}'s artifacts are older than what they were built from: {reason}", f"rebuild what changed: {build}")
+        raise PipelineError(
+            stage, f"{spec.name}'s artifacts are older than what they were built from: {reason}", f"rebuild what changed: {build}"
+        )
     tokenizer = text.load(gen.tokenizer)
     if engine == "eager":
         model, _ = checkpoint.load_model(manifest, spec, stage)

@@ -33,7 +33,7 @@ class Options:
     """What one request asks for: how many new tokens at most, how to pick them, where to stop."""
 
     max_new_tokens: int = 32
-    sampling: Sampling = Sampling()
+    sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
     # Run to max_new_tokens whatever the model says (a benchmark's fixed length): EOS is then a token like any other.
     ignore_eos: bool = False
@@ -63,10 +63,16 @@ def check_limits(gen: Generation, rows: Sequence[Sequence[int]], max_new_tokens:
     if not rows:
         raise RequestError("generate", "no prompt was given", "send at least one prompt")
     if len(rows) > gen.max_batch:
-        raise RequestError("generate", f"{len(rows)} prompts in one batch, the model's cap is {gen.max_batch}", f"send at most {gen.max_batch} prompts at a time")
+        raise RequestError(
+            "generate",
+            f"{len(rows)} prompts in one batch, the model's cap is {gen.max_batch}",
+            f"send at most {gen.max_batch} prompts at a time",
+        )
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= gen.max_new_tokens:
         raise RequestError(
-            "generate", f"max_new_tokens is {max_new_tokens!r}, the model's cap is {gen.max_new_tokens}", f"ask for 1 to {gen.max_new_tokens} new tokens"
+            "generate",
+            f"max_new_tokens is {max_new_tokens!r}, the model's cap is {gen.max_new_tokens}",
+            f"ask for 1 to {gen.max_new_tokens} new tokens",
         )
     longest = max(len(row) for row in rows)
     if longest + max_new_tokens > gen.max_length:
@@ -102,7 +108,11 @@ class Run:
         for step in range(options.max_new_tokens):
             tokens = choose(logits, options.sampling, rng)
             self.token_times.append(time.perf_counter())
-            deltas = [self._take(row, int(token), last=step == options.max_new_tokens - 1) for row, token in enumerate(tokens) if self._running(row)]
+            deltas = [
+                self._take(row, int(token), last=step == options.max_new_tokens - 1)
+                for row, token in enumerate(tokens)
+                if self._running(row)
+            ]
             yield deltas
             if not any(self._running(row) for row in range(len(self.rows))):
                 return

@@ -55,7 +55,9 @@ class StepLogits:
     got: np.ndarray
 
 
-def step_logits(eager: EagerEngine, engine: Engine, gen: Generation, rows: Sequence[Sequence[int]], case: str, steps: int = STEPS) -> list[StepLogits]:
+def step_logits(
+    eager: EagerEngine, engine: Engine, gen: Generation, rows: Sequence[Sequence[int]], case: str, steps: int = STEPS
+) -> list[StepLogits]:
     """The prefill's and each decode step's last logits on both, each fed eager's greedy token."""
     ids, mask = text.left_pad(rows, gen.pad_id)
     pos = position_ids(mask, ids.shape[1])
@@ -95,21 +97,34 @@ class GreedyRow:
 
 
 def greedy_rows(
-    model: CachedDecoder, engine: Engine, gen: Generation, tokenizer: Tokenizer, rows: Sequence[Sequence[int]], case: str, tol: Tolerance, new_tokens: int = GREEDY_TOKENS
+    model: torch.nn.Module,
+    engine: Engine,
+    gen: Generation,
+    tokenizer: Tokenizer,
+    rows: Sequence[Sequence[int]],
+    case: str,
+    tol: Tolerance,
+    new_tokens: int = GREEDY_TOKENS,
 ) -> list[GreedyRow]:
     """Greedy tokens of the loop on `engine` against `model.generate(do_sample=False)`, row by row."""
+    if not isinstance(model, CachedDecoder):
+        raise TypeError(f"greedy parity runs a CachedDecoder's transformers model, not a {type(model).__name__}")
     ids, mask = text.left_pad(rows, gen.pad_id)
     # A generation config of our own: greedy only, whatever the checkpoint's (a repetition penalty, sampling) says.
     config = GenerationConfig(
-        max_new_tokens=new_tokens, do_sample=False, pad_token_id=gen.pad_id, eos_token_id=list(gen.eos_ids) or None, bos_token_id=gen.bos_id
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=gen.pad_id,
+        eos_token_id=list(gen.eos_ids) or None,
+        bos_token_id=gen.bos_id,
+        return_dict_in_generate=True,
+        output_logits=True,
     )
     with torch.inference_mode():
-        out = model.model.generate(
+        out = model.model.generate(  # type: ignore[operator]  # GenerationMixin.generate, which mypy sees through nn.Module.__getattr__
             input_ids=torch.from_numpy(ids),
             attention_mask=torch.from_numpy(mask),
             generation_config=config,
-            return_dict_in_generate=True,
-            output_logits=True,
         )
     want_ids = out.sequences[:, ids.shape[1] :].numpy()
     logits = [step.float().numpy() for step in out.logits]

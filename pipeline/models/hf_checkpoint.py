@@ -31,10 +31,10 @@ from transformers.models.auto import modeling_auto
 
 from pipeline.artifacts import files
 from pipeline.errors import SpecError
-from pipeline.models.hf_common import SAMPLE_LENGTH, TokenFeeds, check_links, checkpoint_file, config_args, inside, num_labels
-from pipeline.models.hf_image import PREPROCESSOR, image_input
 from pipeline.generation import decoder
 from pipeline.generation.decoder import CachedDecoder
+from pipeline.models.hf_common import SAMPLE_LENGTH, TokenFeeds, check_links, checkpoint_file, config_args, inside, num_labels
+from pipeline.models.hf_image import PREPROCESSOR, image_input
 from pipeline.spec import HF_TASKS, Feed, Generation, ImageInput, Labels, ModelSpec, TensorSpec, TextInput, TrainResult, code_sha256
 
 CONFIG = "config.json"
@@ -157,7 +157,7 @@ class ImageModule(CheckpointModule):
         return self.run(pixel_values=pixel_values)
 
 
-def build(args: Mapping[str, Any]) -> nn.Module:
+def build(args: Mapping[str, Any]) -> CheckpointModule | CachedDecoder:
     """The checkpoint's class at its config (model_args), random weights: train loads the real ones."""
     cls = getattr(transformers, args["architecture"])
     if args["task"] == "text-generation":

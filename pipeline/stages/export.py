@@ -23,8 +23,8 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx

@@ -1,5 +1,6 @@
-"""Library decoders through the chain: Llama (RoPE, grouped-query attention), Qwen2 (tied
-embeddings) and GPT-2 without a mask, at small configs of transformers' classes.
+"""Library decoders through the chain as one logits pass (causal-lm): Llama (RoPE, grouped-query
+attention), Qwen2 (tied embeddings) and GPT-2 without a mask, at small configs of transformers'
+classes. Generation with the cache is tests/generation's.
 
 transformers' attention and mask code takes other paths at batch 1 and length 1, so the
 trace checks' graphs differ; the traced module must still answer every check input as
@@ -53,7 +54,8 @@ def run_chain(model: str, root: Path) -> Manifest:
 def test_a_library_decoder_traces_exports_and_passes_parity(tmp_path, decoder):
     torch.manual_seed(0)
     folder = save(DECODERS[decoder](), tmp_path / decoder, tokenizer(None))
-    manifest = run_chain(f"hf:{folder}", tmp_path)
+    # One logits pass (causal-lm): the task that makes TorchScript; text-generation serves the graph with its cache.
+    manifest = run_chain(f"hf:{folder}#task=causal-lm", tmp_path)
     ts = manifest.records["torchscript"]
     assert ts.not_made is None and ts.details["checked_by"] == "outputs"
     assert any("transformers/" in place for place in ts.details["shape_branches"])

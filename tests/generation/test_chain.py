@@ -1,0 +1,190 @@
+"""Decoders of transformers' classes (Llama, Qwen2, Mistral, GPT-2) at small configs through the
+chain as text-generation models, then `generate` from what it built."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pipeline import cli
+from pipeline.artifacts.manifest import Manifest
+from pipeline.errors import PipelineError
+from pipeline.generation import load, text, verify
+from pipeline.generation.engines import EagerEngine, OnnxEngine
+from pipeline.models import load_spec
+from pipeline.runtimes.runners import cuda_available
+from pipeline.runtimes.session import SessionConfig
+from pipeline.settings import Layout, Settings
+from pipeline.spec import Tolerance
+from pipeline.stages import STAGES
+from tests.generation.checkpoints import DECODERS, PAD, save_decoder
+
+PROMPTS = ["Hello world!", "The quick brown fox jumps over the lazy dog. She sells"]
+
+
+def run_chain(model: str, root: Path) -> Manifest:
+    settings = Settings(model=model, root=root, parity_batch_sizes=(1, 2, 7))
+    for stage in STAGES.values():
+        stage(settings)
+    return Manifest(root.resolve(), load_spec(model).name)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """A small Llama, through the chain: (its checkpoint folder, the project root)."""
+    root = tmp_path_factory.mktemp("llama")
+    folder = save_decoder("llama", root / "llama")
+    run_chain(f"hf:{folder}", root / "project")
+    return folder, root / "project"
+
+
+def transformers_greedy(folder: Path, prompts: list[str], new_tokens: int) -> list[list[int]]:
+    """transformers' own generate on the folder, greedy, left-padded: the tokens to match."""
+    tok = text.load(folder / "tokenizer.json")
+    ids, mask = text.left_pad(text.encode(tok, prompts), PAD)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=PAD,
+        )
+    rows = out[:, ids.shape[1] :].tolist()
+    return [row[: row.index(1) + 1] if 1 in row else row for row in rows]  # through the EOS (id 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(DECODERS))
+def test_a_decoder_exports_with_its_cache_and_generates_as_transformers_does(tmp_path, kind):
+    folder = save_decoder(kind, tmp_path / kind)
+    manifest = run_chain(f"hf:{folder}", tmp_path / "project")
+    assert "text-generation model" in manifest.records["torchscript"].not_made
+    onnx = manifest.records["onnx"].details
+    assert "torch.export-based" in onnx["exporter"]
+    # Symbolic: the past's length in, past + new tokens out (the exporter names that axis itself).
+    assert onnx["dims"]["past_key_values.0.key"][2] == "past" and isinstance(onnx["dims"]["present.1.value"][2], str)
+    report = json.loads((Layout((tmp_path / "project").resolve(), kind).reports / "parity.json").read_text())
+    assert report["passed"]
+    steps = [r for r in report["results"] if r["case"].startswith("generation")]
+    assert {r["case"].split(" prefill")[0].split(" decode")[0] for r in steps} == set(
+        verify.cases(text.load(folder / "tokenizer.json"), load_spec(f"hf:{folder}").generation, verify.GREEDY_TOKENS)
+    )
+    assert sum("decode step 8" in r["case"] for r in steps) == 2 and all(r["passed"] for r in steps)
+    # Token for token at batch 1 and in the left-padded batch of three prompts of different lengths.
+    assert [g["same"] for g in report["greedy"]] == [True] * 4
+    assert any("left-padded" in g["case"] for g in report["greedy"])
+
+
+@pytest.mark.slow
+def test_the_archive_carries_the_cache_layout_and_the_tokenizer(built):
+    folder, root = built
+    with zipfile.ZipFile(root / "model_store" / "llama.mar") as zf:
+        contract = json.loads(zf.read("io_contract.json"))
+        assert zf.read("tokenizer.json") == (folder / "tokenizer.json").read_bytes()
+    gen = contract["generation"]
+    assert (gen["layers"], gen["kv_heads"], gen["head_size"], gen["dtype"]) == (2, 2, 8, "float32")
+    assert (gen["eos_ids"], gen["pad_id"], gen["bos_id"], gen["max_length"]) == ([1], PAD, 0, 96)
+    assert gen["past"][:2] == ["past_key_values.0.key", "past_key_values.0.value"] and gen["present"][-1] == "present.1.value"
+    assert [t["name"] for t in contract["outputs"]][:2] == ["logits", "present.0.key"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["onnxruntime", "eager"])
+def test_generate_prints_the_tokens_transformers_picks(built, capsys, engine):
+    folder, root = built
+    args = ["generate", "--model", f"hf:{folder}", "--root", str(root), "--max-new-tokens", "24", "--json", "--engine", engine]
+    assert cli.main(args + [a for p in PROMPTS for a in ("--prompt", p)]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert [a["tokens"] for a in answers] == transformers_greedy(folder, PROMPTS, 24)
+    tok = text.load(folder / "tokenizer.json")
+    assert [a["text"] for a in answers] == [tok.decode([t for t in a["tokens"] if t != 1]) for a in answers]
+    assert len({tuple(a["tokens"]) for a in answers}) == 2  # not one repeated answer
+
+
+@pytest.mark.slow
+def test_sampling_is_seeded_and_one_prompt_streams(built, capsys):
+    folder, root = built
+    base = ["generate", "--model", f"hf:{folder}", "--root", str(root), "--prompt", "Hello", "--max-new-tokens", "16"]
+    sampled = [*base, "--temperature", "0.8", "--top-p", "0.9", "--seed", "3", "--json"]
+    assert cli.main(sampled) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert cli.main(sampled) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert first[0]["tokens"] != transformers_greedy(folder, ["Hello"], 16)[0]
+    assert cli.main(base) == 0
+    assert capsys.readouterr().out.startswith("Hello")
+
+
+@pytest.mark.slow
+def test_generate_refuses_a_graph_older_than_its_checkpoint(built, tmp_path, capsys):
+    folder, root = built
+    moved = save_decoder("llama", tmp_path / "llama", seed=1)  # the same name, other weights, not rebuilt
+    project = tmp_path / "project"
+    import shutil
+
+    shutil.copytree(root, project)
+    assert cli.main(["generate", "--model", f"hf:{moved}", "--root", str(project), "--prompt", "Hi"]) == 1
+    err = capsys.readouterr().err
+    assert "older than what they were built from" in err and "python -m pipeline all --model" in err
+
+
+def test_generate_refuses_a_model_that_does_not_generate(tmp_path):
+    with pytest.raises(PipelineError, match="simple_nn is not a text-generation model"):
+        load.load(Settings(model="simple_nn", root=tmp_path))
+
+
+@pytest.mark.slow
+def test_greedy_parity_names_where_tokens_part_and_whether_it_is_a_near_tie(built):
+    folder, root = built
+    spec = load_spec(f"hf:{folder}")
+    gen = spec.generation
+    generator = load.load(Settings(model=f"hf:{folder}", root=root))
+    tok = generator.tokenizer
+
+    class Swapped:
+        """The graph, but at the fourth new token the second-best token wins."""
+
+        name = "swapped"
+
+        def __init__(self, engine):
+            self.engine, self.calls = engine, 0
+
+        def step(self, *args):
+            logits, cache = self.engine.step(*args)
+            self.calls += 1
+            if self.calls == 4:
+                second = np.argsort(logits, axis=-1)[:, -2]
+                logits[np.arange(len(logits)), second] = logits.max() + 1
+            return logits, cache
+
+    rows = text.encode(tok, PROMPTS[:1])
+    eager = load.load(Settings(model=f"hf:{folder}", root=root), "eager").engine
+    assert isinstance(eager, EagerEngine)
+    tight = verify.greedy_rows(eager.module, Swapped(generator.engine), gen, tok, rows, "swap", Tolerance())
+    assert not tight[0].same and tight[0].parted_at == 3 and not tight[0].near_tie and not tight[0].passed
+    loose = verify.greedy_rows(eager.module, Swapped(generator.engine), gen, tok, rows, "swap", Tolerance(atol=100.0))
+    assert loose[0].near_tie and loose[0].passed and loose[0].margin == tight[0].margin
+
+
+@pytest.mark.slow
+def test_the_cuda_engine_is_refused_without_cuda_and_matches_the_cpu_with_it(built):
+    folder, root = built
+    spec = load_spec(f"hf:{folder}")
+    path = root / "artifacts" / spec.name / "model.onnx"
+    if not cuda_available():
+        # No silent fall back to the CPU: the session refuses, whichever way CUDA is missing.
+        with pytest.raises(PipelineError, match="CUDA"):
+            OnnxEngine(path, spec.generation, SessionConfig("cuda"))
+        pytest.skip("no CUDA provider here: the cache-on-device path is unverified until a GPU runs this test")
+    settings = Settings(model=f"hf:{folder}", root=root)
+    cpu = load.load(settings).run(PROMPTS, load.Options(max_new_tokens=16)).finish()
+    gpu = load.load(settings, session=SessionConfig("cuda")).run(PROMPTS, load.Options(max_new_tokens=16)).finish()
+    assert [c.tokens for c in gpu] == [c.tokens for c in cpu]
