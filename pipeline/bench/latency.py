@@ -518,6 +518,19 @@ def verdicts(records: list[dict]) -> list[dict]:
     return out
 
 
+def require_current(spec, manifest: Manifest, model: str, keys: tuple[str, ...]) -> None:
+    """Refuse artifacts that are missing, or older than what they were built from (the generation benchmark's check too)."""
+    for key in keys:
+        if key not in manifest.records:
+            raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: python -m pipeline all --model {model}")
+    if reason := stale(spec, manifest, MAR if MAR in manifest.records else ONNX):
+        raise PipelineError(
+            STAGE,
+            f"{spec.name}'s artifacts are older than what they were built from: {reason}",
+            f"rebuild what changed: python -m pipeline all --model {manifest.command} (make bench does it first)",
+        )
+
+
 def check(settings: BenchSettings, spec, manifest: Manifest) -> BenchSettings:
     """Refuse what cannot be measured here, before any work; the settings with the gated variants added."""
     if "cuda" in settings.devices and not cuda_available():
@@ -530,15 +543,7 @@ def check(settings: BenchSettings, spec, manifest: Manifest) -> BenchSettings:
     if unknown:
         raise PipelineError(STAGE, f"unknown engine(s) {unknown}", f"choose from {', '.join(ENGINES)}")
     check_lengths(spec, settings.lengths, STAGE)
-    for key in (CHECKPOINT, TORCHSCRIPT, ONNX):
-        if key not in manifest.records:
-            raise PipelineError(STAGE, f"{spec.name} has no {key} yet", f"build it first: python -m pipeline all --model {settings.model}")
-    if reason := stale(spec, manifest, MAR if MAR in manifest.records else ONNX):
-        raise PipelineError(
-            STAGE,
-            f"{spec.name}'s artifacts are older than what they were built from: {reason}",
-            f"rebuild what changed: python -m pipeline all --model {manifest.command} (make bench does it first)",
-        )
+    require_current(spec, manifest, settings.model, (CHECKPOINT, TORCHSCRIPT, ONNX))
     default = settings.engines == DEFAULT_ENGINES
     if default:  # the gated variants run beside fp32 unless --engines names others
         settings = replace(settings, engines=(*settings.engines, *(f"onnxruntime-{v}" for v in gated_variants(manifest))))
@@ -560,6 +565,10 @@ def run(settings: BenchSettings) -> dict:
     from pipeline.bench import served as bench_served
 
     spec, layout = resolve(Settings(model=settings.model, root=settings.root))
+    if spec.generation is not None:  # a decoder is measured in tokens per second: the generation benchmark
+        from pipeline.bench import generation
+
+        return generation.run(generation.GenerationSettings(model=settings.model, root=settings.root, threads=settings.threads))
     manifest = Manifest(layout.root, spec.name, settings.model)
     settings = check(settings, spec, manifest)
     started = time.perf_counter()

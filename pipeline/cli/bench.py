@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.bench import latency
+from pipeline.bench import generation, latency
 from pipeline.bench.engines import CUDA_GRAPH_ENGINES, ENGINES
 from pipeline.bench.latency import STAGE, BenchSettings
 from pipeline.cli.options import csv_of, load_generator_option, task_option
 from pipeline.errors import PipelineError
 from pipeline.runtimes.runners import cuda_available
+from pipeline.settings import Settings, resolve
 from pipeline.spec import PRECISIONS, Device
 
 
@@ -31,13 +32,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = BenchSettings()
     p.add_argument("--model", default=d.model, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
     p.add_argument("--root", type=Path, default=d.root, help="project folder (default: .)")
+    g = generation.GenerationSettings()
     p.add_argument(
         "--engines",
-        type=csv_of(str, ENGINES),
-        default=d.engines,
-        help=f"comma-separated, from {', '.join(ENGINES)} (default: {','.join(d.engines)})",
+        type=csv_of(str, (*ENGINES, *generation.ENGINES)),
+        default=None,
+        help=f"comma-separated, from {', '.join(ENGINES)} (default: {','.join(d.engines)}); for a text-generation "
+        f"model from {', '.join(generation.ENGINES)} (default: all)",
     )
-    p.add_argument("--batch-sizes", type=csv_of(int), default=d.batch_sizes, help="default: 1,8,64,512,4096, as far as --sweep allows")
+    p.add_argument(
+        "--batch-sizes",
+        type=csv_of(int),
+        default=None,
+        help="default: 1,8,64,512,4096, as far as --sweep allows; for a text-generation model 1,8",
+    )
+    p.add_argument(
+        "--prompt-lengths",
+        type=csv_of(int),
+        default=g.prompt_lengths,
+        help="text-generation: prompts of exactly these token counts (default: 32,512)",
+    )
+    p.add_argument(
+        "--new-tokens", type=int, default=g.new_tokens, help="text-generation: new tokens per row, EOS ignored (default: %(default)s)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=g.repeats, help="text-generation: timed runs per engine after a warm-up (default: %(default)s)"
+    )
+    p.add_argument(
+        "--genai-python",
+        type=Path,
+        default=g.genai_python,
+        help="text-generation: the onnxruntime-genai peer's interpreter (make genai-peer makes it; default: %(default)s)",
+    )
     p.add_argument(
         "--sweep",
         choices=["sized", "full"],
@@ -140,7 +166,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         devices = ("cuda",)
     else:
         devices = ("cpu", "cuda") if cuda_available() else ("cpu",)
-    engines = args.engines
+    d = BenchSettings()
+    engines = args.engines or d.engines
     if args.cuda_graph:
         engines = (*engines, *(e for e in CUDA_GRAPH_ENGINES if e not in engines))
     positive = (args.budget, args.rounds, args.threads, args.served_seconds, args.sweep_budget, args.sweep_memory)
@@ -154,7 +181,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         model=args.model,
         root=args.root,
         engines=engines,
-        batch_sizes=args.batch_sizes,
+        batch_sizes=args.batch_sizes or d.batch_sizes,
         sweep=args.sweep,
         sweep_budget_s=args.sweep_budget,
         sweep_budget_mb=args.sweep_memory,
@@ -176,9 +203,29 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     )
 
 
+def generation_settings_from_args(args: argparse.Namespace) -> generation.GenerationSettings:
+    """A text-generation model's options: tokens per second per engine, prompt length and batch."""
+    g = generation.GenerationSettings()
+    return generation.GenerationSettings(
+        model=args.model,
+        root=args.root,
+        engines=args.engines or g.engines,
+        prompt_lengths=args.prompt_lengths,
+        new_tokens=args.new_tokens,
+        batch_sizes=args.batch_sizes or g.batch_sizes,
+        repeats=args.repeats,
+        threads=args.threads,
+        genai_python=args.genai_python,
+    )
+
+
 def command(args: argparse.Namespace) -> int:
     """Run the benchmark the options describe and print the summary (the CLI reports a PipelineError)."""
     try:
+        if resolve(Settings(model=args.model, root=args.root))[0].generation is not None:  # a decoder: tokens per second
+            report = generation.run(generation_settings_from_args(args))
+            print(generation.console_summary(report))
+            return 0
         settings = settings_from_args(args)
         report = latency.run(settings)
     except KeyboardInterrupt:
