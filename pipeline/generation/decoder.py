@@ -74,6 +74,22 @@ def tensors(gen: Generation) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, 
     return inputs, outputs
 
 
+def spec_fields(gen: Generation, example_text: str) -> dict:
+    """A generation model's ModelSpec fields: its graph's inputs and outputs, feeds, lengths and layout."""
+    inputs, outputs = tensors(gen)
+    feeds = DecoderFeeds(gen)
+    return {
+        "inputs": inputs,
+        "outputs": outputs,
+        "sample_inputs": feeds.sample_inputs,
+        "edge_inputs": feeds.edge_inputs,
+        "parity_cases": feeds.parity_cases,
+        "max_lengths": {"seq": gen.max_length, "total": gen.max_length, "past": gen.max_length},
+        "example_request": {"text": example_text, "max_new_tokens": 16},
+        "generation": gen,
+    }
+
+
 def position_ids(attention_mask: np.ndarray, new: int) -> np.ndarray:
     """The positions of the last `new` tokens: real tokens count from 0, left padding sits at 1 (it is masked)."""
     positions = np.cumsum(attention_mask, axis=1) - 1

@@ -8,13 +8,18 @@ incomplete character (the decoder's U+FFFD), so a stream never shows a broken ch
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
+from tokenizers.models import BPE
 
-from pipeline.errors import RequestError
+from pipeline.artifacts import files
+from pipeline.errors import PipelineError, RequestError
 
 INCOMPLETE = "\ufffd"
 
@@ -69,3 +74,35 @@ class TextStream:
         piece = decoded[len(self.text) :] if decoded.startswith(self.text) else ""
         self.text += piece
         return piece
+
+
+def byte_level(vocab_size: int, eos: str, eos_id: int) -> Tokenizer:
+    """GPT-2's byte-level alphabet without merges: each byte one token, at the id GPT-2's own vocabulary gives it
+    (0–255, in GPT-2's `bytes_to_unicode` order), and `eos` at `eos_id`. It tokenizes any text as GPT-2 reads it,
+    one byte at a time, for a model whose merges are not on this machine (no model hub)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(rest))]
+    vocab = {symbol: i for i, symbol in enumerate(symbols)}
+    vocab[eos] = eos_id
+    assert len(vocab) <= vocab_size
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(eos, special=True)])
+    return tokenizer
+
+
+def saved(tokenizer: Tokenizer, name: str) -> Path:
+    """`tokenizer` as a tokenizer.json in this user's own folder under the temporary directory, named by its hash:
+    the same tokenizer is the same file, and what the stages hash and the archive carries."""
+    content = tokenizer.to_str()
+    digest = hashlib.sha256(content.encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"pipeline-tokenizers-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.is_symlink() or folder.stat().st_uid != os.getuid():
+        raise PipelineError("model", f"{folder} is not this user's own folder", f"remove it (rm -r {folder}) and run again")
+    path = folder / f"{name}-{digest}.json"
+    if not path.is_file() or path.read_text() != content:
+        files.write_text(path, content)
+    return path

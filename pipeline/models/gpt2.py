@@ -1,10 +1,16 @@
-"""GPT-2 small at full size: transformers' `GPT2LMHeadModel`, random weights, default attention.
+"""GPT-2 small at full size: transformers' `GPT2LMHeadModel`, random weights, default attention,
+deployed to generate text with its key/value cache (`pipeline.generation`).
 
-`input_ids` and a 2-D `attention_mask` (int64 [batch, seq], 1 = a real token) in;
-`logits` (float32 [batch, seq, 50257]) out, without the key/value cache. `seq` is a
-dynamic axis up to the model's 1024 positions. `lm_head.weight` is tied to
-`transformer.wte.weight`, so the checkpoint holds a shared tensor. `make_spec` builds
-the same class at another config (the tests' tiny one).
+SPEC is a text-generation model: its graph takes `input_ids`, `attention_mask`,
+`position_ids` and the past keys and values of its 12 layers, and returns the last
+position's logits and the present keys and values. Prompts are tokenized with GPT-2's
+byte-level alphabet without its merges (ids 0–255 as GPT-2's vocabulary has them, and
+`<|endoftext|>` at 50256): the merges are not on this machine, and the weights are random.
+`lm_head.weight` is tied to `transformer.wte.weight`, so the checkpoint holds a shared tensor.
+
+`make_spec` is the same class as one logits pass without the cache (`input_ids` and a 2-D
+`attention_mask` in, `logits` [batch, seq, vocab] out), at any config (the tests' tiny one);
+`make_generation_spec` the generation model at any config.
 """
 
 from __future__ import annotations
@@ -16,8 +22,12 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from pipeline.generation import decoder, text
+from pipeline.generation.decoder import CachedDecoder
 from pipeline.models.hf_common import AgreementWithEager, TokenFeeds, config_args, random_weights
-from pipeline.spec import ModelSpec, TaskMetric, TensorSpec, Tolerance
+from pipeline.spec import Generation, ModelSpec, TaskMetric, TensorSpec, Tolerance
+
+EOS = "<|endoftext|>"
 
 
 class GPT2Logits(nn.Module):
@@ -65,4 +75,32 @@ def make_spec(config: GPT2Config, name: str = "gpt2") -> ModelSpec:
     )
 
 
-SPEC = make_spec(GPT2Config())
+def build_decoder(args: Mapping[str, Any]) -> CachedDecoder:
+    config = GPT2Config.from_dict(dict(args))
+    return CachedDecoder(GPT2LMHeadModel(config), config.n_layer)
+
+
+def make_generation_spec(config: GPT2Config, name: str = "gpt2") -> ModelSpec:
+    """`GPT2LMHeadModel(config)` deployed to generate, with its key/value cache and GPT-2's byte alphabet."""
+    eos_id = config.eos_token_id if isinstance(config.eos_token_id, int) else config.vocab_size - 1
+    tokenizer = text.saved(text.byte_level(config.vocab_size, EOS, eos_id), name)
+    gen = Generation(
+        tokenizer=tokenizer,
+        layers=config.n_layer,
+        kv_heads=config.n_head,
+        head_size=config.n_embd // config.n_head,
+        vocab_size=config.vocab_size,
+        eos_ids=(eos_id,),
+        pad_id=eos_id,  # GPT-2 has no pad token; under a mask of 0 any id does
+        bos_id=eos_id,  # GPT-2 starts a text after <|endoftext|>
+        max_length=config.n_positions,
+    )
+    return ModelSpec(
+        name=name,
+        build=build_decoder,
+        train=random_weights(build_decoder, config_args(config)),
+        **decoder.spec_fields(gen, "Hello world!"),
+    )
+
+
+SPEC = make_generation_spec(GPT2Config())

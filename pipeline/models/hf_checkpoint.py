@@ -503,18 +503,7 @@ def generation_fields(folder: Path, config: PreTrainedConfig) -> dict[str, Any]:
         top_k=int(settings.get("top_k") or 0),
         top_p=float(settings.get("top_p") or 1.0),
     )
-    inputs, outputs = decoder.tensors(gen)
-    feeds = decoder.DecoderFeeds(gen)
-    return {
-        "inputs": inputs,
-        "outputs": outputs,
-        "sample_inputs": feeds.sample_inputs,
-        "edge_inputs": feeds.edge_inputs,
-        "parity_cases": feeds.parity_cases,
-        "max_lengths": {"seq": gen.max_length, "total": gen.max_length, "past": gen.max_length},
-        "example_request": {"text": SENTENCES[1], "max_new_tokens": 16},
-        "generation": gen,
-    }
+    return decoder.spec_fields(gen, SENTENCES[1])
 
 
 def read_tokenizer(path: Path, config: PreTrainedConfig) -> Tokenizer:

@@ -188,3 +188,28 @@ def test_the_cuda_engine_is_refused_without_cuda_and_matches_the_cpu_with_it(bui
     cpu = load.load(settings).run(PROMPTS, load.Options(max_new_tokens=16)).finish()
     gpu = load.load(settings, session=SessionConfig("cuda")).run(PROMPTS, load.Options(max_new_tokens=16)).finish()
     assert [c.tokens for c in gpu] == [c.tokens for c in cpu]
+
+
+BUILTIN_TINY = """from transformers import GPT2Config
+
+from pipeline.models.gpt2 import make_generation_spec
+
+SPEC = make_generation_spec(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=64, eos_token_id=299), name="gpt2_gen_tiny")
+"""
+
+
+@pytest.mark.slow
+def test_the_builtin_gpt2_generates_with_gpt2s_byte_alphabet(tmp_path, capsys):
+    """The built-in gpt2's own spec at a tiny config: no checkpoint folder, GPT-2's byte ids, EOS at the last id."""
+    model = tmp_path / "gpt2_gen_tiny.py"
+    model.write_text(BUILTIN_TINY)
+    root = tmp_path / "project"
+    assert cli.main(["all", "--model", str(model), "--root", str(root), "--parity-batch-sizes", "1,2"]) == 0
+    report = json.loads((root / "reports" / "gpt2_gen_tiny" / "parity.json").read_text())
+    assert report["passed"] and [g["same"] for g in report["greedy"]] == [True] * 4
+    tok = text.load(load_spec(str(model)).generation.tokenizer)
+    assert tok.encode("Hello world").ids == [39, 68, 75, 75, 78, 220, 86, 78, 81, 75, 67]  # GPT-2's own ids for these bytes
+    capsys.readouterr()
+    assert cli.main(["generate", "--model", str(model), "--root", str(root), "--prompt", "Hello", "--max-new-tokens", "8", "--json"]) == 0
+    [answer] = json.loads(capsys.readouterr().out)
+    assert 1 <= len(answer["tokens"]) <= 8 and all(0 <= t < 300 for t in answer["tokens"])
