@@ -50,6 +50,7 @@ def p50_us(call: Callable[[], object], calls: int) -> float:
 def measure(mar: Path, body: bytes, preprocessed: bool = False, batches: tuple[int, ...] = BATCHES, calls: int = CALLS) -> dict:
     """{"us_per_request": {batch: p50 µs per request}} for the archive's handler in this process,
     and "preprocess_us_per_request" (the reader alone, one request) where `preprocessed`."""
+    from pipeline.serving.common.predictor import Predictor
     from pipeline.serving.torchserve.handler import OnnxHandler
 
     inspect_archive(mar)  # members and model checked before anything in it is read
@@ -66,7 +67,7 @@ def measure(mar: Path, body: bytes, preprocessed: bool = False, batches: tuple[i
         for batch in batches:
             items = [{"body": body} for _ in range(batch)]
             out["us_per_request"][str(batch)] = p50_us(lambda: handler.handle(list(items), None), calls) / batch  # noqa: B023
-        if preprocessed:
+        if preprocessed and isinstance(predictor, Predictor):  # a decoder's prompts are read by its generation loop
             out["preprocess_us_per_request"] = p50_us(lambda: predictor.reader.read({"body": body}, None), calls)
     return out
 

@@ -42,14 +42,15 @@ class Engine(Protocol):
 class OnnxEngine:
     """The exported decoder graph on ONNX Runtime, its cache bound on the session's device."""
 
-    def __init__(self, path, gen: Generation, config: SessionConfig = SessionConfig()):
+    def __init__(self, path, gen: Generation, config: SessionConfig = SessionConfig(), session: Any = None):
+        """The graph at `path` in a session made as `config` says, or the `session` a server already made from it."""
         import onnxruntime as ort
 
         self.ort = ort
         self.gen = gen
         self.device = config.device
         self.name = f"onnxruntime-{config.device}"
-        self.session = create_session(path, config)
+        self.session = session if session is not None else create_session(path, config)
         self.device_id = config.gpu_id
         self.past = gen.cache_names("past_key_values")
         self.present = gen.cache_names("present")

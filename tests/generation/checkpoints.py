@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 from transformers import (
+    AutoModelForCausalLM,
     GenerationConfig,
     GPT2Config,
     GPT2LMHeadModel,
@@ -22,6 +23,12 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from pipeline.artifacts.manifest import Manifest
+from pipeline.generation import text
+from pipeline.models import load_spec
+from pipeline.settings import Settings
+from pipeline.stages import STAGES
 
 VOCAB = 320  # 256 bytes, the specials, and some merges
 POSITIONS = 96
@@ -70,3 +77,28 @@ def save_decoder(kind: str, folder: Path, seed: int = 0) -> Path:
     tokenizer().save_pretrained(folder)
     GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD).save_pretrained(folder)
     return folder
+
+
+def run_chain(model: str, root: Path) -> Manifest:
+    """Every stage, as `make export` runs them, with parity's small batches."""
+    settings = Settings(model=model, root=root, parity_batch_sizes=(1, 2, 7))
+    for stage in STAGES.values():
+        stage(settings)
+    return Manifest(root.resolve(), load_spec(model).name)
+
+
+def transformers_greedy(folder: Path, prompts: list[str], new_tokens: int) -> list[list[int]]:
+    """transformers' own generate on the folder, greedy, left-padded: the tokens to match (through the EOS)."""
+    tok = text.load(folder / "tokenizer.json")
+    ids, mask = text.left_pad(text.encode(tok, prompts), PAD)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=PAD,
+        )
+    rows = out[:, ids.shape[1] :].tolist()
+    return [row[: row.index(EOS) + 1] if EOS in row else row for row in rows]

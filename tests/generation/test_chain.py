@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
 from pipeline import cli
-from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
 from pipeline.generation import load, text, verify
 from pipeline.generation.engines import EagerEngine, OnnxEngine
@@ -22,43 +18,9 @@ from pipeline.runtimes.runners import cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import Layout, Settings
 from pipeline.spec import Tolerance
-from pipeline.stages import STAGES
-from tests.generation.checkpoints import DECODERS, PAD, save_decoder
+from tests.generation.checkpoints import DECODERS, PAD, run_chain, save_decoder, transformers_greedy
 
 PROMPTS = ["Hello world!", "The quick brown fox jumps over the lazy dog. She sells"]
-
-
-def run_chain(model: str, root: Path) -> Manifest:
-    settings = Settings(model=model, root=root, parity_batch_sizes=(1, 2, 7))
-    for stage in STAGES.values():
-        stage(settings)
-    return Manifest(root.resolve(), load_spec(model).name)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, Path]:
-    """A small Llama, through the chain: (its checkpoint folder, the project root)."""
-    root = tmp_path_factory.mktemp("llama")
-    folder = save_decoder("llama", root / "llama")
-    run_chain(f"hf:{folder}", root / "project")
-    return folder, root / "project"
-
-
-def transformers_greedy(folder: Path, prompts: list[str], new_tokens: int) -> list[list[int]]:
-    """transformers' own generate on the folder, greedy, left-padded: the tokens to match."""
-    tok = text.load(folder / "tokenizer.json")
-    ids, mask = text.left_pad(text.encode(tok, prompts), PAD)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=torch.from_numpy(ids),
-            attention_mask=torch.from_numpy(mask),
-            max_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=PAD,
-        )
-    rows = out[:, ids.shape[1] :].tolist()
-    return [row[: row.index(1) + 1] if 1 in row else row for row in rows]  # through the EOS (id 1)
 
 
 @pytest.mark.slow

@@ -26,12 +26,13 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
-from pipeline.spec import ModelSpec, tokenizer_file
+from pipeline.spec import Generation, ModelSpec, tokenizer_file
 
 MIB = 1 << 20
 # TorchServe's frontend refuses a worker's message holding any one answer over its
@@ -130,6 +131,29 @@ def generation_section(spec: ModelSpec) -> dict[str, Any]:
         "max_batch": gen.max_batch,
         "defaults": {"do_sample": gen.do_sample, "temperature": gen.temperature, "top_k": gen.top_k, "top_p": gen.top_p},
     }
+
+
+def generation_layout(section: Mapping[str, Any], tokenizer: Path) -> Generation:
+    """The `Generation` a contract's generation section describes (`generation_section`'s reverse), its tokenizer at `tokenizer`."""
+    defaults = section.get("defaults", {})
+    return Generation(
+        tokenizer=tokenizer,
+        layers=int(section["layers"]),
+        kv_heads=int(section["kv_heads"]),
+        head_size=int(section["head_size"]),
+        vocab_size=int(section["vocab_size"]),
+        eos_ids=tuple(int(i) for i in section["eos_ids"]),
+        pad_id=int(section["pad_id"]),
+        max_length=int(section["max_length"]),
+        bos_id=None if section.get("bos_id") is None else int(section["bos_id"]),
+        dtype=str(section["dtype"]),
+        max_new_tokens=int(section["max_new_tokens"]),
+        max_batch=int(section["max_batch"]),
+        do_sample=bool(defaults.get("do_sample", False)),
+        temperature=float(defaults.get("temperature", 1.0)),
+        top_k=int(defaults.get("top_k", 0)),
+        top_p=float(defaults.get("top_p", 1.0)),
+    )
 
 
 def declare(spec: ModelSpec, cuda_precision: str | None = None) -> dict[str, Any]:
@@ -356,6 +380,8 @@ class Contract:
         self.labels: dict | None = data.get("labels")
         # Texts or images in (pipeline.serving.common.preprocess reads them): their settings, or None.
         self.text_input: dict | None = data.get("text_input")
+        # A decoder that generates (pipeline.generation): its cache layout, token ids and caps, or None.
+        self.generation: dict | None = data.get("generation")
         self.image_input: dict | None = data.get("image_input")
         # Per input, what every request's checks need: worked out once, not per request.
         self._layout = {t["name"]: _InputLayout.of(t) for t in self.inputs}

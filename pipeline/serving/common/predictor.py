@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import orjson
@@ -25,6 +26,9 @@ from pipeline.errors import PipelineError
 from pipeline.runtimes.session import SessionConfig, create_session, cuda_provider_available
 from pipeline.serving.common import preprocess
 from pipeline.serving.common.contract import Contract, RequestError
+
+if TYPE_CHECKING:
+    from pipeline.serving.common.generation import GenerationPredictor
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +156,27 @@ class Predictor:
         )
 
 
+# What a server holds: a model's predictor, or a decoder's that generates.
+Served = Union[Predictor, "GenerationPredictor"]
+
+
 def open_model(
     model_path: Path, contract: Contract, gpu_id: int | None = None, threads: int | None = None, default_threads: int | None = None
-) -> Predictor:
+) -> Served:
     """The predictor for an unpacked archive's model, on the GPU it was given if there is one
     (threads: `session_threads`)."""
     import onnxruntime as ort
 
     config = session_config(contract, gpu_id, threads, default_threads)
     tokenizer = model_path.parent / ARCHIVE_TOKENIZER  # beside the model, where the archive has one
+    if contract.generation is not None:
+        from pipeline.serving.common.generation import GenerationPredictor
+
+        generator = GenerationPredictor(contract, create_session(model_path, config), config, tokenizer)
+        log.info(
+            "model %s (generation): ONNX Runtime %s on %s (%s)", contract.model, ort.__version__, generator.provider, config.describe()
+        )
+        return generator
     reader = preprocess.reader(contract, tokenizer.read_bytes() if contract.text_input else None)
     predictor = Predictor(contract, create_session(model_path, config), reader)
     log.info("model %s: ONNX Runtime %s on %s (%s)", contract.model, ort.__version__, predictor.provider, config.describe())

@@ -43,14 +43,17 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pipeline.artifacts.archive import MAX_TOTAL_BYTES, extract_model, inspect_archive
 from pipeline.errors import IntegrityError, PipelineError
 from pipeline.serving.common import STAGE, oip, preprocess
 from pipeline.serving.common.contract import Contract, RequestError
-from pipeline.serving.common.predictor import Answer, Predictor, open_model
+from pipeline.serving.common.predictor import Answer, open_model
+
+if TYPE_CHECKING:
+    from pipeline.serving.common.predictor import Served
 
 log = logging.getLogger(__name__)
 ENTRY_POINT = "pipeline.serving.ray.app:build"
@@ -169,7 +172,7 @@ def read_token(path: str) -> str:
     return key
 
 
-def load(options: RayAppOptions, folder: Path, gpu_id: int | None = None) -> tuple[Predictor, dict]:
+def load(options: RayAppOptions, folder: Path, gpu_id: int | None = None) -> tuple[Served, dict]:
     """The predictor and the archive's model config, from a verified archive."""
     mar = fetch_archive(options.archive, options.sha256, folder)
     info = inspect_archive(mar)

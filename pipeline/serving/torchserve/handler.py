@@ -20,11 +20,15 @@ import logging
 import os
 from http import HTTPStatus
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.artifacts.names import ARCHIVE_CONTRACT, ARCHIVE_MODEL
 from pipeline.serving.common import oip
 from pipeline.serving.common.contract import Contract, RequestError
-from pipeline.serving.common.predictor import Answer, Predictor, open_model
+from pipeline.serving.common.predictor import Answer, open_model
+
+if TYPE_CHECKING:
+    from pipeline.serving.common.predictor import Served
 
 # TorchServe's worker logs this line for every batch it receives (ts/protocol/otf_message_handler.py);
 # its frontend then reads, parses and logs it again. It carries nothing the access log lacks.
@@ -96,7 +100,7 @@ class OnnxHandler:
     """
 
     def __init__(self):
-        self.predictor: Predictor | None = None
+        self.predictor: Served | None = None
         self.initialized = False
 
     @property
