@@ -3,7 +3,7 @@ sends before it counts a server as started, and what the served benchmark and `t
 
 A model that takes images (a spec's `image_input`) is sent a 640 x 480 JPEG as a raw body,
 as `curl -T photo.jpg` sends it; a model that takes texts (`text_input`) a sentence as
-`{"text": ...}`; any other model its `example_request`, or one row of its tensors, as JSON.
+`{"text": ...}`; a decoder its example prompt and a few new tokens; any other model its `example_request`, or one row of its tensors, as JSON.
 Where the request is an image or a text, the same request preprocessed by the archive's own
 reader (`pipeline.serving.common.preprocess`) is also built as an Open Inference Protocol
 binary tensor, so the benchmark shows what decoding or tokenizing costs end to end.
@@ -51,6 +51,8 @@ def first_row(spec: ModelSpec) -> dict:
 
 def sample_requests(spec: ModelSpec) -> tuple[Request, Request | None]:
     """(the request every model answers, the same tensors in binary where that request is an image or a text)."""
+    if spec.generation is not None:  # a decoder generates from a prompt: its example asks for a few tokens
+        return Request("text generation", json.dumps(spec.request_example()).encode(), "application/json"), None
     read = reader(Contract(declare(spec)), tokenizer_file(spec).read_bytes() if spec.text_input is not None else None)
     if read.image is not None:
         width, height = IMAGE_SIZE
