@@ -4,6 +4,8 @@ python scripts/make_hf_checkpoint.py bert-text-classification /tmp/ckpt/bert-sen
 python scripts/make_hf_checkpoint.py vit-image-classification /tmp/ckpt/vit-flowers
 python scripts/make_hf_checkpoint.py llama-causal-lm /tmp/held/llama
 python scripts/make_hf_checkpoint.py qwen2-causal-lm /tmp/held/qwen2
+python scripts/make_hf_checkpoint.py qwen2.5-0.5b-causal-lm /tmp/held/qwen2.5-0.5b
+python scripts/make_hf_checkpoint.py llama-1.1b-causal-lm /tmp/held/llama-1.1b
 python scripts/make_hf_checkpoint.py gpt2-text-generation /tmp/gpt2-full
 python scripts/make_hf_checkpoint.py convnext-image-classification /tmp/held/convnext
 python scripts/make_hf_checkpoint.py swin-image-classification /tmp/held/swin
@@ -19,6 +21,12 @@ processor the hub's checkpoint has:
   heads, vocabulary 32,000), a byte-level BPE tokenizer;
 - Qwen2-0.5B's widths in 8 layers (Qwen2ForCausalLM: 896 wide, 14 heads sharing 2
   key-value heads, tied embeddings, vocabulary 151,936), a byte-level BPE tokenizer;
+- Qwen2.5-0.5B's shape (its config.json: 24 layers, 896 wide, 14 heads sharing 2 key-value
+  heads, MLP 4,864, tied embeddings, RoPE theta 1e6, 32,768 positions, vocabulary 151,936;
+  494 M parameters), with <|endoftext|> as BOS, EOS and padding as its generation_config.json has;
+- a 1.1B Llama (TinyLlama-1.1B's config.json: 22 layers, 2048 wide, 32 heads sharing 4 key-value
+  heads, MLP 5,632, 2,048 positions, vocabulary 32,000; 1.1 B parameters), BOS <s> = 1,
+  EOS </s> = 2, padding 0;
 - GPT-2 small (GPT2LMHeadModel at GPT2Config's defaults: 12 layers, 768 wide, vocabulary 50,257,
   1,024 positions), a byte-level BPE tokenizer with <|endoftext|> as BOS, EOS and padding;
 - ConvNeXt-Tiny (ConvNextForImageClassification, 10 labels), resized to 224 / 0.875 and
@@ -38,6 +46,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
@@ -83,7 +92,7 @@ def train(tok: Tokenizer, trainer: Trainer) -> Tokenizer:
     return tok
 
 
-def wrap(tok: Tokenizer, max_length: int, template: tuple[str, str] | None = None, **specials: str) -> PreTrainedTokenizerFast:
+def wrap(tok: Tokenizer, max_length: int, template: tuple[str, str] | None = None, /, **specials: str) -> PreTrainedTokenizerFast:
     """`tok` as a fast tokenizer; `template` (single, pair) places its special tokens around a text."""
     if template is not None:
         names = {t for t in " ".join(template).split() if not t.startswith("$")}
@@ -133,34 +142,45 @@ def vit_image_classification(out: Path) -> None:
     ViTImageProcessorPil(size={"height": config.image_size, "width": config.image_size}).save_pretrained(out)
 
 
-def llama_causal_lm(out: Path) -> None:
-    # <unk>, <s>, </s> at 0, 1, 2: Llama's ids, which LlamaConfig's bos and eos name.
+def llama_decoder(out: Path, generation: bool = False, **widths: Any) -> None:
+    """LlamaForCausalLM at `widths` (vocabulary 32,000, 2,048 positions); <unk>, <s>, </s> at 0, 1, 2:
+    Llama's ids, which LlamaConfig's bos and eos name. `generation`: a generation_config.json as
+    TinyLlama's (BOS 1, EOS 2, padding 0)."""
     tok = byte_level_bpe(32000, ["<unk>", "<s>", "</s>"])
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=8,
-        num_attention_heads=16,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-    )
+    config = LlamaConfig(vocab_size=32000, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, **widths)
     LlamaForCausalLM(config).save_pretrained(out)
-    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"} | ({"pad_token": "<unk>"} if generation else {})
     wrap(tok, config.max_position_embeddings, ("<s> $A", "<s> $A <s> $B"), **specials).save_pretrained(out)
+    if generation:
+        GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, max_length=config.max_position_embeddings).save_pretrained(out)
 
 
-def qwen2_causal_lm(out: Path) -> None:
+def llama_causal_lm(out: Path) -> None:
+    llama_decoder(out, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4)
+
+
+def llama_11b_causal_lm(out: Path) -> None:
+    # TinyLlama/TinyLlama-1.1B's config.json (its RoPE theta, 10,000, is LlamaConfig's default; its RMSNorm eps is not).
+    widths = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4}
+    llama_decoder(out, generation=True, rms_norm_eps=1e-5, **widths)
+
+
+def qwen2_decoder(out: Path, layers: int, generation: bool = False) -> None:
+    """Qwen2ForCausalLM at Qwen2-0.5B's widths (Qwen2.5-0.5B's are the same), `layers` deep. Qwen2
+    adds no special token around a text; <|endoftext|> begins, ends and pads (in the hub's
+    tokenizer it is 151643, here the first id). `generation`: the base model's generation_config.json (greedy)."""
     tok = byte_level_bpe(151936, ["<|endoftext|>"])
     end = tok.token_to_id("<|endoftext|>")
     config = Qwen2Config(
         vocab_size=151936,
         hidden_size=896,
         intermediate_size=4864,
-        num_hidden_layers=8,
+        num_hidden_layers=layers,
         num_attention_heads=14,
         num_key_value_heads=2,
         max_position_embeddings=32768,
+        max_window_layers=layers,
+        use_sliding_window=False,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
@@ -168,8 +188,17 @@ def qwen2_causal_lm(out: Path) -> None:
         eos_token_id=end,
     )
     Qwen2ForCausalLM(config).save_pretrained(out)
-    # Qwen2 adds no special token around a text; <|endoftext|> ends and pads.
     wrap(tok, config.max_position_embeddings, eos_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(out)
+    if generation:
+        GenerationConfig(bos_token_id=end, eos_token_id=end, pad_token_id=end, do_sample=False).save_pretrained(out)
+
+
+def qwen2_causal_lm(out: Path) -> None:
+    qwen2_decoder(out, layers=8)
+
+
+def qwen25_05b_causal_lm(out: Path) -> None:
+    qwen2_decoder(out, layers=24, generation=True)  # Qwen/Qwen2.5-0.5B's config.json: 24 layers
 
 
 def gpt2_text_generation(out: Path) -> None:
@@ -224,6 +253,8 @@ KINDS: dict[str, Callable[[Path], None]] = {
     "vit-image-classification": vit_image_classification,
     "llama-causal-lm": llama_causal_lm,
     "qwen2-causal-lm": qwen2_causal_lm,
+    "qwen2.5-0.5b-causal-lm": qwen25_05b_causal_lm,
+    "llama-1.1b-causal-lm": llama_11b_causal_lm,
     "gpt2-text-generation": gpt2_text_generation,
     "convnext-image-classification": convnext_image_classification,
     "swin-image-classification": swin_image_classification,

@@ -2,6 +2,7 @@
 
 python scripts/real_models.py                           # resnet50, vit_b16, bert_base, gpt2, tests/fixtures/wide_mlp.py
 python scripts/real_models.py --models resnet50,gpt2 --timeout 3600 --serve
+python scripts/real_models.py --decoders /tmp/held --root /tmp/decoders --wait-for "pipeline bench|genai"
 
 Each model runs `python -m pipeline all --model M --force` as a process of its own.
 Wall time is measured around that process. Peak memory is the child's own high-water
@@ -16,6 +17,21 @@ wrote is read: an older record is not shown.
 sends one request with the server's token, records the status and the answer's size,
 and always stops the server. Writes reports/real-models.md and reports/real-models.json;
 each model's output goes to reports/real-models/<name>.log.
+
+A text-generation model (a `*ForCausalLM` folder; the spec's `generation` is set) also gets:
+the exporter that made its graph and the graph's size with its weights; parity's greedy rows
+(transformers' `generate` against the loop on the graph, at batch 1 and on a left-padded
+batch); whether its chain met `--target-s` (10 minutes); and the user's command,
+`python -m pipeline generate --json`, run for one prompt and for a left-padded batch of two,
+its tokens checked against transformers' own greedy `generate` on the folder
+(`from_pretrained`), with the step and margin where they part. `--serve` does not serve it:
+serving a generation model as a token stream is the next issue.
+
+--decoders FOLDER writes the full-size decoder checkpoints (scripts/make_hf_checkpoint.py:
+Qwen2.5-0.5B's shape, a 1.1B Llama, and the held-out Llama and Qwen2) into FOLDER where they
+are missing, and runs them. --wait-for PATTERN holds each model until no other process's
+command line matches PATTERN (polled every 30 s, 20 minutes at most; then it goes ahead and
+the report says so), so that a benchmark beside it is neither disturbed nor disturbs it.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from pipeline.artifacts.files import human_bytes  # noqa: E402
+from pipeline.artifacts.names import ONNX  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.models import load_spec  # noqa: E402
 from pipeline.serving.common.client import http  # noqa: E402
@@ -51,6 +69,17 @@ from pipeline.spec import HF_PREFIX, ModelSpec  # noqa: E402
 DEFAULT_MODELS = ("resnet50", "vit_b16", "bert_base", "gpt2", "tests/fixtures/wide_mlp.py")
 STAGES = ("train", "trace", "export", "parity", "package")
 MEASURED_WITH = "os.wait4 ru_maxrss of the `pipeline all` process (its own peak, and the largest of any child it waited for)"
+# --decoders: folder name -> scripts/make_hf_checkpoint.py kind.
+DECODERS = {
+    "qwen2.5-0.5b": "qwen2.5-0.5b-causal-lm",
+    "llama-1.1b": "llama-1.1b-causal-lm",
+    "llama": "llama-causal-lm",
+    "qwen2": "qwen2-causal-lm",
+}
+# The user's command is run for one prompt and for a left-padded batch of two (prompts of different lengths).
+GENERATE_PROMPTS = ("Once upon a time, in a quiet village by the sea, there lived", "Hi")
+SERVE_LATER = "serving a generation model as a token stream is the next issue"
+WAIT_POLL_S, WAIT_MAX_S = 30.0, 20 * 60.0
 
 
 @dataclass
@@ -72,6 +101,15 @@ class Row:
     archive_bytes: int | None = None
     served: dict[str, Any] | None = None
     log: str = ""
+    waited: dict[str, Any] | None = None  # --wait-for: how long this model waited, and whether the other work was still running
+    # A text-generation model's own fields.
+    generation: bool = False
+    exporter: str | None = None
+    onnx_bytes: int | None = None  # the graph and its external weights
+    parity_passed: bool | None = None
+    greedy: list[dict[str, Any]] = field(default_factory=list)  # parity.json's greedy rows
+    generated: list[dict[str, Any]] = field(default_factory=list)  # `pipeline generate --json` against transformers' generate
+    within_target: bool | None = None
 
 
 def run_measured(cmd: list[str], log: Path, timeout: float) -> tuple[int | None, float, float, bool]:
@@ -138,9 +176,14 @@ def read_results(row: Row, layout: Layout, since: datetime.datetime) -> None:
             row.stage_peak_rss_mb[rec["stage"]] = peak
         if rec["stage"] == "train":
             row.params = parameters(layout.root / rec["path"])
+    if (graph := records.get(ONNX)) and fresh(graph["created"], since):
+        row.exporter = graph.get("details", {}).get("exporter")
+        row.onnx_bytes = graph["bytes"] + graph.get("details", {}).get("external_data", {}).get("bytes", 0)
     parity = layout.reports / "parity.json"
     if parity.exists() and parity.stat().st_mtime >= since.timestamp():
         report = json.loads(parity.read_text())
+        row.parity_passed = report.get("passed")
+        row.greedy = report.get("greedy", [])
         row.parity_worst = report.get("worst")
         row.parity_sweep = report.get("sweep")
         if row.parity_sweep is None:  # older parity stages do not describe their sweep
@@ -192,7 +235,128 @@ def serve_once(spec: ModelSpec, model: str, root: Path, timeout: float) -> dict[
     return served
 
 
-def run_model(model: str, root: Path, timeout: float, serve: bool) -> Row:
+def generate_check(model: str, spec: ModelSpec, root: Path, new_tokens: int, timeout: float) -> list[dict[str, Any]]:
+    """`python -m pipeline generate --json` for one prompt and for a left-padded batch of two, each
+    against transformers' greedy `generate` on the folder: tokens per prompt, and where they part."""
+    runs: list[dict[str, Any]] = []
+    for prompts in (GENERATE_PROMPTS[:1], GENERATE_PROMPTS):
+        cmd = [sys.executable, "-m", "pipeline", "generate", "--model", model, "--root", str(root), "--json"]
+        cmd += [*(a for p in prompts for a in ("--prompt", p)), "--max-new-tokens", str(new_tokens)]
+        t0 = time.perf_counter()
+        try:
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            runs.append({"prompts": len(prompts), "error": f"no answer within {timeout:g}s"})
+            continue
+        run: dict[str, Any] = {"prompts": len(prompts), "seconds": round(time.perf_counter() - t0, 1)}
+        if done.returncode != 0:
+            run["error"] = (done.stderr.strip() or done.stdout.strip() or "(no output)").splitlines()[-1][:400]
+        else:
+            run["answers"] = [a["tokens"] for a in json.loads(done.stdout.strip().splitlines()[-1])]
+            run["tokens"] = [len(a) for a in run["answers"]]
+        runs.append(run)
+    answered = [r for r in runs if "answers" in r]
+    if answered:
+        reference = TransformersGreedy(model.removeprefix(HF_PREFIX).split("#")[0], spec)
+        for run in answered:
+            run["rows"] = reference.compare(GENERATE_PROMPTS[: run["prompts"]], run.pop("answers"), new_tokens)
+            run["same"] = all(r["same"] for r in run["rows"])
+            run["passed"] = all(r["same"] or r["near_tie"] for r in run["rows"])
+        del reference
+    return runs
+
+
+class TransformersGreedy:
+    """The folder's model as transformers loads it (`from_pretrained`, its own tokenizer padding on
+    the left), generating greedily: the reference for the user's command."""
+
+    def __init__(self, folder: str, spec: ModelSpec):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        assert spec.generation is not None
+        self.gen, self.tol = spec.generation, spec.tolerance
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+        self.tokenizer.pad_token_id = self.gen.pad_id  # masked places: any id does, the loop's for sameness
+
+    def compare(self, prompts: tuple[str, ...], answers: list[list[int]], new_tokens: int) -> list[dict[str, Any]]:
+        import torch
+        from transformers import GenerationConfig
+
+        feed = self.tokenizer(list(prompts), padding=True, return_tensors="pt")
+        config = GenerationConfig(
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=self.gen.pad_id,
+            eos_token_id=list(self.gen.eos_ids) or None,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        with torch.inference_mode():
+            out = self.model.generate(**feed, generation_config=config)
+        wants = out.sequences[:, feed["input_ids"].shape[1] :].tolist()
+        logits = [step.float().numpy() for step in out.logits]
+        return [self.parting(row, until_eos(want, self.gen.eos_ids), got, logits) for row, (want, got) in enumerate(zip(wants, answers))]
+
+    def parting(self, row: int, want: list[int], got: list[int], logits: list[np.ndarray]) -> dict[str, Any]:
+        """Same tokens, or the first new token where they part with transformers' margin between its two best logits there."""
+        parted = next((i for i, (w, g) in enumerate(zip(want, got)) if w != g), None)
+        if parted is None and len(want) != len(got):
+            parted = min(len(want), len(got))
+        if parted is None:
+            return {"row": row, "tokens": len(want), "same": True, "near_tie": False}
+        step = logits[min(parted, len(logits) - 1)][row].astype(np.float64)
+        second, best = np.sort(step)[-2:]
+        bound = self.tol.atol + self.tol.rtol * abs(best) + self.tol.scaled * float(np.abs(step).max())
+        margin = float(best - second)
+        return {
+            "row": row,
+            "tokens": len(want),
+            "same": False,
+            "parted_at": parted,
+            "margin": margin,
+            "bound": bound,
+            "near_tie": margin <= 2 * bound,
+        }
+
+
+def until_eos(tokens: list[int], eos: tuple[int, ...]) -> list[int]:
+    """The tokens through the first EOS: what the loop answers (generate pads after it)."""
+    ends = [i for i, t in enumerate(tokens) if t in eos]
+    return tokens[: ends[0] + 1] if ends else tokens
+
+
+def others_matching(pattern: re.Pattern[str]) -> list[str]:
+    """Processes whose command line matches, other than this one and those that started it (whose arguments may hold the pattern)."""
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        command = " ".join(proc.info["cmdline"] or [])
+        if proc.info["pid"] not in mine and pattern.search(command):
+            found.append(f"{proc.info['pid']}: {command[:160]}")
+    return found
+
+
+def wait_for_quiet(pattern: re.Pattern[str], poll_s: float = WAIT_POLL_S, most_s: float = WAIT_MAX_S) -> dict[str, Any]:
+    """Wait until no other process matches `pattern`, `most_s` at most: the seconds waited, and what still ran if it went ahead."""
+    started = time.monotonic()
+    while (busy := others_matching(pattern)) and time.monotonic() - started < most_s:
+        time.sleep(poll_s)
+    return {"pattern": pattern.pattern, "seconds": round(time.monotonic() - started), "went_ahead_beside": busy}
+
+
+def decoder_models(folder: Path) -> list[str]:
+    """The full-size decoder checkpoints in `folder` (written by make_hf_checkpoint.py where missing), as hf: models."""
+    models = []
+    for name, kind in DECODERS.items():
+        out = folder / name
+        if not (out / "config.json").is_file():
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "make_hf_checkpoint.py"), kind, str(out)], cwd=ROOT, check=True)
+        models.append(f"{HF_PREFIX}{out}")
+    return models
+
+
+def run_model(model: str, root: Path, timeout: float, serve: bool, target_s: float = 600.0, new_tokens: int = 32) -> Row:
     row = Row(model=model)
     if not model.startswith(HF_PREFIX) and (model.endswith(".py") or "/" in model):
         # Relative to where the suite runs, else to the checkout (the default list's fixture).
@@ -221,8 +385,15 @@ def run_model(model: str, root: Path, timeout: float, serve: bool) -> Row:
         row.status, row.note = "failed", error_line(log)
     else:
         row.status = "passed"
+    row.generation = spec.generation is not None
+    if row.generation:
+        row.within_target = row.status == "passed" and row.wall_s <= target_s
+        if row.status == "passed":
+            row.generated = generate_check(model, spec, root, new_tokens, timeout=min(timeout, 900))
         if serve:
-            row.served = serve_once(spec, model, root, timeout=min(timeout, 600))
+            row.served = {"skipped": SERVE_LATER}
+    elif serve and row.status == "passed":
+        row.served = serve_once(spec, model, root, timeout=min(timeout, 600))
     return row
 
 
@@ -287,6 +458,8 @@ def render(rows: list[Row], info: dict[str, Any]) -> str:
         worst = f"{w['engine']} `{w['output']}` {w['case']}: max abs {w['max_abs']:.2g}, {w['tolerance_used']:.2g}× bound" if w else "—"
         if r.served is None:
             served = "—"
+        elif "skipped" in r.served:
+            served = "skipped"
         else:
             served = f"{r.served.get('status', 'no answer')}, {_size(r.served.get('answer_bytes'))}"
         cells = [
@@ -301,34 +474,136 @@ def render(rows: list[Row], info: dict[str, Any]) -> str:
             served,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [r for r in rows if r.status != "passed" or (r.served and "error" in r.served)]
+    lines += render_generation([r for r in rows if r.generation], info["target_s"])
+    notes = [r for r in rows if r.status != "passed" or (r.served and ("error" in r.served or "skipped" in r.served))]
     if notes:
         lines += ["", "Notes:", ""]
         for r in notes:
-            text = r.note + (f" Served: {r.served['error']}" if r.served and "error" in r.served else "")
-            lines.append(f"- `{r.name or r.model}` {r.status}: {text.strip()}" + (f" (log: {r.log})" if r.log else ""))
+            answer = r.served or {}
+            why = (
+                f" Served: {answer['error']}" if "error" in answer else f"; not served: {answer['skipped']}." if "skipped" in answer else ""
+            )
+            text = r.note + why
+            lines.append(
+                f"- `{r.name or r.model}` {r.status}{'' if text.startswith(';') else ': '}{text.strip()}"
+                + (f" (log: {r.log})" if r.log else "")
+            )
+    waited = [(r, r.waited) for r in rows if r.waited and (r.waited["seconds"] or r.waited["went_ahead_beside"])]
+    if waited:
+        lines += [
+            "",
+            f"Waited for other work (`{waited[0][1]['pattern']}`, polled every {WAIT_POLL_S:g} s, {WAIT_MAX_S / 60:g} minutes at most):",
+            "",
+        ]
+        for r, w in waited:
+            beside = f"; went ahead beside {'; '.join(w['went_ahead_beside'])}" if w["went_ahead_beside"] else ""
+            lines.append(f"- `{r.name or r.model}`: waited {w['seconds']} s{beside}")
     return "\n".join(lines) + "\n"
+
+
+def render_generation(rows: list[Row], target_s: float) -> list[str]:
+    """The text-generation models: the target, the exporter and graph, parity's greedy rows, and the user's command."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Text generation",
+        "",
+        "Greedy rows: parity's loop on the ONNX graph against transformers' `generate(do_sample=False)`, "
+        "at batch 1 and on a left-padded batch of three prompts. `pipeline generate`: the user's command (`--json`) for one prompt and for a "
+        "left-padded batch of two, against transformers' own greedy `generate` on the folder (`from_pretrained`, its tokenizer "
+        "padding on the left). Where tokens part: the new token's index, transformers' margin between its two best logits there, "
+        "and the bound (a near tie is within twice the bound).",
+        "",
+        f"| model | wall s | peak RSS | within {target_s / 60:g} min | exporter | ONNX | parity | greedy b=1 | greedy left-padded | "
+        "`pipeline generate` | served |",
+        "| --- | ---: | ---: | --- | --- | ---: | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        cells = [
+            f"`{r.name or r.model}`",
+            f"{r.wall_s:.1f}" if r.wall_s is not None else "—",
+            _size(r.peak_rss_mb * 2**20) if r.peak_rss_mb is not None else "—",
+            "—" if r.within_target is None else "✓ yes" if r.within_target else "✗ no",
+            (r.exporter or "—").split(" (")[0],
+            _size(r.onnx_bytes),
+            "—" if r.parity_passed is None else "✓ passed" if r.parity_passed else "✗ failed",
+            _greedy([g for g in r.greedy if "b=1" in g["case"]]),
+            _greedy([g for g in r.greedy if "left-padded" in g["case"]]),
+            "; ".join(_generated(g) for g in r.generated) or "—",
+            f"skipped: {r.served['skipped']}" if r.served and "skipped" in r.served else "—",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _greedy(rows: list[dict[str, Any]]) -> str:
+    """Same tokens in every row, or each row that parted: where, by what margin, near tie or not."""
+    if not rows:
+        return "—"
+    parted = [g for g in rows if not g["same"]]
+    tokens = "/".join(str(g["tokens"]) for g in rows)
+    if not parted:
+        return f"✓ same ({tokens} tokens)" if len(rows) == 1 else f"✓ {len(rows)} of {len(rows)} rows same ({tokens} tokens)"
+    return "; ".join(
+        f"{'near tie' if g['near_tie'] else '✗ parted'}: row {g['row']} at token {g['parted_at']}, margin {g['margin']:.2g} (bound {g['bound']:.2g})"
+        for g in parted
+    )
+
+
+def _generated(run: dict[str, Any]) -> str:
+    what = f"b={run['prompts']}"
+    if "error" in run:
+        return f"{what}: ✗ {run['error']}"
+    return f"{what}: {'+'.join(map(str, run['tokens']))} tokens in {run['seconds']:g} s, {_greedy(run['rows'])}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--models", default=",".join(DEFAULT_MODELS), help="comma-separated built-in names or .py paths (default: %(default)s)"
+        "--models",
+        help=f"comma-separated built-in names, .py paths or hf:FOLDER checkpoints (default: {','.join(DEFAULT_MODELS)}; none with --decoders)",
+    )
+    parser.add_argument(
+        "--decoders",
+        type=Path,
+        metavar="FOLDER",
+        help=f"also the full-size decoders in FOLDER ({', '.join(DECODERS)}), written by make_hf_checkpoint.py where missing",
+    )
+    parser.add_argument(
+        "--target-s", type=float, default=600.0, help="a generation model's chain meets its target within this (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--new-tokens",
+        type=int,
+        default=32,
+        help="new tokens per prompt in a generation model's `pipeline generate` check (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--wait-for",
+        metavar="PATTERN",
+        help=f"before each model, wait while another process's command line matches this regex (every {WAIT_POLL_S:g} s, "
+        f"{WAIT_MAX_S / 60:g} minutes at most), e.g. 'pipeline bench|genai'",
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one model's chain may take (default: %(default)s)")
     parser.add_argument("--serve", action="store_true", help="also serve each archive, send one request, and stop it")
     parser.add_argument("--root", type=Path, default=ROOT, help="project folder of artifacts/, reports/ (default: the checkout)")
     args = parser.parse_args(argv)
     root = args.root.resolve()
+    models = [m for m in (args.models or ("" if args.decoders else ",".join(DEFAULT_MODELS))).split(",") if m]
+    if args.decoders:
+        models += decoder_models(args.decoders.resolve())
     rows = []
-    bar = tqdm([m for m in args.models.split(",") if m], desc="real models", unit="model", disable=None)
+    bar = tqdm(models, desc="real models", unit="model", disable=None)
     for model in bar:
         bar.set_postfix_str(model)
-        row = run_model(model, root, args.timeout, args.serve)
+        waited = wait_for_quiet(re.compile(args.wait_for)) if args.wait_for else None
+        row = run_model(model, root, args.timeout, args.serve, args.target_s, args.new_tokens)
+        row.waited = waited
         rows.append(row)
         measured = f"wall {row.wall_s:.0f}s, peak RSS {_size(row.peak_rss_mb * 2**20)} " if row.wall_s and row.peak_rss_mb else ""
         bar.write(f"{row.status:<8} {row.name or row.model}: {measured}{row.note}")
-    info = machine(root)
+    info = {**machine(root), "target_s": args.target_s}
     reports = root / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "real-models.json").write_text(
@@ -336,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     (reports / "real-models.md").write_text(render(rows, info))
     print(f"wrote {reports / 'real-models.md'} and {reports / 'real-models.json'}")
-    return 0 if all(r.status in ("passed", "skipped") for r in rows) else 1
+    generated = all(g.get("passed") for r in rows for g in r.generated)
+    return 0 if all(r.status in ("passed", "skipped") for r in rows) and generated else 1
 
 
 if __name__ == "__main__":
