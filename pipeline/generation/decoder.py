@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from pipeline.generation import text
 from pipeline.spec import Feed, Generation, TensorSpec
 
 # The example's sizes: every dynamic axis at least 2 and unlike the others (torch.export
@@ -86,6 +87,8 @@ def spec_fields(gen: Generation, example_text: str) -> dict:
         "parity_cases": feeds.parity_cases,
         "max_lengths": {"seq": gen.max_length, "total": gen.max_length, "past": gen.max_length},
         "example_request": {"text": example_text, "max_new_tokens": 16},
+        # A request is prompts, not tensors: the body cap is theirs, not one row of the cache's.
+        "max_request_bytes": max(1 << 20, gen.max_batch * gen.max_length * text.CHARS_PER_TOKEN * text.BYTES_PER_CHAR),
         "generation": gen,
     }
 

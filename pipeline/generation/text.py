@@ -22,6 +22,11 @@ from pipeline.artifacts import files
 from pipeline.errors import PipelineError, RequestError
 
 INCOMPLETE = "\ufffd"
+# Characters a prompt may have per position of the model before it is tokenized (a server refuses more
+# unread): a byte-level token holds at least one byte, and few hold more than eight characters.
+CHARS_PER_TOKEN = 8
+# A prompt's bytes at most, as UTF-8 in a JSON body: four per character, escapes aside.
+BYTES_PER_CHAR = 4
 
 
 def load(path: Path) -> Tokenizer:

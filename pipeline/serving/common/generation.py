@@ -30,8 +30,6 @@ from pipeline.serving.common.predictor import Answer
 FIELDS = ("text", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
 DEFAULT_NEW_TOKENS = 32
 MAX_STOPS = 4
-# Characters per token a text may have before it is tokenized: a byte-level token is at least one byte.
-CHARS_PER_TOKEN = 8
 
 
 class GenerationPredictor:
@@ -93,7 +91,7 @@ class GenerationPredictor:
             raise RequestError('"text" must be a string or a list of strings')
         if not 1 <= len(prompts) <= self.gen.max_batch:
             raise RequestError(f'"text" has {len(prompts)} prompts; this model takes 1 to {self.gen.max_batch} per request')
-        cap = self.gen.max_length * CHARS_PER_TOKEN
+        cap = self.gen.max_length * text.CHARS_PER_TOKEN
         for i, prompt in enumerate(prompts):
             if len(prompt) > cap:  # before the tokenizer spends time on it
                 raise RequestError(
