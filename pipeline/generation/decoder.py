@@ -20,6 +20,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from pipeline.generation import text
+from pipeline.generation.loop import position_ids
 from pipeline.spec import Feed, Generation, TensorSpec
 
 # The example's sizes: every dynamic axis at least 2 and unlike the others (torch.export
@@ -91,13 +92,6 @@ def spec_fields(gen: Generation, example_text: str) -> dict:
         "max_request_bytes": max(1 << 20, gen.max_batch * gen.max_length * text.CHARS_PER_TOKEN * text.BYTES_PER_CHAR),
         "generation": gen,
     }
-
-
-def position_ids(attention_mask: np.ndarray, new: int) -> np.ndarray:
-    """The positions of the last `new` tokens: real tokens count from 0, left padding sits at 1 (it is masked)."""
-    positions = np.cumsum(attention_mask, axis=1) - 1
-    positions[attention_mask == 0] = 1
-    return positions[:, -new:].astype(np.int64)
 
 
 @dataclass(frozen=True)

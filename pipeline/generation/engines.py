@@ -20,9 +20,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
-from pipeline.generation.decoder import CachedDecoder
 from pipeline.runtimes.session import SessionConfig, create_session
 from pipeline.spec import Generation
 
@@ -80,7 +78,9 @@ class EagerEngine:
 
     name = "eager"
 
-    def __init__(self, module: torch.nn.Module, gen: Generation):
+    def __init__(self, module: Any, gen: Generation):
+        from pipeline.generation.decoder import CachedDecoder  # torch and transformers: only where eager runs
+
         if not isinstance(module, CachedDecoder):
             raise TypeError(f"eager generation runs a CachedDecoder, not a {type(module).__name__}")
         self.module = module.eval()
@@ -89,6 +89,8 @@ class EagerEngine:
     def step(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: Cache | None
     ) -> tuple[np.ndarray, Cache]:
+        import torch
+
         batch = input_ids.shape[0]
         if cache is None:
             shape = (batch, self.gen.kv_heads, 0, self.gen.head_size)

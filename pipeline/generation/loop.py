@@ -19,7 +19,6 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from pipeline.errors import RequestError
-from pipeline.generation.decoder import position_ids
 from pipeline.generation.engines import Engine
 from pipeline.generation.sampling import Sampling, choose
 from pipeline.generation.text import TextStream, left_pad
@@ -56,6 +55,13 @@ class Delta:
     row: int
     token: int
     text: str
+
+
+def position_ids(attention_mask: np.ndarray, new: int) -> np.ndarray:
+    """The positions of the last `new` tokens: real tokens count from 0, left padding sits at 1 (it is masked)."""
+    positions = np.cumsum(attention_mask, axis=1) - 1
+    positions[attention_mask == 0] = 1
+    return positions[:, -new:].astype(np.int64)
 
 
 def check_limits(gen: Generation, rows: Sequence[Sequence[int]], max_new_tokens: int) -> None:

@@ -23,9 +23,9 @@ from tokenizers import Tokenizer
 from transformers import GenerationConfig
 
 from pipeline.generation import text
-from pipeline.generation.decoder import CachedDecoder, position_ids
+from pipeline.generation.decoder import CachedDecoder
 from pipeline.generation.engines import EagerEngine, Engine
-from pipeline.generation.loop import Options, Run
+from pipeline.generation.loop import Options, Run, position_ids
 from pipeline.spec import Generation, Tolerance
 
 STEPS = 8

@@ -13,8 +13,7 @@ import pytest
 
 from pipeline.errors import RequestError
 from pipeline.generation import text
-from pipeline.generation.decoder import position_ids
-from pipeline.generation.loop import Options, Run, check_limits
+from pipeline.generation.loop import Options, Run, check_limits, position_ids
 from pipeline.generation.sampling import Sampling, choose
 from pipeline.spec import Generation
 from tests.generation.checkpoints import POSITIONS, VOCAB, tokenizer
