@@ -7,7 +7,7 @@ import json
 import sys
 
 from pipeline.cli.options import model_options, positive, settings_from
-from pipeline.generation import load
+from pipeline.generation.engines import ENGINES
 from pipeline.generation.loop import Options
 from pipeline.generation.sampling import Sampling
 from pipeline.runtimes.session import SessionConfig
@@ -37,7 +37,7 @@ def add_parser(commands) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop a prompt's text before this string (repeatable)")
     p.add_argument(
         "--engine",
-        choices=load.ENGINES,
+        choices=ENGINES,
         default="onnxruntime",
         help="the ONNX graph on ONNX Runtime, or eager torch (default: %(default)s)",
     )
@@ -57,6 +57,8 @@ def sampling(args: argparse.Namespace, gen: Generation) -> Sampling:
 
 
 def command(args: argparse.Namespace) -> int:
+    from pipeline.generation import load  # the verified artifacts: torch and the stages, only when it runs
+
     settings = settings_from(args)
     generator = load.load(settings, args.engine, SessionConfig(args.device, threads=args.threads))
     options = Options(max_new_tokens=args.max_new_tokens, sampling=sampling(args, generator.gen), stop=tuple(args.stop))

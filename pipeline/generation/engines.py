@@ -25,6 +25,8 @@ from pipeline.runtimes.session import SessionConfig, create_session
 from pipeline.spec import Generation
 
 Cache = Any
+# What `generate` and the servers can run a generation model on.
+ENGINES = ("onnxruntime", "eager")
 
 
 class Engine(Protocol):

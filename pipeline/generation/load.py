@@ -17,14 +17,12 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import ONNX, PARITY
 from pipeline.errors import PipelineError
 from pipeline.generation import text
-from pipeline.generation.engines import EagerEngine, Engine, OnnxEngine
+from pipeline.generation.engines import ENGINES, EagerEngine, Engine, OnnxEngine
 from pipeline.generation.loop import Options, Run
 from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import Settings, resolve
 from pipeline.spec import Generation, ModelSpec
 from pipeline.stages.fresh import stale
-
-ENGINES = ("onnxruntime", "eager")
 
 
 @dataclass
