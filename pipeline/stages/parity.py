@@ -31,9 +31,6 @@ from pipeline.artifacts.environment import fingerprint
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import CHECKPOINT, ONNX, PARITY, TORCHSCRIPT
 from pipeline.errors import ParityError
-from pipeline.generation import text as generation_text
-from pipeline.generation import verify
-from pipeline.generation.engines import EagerEngine, OnnxEngine
 from pipeline.runtimes.runners import OrtRunner, Runner, TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.serving.common import preprocess
@@ -486,6 +483,8 @@ def plan(settings: Settings) -> Plan:
         "cuda_rtol": cuda_tol.rtol,
     }
     if spec.generation is not None:
+        from pipeline.generation import verify
+
         stage_settings["generation"] = {"steps": verify.STEPS, "greedy_tokens": verify.GREEDY_TOKENS, "prompts": list(verify.PROMPTS)}
     sweep = Sweep(budget_record["mode"], sorted(set(settings.parity_batch_sizes)), budget_record)
     return Plan(spec, layout, manifest, ckpt_sha, tol, cuda_tol, precision, sizing, sweep, inputs, stage_settings)
@@ -536,6 +535,11 @@ def compare_engines(p: Plan, settings: Settings) -> Comparison:
 
 def generation_pass(p: Plan, comparison: Comparison) -> None:
     """Prefill and decode steps with the cache, and greedy tokens against transformers' generate, on each ONNX Runtime engine."""
+    # transformers' generate is the reference: imported for a generation model only.
+    from pipeline.generation import text as generation_text
+    from pipeline.generation import verify
+    from pipeline.generation.engines import EagerEngine, OnnxEngine
+
     gen = p.spec.generation
     assert gen is not None
     model, _ = checkpoint.load_model(p.manifest, p.spec, STAGE)
