@@ -180,7 +180,8 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"  try      {token_cmd} --header | curl -s -H @- -T <your.jpg or .png> {info.predictions_url}")
     else:
         print(f"  try      {token_cmd} --header | curl -s -H @- -H 'Content-Type: application/json' {data} {info.predictions_url}")
-    print(f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.infer_url}, same token")
+    if spec.generation is None:  # a decoder takes prompts, not the tensors of its graph
+        print(f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.infer_url}, same token")
     print(f"  logs     {rel(Path(info.run_dir) / 'logs')}/")
     print(f"  stop     {backend.command('stop', rel(sys.executable))}{model_arg}")
     return 0
