@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import psutil
+from tqdm import tqdm
 
 from pipeline.artifacts import files
 from pipeline.artifacts.environment import fingerprint
@@ -299,15 +300,17 @@ def in_process_engines(settings: GenerationSettings, spec: ModelSpec, layout: La
     return engines
 
 
-def time_case(engines: Sequence[Generate], rows: np.ndarray, settings: GenerationSettings, out: Measured) -> None:
+def time_case(engines: Sequence[Generate], rows: np.ndarray, settings: GenerationSettings, out: Measured, bar: tqdm) -> None:
     """Warm up each engine, then time them in turns (a shuffled order per repeat); a record per engine that kept the fixed length."""
     live: dict[str, Generate] = {}
     for engine in engines:
+        bar.set_postfix_str(f"prompt {rows.shape[1]} b={rows.shape[0]} warm up {engine.name}")
         try:
             engine(rows, settings.new_tokens)  # warm-up: the session's first shapes, torch's first kernels
             live[engine.name] = engine
         except Exception as exc:
             out.failures.append(_failure(engine.name, rows, exc))
+        bar.update(1)
     runs: dict[str, list[Timed]] = {name: [] for name in live}
     order = np.random.default_rng(rows.shape[0] * 1000 + rows.shape[1])
     for _ in range(settings.repeats):
@@ -318,6 +321,7 @@ def time_case(engines: Sequence[Generate], rows: np.ndarray, settings: Generatio
                 runs[name].append(live[name](rows, settings.new_tokens))
             finally:
                 gc.enable()
+            bar.update(1)
     for name, timed in runs.items():
         _record(name, rows, timed, settings, out)
 
@@ -469,8 +473,9 @@ def run(settings: GenerationSettings) -> dict:
 
     tokenizer = text.load(gen.tokenizer)
     cases = [prompt_rows(tokenizer, gen, length, batch) for length in settings.prompt_lengths for batch in settings.batch_sizes]
-    for rows in cases:
-        time_case(engines, rows, settings, out)
+    with tqdm(total=len(cases) * len(engines) * (settings.repeats + 1), desc=f"bench {spec.name}", unit="run", disable=None) as bar:
+        for rows in cases:
+            time_case(engines, rows, settings, out, bar)
     if "onnxruntime-genai" in settings.engines:
         genai_peer(settings, spec, layout, manifest, cases, out)
     report = {
