@@ -8,7 +8,7 @@ from tests.generation.checkpoints import run_chain, save_decoder
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory) -> tuple[Path, Path]:
+def small_llama(tmp_path_factory) -> tuple[Path, Path]:
     """A small Llama through the chain, once for every module here: (its checkpoint folder, the project root).
 
     The root is short: TorchServe's sockets live under it."""

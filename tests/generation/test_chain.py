@@ -1,5 +1,5 @@
 """Decoders of transformers' classes (Llama, Qwen2, Mistral, GPT-2) at small configs through the
-chain as text-generation models, then `generate` from what it built."""
+chain as text-generation models, then `generate` from what it small_llama."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def test_a_decoder_exports_with_its_cache_and_generates_as_transformers_does(tmp
 
 
 @pytest.mark.slow
-def test_the_archive_carries_the_cache_layout_and_the_tokenizer(built):
-    folder, root = built
+def test_the_archive_carries_the_cache_layout_and_the_tokenizer(small_llama):
+    folder, root = small_llama
     with zipfile.ZipFile(root / "model_store" / "llama.mar") as zf:
         contract = json.loads(zf.read("io_contract.json"))
         assert zf.read("tokenizer.json") == (folder / "tokenizer.json").read_bytes()
@@ -60,8 +60,8 @@ def test_the_archive_carries_the_cache_layout_and_the_tokenizer(built):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["onnxruntime", "eager"])
-def test_generate_prints_the_tokens_transformers_picks(built, capsys, engine):
-    folder, root = built
+def test_generate_prints_the_tokens_transformers_picks(small_llama, capsys, engine):
+    folder, root = small_llama
     args = ["generate", "--model", f"hf:{folder}", "--root", str(root), "--max-new-tokens", "24", "--json", "--engine", engine]
     assert cli.main(args + [a for p in PROMPTS for a in ("--prompt", p)]) == 0
     answers = json.loads(capsys.readouterr().out)
@@ -72,8 +72,8 @@ def test_generate_prints_the_tokens_transformers_picks(built, capsys, engine):
 
 
 @pytest.mark.slow
-def test_sampling_is_seeded_and_one_prompt_streams(built, capsys):
-    folder, root = built
+def test_sampling_is_seeded_and_one_prompt_streams(small_llama, capsys):
+    folder, root = small_llama
     base = ["generate", "--model", f"hf:{folder}", "--root", str(root), "--prompt", "Hello", "--max-new-tokens", "16"]
     sampled = [*base, "--temperature", "0.8", "--top-p", "0.9", "--seed", "3", "--json"]
     assert cli.main(sampled) == 0
@@ -86,8 +86,8 @@ def test_sampling_is_seeded_and_one_prompt_streams(built, capsys):
 
 
 @pytest.mark.slow
-def test_generate_refuses_a_graph_older_than_its_checkpoint(built, tmp_path, capsys):
-    folder, root = built
+def test_generate_refuses_a_graph_older_than_its_checkpoint(small_llama, tmp_path, capsys):
+    folder, root = small_llama
     moved = save_decoder("llama", tmp_path / "llama", seed=1)  # the same name, other weights, not rebuilt
     project = tmp_path / "project"
     import shutil
@@ -95,7 +95,7 @@ def test_generate_refuses_a_graph_older_than_its_checkpoint(built, tmp_path, cap
     shutil.copytree(root, project)
     assert cli.main(["generate", "--model", f"hf:{moved}", "--root", str(project), "--prompt", "Hi"]) == 1
     err = capsys.readouterr().err
-    assert "older than what they were built from" in err and "python -m pipeline all --model" in err
+    assert "older than what they were small_llama from" in err and "python -m pipeline all --model" in err
 
 
 def test_generate_refuses_a_model_that_does_not_generate(tmp_path):
@@ -104,8 +104,8 @@ def test_generate_refuses_a_model_that_does_not_generate(tmp_path):
 
 
 @pytest.mark.slow
-def test_greedy_parity_names_where_tokens_part_and_whether_it_is_a_near_tie(built):
-    folder, root = built
+def test_greedy_parity_names_where_tokens_part_and_whether_it_is_a_near_tie(small_llama):
+    folder, root = small_llama
     spec = load_spec(f"hf:{folder}")
     gen = spec.generation
     generator = load.load(Settings(model=f"hf:{folder}", root=root))
@@ -137,8 +137,8 @@ def test_greedy_parity_names_where_tokens_part_and_whether_it_is_a_near_tie(buil
 
 
 @pytest.mark.slow
-def test_the_cuda_engine_is_refused_without_cuda_and_matches_the_cpu_with_it(built):
-    folder, root = built
+def test_the_cuda_engine_is_refused_without_cuda_and_matches_the_cpu_with_it(small_llama):
+    folder, root = small_llama
     spec = load_spec(f"hf:{folder}")
     path = root / "artifacts" / spec.name / "model.onnx"
     if not cuda_available():
@@ -162,7 +162,7 @@ SPEC = make_generation_spec(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_siz
 
 @pytest.mark.slow
 def test_the_builtin_gpt2_generates_with_gpt2s_byte_alphabet(tmp_path, capsys):
-    """The built-in gpt2's own spec at a tiny config: no checkpoint folder, GPT-2's byte ids, EOS at the last id."""
+    """The small_llama-in gpt2's own spec at a tiny config: no checkpoint folder, GPT-2's byte ids, EOS at the last id."""
     model = tmp_path / "gpt2_gen_tiny.py"
     model.write_text(BUILTIN_TINY)
     root = tmp_path / "project"

@@ -22,14 +22,14 @@ def body(**fields) -> dict:
 
 
 @pytest.fixture(scope="module")
-def handler(built, tmp_path_factory):
-    _, root = built
+def handler(small_llama, tmp_path_factory):
+    _, root = small_llama
     return archive_handler(root / "model_store" / "llama.mar", tmp_path_factory.mktemp("model_dir"))
 
 
 @pytest.mark.slow
-def test_the_handler_generates_transformers_tokens_for_one_prompt_and_a_batch(built, handler):
-    folder, _ = built
+def test_the_handler_generates_transformers_tokens_for_one_prompt_and_a_batch(small_llama, handler):
+    folder, _ = small_llama
     module, ctx = handler
     one, many = module.handle([body(text=PROMPTS[0], max_new_tokens=12), body(text=PROMPTS, max_new_tokens=12)], ctx)
     want = transformers_greedy(folder, PROMPTS, 12)
@@ -74,10 +74,10 @@ def test_sampling_is_seeded(handler):
 
 
 @pytest.mark.slow
-def test_the_ray_replica_generates_from_the_verified_archive(built, tmp_path):
+def test_the_ray_replica_generates_from_the_verified_archive(small_llama, tmp_path):
     from pipeline.serving.ray import app as ray_app
 
-    folder, root = built
+    folder, root = small_llama
     mar = root / "model_store" / "llama.mar"
     options = ray_app.RayAppOptions(archive=str(mar), sha256=Manifest(root.resolve(), "llama").records[MAR].sha256, token_file="unused")
     predictor, _ = ray_app.load(options, tmp_path)
@@ -88,8 +88,8 @@ def test_the_ray_replica_generates_from_the_verified_archive(built, tmp_path):
 
 @pytest.mark.slow
 @needs_java
-def test_torchserve_generates_over_http(built):
-    folder, root = built
+def test_torchserve_generates_over_http(small_llama):
+    folder, root = small_llama
     settings = Settings(model=f"hf:{folder}", root=root)
     info = serve.start(settings, auto_ports=True)
     try:
