@@ -1,5 +1,5 @@
 """Decoders of transformers' classes (Llama, Qwen2, Mistral, GPT-2) at small configs through the
-chain as text-generation models, then `generate` from what it small_llama."""
+chain as text-generation models, then `generate` from what it built."""
 
 from __future__ import annotations
 
