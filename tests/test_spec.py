@@ -25,8 +25,22 @@ def test_unknown_model_name_lists_the_known_ones():
 
 
 def test_missing_model_file():
-    with pytest.raises(SpecError, match="does not exist"):
+    with pytest.raises(SpecError, match="does not exist\n"):
         load_spec("/nonexistent/my_model.py")
+
+
+def test_a_mistyped_name_suggests_what_is_there(tmp_path):
+    with pytest.raises(SpecError, match="no built-in model named 'simple_mn'; did you mean simple_nn\\?"):
+        load_spec("simple_mn")
+    (tmp_path / "my_model.py").write_text("x = 1\n")
+    (tmp_path / "unrelated.py").write_text("x = 1\n")
+    with pytest.raises(SpecError, match=f"model file {tmp_path}/my_modle.py does not exist; did you mean {tmp_path}/my_model.py\\?"):
+        load_spec(str(tmp_path / "my_modle.py"))
+    (tmp_path / "my-checkpoint").mkdir()
+    with pytest.raises(SpecError, match="my-chekpoint does not exist; did you mean .*/my-checkpoint\\?"):
+        load_spec(f"hf:{tmp_path / 'my-chekpoint'}")
+    with pytest.raises(SpecError, match="zzz.py does not exist\n"):  # nothing close: no guess
+        load_spec(str(tmp_path / "zzz.py"))
 
 
 def test_file_without_spec(tmp_path):

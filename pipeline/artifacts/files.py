@@ -12,6 +12,7 @@ beside their targets and renamed in, one after another (`atomic_files`).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import hashlib
 import json
@@ -20,7 +21,7 @@ import re
 import resource
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,16 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def nearby(path: Path, fits: Callable[[Path], bool]) -> str | None:
+    """The name of the entry beside a path that does not exist closest to its name (a typo's likely target), or None."""
+    folder = path.parent
+    if not folder.is_dir():
+        return None
+    try:
+        names = [p.name for p in folder.iterdir() if fits(p)]
+    except OSError:
+        return None
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.7)
+    return close[0] if close else None

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from pipeline.artifacts.environment import IMPORT_FAILURES, ImportFailure, import_failure
+from pipeline.artifacts.files import nearby
 from pipeline.errors import SpecError
 from pipeline.spec import EXAMPLE, FIELDS, HF_PREFIX, HF_TASKS, REQUIRED, ModelSpec, TensorSpec, validate
 
@@ -98,9 +99,10 @@ def load_spec(model: str) -> ModelSpec:
     if model.endswith(".py") or "/" in model:
         path = Path(model).resolve()
         if not path.is_file():
+            near = nearby(path, lambda p: p.is_file() and p.suffix == ".py")
             raise SpecError(
                 "model",
-                f"model file {model} does not exist",
+                f"model file {model} does not exist" + (f"; did you mean {Path(model).with_name(near)}?" if near else ""),
                 "pass the path of a .py file that defines SPEC, or a built-in name such as simple_nn",
             )
         source = path.read_bytes()
@@ -136,8 +138,11 @@ def load_spec(model: str) -> ModelSpec:
                     f"no module named {model!r} on the Python path",
                     "install or add its package to PYTHONPATH, or pass the path to the .py file",
                 ) from None
+            close = difflib.get_close_matches(model, known.split(", "), n=1)
             raise SpecError(
-                "model", f"no built-in model named {model!r}", f"use one of: {known}; or pass a path to your own .py file"
+                "model",
+                f"no built-in model named {model!r}" + (f"; did you mean {close[0]}?" if close else ""),
+                f"use one of: {known}; or pass a path to your own .py file",
             ) from None
         except Exception as exc:
             raise _load_error(exc, module_name, module_name) from None

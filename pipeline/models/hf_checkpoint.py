@@ -264,7 +264,10 @@ def read_config(folder: Path) -> tuple[dict[str, Any], PreTrainedConfig]:
     """config.json as written, and as transformers reads it."""
     if not folder.is_dir():
         raise SpecError(
-            "model", f"checkpoint folder {folder} does not exist", "pass hf:PATH, PATH the folder model.save_pretrained(PATH) wrote"
+            "model",
+            f"checkpoint folder {folder} does not exist"
+            + (f"; did you mean {folder.with_name(near)}?" if (near := files.nearby(folder, Path.is_dir)) else ""),
+            "pass hf:PATH, PATH the folder model.save_pretrained(PATH) wrote",
         )
     check_files(folder)  # before anything in it is opened
     path = folder / CONFIG
