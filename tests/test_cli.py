@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from pipeline import cli
 from tests.helpers import REPO
 
 
@@ -60,8 +61,37 @@ def test_bad_batch_sizes_are_a_usage_error(tmp_path):
 def test_help_lists_every_command():
     result = pipeline("--help", cwd=REPO)
     assert result.returncode == 0
-    for command in ("train", "trace", "export", "parity", "package", "all", "serve", "stop", "token", "rayservice", "bench", "reliability"):
+    for command in (
+        "train",
+        "trace",
+        "export",
+        "parity",
+        "package",
+        "all",
+        "serve",
+        "stop",
+        "token",
+        "rayservice",
+        "generate",
+        "bench",
+        "reliability",
+    ):
         assert f"    {command}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["exprot"], "no command 'exprot'; did you mean export?; the commands are train, trace, export"),
+        (["all", "--modle", "x"], "unrecognized arguments: --modle x; did you mean --model?"),
+        (["generate", "--prompt", "Hi", "--max-new-token=4"], "did you mean --max-new-tokens?"),
+        (["all", "--zzz"], "unrecognized arguments: --zzz\n"),  # nothing close: no guess
+    ],
+)
+def test_a_typo_in_a_command_or_option_gets_a_suggestion(capsys, args, said):
+    with pytest.raises(SystemExit) as exited:
+        cli.parse(args)
+    assert exited.value.code == 2 and said in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ command takes only its own options.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -55,12 +56,23 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     return p, commands.choices
 
 
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """The hint "; did you mean X?" where one of `choices` is close to a mistyped `word`, else ""."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.7)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse; an option the command does not take exits 2 with that command's own usage."""
     p, commands = parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        p.error(f"no command {argv[0]!r}{did_you_mean(argv[0], list(commands))}; the commands are {', '.join(commands)}")
     args, extra = p.parse_known_args(argv)
     if extra:
-        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        sub = commands[args.command]
+        options = [o for action in sub._actions for o in action.option_strings]
+        hints = "".join(did_you_mean(e.split("=")[0], options) for e in extra if e.startswith("--"))
+        sub.error(f"unrecognized arguments: {' '.join(extra)}{hints}")
     if getattr(args, "task", None) is not None:
         if not args.model.startswith(HF_PREFIX):
             commands[args.command].error(f"--task is for a Hugging Face checkpoint (--model {HF_PREFIX}PATH), not {args.model!r}")
