@@ -84,7 +84,7 @@ def test_help_lists_every_command():
     [
         (["exprot"], "no command 'exprot'; did you mean export?; the commands are train, trace, export"),
         (["all", "--modle", "x"], "unrecognized arguments: --modle x; did you mean --model?"),
-        (["generate", "--prompt", "Hi", "--max-new-token=4"], "did you mean --max-new-tokens?"),
+        (["generate", "--prompt", "Hi", "--max-new-tokns=4"], "did you mean --max-new-tokens?"),
         (["all", "--zzz"], "unrecognized arguments: --zzz\n"),  # nothing close: no guess
     ],
 )
