@@ -64,7 +64,7 @@ from pipeline.models import load_spec  # noqa: E402
 from pipeline.serving.common.client import http  # noqa: E402
 from pipeline.serving.common.preprocess import sample_image  # noqa: E402
 from pipeline.settings import Layout  # noqa: E402
-from pipeline.spec import HF_PREFIX, ModelSpec  # noqa: E402
+from pipeline.spec import HF_PREFIX, ModelSpec, Tolerance  # noqa: E402
 
 DEFAULT_MODELS = ("resnet50", "vit_b16", "bert_base", "gpt2", "tests/fixtures/wide_mlp.py")
 STAGES = ("train", "trace", "export", "parity", "package")
@@ -95,6 +95,10 @@ class Row:
     stage_peak_rss_mb: dict[str, float] = field(default_factory=dict)
     wall_s: float | None = None
     peak_rss_mb: float | None = None
+    # CPU seconds of the chain, and the 1-minute load average as it ended: wall time that CPU
+    # time does not explain, under a load above the cores, is time other work took.
+    cpu_s: float | None = None
+    load_avg: float | None = None
     returncode: int | None = None
     parity_sweep: Any = None
     parity_worst: dict[str, Any] | None = None
@@ -112,8 +116,8 @@ class Row:
     within_target: bool | None = None
 
 
-def run_measured(cmd: list[str], log: Path, timeout: float) -> tuple[int | None, float, float, bool]:
-    """(exit code, wall seconds, peak RSS in MB, timed out) of one child process."""
+def run_measured(cmd: list[str], log: Path, timeout: float) -> tuple[int | None, float, float, bool, float]:
+    """(exit code, wall seconds, peak RSS in MB, timed out, CPU seconds) of one child process."""
     started = time.perf_counter()
     with open(log, "wb") as out:
         # A session of its own: on a timeout the whole group (any worker it started) is stopped.
@@ -133,7 +137,8 @@ def run_measured(cmd: list[str], log: Path, timeout: float) -> tuple[int | None,
             time.sleep(0.2)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped above; Popen must not wait again
-    return proc.returncode, wall, usage.ru_maxrss / 1024, timed_out  # ru_maxrss is in KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime  # its own and its waited-for children's, user and system
+    return proc.returncode, wall, usage.ru_maxrss / 1024, timed_out, cpu  # ru_maxrss is in KiB on Linux
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -296,28 +301,32 @@ class TransformersGreedy:
             out = self.model.generate(**feed, generation_config=config)
         wants = out.sequences[:, feed["input_ids"].shape[1] :].tolist()
         logits = [step.float().numpy() for step in out.logits]
-        return [self.parting(row, until_eos(want, self.gen.eos_ids), got, logits) for row, (want, got) in enumerate(zip(wants, answers))]
+        return [
+            parting(row, until_eos(want, self.gen.eos_ids), got, logits, self.tol) for row, (want, got) in enumerate(zip(wants, answers))
+        ]
 
-    def parting(self, row: int, want: list[int], got: list[int], logits: list[np.ndarray]) -> dict[str, Any]:
-        """Same tokens, or the first new token where they part with transformers' margin between its two best logits there."""
-        parted = next((i for i, (w, g) in enumerate(zip(want, got)) if w != g), None)
-        if parted is None and len(want) != len(got):
-            parted = min(len(want), len(got))
-        if parted is None:
-            return {"row": row, "tokens": len(want), "same": True, "near_tie": False}
-        step = logits[min(parted, len(logits) - 1)][row].astype(np.float64)
-        second, best = np.sort(step)[-2:]
-        bound = self.tol.atol + self.tol.rtol * abs(best) + self.tol.scaled * float(np.abs(step).max())
-        margin = float(best - second)
-        return {
-            "row": row,
-            "tokens": len(want),
-            "same": False,
-            "parted_at": parted,
-            "margin": margin,
-            "bound": bound,
-            "near_tie": margin <= 2 * bound,
-        }
+
+def parting(row: int, want: list[int], got: list[int], logits: list[np.ndarray], tol: Tolerance) -> dict[str, Any]:
+    """Same tokens, or the first new token where `got` parts from `want`, with the reference's margin
+    between its two best logits there (`logits`: one [batch, vocab] per step) against `tol`'s bound."""
+    parted = next((i for i, (w, g) in enumerate(zip(want, got)) if w != g), None)
+    if parted is None and len(want) != len(got):
+        parted = min(len(want), len(got))
+    if parted is None:
+        return {"row": row, "tokens": len(want), "same": True, "near_tie": False}
+    step = logits[min(parted, len(logits) - 1)][row].astype(np.float64)
+    second, best = np.sort(step)[-2:]
+    bound = tol.atol + tol.rtol * abs(best) + tol.scaled * float(np.abs(step).max())
+    margin = float(best - second)
+    return {
+        "row": row,
+        "tokens": len(want),
+        "same": False,
+        "parted_at": parted,
+        "margin": margin,
+        "bound": bound,
+        "near_tie": margin <= 2 * bound,
+    }
 
 
 def until_eos(tokens: list[int], eos: tuple[int, ...]) -> list[int]:
@@ -377,7 +386,8 @@ def run_model(model: str, root: Path, timeout: float, serve: bool, target_s: flo
     row.log = str(log.relative_to(root))
     since = datetime.datetime.now(datetime.timezone.utc)
     cmd = [sys.executable, "-m", "pipeline", "all", "--model", model, "--root", str(root), "--force"]
-    row.returncode, row.wall_s, row.peak_rss_mb, timed_out = run_measured(cmd, log, timeout)
+    row.returncode, row.wall_s, row.peak_rss_mb, timed_out, row.cpu_s = run_measured(cmd, log, timeout)
+    row.load_avg = round(os.getloadavg()[0], 1)
     read_results(row, layout, since)
     if timed_out:
         row.status, row.note = "timeout", f"stopped after {timeout:g}s"
@@ -509,20 +519,25 @@ def render_generation(rows: list[Row], target_s: float) -> list[str]:
         "",
         "## Text generation",
         "",
+        f"CPU s: the chain's CPU seconds (user and system, its children included; at most {os.cpu_count()}× the wall time here). "
+        "Load: the 1-minute load average as the chain ended; above the cores, other work shared them.",
+        "",
         "Greedy rows: parity's loop on the ONNX graph against transformers' `generate(do_sample=False)`, "
         "at batch 1 and on a left-padded batch of three prompts. `pipeline generate`: the user's command (`--json`) for one prompt and for a "
         "left-padded batch of two, against transformers' own greedy `generate` on the folder (`from_pretrained`, its tokenizer "
         "padding on the left). Where tokens part: the new token's index, transformers' margin between its two best logits there, "
         "and the bound (a near tie is within twice the bound).",
         "",
-        f"| model | wall s | peak RSS | within {target_s / 60:g} min | exporter | ONNX | parity | greedy b=1 | greedy left-padded | "
+        f"| model | wall s | CPU s | load | peak RSS | within {target_s / 60:g} min | exporter | ONNX | parity | greedy b=1 | greedy left-padded | "
         "`pipeline generate` | served |",
-        "| --- | ---: | ---: | --- | --- | ---: | --- | --- | --- | --- | --- |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         cells = [
             f"`{r.name or r.model}`",
             f"{r.wall_s:.1f}" if r.wall_s is not None else "—",
+            f"{r.cpu_s:.1f}" if r.cpu_s is not None else "—",
+            f"{r.load_avg:g}" if r.load_avg is not None else "—",
             _size(r.peak_rss_mb * 2**20) if r.peak_rss_mb is not None else "—",
             "—" if r.within_target is None else "✓ yes" if r.within_target else "✗ no",
             (r.exporter or "—").split(" (")[0],

@@ -9,13 +9,16 @@ rebuild from the checkpoint exactly as the full-size ones do.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 import zipfile
 
 import numpy as np
 import onnx
+import psutil
 import pytest
 import torch
 
@@ -29,6 +32,7 @@ from pipeline.runtimes.runners import TorchRunner
 from pipeline.serving.common.contract import declare
 from pipeline.settings import Layout, Settings
 from pipeline.stages import run_all
+from tests.generation.checkpoints import save_decoder
 from tests.helpers import REPO, archive_handler
 
 # Each family at a tiny config of the same transformers class, as a model file.
@@ -270,3 +274,88 @@ def test_the_variant_metric_without_labels_follows_eager(name, tmp_path):
     rng = np.random.default_rng(0)
     noise = metric(lambda feed: {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in runner.infer(feed).items()}, 0)
     assert noise < 0.9
+
+
+# --- text generation: the report's own fields, the user's command against transformers ---
+
+
+def _script(name: str):
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while they are made
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def real_models():
+    return _script("real_models")
+
+
+def test_decoders_name_checkpoint_kinds_that_exist(real_models):
+    kinds = _script("make_hf_checkpoint").KINDS
+    assert set(real_models.DECODERS.values()) <= set(kinds)
+    assert {"qwen2.5-0.5b-causal-lm", "llama-1.1b-causal-lm"} <= set(real_models.DECODERS.values())
+
+
+def test_parting_names_the_token_and_the_margin(real_models):
+    tol = load_spec("simple_nn").tolerance
+    bound = tol.atol + tol.rtol * 3.0  # the best logit below is 3.0; scaled adds tol.scaled * 3.0
+    close = np.array([[0.0, 3.0, 3.0 - bound / 2, -1.0]], dtype=np.float32)  # token 1 by half a bound
+    clear = np.array([[0.0, 3.0, 1.0, -1.0]], dtype=np.float32)
+    assert real_models.parting(0, [1, 1], [1, 1], [clear, clear], tol) == {"row": 0, "tokens": 2, "same": True, "near_tie": False}
+    tie = real_models.parting(0, [1, 1], [1, 2], [clear, close], tol)
+    assert tie["parted_at"] == 1 and tie["near_tie"] and not tie["same"] and tie["margin"] == pytest.approx(bound / 2, rel=1e-3)
+    wrong = real_models.parting(0, [1, 1], [1, 2], [clear, clear], tol)
+    assert wrong["parted_at"] == 1 and wrong["margin"] == pytest.approx(2.0) and not wrong["near_tie"]
+    # One side stopped early (an EOS): they part where the shorter ends.
+    assert real_models.parting(0, [1, 1, 1], [1, 1], [clear] * 3, tol)["parted_at"] == 2
+    assert real_models.until_eos([5, 1, 7, 1], (1,)) == [5, 1] and real_models.until_eos([5, 7], (1,)) == [5, 7]
+
+
+def test_wait_for_sees_other_processes_not_its_own_command_line(real_models):
+    pattern = re.compile(r"sleep 31\.4159")
+    assert real_models.others_matching(re.compile(re.escape(" ".join(psutil.Process().cmdline())))) == []
+    sleeper = subprocess.Popen(["sleep", "31.4159"])
+    try:
+        [found] = real_models.others_matching(pattern)
+        assert found.startswith(f"{sleeper.pid}: ")
+        waited = real_models.wait_for_quiet(pattern, poll_s=0.05, most_s=0.2)
+        assert waited["went_ahead_beside"] == [found] and waited["pattern"] == pattern.pattern
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert real_models.wait_for_quiet(pattern, poll_s=0.05, most_s=5) == {"pattern": pattern.pattern, "seconds": 0, "went_ahead_beside": []}
+
+
+@pytest.mark.slow
+def test_suite_reports_a_generation_model_and_checks_generate_against_transformers(tmp_path, real_models):
+    folder = save_decoder("llama", tmp_path / "tiny-llama")
+    root = tmp_path / "p"
+    result = run_suite("--models", f"hf:{folder}", "--root", str(root), "--serve", "--new-tokens", "8", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [row] = json.loads((root / "reports" / "real-models.json").read_text())["rows"]
+    assert row["status"] == "passed" and row["generation"] and row["parity_passed"] and row["within_target"], row
+    assert row["wall_s"] < 600 and 50 < row["peak_rss_mb"] < 64_000
+    assert row["exporter"].startswith("torch.export-based")
+    assert row["onnx_bytes"] == (root / "artifacts" / "tiny-llama" / "model.onnx").stat().st_size
+    # Parity's greedy rows: batch 1, and each row of the left-padded batch of three.
+    cases = [g["case"] for g in row["greedy"]]
+    assert sum("b=1" in c for c in cases) == 1 and sum("left-padded" in c for c in cases) == 3
+    assert all(g["passed"] for g in row["greedy"])
+    # The user's command: one prompt, then a left-padded batch of two, each row against transformers' generate.
+    assert [g["prompts"] for g in row["generated"]] == [1, 2]
+    for run in row["generated"]:
+        assert "error" not in run and run["passed"] and len(run["tokens"]) == run["prompts"] == len(run["rows"])
+        assert all(1 <= n <= 8 for n in run["tokens"]) and [r["tokens"] for r in run["rows"]] == run["tokens"]
+    assert row["served"] == {"skipped": real_models.SERVE_LATER}
+    table = (root / "reports" / "real-models.md").read_text()
+    [line] = [line for line in table.split("## Text generation")[1].splitlines() if line.startswith("| `tiny-llama`")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert len(cells) == 13 and "—" not in cells, cells
+    assert 0 < float(cells[2]) <= float(cells[1]) * psutil.cpu_count() + 1  # CPU seconds, within what the cores allow
+    assert cells[5] == "✓ yes" and cells[8] == "✓ passed" and cells[9].startswith("✓ same") and cells[10].startswith("✓ 3 of 3 rows same")
+    assert cells[11].startswith("b=1: ") and "; b=2: " in cells[11] and cells[12] == f"skipped: {real_models.SERVE_LATER}"
+    assert f"not served: {real_models.SERVE_LATER}" in table
