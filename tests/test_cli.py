@@ -210,3 +210,24 @@ def test_the_command_line_is_the_top_layer():
                 if name == "argparse" or name == "pipeline.cli" or name.startswith("pipeline.cli."):
                     offenders.append(f"{rel}:{node.lineno} imports {name}")
     assert not offenders, offenders
+
+
+def test_token_names_the_model_that_is_served_when_it_is_not_the_one_asked_for(tmp_path, capsys):
+    """A server record of another model in the project: the error says which is served, not only that simple_nn is not."""
+    run = tmp_path / "run" / "llama"
+    run.mkdir(parents=True)
+    record = {
+        "model": "llama",
+        "pid": 1,
+        "run_dir": str(run),
+        "inference": "http://127.0.0.1:1",
+        "management": "",
+        "metrics": "",
+        "ports": {},
+    }
+    (run / "server.json").write_text(json.dumps(record))
+    (run / "key_file.json").write_text(json.dumps({"inference": {"key": "k"}}))
+    assert cli.main(["token", "--root", str(tmp_path)]) == 1
+    assert "no simple_nn TorchServe server is running; TorchServe serves llama here" in capsys.readouterr().err
+    assert cli.main(["token", "--root", str(tmp_path / "empty")]) == 1
+    assert "start one with python -m pipeline serve" in capsys.readouterr().err

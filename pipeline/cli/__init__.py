@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -24,11 +25,28 @@ from pipeline.errors import PipelineError
 from pipeline.models import hf_model
 from pipeline.spec import HF_PREFIX
 
+# Each command: the module that defines it and the function that runs it. A command line naming one
+# imports that module alone (`token` need not import the benchmark's torch); --help imports them all.
+COMMANDS: dict[str, tuple[str, str]] = {
+    **{stage: ("stages", "stages_command") for stage in ("train", "trace", "export", "parity", "package", "all")},
+    "variants": ("stages", "variants_command"),
+    "serve": ("serving", "serve_command"),
+    "stop": ("serving", "stop_command"),
+    "token": ("serving", "token_command"),
+    "rayservice": ("serving", "rayservice_command"),
+    "generate": ("generate", "command"),
+    "bench": ("bench", "command"),
+    "tune": ("tune", "command"),
+    "reliability": ("reliability", "command"),
+}
+MODULES = ("stages", "serving", "generate", "bench", "tune", "reliability")  # in --help's order
 
-def _commands() -> tuple[ModuleType, ...]:
-    """The command modules; a dependency this Python lacks is named, with how to install it."""
+
+def _modules(command: str | None = None) -> dict[str, ModuleType]:
+    """The command modules (the one defining `command`, where it is one); a dependency this Python lacks is named, with how to install it."""
+    names = (COMMANDS[command][0],) if command in COMMANDS else MODULES
     try:
-        from pipeline.cli import bench, generate, reliability, serving, stages, tune
+        return {name: importlib.import_module(f"pipeline.cli.{name}") for name in names}
     except IMPORT_FAILURES as exc:
         failure = import_failure(exc)
         if failure is None:
@@ -38,21 +56,14 @@ def _commands() -> tuple[ModuleType, ...]:
             f"make setup, or pip install -c constraints.txt -e . in the checkout (offline: bring the {package} wheel and pip install it)"
         )
         raise PipelineError("setup", failure.problem("the pipeline"), failure.fix(install)) from None
-    return bench, generate, reliability, serving, stages, tune
 
 
-def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The command line and each command's own parser."""
-    bench, generate, reliability, serving, stages, tune = _commands()
-
+def parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line and each command's own parser: every command's, or `command`'s alone."""
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True, metavar="command")
-    stages.add_parsers(commands)
-    serving.add_parsers(commands)
-    generate.add_parser(commands)
-    bench.add_parser(commands)
-    tune.add_parser(commands)
-    reliability.add_parser(commands)
+    for module in _modules(command).values():
+        module.add_parsers(commands)
     return p, commands.choices
 
 
@@ -64,9 +75,11 @@ def did_you_mean(word: str, choices: list[str]) -> str:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse; an option the command does not take exits 2 with that command's own usage."""
-    p, commands = parser()
-    if argv and not argv[0].startswith("-") and argv[0] not in commands:
-        p.error(f"no command {argv[0]!r}{did_you_mean(argv[0], list(commands))}; the commands are {', '.join(commands)}")
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argparse.ArgumentParser(prog="python -m pipeline").error(
+            f"no command {argv[0]!r}{did_you_mean(argv[0], list(COMMANDS))}; the commands are {', '.join(COMMANDS)}"
+        )
+    p, commands = parser(argv[0] if argv else None)
     args, extra = p.parse_known_args(argv)
     if extra:
         sub = commands[args.command]
@@ -81,25 +94,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        bench, generate, reliability, serving, stages, tune = _commands()
+        _modules(argv[0] if argv else None)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    args = parse(sys.argv[1:] if argv is None else argv)
-    commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "serve": serving.serve_command,
-        "stop": serving.stop_command,
-        "token": serving.token_command,
-        "rayservice": serving.rayservice_command,
-        "variants": stages.variants_command,
-        "generate": generate.command,
-        "bench": bench.command,
-        "tune": tune.command,
-        "reliability": reliability.command,
-    }
+    args = parse(argv)
+    module, function = COMMANDS[args.command]
+    run: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(f"pipeline.cli.{module}"), function)
     try:
-        return commands.get(args.command, stages.stages_command)(args)
+        return run(args)
     except PipelineError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1

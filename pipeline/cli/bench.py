@@ -16,7 +16,7 @@ from pipeline.settings import Settings, resolve
 from pipeline.spec import PRECISIONS, Device
 
 
-def add_parser(commands) -> None:
+def add_parsers(commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="latency report: eager vs TorchScript vs ONNX Runtime, and the served endpoint",

@@ -14,7 +14,7 @@ from pipeline.runtimes.session import SessionConfig
 from pipeline.spec import Generation
 
 
-def add_parser(commands) -> None:
+def add_parsers(commands) -> None:
     p = commands.add_parser(
         "generate",
         help="generate text from a decoder's verified ONNX graph (or eager torch), greedy or sampled",

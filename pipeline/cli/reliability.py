@@ -10,7 +10,7 @@ from pipeline.reliability import suite
 from pipeline.settings import DEFAULT_MODEL
 
 
-def add_parser(commands) -> None:
+def add_parsers(commands) -> None:
     p = commands.add_parser(
         "reliability",
         help="faults, hostile input and load -> reports/reliability.md",

@@ -113,7 +113,13 @@ def token_command(args: argparse.Namespace) -> int:
     backend = BACKENDS[args.on]
     info = backend.load_info(layout)
     if info is None or not info.key_file.exists():
-        print(f"error: no {spec.name} {backend.label} server is running; start one with {backend.command('serve')}", file=sys.stderr)
+        others = running(backend, layout.root)
+        elsewhere = (
+            f"; {backend.label} serves {', '.join(others)} here: pass the --model that server was started with"
+            if others
+            else f"; start one with {backend.command('serve')}"
+        )
+        print(f"error: no {spec.name} {backend.label} server is running{elsewhere}", file=sys.stderr)
         return 1
     if args.kind not in backend.keys:
         print(
@@ -123,6 +129,15 @@ def token_command(args: argparse.Namespace) -> int:
     token = info.token(args.kind)
     print(f"Authorization: Bearer {token}" if args.header else token)
     return 0
+
+
+def running(backend, root: Path) -> list[str]:
+    """The models this backend serves from the project at `root` (those with a server record and a key file)."""
+    from pipeline.settings import Layout
+
+    folder = root / "run"
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [name for name in names if (info := backend.load_info(Layout(root, name))) is not None and info.key_file.exists()]
 
 
 def refuse_stale(settings, spec, layout) -> None:

@@ -13,7 +13,7 @@ from pipeline.bench.tune import TuneSettings
 from pipeline.cli.options import csv_of, load_generator_option, task_option
 
 
-def add_parser(commands) -> None:
+def add_parsers(commands) -> None:
     p = commands.add_parser(
         "tune",
         help="find, on a real TorchServe (or Ray Serve), the serving config that meets a p99 goal, and package the archive with it",
