@@ -24,8 +24,8 @@ the exporter that made its graph and the graph's size with its weights; parity's
 batch); whether its chain met `--target-s` (10 minutes); and the user's command,
 `python -m pipeline generate --json`, run for one prompt and for a left-padded batch of two,
 its tokens checked against transformers' own greedy `generate` on the folder
-(`from_pretrained`), with the step and margin where they part. `--serve` does not serve it:
-serving a generation model as a token stream is the next issue.
+(`from_pretrained`), with the step and margin where they part. `--serve` serves it and sends its
+example prompt (`{"text": ..., "max_new_tokens": 16}`).
 
 --decoders FOLDER writes the full-size decoder checkpoints (scripts/make_hf_checkpoint.py:
 Qwen2.5-0.5B's shape, a 1.1B Llama, and the held-out Llama and Qwen2) into FOLDER where they
@@ -78,7 +78,6 @@ DECODERS = {
 }
 # The user's command is run for one prompt and for a left-padded batch of two (prompts of different lengths).
 GENERATE_PROMPTS = ("Once upon a time, in a quiet village by the sea, there lived", "Hi")
-SERVE_LATER = "serving a generation model as a token stream is the next issue"
 WAIT_POLL_S, WAIT_MAX_S = 30.0, 20 * 60.0
 
 
@@ -231,6 +230,8 @@ def serve_once(spec: ModelSpec, model: str, root: Path, timeout: float) -> dict[
         t0 = time.perf_counter()
         status, answer = http("POST", url, body, token.stdout.strip(), content_type=content_type, timeout=timeout)
         served.update(status=status, answer_bytes=len(answer), seconds=round(time.perf_counter() - t0, 3))
+        if status == 200 and spec.generation is not None:
+            served["tokens"] = len(json.loads(answer)["tokens"])
         if status != 200:
             served["error"] = answer[:400].decode(errors="replace")
     except (subprocess.SubprocessError, OSError, StopIteration) as exc:
@@ -400,9 +401,7 @@ def run_model(model: str, root: Path, timeout: float, serve: bool, target_s: flo
         row.within_target = row.status == "passed" and row.wall_s <= target_s
         if row.status == "passed":
             row.generated = generate_check(model, spec, root, new_tokens, timeout=min(timeout, 900))
-        if serve:
-            row.served = {"skipped": SERVE_LATER}
-    elif serve and row.status == "passed":
+    if serve and row.status == "passed":
         row.served = serve_once(spec, model, root, timeout=min(timeout, 600))
     return row
 
@@ -546,10 +545,19 @@ def render_generation(rows: list[Row], target_s: float) -> list[str]:
             _greedy([g for g in r.greedy if "b=1" in g["case"]]),
             _greedy([g for g in r.greedy if "left-padded" in g["case"]]),
             "; ".join(_generated(g) for g in r.generated) or "—",
-            f"skipped: {r.served['skipped']}" if r.served and "skipped" in r.served else "—",
+            _served(r.served),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _served(served: dict[str, Any] | None) -> str:
+    """A generation model's served answer: its status and new tokens, or why there is none."""
+    if served is None:
+        return "—"
+    if "error" in served or served.get("status") != 200:
+        return f"✗ {served.get('status', 'no answer')}"
+    return f"✓ 200 in {served['seconds']:g} s, {served.get('tokens', '?')} new tokens"
 
 
 def _greedy(rows: list[dict[str, Any]]) -> str:
