@@ -518,44 +518,59 @@ def compare_engines(p: Plan, settings: Settings) -> Comparison:
     ):
         store = Outputs(Path(tmp))
         ran, evidence = reference_pass(model, p.spec, todo, store, p.sweep, p.sizing, runs, bar)
+        generation = GenerationCheck.of(p.spec, model)  # eager's generation, before the model goes
         del model
         gc.collect()
+        greedy: list[dict] = []
         for name, load in loaders:
             bar.set_postfix_str(name)
             runner = load()
             bound = p.cuda_tol if name == "onnxruntime-cuda" else p.tol
             results.extend(engine_pass(runner, p.spec, ran, store, bound, p.sweep, bar))
+            if generation is not None and isinstance(runner, OrtRunner):
+                steps, rows = generation.check(runner, bound)
+                results.extend(steps)
+                greedy.extend(rows)
             del runner  # released before the next engine loads
             gc.collect()
-    comparison = Comparison([name for name, _ in loaders], skipped, results, evidence)
-    if p.spec.generation is not None:
-        generation_pass(p, comparison)
-    return comparison
+    return Comparison([name for name, _ in loaders], skipped, results, evidence, greedy)
 
 
-def generation_pass(p: Plan, comparison: Comparison) -> None:
-    """Prefill and decode steps with the cache, and greedy tokens against transformers' generate, on each ONNX Runtime engine."""
-    # transformers' generate is the reference: imported for a generation model only.
-    from pipeline.generation import text as generation_text
-    from pipeline.generation import verify
-    from pipeline.generation.engines import EagerEngine, OnnxEngine
+@dataclass
+class GenerationCheck:
+    """A generation model's parity beyond its graph's outputs (`pipeline.generation.verify`): eager's
+    prefill, decode steps and greedy tokens, made once, then held against each ONNX Runtime engine
+    in the session its pass already opened."""
 
-    gen = p.spec.generation
-    assert gen is not None
-    model, _ = checkpoint.load_model(p.manifest, p.spec, STAGE)
-    eager = EagerEngine(model, gen)
-    tokenizer = generation_text.load(gen.tokenizer)
-    onnx_path, _ = p.manifest.verified(ONNX, STAGE)
-    configs = [SessionConfig("cpu")] + ([SessionConfig("cuda", precision=p.precision)] if cuda_available() else [])  # type: ignore[arg-type]
-    for config in configs:
-        engine = OnnxEngine(onnx_path, gen, config)
-        bound = p.cuda_tol if config.device == "cuda" else p.tol
-        for case, rows in verify.cases(tokenizer, gen, verify.GREEDY_TOKENS).items():
-            for step in verify.step_logits(eager, engine, gen, rows, case):
-                comparison.results.append(compare(engine.name, step.case, "logits", step.want, step.got, bound))
-            comparison.greedy += [r.to_json() for r in verify.greedy_rows(model, engine, gen, tokenizer, rows, case, bound)]
-        del engine
-        gc.collect()
+    gen: Any
+    tokenizer: Any
+    references: list
+
+    @classmethod
+    def of(cls, spec: ModelSpec, model: torch.nn.Module) -> GenerationCheck | None:
+        if spec.generation is None:
+            return None
+        # transformers' generate is the reference: imported for a generation model only.
+        from pipeline.generation import text as generation_text
+        from pipeline.generation import verify
+
+        tokenizer = generation_text.load(spec.generation.tokenizer)
+        cases = verify.cases(tokenizer, spec.generation, verify.GREEDY_TOKENS)
+        return cls(spec.generation, tokenizer, [verify.reference(model, spec.generation, rows, case) for case, rows in cases.items()])
+
+    def check(self, runner: OrtRunner, bound: Tolerance) -> tuple[list[OutputDiff], list[dict]]:
+        """Each case's step logits against eager's, and the loop's greedy tokens against transformers', on `runner`'s session."""
+        from pipeline.generation import verify
+        from pipeline.generation.engines import OnnxEngine
+
+        engine = OnnxEngine(None, self.gen, runner.config, session=runner.session)
+        steps, rows = [], []
+        for ref in self.references:
+            steps += [
+                compare(runner.name, step.case, "logits", step.want, step.got, bound) for step in verify.step_logits(engine, self.gen, ref)
+            ]
+            rows += [row.to_json() for row in verify.greedy_rows(engine, self.gen, self.tokenizer, ref, bound)]
+        return steps, rows
 
 
 @dataclass(frozen=True)

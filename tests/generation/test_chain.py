@@ -95,7 +95,7 @@ def test_generate_refuses_a_graph_older_than_its_checkpoint(small_llama, tmp_pat
     shutil.copytree(root, project)
     assert cli.main(["generate", "--model", f"hf:{moved}", "--root", str(project), "--prompt", "Hi"]) == 1
     err = capsys.readouterr().err
-    assert "older than what they were small_llama from" in err and "python -m pipeline all --model" in err
+    assert "older than what they were built from" in err and "python -m pipeline all --model" in err
 
 
 def test_generate_refuses_a_model_that_does_not_generate(tmp_path):
@@ -130,9 +130,10 @@ def test_greedy_parity_names_where_tokens_part_and_whether_it_is_a_near_tie(smal
     rows = text.encode(tok, PROMPTS[:1])
     eager = load.load(Settings(model=f"hf:{folder}", root=root), "eager").engine
     assert isinstance(eager, EagerEngine)
-    tight = verify.greedy_rows(eager.module, Swapped(generator.engine), gen, tok, rows, "swap", Tolerance())
+    ref = verify.reference(eager.module, gen, rows, "swap")
+    tight = verify.greedy_rows(Swapped(generator.engine), gen, tok, ref, Tolerance())
     assert not tight[0].same and tight[0].parted_at == 3 and not tight[0].near_tie and not tight[0].passed
-    loose = verify.greedy_rows(eager.module, Swapped(generator.engine), gen, tok, rows, "swap", Tolerance(atol=100.0))
+    loose = verify.greedy_rows(Swapped(generator.engine), gen, tok, ref, Tolerance(atol=100.0))
     assert loose[0].near_tie and loose[0].passed and loose[0].margin == tight[0].margin
 
 
@@ -162,7 +163,7 @@ SPEC = make_generation_spec(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_siz
 
 @pytest.mark.slow
 def test_the_builtin_gpt2_generates_with_gpt2s_byte_alphabet(tmp_path, capsys):
-    """The small_llama-in gpt2's own spec at a tiny config: no checkpoint folder, GPT-2's byte ids, EOS at the last id."""
+    """The built-in gpt2's own spec at a tiny config: no checkpoint folder, GPT-2's byte ids, EOS at the last id."""
     model = tmp_path / "gpt2_gen_tiny.py"
     model.write_text(BUILTIN_TINY)
     root = tmp_path / "project"
