@@ -58,6 +58,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), f"Python 3.10+ needed, {sys.executable} is {sys.version.split()[0]}"' \
 		|| { echo "error: set PYTHON=python3.11 (or another Python 3.10+)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "setting up $(VENV) (once; again only when pyproject.toml or constraints.txt change): torch $$(sed -n 's/^torch==//p' constraints.txt) (CPU),"
+	@echo "  ONNX Runtime, transformers, TorchServe and the rest, about 2.3 GB; a few minutes on a first run, mostly downloading"
 	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
 	@touch $@
 

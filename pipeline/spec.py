@@ -435,11 +435,25 @@ def _check_tensor(t: Any, role: str, where: str) -> None:
 
 
 def validate(spec: Any, where: str) -> ModelSpec:
+    """The spec, every field checked in turn (each error names the field and how to write it), or a SpecError."""
     fix = f"define `{EXAMPLE}` in {where}"
     if not isinstance(spec, ModelSpec):
         raise SpecError("model", f"{where}: SPEC is a {type(spec).__name__}, not a pipeline.spec.ModelSpec", fix)
     if not isinstance(spec.name, str) or not spec.name or not spec.name.replace("_", "").replace("-", "").isalnum():
         raise SpecError("model", f"{where}: name {spec.name!r} must be letters, digits, '_' or '-'", "use a name like 'my_model'")
+    _check_tensors(spec, where, fix)
+    _check_functions(spec, where, fix)
+    _check_tolerances(spec, where)
+    _check_sizes(spec, where)
+    _check_labels(spec, where)
+    _check_text_input(spec, where)
+    _check_image_input(spec, where)
+    _check_generation(spec, where)
+    return spec
+
+
+def _check_tensors(spec: ModelSpec, where: str, fix: str) -> None:
+    """Inputs and outputs: tuples of TensorSpec, unique names, outputs' dynamic axes from the inputs."""
     for role in ("inputs", "outputs"):
         value = getattr(spec, role)
         if isinstance(value, TensorSpec):
@@ -464,6 +478,9 @@ def validate(spec: Any, where: str) -> ModelSpec:
                 f"{where}: output {t.name} has dynamic axis {unknown[0]!r} that no input has",
                 f"an output's dynamic axes must come from the inputs' ({sorted(input_axes)})",
             )
+
+
+def _check_functions(spec: ModelSpec, where: str, fix: str) -> None:
     for attr in ("build", "train", "sample_inputs"):
         if not callable(getattr(spec, attr)):
             raise SpecError("model", f"{where}: {attr} is {getattr(spec, attr)!r}, not a function", fix)
@@ -472,6 +489,10 @@ def validate(spec: Any, where: str) -> ModelSpec:
             raise SpecError(
                 "model", f"{where}: {attr} is {getattr(spec, attr)!r}, not a function or None", f"pass a function, or leave {attr} out"
             )
+
+
+def _check_tolerances(spec: ModelSpec, where: str) -> None:
+    """The tolerances (each a Tolerance, max_mismatch a fraction), the CUDA precision and the task metric."""
     if not isinstance(spec.tolerance, Tolerance):
         raise SpecError(
             "model", f"{where}: tolerance is {spec.tolerance!r}, not a Tolerance", "write tolerance=Tolerance(atol=1e-5, rtol=1e-4)"
@@ -512,6 +533,10 @@ def validate(spec: Any, where: str) -> ModelSpec:
             f"{where}: cuda_precision is 'tf32' but no tf32_tolerance is declared",
             "declare the error TF32 may make, e.g. tf32_tolerance=Tolerance(atol=1e-2, rtol=1e-2)",
         )
+
+
+def _check_sizes(spec: ModelSpec, where: str) -> None:
+    """What a request may be: the axes' lengths, the bytes, the elements and the rows."""
     axes = {d for t in spec.inputs for d in t.shape if isinstance(d, str) and d != "batch"}
     if not isinstance(spec.max_lengths, Mapping):
         raise SpecError("model", f"{where}: max_lengths is {spec.max_lengths!r}", "write max_lengths={'seq': 512}")
@@ -535,10 +560,29 @@ def validate(spec: Any, where: str) -> ModelSpec:
         raise SpecError("model", f"{where}: max_elements_per_request is {cap!r}", "use a positive int such as 1 << 20, or leave it out")
     if not isinstance(spec.max_rows_per_request, int) or spec.max_rows_per_request < 1:
         raise SpecError("model", f"{where}: max_rows_per_request is {spec.max_rows_per_request!r}", "use a positive int such as 4096")
-    _check_labels(spec, where)
-    _check_text_input(spec, where)
-    _check_image_input(spec, where)
-    return spec
+
+
+def _check_generation(spec: ModelSpec, where: str) -> None:
+    """A generation model's layout: positive sizes and caps, a tokenizer that exists, ids inside the vocabulary."""
+    gen = spec.generation
+    if gen is None:
+        return
+    if not isinstance(gen, Generation):
+        raise SpecError(
+            "model", f"{where}: generation is {gen!r}", "build it with pipeline.generation.decoder.spec_fields(Generation(...), ...)"
+        )
+    for attr in ("layers", "kv_heads", "head_size", "vocab_size", "max_length", "max_new_tokens", "max_batch"):
+        if not _positive(getattr(gen, attr)):
+            raise SpecError("model", f"{where}: generation.{attr} is {getattr(gen, attr)!r}", "use a positive int")
+    ids = [*gen.eos_ids, gen.pad_id, *([] if gen.bos_id is None else [gen.bos_id])]
+    if not all(isinstance(i, int) and 0 <= i < gen.vocab_size for i in ids):
+        raise SpecError(
+            "model", f"{where}: generation's EOS, pad and BOS ids {ids} are not all in 0..{gen.vocab_size - 1}", "use ids of the vocabulary"
+        )
+    if not Path(gen.tokenizer).is_file():
+        raise SpecError(
+            "model", f"{where}: generation's tokenizer {gen.tokenizer} does not exist", "point it at the checkpoint's tokenizer.json"
+        )
 
 
 def _positive(value: Any) -> bool:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 
 def main(job_path: str) -> int:
+    """One cold start, timed as it happens: imports, then loading, then the first inference, each engine's
+    own way. Kept as one sequence so the three clocks read in the order they are taken."""
     with open(job_path) as f:
         job = json.load(f)
     engine, device = job["engine"], job["device"]

@@ -25,6 +25,8 @@ from locust.env import Environment
 
 
 def main(config_path: str, out_path: str) -> int:
+    """The load run in its own process: the bodies, locust's user class, the run and its figures, in the order
+    locust needs them; one sequence, which reads best whole."""
     with open(config_path) as f:
         config = json.load(f)
     # FastHttpSession sends bytes as they are (a JPEG), although its hint says str.

@@ -16,7 +16,7 @@ from pipeline.settings import DEFAULT_MODEL
 
 
 def add_parsers(commands) -> None:
-    """serve, stop, token, rayservice."""
+    """serve, stop, token, rayservice: a flat table of parsers and options, which reads best whole."""
     serve = commands.add_parser(
         "serve",
         help="serve the model's archive (TorchServe, or Ray Serve) and wait until it answers",

@@ -17,6 +17,7 @@ import inspect
 import re
 import traceback
 from pathlib import Path
+from types import ModuleType
 
 from pipeline.artifacts.environment import IMPORT_FAILURES, ImportFailure, import_failure
 from pipeline.artifacts.files import nearby
@@ -97,55 +98,13 @@ def load_spec(model: str) -> ModelSpec:
         return _hf_spec(model)
     key: tuple[str, ...] | None = None
     if model.endswith(".py") or "/" in model:
-        path = Path(model).resolve()
-        if not path.is_file():
-            near = nearby(path, lambda p: p.is_file() and p.suffix == ".py")
-            raise SpecError(
-                "model",
-                f"model file {model} does not exist" + (f"; did you mean {Path(model).with_name(near)}?" if near else ""),
-                "pass the path of a .py file that defines SPEC, or a built-in name such as simple_nn",
-            )
-        source = path.read_bytes()
-        key = (str(path), hashlib.sha256(source).hexdigest())
+        path = _model_file(model)
+        key = (str(path), hashlib.sha256(path.read_bytes()).hexdigest())
         if key in _LOADED:  # every stage of one command resolves the spec: the file runs once per version of it
             return _LOADED[key]
-        module_spec = importlib.util.spec_from_file_location(f"user_model_{path.stem}", path)
-        if module_spec is None or module_spec.loader is None:  # not a Python source file
-            raise SpecError(
-                "model",
-                f"model file {model} is not a Python module (it must end in .py)",
-                "pass the path of the .py file that defines SPEC",
-            )
-        module = importlib.util.module_from_spec(module_spec)
-        where = str(path)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:  # the user's file: any error it raises is theirs to fix
-            raise _load_error(exc, where, path.stem) from None
+        module, where = _run_file(model, path), str(path)
     else:
-        # The modules that define SPEC: a helper beside them (models/hf_common.py) is not a model.
-        models = Path(__file__).parent.glob("[!_]*.py")
-        known = ", ".join(sorted(p.stem for p in models if re.search(r"^SPEC\b", p.read_text(), re.M)))
-        module_name = model if "." in model else f"pipeline.models.{model}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise _load_error(exc, module_name, module_name) from None  # the module exists; one of its imports does not
-            if "." in model:
-                raise SpecError(
-                    "model",
-                    f"no module named {model!r} on the Python path",
-                    "install or add its package to PYTHONPATH, or pass the path to the .py file",
-                ) from None
-            close = difflib.get_close_matches(model, known.split(", "), n=1)
-            raise SpecError(
-                "model",
-                f"no built-in model named {model!r}" + (f"; did you mean {close[0]}?" if close else ""),
-                f"use one of: {known}; or pass a path to your own .py file",
-            ) from None
-        except Exception as exc:
-            raise _load_error(exc, module_name, module_name) from None
+        module = _import_module(model)
         where = str(module.__file__)  # None (a namespace package) reads as before in the messages
     if not hasattr(module, "SPEC"):
         raise SpecError("model", f"{where} does not define SPEC", f"add `{EXAMPLE}` at the bottom of the file")
@@ -155,3 +114,58 @@ def load_spec(model: str) -> ModelSpec:
     if key is not None:
         _LOADED[key] = spec
     return spec
+
+
+def _model_file(model: str) -> Path:
+    """The model file's path, or what is wrong with it (and the file beside it a typo likely meant)."""
+    path = Path(model).resolve()
+    if not path.is_file():
+        near = nearby(path, lambda p: p.is_file() and p.suffix == ".py")
+        raise SpecError(
+            "model",
+            f"model file {model} does not exist" + (f"; did you mean {Path(model).with_name(near)}?" if near else ""),
+            "pass the path of a .py file that defines SPEC, or a built-in name such as simple_nn",
+        )
+    return path
+
+
+def _run_file(model: str, path: Path) -> ModuleType:
+    """The user's model file, run as a module of its own; any error it raises is theirs to fix."""
+    module_spec = importlib.util.spec_from_file_location(f"user_model_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:  # not a Python source file
+        raise SpecError(
+            "model", f"model file {model} is not a Python module (it must end in .py)", "pass the path of the .py file that defines SPEC"
+        )
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise _load_error(exc, str(path), path.stem) from None
+    return module
+
+
+def _import_module(model: str) -> ModuleType:
+    """A built-in model (`simple_nn`) or an importable module (`pkg.my_model`); a name that is neither says which exist."""
+    # The modules that define SPEC: a helper beside them (models/hf_common.py) is not a model.
+    models = Path(__file__).parent.glob("[!_]*.py")
+    known = ", ".join(sorted(p.stem for p in models if re.search(r"^SPEC\b", p.read_text(), re.M)))
+    module_name = model if "." in model else f"pipeline.models.{model}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise _load_error(exc, module_name, module_name) from None  # the module exists; one of its imports does not
+        if "." in model:
+            raise SpecError(
+                "model",
+                f"no module named {model!r} on the Python path",
+                "install or add its package to PYTHONPATH, or pass the path to the .py file",
+            ) from None
+        close = difflib.get_close_matches(model, known.split(", "), n=1)
+        raise SpecError(
+            "model",
+            f"no built-in model named {model!r}" + (f"; did you mean {close[0]}?" if close else ""),
+            f"use one of: {known}; or pass a path to your own .py file",
+        ) from None
+    except Exception as exc:
+        raise _load_error(exc, module_name, module_name) from None
