@@ -9,16 +9,59 @@ import numpy as np
 
 from pipeline.artifacts import files
 from pipeline.artifacts.cost import MIN_SWEEP
+from pipeline.bench.engines import engines_of
+
+FP32 = frozenset(engines_of("fp32"))
 
 
-def _ms(v) -> str:
-    if v is None:
+def human_time(ms: float | None) -> str:
+    """A time given in ms, in the unit that fits it: 9.9 µs, 1.53 ms, 2.1 s; "—" for none."""
+    if ms is None:
         return "—"
-    return f"{v:.4f}" if v < 0.1 else f"{v:.3f}" if v < 10 else f"{v:.1f}"
+    for value, unit in ((ms * 1e3, "µs"), (ms, "ms")):
+        if value < 1000:
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{ms / 1e3:.3g} s"
+
+
+_ms = human_time
 
 
 def _x(v) -> str:
     return "—" if v is None else f"{v:.2f}×"
+
+
+def versus(speedup: float | None, other: str) -> str:
+    """A speed ratio in words: other's time over this one's, 1.53 ⇒ "1.53× faster than eager", 0.5 ⇒ "2.00× slower than eager"."""
+    if speedup is None:
+        return "—"
+    if round(speedup, 2) == 1.0:
+        return f"as fast as {other}"
+    return f"{speedup:.2f}× faster than {other}" if speedup > 1 else f"{1 / speedup:.2f}× slower than {other}"
+
+
+def _is_floor(engine: str) -> bool:
+    return engine.startswith("floor:")
+
+
+def winners(records: list[dict]) -> list[dict]:
+    """Per device and batch: the fastest fp32 engine at p50 of all that ran (floors aside; the smaller variants have a
+    table of their own), with eager's record beside it. The one computation of "fastest": the report's first table
+    and the console both read it."""
+    index = {(r["device"], r["batch"], r["engine"]): r for r in records}
+    out = []
+    for device, batch in dict.fromkeys((r["device"], r["batch"]) for r in records):
+        ran = [r for r in records if (r["device"], r["batch"]) == (device, batch) and r["engine"] in FP32]
+        if ran:
+            out.append(
+                {
+                    "device": device,
+                    "batch": batch,
+                    "best": min(ran, key=lambda r: r["p50_ms"]),
+                    "eager": index.get((device, batch, "eager")),
+                }
+            )
+    return out
 
 
 def _environment_lines(env: dict) -> list[str]:
@@ -76,12 +119,34 @@ def _header(report: dict) -> list[str]:
         + (f", peak resident memory {peak / 1024:.2f} GiB (this process; the servers and cold starts run apart)" if peak else "")
         + f". Same seeded inputs for every engine{_lengths(s)}; {s['warmup_s']} s warm-up per engine and batch excluded; "
         f"about {s['budget_s']} s of timed calls per engine and batch, in {s['rounds']} interleaved rounds "
-        "(engine order shuffled each round); GPU calls synchronised. Times in milliseconds per call.",
+        "(engine order shuffled each round); GPU calls synchronised. Times are per call, at p50 unless a column says otherwise.",
         "",
+        *_winner_table(report),
         "## Environment",
         *_environment_lines(report["environment"]),
         "",
     ]
+
+
+def _winner_table(report: dict) -> list[str]:
+    """The report's first table: the fastest engine per device and batch, its time, and eager's."""
+    rows = winners(report["in_process"])
+    if not rows:
+        return []
+    lines = [
+        "## The fastest fp32 engine (p50; lower time is faster)",
+        "",
+        "| device | batch | fastest | its time | eager's time | against eager |",
+        "| --- | ---: | --- | ---: | ---: | --- |",
+    ]
+    for w in rows:
+        best, eager = w["best"], w["eager"]
+        speedup = eager["p50_ms"] / best["p50_ms"] if eager else None
+        lines.append(
+            f"| {w['device']} | {w['batch']} | **{best['engine']}** | {_ms(best['p50_ms'])} | "
+            f"{_ms(eager['p50_ms'] if eager else None)} | {versus(speedup, 'eager')} |"
+        )
+    return [*lines, ""]
 
 
 def _lengths(s: dict) -> str:
@@ -94,22 +159,23 @@ def _variants(report: dict) -> list[str]:
 
 
 def _winners(report: dict) -> list[str]:
-    """Per device, batch and precision: the fastest engine of all, and the fastest ONNX Runtime against the fastest PyTorch."""
+    """Per device, batch and precision: the fastest ONNX Runtime engine against the fastest PyTorch engine."""
     if not report.get("verdicts"):
         return []
     lines = [
-        "## The fastest engine, and ONNX Runtime or PyTorch, at p50",
+        "## ONNX Runtime against PyTorch, at p50",
         "",
-        "× eager is against eager fp32; × fastest PyTorch against the fastest PyTorch engine of the same precision.",
+        "The fastest ONNX Runtime engine against the fastest PyTorch engine of the same precision; the fastest fp32 "
+        "engine of all (OpenVINO included) is in the first table.",
         "",
-        "| device | batch | precision | fastest of all | × eager | × fastest PyTorch | fastest ONNX Runtime | fastest PyTorch | winner | by |",
-        "| --- | ---: | --- | --- | ---: | ---: | --- | --- | --- | ---: |",
+        "| device | batch | precision | fastest ONNX Runtime | fastest PyTorch | the faster |",
+        "| --- | ---: | --- | --- | --- | --- |",
     ]
     for v in report["verdicts"]:
+        loser = v["pytorch"] if v["winner"] == "ONNX Runtime" else v["onnxruntime"]
         lines.append(
-            f"| {v['device']} | {v['batch']} | {v.get('precision', 'fp32')} | **{v.get('fastest', '—')}** | "
-            f"{_x(v.get('fastest_vs_eager'))} | {_x(v.get('fastest_vs_best_pytorch'))} | {v['onnxruntime']} | {v['pytorch']} | "
-            f"**{v['winner']}** ({v['winner_engine']}) | {_x(v['by'])} |"
+            f"| {v['device']} | {v['batch']} | {v.get('precision', 'fp32')} | {v['onnxruntime']} | {v['pytorch']} | "
+            f"{v['winner']} ({v['winner_engine']}), {versus(v['by'], loser)} |"
         )
     lines.append("")
     sessions = report.get("sessions") or {}
@@ -174,33 +240,50 @@ def _by_device(report: dict) -> list[str]:
 
 
 def _device(records: list[dict], device: str) -> list[str]:
-    """One device's speedups over eager, then every engine's latency per call."""
+    """One device's engines against eager, every engine's latency per call, then the floors on their own."""
     mine = [r for r in records if r["device"] == device]
     batches = list(dict.fromkeys(r["batch"] for r in records))
-    engines = list(dict.fromkeys(r["engine"] for r in mine))
+    engines = [e for e in dict.fromkeys(r["engine"] for r in mine) if not _is_floor(e)]
+    floors = [e for e in dict.fromkeys(r["engine"] for r in mine) if _is_floor(e)]
     index = {(r["engine"], r["batch"]): r for r in mine}
     lines = [
-        f"## In process, {device.upper()}: speedup over eager at p50 (higher is faster)",
+        f"## In process, {device.upper()}: each engine's speedup over eager at p50, in words",
         "",
         "| engine | " + " | ".join(f"batch {b}" for b in batches) + " |",
-        "| --- |" + " ---: |" * len(batches),
+        "| --- |" + " --- |" * len(batches),
+        "| eager's time | " + " | ".join(_ms(index.get(("eager", b), {}).get("p50_ms")) for b in batches) + " |",
     ]
-    for e in (e for e in engines if not e.startswith("floor:")):
-        lines.append(f"| {e} | " + " | ".join(_x(index.get((e, b), {}).get("speedup_vs_eager_p50")) for b in batches) + " |")
+    for e in (e for e in engines if e != "eager"):
+        lines.append(f"| {e} | " + " | ".join(versus(index.get((e, b), {}).get("speedup_vs_eager_p50"), "eager") for b in batches) + " |")
     lines += [
         "",
         f"## In process, {device.upper()}: latency per call",
         "",
-        "| engine | batch | p50 | p90 | p99 | p99.9 | mean | std | samples/s | calls | × floor (p50) | × eager (speedup) | setup s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| engine | batch | p50 | p90 | p99 | p99.9 | mean | std | samples/s | calls | p50 over its floor's | setup s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in (index[(e, b)] for b in batches for e in engines if (e, b) in index):
         p999 = _ms(r["p999_ms"]) + ("†" if r["iterations"] < 1000 else "")
         lines.append(
             f"| {r['engine']} | {r['batch']} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | {_ms(r['p99_ms'])} | {p999} | "
             f"{_ms(r['mean_ms'])} | {_ms(r['std_ms'])} | {r['throughput_per_s']:,.0f} | {r['iterations']} | "
-            f"{_x(r['ratio_to_floor_p50'])} | {_x(r['speedup_vs_eager_p50'])} | {r.get('setup_s', 0):.2f} |"
+            f"{_x(r['ratio_to_floor_p50'])} | {r.get('setup_s', 0):.2f} |"
         )
+    return [*lines, "", *_floor_table(index, floors, batches, device)]
+
+
+def _floor_table(index: dict, floors: list[str], batches: list, device: str) -> list[str]:
+    """Each runtime's per-call cost on an identity model: what no engine of that runtime can beat."""
+    if not floors:
+        return []
+    lines = [
+        f"## In process, {device.upper()}: floors (an identity model through the same API), p50",
+        "",
+        "| floor | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "| --- |" + " ---: |" * len(batches),
+    ]
+    for f in floors:
+        lines.append(f"| {f.removeprefix('floor:')} | " + " | ".join(_ms(index.get((f, b), {}).get("p50_ms")) for b in batches) + " |")
     return [*lines, ""]
 
 
@@ -246,7 +329,7 @@ def _cold_start(report: dict) -> list[str]:
         else:
             lines.append(
                 f"| {c['engine']} | {c['device']} | {c['import_s']:.3f} s | {c['load_s']:.3f} s | "
-                f"{c['first_inference_s'] * 1e3:.1f} ms | {c['total_s']:.3f} s |"
+                f"{_ms(c['first_inference_s'] * 1e3)} | {c['total_s']:.3f} s |"
             )
     return [*lines, ""]
 
@@ -361,7 +444,7 @@ def _comparisons(served: dict) -> list[str]:
             f"### {c['other']} vs {c['base']}",
             "",
             f"At {c['concurrency']} clients: {_x(c['rps_ratio'])} the requests/s; p99 {_ms(c['p99_other_ms'])} vs "
-            f"{_ms(c['p99_base_ms'])} ms; errors {c['errors']}.",
+            f"{_ms(c['p99_base_ms'])}; errors {c['errors']}.",
             "",
             "| clients | more req/s | req/s ratio | p99 ratio |",
             "| ---: | --- | ---: | ---: |",
@@ -406,8 +489,8 @@ def _inputs_markdown(served: dict) -> list[str]:
     pre, per = handler.get("preprocess_us_per_request"), handler.get("us_per_request", {})
     if pre is not None and "1" in per:
         lines.append(
-            f"In process, the archive's handler takes {per['1'] / 1e3:.2f} ms per request at batch 1, of which "
-            f"{pre / 1e3:.2f} ms ({pre / per['1']:.0%}) is reading the request ({READING.get(request['kind'].split()[0], 'preprocessing')}) "
+            f"In process, the archive's handler takes {_ms(per['1'] / 1e3)} per request at batch 1, of which "
+            f"{_ms(pre / 1e3)} ({pre / per['1']:.0%}) is reading the request ({READING.get(request['kind'].split()[0], 'preprocessing')}) "
             "and the rest the model and the answer."
         )
     lines += [
@@ -431,7 +514,7 @@ def _profile_markdown(served: dict) -> list[str]:
     lines = [
         "### Where a request's time goes (tuned)",
         "",
-        "Means per request, in ms: the client's mean latency split with TorchServe's own counters (total and queue "
+        "Means per request: the client's mean latency split with TorchServe's own counters (total and queue "
         "time in the frontend) and the handler timed in this process on the same archive "
         f"({', '.join(f'batch {b}: {v:.1f} µs per request' for b, v in us.items())}). The handler's share uses batch 1 "
         "for one client and the largest batch for more, where batches fill. The stacked bar is in latency.png.",
@@ -458,7 +541,7 @@ def verdicts(configs: list[dict]) -> list[str]:
         rows = {name: runs[conc] for name, runs in by.items() if conc in runs}
         best = max(rows, key=lambda name: rows[name]["requests_per_s"])
         r, b = rows[best], rows.get(base)
-        versus = f"; {_x(r['requests_per_s'] / b['requests_per_s'])} {base}'s" if b and best != base and b["requests_per_s"] else ""
+        than = f"; {_x(r['requests_per_s'] / b['requests_per_s'])} {base}'s" if b and best != base and b["requests_per_s"] else ""
         errors = sum(x["errors"] for x in rows.values())
         shares = [x["generator_cpu_share"] for x in rows.values() if x.get("generator_cpu_share") is not None]
         load = ""
@@ -467,7 +550,7 @@ def verdicts(configs: list[dict]) -> list[str]:
             load = f"; the load generator used {low if low == high else f'{low}-{high}'} of the machine's CPU"
         lines.append(
             f"- **{conc} client{'s' if conc > 1 else ''}**: {best} serves most, {r['requests_per_s']:,.0f} req/s at p50 {_ms(r['p50_ms'])} / "
-            f"p99 {_ms(r['p99_ms'])} ms{versus}; {errors} error(s) across configs{load}."
+            f"p99 {_ms(r['p99_ms'])}{than}; {errors} error(s) across configs{load}."
         )
     return lines
 
@@ -479,7 +562,7 @@ def side_by_side(configs: list[dict]) -> list[str]:
     lines = [
         "### TorchServe and Ray Serve side by side",
         "",
-        "Each cell: req/s · p50 · p99 (ms) · errors.",
+        "Each cell: req/s · p50 · p99 · errors.",
         "",
         "| clients | " + " | ".join(names) + " |",
         "| ---: | " + " | ".join("---" for _ in names) + " |",
@@ -494,7 +577,8 @@ def side_by_side(configs: list[dict]) -> list[str]:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Latency percentiles vs batch size per engine; served latency and throughput vs clients; where a request's time goes."""
+    """One panel per question, stacked: which engine is fastest per batch size; how each compares with eager; served
+    latency and throughput against clients; where a served request's time goes. Legends sit right of the data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -502,39 +586,110 @@ def plot(report: dict, path: Path) -> None:
 
     served = report.get("served")
     profile_rows = (served or {}).get("profile") or []
-    panels = (3 if served else 1) + (1 if profile_rows else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5), squeeze=False)
-    _in_process_panel(axes[0][0], report)
+    panels = 2 + (2 if served else 0) + (1 if profile_rows else 0)
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 3.6 * panels), squeeze=False)
+    column = [row[0] for row in axes]
+    colours = engine_colours(report["in_process"])
+    _latency_panel(column[0], report, colours)
+    _speedup_panel(column[1], report, colours)
     if served:
-        _served_panels(axes[0][1], axes[0][2], served)
+        _served_panels(column[2], column[3], served)
     if profile_rows:
-        _profile_panel(axes[0][-1], profile_rows)
+        _profile_panel(column[-1], profile_rows)
+    for ax in column:
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     files.write_bytes(path, buf.getvalue())
 
 
-def _in_process_panel(ax, report: dict) -> None:
-    records = report["in_process"]
+# Eager is black, the floors grey and dashed; every other engine takes a colour of its own: tab10's first, then
+# tab20's paler halves, greys skipped either way.
+EAGER_COLOUR = "black"
+FLOOR_STYLES = (("0.35", "--"), ("0.55", "-."), ("0.7", ":"), ("0.45", (0, (5, 1))), ("0.8", (0, (3, 1, 1, 1, 1, 1))))
+
+
+def _floor_dash(engine: str, records: list[dict]):
+    floors = [e for e in dict.fromkeys(r["engine"] for r in records) if _is_floor(e)]
+    return FLOOR_STYLES[floors.index(engine) % len(FLOOR_STYLES)][1]
+
+
+def engine_colours(records: list[dict]) -> dict[str, object]:
+    """A colour per engine that ran: eager black, floors grey, no two engines alike."""
+    import matplotlib
+
+    tab10, tab20 = matplotlib.colormaps["tab10"], matplotlib.colormaps["tab20"]
+    palette = [tab10(i) for i in range(10) if i != 7] + [tab20(i) for i in range(1, 20, 2) if i != 15]  # 7, 15: greys
+    engines = [e for e in dict.fromkeys(r["engine"] for r in records) if e != "eager" and not _is_floor(e)]
+    floors = [e for e in dict.fromkeys(r["engine"] for r in records) if _is_floor(e)]
+    return {
+        "eager": EAGER_COLOUR,
+        **{e: palette[i % len(palette)] for i, e in enumerate(engines)},
+        **{f: FLOOR_STYLES[i % len(FLOOR_STYLES)][0] for i, f in enumerate(floors)},
+    }
+
+
+def _series(records: list[dict]):
+    """(device, engine, its records by batch) for each engine that ran, devices apart."""
     for device in dict.fromkeys(r["device"] for r in records):
         for engine in dict.fromkeys(r["engine"] for r in records if r["device"] == device):
-            rows = sorted((r for r in records if r["device"] == device and r["engine"] == engine), key=lambda r: r["batch"])
-            b = [r["batch"] for r in rows]
-            style = "--" if engine.startswith("floor:") else "-"
-            (line,) = ax.plot(b, [r["p50_ms"] for r in rows], style, marker="o", ms=3, label=f"{engine} ({device})")
-            ax.fill_between(b, [r["p50_ms"] for r in rows], [r["p99_ms"] for r in rows], color=line.get_color(), alpha=0.12)
+            yield device, engine, sorted((r for r in records if r["device"] == device and r["engine"] == engine), key=lambda r: r["batch"])
+
+
+def _label(engine: str, device: str, devices: int) -> str:
+    return engine if devices == 1 else f"{engine} ({device})"
+
+
+def _latency_panel(ax, report: dict, colours: dict) -> None:
+    records = report["in_process"]
+    devices = len({r["device"] for r in records})
+    for device, engine, rows in _series(records):
+        floor = _is_floor(engine)
+        ax.plot(
+            [r["batch"] for r in rows],
+            [r["p50_ms"] for r in rows],
+            ls=_floor_dash(engine, records) if floor else "-",
+            marker="" if floor else ("o" if device == "cpu" else "s"),
+            ms=4,
+            lw=2.2 if engine == "eager" else 1.3,
+            color=colours[engine],
+            label=_label(engine, device, devices),
+        )
     ax.set(
         xscale="log",
         yscale="log",
         xlabel="batch size",
-        ylabel="ms per call (line p50, band to p99)",
-        title=f"{report['model']}: in process",
+        ylabel="ms per call, p50 (lower is faster)",
+        title=f"{report['model']}, in process: the fastest engine per batch size",
     )
-    ax.grid(True, which="both", alpha=0.3)
-    if records:
-        ax.legend(fontsize=7)
+
+
+def _speedup_panel(ax, report: dict, colours: dict) -> None:
+    records = report["in_process"]
+    devices = len({r["device"] for r in records})
+    for device, engine, rows in _series(records):
+        if _is_floor(engine) or engine == "eager":
+            continue
+        ax.plot(
+            [r["batch"] for r in rows],
+            [r["speedup_vs_eager_p50"] for r in rows],
+            marker="o" if device == "cpu" else "s",
+            ms=4,
+            color=colours[engine],
+            label=_label(engine, device, devices),
+        )
+    ax.axhline(1.0, color=EAGER_COLOUR, lw=2.2, label="eager (1×)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="× eager's speed (higher is faster)",
+        title="in process: faster (above 1×) or slower (below) than eager",
+    )
 
 
 def _served_panels(lat, thr, served: dict) -> None:
@@ -545,11 +700,23 @@ def _served_panels(lat, thr, served: dict) -> None:
         thr.plot(c, [r["requests_per_s"] for r in config["runs"]], marker="o", color=line.get_color(), label=config["name"])
     ping = served["configs"][0]["ping"]
     lat.plot([p["concurrency"] for p in ping], [p["p50_ms"] for p in ping], "--", color="grey", label="TorchServe /ping p50 (floor)")
-    lat.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms per request", title="served latency")
-    thr.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s", title="served throughput")
+    lat.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent clients",
+        ylabel="ms per request (lower is faster)",
+        title="served: latency as clients grow",
+    )
+    thr.set(
+        xscale="log",
+        xlabel="concurrent clients",
+        ylabel="requests/s (higher is better)",
+        title="served: throughput as clients grow",
+    )
     for a in (lat, thr):
-        a.grid(True, which="both", alpha=0.3)
-        a.legend(fontsize=7)
+        a.set_xticks(sorted({r["concurrency"] for config in served["configs"] for r in config["runs"]}))
+        a.xaxis.set_major_formatter("{x:g}")
+        a.xaxis.set_minor_formatter("")
 
 
 def _profile_panel(bars, profile_rows: list[dict]) -> None:
@@ -559,20 +726,31 @@ def _profile_panel(bars, profile_rows: list[dict]) -> None:
         values = np.array([r[key] for r in profile_rows])
         bars.bar(labels, values, bottom=bottom, label=label.split(" (")[0])
         bottom += values
-    bars.set(xlabel="concurrent clients", ylabel="ms per request (mean)", title="tuned: where a request's time goes")
-    bars.legend(fontsize=7)
+    bars.set(
+        xlabel="concurrent clients", ylabel="ms per request, mean (lower is faster)", title="served, tuned: where a request's time goes"
+    )
 
 
 def console_summary(report: dict, settings) -> str:
-    """A few lines for the terminal: speedups at the smallest batch, what could not run, where the reports are."""
+    """A few lines for the terminal: eager's time and every engine against it at the smallest batch, the fastest engine
+    at each batch, what could not run, where the reports are."""
     out = [f"\n{report['model']}: benchmark done in {report['seconds']:.0f}s"]
-    index = {(r["device"], r["batch"], r["engine"]): r for r in report["in_process"]}
-    for (device, batch, engine), r in index.items():
-        if batch == min(settings.batch_sizes) and r["speedup_vs_eager_p50"] is not None and engine != "eager":
+    smallest = min(settings.batch_sizes)
+    for r in report["in_process"]:
+        if r["batch"] != smallest or _is_floor(r["engine"]):
+            continue
+        if r["engine"] == "eager":
+            out.append(f"  {r['device']} batch {smallest}: {'eager':<22} p50 {_ms(r['p50_ms'])} (the baseline)")
+        elif r["speedup_vs_eager_p50"] is not None:
+            floor = f", {_x(r['ratio_to_floor_p50'])} its floor's time" if r["ratio_to_floor_p50"] is not None else ""
             out.append(
-                f"  {device} batch {batch}: {engine:<22} p50 {_ms(r['p50_ms'])} ms, {_x(r['speedup_vs_eager_p50'])} eager, "
-                f"{_x(r['ratio_to_floor_p50'])} its floor"
+                f"  {r['device']} batch {smallest}: {r['engine']:<22} p50 {_ms(r['p50_ms'])}, "
+                f"{versus(r['speedup_vs_eager_p50'], 'eager')}{floor}"
             )
+    for w in winners(report["in_process"]):
+        best, eager = w["best"], w["eager"]
+        than = f", {versus(eager['p50_ms'] / best['p50_ms'], 'eager')} ({_ms(eager['p50_ms'])})" if eager else ""
+        out.append(f"  fastest, {w['device']} batch {w['batch']}: {best['engine']} {_ms(best['p50_ms'])}{than}")
     for f in report["failures"]:
         out.append(f"  could not run {f['engine']} ({f['device']}): {f['error'][:120]}")
     folder = Path(settings.root) / "reports" / report["model"]
