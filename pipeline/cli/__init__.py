@@ -48,14 +48,17 @@ def _modules(command: str | None = None) -> dict[str, ModuleType]:
     try:
         return {name: importlib.import_module(f"pipeline.cli.{name}") for name in names}
     except IMPORT_FAILURES as exc:
-        failure = import_failure(exc)
-        if failure is None:
-            raise
-        package = failure.distribution
-        install = (
-            f"make setup, or pip install -c constraints.txt -e . in the checkout (offline: bring the {package} wheel and pip install it)"
-        )
-        raise PipelineError("setup", failure.problem("the pipeline"), failure.fix(install)) from None
+        raise setup_error(exc) from None
+
+
+def setup_error(exc: BaseException) -> PipelineError:
+    """A package the pipeline imports that is missing or cannot load, named with how to install it (or `exc` itself, re-raised, where it is the pipeline's own error)."""
+    failure = import_failure(exc)
+    if failure is None:
+        raise exc
+    package = failure.distribution
+    install = f"make setup, or pip install -c constraints.txt -e . in the checkout (offline: bring the {package} wheel and pip install it)"
+    return PipelineError("setup", failure.problem("the pipeline"), failure.fix(install))
 
 
 def parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -104,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     module, function = COMMANDS[args.command]
     run: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(f"pipeline.cli.{module}"), function)
     try:
-        return run(args)
+        try:
+            return run(args)
+        except IMPORT_FAILURES as exc:  # a command imports what it needs when it runs
+            raise setup_error(exc) from None
     except PipelineError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
