@@ -30,7 +30,9 @@ def add_parsers(commands) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `python -m pipeline bench`: a flat table of `add_argument` calls, one per option, which reads best whole."""
     d = BenchSettings()
-    p.add_argument("--model", default=d.model, help="built-in model name or path to a .py file defining SPEC (default: %(default)s)")
+    p.add_argument(
+        "--model", default=d.model, help="built-in model name, path to a .py file defining SPEC, or hf:PATH (default: %(default)s)"
+    )
     p.add_argument("--root", type=Path, default=d.root, help="project folder (default: .)")
     g = generation.GenerationSettings()
     p.add_argument(

@@ -23,7 +23,7 @@ STAGE_NAMES = ("train", "trace", "export", "parity", "package")
 STAGE_HELP = {
     "train": "fit the model (or load its weights) and write the checkpoint",
     "trace": "trace the model to TorchScript and check the trace",
-    "export": "export the model to ONNX with its dynamic axes",
+    "export": "export the model to ONNX with its dynamic axes (this stage alone; make export runs them all, as `all` does)",
     "parity": "the gate: TorchScript and ONNX Runtime against eager PyTorch",
     "package": "build model_store/<model>.mar from the verified ONNX file",
     "all": "every stage in order, skipping what is up to date",
