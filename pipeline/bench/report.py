@@ -597,6 +597,7 @@ def plot(report: dict, path: Path) -> None:
     if profile_rows:
         _profile_panel(column[-1], profile_rows)
     for ax in column:
+        _linear_without_data(ax)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
@@ -642,6 +643,16 @@ def _series(records: list[dict]):
 
 def _label(engine: str, device: str, devices: int) -> str:
     return engine if devices == 1 else f"{engine} ({device})"
+
+
+def _linear_without_data(ax) -> None:
+    """A log axis with no positive data to place (a panel whose only line is eager's 1× rule, a run whose
+    figures are all 0) cannot draw its ticks: matplotlib raises. That axis goes linear instead."""
+    limits = ax.dataLim
+    for axis, low, high in (("x", limits.x0, limits.x1), ("y", limits.y0, limits.y1)):
+        scale = ax.get_xscale() if axis == "x" else ax.get_yscale()
+        if scale == "log" and not (np.isfinite(low) and np.isfinite(high) and high > 0):
+            (ax.set_xscale if axis == "x" else ax.set_yscale)("linear")
 
 
 def _latency_panel(ax, report: dict, colours: dict) -> None:

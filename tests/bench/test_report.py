@@ -137,3 +137,13 @@ def test_plot_renders_a_png(tmp_path):
     colours = report.engine_colours(fixed_report()["in_process"])
     assert colours["eager"] not in {colours["floor:eager"], colours["floor:onnxruntime"]}
     assert len({str(colours[e]) for e in ("eager", "torchscript", "onnxruntime", "openvino")}) == 4
+
+
+def test_plot_without_eager_draws_its_empty_speedup_panel_on_linear_axes(tmp_path):
+    """--engines onnxruntime measures no eager: no engine has a speedup, and a log axis with nothing on it
+    made matplotlib raise ("Data cannot be log-scaled") instead of writing the plot."""
+    without = fixed_report()
+    without["in_process"] = [{**r, "speedup_vs_eager_p50": None} for r in without["in_process"] if r["engine"] != "eager"]
+    path = tmp_path / "latency.png"
+    report.plot(without, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
