@@ -38,6 +38,14 @@ class Engine(Protocol):
         """The last position's logits [batch, vocab] (float32) and the cache with these tokens added."""
         ...
 
+    def to_host(self, cache: Cache) -> list[np.ndarray]:
+        """The cache as numpy arrays, in the graph's order (`Batcher` regroups rows with them)."""
+        ...
+
+    def from_host(self, arrays: list[np.ndarray]) -> Cache:
+        """`to_host`'s reverse: the arrays in the engine's own form, on its device."""
+        ...
+
 
 class OnnxEngine:
     """The exported decoder graph on ONNX Runtime, its cache bound on the session's device."""
@@ -74,6 +82,12 @@ class OnnxEngine:
         outputs = binding.get_outputs()
         return outputs[0].numpy(), outputs[1:]
 
+    def to_host(self, cache: Cache) -> list[np.ndarray]:
+        return [value.numpy() for value in cache]
+
+    def from_host(self, arrays: list[np.ndarray]) -> Cache:
+        return [self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, self.device_id) for a in arrays]
+
 
 class EagerEngine:
     """The torch module, as the checkpoint loads it, with its cache as torch tensors."""
@@ -102,3 +116,11 @@ class EagerEngine:
                 torch.from_numpy(input_ids), torch.from_numpy(attention_mask), torch.from_numpy(position_ids), *cache
             )
         return logits.float().numpy(), present
+
+    def to_host(self, cache: Cache) -> list[np.ndarray]:
+        return [tensor.numpy() for tensor in cache]
+
+    def from_host(self, arrays: list[np.ndarray]) -> Cache:
+        import torch
+
+        return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]

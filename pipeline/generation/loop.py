@@ -90,6 +90,45 @@ def check_limits(gen: Generation, rows: Sequence[Sequence[int]], max_new_tokens:
         )
 
 
+class Row:
+    """One prompt's answer as it grows: its tokens, its text handed out a whole character at a time, stop strings held back."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt_tokens: int, options: Options, eos: set[int]):
+        self.completion = Completion(prompt_tokens=prompt_tokens)
+        self.stream = TextStream(tokenizer)
+        self.stop = options.stop
+        self.eos = eos
+        self.shown = 0  # characters of the text handed out
+
+    @property
+    def running(self) -> bool:
+        return self.completion.finish_reason is None
+
+    def take(self, token: int, last: bool) -> str:
+        """Add `token` (`last`: the row's final allowed one); the text that became whole with it."""
+        done = self.completion
+        done.tokens.append(token)
+        if token in self.eos:
+            done.finish_reason = STOP
+        else:
+            self.stream.push(token)
+        if last and done.finish_reason is None:
+            done.finish_reason = LENGTH
+        text = self.stream.text + (self.stream.rest() if done.finish_reason else "")
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, done.finish_reason = text[:cut], STOP
+        done.text = text
+        end = len(text) if done.finish_reason else len(text) - self._held(text)
+        piece = text[self.shown : end]
+        self.shown = max(self.shown, end)
+        return piece
+
+    def _held(self, text: str) -> int:
+        """How much of the text's end could be the start of a stop string: kept back until it is known."""
+        return max((n for s in self.stop for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])), default=0)
+
+
 class Run:
     """One batch of prompts through the loop; iterate it for each step's deltas, or call `finish()`."""
 
@@ -97,10 +136,9 @@ class Run:
         check_limits(gen, rows, options.max_new_tokens)
         self.engine, self.gen, self.options = engine, gen, options
         self.rows = [list(row) for row in rows]
-        self.completions = [Completion(prompt_tokens=len(row)) for row in self.rows]
-        self.streams = [TextStream(tokenizer) for _ in self.rows]
-        self.shown = [0] * len(self.rows)  # characters of each row's text handed out
-        self.eos = set() if options.ignore_eos else set(gen.eos_ids)
+        eos = set() if options.ignore_eos else set(gen.eos_ids)
+        self.answers = [Row(tokenizer, len(row), options, eos) for row in self.rows]
+        self.completions = [answer.completion for answer in self.answers]
         # perf_counter at the start and each time a step's tokens were chosen: time to first token, inter-token latency.
         self.started = 0.0
         self.token_times: list[float] = []
@@ -114,15 +152,15 @@ class Run:
         for step in range(options.max_new_tokens):
             tokens = choose(logits, options.sampling, rng)
             self.token_times.append(time.perf_counter())
+            last = step == options.max_new_tokens - 1
             deltas = [
-                self._take(row, int(token), last=step == options.max_new_tokens - 1)
-                for row, token in enumerate(tokens)
-                if self._running(row)
+                Delta(i, int(token), row.take(int(token), last)) for i, (row, token) in enumerate(zip(self.answers, tokens)) if row.running
             ]
             yield deltas
-            if not any(self._running(row) for row in range(len(self.rows))):
+            running = [row.running for row in self.answers]
+            if not any(running):
                 return
-            tokens = np.where([self._running(row) for row in range(len(self.rows))], tokens, gen.pad_id).astype(np.int64)
+            tokens = np.where(running, tokens, gen.pad_id).astype(np.int64)
             mask = np.concatenate([mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
             logits, cache = self.engine.step(tokens[:, None], mask, position_ids(mask, 1), cache)
 
@@ -130,30 +168,3 @@ class Run:
         for _ in self:
             pass
         return self.completions
-
-    def _running(self, row: int) -> bool:
-        return self.completions[row].finish_reason is None
-
-    def _take(self, row: int, token: int, last: bool) -> Delta:
-        done = self.completions[row]
-        done.tokens.append(token)
-        stream = self.streams[row]
-        if token in self.eos:
-            done.finish_reason = STOP
-        else:
-            stream.push(token)
-        if last and done.finish_reason is None:
-            done.finish_reason = LENGTH
-        text = stream.text + (stream.rest() if done.finish_reason else "")
-        cut = min((i for i in (text.find(s) for s in self.options.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            text, done.finish_reason = text[:cut], STOP
-        done.text = text
-        end = len(text) if done.finish_reason else len(text) - self._held(text)
-        piece = text[self.shown[row] : end]
-        self.shown[row] = max(self.shown[row], end)
-        return Delta(row, token, piece)
-
-    def _held(self, text: str) -> int:
-        """How much of the text's end could be the start of a stop string: kept back until it is known."""
-        return max((n for s in self.options.stop for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])), default=0)
