@@ -178,6 +178,13 @@ class Generation:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # The tokenizer's chat template (Jinja, as transformers' apply_chat_template renders it): /v1/chat/completions.
+    chat_template: str | None = None
+    # Served: requests generated at once (their rows share each decode step), requests that may
+    # wait beyond them (then 503 with Retry-After), and each request's wall-clock limit.
+    max_streams: int = 16
+    max_queued: int = 64
+    request_timeout_s: int = 300
 
     def cache_names(self, prefix: str) -> list[str]:
         """`{prefix}.{i}.key`, `{prefix}.{i}.value` for each layer, in the graph's order."""
@@ -571,7 +578,18 @@ def _check_generation(spec: ModelSpec, where: str) -> None:
         raise SpecError(
             "model", f"{where}: generation is {gen!r}", "build it with pipeline.generation.decoder.spec_fields(Generation(...), ...)"
         )
-    for attr in ("layers", "kv_heads", "head_size", "vocab_size", "max_length", "max_new_tokens", "max_batch"):
+    for attr in (
+        "layers",
+        "kv_heads",
+        "head_size",
+        "vocab_size",
+        "max_length",
+        "max_new_tokens",
+        "max_batch",
+        "max_streams",
+        "max_queued",
+        "request_timeout_s",
+    ):
         if not _positive(getattr(gen, attr)):
             raise SpecError("model", f"{where}: generation.{attr} is {getattr(gen, attr)!r}", "use a positive int")
     ids = [*gen.eos_ids, gen.pad_id, *([] if gen.bos_id is None else [gen.bos_id])]

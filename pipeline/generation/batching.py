@@ -99,7 +99,7 @@ class Batcher:
             self.steps += 1
             for member, row_logits in zip(self.active, logits):
                 out[member.key] = self._choose(member, row_logits)
-        joined = []
+        joined: list[tuple[Member, np.ndarray, Cache]] = []
         while self.waiting and len(self.active) + len(joined) < self.max_rows:
             member = self.waiting.popleft()
             ids = np.array([member.prompt], dtype=np.int64)

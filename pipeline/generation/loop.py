@@ -64,8 +64,9 @@ def position_ids(attention_mask: np.ndarray, new: int) -> np.ndarray:
     return positions[:, -new:].astype(np.int64)
 
 
-def check_limits(gen: Generation, rows: Sequence[Sequence[int]], max_new_tokens: int) -> None:
-    """Refuse what the contract does not allow, before any work: the batch, new tokens, and each prompt's length plus them."""
+def check_limits(gen: Generation, rows: Sequence[Sequence[int]], max_new_tokens: int, name: str = "max_new_tokens") -> None:
+    """Refuse what the contract does not allow, before any work: the batch, new tokens (the request's field `name`), and
+    each prompt's length plus them."""
     if not rows:
         raise RequestError("generate", "no prompt was given", "send at least one prompt")
     if len(rows) > gen.max_batch:
@@ -77,14 +78,14 @@ def check_limits(gen: Generation, rows: Sequence[Sequence[int]], max_new_tokens:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= gen.max_new_tokens:
         raise RequestError(
             "generate",
-            f"max_new_tokens is {max_new_tokens!r}, the model's cap is {gen.max_new_tokens}",
+            f"{name} is {max_new_tokens!r}, the model's cap is {gen.max_new_tokens}",
             f"ask for 1 to {gen.max_new_tokens} new tokens",
         )
     longest = max(len(row) for row in rows)
     if longest + max_new_tokens > gen.max_length:
         raise RequestError(
             "generate",
-            f"a prompt of {longest} tokens plus max_new_tokens {max_new_tokens} is {longest + max_new_tokens} positions, "
+            f"a prompt of {longest} tokens plus {name} {max_new_tokens} is {longest + max_new_tokens} positions, "
             f"the model's maximum length is {gen.max_length}",
             f"shorten the prompt or ask for at most {max(gen.max_length - longest, 0)} new tokens",
         )

@@ -33,10 +33,11 @@ def load(path: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-def encode(tokenizer: Tokenizer, prompts: Sequence[str], bos_id: int | None = None) -> list[list[int]]:
-    """Each prompt's ids, with the special tokens its tokenizer adds; an empty prompt is the BOS token alone."""
+def encode(tokenizer: Tokenizer, prompts: Sequence[str], bos_id: int | None = None, special_tokens: bool = True) -> list[list[int]]:
+    """Each prompt's ids, with the special tokens its tokenizer adds (`special_tokens`: not for a rendered chat
+    template, which holds its own); an empty prompt is the BOS token alone."""
     rows = []
-    for prompt, encoding in zip(prompts, tokenizer.encode_batch(list(prompts))):
+    for prompt, encoding in zip(prompts, tokenizer.encode_batch(list(prompts), add_special_tokens=special_tokens)):
         ids = list(encoding.ids)
         if not ids:
             if bos_id is None:

@@ -43,6 +43,7 @@ TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 INDEX = f"{WEIGHTS}.index.json"
 GENERATION_CONFIG = "generation_config.json"
+CHAT_TEMPLATE = "chat_template.jinja"
 
 # Each task's transformers classes, per model_type: what `--task` picks, and what it infers from.
 TASK_CLASSES: dict[str, Mapping[str, Any]] = {
@@ -96,8 +97,8 @@ class CheckpointSpec(ModelSpec):
 
 
 def checkpoint_files(folder: Path) -> list[str]:
-    """The files of a checkpoint that make the model: config, weights (one file or shards), tokenizer, preprocessor."""
-    names = {CONFIG, TOKENIZER, TOKENIZER_CONFIG, PREPROCESSOR, INDEX, GENERATION_CONFIG}
+    """The files of a checkpoint that make the model: config, weights (one file or shards), tokenizer and chat template, preprocessor."""
+    names = {CONFIG, TOKENIZER, TOKENIZER_CONFIG, PREPROCESSOR, INDEX, GENERATION_CONFIG, CHAT_TEMPLATE}
     return sorted(p.name for p in folder.iterdir() if p.is_file() and (p.name in names or p.suffix == ".safetensors"))
 
 
@@ -505,8 +506,22 @@ def generation_fields(folder: Path, config: PreTrainedConfig) -> dict[str, Any]:
         temperature=float(settings.get("temperature") or 1.0),
         top_k=int(settings.get("top_k") or 0),
         top_p=float(settings.get("top_p") or 1.0),
+        chat_template=chat_template(folder),
     )
     return decoder.spec_fields(gen, SENTENCES[1])
+
+
+def chat_template(folder: Path) -> str | None:
+    """The tokenizer's chat template: chat_template.jinja (transformers 5) or tokenizer_config.json's; None where it has none."""
+    path = inside(folder, CHAT_TEMPLATE)
+    if path.is_file():
+        return path.read_text()
+    path = inside(folder, TOKENIZER_CONFIG)
+    try:
+        template = json.loads(path.read_text()).get("chat_template") if path.is_file() else None
+    except (ValueError, OSError, AttributeError):
+        return None  # the tokenizer itself is read from tokenizer.json; a broken config only loses the chat route
+    return template if isinstance(template, str) else None
 
 
 def read_tokenizer(path: Path, config: PreTrainedConfig) -> Tokenizer:

@@ -57,15 +57,25 @@ def archive_contract(settings: Settings, spec: ModelSpec) -> dict:
     return io_contract
 
 
-def model_config(settings: Settings) -> dict:
-    """TorchServe's per-model settings, read from the archive at registration."""
-    return {
+def model_config(settings: Settings, io_contract: dict | None = None) -> dict:
+    """TorchServe's per-model settings, read from the archive at registration.
+
+    A generation model is served with TorchServe's continuous batching: each handler call is
+    one decode step for up to max_streams requests, which TorchServe hands back (streamed
+    chunk by chunk) until each ends, new ones joining between steps; max_queued more may wait
+    in its job queue, and past that it answers 503.
+    """
+    config = {
         "minWorkers": settings.serve_workers,
         "maxWorkers": settings.serve_workers,
         "batchSize": settings.serve_batch_size,
         "maxBatchDelay": settings.serve_max_batch_delay_ms,
         "responseTimeout": settings.serve_response_timeout_s,
     }
+    generation = (io_contract or {}).get("generation")
+    if generation:
+        config |= {"batchSize": generation["max_streams"], "jobQueueSize": generation["max_queued"], "continuousBatching": True}
+    return config
 
 
 def append_data(mar: Path, data: Path, sha256: str) -> None:
@@ -145,7 +155,7 @@ def archive(
     path = layout.model_store / f"{name}.mar"
     handler = handler_source()
     inputs = {**inputs, "handler": files.sha256_bytes(handler)}
-    config = model_config(settings)
+    config = model_config(settings, io_contract)
     stage_settings = {"model_config": config, "contract": io_contract, "version": VERSION}
     if skipped := up_to_date(manifest, key, inputs, stage_settings, settings, STAGE, (path,)):
         return skipped

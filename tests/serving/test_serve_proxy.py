@@ -126,4 +126,4 @@ def test_torchserve_holds_the_bodies_its_memory_allows_one_at_least(cap_mib):
 
 def test_a_72_mib_cap_hands_torchserve_one_request_at_a_time(tmp_path):
     routes = [proxy.Route("inference", 1, Path("inference.sock"), "k")]
-    assert "server torchserve unix@inference.sock maxconn 1\n" in proxy.config(routes, proxy.Limits(72 * MIB, 30), tmp_path)
+    assert "server torchserve unix@inference.sock maxconn 1\n" in proxy.config(routes, proxy.Limits(72 * MIB, 30), tmp_path, "m")

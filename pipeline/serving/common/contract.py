@@ -129,6 +129,10 @@ def generation_section(spec: ModelSpec) -> dict[str, Any]:
         "max_length": gen.max_length,
         "max_new_tokens": gen.max_new_tokens,
         "max_batch": gen.max_batch,
+        "max_streams": gen.max_streams,
+        "max_queued": gen.max_queued,
+        "request_timeout_s": gen.request_timeout_s,
+        "chat_template": gen.chat_template,
         "defaults": {"do_sample": gen.do_sample, "temperature": gen.temperature, "top_k": gen.top_k, "top_p": gen.top_p},
     }
 
@@ -149,6 +153,10 @@ def generation_layout(section: Mapping[str, Any], tokenizer: Path) -> Generation
         dtype=str(section["dtype"]),
         max_new_tokens=int(section["max_new_tokens"]),
         max_batch=int(section["max_batch"]),
+        max_streams=int(section.get("max_streams", Generation.max_streams)),
+        max_queued=int(section.get("max_queued", Generation.max_queued)),
+        request_timeout_s=int(section.get("request_timeout_s", Generation.request_timeout_s)),
+        chat_template=section.get("chat_template"),
         do_sample=bool(defaults.get("do_sample", False)),
         temperature=float(defaults.get("temperature", 1.0)),
         top_k=int(defaults.get("top_k", 0)),

@@ -39,17 +39,21 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pipeline.artifacts.archive import MAX_TOTAL_BYTES, extract_model, inspect_archive
 from pipeline.errors import IntegrityError, PipelineError
-from pipeline.serving.common import STAGE, oip, preprocess
+from pipeline.serving.common import RETRY_AFTER_S, STAGE, oip, openai, preprocess
 from pipeline.serving.common.contract import Contract, RequestError
+from pipeline.serving.common.generation import NATIVE, GenerationPredictor
 from pipeline.serving.common.predictor import Answer, open_model
 
 if TYPE_CHECKING:
@@ -237,6 +241,18 @@ class ModelServer:
             ("GET", "/v2/health/ready"): self.ready,
         }
         self.open_paths = {"/v2/health/live", "/v2/health/ready"}
+        self.generation: Streams | None = None
+        if isinstance(self.predictor, GenerationPredictor):
+            self.generation = Streams(
+                self.predictor, min(self.predictor.gen.max_streams + self.predictor.gen.max_queued, max_ongoing(self.options))
+            )
+            self.routes |= {
+                ("POST", f"/predictions/{model}"): partial(self.generate, protocol=NATIVE),
+                ("POST", "/v1/completions"): partial(self.generate, protocol=openai.COMPLETIONS),
+                ("POST", "/v1/chat/completions"): partial(self.generate, protocol=openai.CHAT),
+                ("GET", "/v1/models"): self.models,
+            }
+            del self.routes[("PUT", f"/predictions/{model}")]
         log.info("replica serving %s on %s, batches of up to %d within %.1f ms", model, self.predictor.provider, size, wait_s * 1e3)
 
     def __del__(self):
@@ -353,6 +369,19 @@ class ModelServer:
 
         return Response(payload, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(header_length)})
 
+    async def generate(self, request, protocol: str):
+        """A generation request, streamed or whole, in its protocol (`Streams`)."""
+        assert self.generation is not None  # the route exists only for a generation model
+        try:
+            raw = await self._body(request)
+        except RequestError as exc:
+            return _json(exc.code, self.generation.predictor.error(protocol, exc.code, str(exc)))
+        return await self.generation.answer(raw, protocol)
+
+    async def models(self, request):
+        assert self.generation is not None
+        return _json(200, self.generation.predictor.models())
+
     async def model_metadata(self, request):
         return _json(200, oip.metadata(self.contract))
 
@@ -363,6 +392,68 @@ class ModelServer:
 
     async def ready(self, request):
         return _json(200, {"ready": True})
+
+
+class Streams:
+    """A replica's generation: one thread steps the batch, each request reads its bytes from a queue of its own.
+
+    A request is checked and queued on the event loop (a bad one is answered at once), and
+    refused with 503 and Retry-After while `cap` requests are in flight. Its bytes go out as
+    each step makes them: a StreamingResponse for a stream, one answer (with its status) for a
+    whole one. When the client goes away, Starlette cancels the response, and the request is
+    taken out before the next step.
+    """
+
+    def __init__(self, predictor: GenerationPredictor, cap: int):
+        self.predictor, self.cap = predictor, cap
+        self.queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self.wake = threading.Event()
+        threading.Thread(target=self.run, name="generation", daemon=True).start()
+
+    def run(self) -> None:
+        while True:
+            if not self.predictor.jobs:
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            for ident, out in self.predictor.step().items():
+                loop, queue = self.queues.get(ident, (None, None))
+                if loop is not None and queue is not None:
+                    loop.call_soon_threadsafe(queue.put_nowait, out)
+
+    async def answer(self, raw: bytes, protocol: str):
+        from starlette.responses import Response, StreamingResponse
+
+        predictor = self.predictor
+        if len(predictor.jobs) >= self.cap:
+            message = f"{len(predictor.jobs)} requests are being generated, this replica's cap; retry shortly"
+            return _json(503, predictor.error(protocol, 503, message), headers={"Retry-After": str(RETRY_AFTER_S)})
+        ident = uuid.uuid4().hex
+        queue: asyncio.Queue = asyncio.Queue()
+        self.queues[ident] = (asyncio.get_running_loop(), queue)
+        try:
+            job = await asyncio.to_thread(predictor.open, {"body": raw}, protocol, ident)
+        except RequestError as exc:
+            self.queues.pop(ident, None)
+            return _json(exc.code, predictor.error(protocol, exc.code, str(exc)))
+        self.wake.set()
+
+        async def chunks():
+            ended = False
+            try:
+                while not ended:
+                    data, ended = await queue.get()
+                    if data:
+                        yield data
+            finally:
+                self.queues.pop(ident, None)
+                if not ended:
+                    predictor.cancel(ident)
+
+        if job.ask.stream:
+            return StreamingResponse(chunks(), media_type=job.media_type)
+        body = b"".join([data async for data in chunks()])
+        return Response(body, status_code=job.status, media_type=job.media_type)
 
 
 DEFAULT_MAX_ONGOING = 64

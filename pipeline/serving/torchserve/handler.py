@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from pipeline.artifacts.names import ARCHIVE_CONTRACT, ARCHIVE_MODEL
 from pipeline.serving.common import oip
 from pipeline.serving.common.contract import Contract, RequestError
+from pipeline.serving.common.generation import NATIVE, GenerationPredictor
 from pipeline.serving.common.predictor import Answer, open_model
 
 if TYPE_CHECKING:
@@ -138,6 +139,8 @@ class OnnxHandler:
         """
         predictor = self.predictor
         assert predictor is not None  # set by initialize(), which __call__ runs first
+        if isinstance(predictor, GenerationPredictor):
+            return self.generate(predictor, data, context)
         items, types = list(data), [content_type(context, idx, item) for idx, item in enumerate(data)]
         answers: list[Answer | None] = [None] * len(items)
         plans: dict[int, dict] = {}
@@ -171,3 +174,48 @@ class OnnxHandler:
                 else:
                     context.set_response_content_type(idx, "application/json")
         return [a.body for a in fitted]
+
+    def generate(self, predictor: GenerationPredictor, data: list, context) -> list:
+        """One decode step for every request TorchServe's continuous batching hands over.
+
+        A request seen for the first time is opened (refused with its status, at once, if
+        anything is wrong); one that was open and is missing from this batch lost its client
+        (TorchServe drops a job whose connection closed), so its generation stops here. Each
+        open request gets this step's bytes; "ts_stream_next" keeps it coming back until it
+        ends. A request that ends in its first step is answered whole, as any other.
+        """
+        ids = [context.request_ids[idx] for idx in range(len(data))]
+        for gone in set(predictor.jobs) - set(ids):
+            predictor.cancel(gone)
+        refused: dict[int, tuple[int, bytes]] = {}
+        protocols = {}
+        for idx, (ident, item) in enumerate(zip(ids, data)):
+            protocols[idx] = request_header(context, idx, OIP_HEADER) or NATIVE
+            if ident in predictor.jobs:
+                continue
+            try:
+                predictor.open(item, protocols[idx], ident)
+            except RequestError as exc:
+                refused[idx] = (exc.code, predictor.error(protocols[idx], exc.code, str(exc)))
+        jobs = {ident: predictor.jobs.get(ident) for ident in ids}
+        started = {ident: job is not None and job.started for ident, job in jobs.items()}
+        stepped = predictor.step()
+        out: list[bytes] = []
+        ends: list[bool | None] = []  # TorchServe's stopping criterion: None answers whole, False streams on, True ends the stream
+        for idx, ident in enumerate(ids):
+            job = jobs[ident]
+            if idx in refused or job is None:
+                status, body = refused.get(idx, (500, predictor.error(protocols[idx], 500, "the request was lost")))
+                context.set_response_status(status, HTTPStatus(status).phrase, idx)
+                context.set_response_content_type(idx, "application/json")
+                out.append(body)
+                ends.append(None)
+                continue
+            body, done = stepped.get(ident, (b"", False))
+            if not started[ident]:
+                context.set_response_status(job.status, HTTPStatus(job.status).phrase, idx)
+                context.set_response_content_type(idx, job.media_type)
+            out.append(body)
+            ends.append(None if done and not started[ident] else done)
+        context.stopping_criteria = [lambda _, end=end: end for end in ends]
+        return out

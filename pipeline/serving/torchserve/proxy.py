@@ -31,13 +31,14 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 
 from pipeline.artifacts import files
 from pipeline.errors import PipelineError
-from pipeline.serving.common import STAGE
+from pipeline.serving.common import RETRY_AFTER_S, STAGE, openai
 
 REQUEST_TIMEOUT_S = 10  # headers and the whole body, from the first byte
 KEEP_ALIVE_S = 10  # an idle connection between requests
@@ -68,6 +69,23 @@ OIP_REWRITE = [
     f"    http-request set-header X-Pipeline-Protocol oip if {{ method POST }} {{ path_reg {OIP_PATH} }}",
     f"    http-request set-path /predictions/%[path,field(4,/)] if {{ method POST }} {{ path_reg {OIP_PATH} }}",
 ]
+
+
+# The OpenAI API's routes, which TorchServe lacks, become predictions marked with the protocol the handler
+# answers in (pipeline/serving/common/generation.py); /v1/models is answered here, behind the token.
+OPENAI_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+
+
+def _openai_rewrite(model: str, pages: Path) -> list[str]:
+    paths = " ".join(OPENAI_PATHS)
+    return [
+        *(
+            f"    http-request set-header X-Pipeline-Protocol {kind} if {{ method POST }} {{ path {path} }}"
+            for path, kind in OPENAI_PATHS.items()
+        ),
+        f"    http-request return status 200 content-type application/json file {pages / 'models.json'} if {{ method GET }} {{ path /v1/models }}",
+        f"    http-request set-path /predictions/{model} if {{ method POST }} {{ path {paths} }}",
+    ]
 
 
 @dataclass(frozen=True)
@@ -142,8 +160,7 @@ def error_page(status: int, message: str) -> bytes:
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
-        "cache-control: no-cache\r\n"
-        "connection: close\r\n\r\n"
+        "cache-control: no-cache\r\n" + (f"retry-after: {RETRY_AFTER_S}\r\n" if status == 503 else "") + "connection: close\r\n\r\n"
     )
     return head.encode() + body
 
@@ -203,7 +220,7 @@ def _authorization(route: Route, pages: Path) -> list[str]:
     return lines
 
 
-def config(routes: list[Route], limits: Limits, error_dir: Path) -> str:
+def config(routes: list[Route], limits: Limits, error_dir: Path, model: str) -> str:
     """HAProxy's configuration: one frontend on 127.0.0.1 and one Unix-socket backend per API."""
     cap = limits.body_bytes
     lines = [
@@ -239,7 +256,9 @@ def config(routes: list[Route], limits: Limits, error_dir: Path) -> str:
             f"    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt {cap} }}",
             f"    http-request wait-for-body time {REQUEST_TIMEOUT_S}s at-least {cap + 1}",
             f"    http-request deny deny_status 413 if {{ req.body_len gt {cap} }}",
-            *(OIP_REWRITE if route.name == "inference" else []),
+            *(OIP_REWRITE + _openai_rewrite(model, error_dir) if route.name == "inference" else []),
+            # TorchServe's own 503 (its job queue is full) says when to come back, as the proxy's does.
+            f"    http-response set-header Retry-After {RETRY_AFTER_S} if {{ status 503 }}",
             f"    default_backend {route.name}",
             f"backend {route.name}",
             f"    server torchserve unix@{route.socket} maxconn {limits.upstream}",
@@ -247,16 +266,17 @@ def config(routes: list[Route], limits: Limits, error_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start(folder: Path, routes: list[Route], limits: Limits, log: Path, cwd: Path) -> subprocess.Popen:
-    """Write the proxy's configuration and error pages under `folder` and start HAProxy in `cwd`."""
+def start(folder: Path, routes: list[Route], limits: Limits, log: Path, cwd: Path, model: str) -> subprocess.Popen:
+    """Write the proxy's configuration and error pages under `folder` and start HAProxy in `cwd`, in front of `model`."""
     error_dir = folder / "errors"
     error_dir.mkdir(parents=True, exist_ok=True)
     for code, message in _messages(limits).items():
         files.write_bytes(error_dir / f"{code}.http", error_page(code, message))
     for name, body in _refusals(routes).items():
         files.write_bytes(error_dir / name, body)
+    files.write_bytes(error_dir / "models.json", json.dumps(openai.models(model, int(time.time()))).encode())
     path = folder / "haproxy.cfg"
-    files.write_text(path, config(routes, limits, error_dir))
+    files.write_text(path, config(routes, limits, error_dir, model))
     command = [binary(), "-f", str(path), "-db"]  # -db: in the foreground, logging to stderr
     checked = subprocess.run([*command, "-c"], cwd=cwd, capture_output=True, text=True, check=False)
     if checked.returncode != 0:

@@ -311,7 +311,7 @@ def _launch(
         # The proxy checks each API's key at the headers, so it starts once TorchServe has written them.
         keys = _wait_for_keys(info, proc, timeout)
         routes = [proxy.Route(kind, ports[kind], api_socket(folder, kind).relative_to(folder), keys.get(kind)) for kind in HTTP_APIS]
-        guard = proxy.start(folder / "proxy", routes, limits, folder / "logs" / "proxy.log", cwd=folder)
+        guard = proxy.start(folder / "proxy", routes, limits, folder / "logs" / "proxy.log", cwd=folder, model=name)
         _wait_ready(info, proc, guard, timeout)
     except BaseException:
         stop(settings)
