@@ -9,8 +9,8 @@ The batch's cache is left-padded: a row that joins, or what stays when rows leav
 regrouped (through the host, once per change of members) so that every row's newest token
 sits in the last column; the attention mask marks each row's padding and the position ids
 come from it, as for a batch of prompts in `loop.Run`. A row that leaves (it finished, or
-its client went away: `drop`) is out of the next engine call, so a disconnected client costs
-at most the one step already running.
+its client went away: `drop`) is out at once, so a disconnected client costs at most the one
+step already running.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Batcher:
         self.waiting: deque[Member] = deque()
         self.mask: np.ndarray | None = None  # [rows, positions]: 0 where a row is padded on the left
         self.cache: Cache | None = None
-        self.dropped: set[Hashable] = set()
+        self.dropped: set[Hashable] = set()  # rows `drop` takes out at its regrouping
         self.steps = 0  # engine calls that decoded the batch (prefills aside)
 
     def __len__(self) -> int:
@@ -75,10 +75,12 @@ class Batcher:
         return member.row
 
     def drop(self, keys: Iterable[Hashable]) -> None:
-        """Take these rows out before the next step (a client went away); their answers stop where they are."""
+        """Take these rows out now (a client went away), their cache with them; their answers stop where they are."""
         keys = set(keys)
         self.waiting = deque(m for m in self.waiting if m.key not in keys)
-        self.dropped |= keys & {m.key for m in self.active}
+        self.dropped = keys & {m.key for m in self.active}
+        if self.dropped:
+            self._regroup([])
 
     def clear(self) -> list[Hashable]:
         """Forget every row (after an engine failure); the keys that were in flight."""
@@ -89,8 +91,6 @@ class Batcher:
     def step(self) -> dict[Hashable, Step]:
         """One token for every row: a decode step for the batch, then a prefill for each row that joins."""
         out: dict[Hashable, Step] = {}
-        if self.dropped:
-            self._regroup([])
         if self.active:
             assert self.mask is not None
             tokens = np.array([[m.pending] for m in self.active], dtype=np.int64)

@@ -99,8 +99,8 @@ def test_prompts_are_real_text_of_the_exact_length(built):
 
 def test_sizes_past_the_model_caps_are_refused_before_any_work(built):
     model, root = built
-    with pytest.raises(PipelineError, match="maximum length is 96"):
-        generation.run(generation.GenerationSettings(model=model, root=root, prompt_lengths=(90,), new_tokens=8))
+    with pytest.raises(PipelineError, match=f"maximum length is {checkpoints.POSITIONS}"):
+        generation.run(generation.GenerationSettings(model=model, root=root, prompt_lengths=(checkpoints.POSITIONS - 6,), new_tokens=8))
     with pytest.raises(PipelineError, match="the model's cap is 8"):
         generation.run(generation.GenerationSettings(model=model, root=root, batch_sizes=(9,), prompt_lengths=(4,)))
 

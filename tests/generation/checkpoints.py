@@ -12,6 +12,7 @@ from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 from transformers import (
     AutoModelForCausalLM,
+    AutoTokenizer,
     GenerationConfig,
     GPT2Config,
     GPT2LMHeadModel,
@@ -31,7 +32,7 @@ from pipeline.settings import Settings
 from pipeline.stages import STAGES
 
 VOCAB = 320  # 256 bytes, the specials, and some merges
-POSITIONS = 96
+POSITIONS = 512  # long enough that a stream of 256 tokens outlasts a client that goes away
 BOS, EOS, PAD = 0, 1, 2
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -60,6 +61,15 @@ DECODERS = {
 }
 
 
+# A chat template of the usual kind (roles in markers, BOS first, the assistant's turn opened), rendered
+# by transformers' apply_chat_template on one side and the servers' /v1/chat/completions on the other.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] | trim }}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
 def tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -74,7 +84,9 @@ def save_decoder(kind: str, folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = DECODERS[kind]()
     model.save_pretrained(folder)
-    tokenizer().save_pretrained(folder)
+    tok = tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
     GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD).save_pretrained(folder)
     return folder
 
@@ -90,7 +102,18 @@ def run_chain(model: str, root: Path) -> Manifest:
 def transformers_greedy(folder: Path, prompts: list[str], new_tokens: int) -> list[list[int]]:
     """transformers' own generate on the folder, greedy, left-padded: the tokens to match (through the EOS)."""
     tok = text.load(folder / "tokenizer.json")
-    ids, mask = text.left_pad(text.encode(tok, prompts), PAD)
+    return transformers_greedy_ids(folder, text.encode(tok, prompts), new_tokens)
+
+
+def transformers_chat_greedy(folder: Path, messages: list[dict], new_tokens: int) -> list[int]:
+    """The chat through transformers' apply_chat_template (its assistant turn opened), then greedy generate."""
+    ids = AutoTokenizer.from_pretrained(folder).apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+    return transformers_greedy_ids(folder, [list(ids)], new_tokens)[0]
+
+
+def transformers_greedy_ids(folder: Path, rows: list[list[int]], new_tokens: int) -> list[list[int]]:
+    ids, mask = text.left_pad(rows, PAD)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     with torch.inference_mode():
         out = model.generate(

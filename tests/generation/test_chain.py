@@ -18,7 +18,7 @@ from pipeline.runtimes.runners import cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import Layout, Settings
 from pipeline.spec import Tolerance
-from tests.generation.checkpoints import DECODERS, PAD, run_chain, save_decoder, transformers_greedy
+from tests.generation.checkpoints import DECODERS, PAD, POSITIONS, run_chain, save_decoder, transformers_greedy
 
 PROMPTS = ["Hello world!", "The quick brown fox jumps over the lazy dog. She sells"]
 
@@ -53,7 +53,7 @@ def test_the_archive_carries_the_cache_layout_and_the_tokenizer(small_llama):
         assert zf.read("tokenizer.json") == (folder / "tokenizer.json").read_bytes()
     gen = contract["generation"]
     assert (gen["layers"], gen["kv_heads"], gen["head_size"], gen["dtype"]) == (2, 2, 8, "float32")
-    assert (gen["eos_ids"], gen["pad_id"], gen["bos_id"], gen["max_length"]) == ([1], PAD, 0, 96)
+    assert (gen["eos_ids"], gen["pad_id"], gen["bos_id"], gen["max_length"]) == ([1], PAD, 0, POSITIONS)
     assert gen["past"][:2] == ["past_key_values.0.key", "past_key_values.0.value"] and gen["present"][-1] == "present.1.value"
     assert [t["name"] for t in contract["outputs"]][:2] == ["logits", "present.0.key"]
 

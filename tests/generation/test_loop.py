@@ -148,7 +148,11 @@ def test_bad_sampling_is_refused(bad, message):
         ([[5]] * 9, 4, "9 prompts in one batch, the model's cap is 8"),
         ([[5]], 0, "max_new_tokens is 0, the model's cap is 256"),
         ([[5]], 257, "max_new_tokens is 257, the model's cap is 256"),
-        ([[5] * 90], 7, f"a prompt of 90 tokens plus max_new_tokens 7 is 97 positions, the model's maximum length is {POSITIONS}"),
+        (
+            [[5] * (POSITIONS - 6)],
+            7,
+            f"a prompt of {POSITIONS - 6} tokens plus max_new_tokens 7 is {POSITIONS + 1} positions, the model's maximum length is {POSITIONS}",
+        ),
     ],
 )
 def test_limits_are_checked_before_any_work(tok, rows, new, message):

@@ -40,6 +40,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
@@ -212,6 +213,12 @@ class ModelServer:
         from ray import serve
 
         self.options = RayAppOptions.from_args(args)
+        # The pipeline's warnings (a generation stopped early, or failed) go where the replica's own do:
+        # Serve's log file for it, logs/serve/replica_*.log (its stderr is logged below the level kept).
+        ours = logging.getLogger("pipeline")
+        for handler in logging.getLogger("ray.serve").handlers:
+            if handler not in ours.handlers:
+                ours.addHandler(handler)
         self.folder = Path(tempfile.mkdtemp(prefix="pipeline-ray-"))
         gpus = ray.get_gpu_ids() if self.options.num_gpus > 0 else []
         # Ray sets CUDA_VISIBLE_DEVICES to the replica's GPU, which is device 0 inside it.
@@ -420,6 +427,7 @@ class Streams:
                 loop, queue = self.queues.get(ident, (None, None))
                 if loop is not None and queue is not None:
                     loop.call_soon_threadsafe(queue.put_nowait, out)
+            time.sleep(0)  # let the event loop send what this step made (and take new requests) before the next
 
     async def answer(self, raw: bytes, protocol: str):
         from starlette.responses import Response, StreamingResponse

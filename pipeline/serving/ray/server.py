@@ -64,7 +64,13 @@ RAY_TOKEN = "ray_token"  # the local cluster's control-plane token, beside key_f
 # handles, the application's code on the replica's own event loop, and the GC frozen after
 # start (ray/serve/_private/constants.py). Each ingress replica listens on http_options.host,
 # 127.0.0.1 here. On one replica at 16 clients this served 11-18x what Serve's proxy did (docs/results/).
-DIRECT_INGRESS_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+# That mode also holds a replica's log lines until 1000 have gathered; ours log only warnings and errors
+# (a generation stopped early or failed: logs/serve/replica_*.log), so each is written as it happens.
+DIRECT_INGRESS_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+}
 
 
 @dataclass(frozen=True)

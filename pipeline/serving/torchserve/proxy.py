@@ -104,6 +104,10 @@ class Limits:
 
     body_bytes: int
     response_timeout_s: int  # TorchServe's default_response_timeout
+    # A generation model's requests being generated at once and waiting beyond them (its contract's
+    # max_streams and max_queued): past both, the proxy answers 503 with Retry-After at once.
+    streams: int | None = None
+    queued: int | None = None
 
     @property
     def buffer_bytes(self) -> int:
@@ -237,6 +241,9 @@ def config(routes: list[Route], limits: Limits, error_dir: Path, model: str) -> 
         "    option httplog",
         "    option dontlog-normal",
         "    option http-keep-alive",
+        # Each piece of an answer goes out as it arrives: without this, HAProxy sends with MSG_MORE and a
+        # streamed answer's small chunks waited for more, and a 200-token stream arrived whole after 0.2 s.
+        "    option http-no-delay",
         f"    timeout connect {CONNECT_TIMEOUT_S}s",
         f"    timeout client {REQUEST_TIMEOUT_S + limits.response_timeout_s}s",
         f"    timeout http-request {REQUEST_TIMEOUT_S}s",
@@ -261,9 +268,17 @@ def config(routes: list[Route], limits: Limits, error_dir: Path, model: str) -> 
             f"    http-response set-header Retry-After {RETRY_AFTER_S} if {{ status 503 }}",
             f"    default_backend {route.name}",
             f"backend {route.name}",
-            f"    server torchserve unix@{route.socket} maxconn {limits.upstream}",
+            f"    server torchserve unix@{route.socket} {_server_limits(route, limits)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _server_limits(route: Route, limits: Limits) -> str:
+    """Requests TorchServe holds at once, and for a generation model's inference the queue beyond them."""
+    if route.name == "inference" and limits.streams is not None and limits.queued is not None:
+        # A stream holds its connection until it ends: TorchServe generates max_streams at once, the rest wait here.
+        return f"maxconn {min(limits.streams, limits.upstream)} maxqueue {limits.queued}"
+    return f"maxconn {limits.upstream}"
 
 
 def start(folder: Path, routes: list[Route], limits: Limits, log: Path, cwd: Path, model: str) -> subprocess.Popen:

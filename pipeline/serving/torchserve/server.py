@@ -134,10 +134,14 @@ def load_info(layout: Layout) -> ServerInfo | None:
     return ServerInfo(**json.loads(path.read_text()))
 
 
+def archive_contract(mar: Path) -> Contract:
+    with zipfile.ZipFile(mar) as zf:
+        return Contract(json.loads(zf.read(ARCHIVE_CONTRACT)))
+
+
 def size_caps(mar: Path) -> dict[str, int]:
     """TorchServe's size caps (bytes) that an archive's contract needs: its largest request body and answer."""
-    with zipfile.ZipFile(mar) as zf:
-        contract = Contract(json.loads(zf.read(ARCHIVE_CONTRACT)))
+    contract = archive_contract(mar)
     return {"max_request_size": contract.max_request_bytes, "max_response_size": contract.max_response_bytes}
 
 
@@ -307,7 +311,13 @@ def _launch(
     )
     files.write_json(folder / "server.json", asdict(info))
     try:
-        limits = proxy.Limits(body_bytes=int(props["max_request_size"]), response_timeout_s=int(props["default_response_timeout"]))
+        gen = archive_contract(mar).generation or {}
+        limits = proxy.Limits(
+            body_bytes=int(props["max_request_size"]),
+            response_timeout_s=int(props["default_response_timeout"]),
+            streams=gen.get("max_streams"),
+            queued=gen.get("max_queued"),
+        )
         # The proxy checks each API's key at the headers, so it starts once TorchServe has written them.
         keys = _wait_for_keys(info, proc, timeout)
         routes = [proxy.Route(kind, ports[kind], api_socket(folder, kind).relative_to(folder), keys.get(kind)) for kind in HTTP_APIS]
