@@ -181,6 +181,8 @@ def serve_command(args: argparse.Namespace) -> int:
     info = backend.start(settings, options)
     print(f"{backend.served_line(info, options)}; answered in {time.perf_counter() - started:.1f}s")
     model_arg = "" if args.model == DEFAULT_MODEL else f" --model {shlex.quote(args.model)}"
+    if Path(args.root) != Path("."):  # the printed commands find this project's server
+        model_arg += f" --root {shlex.quote(str(args.root))}"
     token_cmd = backend.command("token", rel(sys.executable)) + model_arg
     body = json.dumps(spec.request_example())
     # A large example (an image is megabytes of JSON) is over what a shell takes as one
@@ -197,6 +199,17 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"  try      {token_cmd} --header | curl -s -H @- -H 'Content-Type: application/json' {data} {info.predictions_url}")
     if spec.generation is None:  # a decoder takes prompts, not the tensors of its graph
         print(f"  OIP v2   {info.inference}/v2/models/{info.model} (metadata) and {info.infer_url}, same token")
+    else:
+        chat = ", /chat/completions" if spec.generation.chat_template else ""
+        stream = json.dumps({"model": info.model, "prompt": "Once upon a time", "max_tokens": 32, "stream": True})
+        print(f"  OpenAI   {info.inference}/v1 (/completions{chat}, /models), the same token as the api_key")
+        print(
+            f"  stream   {token_cmd} --header | curl -sN -H @- -H 'Content-Type: application/json' -d {shlex.quote(stream)} {info.inference}/v1/completions"
+        )
+        print(
+            f"  python   openai.OpenAI(base_url={info.inference + '/v1'!r}, api_key=TOKEN).completions.create("
+            f"model={info.model!r}, prompt='Once upon a time', max_tokens=32, stream=True)"
+        )
     print(f"  logs     {rel(Path(info.run_dir) / 'logs')}/")
     print(f"  stop     {backend.command('stop', rel(sys.executable))}{model_arg}")
     return 0

@@ -7,20 +7,24 @@ exception classes; a client that goes away by what the server logged when it sto
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import openai
 import pytest
 
+from pipeline import cli
 from pipeline.generation import text
 from pipeline.serving.common.client import http
-from pipeline.settings import Settings
+from pipeline.settings import Settings, resolve
 from tests.generation.checkpoints import EOS, transformers_chat_greedy, transformers_greedy
-from tests.helpers import MEASUREMENTS
+from tests.helpers import MEASUREMENTS, REPO
 
 PROMPT = "The quick brown fox"
 CHAT = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Where is the station?"}]
@@ -28,7 +32,7 @@ CHAT = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "
 
 @pytest.fixture(scope="module", params=["torchserve", "ray"])
 def served(request, small_llama):
-    """(backend, server info, openai client), one server per backend for the module."""
+    """(backend, server info, openai client, what `serve` printed): one server per backend, started as a user starts it."""
     folder, root = small_llama
     settings = Settings(model=f"hf:{folder}", root=root)
     if request.param == "torchserve":
@@ -37,9 +41,18 @@ def served(request, small_llama):
         from pipeline.serving.torchserve import server
     else:
         from pipeline.serving.ray import server  # type: ignore[no-redef]
-    info = server.start(settings, auto_ports=True)
+    printed = io.StringIO()
     try:
-        yield request.param, info, openai.OpenAI(api_key=info.token(), base_url=f"{info.inference}/v1", max_retries=0, timeout=60)
+        with contextlib.redirect_stdout(printed):
+            assert cli.main(["serve", "--on", request.param, "--model", f"hf:{folder}", "--root", str(root), "--ports", "auto"]) == 0
+        info = server.load_info(resolve(settings)[1])
+        assert info is not None
+        yield (
+            request.param,
+            info,
+            openai.OpenAI(api_key=info.token(), base_url=f"{info.inference}/v1", max_retries=0, timeout=60),
+            printed.getvalue(),
+        )
     finally:
         server.stop(settings)
 
@@ -56,7 +69,7 @@ def expected_text(tok, tokens: list[int]) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_greedy_completions_are_transformers_tokens_streamed_and_not(served, small_llama, tok):
-    backend, info, client = served
+    backend, info, client, _ = served
     assert [m.id for m in client.models.list().data] == [info.model]
     tokens = transformers_greedy(small_llama[0], [PROMPT], 200)[0]
     want, reason = expected_text(tok, tokens)
@@ -80,7 +93,7 @@ def test_greedy_completions_are_transformers_tokens_streamed_and_not(served, sma
 def test_a_stream_arrives_as_it_is_made(served):
     """Eight prompts of 200 tokens (the small model makes one alone faster than the client's own overhead):
     the first chunk comes well before the last."""
-    backend, info, client = served
+    backend, info, client, _ = served
     prompts = [f"{n} {PROMPT}" for n in range(8)]
     start, times = time.perf_counter(), []
     for _ in client.completions.create(model=info.model, prompt=prompts, max_tokens=200, temperature=0, stream=True):
@@ -91,7 +104,7 @@ def test_a_stream_arrives_as_it_is_made(served):
 
 @pytest.mark.slow
 def test_the_chat_route_renders_the_template_as_transformers_does(served, small_llama, tok):
-    _, info, client = served
+    _, info, client, _ = served
     want, reason = expected_text(tok, transformers_chat_greedy(small_llama[0], CHAT, 24))
     whole = client.chat.completions.create(model=info.model, messages=CHAT, max_tokens=24, temperature=0)
     assert (whole.choices[0].message.role, whole.choices[0].message.content, whole.choices[0].finish_reason) == ("assistant", want, reason)
@@ -102,7 +115,7 @@ def test_the_chat_route_renders_the_template_as_transformers_does(served, small_
 
 @pytest.mark.slow
 def test_sampling_is_seeded_and_stop_strings_end_the_text(served):
-    _, info, client = served
+    _, info, client, _ = served
     ask = dict(model=info.model, prompt=PROMPT, max_tokens=40, temperature=0.9, top_p=0.95, seed=7)
     first, again = (client.completions.create(**ask).choices[0].text for _ in range(2))
     assert first == again
@@ -114,7 +127,7 @@ def test_sampling_is_seeded_and_stop_strings_end_the_text(served):
 
 @pytest.mark.slow
 def test_refusals_are_the_clients_own_errors_and_say_what_is_wrong(served):
-    _, info, client = served
+    _, info, client, _ = served
     with pytest.raises(openai.BadRequestError, match="max_tokens is 999, the model's cap is 256"):
         client.completions.create(model=info.model, prompt="Hi", max_tokens=999)
     with pytest.raises(
@@ -130,8 +143,21 @@ def test_refusals_are_the_clients_own_errors_and_say_what_is_wrong(served):
 
 
 @pytest.mark.slow
+def test_serve_prints_the_openai_base_url_and_a_stream_that_works(served, small_llama, tok):
+    _, info, _, printed = served
+    assert f"OpenAI   {info.inference}/v1 (/completions, /chat/completions, /models)" in printed
+    [line] = [line for line in printed.splitlines() if line.startswith("  stream   ")]
+    done = subprocess.run(line.removeprefix("  stream   "), shell=True, capture_output=True, text=True, timeout=60, cwd=REPO)
+    events = [e[len("data: ") :] for e in done.stdout.splitlines() if e.startswith("data: ")]
+    assert events[-1] == "[DONE]", done.stdout + done.stderr
+    streamed = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+    assert streamed == expected_text(tok, transformers_greedy(small_llama[0], ["Once upon a time"], 32)[0])[0]
+    assert "python   openai.OpenAI(base_url=" in printed
+
+
+@pytest.mark.slow
 def test_the_native_route_streams_events_the_same_text(served, small_llama, tok):
-    _, info, _ = served
+    _, info, _, _ = served
     body = json.dumps({"text": PROMPT, "max_new_tokens": 30, "stream": True}).encode()
     status, raw = http("POST", info.predictions_url, body, token=info.token(), timeout=60)
     assert status == 200
@@ -147,7 +173,7 @@ def test_the_native_route_streams_events_the_same_text(served, small_llama, tok)
 def test_a_client_that_goes_away_stops_its_generation(served):
     """Eight prompts of 256 tokens each (a batch of eight rows steps slower than one): the client leaves after its
     third chunk, and the server's log says how many tokens were made when it stopped."""
-    backend, info, client = served
+    backend, info, client, _ = served
     prompts = [f"{n} sea shells by the sea shore" for n in range(8)]
     stream = client.completions.create(model=info.model, prompt=prompts, max_tokens=256, temperature=0, stream=True)
     for received, _ in enumerate(stream, start=1):
