@@ -50,6 +50,12 @@ class Settings:
     # (io_contract.json "intra_op_threads"); None leaves it to the server (ONNX Runtime's
     # default on TorchServe, num_cpus on Ray). python -m pipeline tune measures the best.
     serve_threads: int | None = None
+    # A generation model's served concurrency, written into its contract: requests generated at once
+    # (their rows share each decode step), requests that may wait beyond them, each one's wall-clock
+    # limit. None keeps the spec's (16, 64, 300 s).
+    serve_max_streams: int | None = None
+    serve_max_queued: int | None = None
+    serve_request_timeout_s: int | None = None
     # Which archive to serve: None for the fp32 model, or a variant ("int8", "fp16").
     variant: str | None = None
 

@@ -88,6 +88,21 @@ def archive_options(p: argparse.ArgumentParser) -> None:
         "OMP_NUM_THREADS on the server still wins (default: none, the server's choice: ONNX Runtime's on TorchServe, "
         "num_cpus on Ray; python -m pipeline tune measures which is best)",
     )
+    p.add_argument(
+        "--max-streams",
+        type=positive,
+        help="a text-generation model: requests generated at once, their rows sharing each decode step (default: 16)",
+    )
+    p.add_argument(
+        "--max-queued",
+        type=positive,
+        help="a text-generation model: requests that may wait beyond --max-streams; past them a 503 with Retry-After (default: 64)",
+    )
+    p.add_argument(
+        "--request-timeout-s",
+        type=positive,
+        help="a text-generation model: each request's wall-clock limit, then it ends with an error (default: 300)",
+    )
 
 
 def load_generator_option(p: argparse.ArgumentParser, default: str) -> None:
@@ -130,6 +145,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         serve_max_batch_delay_ms=getattr(args, "max_batch_delay_ms", Settings.serve_max_batch_delay_ms),
         serve_workers=getattr(args, "workers", Settings.serve_workers),
         serve_threads=getattr(args, "threads", Settings.serve_threads),
+        serve_max_streams=getattr(args, "max_streams", None),
+        serve_max_queued=getattr(args, "max_queued", None),
+        serve_request_timeout_s=getattr(args, "request_timeout_s", None),
         variant=getattr(args, "variant", None),
     )
 

@@ -50,10 +50,18 @@ VERSION = "1.0"
 
 def archive_contract(settings: Settings, spec: ModelSpec) -> dict:
     """The I/O contract the archive carries, with the CUDA precision that was verified
-    and, where one was chosen, the intra-op threads each worker's session takes."""
+    and, where one was chosen, the intra-op threads each worker's session takes and a
+    generation model's served concurrency."""
     io_contract = declare(spec, cuda_precision(settings, spec))
     if settings.serve_threads is not None:
         io_contract["intra_op_threads"] = settings.serve_threads
+    if generation := io_contract.get("generation"):
+        chosen = {
+            "max_streams": settings.serve_max_streams,
+            "max_queued": settings.serve_max_queued,
+            "request_timeout_s": settings.serve_request_timeout_s,
+        }
+        generation.update({k: v for k, v in chosen.items() if v is not None})
     return io_contract
 
 

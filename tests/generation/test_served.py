@@ -3,14 +3,21 @@ through the one generation loop; `{"text": ...}` in, transformers' own greedy to
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import shutil
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import MAR
+from pipeline.serving.common.client import http
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Settings
+from pipeline.stages import STAGES
 from tests.generation.checkpoints import POSITIONS, transformers_greedy
 from tests.helpers import archive_handler, needs_java
 
@@ -190,18 +197,39 @@ def test_the_ray_replica_generates_from_the_verified_archive(small_llama, tmp_pa
 
 @pytest.mark.slow
 @needs_java
-def test_torchserve_generates_over_http(small_llama):
+def test_torchserve_generates_over_http_and_past_its_queue_says_503_with_retry_after(small_llama, tmp_path):
+    """Packaged with --max-streams 1 --max-queued 1 (a copy of the chain): one request generating, one waiting,
+    and the third is refused at once with 503 and Retry-After; the first two are answered in full."""
     folder, root = small_llama
-    settings = Settings(model=f"hf:{folder}", root=root)
+    copy = tmp_path / "p"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("run"))
+    settings = Settings(model=f"hf:{folder}", root=copy, serve_max_streams=1, serve_max_queued=1)
+    STAGES["package"](settings)
     info = serve.start(settings, auto_ports=True)
+    slow = json.dumps({"text": [f"{n} {PROMPTS[1]}" for n in range(8)], "max_new_tokens": 256, "stream": True}).encode()
     try:
         ok = info.predict(json.dumps({"text": PROMPTS[1], "max_new_tokens": 8}).encode(), content_type="application/json")
-        refused = info.predict(json.dumps({"text": "Hi", "max_new_tokens": 999}).encode(), content_type="application/json")
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(http, "POST", info.predictions_url, slow, info.token(), timeout=60)
+            time.sleep(0.1)  # generating (eight rows of 256 tokens take a second or more)
+            waiting = pool.submit(http, "POST", info.predictions_url, slow, info.token(), timeout=60)
+            time.sleep(0.1)  # in the proxy's queue
+            started = time.perf_counter()
+            headers = {"Authorization": f"Bearer {info.token()}", "Content-Type": "application/json"}
+            refused = urllib.request.Request(info.predictions_url, slow, headers)
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(refused, timeout=30)
+            refused_in = time.perf_counter() - started
+            answers = [first.result(), waiting.result()]
+            generated_in = time.perf_counter() - started
     finally:
         serve.stop(settings)
     assert ok[0] == 200, ok
     assert json.loads(ok[1])["tokens"] == transformers_greedy(folder, PROMPTS[1:], 8)[0]
-    assert refused[0] == 400 and "the model's cap is 256" in json.loads(refused[1])["error"]
+    assert caught.value.code == 503 and caught.value.headers["Retry-After"] == "1"
+    assert refused_in < generated_in / 4, f"refused after {refused_in:.2f} s, the others took {generated_in:.2f} s more"
+    assert [status for status, _ in answers] == [200, 200]
+    assert all(body.endswith(b"data: [DONE]\r\n\r\n") for _, body in answers)
 
 
 @pytest.fixture()

@@ -264,6 +264,7 @@ def config(routes: list[Route], limits: Limits, error_dir: Path, model: str) -> 
             f"    http-request wait-for-body time {REQUEST_TIMEOUT_S}s at-least {cap + 1}",
             f"    http-request deny deny_status 413 if {{ req.body_len gt {cap} }}",
             *(OIP_REWRITE + _openai_rewrite(model, error_dir) if route.name == "inference" else []),
+            *_queue_cap(route, limits, error_dir),
             # TorchServe's own 503 (its job queue is full) says when to come back, as the proxy's does.
             f"    http-response set-header Retry-After {RETRY_AFTER_S} if {{ status 503 }}",
             f"    default_backend {route.name}",
@@ -273,12 +274,26 @@ def config(routes: list[Route], limits: Limits, error_dir: Path, model: str) -> 
     return "\n".join(lines) + "\n"
 
 
+def _generating(route: Route, limits: Limits) -> bool:
+    return route.name == "inference" and limits.streams is not None and limits.queued is not None
+
+
 def _server_limits(route: Route, limits: Limits) -> str:
-    """Requests TorchServe holds at once, and for a generation model's inference the queue beyond them."""
-    if route.name == "inference" and limits.streams is not None and limits.queued is not None:
+    """Requests TorchServe holds at once: for a generation model's inference, the requests it generates together."""
+    if _generating(route, limits):
         # A stream holds its connection until it ends: TorchServe generates max_streams at once, the rest wait here.
-        return f"maxconn {min(limits.streams, limits.upstream)} maxqueue {limits.queued}"
+        return f"maxconn {min(limits.streams or 1, limits.upstream)}"
     return f"maxconn {limits.upstream}"
+
+
+def _queue_cap(route: Route, limits: Limits, pages: Path) -> list[str]:
+    """A generation model's full queue is a 503 with Retry-After at once (a server's maxqueue would only move it to the backend's queue)."""
+    if not _generating(route, limits):
+        return []
+    return [
+        f"    http-request return status 503 content-type application/json file {pages / 'queue-full.json'} "
+        f"hdr Retry-After {RETRY_AFTER_S} if {{ queue({route.name}) ge {limits.queued} }}"
+    ]
 
 
 def start(folder: Path, routes: list[Route], limits: Limits, log: Path, cwd: Path, model: str) -> subprocess.Popen:
@@ -289,6 +304,8 @@ def start(folder: Path, routes: list[Route], limits: Limits, log: Path, cwd: Pat
         files.write_bytes(error_dir / f"{code}.http", error_page(code, message))
     for name, body in _refusals(routes).items():
         files.write_bytes(error_dir / name, body)
+    full = f"{limits.streams} requests are being generated and {limits.queued} wait, this server's cap; retry shortly"
+    files.write_bytes(error_dir / "queue-full.json", _refusal(503, full))
     files.write_bytes(error_dir / "models.json", json.dumps(openai.models(model, int(time.time()))).encode())
     path = folder / "haproxy.cfg"
     files.write_text(path, config(routes, limits, error_dir, model))
