@@ -59,6 +59,17 @@ def digits_int8(chains, tmp_path_factory):
     return settings, Layout(root.resolve(), "digits_cnn"), results, fp32_mar
 
 
+@pytest.fixture(scope="session")
+def text_image_root(tmp_path_factory) -> Path:
+    """A project where bert_text and vit_images (tests/fixtures) went through every stage. Do not modify it:
+    tests.serving.real_models.copy makes a private copy."""
+    from tests.serving import real_models
+
+    root = tmp_path_factory.mktemp("text-image")
+    real_models.build(root)
+    return root
+
+
 @pytest.fixture
 def built(built_root) -> tuple[Settings, Layout]:
     return Settings(root=built_root), Layout(built_root.resolve(), "simple_nn")

@@ -25,25 +25,30 @@ from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.common.samples import sample_requests
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout
-from pipeline.stages import run_all
 from tests.helpers import needs_java
-from tests.serving.real_models import model_files, settings
+from tests.serving import real_models
+from tests.serving.real_models import model_files
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """name -> (Settings, spec, contract, tokenizer bytes or None) for both models, before any chain runs."""
-    root = tmp_path_factory.mktemp("bench-real")
+    """name -> (spec, contract, tokenizer bytes or None) for both models, before any chain runs."""
     out = {}
-    for name, path in model_files(root / "models").items():
+    for name, path in model_files(tmp_path_factory.mktemp("bench-real")).items():
         spec = load_spec(str(path))
         tokenizer = path.with_name("tokenizer.json").read_bytes() if spec.text_input else None
-        out[name] = (settings(root, path), spec, Contract(declare(spec)), tokenizer)
+        out[name] = (spec, Contract(declare(spec)), tokenizer)
     return out
 
 
+@pytest.fixture(scope="module")
+def chains(text_image_root, tmp_path_factory):
+    """name -> Settings of this module's copy of both models' whole chain, free to serve and bench in."""
+    return real_models.copy(text_image_root, tmp_path_factory.mktemp("bench-real-chains") / "project")
+
+
 def test_an_image_model_is_sent_a_640x480_jpeg_and_its_tensor_in_binary(models):
-    _, spec, contract, _ = models["vit_images"]
+    spec, contract, _ = models["vit_images"]
     request, binary = sample_requests(spec)
     assert request.kind == "jpeg 640x480" and request.content_type == "image/jpeg" and request.route == "predictions"
     assert Image.open(io.BytesIO(request.body)).size == (640, 480)
@@ -55,7 +60,7 @@ def test_an_image_model_is_sent_a_640x480_jpeg_and_its_tensor_in_binary(models):
 
 
 def test_a_text_model_is_sent_a_sentence_and_its_tokens_in_binary(models):
-    _, spec, contract, tokenizer = models["bert_text"]
+    spec, contract, tokenizer = models["bert_text"]
     request, binary = sample_requests(spec)
     assert request.kind == "text" and "text" in json.loads(request.body)
     assert binary is not None
@@ -73,9 +78,9 @@ def test_a_model_of_tensors_alone_is_sent_json_and_nothing_else(built):
 
 @pytest.mark.slow
 @needs_java
-def test_the_served_sweep_sends_the_jpeg_and_the_binary_tensor_to_a_real_torchserve(models):
-    s, spec, _, _ = models["vit_images"]
-    run_all(s)
+def test_the_served_sweep_sends_the_jpeg_and_the_binary_tensor_to_a_real_torchserve(models, chains):
+    spec, _, _ = models["vit_images"]
+    s = chains["vit_images"]
     generators = ["locust", *(["wrk"] if wrk_available() else [])]
     serve.start(s, auto_ports=True)
     try:
@@ -97,9 +102,9 @@ def test_the_served_sweep_sends_the_jpeg_and_the_binary_tensor_to_a_real_torchse
 
 
 @pytest.mark.slow
-def test_the_handler_times_decoding_apart_from_the_model(models):
-    s, spec, contract, _ = models["vit_images"]
-    run_all(s)
+def test_the_handler_times_decoding_apart_from_the_model(models, chains):
+    spec, _, _ = models["vit_images"]
+    s = chains["vit_images"]
     request, _ = sample_requests(spec)
     timed = handler_time.measure_in_child(s.root / "model_store" / "vit_images.mar", request.body, preprocessed=True)
     per = timed["us_per_request"]
@@ -110,7 +115,7 @@ def test_the_handler_times_decoding_apart_from_the_model(models):
 
 
 def test_lengths_stretch_the_text_axis_and_are_refused_past_the_model(models):
-    _, spec, contract, _ = models["bert_text"]
+    spec, contract, _ = models["bert_text"]
     feed = spec.sample_inputs(2, np.random.default_rng(0))
     long = inputs.at_lengths(spec, feed, {"seq": 40})
     for t in spec.inputs:
@@ -128,9 +133,9 @@ def test_lengths_stretch_the_text_axis_and_are_refused_past_the_model(models):
 
 
 @pytest.mark.slow
-def test_a_bench_at_a_sequence_length_writes_its_own_reports(models):
-    s, spec, _, _ = models["bert_text"]
-    run_all(s)
+def test_a_bench_at_a_sequence_length_writes_its_own_reports(models, chains):
+    spec, _, _ = models["bert_text"]
+    s = chains["bert_text"]
     settings_ = bench.BenchSettings(
         model=s.model,
         root=s.root,

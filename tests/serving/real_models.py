@@ -10,6 +10,7 @@ import torch
 
 from pipeline.settings import Settings
 from pipeline.spec import ModelSpec
+from pipeline.stages import run_all
 from tests.fixtures.bert_text import write_tokenizer
 from tests.helpers import REPO
 
@@ -29,6 +30,20 @@ def model_files(folder: Path) -> dict[str, Path]:
 
 def settings(root: Path, path: Path) -> Settings:
     return Settings(model=str(path), root=root, parity_batch_sizes=(1, 2))
+
+
+def build(root: Path) -> None:
+    """Both models through the whole chain in one project at `root`, their files in root/models."""
+    for path in model_files(root / "models").values():
+        run_all(settings(root, path))
+
+
+def copy(built: Path, root: Path) -> dict[str, Settings]:
+    """A private copy at `root` of a project `build` made, free to write into: each model's Settings there.
+
+    The model files travel with it and keep their hashes, so every stage there is up to date."""
+    shutil.copytree(built, root)
+    return {name: settings(root, root / "models" / f"{name}.py") for name in MODELS}
 
 
 def eager(model, spec: ModelSpec, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ import time
 import uuid
 import zipfile
 from http.client import HTTPConnection
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,9 +28,9 @@ from pipeline.serving.common import preprocess
 from pipeline.serving.common.client import http
 from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.torchserve import server as serve
-from pipeline.stages import run_all
 from tests.helpers import needs_java
-from tests.serving.real_models import assert_close, eager, expected_labels, model_files, settings
+from tests.serving import real_models
+from tests.serving.real_models import assert_close, eager, expected_labels
 from tests.serving.test_preprocess import png_header
 
 pytestmark = [pytest.mark.slow, needs_java]
@@ -37,16 +38,15 @@ SENTENCES = ["a very good movie .", "The cat sat on the mat, and it was not very
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """name -> (Settings, spec, eager model, reader): both models through the whole chain in one project."""
-    root = tmp_path_factory.mktemp("real")
+def project(text_image_root, tmp_path_factory):
+    """name -> (Settings, spec, eager model, reader): both models through the whole chain, in this module's copy."""
+    root = tmp_path_factory.mktemp("real") / "project"
     built = {}
-    for name, path in model_files(root / "models").items():
-        run_all(settings(root, path))
-        spec = load_spec(str(path))
+    for name, s in real_models.copy(text_image_root, root).items():
+        spec = load_spec(s.model)
         model, _ = checkpoint.load_model(Manifest(root.resolve(), name), spec, "test")
-        tokenizer = path.with_name("tokenizer.json").read_bytes() if spec.text_input else None
-        built[name] = (settings(root, path), spec, model, preprocess.reader(Contract(declare(spec)), tokenizer))
+        tokenizer = Path(s.model).with_name("tokenizer.json").read_bytes() if spec.text_input else None
+        built[name] = (s, spec, model, preprocess.reader(Contract(declare(spec)), tokenizer))
     return built
 
 

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -307,16 +308,15 @@ def test_the_manifest_records_each_stage_peak_memory(built):
     assert all(floor <= mb <= ceiling * 1.01 for mb in peaks.values()), (floor, peaks, ceiling)
 
 
-def test_a_new_tokenizer_reruns_parity_and_nothing_before_it(tmp_path):
+def test_a_new_tokenizer_reruns_parity_and_nothing_before_it(text_image_root, tmp_path):
     """Parity's text cases are made by the tokenizer the archive carries: a new tokenizer.json re-runs
     parity (and the archive), while train, trace and export, which never read it, stay up to date."""
-    from pipeline.stages import STAGES, run_all
+    from pipeline.stages import STAGES
     from tests.fixtures.bert_text import build_tokenizer
-    from tests.serving.real_models import model_files, settings
+    from tests.serving import real_models
 
-    path = model_files(tmp_path / "models")["bert_text"]
-    project = settings(tmp_path, path)
-    run_all(project)
+    project = real_models.copy(text_image_root, tmp_path / "project")["bert_text"]
+    path = Path(project.model)
     tokenizer = build_tokenizer()
     tokenizer.normalizer = None  # case kept: "The" is now an unknown word, so the tokens differ
     tokenizer.save(str(path.with_name("tokenizer.json")))
