@@ -208,6 +208,12 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
     }
 
 
+def read_contract(path: Path) -> dict:
+    """The io_contract.json of an archive already verified (`verified_archive`, `private_archive`), as written."""
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read(ARCHIVE_CONTRACT))
+
+
 def tokenizer_sha256(contract: Any) -> str | None:
     """The sha256 of the tokenizer.json an archive carries (a text model's or a generation model's), or None where it has none."""
     for key in ("text_input", "generation"):

@@ -289,3 +289,15 @@ def test_the_ray_replica_refuses_past_its_cap_with_503_and_retry_after(predictor
     refused = asyncio.run(streams.answer(json.dumps({"text": "Hi"}).encode(), "native"))
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "cap; retry shortly" in json.loads(refused.body)["error"]
+
+
+def test_ray_lets_a_generation_request_run_its_own_wall_clock_limit(small_llama, tmp_path):
+    """Serve cuts any request at its request_timeout_s (30 s): a generation archive's streams get their
+    contract's limit and a margin, so the model's own limit ends them first, with an error a client reads."""
+    from pipeline.serving.ray.app import HTTP_LIMITS, http_limits
+
+    _, root = small_llama
+    mar = root / "model_store" / "llama.mar"
+    assert http_limits(str(mar)) == {"request_timeout_s": 310.0}
+    assert http_limits(f"file://{mar}") == {"request_timeout_s": 310.0}
+    assert http_limits("https://example.invalid/llama.mar") == HTTP_LIMITS

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pipeline.artifacts.archive import MAX_TOTAL_BYTES, extract_model, inspect_archive
+from pipeline.artifacts.archive import MAX_TOTAL_BYTES, extract_model, inspect_archive, read_contract
 from pipeline.errors import IntegrityError, PipelineError
 from pipeline.serving.common import RETRY_AFTER_S, STAGE, oip, openai, preprocess
 from pipeline.serving.common.contract import Contract, RequestError
@@ -70,6 +70,16 @@ QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 # within this (queueing, body and inference together), and drops what it held of it.
 # TorchServe's default_response_timeout is the same 30 s.
 HTTP_LIMITS = {"request_timeout_s": 30.0}
+
+
+def http_limits(archive: str) -> dict[str, float]:
+    """HTTP_LIMITS for an archive: a generation model's requests may run their request_timeout_s, and a margin,
+    before Serve cuts them (its own limit ends them first, with an error a client can read)."""
+    path = Path(urlsplit(archive).path if archive.startswith("file://") else archive)
+    if not path.is_file():  # an http(s):// archive: the replica reads its limits; Serve keeps the default
+        return dict(HTTP_LIMITS)
+    generation = read_contract(path).get("generation") or {}
+    return {"request_timeout_s": max(HTTP_LIMITS["request_timeout_s"], float(generation.get("request_timeout_s", 0)) + 10)}
 
 
 @dataclass(frozen=True)

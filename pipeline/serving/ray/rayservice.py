@@ -30,7 +30,7 @@ import yaml
 from pipeline.artifacts import files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import MAR
-from pipeline.serving.ray.app import ENTRY_POINT, HTTP_LIMITS, QUIET, RayAppOptions
+from pipeline.serving.ray.app import ENTRY_POINT, HTTP_LIMITS, QUIET, RayAppOptions, http_limits
 from pipeline.settings import Layout
 
 RAY_VERSION = "2.60.0"  # the ray pinned in constraints.txt; the cluster's image must run the same
@@ -82,11 +82,11 @@ def pod_labels(model: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": _dns_name(model), "app.kubernetes.io/component": "ray"}
 
 
-def _serve_config(model: str, args: dict[str, Any]) -> dict[str, Any]:
+def _serve_config(model: str, args: dict[str, Any], limits: dict[str, float]) -> dict[str, Any]:
     return {
         "proxy_location": "EveryNode",
         # Inside the pod network; the NetworkPolicy decides who reaches it.
-        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT, **HTTP_LIMITS},
+        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT, **limits},
         "logging_config": QUIET,
         "applications": [{"name": model, "route_prefix": "/", "import_path": ENTRY_POINT, "args": args}],
     }
@@ -141,9 +141,16 @@ def _pod(model: str, image: str, archive: str, container: str, ports: list[dict]
 
 
 def manifest_for(
-    model: str, sha256: str, archive: str, image: str = "REPLACE-ME/pipeline-ray:latest", replicas: str = "2", workers: int = 2
+    model: str,
+    sha256: str,
+    archive: str,
+    image: str = "REPLACE-ME/pipeline-ray:latest",
+    replicas: str = "2",
+    workers: int = 2,
+    limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The RayService object for `model`'s archive (verified by `sha256`) at `archive`."""
+    """The RayService object for `model`'s archive (verified by `sha256`) at `archive`; `limits`: Serve's
+    http_options limits for it (`app.http_limits`), HTTP_LIMITS by default."""
     name = _dns_name(model)
     count: int | str = int(replicas) if replicas.isdigit() else replicas
     args: dict[str, Any] = {"archive": archive, "sha256": sha256, "token_file": f"{TOKEN_DIR}/{KEY_FILE}", "replicas": count}
@@ -187,7 +194,10 @@ def manifest_for(
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": {"name": f"{name}-serve", "labels": {"app.kubernetes.io/name": name}},
-        "spec": {"serveConfigV2": yaml.safe_dump(_serve_config(model, args), sort_keys=False), "rayClusterConfig": cluster},
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(_serve_config(model, args, limits or HTTP_LIMITS), sort_keys=False),
+            "rayClusterConfig": cluster,
+        },
     }
 
 
@@ -251,7 +261,10 @@ def write(layout: Layout, archive: str | None = None, image: str | None = None, 
     manifest = Manifest(layout.root, layout.model)
     rec = manifest.records[MAR]
     where = archive or f"/models/{layout.mar.name}"
-    service = manifest_for(layout.model, rec.sha256, where, **({"image": image} if image else {}), replicas=replicas, workers=workers)
+    limits = http_limits(str(layout.mar))  # a generation model's streams may run its request_timeout_s
+    service = manifest_for(
+        layout.model, rec.sha256, where, **({"image": image} if image else {}), replicas=replicas, workers=workers, limits=limits
+    )
     note = (
         f"the replicas fetch the archive from {where}; it must be the file with the hash above"
         if archive and archive.startswith(("http://", "https://"))

@@ -52,7 +52,7 @@ from pipeline.serving.backends import ServeOptions
 from pipeline.serving.common import STAGE
 from pipeline.serving.common.client import Endpoint, free_port, port_in_use
 from pipeline.serving.common.samples import Request, sample_requests
-from pipeline.serving.ray.app import HTTP_LIMITS, QUIET, RayAppOptions
+from pipeline.serving.ray.app import QUIET, RayAppOptions, http_limits
 from pipeline.settings import Layout, Settings, resolve
 
 DEFAULT_HTTP_PORT = 8000
@@ -216,7 +216,7 @@ def deploy(options: RayAppOptions, name: str, http_port: int | None, proxy_locat
     from pipeline.serving.ray.app import build
 
     if http_port is not None:
-        http_options = {"host": "127.0.0.1", "port": http_port, **HTTP_LIMITS}
+        http_options = {"host": "127.0.0.1", "port": http_port, **http_limits(options.archive)}
         serve.start(http_options=http_options, proxy_location=proxy_location, logging_config=QUIET)
     serve.run(build(options.to_args()), name=name, route_prefix="/", blocking=False, logging_config=QUIET)
     # serve.run returns once the application is RUNNING: replicas constructed and healthy.

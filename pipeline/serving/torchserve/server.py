@@ -24,16 +24,14 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 
 from pipeline.artifacts import files
-from pipeline.artifacts.archive import private_archive
+from pipeline.artifacts.archive import private_archive, read_contract
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import ARCHIVE_CONTRACT
 from pipeline.errors import PipelineError
 from pipeline.serving.backends import ServeOptions
 from pipeline.serving.common import STAGE
@@ -134,14 +132,9 @@ def load_info(layout: Layout) -> ServerInfo | None:
     return ServerInfo(**json.loads(path.read_text()))
 
 
-def archive_contract(mar: Path) -> Contract:
-    with zipfile.ZipFile(mar) as zf:
-        return Contract(json.loads(zf.read(ARCHIVE_CONTRACT)))
-
-
 def size_caps(mar: Path) -> dict[str, int]:
     """TorchServe's size caps (bytes) that an archive's contract needs: its largest request body and answer."""
-    contract = archive_contract(mar)
+    contract = Contract(read_contract(mar))
     return {"max_request_size": contract.max_request_bytes, "max_response_size": contract.max_response_bytes}
 
 
@@ -311,7 +304,7 @@ def _launch(
     )
     files.write_json(folder / "server.json", asdict(info))
     try:
-        gen = archive_contract(mar).generation or {}
+        gen = read_contract(mar).get("generation") or {}
         limits = proxy.Limits(
             body_bytes=int(props["max_request_size"]),
             response_timeout_s=int(props["default_response_timeout"]),
