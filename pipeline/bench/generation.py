@@ -15,6 +15,10 @@ shuffled order, repeat after repeat, with torch and ONNX Runtime pinned to the s
   the same checkpoint folder, in its own venv (`make genai-peer`) and process, where the builder
   supports the architecture (not GPT2LMHeadModel).
 
+Then, unless `--served off`, the same archive served by TorchServe and by Ray Serve
+(`pipeline.bench.served_generation`): TTFT, ITL and tokens/s at 1, 4 and 16 streams of the
+OpenAI API, the served TTFT over the in-process one at one stream, and a load phase.
+
 Definitions (one run: a batch of B prompts of L tokens, N new tokens each):
 - time to first token (TTFT): from the call to the first new token being chosen (the prefill);
 - inter-token latency (ITL): the gaps between consecutive tokens of a run, pooled over the repeats;
@@ -33,7 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import psutil
@@ -47,6 +51,9 @@ from pipeline.bench.latency import gated_variants, require_current
 from pipeline.errors import PipelineError
 from pipeline.settings import DEFAULT_MODEL, Layout, Settings, resolve
 from pipeline.spec import Generation, ModelSpec
+
+if TYPE_CHECKING:
+    from pipeline.bench.served_generation import ServedSettings
 
 STAGE = "bench"
 SCHEMA = 1
@@ -87,6 +94,8 @@ class GenerationSettings:
     genai_python: Path = Path(".venv-genai/bin/python")
     # Seconds the peer's model builder and its timing process may each take.
     genai_timeout_s: float = 1800.0
+    # The served benchmark (the CLI's default runs it); None: in process only.
+    served: ServedSettings | None = None
 
 
 @dataclass
@@ -466,6 +475,10 @@ def run(settings: GenerationSettings) -> dict:
     spec, layout = resolve(Settings(model=settings.model, root=settings.root))
     manifest = Manifest(layout.root, spec.name, settings.model)
     gen = check(settings, spec, manifest)
+    if settings.served is not None:
+        from pipeline.bench import served_generation
+
+        served_generation.check(settings.served, gen)
     started = time.perf_counter()
     out = Measured()
     engines = in_process_engines(settings, spec, layout, manifest, out)
@@ -478,6 +491,9 @@ def run(settings: GenerationSettings) -> dict:
             time_case(engines, rows, settings, out, bar)
     if "onnxruntime-genai" in settings.engines:
         genai_peer(settings, spec, layout, manifest, cases, out)
+    del engines  # the in-process models, before the servers load theirs
+    gc.collect()
+    served = serve_and_measure(settings, gen, manifest)
     report = {
         "schema": SCHEMA,
         "kind": "generation",
@@ -494,10 +510,21 @@ def run(settings: GenerationSettings) -> dict:
         "comparisons": comparisons(out.results),
         "skipped": out.skipped,
         "failures": out.failures,
+        "served": served,
     }
     files.write_json(layout.reports / "latency.json", report)
     files.write_text(layout.reports / "latency.md", markdown(report))
     return report
+
+
+def serve_and_measure(settings: GenerationSettings, gen: Generation, manifest: Manifest) -> dict | None:
+    """The served benchmark on the same verified archive, where asked for."""
+    if settings.served is None:
+        return None
+    from pipeline.bench import served_generation
+
+    onnx = manifest.verified(ONNX, STAGE)[0]
+    return served_generation.run(settings.served, Settings(model=settings.model, root=settings.root), gen, onnx)
 
 
 DEFINITIONS = {
@@ -509,7 +536,8 @@ DEFINITIONS = {
 }
 
 
-def _num(v: float | None, digits: int = 1) -> str:
+def number_or_dash(v: float | None, digits: int = 1) -> str:
+    """A figure to `digits` decimals, or a dash where there is none."""
     return "—" if v is None else f"{v:.{digits}f}"
 
 
@@ -529,8 +557,8 @@ def _case_lines(report: dict, comparison: dict) -> list[str]:
         base = comparison["vs_transformers_generate"].get(r["engine"])
         peer = comparison["vs_onnxruntime_genai"].get(r["engine"])
         lines.append(
-            f"| {r['engine']} | {r['tokens_per_s']:.1f} | {_num(base, 2)}{'×' if base else ''} | {_num(peer, 2)}{'×' if peer else ''} | "
-            f"{_num(r['decode_tokens_per_s'])} | {_num(r['ttft_ms_p50'])} | {_num(r['itl_ms_p50'], 2)} | {_num(r['itl_ms_p99'], 2)} |"
+            f"| {r['engine']} | {r['tokens_per_s']:.1f} | {number_or_dash(base, 2)}{'×' if base else ''} | {number_or_dash(peer, 2)}{'×' if peer else ''} | "
+            f"{number_or_dash(r['decode_tokens_per_s'])} | {number_or_dash(r['ttft_ms_p50'])} | {number_or_dash(r['itl_ms_p50'], 2)} | {number_or_dash(r['itl_ms_p99'], 2)} |"
         )
     return [*lines, ""]
 
@@ -564,7 +592,17 @@ def markdown(report: dict) -> str:
         lines += [f"- {s['engine']}: {s['reason']}" for s in report["skipped"]]
         lines += [f"- {f['engine']} failed{_where(f)}: {f['error']}" for f in report["failures"]]
         lines.append("")
+    if report.get("served"):
+        from pipeline.bench import served_generation
+
+        lines += served_generation.markdown(report["served"], machine(env))
     return "\n".join(lines)
+
+
+def machine(env: dict) -> str:
+    """The machine in words: its CPU, and a GPU only where one was present."""
+    cpu = f"this machine's CPU ({env['cpu']}, {env['physical_cores']} physical / {env['logical_cores']} logical cores)"
+    return cpu + (f", with a GPU present ({env['gpu']})" if env.get("cuda_available") else ", no GPU")
 
 
 def _where(failure: dict) -> str:
@@ -582,5 +620,9 @@ def console_summary(report: dict) -> str:
             + (f"; onnxruntime {ratio:.2f}x transformers generate" if ratio else "")
         )
     lines += [f"  not measured: {s['engine']}: {s['reason']}" for s in report["skipped"]]
+    if report.get("served"):
+        from pipeline.bench import served_generation
+
+        lines += served_generation.console_lines(report["served"])
     lines.append(f"  reports/{report['model']}/latency.json, latency.md")
     return "\n".join(lines)
