@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.bench import generation, latency
+from pipeline.bench import generation, latency, served_generation
 from pipeline.bench.engines import CUDA_GRAPH_ENGINES, ENGINES
 from pipeline.bench.latency import STAGE, BenchSettings
 from pipeline.cli.options import csv_of, load_generator_option, task_option
@@ -123,10 +123,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.served,
         help="auto: start TorchServe with the default and the tuned config; running: the server "
         "`make serve` started; ray: TorchServe (default, tuned) beside Ray Serve (1 and 2 replicas) on a "
-        "local Ray cluster; off: in-process only (default: %(default)s)",
+        "local Ray cluster; off: in-process only. A text-generation model: auto or ray streams the OpenAI API "
+        "from TorchServe and Ray Serve, each where it can run; off: in-process only (default: %(default)s)",
     )
-    p.add_argument("--concurrency", type=csv_of(int), default=d.concurrency, help="served client counts (default: 1,4,16,64)")
-    p.add_argument("--served-seconds", type=float, default=d.served_seconds, help="seconds of load per concurrency (default: %(default)s)")
+    s = served_generation.ServedSettings()
+    p.add_argument(
+        "--concurrency",
+        type=csv_of(int),
+        default=None,
+        help=f"served client counts (default: 1,4,16,64; for a text-generation model streams, {','.join(map(str, s.streams))})",
+    )
+    p.add_argument(
+        "--served-seconds",
+        type=float,
+        default=None,
+        help=f"seconds of load per concurrency (default: {d.served_seconds:g}; for a text-generation model {s.seconds:g})",
+    )
+    p.add_argument(
+        "--load-seconds",
+        type=float,
+        default=s.load_seconds,
+        help=f"text-generation: seconds of the served load phase at {s.load_streams} streams, for its errors and peak memory; "
+        "0 skips it (default: %(default)s)",
+    )
     load_generator_option(p, d.load_generator)
     p.add_argument(
         "--cuda-graph",
@@ -172,7 +191,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     engines = args.engines or d.engines
     if args.cuda_graph:
         engines = (*engines, *(e for e in CUDA_GRAPH_ENGINES if e not in engines))
-    positive = (args.budget, args.rounds, args.threads, args.served_seconds, args.sweep_budget, args.sweep_memory)
+    served_seconds = d.served_seconds if args.served_seconds is None else args.served_seconds
+    positive = (args.budget, args.rounds, args.threads, served_seconds, args.sweep_budget, args.sweep_memory)
     if min(positive) <= 0 or (args.time_limit is not None and args.time_limit <= 0):
         raise PipelineError(
             STAGE,
@@ -195,8 +215,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         cold_start=not args.no_cold_start,
         cold_start_compile=args.cold_start_compile,
         served=args.served,
-        concurrency=args.concurrency,
-        served_seconds=args.served_seconds,
+        concurrency=args.concurrency or d.concurrency,
+        served_seconds=served_seconds,
         load_generator=args.load_generator,
         cuda_precision=args.cuda_precision,
         cudnn_conv_algo_search=args.cudnn_search,
@@ -218,6 +238,28 @@ def generation_settings_from_args(args: argparse.Namespace) -> generation.Genera
         repeats=args.repeats,
         threads=args.threads,
         genai_python=args.genai_python,
+        served=served_settings_from_args(args),
+    )
+
+
+def served_settings_from_args(args: argparse.Namespace) -> served_generation.ServedSettings | None:
+    """A text-generation model's served options: the stream counts, their seconds, the load phase; None with --served off."""
+    if args.served == "off":
+        return None
+    if args.served == "running":
+        raise PipelineError(
+            STAGE,
+            "--served running is not measured for a text-generation model: the benchmark starts its own servers",
+            "use --served auto (TorchServe and Ray Serve, each where it can run) or --served off",
+        )
+    s = served_generation.ServedSettings()
+    return served_generation.ServedSettings(
+        streams=args.concurrency or s.streams,
+        seconds=s.seconds if args.served_seconds is None else args.served_seconds,
+        load_seconds=args.load_seconds,
+        prompt_tokens=args.prompt_lengths[0],
+        max_tokens=args.new_tokens,
+        threads=args.threads,
     )
 
 

@@ -29,7 +29,21 @@ from tests.helpers import REPO
 
 NEW_TOKENS = 4
 GENAI_PYTHON = REPO / ".venv-genai" / "bin" / "python"
-TINY = ["--prompt-lengths", "5,12", "--new-tokens", str(NEW_TOKENS), "--batch-sizes", "1,3", "--repeats", "2", "--threads", "1"]
+# In process only: the served half has its own test (test_served_generation_bench.py).
+TINY = [
+    "--prompt-lengths",
+    "5,12",
+    "--new-tokens",
+    str(NEW_TOKENS),
+    "--batch-sizes",
+    "1,3",
+    "--repeats",
+    "2",
+    "--threads",
+    "1",
+    "--served",
+    "off",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +75,7 @@ def report(built):
 
 
 def test_the_report_has_tokens_per_s_per_engine_prompt_and_batch(report):
-    assert report["kind"] == "generation"
+    assert report["kind"] == "generation" and report["served"] is None
     cases = {f"prompt={p},batch={b}" for p in (5, 12) for b in (1, 3)}
     for engine in ("transformers-generate", "onnxruntime"):
         assert set(report["tokens_per_s"][engine]) == cases
