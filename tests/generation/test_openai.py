@@ -138,6 +138,8 @@ def test_refusals_are_the_clients_own_errors_and_say_what_is_wrong(served):
         client.completions.create(model=info.model, prompt="Hi", n=2)
     with pytest.raises(openai.NotFoundError, match="the model 'gpt-4o' is not served here"):
         client.completions.create(model="gpt-4o", prompt="Hi")
+    status, body = http("POST", f"{info.inference}/v2/models/{info.model}/infer", b'{"inputs": []}', info.token())
+    assert status == 404 and b"generates text: POST /v1/completions" in body
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(api_key="wrong-key-0000000000", base_url=f"{info.inference}/v1", max_retries=0).models.list()
 

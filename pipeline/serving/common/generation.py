@@ -209,8 +209,11 @@ class GenerationPredictor:
     def ask(self, protocol: str, body: dict[str, Any]) -> Ask:
         if protocol == NATIVE:
             return self.native_ask(body)
-        if protocol not in PROTOCOLS:
-            raise RequestError(f"unknown protocol {protocol!r}", code=404)
+        if protocol not in PROTOCOLS:  # the Open Inference Protocol's infer route: tensors, not text
+            model = self.contract.model
+            raise RequestError(
+                f"{model} generates text: POST /v1/completions or /predictions/{model}, not /v2/models/{model}/infer", code=404
+            )
         openai.check_fields(protocol, body, self.contract.model)
         cap_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         options = Options(

@@ -268,6 +268,7 @@ class ModelServer:
                 ("POST", "/v1/completions"): partial(self.generate, protocol=openai.COMPLETIONS),
                 ("POST", "/v1/chat/completions"): partial(self.generate, protocol=openai.CHAT),
                 ("GET", "/v1/models"): self.models,
+                ("POST", f"/v2/models/{model}/infer"): partial(self.generate, protocol="oip"),  # refused, as on TorchServe
             }
             del self.routes[("PUT", f"/predictions/{model}")]
         log.info("replica serving %s on %s, batches of up to %d within %.1f ms", model, self.predictor.provider, size, wait_s * 1e3)
