@@ -301,3 +301,15 @@ def test_ray_lets_a_generation_request_run_its_own_wall_clock_limit(small_llama,
     assert http_limits(str(mar)) == {"request_timeout_s": 310.0}
     assert http_limits(f"file://{mar}") == {"request_timeout_s": 310.0}
     assert http_limits("https://example.invalid/llama.mar") == HTTP_LIMITS
+
+
+@pytest.mark.slow
+def test_a_chat_without_max_tokens_gets_the_room_left_within_the_cap(predictor):
+    chat = {"model": "llama", "messages": [{"role": "user", "content": "Hi"}]}
+    job = predictor.open({"body": json.dumps(chat).encode()}, "chat", ident="short")
+    assert job.ask.options.max_new_tokens == predictor.gen.max_new_tokens  # 256: the cap, with room to spare
+    long = {**chat, "messages": [{"role": "user", "content": "Hi " * 120}]}
+    job = predictor.open({"body": json.dumps(long).encode()}, "chat", ident="long")
+    assert job.ask.options.max_new_tokens == predictor.gen.max_length - job.rows[0].completion.prompt_tokens < 256
+    with pytest.raises(Exception, match="max_tokens is 0, the model's cap is 256"):
+        predictor.open({"body": json.dumps({**chat, "max_tokens": 0}).encode()}, "chat", ident="zero")

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class Ask:
     include_usage: bool = False  # OpenAI's stream_options: a last chunk with the usage
     special_tokens: bool = True  # a rendered chat template holds its own
     tokens_field: str = "max_new_tokens"  # what the request calls its cap on new tokens
+    fit: bool = False  # it set none: as many as fit in the model's length, within the cap
 
 
 @dataclass
@@ -126,6 +127,9 @@ class GenerationPredictor:
         ask = self.ask(protocol, body)
         try:
             rows = text.encode(self.tokenizer, ask.prompts, self.gen.bos_id, special_tokens=ask.special_tokens)
+            if ask.fit:  # a chat that set no max_tokens, as OpenAI's: the room left, within the cap
+                room = min(self.gen.max_new_tokens, self.gen.max_length - max(len(row) for row in rows))
+                ask = replace(ask, options=replace(ask.options, max_new_tokens=max(room, 1)))
             for row in rows:
                 check_limits(self.gen, [row], ask.options.max_new_tokens, ask.tokens_field)
         except LimitError as exc:
@@ -216,8 +220,9 @@ class GenerationPredictor:
             )
         openai.check_fields(protocol, body, self.contract.model)
         cap_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        asked = openai.max_tokens(protocol, body)  # None: a chat that set none
         options = Options(
-            max_new_tokens=self.new_tokens(cap_name, openai.max_tokens(protocol, body)),
+            max_new_tokens=self.gen.max_new_tokens if asked is None else self.new_tokens(cap_name, asked),
             sampling=self.sampling(body),
             stop=self.stops(body.get("stop")),
         )
@@ -227,7 +232,7 @@ class GenerationPredictor:
                 raise RequestError(f"{self.contract.model}'s tokenizer has no chat template: use /v1/completions with a prompt", code=404)
             prompt = openai.render_chat(self.gen.chat_template, openai.messages(body), **self.special)
             self.check_length(prompt, 0)
-            return Ask([prompt], True, options, stream, usage, special_tokens=False, tokens_field=cap_name)
+            return Ask([prompt], True, options, stream, usage, special_tokens=False, tokens_field=cap_name, fit=asked is None)
         prompts, single = self.prompts(body.get("prompt"), "prompt")
         return Ask(prompts, single, options, stream, usage, tokens_field=cap_name)
 
