@@ -181,8 +181,23 @@ async def client_loop(client, model: str, prompt: str, max_tokens: int, deadline
     return done
 
 
+@dataclass
+class Driven:
+    """What the clients of one level did: every request, the wall seconds from the first sent to the last answer read, and
+    the CPU seconds this process (the clients, on the server's machine) spent meanwhile."""
+
+    requests: list[Request]
+    wall_s: float
+    client_cpu_s: float
+
+
+def _cpu_s() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
 async def drive(url: str, token: str, model: str, prompts: Sequence[str], seconds: float, cap: int | None, settings: ServedSettings):
-    """`len(prompts)` clients looping requests for `seconds`: (every request, wall seconds from the first sent to the last read)."""
+    """`len(prompts)` clients looping requests for `seconds` (each one at least)."""
     import openai
 
     # trust_env off: 127.0.0.1 only, whatever proxy the environment names.
@@ -190,12 +205,12 @@ async def drive(url: str, token: str, model: str, prompts: Sequence[str], second
     async with openai.AsyncOpenAI(
         api_key=token, base_url=f"{url}/v1", max_retries=0, timeout=settings.request_timeout_s, http_client=http
     ) as client:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_s()
         deadline = start + seconds
         loops = [client_loop(client, model, p, settings.max_tokens, deadline, cap) for p in prompts]
         per_client = await asyncio.gather(*loops)
-        wall = time.perf_counter() - start
-    return [r for done in per_client for r in done], wall
+        wall, cpu = time.perf_counter() - start, _cpu_s() - cpu
+    return Driven([r for done in per_client for r in done], wall, cpu)
 
 
 class PeakMemory:
@@ -241,8 +256,9 @@ def tree(info) -> list[psutil.Process]:
     return list(found.values())
 
 
-def level_stats(streams: int, requests: Sequence[Request], wall: float, memory: PeakMemory) -> dict:
+def level_stats(streams: int, driven: Driven, memory: PeakMemory) -> dict:
     """One flat record per stream count (or the load phase)."""
+    requests, wall = driven.requests, driven.wall_s
     ok = [r for r in requests if r.error is None]
     failed = [r for r in requests if r.error is not None]
     ttft = np.asarray([r.ttft_s for r in ok if r.ttft_s is not None]) * 1e3
@@ -272,6 +288,8 @@ def level_stats(streams: int, requests: Sequence[Request], wall: float, memory: 
         "peak_rss_mib": memory.peak / 2**20,
         "end_rss_mib": memory.last / 2**20,
         "server_processes": memory.most_processes,
+        # One asyncio loop: near 100 %, the clients hold a core and the figures are theirs as much as the server's.
+        "client_cpu_percent": 100 * driven.client_cpu_s / wall if wall > 0 else None,
     }
 
 
@@ -314,23 +332,21 @@ def measure_server(name: str, model_settings: Settings, settings: ServedSettings
         url, token = info.inference, info.token()
         top = max(settings.streams)
         # Warm-up, untimed: one request alone, then a round at the highest stream count (the batch shapes to come).
-        warm = [*asyncio.run(drive(url, token, info.model, texts[:1], 0.0, 1, settings))[0]]
-        warm += asyncio.run(drive(url, token, info.model, texts[:top], 0.0, 1, settings))[0]
+        warm = asyncio.run(drive(url, token, info.model, texts[:1], 0.0, 1, settings)).requests
+        warm += asyncio.run(drive(url, token, info.model, texts[:top], 0.0, 1, settings)).requests
         record["warmup_errors"] = [r.error for r in warm if r.error]
         for streams in settings.streams:
             bar.set_postfix_str(f"{name} {streams} stream(s)")
             with PeakMemory(find) as memory:
-                done, wall = asyncio.run(drive(url, token, info.model, texts[:streams], settings.seconds, settings.requests, settings))
-            record["levels"].append(level_stats(streams, done, wall, memory))
+                driven = asyncio.run(drive(url, token, info.model, texts[:streams], settings.seconds, settings.requests, settings))
+            record["levels"].append(level_stats(streams, driven, memory))
             bar.update(1)
         if settings.load_seconds > 0:
             bar.set_postfix_str(f"{name} load, {settings.load_streams} streams")
             start_rss = sum(_rss(p) for p in find()) / 2**20
             with PeakMemory(find) as memory:
-                done, wall = asyncio.run(
-                    drive(url, token, info.model, texts[: settings.load_streams], settings.load_seconds, None, settings)
-                )
-            record["load"] = {**level_stats(settings.load_streams, done, wall, memory), "start_rss_mib": start_rss}
+                driven = asyncio.run(drive(url, token, info.model, texts[: settings.load_streams], settings.load_seconds, None, settings))
+            record["load"] = {**level_stats(settings.load_streams, driven, memory), "start_rss_mib": start_rss}
             bar.update(1)
     finally:
         module.stop(model_settings)
@@ -402,10 +418,13 @@ def run(settings: ServedSettings, model_settings: Settings, gen: Generation, onn
 
 DEFINITIONS = {
     "ttft_ms": "from the request sent to the first chunk carrying text; p50 and p99 over every request of the level (numpy.percentile)",
-    "itl_ms": "the gaps between consecutive chunks carrying text, pooled over every request of the level",
+    "itl_ms": "the gaps between consecutive chunks carrying text, pooled over every request of the level; chunks the client "
+    "reads back to back (a client behind its stream) show as gaps near 0",
     "tokens_per_s": "all completion tokens (the usage chunks) / the wall time from the first request sent to the last answer read",
     "peak_rss_mib": "the largest sum of RSS over the server's processes, sampled every 0.25 s (shared pages counted once per process)",
     "ttft_vs_in_process": "the served TTFT p50 at one stream over the in-process TTFT p50 of the same prompt's ids at batch 1",
+    "client_cpu_percent": "CPU seconds of the benchmark's own process (the clients' one asyncio loop) over the level's wall time",
+    "length": "the OpenAI API cannot ignore EOS: a request ends at EOS or at max_tokens (tokens_per_request and finish_reasons say which)",
 }
 
 
@@ -416,7 +435,8 @@ def _level_row(label: str, lv: dict) -> str:
     errors = f"{lv['errors']}" + (f" ({lv['first_error']})" if lv["first_error"] else "")
     return (
         f"| {label} | {lv['requests']} | {number_or_dash(lv['ttft_ms_p50'])} | {number_or_dash(lv['ttft_ms_p99'])} | {number_or_dash(lv['itl_ms_p50'], 2)} | "
-        f"{number_or_dash(lv['itl_ms_p99'], 2)} | {number_or_dash(lv['tokens_per_s'])} | {errors} | {lv['peak_rss_mib']:.0f} |"
+        f"{number_or_dash(lv['itl_ms_p99'], 2)} | {number_or_dash(lv['tokens_per_s'])} | {errors} | {lv['peak_rss_mib']:.0f} | "
+        f"{number_or_dash(lv['client_cpu_percent'], 0)} |"
     )
 
 
@@ -431,7 +451,8 @@ def markdown(served: dict, machine: str) -> list[str]:
         f"for {s['seconds']:g} s per stream count, after a warm-up.",
         "",
         f"- TTFT: {DEFINITIONS['ttft_ms']}. ITL: {DEFINITIONS['itl_ms']}.",
-        f"- tokens/s: {DEFINITIONS['tokens_per_s']}. Peak memory: {DEFINITIONS['peak_rss_mib']}.",
+        f"- tokens/s: {DEFINITIONS['tokens_per_s']}; {DEFINITIONS['length']}. Peak memory: {DEFINITIONS['peak_rss_mib']}.",
+        f"- client CPU %: {DEFINITIONS['client_cpu_percent']}; near 100 the clients, not the server, set the pace.",
         f"- In process ({ref['engine']}, batch 1, {ref['threads']} thread(s), the same prompt's ids): TTFT p50 {ref['ttft_ms_p50']:.1f} ms "
         f"over {ref['repeats']} runs.",
         "",
@@ -445,8 +466,8 @@ def markdown(served: dict, machine: str) -> list[str]:
             "",
             f"Served TTFT at one stream: **{number_or_dash(ratio, 2)}×** the in-process TTFT{verdict}. Started in {record['start_s']:.1f} s.",
             "",
-            "| streams | requests | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/s | errors | peak memory MiB |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+            "| streams | requests | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/s | errors | peak memory MiB | client CPU % |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
             *(_level_row(str(lv["streams"]), lv) for lv in record["levels"]),
         ]
         load = record.get("load")

@@ -76,7 +76,7 @@ def test_every_stream_count_and_the_load_phase_are_measured_without_errors(repor
     assert record["warmup_errors"] == []
     for lv in levels(report):
         assert lv["errors"] == 0 and lv["first_error"] is None and lv["completed"] == lv["requests"] >= lv["streams"]
-        assert lv["peak_rss_mib"] > 0 and lv["server_processes"] >= 1
+        assert lv["peak_rss_mib"] > 0 and lv["server_processes"] >= 1 and lv["client_cpu_percent"] > 0
 
 
 @pytest.mark.slow
@@ -134,6 +134,7 @@ def test_the_markdown_has_a_table_per_server_the_ratio_and_the_load_phase(report
     md = (built[1] / "reports" / "llama" / "latency.md").read_text()
     assert f"### {SERVER}" in md and "Served TTFT at one stream: **" in md and "Load phase: 0 error(s)" in md
     assert "| streams | requests | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/s | errors | peak memory MiB |" in md
+    assert md.count("| load: 2 for ") == 1
     assert "CPU (" in md
 
 
@@ -173,8 +174,8 @@ def test_level_stats_follow_the_definitions():
     ]
     memory = served_generation.PeakMemory(lambda: [])
     memory.peak = 2**20
-    lv = served_generation.level_stats(2, requests, 0.5, memory)
+    lv = served_generation.level_stats(2, served_generation.Driven(requests, 0.5, 0.25), memory)
     assert (lv["requests"], lv["completed"], lv["errors"], lv["first_error"]) == (3, 2, 1, "APIConnectionError: Connection error.")
-    assert lv["tokens_per_s"] == pytest.approx(5 / 0.5) and lv["peak_rss_mib"] == 1.0
+    assert lv["tokens_per_s"] == pytest.approx(5 / 0.5) and lv["peak_rss_mib"] == 1.0 and lv["client_cpu_percent"] == pytest.approx(50.0)
     assert lv["ttft_ms_p50"] == pytest.approx(20.0) and lv["ttft_ms_p99"] == pytest.approx(np.percentile([10, 30], 99))
     assert lv["itl_ms_p50"] == pytest.approx(2.0) and lv["tokens_per_request"] == {"2": 1, "3": 1}
