@@ -40,19 +40,29 @@ def home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(built_root, tmp_path_factory, home):
+def app_settings(built_root, tmp_path_factory) -> Settings:
+    """This module's copy of the built project: the application below runs in it."""
     root = tmp_path_factory.mktemp("ray") / "project"
     shutil.copytree(built_root, root)
-    settings = Settings(root=root)
+    return Settings(root=root)
+
+
+@pytest.fixture(scope="module")
+def app(app_settings, home):
+    """`serve --on ray` on a fresh local cluster: it returns only once a real request was answered;
+    stop leaves nothing, and a second stop finds nothing to stop."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("HOME", str(home))
         env.setenv("RAY_AUTH_MODE", "disabled")  # the launcher turns token mode on whatever this says
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))  # and drops this: Ray would read it before its own token file
-        info = ray_server.start(settings, auto_ports=True, timeout=120, body_timeout_s=BODY_TIMEOUT_S)
+        started = time.perf_counter()
+        info = ray_server.start(app_settings, auto_ports=True, timeout=120, body_timeout_s=BODY_TIMEOUT_S)
+    MEASUREMENTS.append(f"Ray Serve: 1 replica on a fresh local cluster answered in {time.perf_counter() - started:.1f} s")
     yield info
-    assert ray_server.stop(settings)
+    assert ray_server.stop(app_settings)
     assert info.processes() == [], "Ray processes left behind"
     assert not info.key_file.exists()
+    assert not ray_server.stop(app_settings)  # nothing left to stop
 
 
 def post(info, obj=None, raw: bytes | None = None, **kw):
@@ -290,23 +300,11 @@ def test_oip_odd_json_is_a_400_not_a_500(app, head, message):
 # --- start, stop, time to answer ----------------------------------------------------------
 
 
-def test_serve_to_a_ready_answer_and_stop(built_root, tmp_path):
-    """`serve --on ray` returns only once a real request was answered; stop leaves nothing."""
-    root = tmp_path / "project"
-    shutil.copytree(built_root, root)
-    settings = Settings(root=root)
-    started = time.perf_counter()
-    info = ray_server.start(settings, auto_ports=True, replicas="2", timeout=120)
-    seconds = time.perf_counter() - started
-    try:
-        MEASUREMENTS.append(f"Ray Serve: 2 replicas on a fresh local cluster answered in {seconds:.1f} s")
-        assert post(info, {"x": 1.0})[0] == 200
-        with pytest.raises(Exception, match="already served on Ray"):
-            ray_server.start(settings, auto_ports=True)
-    finally:
-        assert ray_server.stop(settings)
-    assert info.processes() == []
-    assert not ray_server.stop(settings)  # nothing left to stop
+def test_a_second_start_in_the_same_folder_is_refused(app, app_settings):
+    # Two replicas on the local launcher are started by the benchmark's and tune's Ray tests (ray-2, r2).
+    with pytest.raises(Exception, match="already served on Ray"):
+        ray_server.start(app_settings, auto_ports=True)
+    assert post(app, {"x": 1.0})[0] == 200  # the running application is untouched
 
 
 def test_deploy_onto_a_running_cluster_by_address(built_root, tmp_path):
