@@ -91,7 +91,7 @@ def test_a_model_path_that_is_not_python_is_a_clear_error(tmp_path):
 def test_editing_a_serving_only_field_repackages_and_retrains_nothing(tmp_path):
     """The example request is read by the archive only: the stages before it stay up to date."""
     from pipeline.settings import Settings
-    from pipeline.stages import run_all
+    from pipeline.stages import run_all, train
 
     source = Path(__file__).resolve().parents[1] / "pipeline" / "models" / "simple_nn.py"
     model = tmp_path / "my_nn.py"
@@ -102,7 +102,7 @@ def test_editing_a_serving_only_field_repackages_and_retrains_nothing(tmp_path):
     again = {r.stage: r.skipped for r in run_all(settings)}
     assert again == {"train": True, "trace": True, "export": True, "parity": True, "package": False}
     model.write_text(source.read_text().replace("def __init__(self, hidden: int = 16)", "def __init__(self, hidden: int = 8)"))
-    assert not run_all(settings)[0].skipped  # the model itself changed: it retrains
+    assert not train.run(settings).skipped  # the model itself changed: it retrains
 
 
 def test_code_hash_ignores_serving_only_arguments_and_the_names_only_they_use():
