@@ -70,6 +70,21 @@ def text_image_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def hf_chains(tmp_path_factory) -> tuple[dict[str, Path], Path]:
+    """(checkpoint folders by name, project root): tests/test_hf_checkpoint.py's checkpoints, the text
+    classifier (sentiment) and the image classifier (flowers) through `pipeline all` in one project.
+    Do not modify them: copy the root to serve from it."""
+    from pipeline import cli
+    from tests.test_hf_checkpoint import make_checkpoints
+
+    folders = make_checkpoints(tmp_path_factory.mktemp("hf-checkpoints"))
+    root = tmp_path_factory.mktemp("hf-chains")
+    for name in ("sentiment", "flowers"):
+        assert cli.main(["all", "--model", f"hf:{folders[name]}", "--root", str(root), "--parity-batch-sizes", "1,2,7"]) == 0
+    return folders, root
+
+
 @pytest.fixture
 def built(built_root) -> tuple[Settings, Layout]:
     return Settings(root=built_root), Layout(built_root.resolve(), "simple_nn")

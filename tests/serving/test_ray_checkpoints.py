@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 
 import numpy as np
 import pytest
@@ -28,20 +29,18 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
 pytest.importorskip("transformers")
 
-from pipeline.models import hf_checkpoint  # noqa: E402  (these two need transformers)
-from tests.test_hf_checkpoint import make_checkpoints  # noqa: E402
+from pipeline.models import hf_checkpoint  # noqa: E402  (it needs transformers)
 
 CHECKPOINTS = ("sentiment", "flowers")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """name -> (model string, spec, eager model, RayInfo): both checkpoints built in one project and served on Ray."""
-    folders = make_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+def served(hf_chains, tmp_path_factory):
+    """name -> (model string, spec, eager model, RayInfo): both checkpoints, built in one project, served on Ray from a copy of it."""
+    folders, built = hf_chains
     root = tmp_path_factory.mktemp("ray-hf") / "project"
+    shutil.copytree(built, root)
     models = {name: f"hf:{folders[name]}" for name in CHECKPOINTS}
-    for model in models.values():
-        assert cli.main(["all", "--model", model, "--root", str(root), "--parity-batch-sizes", "1,2"]) == 0
     started: dict[str, tuple] = {}
     with pytest.MonkeyPatch.context() as env:
         env.setenv("HOME", str(tmp_path_factory.mktemp("home")))  # Ray writes nothing to ~/.ray
