@@ -213,15 +213,30 @@ def test_suite_skips_a_missing_model_file_with_a_note(tmp_path):
 # --- slow: each family's tiny config through every stage and the archive's handler --------
 
 
+@pytest.fixture(scope="module")
+def resnet_suite(tmp_path_factory):
+    """scripts/real_models.py run once on resnet_tiny: (its process, the model file, the project root).
+
+    The suite runs `pipeline all` on it, so the chain test checks resnet_tiny there instead of
+    building it a second time. Do not modify the project."""
+    folder = tmp_path_factory.mktemp("resnet-suite")
+    path = tiny_file(folder, "resnet_tiny")
+    result = run_suite("--models", str(path), "--root", str(folder / "p"), "--timeout", "900", timeout=1000)
+    return result, path, folder / "p"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TINY))
-def test_tiny_config_goes_through_the_chain_and_the_handler(name, tmp_path):
+def test_tiny_config_goes_through_the_chain_and_the_handler(name, tmp_path, request):
     # bert_tiny and gpt2_tiny need the trace stage to let transformers' shape comparisons
     # through; gpt2_tiny needs the checkpoint to hold its tied lm_head/wte weight.
-    path = tiny_file(tmp_path, name)
+    if name == "resnet_tiny":  # the suite's own `pipeline all` of it
+        result, path, root = request.getfixturevalue("resnet_suite")
+        assert result.returncode == 0, result.stdout + result.stderr
+    else:
+        path, root = tiny_file(tmp_path, name), tmp_path / "project"
+        run_all(Settings(model=str(path), root=root))
     spec = load_spec(str(path))
-    root = tmp_path / "project"
-    run_all(Settings(model=str(path), root=root))
     layout = Layout(root.resolve(), spec.name)
     manifest = Manifest(layout.root, spec.name)
     for key in KEYS:
@@ -257,11 +272,10 @@ def test_tiny_config_goes_through_the_chain_and_the_handler(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_suite_reports_a_tiny_model_with_measurements(tmp_path):
-    path = tiny_file(tmp_path, "resnet_tiny")
-    result = run_suite("--models", str(path), "--root", str(tmp_path / "p"), "--timeout", "900", timeout=1000)
+def test_suite_reports_a_tiny_model_with_measurements(resnet_suite):
+    result, _, root = resnet_suite
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((tmp_path / "p" / "reports" / "real-models.json").read_text())
+    report = json.loads((root / "reports" / "real-models.json").read_text())
     assert report["machine"]["cpus"] >= 1 and report["machine"]["memory_gib"] > 0 and report["machine"]["commit"]
     [row] = report["rows"]
     assert row["name"] == "resnet_tiny" and row["status"] == "passed", row
@@ -269,10 +283,10 @@ def test_suite_reports_a_tiny_model_with_measurements(tmp_path):
     assert row["wall_s"] >= sum(row["stage_seconds"].values())
     assert 50 < row["peak_rss_mb"] < 64_000  # a Python process with torch loaded, in MB
     assert 1_000 < row["params"] < 100_000
-    assert row["archive_bytes"] == (tmp_path / "p" / "model_store" / "resnet_tiny.mar").stat().st_size
+    assert row["archive_bytes"] == (root / "model_store" / "resnet_tiny.mar").stat().st_size
     assert row["parity_worst"]["passed"] and row["parity_sweep"]
-    assert (tmp_path / "p" / row["log"]).exists()
-    table = (tmp_path / "p" / "reports" / "real-models.md").read_text()
+    assert (root / row["log"]).exists()
+    table = (root / "reports" / "real-models.md").read_text()
     [line] = [line for line in table.splitlines() if line.startswith("| `resnet_tiny`")]
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert len(cells) == 13 and all(cells[i] != "—" for i in range(1, 12)), cells  # every measured column filled; served is "—"
