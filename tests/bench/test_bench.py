@@ -454,9 +454,14 @@ def test_served_ray_puts_torchserve_and_ray_side_by_side(built_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_gated_variants_run_beside_fp32_with_size_metric_and_cold_start(digits_int8):
-    settings, layout, _, _ = digits_int8
-    result = bench.run(tiny(settings.root, model="digits_cnn", engines=bench.DEFAULT_ENGINES, served="off", batch_sizes=(1, 64)))
+def test_gated_variants_run_beside_fp32_with_size_metric_and_cold_start(digits_int8, tmp_path):
+    import shutil
+
+    from pipeline.settings import Layout
+
+    shutil.copytree(digits_int8[1].root, tmp_path, dirs_exist_ok=True)  # the bench writes its reports into the project
+    layout = Layout(tmp_path.resolve(), "digits_cnn")
+    result = bench.run(tiny(tmp_path, model="digits_cnn", engines=bench.DEFAULT_ENGINES, served="off", batch_sizes=(1, 64)))
     ran = {(r["engine"], r["batch"]) for r in result["in_process"]}
     assert {("onnxruntime-int8", 1), ("onnxruntime-int8", 64), ("onnxruntime", 64)} <= ran
     (variant,) = result["variants"]

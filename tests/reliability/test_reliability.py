@@ -1,7 +1,7 @@
 """Served faults against a real TorchServe, and the `make reliability` report.
 
-One server for the module; the tests run in file order, the stop under load last.
-The worker killed under load is tested in test_serve.py, on its server.
+One server for the module, which every test leaves serving; the stop under load stops a server
+of its own. The worker killed under load is tested in test_serve.py, on its server.
 """
 
 from __future__ import annotations
@@ -108,9 +108,14 @@ def test_400_held_bodies_with_no_token_neither_exhaust_nor_freeze_the_server(ser
 
 @pytest.mark.slow
 @needs_java
-def test_stop_under_load_leaves_nothing_and_a_restart_serves(served, bodies):
-    project, info = served
-    result = sf.stop_under_load(project.settings, info, bodies, VALID)
+def test_stop_under_load_leaves_nothing_and_a_restart_serves(built_root, tmp_path_factory, bodies):
+    # Its own server, not the module's: the stop ends it, so no test depends on running before this one.
+    project = copy_project(built_root, tmp_path_factory.mktemp("stop-under-load") / "project", "simple_nn")
+    info = serve.start(project.settings, auto_ports=True)
+    try:
+        result = sf.stop_under_load(project.settings, info, bodies, VALID)
+    finally:
+        serve.stop(project.settings)  # nothing to stop unless the run failed before its own stop
     assert result.processes_left == []
     assert result.ports_still_open == []
     assert not result.key_file_left

@@ -287,9 +287,12 @@ def test_spec_refuses_a_bad_task_metric_or_mismatch(tmp_path, field, message):
 
 @pytest.mark.slow
 @needs_java
-def test_served_int8_answers_as_its_gate_verified(digits_int8):
+def test_served_int8_answers_as_its_gate_verified(digits_int8, tmp_path_factory):
     """A real TorchServe serves model_store/digits_cnn-int8.mar; its answers are the variant's, within the variant's parity."""
-    settings, layout, _, _ = digits_int8
+    # The server writes its run folder into the project: a copy of the shared one (under a short path, for its sockets).
+    root = tmp_path_factory.mktemp("served-int8") / "digits_cnn"
+    shutil.copytree(digits_int8[1].root, root)
+    settings, layout = Settings(model="digits_cnn", root=root), Layout(root.resolve(), "digits_cnn")
     spec = load_spec("digits_cnn")
     variant = dataclasses.replace(settings, variant="int8")
     info = server.start(variant, auto_ports=True, timeout=120)
