@@ -545,6 +545,7 @@ def _case_lines(report: dict, comparison: dict) -> list[str]:
     prompt, batch = comparison["prompt_tokens"], comparison["batch"]
     rows = sorted((r for r in report["results"] if (r["prompt_tokens"], r["batch"]) == (prompt, batch)), key=lambda r: -r["tokens_per_s"])
     by = comparison["winner_by"]
+    num = number_or_dash
     lines = [
         f"### Prompt {prompt} tokens, batch {batch}",
         "",
@@ -557,8 +558,8 @@ def _case_lines(report: dict, comparison: dict) -> list[str]:
         base = comparison["vs_transformers_generate"].get(r["engine"])
         peer = comparison["vs_onnxruntime_genai"].get(r["engine"])
         lines.append(
-            f"| {r['engine']} | {r['tokens_per_s']:.1f} | {number_or_dash(base, 2)}{'×' if base else ''} | {number_or_dash(peer, 2)}{'×' if peer else ''} | "
-            f"{number_or_dash(r['decode_tokens_per_s'])} | {number_or_dash(r['ttft_ms_p50'])} | {number_or_dash(r['itl_ms_p50'], 2)} | {number_or_dash(r['itl_ms_p99'], 2)} |"
+            f"| {r['engine']} | {r['tokens_per_s']:.1f} | {num(base, 2)}{'×' if base else ''} | {num(peer, 2)}{'×' if peer else ''} | "
+            f"{num(r['decode_tokens_per_s'])} | {num(r['ttft_ms_p50'])} | {num(r['itl_ms_p50'], 2)} | {num(r['itl_ms_p99'], 2)} |"
         )
     return [*lines, ""]
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from pipeline.bench.generation import LoopGenerate, number_or_dash, prompt_rows
+from pipeline.bench.generation import number_or_dash, prompt_rows
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings
 from pipeline.spec import Generation
@@ -108,29 +108,53 @@ def prompts(tokenizer, gen: Generation, settings: ServedSettings) -> list[str]:
     return [tokenizer.decode([int(t) for t in row if t != gen.bos_id], skip_special_tokens=True) for row in rows]
 
 
-def in_process_ttft(settings: ServedSettings, gen: Generation, tokenizer, onnx_path, prompt: str) -> dict:
-    """The project's loop over ONNX Runtime at batch 1 on the ids the server gets for `prompt`: TTFT after a warm-up."""
+def in_process_ttft(settings: ServedSettings, gen: Generation, tokenizer, onnx_path, texts: list[str]) -> tuple[dict, list[str]]:
+    """The project's loop over ONNX Runtime at batch 1, timed as the server is: from the call to its first text.
+
+    A random-weight model answers some prompts with tokens that decode to nothing for a while (a byte
+    that starts no whole character): their streams carry no text, and TTFT times a later token. So the
+    first prompt whose first greedy token is text goes first, to the one-stream clients; the prompts come
+    back in that order."""
     import gc
 
     from pipeline.generation import text
     from pipeline.generation.engines import OnnxEngine
     from pipeline.runtimes.session import SessionConfig
 
-    ids = np.asarray(text.encode(tokenizer, [prompt], gen.bos_id), dtype=np.int64)
-    engine = LoopGenerate("onnxruntime", OnnxEngine(onnx_path, gen, SessionConfig(device="cpu", threads=settings.threads)), gen, tokenizer)
-    engine(ids, 2)  # warm-up
-    ttft = []
+    engine = OnnxEngine(onnx_path, gen, SessionConfig(device="cpu", threads=settings.threads))
+    rows = [text.encode(tokenizer, [t], gen.bos_id)[0] for t in texts]
+    first = next((i for i, row in enumerate(rows) if time_to_text(engine, gen, tokenizer, row, 2)[1] == 1), 0)
+    texts = [texts[first], *texts[:first], *texts[first + 1 :]]
+    row = rows[first]
+    time_to_text(engine, gen, tokenizer, row, settings.max_tokens)  # warm-up
+    ttft, step = [], None
     for _ in range(settings.in_process_repeats):
         gc.collect()
-        ttft.append(engine(ids, 2).token_times[0] * 1e3)
-    return {
+        seconds, step = time_to_text(engine, gen, tokenizer, row, settings.max_tokens)
+        if seconds is not None:
+            ttft.append(seconds * 1e3)
+    record = {
         "engine": "onnxruntime",
-        "prompt_tokens": int(ids.shape[1]),
+        "prompt_tokens": len(row),
+        "prompt_index": first,  # of generation.prompt_rows; 0 unless earlier prompts' first tokens made no text
+        "first_text_at_token": step,
         "threads": settings.threads,
         "repeats": settings.in_process_repeats,
-        "ttft_ms_p50": float(np.percentile(ttft, 50)),
+        "ttft_ms_p50": float(np.percentile(ttft, 50)) if ttft else None,
         "ttft_ms_runs": ttft,
     }
+    return record, texts
+
+
+def time_to_text(engine, gen: Generation, tokenizer, row: list[int], max_tokens: int) -> tuple[float | None, int | None]:
+    """Seconds from the call to the first step that hands out text, and which token that was (None, None: none did)."""
+    from pipeline.generation.loop import Options, Run
+
+    start = time.perf_counter()
+    for step, deltas in enumerate(Run(engine, gen, tokenizer, [row], Options(max_new_tokens=max_tokens)), start=1):
+        if any(d.text for d in deltas):
+            return time.perf_counter() - start, step
+    return None, None
 
 
 # The clients
@@ -279,6 +303,7 @@ def level_stats(streams: int, driven: Driven, memory: PeakMemory) -> dict:
         "tokens_per_request": dict(sorted(Counter(str(r.tokens) for r in ok).items())),
         "finish_reasons": dict(Counter(str(r.finish_reason) for r in ok)),
         "text_chunks": sum(r.text_chunks for r in ok),
+        "requests_without_text": sum(r.ttft_s is None for r in ok),  # no TTFT, no ITL: tokens that decoded to nothing
         "prompt_tokens": sorted({r.prompt_tokens for r in ok if r.prompt_tokens is not None}),
         "tokens_per_s": tokens / wall if wall > 0 else None,
         "ttft_ms_p50": pct(ttft, 50),
@@ -316,7 +341,7 @@ def backend(server: str):
 
 
 def measure_server(name: str, model_settings: Settings, settings: ServedSettings, texts: list[str], bar) -> dict:
-    """Start one server, warm it up, run each stream count and the load phase, stop it; what is left running is named."""
+    """Start one server, measure it, stop it; the processes it had that are still running after the stop are named."""
     module = backend(name)
     started = time.perf_counter()
     info = module.start(model_settings, auto_ports=True, timeout=settings.start_timeout_s)
@@ -327,33 +352,42 @@ def measure_server(name: str, model_settings: Settings, settings: ServedSettings
         seen.update({p.pid: p for p in procs})
         return procs
 
-    record: dict[str, Any] = {"server": name, "start_s": time.perf_counter() - started, "model": info.model, "levels": []}
+    find()
+    record: dict[str, Any] = {"server": name, "start_s": time.perf_counter() - started, "model": info.model}
     try:
-        url, token = info.inference, info.token()
-        top = max(settings.streams)
-        # Warm-up, untimed: one request alone, then a round at the highest stream count (the batch shapes to come).
-        warm = asyncio.run(drive(url, token, info.model, texts[:1], 0.0, 1, settings)).requests
-        warm += asyncio.run(drive(url, token, info.model, texts[:top], 0.0, 1, settings)).requests
-        record["warmup_errors"] = [r.error for r in warm if r.error]
-        for streams in settings.streams:
-            bar.set_postfix_str(f"{name} {streams} stream(s)")
-            with PeakMemory(find) as memory:
-                driven = asyncio.run(drive(url, token, info.model, texts[:streams], settings.seconds, settings.requests, settings))
-            record["levels"].append(level_stats(streams, driven, memory))
-            bar.update(1)
-        if settings.load_seconds > 0:
-            bar.set_postfix_str(f"{name} load, {settings.load_streams} streams")
-            start_rss = sum(_rss(p) for p in find()) / 2**20
-            with PeakMemory(find) as memory:
-                driven = asyncio.run(drive(url, token, info.model, texts[: settings.load_streams], settings.load_seconds, None, settings))
-            record["load"] = {**level_stats(settings.load_streams, driven, memory), "start_rss_mib": start_rss}
-            bar.update(1)
+        record |= measure_levels(name, info, find, settings, texts, bar)
     finally:
         module.stop(model_settings)
         _, alive = psutil.wait_procs(list(seen.values()), timeout=10)
         record["left_running"] = [{"pid": p.pid, "cmdline": " ".join(_cmdline(p))[:200]} for p in alive]
-    record["peak_rss_mib"] = max([lv["peak_rss_mib"] for lv in record["levels"]] + [record.get("load", {}).get("peak_rss_mib", 0.0)])
+    record["peak_rss_mib"] = max(lv["peak_rss_mib"] for lv in [*record["levels"], *([record["load"]] if "load" in record else [])])
     return record
+
+
+def measure_levels(name: str, info, find: Callable[[], list[psutil.Process]], settings: ServedSettings, texts: list[str], bar) -> dict:
+    """A warm-up, each stream count in turn, then the load phase, against a running server."""
+    url, token, model = info.inference, info.token(), info.model
+
+    def clients(count: int, seconds: float, cap: int | None) -> Driven:
+        return asyncio.run(drive(url, token, model, texts[:count], seconds, cap, settings))
+
+    # Untimed: one request alone, then one each at the highest stream count (the batch shapes to come).
+    warm = [*clients(1, 0.0, 1).requests, *clients(max(settings.streams), 0.0, 1).requests]
+    out: dict[str, Any] = {"warmup_errors": [r.error for r in warm if r.error], "levels": []}
+    for streams in settings.streams:
+        bar.set_postfix_str(f"{name}: {streams} stream(s)")
+        with PeakMemory(find) as memory:
+            driven = clients(streams, settings.seconds, settings.requests)
+        out["levels"].append(level_stats(streams, driven, memory))
+        bar.update(1)
+    if settings.load_seconds > 0:
+        bar.set_postfix_str(f"{name}: load, {settings.load_streams} streams")
+        start_rss = sum(_rss(p) for p in find()) / 2**20
+        with PeakMemory(find) as memory:
+            driven = clients(settings.load_streams, settings.load_seconds, None)
+        out["load"] = {**level_stats(settings.load_streams, driven, memory), "start_rss_mib": start_rss}
+        bar.update(1)
+    return out
 
 
 def _rss(p: psutil.Process) -> int:
@@ -372,7 +406,7 @@ def _cmdline(p: psutil.Process) -> list[str]:
 
 def ttft_ratio(record: dict, in_process: dict) -> float | None:
     one = next((lv for lv in record["levels"] if lv["streams"] == 1), None)
-    if one is None or one["ttft_ms_p50"] is None or in_process["ttft_ms_p50"] <= 0:
+    if one is None or one["ttft_ms_p50"] is None or not in_process["ttft_ms_p50"]:
         return None
     return one["ttft_ms_p50"] / in_process["ttft_ms_p50"]
 
@@ -385,13 +419,13 @@ def run(settings: ServedSettings, model_settings: Settings, gen: Generation, onn
 
     check(settings, gen)
     tokenizer = text.load(gen.tokenizer)
-    texts = prompts(tokenizer, gen, settings)
+    in_process, texts = in_process_ttft(settings, gen, tokenizer, onnx_path, prompts(tokenizer, gen, settings))
     out: dict[str, Any] = {
         "settings": asdict(settings),
         "definitions": DEFINITIONS,
         "ttft_target": TTFT_TARGET,
         "prompt_chars": len(texts[0]),
-        "in_process": in_process_ttft(settings, gen, tokenizer, onnx_path, texts[0]),
+        "in_process": in_process,
         "servers": [],
         "skipped": [],
         "failures": [],
@@ -453,8 +487,18 @@ def markdown(served: dict, machine: str) -> list[str]:
         f"- TTFT: {DEFINITIONS['ttft_ms']}. ITL: {DEFINITIONS['itl_ms']}.",
         f"- tokens/s: {DEFINITIONS['tokens_per_s']}; {DEFINITIONS['length']}. Peak memory: {DEFINITIONS['peak_rss_mib']}.",
         f"- client CPU %: {DEFINITIONS['client_cpu_percent']}; near 100 the clients, not the server, set the pace.",
-        f"- In process ({ref['engine']}, batch 1, {ref['threads']} thread(s), the same prompt's ids): TTFT p50 {ref['ttft_ms_p50']:.1f} ms "
-        f"over {ref['repeats']} runs.",
+        f"- In process ({ref['engine']}, batch 1, {ref['threads']} thread(s), the one-stream client's prompt's ids, to its first text): "
+        f"TTFT p50 {number_or_dash(ref['ttft_ms_p50'])} ms over {ref['repeats']} runs; "
+        + (
+            "that prompt's first greedy token is text."
+            if ref["first_text_at_token"] == 1
+            else f"that prompt's first text came with token {ref['first_text_at_token']} (no prompt's first token made text)."
+        )
+        + (
+            f" The prompts before it ({ref['prompt_index']}) answer with tokens that first decode to nothing."
+            if ref["prompt_index"]
+            else ""
+        ),
         "",
     ]
     for record in served["servers"]:

@@ -45,7 +45,15 @@ def report(built):
         pytest.skip(served_generation.unavailable(SERVER))
     model, root = built
     served = ServedSettings(
-        servers=(SERVER,), streams=(1, 2), seconds=1.0, load_streams=2, load_seconds=2.0, prompt_tokens=8, max_tokens=MAX_TOKENS, threads=1
+        servers=(SERVER,),
+        streams=(1, 2),
+        seconds=1.0,
+        load_streams=2,
+        load_seconds=2.0,
+        prompt_tokens=8,
+        max_tokens=MAX_TOKENS,
+        threads=1,
+        in_process_repeats=3,
     )
     settings = generation.GenerationSettings(
         model=model,
@@ -96,22 +104,25 @@ def test_the_figures_agree_with_each_other(report):
 
 @pytest.mark.slow
 def test_served_greedy_tokens_are_the_loops_tokens(report, built):
-    """At one stream the same prompt answers with the same tokens every time: as many as the project's loop gives it in process."""
-    gen = load_spec(built[0]).generation
-    assert gen is not None
-    tokenizer = text.load(gen.tokenizer)
-    prompt = served_generation.prompts(tokenizer, gen, ServedSettings(streams=(1,), load_streams=1, prompt_tokens=8))[0]
-    ids = text.encode(tokenizer, [prompt], gen.bos_id)
+    """At one stream the same prompt answers with the same tokens every time: as many as the project's loop gives it in process,
+    and text from the first token on (the prompt was chosen for it), so every request has a TTFT."""
     from pipeline.generation.engines import OnnxEngine
     from pipeline.runtimes.session import SessionConfig
 
+    gen = load_spec(built[0]).generation
+    assert gen is not None
+    tokenizer = text.load(gen.tokenizer)
+    in_process = report["served"]["in_process"]
+    prompt = served_generation.prompts(tokenizer, gen, ServedSettings(streams=(1, 2), load_streams=2, prompt_tokens=8))[
+        in_process["prompt_index"]
+    ]
+    ids = text.encode(tokenizer, [prompt], gen.bos_id)
     onnx = built[1] / "artifacts" / "llama" / "model.onnx"
-    done = Run(
-        OnnxEngine(onnx, gen, SessionConfig(device="cpu", threads=1)), gen, tokenizer, ids, Options(max_new_tokens=MAX_TOKENS)
-    ).finish()
-    assert report["served"]["servers"][0]["levels"][0]["tokens_per_request"] == {
-        str(len(done[0].tokens)): report["served"]["servers"][0]["levels"][0]["requests"]
-    }
+    engine = OnnxEngine(onnx, gen, SessionConfig(device="cpu", threads=1))
+    done = Run(engine, gen, tokenizer, ids, Options(max_new_tokens=MAX_TOKENS)).finish()
+    one = report["served"]["servers"][0]["levels"][0]
+    assert one["tokens_per_request"] == {str(len(done[0].tokens)): one["requests"]}
+    assert in_process["first_text_at_token"] == 1 and one["requests_without_text"] == 0 and len(in_process["ttft_ms_runs"]) == 3
 
 
 @pytest.mark.slow
