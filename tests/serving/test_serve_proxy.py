@@ -133,12 +133,14 @@ def test_a_generation_model_streams_through_and_its_queue_is_capped(tmp_path):
     """The proxy's part in serving a decoder: pieces sent as they come, the OpenAI routes, and max_streams
     generating with max_queued waiting (tests/generation/test_served.py sees the 503 on a real server)."""
     routes = [proxy.Route("inference", 1, Path("inference.sock"), "k"), proxy.Route("management", 2, Path("management.sock"), "m")]
-    text = proxy.config(routes, proxy.Limits(MIB, 30, streams=4, queued=9), tmp_path, "llama")
+    text = proxy.config(routes, proxy.Limits(MIB, 30, streams=4, queued=9, generation_timeout_s=300), tmp_path, "llama")
     assert "    option http-no-delay\n" in text
+    # A non-streamed answer sends nothing until it ends: the proxy waits the requests' own limit for it.
+    assert "    timeout server 310s\n" in text and "    timeout client 310s\n" in text
     assert "server torchserve unix@inference.sock maxconn 4\n" in text and "server torchserve unix@management.sock maxconn 64\n" in text
     assert f"file {tmp_path / 'queue-full.json'} hdr Retry-After 1 if {{ queue(inference) ge 9 }}" in text
     assert "set-path /predictions/llama if { method POST } { path /v1/completions /v1/chat/completions }" in text
     assert text.count("queue(") == 1  # the management API is not capped
     plain = proxy.config(routes, proxy.Limits(MIB, 30), tmp_path, "m")
-    assert "queue(" not in plain and "maxconn 64\n" in plain
+    assert "queue(" not in plain and "maxconn 64\n" in plain and "    timeout server 40s\n" in plain
     assert b"retry-after: 1\r\n" in proxy.error_page(503, "busy") and b"retry-after" not in proxy.error_page(502, "bad")

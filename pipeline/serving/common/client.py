@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import urllib.error
-import urllib.request
+from http.client import HTTPConnection
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def http(
@@ -18,18 +18,28 @@ def http(
     content_type: str | None = "application/json",
     timeout: float = 30,
 ) -> tuple[int, bytes]:
-    """(status, body) of one HTTP request; HTTP errors are answers, not exceptions."""
+    """(status, body) of one HTTP request; HTTP errors are answers, not exceptions.
+
+    A server may answer before it has read the whole body (a 413 from the declared length) and
+    close: the answer it sent is read all the same, as curl and urllib3 read it, where urllib
+    would raise a broken pipe.
+    """
     headers = {}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if content_type and body is not None:
         headers["Content-Type"] = content_type
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    parts = urlsplit(url)
+    connection = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        try:
+            connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading: its answer, if it sent one, is read below
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 class Endpoint:

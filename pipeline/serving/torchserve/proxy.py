@@ -108,6 +108,14 @@ class Limits:
     # max_streams and max_queued): past both, the proxy answers 503 with Retry-After at once.
     streams: int | None = None
     queued: int | None = None
+    # Its requests' wall-clock limit (request_timeout_s): a non-streamed answer sends nothing between its
+    # headers and its end, so the proxy waits that long for the next byte, not TorchServe's per-call timeout.
+    generation_timeout_s: int | None = None
+
+    @property
+    def server_timeout_s(self) -> int:
+        """How long the proxy waits for TorchServe's next byte."""
+        return max(self.response_timeout_s, self.generation_timeout_s or 0) + 10
 
     @property
     def buffer_bytes(self) -> int:
@@ -178,7 +186,7 @@ def _messages(limits: Limits) -> dict[int, str]:
         500: "the proxy in front of TorchServe failed",
         502: "TorchServe's answer was not valid",
         503: f"no TorchServe connection came free within {QUEUE_TIMEOUT_S} s",
-        504: f"TorchServe did not answer within {limits.response_timeout_s + 10} s",
+        504: f"TorchServe did not answer within {limits.server_timeout_s} s",
     }
     return {code: f"{what[code]}: {WHAT_TO_DO[code]}" for code in ERRORS}
 
@@ -245,11 +253,11 @@ def config(routes: list[Route], limits: Limits, error_dir: Path, model: str) -> 
         # streamed answer's small chunks waited for more, and a 200-token stream arrived whole after 0.2 s.
         "    option http-no-delay",
         f"    timeout connect {CONNECT_TIMEOUT_S}s",
-        f"    timeout client {REQUEST_TIMEOUT_S + limits.response_timeout_s}s",
+        f"    timeout client {REQUEST_TIMEOUT_S + limits.server_timeout_s - 10}s",
         f"    timeout http-request {REQUEST_TIMEOUT_S}s",
         f"    timeout http-keep-alive {KEEP_ALIVE_S}s",
         f"    timeout queue {QUEUE_TIMEOUT_S}s",
-        f"    timeout server {limits.response_timeout_s + 10}s",
+        f"    timeout server {limits.server_timeout_s}s",
         *(f"    errorfile {code} {error_dir / f'{code}.http'}" for code in ERRORS),
     ]
     for route in routes:

@@ -310,6 +310,7 @@ def _launch(
             response_timeout_s=int(props["default_response_timeout"]),
             streams=gen.get("max_streams"),
             queued=gen.get("max_queued"),
+            generation_timeout_s=gen.get("request_timeout_s"),
         )
         # The proxy checks each API's key at the headers, so it starts once TorchServe has written them.
         keys = _wait_for_keys(info, proc, timeout)
