@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from http.client import HTTPConnection
+from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -38,6 +38,8 @@ def http(
             pass  # the server stopped reading: its answer, if it sent one, is read below
         response = connection.getresponse()
         return response.status, response.read()
+    except HTTPException as exc:  # a malformed or cut answer: an OSError, as every other failure to be answered
+        raise ConnectionError(f"{method} {url}: no valid answer ({type(exc).__name__}: {exc})") from exc
     finally:
         connection.close()
 
