@@ -524,6 +524,21 @@ def markdown(served: dict, machine: str) -> list[str]:
                 f"before, peak {load['peak_rss_mib']:.0f} MiB, {load['end_rss_mib']:.0f} MiB at the end.",
                 "",
             ]
+        silent = [
+            (
+                lv["requests_without_text"],
+                f"{lv['requests_without_text']} of {lv['requests']} at {lv['streams']} stream{'s' if lv['streams'] > 1 else ''}",
+            )
+            for lv in record["levels"]
+        ]
+        silent += (
+            [(load["requests_without_text"], f"{load['requests_without_text']} of {load['requests']} in the load phase")] if load else []
+        )
+        if any(n for n, _ in silent):
+            lines += [
+                f"Requests whose answer decoded to no text (no TTFT, no ITL; their tokens count): {', '.join(t for _, t in silent)}.",
+                "",
+            ]
         if record["left_running"]:
             lines += [f"Left running after stop: {record['left_running']}", ""]
     lines += [f"- {x['server']}: not measured: {x['reason']}" for x in served["skipped"]]
