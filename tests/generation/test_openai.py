@@ -123,6 +123,8 @@ def test_sampling_is_seeded_and_stop_strings_end_the_text(served):
     stop = greedy[5:8]
     cut = client.completions.create(model=info.model, prompt=PROMPT, max_tokens=40, temperature=0, stop=[stop]).choices[0]
     assert (cut.text, cut.finish_reason) == (greedy[: greedy.index(stop)], "stop")
+    fixed = client.completions.create(model=info.model, prompt="Hi", max_tokens=60, temperature=0, extra_body={"ignore_eos": True})
+    assert (fixed.usage.completion_tokens, fixed.choices[0].finish_reason) == (60, "length")  # vLLM's extension: a fixed length
 
 
 @pytest.mark.slow

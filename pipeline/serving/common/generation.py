@@ -225,6 +225,7 @@ class GenerationPredictor:
             max_new_tokens=self.gen.max_new_tokens if asked is None else self.new_tokens(cap_name, asked),
             sampling=self.sampling(body),
             stop=self.stops(body.get("stop")),
+            ignore_eos=body.get("ignore_eos", False),
         )
         stream, usage = body.get("stream", False), bool((body.get("stream_options") or {}).get("include_usage"))
         if protocol == openai.CHAT:

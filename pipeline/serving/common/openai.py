@@ -5,7 +5,7 @@ Chat Completions), as vLLM, TGI and Ray Serve LLM speak them, so the official `o
 client works against either server with `base_url=http://127.0.0.1:PORT/v1` and the
 server's bearer token as `api_key`. What this server does not do is refused with a 400 that
 says so, never ignored: `n` other than 1, `echo`, `logprobs`, `best_of`, penalties, `suffix`,
-`logit_bias`, tools. Where a request leaves `temperature` or `top_p` out, the model's own
+`logit_bias`, tools. vLLM's `ignore_eos` extension is taken (a fixed length, as benchmarks ask). Where a request leaves `temperature` or `top_p` out, the model's own
 generation_config.json defaults apply (greedy where it sets none), as vLLM does; the OpenAI
 service's own default is a temperature of 1. A streamed answer is `data: {chunk}` events and
 a final `data: [DONE]`; an error once the stream has started is an event
@@ -40,7 +40,8 @@ NEUTRAL = {
     "functions": None,
     "response_format": None,
 }
-COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options")
+# ignore_eos: vLLM's extension (the openai client sends it with extra_body): a fixed length, for benchmarks.
+COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "ignore_eos")
 FIELDS = {COMPLETIONS: ("prompt", *COMMON), CHAT: ("messages", "max_completion_tokens", *COMMON)}
 DEFAULT_MAX_TOKENS = 16  # the Completions API's own default
 
@@ -75,8 +76,9 @@ def check_fields(kind: str, body: dict[str, Any], model: str) -> None:
         raise RequestError(f'send "model": "{model}"')
     if asked != model:
         raise RequestError(f"the model {asked!r} is not served here; this server serves {model!r} (GET /v1/models)", code=404)
-    if not isinstance(body.get("stream", False), bool):
-        raise RequestError('"stream" must be true or false')
+    for flag in ("stream", "ignore_eos"):
+        if not isinstance(body.get(flag, False), bool):
+            raise RequestError(f'"{flag}" must be true or false')
     options = body.get("stream_options")
     if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
         raise RequestError('"stream_options" takes only {"include_usage": true|false}')
