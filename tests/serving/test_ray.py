@@ -59,8 +59,12 @@ def app(app_settings, home):
         info = ray_server.start(app_settings, auto_ports=True, timeout=120, body_timeout_s=BODY_TIMEOUT_S)
     MEASUREMENTS.append(f"Ray Serve: 1 replica on a fresh local cluster answered in {time.perf_counter() - started:.1f} s")
     yield info
+    # Each replica unpacked the archive into a folder of its own: inside the cluster's, which stop removes.
+    unpacked = list(Path(info.temp_dir or "/nonexistent").glob("tmp/pipeline-ray-*/model.onnx"))
+    assert unpacked, "the replica's folder is not inside the cluster's temporary folder"
     assert ray_server.stop(app_settings)
     assert info.processes() == [], "Ray processes left behind"
+    assert not any(path.exists() for path in unpacked), "a replica's unpacked model left behind"
     assert not info.key_file.exists()
     assert not ray_server.stop(app_settings)  # nothing left to stop
 

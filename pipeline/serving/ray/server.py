@@ -382,6 +382,11 @@ def _launch(options: RayAppOptions, name: str, folder: Path, port: int, replicas
     files.write_json(config, {"options": options.to_args(), "name": name, "http_port": port, "status": str(status), "temp_dir": ray_temp})
     write_ray_token(folder / RAY_TOKEN)
     env = local_cluster_env(folder / RAY_TOKEN, os.environ)
+    # Each replica unpacks the archive into a folder of its own (app.ModelServer), and Ray kills replicas
+    # at stop without running their cleanup: their temporary files go in this folder, which stop removes.
+    replicas_tmp = Path(temp_dir) / "tmp"
+    replicas_tmp.mkdir(mode=0o700)
+    env["TMPDIR"] = str(replicas_tmp)
     with open(folder / "logs" / "launcher.log", "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.serving.ray.server", str(config)],
