@@ -71,6 +71,19 @@ def text_image_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_llama(tmp_path_factory) -> tuple[Path, Path]:
+    """A small Llama (tests/generation/checkpoints.py) through the chain, once per session: (its checkpoint
+    folder, the project root). The generation tests serve from the root; a test that writes reports
+    into a project copies it. The root is short: TorchServe's sockets live under it."""
+    from tests.generation.checkpoints import run_chain, save_decoder
+
+    root = tmp_path_factory.mktemp("gen")
+    folder = save_decoder("llama", root / "llama")
+    run_chain(f"hf:{folder}", root / "p")
+    return folder, root / "p"
+
+
+@pytest.fixture(scope="session")
 def hf_chains(tmp_path_factory) -> tuple[dict[str, Path], Path]:
     """(checkpoint folders by name, project root): tests/test_hf_checkpoint.py's checkpoints, the text
     classifier (sentiment) and the image classifier (flowers) through `pipeline all` in one project.

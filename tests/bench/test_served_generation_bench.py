@@ -24,19 +24,20 @@ from pipeline.errors import PipelineError
 from pipeline.generation import text
 from pipeline.generation.loop import Options, Run
 from pipeline.models import load_spec
-from tests.generation.checkpoints import run_chain, save_decoder
+from tests.generation.checkpoints import save_decoder
 
 MAX_TOKENS = 8
 SERVER = "torchserve" if shutil.which("java") else "ray"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A tiny Llama through the chain (train ... package), at a short root: TorchServe's sockets live under it."""
-    root = tmp_path_factory.mktemp("sgen")
-    model = f"hf:{save_decoder('llama', root / 'llama')}"
-    run_chain(model, root)
-    return model, root
+def built(small_llama, tmp_path_factory):
+    """A copy of the session's small Llama project (the report is written into it), at a short root:
+    TorchServe's sockets live under it."""
+    folder, shared = small_llama
+    root = tmp_path_factory.mktemp("sgen") / "p"
+    shutil.copytree(shared, root, ignore=shutil.ignore_patterns("run"))
+    return f"hf:{folder}", root
 
 
 @pytest.fixture(scope="module")
