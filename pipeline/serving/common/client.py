@@ -30,7 +30,8 @@ def http(
     if content_type and body is not None:
         headers["Content-Type"] = content_type
     parts = urlsplit(url)
-    connection = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    # A caller's time left may have run out (or below zero) by now: the socket then times out at once.
+    connection = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=max(timeout, 0.001))
     try:
         try:
             connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers)
