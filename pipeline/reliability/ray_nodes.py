@@ -128,7 +128,10 @@ def running_replicas(app: str) -> int:
 def node_kill(
     settings: Settings, work: Path, clients: int = 4, before_s: float = 3.0, after_s: float = 5.0, recover_limit_s: float = 30.0
 ) -> dict[str, Any]:
-    """The figures of one node kill under load (see the module's docstring)."""
+    """The figures of one node kill under load (see the module's docstring).
+
+    The steps: start the cluster, deploy two replicas, start the clients, power a worker off,
+    wait for a replacement replica, stop the clients, shut everything down, count."""
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -154,33 +157,15 @@ def node_kill(
         figures["placement"] = sorted(worker_ids.get(n, "head") for n in placed.values())
         figures["replicas_on_both_workers"] = set(placed.values()) == set(worker_ids)
 
-        body, token = json.dumps(spec.example_request).encode(), json.loads(key_file.read_text())["inference"]["key"]
-        traffic = Traffic("127.0.0.1", port, f"/predictions/{spec.name}", body, token)
-        threads = traffic.run(clients)
-        # One client at each replica's own address: which node's replica it reaches is known.
-        direct = [
-            (placed.get(t.name, ""), Traffic(t.ip, t.port, f"/predictions/{spec.name}", body, token))
-            for t in ray_server.replica_targets(spec.name, port, 2)
-        ]
-        threads += [t for _, d in direct for t in d.run(1)]
+        traffic, direct, threads = _start_traffic(spec.name, spec.example_request, key_file, port, placed, clients)
         time.sleep(before_s)
         victim = next(w for w in workers if w.node_id in placed.values())
         kill_at = power_off(victim)
         cluster.remove_node(victim, allow_graceful=False)  # Ray's bookkeeping; its processes are gone already
         figures["killed"] = worker_ids[victim.node_id]
-        # Recovered: a replacement replica (one that was not there before) runs, and Serve runs two.
-        recovered_at = None
-        while time.monotonic() - kill_at < recover_limit_s:
-            time.sleep(0.25)
-            if set(replica_nodes(spec.name)) - set(placed) and running_replicas(spec.name) >= 2:
-                recovered_at = time.monotonic()
-                break
+        recovered_at = _wait_for_replacement(spec.name, placed, kill_at, recover_limit_s)
         time.sleep(after_s)
-        traffic.stop.set()
-        for _, d in direct:
-            d.stop.set()
-        for t in threads:
-            t.join(timeout=35)
+        _stop_traffic([traffic, *(d for _, d in direct)], threads)
         records = list(traffic.records)
         replacement = replica_nodes(spec.name)
     finally:
@@ -189,28 +174,67 @@ def node_kill(
         finally:
             ray.shutdown()
             cluster.shutdown()
-    failed = [(s, e, st) for s, e, st in records if st != 200]
-    in_flight = [r for r in failed if r[0] <= kill_at <= r[1]]
-    after_kill = [r for r in failed if r[0] > kill_at]
-    later = [r for r in records if recovered_at is not None and r[0] >= recovered_at]
-    figures.update(
-        requests=len(records),
-        requests_before_kill=sum(1 for r in records if r[1] < kill_at),
-        in_flight_at_kill=sum(1 for r in records if r[0] <= kill_at <= r[1]),
-        errors=len(failed),
-        errors_in_flight=len(in_flight),
-        errors_started_after_kill=len(after_kill),
-        error_statuses=sorted({st for _, _, st in failed}),
-        last_error_after_kill_s=max((e - kill_at for _, e, _ in failed), default=0.0),
-        recovered=recovered_at is not None,
-        recover_s=(recovered_at - kill_at) if recovered_at is not None else None,
-        requests_after_recovery=len(later),
-        errors_after_recovery=sum(1 for r in later if r[2] != 200),
-        replacement_placement=sorted(worker_ids.get(n, "head") for n in replacement.values()),
-        failures=[{"start_s": round(s - kill_at, 3), "end_s": round(e - kill_at, 3), "status": st} for s, e, st in failed],
-        direct=direct_figures(direct, victim.node_id, kill_at),
-    )
+    figures.update(proxy_figures(records, kill_at, recovered_at))
+    figures["replacement_placement"] = sorted(worker_ids.get(n, "head") for n in replacement.values())
+    figures["failures"] = [
+        {"start_s": round(s - kill_at, 3), "end_s": round(e - kill_at, 3), "status": st} for s, e, st in records if st != 200
+    ]
+    figures["direct"] = direct_figures(direct, victim.node_id, kill_at)
     return figures
+
+
+def _start_traffic(
+    app: str, example: Any, key_file: Path, port: int, placed: dict[str, str], clients: int
+) -> tuple[Traffic, list[tuple[str, Traffic]], list[threading.Thread]]:
+    """Clients through the proxy, and one at each replica's own address: (proxy traffic, (node, direct traffic), threads)."""
+    body, token = json.dumps(example).encode(), json.loads(key_file.read_text())["inference"]["key"]
+    traffic = Traffic("127.0.0.1", port, f"/predictions/{app}", body, token)
+    threads = traffic.run(clients)
+    # One client at each replica's own address: which node's replica it reaches is known.
+    direct = [
+        (placed.get(t.name, ""), Traffic(t.ip, t.port, f"/predictions/{app}", body, token))
+        for t in ray_server.replica_targets(app, port, 2)
+    ]
+    threads += [t for _, d in direct for t in d.run(1)]
+    return traffic, direct, threads
+
+
+def _wait_for_replacement(app: str, placed: dict[str, str], kill_at: float, limit_s: float) -> float | None:
+    """When the application recovered, or None within `limit_s` of the kill.
+
+    Recovered: a replacement replica (one that was not there before) runs, and Serve runs two."""
+    while time.monotonic() - kill_at < limit_s:
+        time.sleep(0.25)
+        if set(replica_nodes(app)) - set(placed) and running_replicas(app) >= 2:
+            return time.monotonic()
+    return None
+
+
+def _stop_traffic(traffic: list[Traffic], threads: list[threading.Thread]) -> None:
+    for t in traffic:
+        t.stop.set()
+    for thread in threads:
+        thread.join(timeout=35)
+
+
+def proxy_figures(records: list[tuple[float, float, int]], kill_at: float, recovered_at: float | None) -> dict[str, Any]:
+    """What the clients through the proxy saw: failures in flight at the kill, after it, and after recovery."""
+    failed = [(s, e, st) for s, e, st in records if st != 200]
+    later = [r for r in records if recovered_at is not None and r[0] >= recovered_at]
+    return {
+        "requests": len(records),
+        "requests_before_kill": sum(1 for r in records if r[1] < kill_at),
+        "in_flight_at_kill": sum(1 for r in records if r[0] <= kill_at <= r[1]),
+        "errors": len(failed),
+        "errors_in_flight": sum(1 for r in failed if r[0] <= kill_at <= r[1]),
+        "errors_started_after_kill": sum(1 for r in failed if r[0] > kill_at),
+        "error_statuses": sorted({st for _, _, st in failed}),
+        "last_error_after_kill_s": max((e - kill_at for _, e, _ in failed), default=0.0),
+        "recovered": recovered_at is not None,
+        "recover_s": (recovered_at - kill_at) if recovered_at is not None else None,
+        "requests_after_recovery": len(later),
+        "errors_after_recovery": sum(1 for r in later if r[2] != 200),
+    }
 
 
 def direct_figures(direct: list[tuple[str, Traffic]], victim: str, kill_at: float) -> dict[str, Any]:
