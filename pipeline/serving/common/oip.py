@@ -141,52 +141,80 @@ def _checked_count(name: str, shape: list[int], declared: dict, contract: Contra
 def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> tuple[dict, dict]:
     """(the project's JSON body for this request, how to answer it) from an OIP infer request."""
     head, tail = _split(raw, header_length)
-    inputs = head.get("inputs")
+    body = _decode_inputs(head.get("inputs"), tail, contract)
+    binary = _binary_outputs(head, contract)
+    request_id = head.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError(f'"id" must be a string, got {_what(request_id)}')
+    return body, {"id": request_id, "binary": binary}
+
+
+def _decode_inputs(inputs, tail: bytes, contract: Contract) -> dict:
+    """{input name: nested rows, or an array for a binary tensor}; every byte of `tail` claimed by an input."""
     if not isinstance(inputs, list) or not inputs:
         raise RequestError('"inputs" must be a non-empty list of tensors {"name", "shape", "datatype", "data"}')
     declared = {t["name"]: t for t in contract.inputs}
     body: dict = {}
     offset = 0
     for tensor in inputs:
-        if not isinstance(tensor, dict):
-            raise RequestError('each entry of "inputs" must be an object {"name", "shape", "datatype", "data"}')
-        name = tensor.get("name")
-        if not isinstance(name, str):
-            raise RequestError(f"each input's name must be a string, got {_what(name)}; this model takes {list(declared)}")
-        if name not in declared:
-            raise RequestError(f"unknown input {name!r}; this model takes {list(declared)}")
-        if name in body:
-            raise RequestError(f"input {name!r} is given twice")
-        shape = tensor.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise RequestError(f'input {name!r}: "shape" must be a list of non-negative integers, got {shape!r}')
-        want = datatype(declared[name]["dtype"])
-        if tensor.get("datatype") != want:
-            raise RequestError(f"input {name!r} is {want}, not {tensor.get('datatype')!r}")
-        count = _checked_count(name, shape, declared[name], contract)
+        name, shape, want, count = _declared_tensor(tensor, declared, body, contract)
         size = _parameters(tensor.get("parameters"), f"input {name!r}: ").get("binary_data_size")
         if size is not None:
-            item = np.dtype(DATATYPES[want]).itemsize
-            if isinstance(size, bool) or not isinstance(size, int) or size != count * item or offset + size > len(tail):
-                raise RequestError(
-                    f"input {name!r}: binary_data_size {size!r} does not match shape {shape} of {want} "
-                    f"({count * item} bytes) within the {len(tail) - offset} bytes left"
-                )
-            # Kept as an array: the contract reads it without a list per value (a 224 x 224 image is 150,528 of them).
-            body[name] = np.frombuffer(tail[offset : offset + size], dtype=DATATYPES[want]).reshape(shape)
+            body[name] = _binary_tensor(name, shape, want, count, size, tail, offset)
             offset += size
-            continue
-        values = tensor.get("data")
-        if not isinstance(values, list):
-            raise RequestError(f'input {name!r} has no "data" list (or binary_data_size)')
-        nested = any(isinstance(v, list) for v in values)
-        found = math.prod(list_shape(values)) if nested else len(values)
-        if found != count:  # no data at all included: nesting nothing into a large shape would build its lists anyway
-            raise RequestError(f"input {name!r} has {found} values for shape {shape} ({count}); send exactly {count}")
-        # Already nested: the contract checks its shape (and depth); else nested here, its size now known to be bounded.
-        body[name] = values if nested else _nest(values, shape)
+        else:
+            body[name] = _json_tensor(name, shape, count, tensor.get("data"))
     if offset != len(tail):
         raise RequestError(f"{len(tail) - offset} bytes of binary data follow the inputs that no input claims")
+    return body
+
+
+def _declared_tensor(tensor, declared: dict, body: dict, contract: Contract) -> tuple[str, list[int], str, int]:
+    """(name, shape, datatype, value count) of one input tensor, checked against the contract before its data is read."""
+    if not isinstance(tensor, dict):
+        raise RequestError('each entry of "inputs" must be an object {"name", "shape", "datatype", "data"}')
+    name = tensor.get("name")
+    if not isinstance(name, str):
+        raise RequestError(f"each input's name must be a string, got {_what(name)}; this model takes {list(declared)}")
+    if name not in declared:
+        raise RequestError(f"unknown input {name!r}; this model takes {list(declared)}")
+    if name in body:
+        raise RequestError(f"input {name!r} is given twice")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise RequestError(f'input {name!r}: "shape" must be a list of non-negative integers, got {shape!r}')
+    want = datatype(declared[name]["dtype"])
+    if tensor.get("datatype") != want:
+        raise RequestError(f"input {name!r} is {want}, not {tensor.get('datatype')!r}")
+    return name, shape, want, _checked_count(name, shape, declared[name], contract)
+
+
+def _binary_tensor(name: str, shape: list[int], want: str, count: int, size, tail: bytes, offset: int) -> np.ndarray:
+    """The `size` bytes at `offset` in the binary tail, once they are exactly the tensor's."""
+    item = np.dtype(DATATYPES[want]).itemsize
+    if isinstance(size, bool) or not isinstance(size, int) or size != count * item or offset + size > len(tail):
+        raise RequestError(
+            f"input {name!r}: binary_data_size {size!r} does not match shape {shape} of {want} "
+            f"({count * item} bytes) within the {len(tail) - offset} bytes left"
+        )
+    # Kept as an array: the contract reads it without a list per value (a 224 x 224 image is 150,528 of them).
+    return np.frombuffer(tail[offset : offset + size], dtype=DATATYPES[want]).reshape(shape)
+
+
+def _json_tensor(name: str, shape: list[int], count: int, values) -> list:
+    """A tensor's JSON "data", once it holds exactly `count` values."""
+    if not isinstance(values, list):
+        raise RequestError(f'input {name!r} has no "data" list (or binary_data_size)')
+    nested = any(isinstance(v, list) for v in values)
+    found = math.prod(list_shape(values)) if nested else len(values)
+    if found != count:  # no data at all included: nesting nothing into a large shape would build its lists anyway
+        raise RequestError(f"input {name!r} has {found} values for shape {shape} ({count}); send exactly {count}")
+    # Already nested: the contract checks its shape (and depth); else nested here, its size now known to be bounded.
+    return values if nested else _nest(values, shape)
+
+
+def _binary_outputs(head: dict, contract: Contract) -> dict[str, bool]:
+    """{output name: whether to answer it as binary data}, for the outputs the request asks for (all by default)."""
     parameters = _parameters(head.get("parameters"), "")
     requested = head.get("outputs")
     outputs = [t["name"] for t in contract.outputs]
@@ -198,10 +226,7 @@ def decode_infer(raw: bytes, header_length: str | None, contract: Contract) -> t
         for o in requested:
             where = f"output {o['name']!r}: "
             binary[o["name"]] = _flag(_parameters(o.get("parameters"), where), "binary_data", where)
-    request_id = head.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise RequestError(f'"id" must be a string, got {_what(request_id)}')
-    return body, {"id": request_id, "binary": binary}
+    return binary
 
 
 def encode_infer(answer: dict, plan: dict, contract: Contract) -> tuple[bytes, int | None]:
