@@ -179,23 +179,7 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
             check_handler(path, manifest, zf.read(ARCHIVE_HANDLER))
             model = zf.read(ARCHIVE_MODEL)
             config = yaml.safe_load(zf.read(ARCHIVE_CONFIG))
-            model_sha = hashlib.sha256(model).hexdigest()
-            if onnx_sha256 is not None and model_sha != onnx_sha256:
-                raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_MODEL} other than the verified one", "rebuild the archive")
-            where = f"{path.name}:{ARCHIVE_MODEL}"
-            _, need = check_onnx_bytes(model, where, ARCHIVE_DATA)
-            data_sha = None
-            if ARCHIVE_DATA in got:
-                if need is None:
-                    raise IntegrityError(
-                        STAGE, f"{path.name} holds {ARCHIVE_DATA}, but its {ARCHIVE_MODEL} keeps its weights embedded", _FIX
-                    )
-                check_data_size(need, zf.getinfo(ARCHIVE_DATA).file_size, where, ARCHIVE_DATA)
-                data_sha = sha256_member(zf, ARCHIVE_DATA)
-            elif need is not None:
-                check_data_size(need, None, where, ARCHIVE_DATA)
-            if onnx_sha256 is not None and data_sha != data_sha256:
-                raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_DATA} other than the verified one", "rebuild the archive")
+            model_sha, data_sha = _check_model(path, zf, model, onnx_sha256, data_sha256)
     except zipfile.BadZipFile as exc:  # also a member whose CRC does not match
         raise IntegrityError(STAGE, f"{path} is not a readable archive: {exc}", "rebuild it: python -m pipeline package --force") from None
     return {
@@ -206,6 +190,26 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
         "contract": contract,
         "model_config": config,
     }
+
+
+def _check_model(path: Path, zf: zipfile.ZipFile, model: bytes, onnx_sha256: str | None, data_sha256: str | None) -> tuple[str, str | None]:
+    """(model hash, data hash or None) once the archive's model and its data are the verified ones, pointing at no other file."""
+    model_sha = hashlib.sha256(model).hexdigest()
+    if onnx_sha256 is not None and model_sha != onnx_sha256:
+        raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_MODEL} other than the verified one", "rebuild the archive")
+    where = f"{path.name}:{ARCHIVE_MODEL}"
+    _, need = check_onnx_bytes(model, where, ARCHIVE_DATA)
+    data_sha = None
+    if ARCHIVE_DATA in zf.namelist():
+        if need is None:
+            raise IntegrityError(STAGE, f"{path.name} holds {ARCHIVE_DATA}, but its {ARCHIVE_MODEL} keeps its weights embedded", _FIX)
+        check_data_size(need, zf.getinfo(ARCHIVE_DATA).file_size, where, ARCHIVE_DATA)
+        data_sha = sha256_member(zf, ARCHIVE_DATA)
+    elif need is not None:
+        check_data_size(need, None, where, ARCHIVE_DATA)
+    if onnx_sha256 is not None and data_sha != data_sha256:
+        raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_DATA} other than the verified one", "rebuild the archive")
+    return model_sha, data_sha
 
 
 def read_contract(path: Path) -> dict:
