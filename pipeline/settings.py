@@ -12,6 +12,8 @@ from pipeline.spec import ModelSpec, Tolerance
 
 DEFAULT_MODEL = "simple_nn"
 PARITY_BATCH_SIZES = (1, 2, 7, 64, 1000)
+# What an archive may serve with (its contract's "engine"): the ONNX graph, or the AOTInductor package.
+SERVE_ENGINES = ("onnxruntime", "aotinductor")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class Settings:
     # Stop the chain where TorchScript cannot be made; by default the chain goes on without it
     # (the archive serves the ONNX graph) and the manifest says why it was not made.
     require_torchscript: bool = False
+    # Make TorchScript at all (--no-torchscript: not on purpose, recorded as not made), and the
+    # AOTInductor package, torch.export's successor to it (--no-pt2).
+    torchscript: bool = True
+    pt2: bool = True
     # CUDA precision to verify and serve; None takes the model spec's (fp32 unless it says tf32).
     cuda_precision: str | None = None
     # Serving defaults written into the archive's model-config.yaml. A lone request
@@ -56,6 +62,9 @@ class Settings:
     serve_max_streams: int | None = None
     serve_max_queued: int | None = None
     serve_request_timeout_s: int | None = None
+    # The engine an archive serves with, written into its contract: "onnxruntime" (the ONNX graph)
+    # or "aotinductor" (the AOTInductor package for the CPU, which must have passed parity).
+    serve_engine: str = "onnxruntime"
     # Which archive to serve: None for the fp32 model, or a variant ("int8", "fp16").
     variant: str | None = None
 
@@ -94,6 +103,10 @@ class Layout:
     @property
     def mar(self) -> Path:
         return self.model_store / f"{self.model}.mar"
+
+    def pt2(self, device: str = "cpu") -> Path:
+        """The AOTInductor package compiled for `device`: model.pt2 (CPU), model.cuda.pt2."""
+        return self.artifacts / ("model.pt2" if device == "cpu" else f"model.{device}.pt2")
 
     def variant_onnx(self, variant: str) -> Path:
         return self.artifacts / f"model.{variant}.onnx"

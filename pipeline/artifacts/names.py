@@ -4,9 +4,16 @@
 CHECKPOINT = "checkpoint"
 TORCHSCRIPT = "torchscript"
 ONNX = "onnx"
+PT2 = "pt2"  # the AOTInductor package compiled for the CPU; pt2_key("cuda") for CUDA's
 PARITY = "parity"
 MAR = "mar"
-KEYS = (CHECKPOINT, TORCHSCRIPT, ONNX, PARITY, MAR)
+KEYS = (CHECKPOINT, TORCHSCRIPT, ONNX, PT2, PARITY, MAR)
+
+
+def pt2_key(device: str) -> str:
+    """The manifest key of the AOTInductor package compiled for `device` ("cpu" or "cuda")."""
+    return PT2 if device == "cpu" else f"{PT2}-{device}"
+
 
 # Smaller variants of the verified model (python -m pipeline variants), each with three
 # records of its own: its ONNX file ("int8"), its gate ("gate-int8"), its archive ("mar-int8").
@@ -47,5 +54,7 @@ ARCHIVE_HANDLER = "onnx_handler.py"
 ARCHIVE_MEMBERS = frozenset({ARCHIVE_MANIFEST, ARCHIVE_MODEL, ARCHIVE_CONTRACT, ARCHIVE_CONFIG, ARCHIVE_HANDLER})
 # Exactly ARCHIVE_MEMBERS, plus this one when the model keeps its weights in external data.
 ARCHIVE_DATA = data_file_name(ARCHIVE_MODEL)
+# And this one when the contract serves the AOTInductor package (engine "aotinductor") instead of the graph.
+ARCHIVE_PT2 = "model.pt2"
 # And this one when the model takes texts: the checkpoint's tokenizer, its sha256 in the contract.
 ARCHIVE_TOKENIZER = "tokenizer.json"

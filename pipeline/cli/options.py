@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import cast
 
 from pipeline.serving.backends import BACKENDS, DEFAULT
-from pipeline.settings import DEFAULT_MODEL, PARITY_BATCH_SIZES, Settings
+from pipeline.settings import DEFAULT_MODEL, PARITY_BATCH_SIZES, SERVE_ENGINES, Settings
 from pipeline.spec import HF_TASKS
 
 
@@ -89,6 +89,13 @@ def archive_options(p: argparse.ArgumentParser) -> None:
         "num_cpus on Ray; python -m pipeline tune measures which is best)",
     )
     p.add_argument(
+        "--engine",
+        choices=SERVE_ENGINES,
+        default=Settings.serve_engine,
+        help="what the archive serves with: onnxruntime (the ONNX graph) or aotinductor (the AOTInductor package for the "
+        "CPU, model.pt2, which parity verified), written into its io_contract.json (default: %(default)s)",
+    )
+    p.add_argument(
         "--max-streams",
         type=positive,
         help="a text-generation model: requests generated at once, their rows sharing each decode step (default: 16)",
@@ -141,6 +148,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         cuda_precision=getattr(args, "cuda_precision", None),
         exporter_fallback=getattr(args, "exporter_fallback", Settings.exporter_fallback),
         require_torchscript=getattr(args, "require_torchscript", Settings.require_torchscript),
+        torchscript=getattr(args, "torchscript", Settings.torchscript),
+        pt2=getattr(args, "pt2", Settings.pt2),
+        serve_engine=getattr(args, "engine", Settings.serve_engine),
         serve_batch_size=getattr(args, "batch_size", Settings.serve_batch_size),
         serve_max_batch_delay_ms=getattr(args, "max_batch_delay_ms", Settings.serve_max_batch_delay_ms),
         serve_workers=getattr(args, "workers", Settings.serve_workers),

@@ -1,4 +1,4 @@
-"""The stage commands: train, trace, export, parity, package, all (with its summary), variants."""
+"""The stage commands: train, trace, export, pt2, parity, package, all (with its summary), variants."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from pipeline.cli.options import archive_options, batch_sizes, model_options, se
 from pipeline.settings import PARITY_BATCH_SIZES, Settings, StageResult
 from pipeline.spec import PRECISIONS
 
-STAGE_NAMES = ("train", "trace", "export", "parity", "package")
+STAGE_NAMES = ("train", "trace", "export", "pt2", "parity", "package")
 STAGE_HELP = {
     "train": "fit the model (or load its weights) and write the checkpoint",
     "trace": "trace the model to TorchScript and check the trace",
     "export": "export the model to ONNX with its dynamic axes (this stage alone; make export runs them all, as `all` does)",
-    "parity": "the gate: TorchScript and ONNX Runtime against eager PyTorch",
+    "pt2": "torch.export and AOTInductor: compile the model into model.pt2, kernels with no Python model code (TorchScript's successor)",
+    "parity": "the gate: TorchScript, ONNX Runtime and the AOTInductor package against eager PyTorch",
     "package": "build model_store/<model>.mar from the verified ONNX file",
     "all": "every stage in order, skipping what is up to date",
     "variants": "int8 (CPU) and fp16 (CUDA) variants of the verified model: built, gated by parity and the task metric, packaged",
@@ -42,6 +43,20 @@ def stage_options(p: argparse.ArgumentParser, name: str) -> None:
             action="store_true",
             help="stop where TorchScript cannot be made (by default the chain goes on without it: the archive serves "
             "the ONNX graph, and the manifest and parity report say why TorchScript was not made)",
+        )
+        p.add_argument(
+            "--torchscript",
+            action=argparse.BooleanOptionalAction,
+            default=Settings.torchscript,
+            help="make TorchScript (deprecated by torch in favour of torch.export); --no-torchscript skips it on purpose, "
+            "and the chain goes on with ONNX and the AOTInductor package (default: on)",
+        )
+    if name in ("pt2", "all"):
+        p.add_argument(
+            "--pt2",
+            action=argparse.BooleanOptionalAction,
+            default=Settings.pt2,
+            help="compile the AOTInductor package (model.pt2, about 10 s and up with the C++ compiler); --no-pt2 skips it (default: on)",
         )
     if name in ("export", "all"):
         p.add_argument(
@@ -171,7 +186,7 @@ def ticking(stage: str) -> Iterator[None]:
 
 def summary(results: list[StageResult], settings: Settings, seconds: float) -> str:
     from pipeline.artifacts.manifest import Manifest
-    from pipeline.artifacts.names import KEYS, MAR, ONNX, PARITY, TORCHSCRIPT
+    from pipeline.artifacts.names import KEYS, MAR, ONNX, PARITY, PT2, TORCHSCRIPT
     from pipeline.settings import resolve
     from pipeline.stages.parity import OutputDiff
 
@@ -197,7 +212,9 @@ def summary(results: list[StageResult], settings: Settings, seconds: float) -> s
         ),
     ]
     if not_made := manifest.records[TORCHSCRIPT].not_made:
-        lines.append(f"  NOTE     TorchScript not made (the archive serves ONNX): {not_made}")
+        lines.append(f"  NOTE     TorchScript not made: {not_made}")
+    if PT2 in manifest.records and (not_made := manifest.records[PT2].not_made):
+        lines.append(f"  NOTE     AOTInductor package not made: {not_made}")
     if failure := manifest.records[ONNX].details.get("dynamo_failure"):
         lines.append(f"  NOTE     the ONNX graph was made by the TorchScript-based exporter, because {failure}")
     for v in parity.details.get("vacuous", []):

@@ -1,4 +1,4 @@
-"""Runners: one `infer(feed) -> {output name: array}` shape for eager, TorchScript and ONNX Runtime."""
+"""Runners: one `infer(feed) -> {output name: array}` shape for eager, TorchScript, ONNX Runtime and AOTInductor packages."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.runtimes.pt2 import Pt2Session
 from pipeline.runtimes.session import SessionConfig, create_session
 from pipeline.spec import ModelSpec
 
@@ -47,6 +48,20 @@ class TorchRunner:
         args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])).to(self.device) for t in self.spec.inputs]
         with torch.inference_mode():
             return _named(self.spec, self.module(*args))
+
+
+class Pt2Runner:
+    """An AOTInductor package (`pipeline.runtimes.pt2.Pt2Session`), numpy in, numpy out."""
+
+    def __init__(self, name: str, path: Path, spec: ModelSpec, device: str = "cpu", threads: int | None = None):
+        self.name = name
+        self.spec = spec
+        self.session = Pt2Session(path, [t.name for t in spec.inputs], device, threads)
+        self.provider = self.session.provider
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [t.name for t in self.spec.outputs]
+        return dict(zip(names, self.session.run(names, feed)))
 
 
 class OrtRunner:

@@ -1,7 +1,8 @@
-"""The five stages, each one module with one verb, `run(settings) -> StageResult`.
+"""The six stages, each one module with one verb, `run(settings) -> StageResult`.
 
 They meet only through files and the manifest: train writes the checkpoint, trace the
-TorchScript module, export the ONNX graph, parity the gate's report, package the archive.
+TorchScript module, export the ONNX graph, pt2 the AOTInductor package, parity the gate's
+report, package the archive.
 `STAGES` lists them in the order `python -m pipeline all` runs them.
 """
 
@@ -11,12 +12,13 @@ import gc
 from collections.abc import Callable
 
 from pipeline.settings import Settings, StageResult
-from pipeline.stages import export, package, parity, trace, train
+from pipeline.stages import export, package, parity, pt2, trace, train
 
 STAGES: dict[str, Callable[[Settings], StageResult]] = {
     "train": train.run,
     "trace": trace.run,
     "export": export.run,
+    "pt2": pt2.run,
     "parity": parity.run,
     "package": package.run,
 }

@@ -1,4 +1,5 @@
-"""What every stage asks first: is its artifact up to date, so that it can skip itself?"""
+"""What every stage asks first: is its artifact up to date, so that it can skip itself? And what an
+optional stage (TorchScript, the AOTInductor package) records in place of an artifact it could not make."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import files
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import CHECKPOINT
+from pipeline.errors import PipelineError
 from pipeline.settings import Settings, StageResult
 from pipeline.spec import ModelSpec
 
@@ -59,3 +62,31 @@ def stale(spec: ModelSpec, manifest: Manifest, key: str) -> str | None:
         source = spec.source if spec.source is not None else spec.name
         return f"{source} changed after the checkpoint was made from it"
     return None
+
+
+def not_made_note(artifact: Path) -> Path:
+    """Where a stage says, in place of `artifact` (model.ts, model.pt2), why it was not made."""
+    return artifact.with_name(f"{artifact.name}.not-made.json")
+
+
+def record_not_made(
+    manifest: Manifest,
+    key: str,
+    artifact: Path,
+    failure: PipelineError,
+    inputs: dict[str, str],
+    stage_settings: dict[str, Any],
+    seconds: float,
+    summary: str,
+) -> StageResult:
+    """Record that `artifact` was not made and why; an older one goes, so nothing serves or times it.
+
+    The record's file is the note; `ArtifactRecord.not_made` reads the reason back. `summary`
+    opens the stage's line (what was not made, and what the chain goes on with).
+    """
+    artifact.unlink(missing_ok=True)
+    note = not_made_note(artifact)
+    files.write_json(note, {"made": False, "problem": failure.problem, "what_to_do": failure.fix})
+    details = {"not_made": failure.problem, "what_to_do": failure.fix}
+    manifest.record(key, note, failure.stage, inputs, stage_settings, seconds, details)
+    return StageResult(failure.stage, False, (note,), seconds, f"{summary}: {failure.problem}\n    what to do: {failure.fix}", details)

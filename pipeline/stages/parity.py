@@ -29,9 +29,11 @@ from tqdm import tqdm
 from pipeline.artifacts import checkpoint, cost, files
 from pipeline.artifacts.environment import fingerprint
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import CHECKPOINT, ONNX, PARITY, TORCHSCRIPT
+from pipeline.artifacts.names import CHECKPOINT, ONNX, PARITY, TORCHSCRIPT, pt2_key
 from pipeline.errors import ParityError
-from pipeline.runtimes.runners import OrtRunner, Runner, TorchRunner, cuda_available
+from pipeline.runtimes.pt2 import devices as pt2_devices
+from pipeline.runtimes.pt2 import packages, verified_package
+from pipeline.runtimes.runners import OrtRunner, Pt2Runner, Runner, TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.serving.common import preprocess
 from pipeline.serving.common.contract import declare
@@ -222,7 +224,23 @@ def engines(spec: ModelSpec, manifest: Manifest, precision: str = "fp32") -> tup
         loaders.append(("onnxruntime-cuda", lambda: OrtRunner("onnxruntime-cuda", onnx_path, spec, config)))
     else:
         skipped.append({"engine": "onnxruntime-cuda", "reason": "no CUDA device on this machine"})
+    for device in pt2_devices():
+        engine, made = f"aotinductor-{device}", packages(manifest).get(device)
+        if made is None:
+            skipped.append({"engine": engine, "reason": pt2_absent(manifest, device)})
+            continue
+        loaders.append(
+            (engine, lambda device=device, engine=engine: Pt2Runner(engine, verified_package(manifest, device, STAGE), spec, device))
+        )
     return loaders, skipped
+
+
+def pt2_absent(manifest: Manifest, device: str) -> str:
+    """Why there is no package for `device` to check: its stage said, or it has not run."""
+    rec = manifest.records.get(pt2_key(device))
+    if rec is None:
+        return f"not made: the pt2 stage has not run (python -m pipeline pt2 --model {manifest.command})"
+    return f"not made: {rec.not_made}"
 
 
 class Outputs:
@@ -464,7 +482,9 @@ def plan(settings: Settings) -> Plan:
     ckpt_sha = manifest.verified(CHECKPOINT, STAGE)[1].sha256
     tol, cuda_tol, precision = tolerance(settings, spec), cuda_tolerance(settings, spec), cuda_precision(settings, spec)
     sizing, budget_record = sweep_settings(settings)
-    inputs = {CHECKPOINT: ckpt_sha, **{key: manifest.verified(key, STAGE)[1].sha256 for key in (TORCHSCRIPT, ONNX)}}
+    # Every package made is checked, so its hash is an input: a rebuilt package re-runs parity.
+    made = [pt2_key(device) for device in packages(manifest)]
+    inputs = {CHECKPOINT: ckpt_sha, **{key: manifest.verified(key, STAGE)[1].sha256 for key in (TORCHSCRIPT, ONNX, *made)}}
     # model_source_sha256: the model file holds the sample, edge and parity-case inputs.
     stage_settings = {
         "atol": tol.atol,

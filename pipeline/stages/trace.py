@@ -21,7 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.settings import Layout, Settings, StageResult, resolve
 from pipeline.spec import ModelSpec, Tolerance
 from pipeline.stages.capture import StageLog, capture_mode, check_args, example_args, module_weight_bytes, run_once
-from pipeline.stages.fresh import up_to_date
+from pipeline.stages.fresh import not_made_note, record_not_made, up_to_date
 
 STAGE = "trace"
 TORCH_DIR = Path(torch.__file__).resolve().parent
@@ -278,6 +278,8 @@ def trace_model(
         try:
             traced = torch.jit.trace(model, example, check_inputs=checks, check_tolerance=1e-5)
         except Exception as exc:  # the tracer raises many types; all mean "not as checked"
+            if refused(exc):
+                raise _refusal(exc) from None
             _refuse_value_branches(spec, branches)
             log.write(f"torch.jit.trace of {spec.name}\n\n{type(exc).__name__}: {exc}\n")
             graphs_differ = "Graphs differed across invocations" in str(exc)
@@ -350,20 +352,33 @@ def _details(traced: Traced, checks: int) -> dict:
     }
 
 
-def not_made_note(layout: Layout) -> Path:
-    """Where the trace stage says, in place of model.ts, why TorchScript was not made."""
-    return layout.artifacts / "model.ts.not-made.json"
-
-
 def _skip_not_made(manifest: Manifest, layout: Layout, failure: NotTraceable, inputs: dict, stage_settings: dict, seconds: float):
-    """Record that TorchScript was not made and why; an older model.ts goes, so nothing serves or times it."""
-    layout.torchscript.unlink(missing_ok=True)
-    note = not_made_note(layout)
-    files.write_json(note, {"made": False, "problem": failure.problem, "what_to_do": failure.fix})
-    details = {"not_made": failure.problem, "what_to_do": failure.fix}
-    manifest.record(TORCHSCRIPT, note, STAGE, inputs, stage_settings, seconds, details)
-    summary = f"TorchScript not made, the chain goes on with ONNX: {failure.problem}\n    what to do: {failure.fix}"
-    return StageResult(STAGE, False, (note,), seconds, summary, details)
+    return record_not_made(
+        manifest,
+        TORCHSCRIPT,
+        layout.torchscript,
+        failure,
+        inputs,
+        stage_settings,
+        seconds,
+        "TorchScript not made, the chain goes on with ONNX",
+    )
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether torch refused torch.jit.trace itself (its deprecation made an error, as torch 2.14 may), not this model."""
+    text = str(exc)
+    return "torch.jit" in text and "deprecated" in text
+
+
+def _refusal(exc: BaseException) -> NotTraceable:
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return NotTraceable(
+        STAGE,
+        f"torch {torch.__version__} refuses torch.jit.trace ({type(exc).__name__}: {first[:200]})",
+        "nothing to do: TorchScript is deprecated in favour of torch.export, and the chain goes on with model.onnx and model.pt2; "
+        "--no-torchscript (EXPORT_ARGS=--no-torchscript) skips this stage on purpose",
+    )
 
 
 def run(settings: Settings) -> StageResult:
@@ -378,7 +393,12 @@ def run(settings: Settings) -> StageResult:
     inputs = {"checkpoint": ckpt_sha}
     # The model file also holds the check inputs: editing them re-traces even when the
     # (deterministic) retraining gives the same checkpoint bytes.
-    stage_settings = {"seed": settings.seed, "torch": torch.__version__, "model_source_sha256": spec.source_sha256()}
+    stage_settings = {
+        "seed": settings.seed,
+        "torch": torch.__version__,
+        "model_source_sha256": spec.source_sha256(),
+        "torchscript": settings.torchscript,
+    }
     outputs = (layout.torchscript,)
     if skipped := up_to_date(manifest, TORCHSCRIPT, inputs, stage_settings, settings, STAGE, outputs):
         if not skipped.details.get("not_made"):
@@ -388,6 +408,9 @@ def run(settings: Settings) -> StageResult:
         return replace(skipped, summary=f"TorchScript not made (up to date): {skipped.details['not_made']}")
 
     start = time.perf_counter()
+    if not settings.torchscript:
+        failure = NotTraceable(STAGE, "not asked for (--no-torchscript)", "drop --no-torchscript to make TorchScript as well")
+        return _skip_not_made(manifest, layout, failure, inputs, stage_settings, 0.0)
     if spec.generation is not None:
         # What torch.jit.trace would bake in: one cache length's shape branches, and a trace per layout.
         failure = NotTraceable(
@@ -412,7 +435,7 @@ def run(settings: Settings) -> StageResult:
         return _skip_not_made(manifest, layout, failure, inputs, stage_settings, time.perf_counter() - start)
     save_torchscript(traced.module, layout.torchscript, module_weight_bytes(model))
     check_loads_back(model, example, layout.torchscript)
-    not_made_note(layout).unlink(missing_ok=True)
+    not_made_note(layout.torchscript).unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     details = _details(traced, len(checks))
     manifest.record(TORCHSCRIPT, layout.torchscript, STAGE, inputs, stage_settings, seconds, details)

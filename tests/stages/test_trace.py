@@ -12,7 +12,7 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
 from pipeline.models import load_spec
 from pipeline.settings import Layout, Settings
-from pipeline.stages import export, parity, trace, train
+from pipeline.stages import export, fresh, parity, trace, train
 from tests.helpers import REPO
 
 
@@ -117,7 +117,7 @@ def test_without_torchscript_the_chain_goes_on_and_says_why(tmp_path):
     record = Manifest(layout.root, "trace_batch_branch").records["torchscript"]
     assert "answers x [1, 3] unlike eager" in record.not_made and "--require-torchscript" in record.details["what_to_do"]
     assert not layout.torchscript.exists(), "an older model.ts would be served or timed in place of what was built"
-    assert trace.not_made_note(layout).is_file() and record.path.endswith("model.ts.not-made.json")
+    assert fresh.not_made_note(layout.torchscript).is_file() and record.path.endswith("model.ts.not-made.json")
     assert len((layout.reports / "trace.log").read_text()) > len(record.not_made)  # the tracer's full text
     again = trace.run(settings)
     assert again.skipped and again.details["not_made"] == record.not_made
