@@ -36,6 +36,7 @@ from pipeline.artifacts.names import (
     ARCHIVE_MANIFEST,
     ARCHIVE_MEMBERS,
     ARCHIVE_MODEL,
+    ARCHIVE_PT2,
     ARCHIVE_TOKENIZER,
     EXTERNAL_DATA,
     ONNX,
@@ -164,8 +165,8 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
             names = [i.filename for i in infos]
             got = set(names)
             contract = json.loads(zf.read(ARCHIVE_CONTRACT)) if ARCHIVE_CONTRACT in got else {}
-            tokenizer = tokenizer_sha256(contract)
-            expected = ARCHIVE_MEMBERS | ({ARCHIVE_TOKENIZER} if tokenizer else set())
+            tokenizer, package = tokenizer_sha256(contract), pt2_sha256(contract)
+            expected = ARCHIVE_MEMBERS | ({ARCHIVE_TOKENIZER} if tokenizer else set()) | ({ARCHIVE_PT2} if package else set())
             if not expected <= got <= expected | {ARCHIVE_DATA}:
                 raise IntegrityError(
                     STAGE,
@@ -175,6 +176,8 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
                 )
             if tokenizer and sha256_member(zf, ARCHIVE_TOKENIZER) != tokenizer:
                 raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_TOKENIZER} other than the one its contract records", _FIX)
+            if package and sha256_member(zf, ARCHIVE_PT2) != package:
+                raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_PT2} other than the one its contract records", _FIX)
             manifest = json.loads(zf.read(ARCHIVE_MANIFEST))
             check_handler(path, manifest, zf.read(ARCHIVE_HANDLER))
             model = zf.read(ARCHIVE_MODEL)
@@ -227,12 +230,18 @@ def tokenizer_sha256(contract: Any) -> str | None:
     return None
 
 
+def pt2_sha256(contract: Any) -> str | None:
+    """The sha256 of the AOTInductor package an archive serves with (its contract's engine "aotinductor"), or None."""
+    section = contract.get("pt2") if isinstance(contract, dict) and contract.get("engine") == "aotinductor" else None
+    return str(section.get("sha256")) if isinstance(section, dict) else None
+
+
 def extract_model(path: Path, folder: Path) -> Path:
-    """The archive's model.onnx (its model.onnx.data, streamed, and tokenizer.json where it has them) in `folder`.
+    """The archive's model.onnx (its model.onnx.data, streamed, tokenizer.json and model.pt2 where it has them) in `folder`.
 
     Run `inspect_archive` first."""
     with zipfile.ZipFile(path) as zf:
-        for name in (ARCHIVE_MODEL, ARCHIVE_DATA, ARCHIVE_TOKENIZER):
+        for name in (ARCHIVE_MODEL, ARCHIVE_DATA, ARCHIVE_TOKENIZER, ARCHIVE_PT2):
             if name in zf.namelist():
                 with zf.open(name) as src, open(folder / name, "wb") as dst:
                     shutil.copyfileobj(src, dst, _BLOCK)

@@ -131,7 +131,7 @@ class Pt2Session:
         self.input_names = list(input_names)  # the package takes its inputs by position
         self.device = torch.device(device)
         self.model = torch._inductor.aoti_load_package(str(path))
-        self.provider = f"AOTInductor ({device})"
+        self.provider = f"AOTInductor ({device}, torch {torch.__version__})"
 
     def get_providers(self) -> list[str]:
         return [self.provider]

@@ -1,4 +1,4 @@
-"""Stage 5: build `model_store/<model>.mar` with torch-model-archiver and check what is in it.
+"""Stage 6: build `model_store/<model>.mar` with torch-model-archiver and check what is in it.
 
 A model with external data gets its `model.onnx.data` as one more member, appended
 after the archiver has run and stored, not deflated: deflate squeezes 7% out of float
@@ -23,21 +23,24 @@ from model_archiver import ModelArchiver, ModelArchiverConfig
 
 from pipeline.artifacts import files
 from pipeline.artifacts.archive import handler_source, inspect_archive, tokenizer_sha256
-from pipeline.artifacts.manifest import Manifest
+from pipeline.artifacts.manifest import ArtifactRecord, Manifest
 from pipeline.artifacts.names import (
     ARCHIVE_CONFIG,
     ARCHIVE_CONTRACT,
     ARCHIVE_DATA,
     ARCHIVE_HANDLER,
     ARCHIVE_MODEL,
+    ARCHIVE_PT2,
     ARCHIVE_TOKENIZER,
     CHECKPOINT,
     EXTERNAL_DATA,
     MAR,
     ONNX,
     PARITY,
+    pt2_key,
 )
 from pipeline.errors import IntegrityError, PipelineError
+from pipeline.runtimes.pt2 import verified_package
 from pipeline.serving.common.contract import declare
 from pipeline.serving.ray import rayservice
 from pipeline.settings import Layout, Settings, StageResult, cuda_precision, resolve
@@ -131,15 +134,44 @@ def run(settings: Settings) -> StageResult:
             f"--cuda-precision {io_contract['cuda_precision']}",
         )
     inputs = {"onnx": onnx_rec.sha256, "parity": parity_rec.sha256}
+    package = None
+    if settings.serve_engine == "aotinductor":
+        package = served_package(spec, manifest, parity_rec, io_contract)
+        inputs["pt2"] = package[1]
     data = onnx_rec.details.get(EXTERNAL_DATA)
     external = None
     if data:  # verified with model.onnx above; the graph's hash alone does not cover the weights
         inputs["onnx_data"] = data["sha256"]
         external = (layout.root / data["path"], data["sha256"])
-    result = archive(settings, layout, manifest, MAR, onnx_path, onnx_rec.sha256, io_contract, inputs, external)
+    result = archive(settings, layout, manifest, MAR, onnx_path, onnx_rec.sha256, io_contract, inputs, external, package)
     if not result.skipped:
         rayservice.write(layout)  # the same archive on a Ray cluster: model_store/<model>.rayservice.yaml
     return result
+
+
+def served_package(spec: ModelSpec, manifest: Manifest, parity_rec: ArtifactRecord, io_contract: dict) -> tuple[Path, str]:
+    """The CPU's AOTInductor package for an archive that serves with it: made, intact, and the one parity checked.
+
+    The contract names the engine, the package's sha256 (which every server checks the
+    archive's member against) and what it is tied to (which every server checks its machine against).
+    """
+    again = f"python -m pipeline all --model {manifest.command} --engine aotinductor"
+    if io_contract.get("generation"):
+        raise PipelineError(
+            STAGE, f"{spec.name} is a text-generation model: it serves from its ONNX graph with the cache", "drop --engine aotinductor"
+        )
+    rec = manifest.records.get(pt2_key("cpu"))
+    if rec is None or rec.not_made:
+        why = rec.not_made if rec is not None else "the pt2 stage has not run"
+        raise PipelineError(STAGE, f"{spec.name}: no AOTInductor package to serve ({why})", f"make it and package again: {again}")
+    path = verified_package(manifest, "cpu", STAGE)
+    if parity_rec.inputs.get(pt2_key("cpu")) != rec.sha256:
+        raise PipelineError(
+            STAGE, f"{spec.name}: parity has not checked the current {rec.path}", f"run parity on it, then package: {again}"
+        )
+    io_contract["engine"] = "aotinductor"
+    io_contract["pt2"] = {"file": ARCHIVE_PT2, "sha256": rec.sha256, "tied_to": rec.details["tied_to"]}
+    return path, rec.sha256
 
 
 def archive(
@@ -152,12 +184,14 @@ def archive(
     io_contract: dict,
     inputs: dict[str, str],
     external_data: tuple[Path, str] | None = None,
+    package: tuple[Path, str] | None = None,
 ) -> StageResult:
     """Build the archive recorded under `key` (the model's, or a variant's) from a verified ONNX file.
 
     The archive is named after the contract's model (`digits_cnn`, `digits_cnn-int8`);
     it is staged privately, checked member by member, and moved into the store atomically.
-    `external_data` is the model's verified data file and its sha256, for a model that has one.
+    `external_data` is the model's verified data file and its sha256, for a model that has one;
+    `package` the verified AOTInductor package and its sha256, for an archive that serves with it.
     """
     name = io_contract["model"]
     path = layout.model_store / f"{name}.mar"
@@ -180,6 +214,8 @@ def archive(
         staging = Path(tmp)
         _stage_model(staging, model_path, model_sha256, handler)
         extra = _stage_extra_files(staging, settings, io_contract, config)
+        if package is not None:
+            extra.append(_stage_copy(package[0], staging / ARCHIVE_PT2, package[1]))
         built = _run_archiver(name, staging, extra)
         if external_data is not None:
             append_data(built, *external_data)
@@ -196,10 +232,16 @@ def archive(
 
 def _stage_model(staging: Path, model_path: Path, model_sha256: str, handler: bytes) -> None:
     """The model file, its copy checked against the verified hash, and the handler."""
-    shutil.copyfile(model_path, staging / ARCHIVE_MODEL)
-    if files.sha256_file(staging / ARCHIVE_MODEL) != model_sha256:
-        raise IntegrityError(STAGE, f"{model_path} changed while it was being packaged", "run python -m pipeline package again")
+    _stage_copy(model_path, staging / ARCHIVE_MODEL, model_sha256)
     (staging / ARCHIVE_HANDLER).write_bytes(handler)
+
+
+def _stage_copy(source: Path, target: Path, sha256: str) -> Path:
+    """A verified file copied into the staging folder, the copy checked against its hash."""
+    shutil.copyfile(source, target)
+    if files.sha256_file(target) != sha256:
+        raise IntegrityError(STAGE, f"{source} changed while it was being packaged", "run python -m pipeline package again")
+    return target
 
 
 def _stage_extra_files(staging: Path, settings: Settings, io_contract: dict, config: dict) -> list[Path]:

@@ -370,6 +370,10 @@ class Contract:
         # A smaller variant ("int8", "fp16") says so, and names the one device its gate ran on.
         self.variant: str | None = data.get("variant")
         self.device: str | None = data.get("device")
+        # What serves it: "onnxruntime" (model.onnx) or "aotinductor" (model.pt2, whose sha256 and
+        # tied_to, the machine it was compiled for, are in `pt2`).
+        self.engine: str = data.get("engine", "onnxruntime")
+        self.pt2: dict | None = data.get("pt2")
         # ONNX Runtime intra-op threads per session, as packaged (python -m pipeline tune picks them); None: the server's choice.
         threads = data.get("intra_op_threads")
         self.intra_op_threads: int | None = None if threads is None else int(threads)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 import orjson
 
-from pipeline.artifacts.names import ARCHIVE_TOKENIZER
+from pipeline.artifacts.names import ARCHIVE_PT2, ARCHIVE_TOKENIZER
 from pipeline.errors import PipelineError
 from pipeline.runtimes.session import SessionConfig, create_session, cuda_provider_available
 from pipeline.serving.common import preprocess
@@ -178,6 +178,28 @@ def open_model(
         )
         return generator
     reader = preprocess.reader(contract, tokenizer.read_bytes() if contract.text_input else None)
+    if contract.engine == "aotinductor":
+        predictor = Predictor(contract, open_package(model_path.parent / ARCHIVE_PT2, contract, gpu_id, threads), reader)
+        log.info("model %s: %s", contract.model, predictor.provider)
+        return predictor
     predictor = Predictor(contract, create_session(model_path, config), reader)
     log.info("model %s: ONNX Runtime %s on %s (%s)", contract.model, ort.__version__, predictor.provider, config.describe())
     return predictor
+
+
+def open_package(path: Path, contract: Contract, gpu_id: int | None, threads: int | None):
+    """The archive's AOTInductor package, on the CPU it was compiled for, once this machine is checked against its record.
+
+    torch is imported here, not with the module: a worker serving ONNX Runtime does not load it.
+    """
+    from pipeline.runtimes.pt2 import Pt2Session, check_tied
+
+    assert contract.pt2 is not None  # the archive's inspection required the section with the engine
+    check_tied(
+        contract.pt2.get("tied_to", {}), "cpu", f"{contract.model}'s model.pt2", "python -m pipeline all --engine aotinductor", "serve"
+    )
+    if gpu_id is not None:
+        log.warning(
+            "assigned GPU %s, but %s serves its AOTInductor package compiled for the CPU: serving on the CPU", gpu_id, contract.model
+        )
+    return Pt2Session(path, [t["name"] for t in contract.inputs], "cpu", session_threads(contract, threads))
