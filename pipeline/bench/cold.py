@@ -55,6 +55,8 @@ def main(job_path: str) -> int:
         torch.set_num_threads(job["threads"])
         if engine == "torchscript":
             module = torch.jit.load(job["torchscript"], map_location=device)
+        elif engine == "aotinductor":
+            module = torch._inductor.aoti_load_package(job["pt2"])
         else:
             from pipeline.artifacts import checkpoint
             from pipeline.artifacts.manifest import Manifest

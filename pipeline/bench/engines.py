@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pipeline.artifacts.names import pt2_key
 from pipeline.artifacts.safety import check_onnx_file
 from pipeline.errors import PipelineError
 from pipeline.runtimes.session import SessionConfig, create_session
@@ -68,6 +69,14 @@ KINDS: dict[str, EngineKind] = {
             default=True,
         ),
         EngineKind("torch.compile", "torch.compile(model) (inductor), compiled during warm-up", "torch", "floor:eager", default=True),
+        EngineKind(
+            "aotinductor",
+            "the AOTInductor package (model.pt2, torch.export + inductor ahead of time, freezing on) loaded with "
+            "aoti_load_package; its setup is the pt2 stage's compile time; its floor is eager's call path",
+            "torch",
+            "floor:eager",
+            default=True,
+        ),
         EngineKind(
             "eager-fp16",
             "eager PyTorch under torch.autocast(cuda, float16): what a PyTorch user turns on first for speed",
@@ -212,6 +221,28 @@ def torch_engine(name: str, module, spec: ModelSpec, device: str) -> Engine:
 
     provider = f"torch {device}" + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else "")
     return Engine(name, device, provider, bind, FLOOR_OF.get(name))
+
+
+def pt2_engine(name: str, path: Path, spec: ModelSpec, device: str) -> Engine:
+    """An AOTInductor package, called as a module is: tensors on the device up front, then the package's run."""
+    import torch
+
+    sync = _sync(device)
+    model = torch._inductor.aoti_load_package(str(path))
+
+    def bind(feed):
+        args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])).to(device) for t in spec.inputs]
+        sync()
+
+        def call():
+            with torch.inference_mode():
+                out = model(*args)
+            sync()
+            return out
+
+        return call
+
+    return Engine(name, device, f"AOTInductor {device}", bind, FLOOR_OF.get(name))
 
 
 def ort_iobinding_engine(name: str, session, spec_inputs: list[str], device: str) -> Engine:
@@ -521,6 +552,11 @@ def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Pat
         return torch_engine(name, torch.compile(model_factory().to(device)), spec, device)
     if name == "torchscript":
         return torch_engine(name, torch.jit.load(str(paths["torchscript"]), map_location=device), spec, device)
+    if name == "aotinductor":
+        key = pt2_key(device)
+        if key not in paths:
+            raise PipelineError("bench", f"aotinductor on {device}: no package was made for {device}", "python -m pipeline pt2 --force")
+        return pt2_engine(name, paths[key], spec, device)
     if name == "onnxruntime":
         return ort_iobinding_engine(name, create_session(paths["onnx"], config), input_names, device)
     if name == "onnxruntime-run":

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from pipeline.artifacts import cost, files
 from pipeline.artifacts.environment import fingerprint
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import CHECKPOINT, MAR, ONNX, TORCHSCRIPT, VARIANTS, gate_key
+from pipeline.artifacts.names import CHECKPOINT, MAR, ONNX, PT2, TORCHSCRIPT, VARIANTS, gate_key, pt2_key
 from pipeline.bench.engines import (
     CUDA_GRAPH_ENGINES,
     DEFAULT_ENGINES,
@@ -48,6 +48,7 @@ from pipeline.bench.inputs import at_lengths, check_lengths
 from pipeline.bench.sweep import CallBudget, Deadline, Sweep, calibrate, time_calls, warm_seconds
 from pipeline.bench.sweep import Cost as EngineCost
 from pipeline.errors import PipelineError
+from pipeline.runtimes.pt2 import packages, verified_package
 from pipeline.runtimes.runners import TorchRunner, cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import DEFAULT_MODEL, Layout, Settings, resolve
@@ -204,7 +205,10 @@ def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar
         "torchscript": ts_path,
         "identity": identity_onnx(spec, scratch / "identity.onnx"),
         **{v: manifest.verified(v, STAGE)[0] for v in gated_variants(manifest)},
+        **{pt2_key(d): verified_package(manifest, d, STAGE) for d in packages(manifest)},
     }
+    # Paid once, in the pt2 stage, for every batch size: the first batch timed carries it as the package's setup.
+    compiled_s = {d: rec.details.get("export_s", 0.0) + rec.details.get("compile_s", 0.0) for d, rec in packages(manifest).items()}
     manifest.verified(CHECKPOINT, STAGE)
     torch.set_num_threads(settings.threads)
     factory = _model_factory(spec, manifest)
@@ -214,6 +218,8 @@ def in_process(settings: BenchSettings, spec, layout: Layout, scratch: Path, bar
         out.skipped.append({"engine": "torchscript", "device": "any", "reason": f"not made: {ts.not_made}"})
     for device in settings.devices:
         engines = _load_engines(settings, spec, device, paths, factory, out, bar)
+        if "aotinductor" in engines:
+            engines["aotinductor"].details["compile_s"] = compiled_s.get(device, 0.0)
         reference = _Reference(spec, factory, device) if any(e.answer for e in engines.values()) else None
         costs: dict[str, EngineCost] = {}
         last: EngineCost | None = None
@@ -307,7 +313,7 @@ def _time_batch(settings, spec, device, batch, engines: dict[str, Engine], refer
             out.failures.append({"engine": name, "device": device, "batch": batch, "error": _reason(exc)})
             calls.pop(name, None)
             continue
-        timings[name] = Timing(name, device, engine.provider, batch, time.perf_counter() - setup)
+        timings[name] = Timing(name, device, engine.provider, batch, time.perf_counter() - setup + engine.details.pop("compile_s", 0.0))
     order_rng = np.random.default_rng(settings.seed + batch)
     gc.collect()
     gc.disable()  # as timeit does: a collection inside one call is noise, not the engine
@@ -426,6 +432,7 @@ def cold_starts(settings: BenchSettings, spec, layout: Layout, scratch: Path, ba
                 "inputs": [t.name for t in spec.inputs],
                 "onnx": str(layout.variant_onnx(VARIANT_ENGINES[engine]) if engine in VARIANT_ENGINES else layout.onnx),
                 "torchscript": str(layout.torchscript),
+                "pt2": str(layout.pt2(device)),
                 "model": settings.model,
                 "root": str(layout.root),
                 "session": asdict(replace(settings.session(device), tensorrt=engine == "onnxruntime-tensorrt")),
@@ -547,6 +554,16 @@ def check(settings: BenchSettings, spec, manifest: Manifest) -> BenchSettings:
     default = settings.engines == DEFAULT_ENGINES
     if default:  # the gated variants run beside fp32 unless --engines names others
         settings = replace(settings, engines=(*settings.engines, *(f"onnxruntime-{v}" for v in gated_variants(manifest))))
+    if "aotinductor" in settings.engines and not packages(manifest):
+        rec = manifest.records.get(PT2)
+        why = rec.not_made if rec is not None else "the pt2 stage has not run"
+        if not default:
+            raise PipelineError(
+                STAGE,
+                f"--engines names aotinductor, but no AOTInductor package was made for {spec.name}: {why}",
+                f"make it (python -m pipeline pt2 --model {manifest.command}), or leave aotinductor out of --engines",
+            )
+        settings = replace(settings, engines=tuple(e for e in settings.engines if e != "aotinductor"))
     not_made = manifest.records[TORCHSCRIPT].not_made
     if not_made and "torchscript" in settings.engines:
         if not default:
