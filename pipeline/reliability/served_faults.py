@@ -439,7 +439,10 @@ def _reachable(address: str, port: int) -> bool:
 
 def security_probes(info: ServerInfo) -> list[Probe]:
     """Listeners, tokens, the model API and reachability from other interfaces, checked live."""
-    probes = []
+    return [*_listener_probes(info), *_token_probes(info), *_model_api_probes(info), *_interface_probes(info)]
+
+
+def _listener_probes(info: ServerInfo) -> list[Probe]:
     listening = []
     for proc in info.processes():
         try:
@@ -447,24 +450,26 @@ def security_probes(info: ServerInfo) -> list[Probe]:
         except psutil.NoSuchProcess:
             continue
     addresses = sorted({f"{a.ip}:{a.port}" for a in listening})
-    probes.append(
+    missing = sorted(set(info.ports.values()) - {a.port for a in listening})
+    return [
         Probe(
             "every listening socket is on loopback",
             "127.0.0.1 only",
             ", ".join(addresses),
             bool(listening) and all(a.ip in LOOPBACK for a in listening),
-        )
-    )
-    missing = sorted(set(info.ports.values()) - {a.port for a in listening})
-    probes.append(
+        ),
         Probe(
             "every configured port is listening (so the check above covers them)",
             "none missing",
             f"missing {missing}" if missing else "none missing",
             not missing,
-        )
-    )
+        ),
+    ]
 
+
+def _token_probes(info: ServerInfo) -> list[Probe]:
+    """Each API refuses no token and a wrong one, and management refuses the inference key."""
+    probes = []
     body = b'{"x": 1.0}'
     for api, method, url, payload in (
         ("inference", "POST", info.predictions_url, body),
@@ -490,17 +495,25 @@ def security_probes(info: ServerInfo) -> list[Probe]:
             _refused(status, answer),
         )
     )
+    return probes
 
+
+def _model_api_probes(info: ServerInfo) -> list[Probe]:
+    """With the management key: registering and unregistering refused, and the model still serves."""
     mgmt = info.token("management")
     status, _ = http("POST", f"{info.management}/models?url={info.model}.mar&model_name=again", token=mgmt)
-    probes.append(Probe("registering a model is refused", "405", str(status), status == 405))
+    probes = [Probe("registering a model is refused", "405", str(status), status == 405)]
     status, _ = http("DELETE", f"{info.management}/models/{info.model}", token=mgmt)
     probes.append(Probe("unregistering the model is refused", "405", str(status), status == 405))
     probes.append(
         Probe("the model still serves after those attempts", "workers READY", "READY" if info.ready() else "not ready", info.ready())
     )
+    return probes
 
+
+def _interface_probes(info: ServerInfo) -> list[Probe]:
     others = _non_loopback_addresses()
+    probes = []
     if not others:
         probes.append(
             Probe(
