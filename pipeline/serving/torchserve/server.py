@@ -268,12 +268,52 @@ def _launch(
         (folder / stale).unlink(missing_ok=True)
     config, props, ports = _write_config(mar.parent, folder, auto_ports, properties, size_caps(mar))
 
+    with open(folder / "logs" / "stdout.log", "ab") as out:
+        # Own session: stop() signals the whole group (launcher, Java, workers) at once.
+        proc = subprocess.Popen(
+            _torchserve_command(config, mar, name),
+            cwd=folder,
+            env=_torchserve_env(folder),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    info = ServerInfo(
+        model=name,
+        pid=proc.pid,
+        run_dir=str(folder),
+        inference=f"http://127.0.0.1:{ports['inference']}",
+        management=f"http://127.0.0.1:{ports['management']}",
+        metrics=f"http://127.0.0.1:{ports['metrics']}",
+        ports=ports,
+    )
+    files.write_json(folder / "server.json", asdict(info))
+    try:
+        limits = _proxy_limits(mar, props)
+        # The proxy checks each API's key at the headers, so it starts once TorchServe has written them.
+        keys = _wait_for_keys(info, proc, timeout)
+        routes = [proxy.Route(kind, ports[kind], api_socket(folder, kind).relative_to(folder), keys.get(kind)) for kind in HTTP_APIS]
+        guard = proxy.start(folder / "proxy", routes, limits, folder / "logs" / "proxy.log", cwd=folder, model=name)
+        _wait_ready(info, proc, guard, timeout)
+    except BaseException:
+        stop(settings)
+        raise
+    return info
+
+
+def _torchserve_env(folder: Path) -> dict[str, str]:
+    """This environment without TorchServe's own switches (TS_*), its temporary files and logs in the run folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
     env.update(
         TEMP=str(folder / "tmp"), TMPDIR=str(folder / "tmp"), LOG_LOCATION=str(folder / "logs"), METRICS_LOCATION=str(folder / "logs")
     )
+    return env
+
+
+def _torchserve_command(config: Path, mar: Path, name: str) -> list[str]:
     torchserve = Path(sys.executable).with_name("torchserve")
-    command = [
+    return [
         str(torchserve),
         "--start",
         "--foreground",
@@ -288,39 +328,18 @@ def _launch(
         "--models",
         f"{name}={mar.name}",
     ]
-    with open(folder / "logs" / "stdout.log", "ab") as out:
-        # Own session: stop() signals the whole group (launcher, Java, workers) at once.
-        proc = subprocess.Popen(
-            command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    info = ServerInfo(
-        model=name,
-        pid=proc.pid,
-        run_dir=str(folder),
-        inference=f"http://127.0.0.1:{ports['inference']}",
-        management=f"http://127.0.0.1:{ports['management']}",
-        metrics=f"http://127.0.0.1:{ports['metrics']}",
-        ports=ports,
+
+
+def _proxy_limits(mar: Path, props: dict[str, str]) -> proxy.Limits:
+    """The proxy's limits: TorchServe's body cap and response timeout, and a generation model's streams, queue and timeout."""
+    gen = read_contract(mar).get("generation") or {}
+    return proxy.Limits(
+        body_bytes=int(props["max_request_size"]),
+        response_timeout_s=int(props["default_response_timeout"]),
+        streams=gen.get("max_streams"),
+        queued=gen.get("max_queued"),
+        generation_timeout_s=gen.get("request_timeout_s"),
     )
-    files.write_json(folder / "server.json", asdict(info))
-    try:
-        gen = read_contract(mar).get("generation") or {}
-        limits = proxy.Limits(
-            body_bytes=int(props["max_request_size"]),
-            response_timeout_s=int(props["default_response_timeout"]),
-            streams=gen.get("max_streams"),
-            queued=gen.get("max_queued"),
-            generation_timeout_s=gen.get("request_timeout_s"),
-        )
-        # The proxy checks each API's key at the headers, so it starts once TorchServe has written them.
-        keys = _wait_for_keys(info, proc, timeout)
-        routes = [proxy.Route(kind, ports[kind], api_socket(folder, kind).relative_to(folder), keys.get(kind)) for kind in HTTP_APIS]
-        guard = proxy.start(folder / "proxy", routes, limits, folder / "logs" / "proxy.log", cwd=folder, model=name)
-        _wait_ready(info, proc, guard, timeout)
-    except BaseException:
-        stop(settings)
-        raise
-    return info
 
 
 def serve(settings: Settings, options: ServeOptions) -> ServerInfo:
