@@ -48,7 +48,7 @@ class Row:
 
     model: str
     layers: str
-    outcomes: dict[str, str] = field(default_factory=dict)  # column -> "pass" | "refused" | "not run"
+    outcomes: dict[str, str] = field(default_factory=dict)  # column -> "pass" | "refused" | "not run" | "not made"
     worst_abs: float | None = None
     stage: str | None = None
     reason: str | None = None
@@ -90,7 +90,9 @@ def run_row(model: str, root: Path) -> Row:
             row.outcomes[name] = "refused"
             row.stage, row.reason, row.fix = name, exc.problem, exc.fix
             return row
-        row.outcomes[name] = "pass"
+        row.outcomes[name] = "not made" if result.details.get("not_made") else "pass"
+        if row.outcomes[name] == "not made":  # an optional artifact (TorchScript, the package): the chain goes on
+            row.note = "; ".join(n for n in (row.note, f"[{name}] {result.details['not_made']}") if n)
         if name == "parity":
             row.worst_abs = float(result.details["worst"]["max_abs"])
     row.outcomes["handler"] = _handler_answers(spec, settings, layout, root / "handler")
@@ -135,7 +137,7 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-MARK = {"pass": "✓", "refused": "✗", "not run": "·"}
+MARK = {"pass": "✓", "refused": "✗", "not run": "·", "not made": "–"}
 
 
 def render(rows: list[Row]) -> str:
@@ -144,7 +146,7 @@ def render(rows: list[Row]) -> str:
     lines = [
         START,
         f"{through} of {len(rows)} architectures go end to end ({through / len(rows):.0%}); "
-        "✓ passed, ✗ refused (the reason and the fix follow), · not reached. Regenerate with "
+        "✓ passed, ✗ refused (the reason and the fix follow), – not made (an optional artifact; the chain goes on), · not reached. Regenerate with "
         "`python scripts/zoo_table.py`; a test fails when this table and the matrix disagree.",
         "",
         "| model | layers | " + " | ".join(COLUMNS) + " | worst parity error | notes; for a refusal, the reason and the fix |",
