@@ -477,8 +477,18 @@ def _level_row(label: str, lv: dict) -> str:
 
 def markdown(served: dict, machine: str) -> list[str]:
     """The served section of latency.md: a table per server, the TTFT ratio at one stream, the load phase."""
+    lines = _intro(served, machine)
+    for record in served["servers"]:
+        lines += _server_section(record, served["ttft_target"])
+    lines += [f"- {x['server']}: not measured: {x['reason']}" for x in served["skipped"]]
+    lines += [f"- {x['server']}: failed: {x['error']}" for x in served["failures"]]
+    return [*lines, ""]
+
+
+def _intro(served: dict, machine: str) -> list[str]:
+    """How the served figures were taken, what each column means, and the in-process TTFT they are held against."""
     s, ref = served["settings"], served["in_process"]
-    lines = [
+    return [
         "## Served: TorchServe and Ray Serve, the OpenAI API streamed",
         "",
         f"On {machine}; the clients ran on the same machine. Each of C clients looped streaming `/v1/completions` requests "
@@ -502,49 +512,47 @@ def markdown(served: dict, machine: str) -> list[str]:
         ),
         "",
     ]
-    for record in served["servers"]:
-        ratio = record["ttft_vs_in_process"]
-        target = served["ttft_target"]
-        verdict = "" if ratio is None else f" ({'within' if ratio <= target else 'over'} the {target:g}× target)"
+
+
+def _server_section(record: dict, target: float) -> list[str]:
+    """One server's table (a row per stream count, and the load phase's), then its load phase, silent requests and leftovers."""
+    ratio = record["ttft_vs_in_process"]
+    verdict = "" if ratio is None else f" ({'within' if ratio <= target else 'over'} the {target:g}× target)"
+    lines = [
+        f"### {record['server']}",
+        "",
+        f"Served TTFT at one stream: **{number_or_dash(ratio, 2)}×** the in-process TTFT{verdict}. Started in {record['start_s']:.1f} s.",
+        "",
+        "| streams | requests | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/s | errors | peak memory MiB | client CPU % |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        *(_level_row(str(lv["streams"]), lv) for lv in record["levels"]),
+    ]
+    load = record.get("load")
+    if load:
+        lines.append(_level_row(f"load: {load['streams']} for {load['seconds']:.0f} s", load))
+    lines.append("")
+    if load:
         lines += [
-            f"### {record['server']}",
+            f"Load phase: {load['errors']} error(s) in {load['requests']} requests; server memory {load['start_rss_mib']:.0f} MiB "
+            f"before, peak {load['peak_rss_mib']:.0f} MiB, {load['end_rss_mib']:.0f} MiB at the end.",
             "",
-            f"Served TTFT at one stream: **{number_or_dash(ratio, 2)}×** the in-process TTFT{verdict}. Started in {record['start_s']:.1f} s.",
-            "",
-            "| streams | requests | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/s | errors | peak memory MiB | client CPU % |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
-            *(_level_row(str(lv["streams"]), lv) for lv in record["levels"]),
         ]
-        load = record.get("load")
-        if load:
-            lines.append(_level_row(f"load: {load['streams']} for {load['seconds']:.0f} s", load))
-        lines.append("")
-        if load:
-            lines += [
-                f"Load phase: {load['errors']} error(s) in {load['requests']} requests; server memory {load['start_rss_mib']:.0f} MiB "
-                f"before, peak {load['peak_rss_mib']:.0f} MiB, {load['end_rss_mib']:.0f} MiB at the end.",
-                "",
-            ]
-        silent = [
-            (
-                lv["requests_without_text"],
-                f"{lv['requests_without_text']} of {lv['requests']} at {lv['streams']} stream{'s' if lv['streams'] > 1 else ''}",
-            )
-            for lv in record["levels"]
-        ]
-        silent += (
-            [(load["requests_without_text"], f"{load['requests_without_text']} of {load['requests']} in the load phase")] if load else []
+    silent = [
+        (
+            lv["requests_without_text"],
+            f"{lv['requests_without_text']} of {lv['requests']} at {lv['streams']} stream{'s' if lv['streams'] > 1 else ''}",
         )
-        if any(n for n, _ in silent):
-            lines += [
-                f"Requests whose answer decoded to no text (no TTFT, no ITL; their tokens count): {', '.join(t for _, t in silent)}.",
-                "",
-            ]
-        if record["left_running"]:
-            lines += [f"Left running after stop: {record['left_running']}", ""]
-    lines += [f"- {x['server']}: not measured: {x['reason']}" for x in served["skipped"]]
-    lines += [f"- {x['server']}: failed: {x['error']}" for x in served["failures"]]
-    return [*lines, ""]
+        for lv in record["levels"]
+    ]
+    silent += [(load["requests_without_text"], f"{load['requests_without_text']} of {load['requests']} in the load phase")] if load else []
+    if any(n for n, _ in silent):
+        lines += [
+            f"Requests whose answer decoded to no text (no TTFT, no ITL; their tokens count): {', '.join(t for _, t in silent)}.",
+            "",
+        ]
+    if record["left_running"]:
+        lines += [f"Left running after stop: {record['left_running']}", ""]
+    return lines
 
 
 def console_lines(served: dict) -> list[str]:
