@@ -51,6 +51,7 @@ class Compiled:
     export_s: float
     compile_s: float
     tied_to: dict
+    warnings: list[str]
 
 
 def failure(spec: ModelSpec, exc: BaseException, step: str, log: StageLog) -> NotExportable:
@@ -80,7 +81,8 @@ def compile_package(model: torch.nn.Module, spec: ModelSpec, example: tuple[torc
     moved = model.to(device)
     args = tuple(a.to(device) for a in example)
     try:
-        with capture_mode():
+        with capture_mode(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             program = torch.export.export(moved, args, dynamic_shapes=positional_shapes(model, spec))
     except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
         raise failure(spec, exc, "torch.export.export", log) from None
@@ -99,7 +101,8 @@ def compile_package(model: torch.nn.Module, spec: ModelSpec, example: tuple[torc
     compiled = time.perf_counter()
     check_loads_back(moved, args, spec, path, device)
     model.to("cpu")
-    return Compiled(round(exported - start, 3), round(compiled - exported, 3), tied)
+    found = sorted({f"{w.category.__name__}: {w.message}" for w in caught})  # kept for the manifest, not printed
+    return Compiled(round(exported - start, 3), round(compiled - exported, 3), tied, found)
 
 
 def check_loads_back(model: torch.nn.Module, args: tuple[torch.Tensor, ...], spec: ModelSpec, path, device: str) -> None:
