@@ -130,13 +130,7 @@ def main() -> int:
         info = serve.start(project, auto_ports=True)
         try:
             [worker] = [w["pid"] for w in info.workers()]
-            headers = {"Authorization": f"Bearer {info.token()}"}
-            body = json.dumps(load_spec(args.model).example_request)
-            result: dict = {}
-            load = threading.Thread(
-                target=lambda: result.update(measure(info.predictions_url, body, args.clients, args.seconds + 4, headers=headers))
-            )
-            load.start()
+            load, result = start_load(info, args)
             out = Path(tmp) / "worker.txt"
             procs = {p.pid: p for p in info.processes()}
             for proc in procs.values():
@@ -152,24 +146,54 @@ def main() -> int:
                 capture_output=True,
                 timeout=args.seconds + 60,
             )
-            cpu = {}
-            for pid, proc in procs.items():
-                try:
-                    cpu[f"{proc.name()} {'(worker)' if pid == worker else ''}".strip()] = proc.cpu_percent()
-                except psutil.NoSuchProcess:
-                    continue
+            cpu = cpu_percent(procs, worker)
             load.join()
         finally:
             serve.stop(project)
-        counts: collections.Counter = collections.Counter()
-        leaves: collections.Counter = collections.Counter()
-        callers: collections.Counter = collections.Counter()
-        for line in out.read_text().splitlines():
-            stack, _, n = line.rpartition(" ")
-            counts[group(stack)] += int(n)
-            leaves[stack.split(";")[-1]] += int(n)
-            if group(stack) == "logging":
-                callers[next((f for f in reversed(stack.split(";")) if "logging/" not in f), "?")] += int(n)
+        counts, leaves, callers = worker_samples(out)
+    return report_worker(args, result, cpu, counts, callers, leaves)
+
+
+def start_load(info: serve.ServerInfo, args) -> tuple[threading.Thread, dict]:
+    """The load generator, started in a thread for a few seconds longer than the sampling; its result fills the dict."""
+    headers = {"Authorization": f"Bearer {info.token()}"}
+    body = json.dumps(load_spec(args.model).example_request)
+    result: dict = {}
+    load = threading.Thread(
+        target=lambda: result.update(measure(info.predictions_url, body, args.clients, args.seconds + 4, headers=headers))
+    )
+    load.start()
+    return load, result
+
+
+def cpu_percent(procs: dict[int, psutil.Process], worker: int) -> dict[str, float]:
+    """Each server process's CPU % since its first reading, by name (the worker marked)."""
+    cpu = {}
+    for pid, proc in procs.items():
+        try:
+            cpu[f"{proc.name()} {'(worker)' if pid == worker else ''}".strip()] = proc.cpu_percent()
+        except psutil.NoSuchProcess:
+            continue
+    return cpu
+
+
+def worker_samples(out: Path) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
+    """(samples by group, by innermost frame, logging's by the code that logs) from py-spy's raw output."""
+    counts: collections.Counter = collections.Counter()
+    leaves: collections.Counter = collections.Counter()
+    callers: collections.Counter = collections.Counter()
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        counts[group(stack)] += int(n)
+        leaves[stack.split(";")[-1]] += int(n)
+        if group(stack) == "logging":
+            callers[next((f for f in reversed(stack.split(";")) if "logging/" not in f), "?")] += int(n)
+    return counts, leaves, callers
+
+
+def report_worker(
+    args, result: dict, cpu: dict[str, float], counts: collections.Counter, callers: collections.Counter, leaves: collections.Counter
+) -> int:
     total = sum(counts.values())
     print(
         f"{args.model}, {args.clients} clients: {result.get('requests_per_s', 0):,.0f} req/s ({result.get('generator')}), p50 {result.get('p50_ms', 0):.2f} ms"
