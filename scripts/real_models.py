@@ -67,7 +67,7 @@ from pipeline.settings import Layout  # noqa: E402
 from pipeline.spec import HF_PREFIX, ModelSpec, Tolerance  # noqa: E402
 
 DEFAULT_MODELS = ("resnet50", "vit_b16", "bert_base", "gpt2", "tests/fixtures/wide_mlp.py")
-STAGES = ("train", "trace", "export", "parity", "package")
+STAGES = ("train", "trace", "export", "pt2", "parity", "package")
 MEASURED_WITH = "os.wait4 ru_maxrss of the `pipeline all` process (its own peak, and the largest of any child it waited for)"
 # --decoders: folder name -> scripts/make_hf_checkpoint.py kind.
 DECODERS = {
@@ -443,6 +443,7 @@ def _count(n: int | None) -> str:
 
 
 def render(rows: list[Row], info: dict[str, Any]) -> str:
+    """real-models.md: the machine, a row per model, the text-generation models, then notes and waits."""
     dirty = " (with uncommitted changes)" if info["uncommitted_changes"] else ""
     lines = [
         "# Real models at full size",
@@ -455,59 +456,74 @@ def render(rows: list[Row], info: dict[str, Any]) -> str:
         "",
         f"| model | params | {' | '.join(f'{s} s' for s in STAGES)} | wall s | peak RSS | parity sweep | parity worst | archive | served |",
         "| --- | ---: | " + " ---: |" * len(STAGES) + " ---: | ---: | --- | --- | ---: | --- |",
+        *(_model_row(r) for r in rows),
     ]
-    for r in rows:
-        stages = []
-        for s in STAGES:
-            cell = f"{r.stage_seconds[s]:.1f}" if s in r.stage_seconds else "—"
-            if s in r.stage_peak_rss_mb:
-                cell += f" ({_size(r.stage_peak_rss_mb[s] * 2**20)})"
-            stages.append(cell)
-        w = r.parity_worst
-        worst = f"{w['engine']} `{w['output']}` {w['case']}: max abs {w['max_abs']:.2g}, {w['tolerance_used']:.2g}× bound" if w else "—"
-        if r.served is None:
-            served = "—"
-        elif "skipped" in r.served:
-            served = "skipped"
-        else:
-            served = f"{r.served.get('status', 'no answer')}, {_size(r.served.get('answer_bytes'))}"
-        cells = [
-            f"`{r.name or r.model}`",
-            _count(r.params),
-            *stages,
-            f"{r.wall_s:.1f}" if r.wall_s is not None else "—",
-            _size(r.peak_rss_mb * 2**20) if r.peak_rss_mb is not None else "—",
-            _brief(r.parity_sweep),
-            worst,
-            _size(r.archive_bytes),
-            served,
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
     lines += render_generation([r for r in rows if r.generation], info["target_s"])
-    notes = [r for r in rows if r.status != "passed" or (r.served and ("error" in r.served or "skipped" in r.served))]
-    if notes:
-        lines += ["", "Notes:", ""]
-        for r in notes:
-            answer = r.served or {}
-            why = (
-                f" Served: {answer['error']}" if "error" in answer else f"; not served: {answer['skipped']}." if "skipped" in answer else ""
-            )
-            text = r.note + why
-            lines.append(
-                f"- `{r.name or r.model}` {r.status}{'' if text.startswith(';') else ': '}{text.strip()}"
-                + (f" (log: {r.log})" if r.log else "")
-            )
-    waited = [(r, r.waited) for r in rows if r.waited and (r.waited["seconds"] or r.waited["went_ahead_beside"])]
-    if waited:
-        lines += [
-            "",
-            f"Waited for other work (`{waited[0][1]['pattern']}`, polled every {WAIT_POLL_S:g} s, {WAIT_MAX_S / 60:g} minutes at most):",
-            "",
-        ]
-        for r, w in waited:
-            beside = f"; went ahead beside {'; '.join(w['went_ahead_beside'])}" if w["went_ahead_beside"] else ""
-            lines.append(f"- `{r.name or r.model}`: waited {w['seconds']} s{beside}")
+    lines += _notes(rows)
+    lines += _waits(rows)
     return "\n".join(lines) + "\n"
+
+
+def _model_row(r: Row) -> str:
+    stages = []
+    for s in STAGES:
+        cell = f"{r.stage_seconds[s]:.1f}" if s in r.stage_seconds else "—"
+        if s in r.stage_peak_rss_mb:
+            cell += f" ({_size(r.stage_peak_rss_mb[s] * 2**20)})"
+        stages.append(cell)
+    w = r.parity_worst
+    worst = f"{w['engine']} `{w['output']}` {w['case']}: max abs {w['max_abs']:.2g}, {w['tolerance_used']:.2g}× bound" if w else "—"
+    if r.served is None:
+        served = "—"
+    elif "skipped" in r.served:
+        served = "skipped"
+    else:
+        served = f"{r.served.get('status', 'no answer')}, {_size(r.served.get('answer_bytes'))}"
+    cells = [
+        f"`{r.name or r.model}`",
+        _count(r.params),
+        *stages,
+        f"{r.wall_s:.1f}" if r.wall_s is not None else "—",
+        _size(r.peak_rss_mb * 2**20) if r.peak_rss_mb is not None else "—",
+        _brief(r.parity_sweep),
+        worst,
+        _size(r.archive_bytes),
+        served,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _notes(rows: list[Row]) -> list[str]:
+    """A line for each model that did not pass, or whose serve check failed or was skipped."""
+    notes = [r for r in rows if r.status != "passed" or (r.served and ("error" in r.served or "skipped" in r.served))]
+    if not notes:
+        return []
+    lines = ["", "Notes:", ""]
+    for r in notes:
+        answer = r.served or {}
+        why = f" Served: {answer['error']}" if "error" in answer else f"; not served: {answer['skipped']}." if "skipped" in answer else ""
+        text = r.note + why
+        lines.append(
+            f"- `{r.name or r.model}` {r.status}{'' if text.startswith(';') else ': '}{text.strip()}"
+            + (f" (log: {r.log})" if r.log else "")
+        )
+    return lines
+
+
+def _waits(rows: list[Row]) -> list[str]:
+    """A line for each model that waited for other work before it ran, or went ahead beside it."""
+    waited = [(r, r.waited) for r in rows if r.waited and (r.waited["seconds"] or r.waited["went_ahead_beside"])]
+    if not waited:
+        return []
+    lines = [
+        "",
+        f"Waited for other work (`{waited[0][1]['pattern']}`, polled every {WAIT_POLL_S:g} s, {WAIT_MAX_S / 60:g} minutes at most):",
+        "",
+    ]
+    for r, w in waited:
+        beside = f"; went ahead beside {'; '.join(w['went_ahead_beside'])}" if w["went_ahead_beside"] else ""
+        lines.append(f"- `{r.name or r.model}`: waited {w['seconds']} s{beside}")
+    return lines
 
 
 def render_generation(rows: list[Row], target_s: float) -> list[str]:

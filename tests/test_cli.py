@@ -23,7 +23,7 @@ def pipeline(*args, cwd):
 def test_whole_chain_then_everything_skipped(tmp_path):
     first = pipeline("all", "--root", str(tmp_path), cwd=REPO)
     assert first.returncode == 0, first.stderr
-    for stage in ("train", "trace", "export", "parity", "package"):
+    for stage in ("train", "trace", "export", "pt2", "parity", "package"):
         assert f"✓ {stage}" in first.stdout
     assert "parity   PASS" in first.stdout
     assert "model_store/simple_nn.mar" in first.stdout

@@ -279,7 +279,7 @@ def test_suite_reports_a_tiny_model_with_measurements(resnet_suite):
     assert report["machine"]["cpus"] >= 1 and report["machine"]["memory_gib"] > 0 and report["machine"]["commit"]
     [row] = report["rows"]
     assert row["name"] == "resnet_tiny" and row["status"] == "passed", row
-    assert set(row["stage_seconds"]) == {"train", "trace", "export", "parity", "package"}
+    assert set(row["stage_seconds"]) == {"train", "trace", "export", "pt2", "parity", "package"}
     assert row["wall_s"] >= sum(row["stage_seconds"].values())
     assert 50 < row["peak_rss_mb"] < 64_000  # a Python process with torch loaded, in MB
     assert 1_000 < row["params"] < 100_000

@@ -29,7 +29,7 @@ def model_files(folder: Path) -> dict[str, Path]:
 
 
 def settings(root: Path, path: Path) -> Settings:
-    return Settings(model=str(path), root=root, parity_batch_sizes=(1, 2))
+    return Settings(model=str(path), root=root, parity_batch_sizes=(1, 2), pt2=False)
 
 
 def build(root: Path) -> None:

@@ -33,7 +33,11 @@ def wide(tmp_path_factory):
     """TorchServe serving tests/serving/wide_model.py, its worker logging each batch it receives."""
     root = tmp_path_factory.mktemp("wide") / "project"
     settings = Settings(
-        model=str(Path(wide_model.__file__).resolve()), root=root, parity_batch_sizes=(1, 2, 7), serve_max_batch_delay_ms=BATCH_DELAY_MS
+        model=str(Path(wide_model.__file__).resolve()),
+        root=root,
+        parity_batch_sizes=(1, 2, 7),
+        serve_max_batch_delay_ms=BATCH_DELAY_MS,
+        pt2=False,
     )
     run_all(settings)
     with pytest.MonkeyPatch.context() as env:

@@ -24,7 +24,7 @@ def built_once(tmp_path_factory):
     """simple_nn's model file copied out of the package, and every stage run for it. Do not modify it."""
     folder = tmp_path_factory.mktemp("stale")
     shutil.copyfile(REPO / "pipeline" / "models" / "simple_nn.py", folder / "my_nn.py")
-    run_all(Settings(model=str(folder / "my_nn.py"), root=folder / "project", parity_batch_sizes=(1, 7)))
+    run_all(Settings(model=str(folder / "my_nn.py"), root=folder / "project", parity_batch_sizes=(1, 7), pt2=False))
     return folder
 
 
