@@ -289,7 +289,7 @@ def test_suite_reports_a_tiny_model_with_measurements(resnet_suite):
     table = (root / "reports" / "real-models.md").read_text()
     [line] = [line for line in table.splitlines() if line.startswith("| `resnet_tiny`")]
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert len(cells) == 13 and all(cells[i] != "—" for i in range(1, 12)), cells  # every measured column filled; served is "—"
+    assert len(cells) == 14 and all(cells[i] != "—" for i in range(1, 13)), cells  # every measured column filled; served is "—"
     assert f"commit {report['machine']['commit']}" in table
 
 

@@ -537,7 +537,9 @@ def skip_reason(name: str, device: str) -> str | None:
 
 
 def load(name: str, spec: ModelSpec, config: SessionConfig, paths: dict[str, Path], model_factory, recompile_limit: int = 16) -> Engine:
-    """Load one engine (or floor) on `config.device`; raises with the reason if it cannot run here."""
+    """Load one engine (or floor) on `config.device`; raises with the reason if it cannot run here.
+
+    A flat table, one branch per engine in `KINDS`' order, which reads best whole."""
     import torch
 
     device = config.device

@@ -37,6 +37,22 @@ def stage_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--force", action="store_true", help="redo the stage(s) even when inputs and settings are unchanged")
     if name in ("train", "all"):
         p.add_argument("--seed", type=int, default=0, help="seed for training and sample inputs (default: 0)")
+    capture_options(p, name)
+    if name in ("parity", "package", "all"):
+        p.add_argument(
+            "--cuda-precision",
+            choices=PRECISIONS,
+            help="CUDA precision to verify and serve: fp32 (exact, ONNX Runtime's TF32 off) or tf32 "
+            "(needs the spec's tf32_tolerance) (default: the model's, fp32 unless it says tf32)",
+        )
+    if name in ("package", "all"):
+        archive_options(p)
+    if name in ("parity", "all"):
+        parity_options(p)
+
+
+def capture_options(p: argparse.ArgumentParser, name: str) -> None:
+    """What trace, export and pt2 make: TorchScript or not, the exporter's fallback, the AOTInductor package or not."""
     if name in ("trace", "all"):
         p.add_argument(
             "--require-torchscript",
@@ -67,43 +83,37 @@ def stage_options(p: argparse.ArgumentParser, name: str) -> None:
             "(recorded in the manifest, checked by the same parity gate); --no-exporter-fallback stops there instead "
             "(default: on)",
         )
-    if name in ("parity", "package", "all"):
-        p.add_argument(
-            "--cuda-precision",
-            choices=PRECISIONS,
-            help="CUDA precision to verify and serve: fp32 (exact, ONNX Runtime's TF32 off) or tf32 "
-            "(needs the spec's tf32_tolerance) (default: the model's, fp32 unless it says tf32)",
-        )
-    if name in ("package", "all"):
-        archive_options(p)
-    if name in ("parity", "all"):
-        p.add_argument("--atol", type=float, help="parity absolute tolerance (default: the model's)")
-        p.add_argument("--rtol", type=float, help="parity relative tolerance (default: the model's)")
-        p.add_argument(
-            "--scaled", type=float, help="parity tolerance as a fraction of each output's scale, its largest |value| (default: the model's)"
-        )
-        p.add_argument(
-            "--parity-batch-sizes", type=batch_sizes, default=PARITY_BATCH_SIZES, help="batch sizes parity checks (default: %(default)s)"
-        )
-        p.add_argument(
-            "--parity-sweep",
-            choices=["sized", "full"],
-            default=Settings.parity_sweep,
-            help="sized: batches over 7 run only where the model's measured cost fits the budget; full: every batch size asked for "
-            "(default: %(default)s)",
-        )
-        p.add_argument(
-            "--parity-budget-s",
-            type=float,
-            default=Settings.parity_budget_s,
-            help="seconds the sized sweep may spend on every engine together (default: %(default)s)",
-        )
-        p.add_argument(
-            "--parity-budget-mb",
-            type=float,
-            default=Settings.parity_budget_mb,
-            help="memory one case may take above the loaded model, in MiB (default: %(default)s)",
-        )
+
+
+def parity_options(p: argparse.ArgumentParser) -> None:
+    """The gate's tolerances, batch sizes and sweep budget."""
+    p.add_argument("--atol", type=float, help="parity absolute tolerance (default: the model's)")
+    p.add_argument("--rtol", type=float, help="parity relative tolerance (default: the model's)")
+    p.add_argument(
+        "--scaled", type=float, help="parity tolerance as a fraction of each output's scale, its largest |value| (default: the model's)"
+    )
+    p.add_argument(
+        "--parity-batch-sizes", type=batch_sizes, default=PARITY_BATCH_SIZES, help="batch sizes parity checks (default: %(default)s)"
+    )
+    p.add_argument(
+        "--parity-sweep",
+        choices=["sized", "full"],
+        default=Settings.parity_sweep,
+        help="sized: batches over 7 run only where the model's measured cost fits the budget; full: every batch size asked for "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--parity-budget-s",
+        type=float,
+        default=Settings.parity_budget_s,
+        help="seconds the sized sweep may spend on every engine together (default: %(default)s)",
+    )
+    p.add_argument(
+        "--parity-budget-mb",
+        type=float,
+        default=Settings.parity_budget_mb,
+        help="memory one case may take above the loaded model, in MiB (default: %(default)s)",
+    )
 
 
 def add_parsers(commands) -> None:

@@ -229,10 +229,13 @@ def engines(spec: ModelSpec, manifest: Manifest, precision: str = "fp32") -> tup
         if made is None:
             skipped.append({"engine": engine, "reason": pt2_absent(manifest, device)})
             continue
-        loaders.append(
-            (engine, lambda device=device, engine=engine: Pt2Runner(engine, verified_package(manifest, device, STAGE), spec, device))
-        )
+        loaders.append((engine, functools.partial(load_package, manifest, spec, device)))
     return loaders, skipped
+
+
+def load_package(manifest: Manifest, spec: ModelSpec, device: str) -> Runner:
+    """The AOTInductor package for `device` as parity's runner, once its hash and its machine are checked."""
+    return Pt2Runner(f"aotinductor-{device}", verified_package(manifest, device, STAGE), spec, device)
 
 
 def pt2_absent(manifest: Manifest, device: str) -> str:
