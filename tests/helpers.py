@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +46,20 @@ def archive_handler(mar: Path, folder: Path, gpu_id=None):
     ctx = FakeContext(folder, gpu_id)
     assert module.handle(None, ctx) is None  # TorchServe's initialise call
     return module, ctx
+
+
+def interleaved_p50_us(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """name -> median µs of each call, timed in turn within every round after one untimed round: a machine
+    that slows down part way slows every call alike, so the figures compare with each other on a loaded machine."""
+    for call in calls.values():
+        call()
+    times = {name: np.empty(rounds) for name in calls}
+    for i in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter_ns()
+            call()
+            times[name][i] = time.perf_counter_ns() - start
+    return {name: float(np.median(t)) / 1e3 for name, t in times.items()}
 
 
 def small_wide_mlp(folder: Path, width: int = 16, depth: int = 3) -> Path:
