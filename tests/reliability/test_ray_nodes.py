@@ -22,12 +22,14 @@ def test_a_killed_worker_node_costs_only_the_requests_in_flight(built_root, tmp_
     k = node_kill_in_child(Settings(root=root), tmp_path / "work")
     MEASUREMENTS.append(
         f"Ray node kill: {k['errors']} errors ({k['errors_in_flight']} in flight) of {k['requests']}, "
-        f"recovered in {k['recover_s']}s, then {k['requests_after_recovery']} requests with {k['errors_after_recovery']} errors"
+        f"recovered in {k['recover_s']}s (the first deploy took {k['deploy_s']:.1f}s), "
+        f"then {k['requests_after_recovery']} requests with {k['errors_after_recovery']} errors"
     )
     assert k["replicas_on_both_workers"], k["placement"]
     assert k["requests_before_kill"] > 0 and k["in_flight_at_kill"] > 0  # the load was on at the kill
     assert k["errors_started_after_kill"] == 0 and k["errors"] == k["errors_in_flight"], k["failures"]
-    assert k["recovered"] and k["recover_s"] <= 30
+    # How soon is a measurement (above); the bound is node_kill's own sanity limit, 30 s from the kill.
+    assert k["recovered"], "no replacement replica served within 30 s of the kill"
     assert k["requests_after_recovery"] > 0 and k["errors_after_recovery"] == 0
     assert len(k["replacement_placement"]) == 2 and k["killed"] not in k["replacement_placement"]
     # A client at each replica's own address: the other replica's loses nothing; the killed one's keeps trying.
