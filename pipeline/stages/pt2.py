@@ -164,8 +164,10 @@ def _one(settings: Settings, spec: ModelSpec, layout: Layout, manifest: Manifest
         why = NotExportable(
             STAGE,
             f"{spec.name} is a text-generation model: it is served from its ONNX graph with the key/value cache, which parity "
-            "holds to eager token for token; an AOTInductor package of the cached decoder is not made yet",
-            "nothing to do; the archive serves the ONNX graph",
+            "holds to eager token for token. Its package is not made: under torch.export, transformers' decoder code guards "
+            "on the batch (batch != 1) and on the cache's length, so one package would not take a lone prompt and an empty "
+            "cache (the prefill) as the ONNX graph does",
+            "nothing to do; the archive serves the ONNX graph, and python -m pipeline generate runs it",
         )
         return record_not_made(manifest, key, path, why, inputs, stage_settings, 0.0, goes_on)
     start = time.perf_counter()
