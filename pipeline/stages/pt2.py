@@ -26,7 +26,7 @@ import torch
 
 from pipeline.artifacts import checkpoint, files
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import pt2_key
+from pipeline.artifacts.names import ONNX, TORCHSCRIPT, pt2_key
 from pipeline.errors import PipelineError
 from pipeline.runtimes import pt2 as runtime
 from pipeline.settings import Layout, Settings, StageResult, resolve
@@ -140,6 +140,15 @@ def run(settings: Settings) -> StageResult:
     )
 
 
+def made_so_far(manifest: Manifest, layout: Layout) -> str:
+    """The artifacts the chain has besides the package (model.onnx, and model.ts where it was made), by file name."""
+    made = [layout.onnx.name] if ONNX in manifest.records else []
+    ts = manifest.records.get(TORCHSCRIPT)
+    if ts is not None and not ts.not_made:
+        made.append(layout.torchscript.name)
+    return " and ".join(made) or "the checkpoint"
+
+
 def _one(settings: Settings, spec: ModelSpec, layout: Layout, manifest: Manifest, ckpt_sha: str, device: str) -> StageResult:
     key, path = pt2_key(device), layout.pt2(device)
     inputs = {"checkpoint": ckpt_sha}
@@ -156,7 +165,7 @@ def _one(settings: Settings, spec: ModelSpec, layout: Layout, manifest: Manifest
         return StageResult(
             STAGE, True, skipped.outputs, 0.0, f"package not made (up to date): {skipped.details['not_made']}", skipped.details
         )
-    goes_on = "package not made, the chain goes on with the other artifacts"
+    goes_on = f"package not made, the chain goes on with {made_so_far(manifest, layout)}"
     if not settings.pt2:
         why = NotExportable(STAGE, "not asked for (--no-pt2)", "drop --no-pt2 to make the AOTInductor package as well")
         return record_not_made(manifest, key, path, why, inputs, stage_settings, 0.0, goes_on)

@@ -107,6 +107,7 @@ def test_a_model_torch_export_cannot_take_gets_a_pt2_reason_and_the_chain_goes_o
     monkeypatch.setattr(torch.export, "export", refuse)
     result = pt2.run(dataclasses.replace(settings, force=True))
     assert result.details["not_made"].startswith("torch.export.export could not make a package of simple_nn: RuntimeError")
+    assert result.summary.startswith("package not made, the chain goes on with model.onnx and model.ts: torch.export.export")
     assert "torch.where" in result.details["what_to_do"] and "--no-pt2" in result.details["what_to_do"]
     assert "reports/simple_nn/pt2.log" in result.details["not_made"] and (layout.reports / "pt2.log").is_file()
     monkeypatch.undo()
