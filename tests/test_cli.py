@@ -20,6 +20,7 @@ def pipeline(*args, cwd):
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # the user's first `pipeline all`, from nothing: a whole chain of its own
 def test_whole_chain_then_everything_skipped(tmp_path):
     first = pipeline("all", "--root", str(tmp_path), cwd=REPO)
     assert first.returncode == 0, first.stderr

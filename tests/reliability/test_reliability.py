@@ -144,13 +144,17 @@ def test_stop_under_load_leaves_nothing_and_a_restart_serves(built_root, tmp_pat
     assert not (serve.run_dir(project.layout) / "server.json").exists()
 
 
-def test_reliability_report_for_one_section(tmp_path, capsys):
-    """The runner builds its own artifacts, writes both reports, and exits 0 when every check held."""
-    code = cli.main(["reliability", "--quick", "--only", "hostile", "--root", str(tmp_path)])
+def test_reliability_report_for_one_section(built_root, tmp_path, capsys):
+    """The runner builds its artifacts (skipping what is up to date), writes both reports, and exits 0 when every check held."""
+    # Its working folder starts from a copy of the session's simple_nn project, so its build skips every stage.
+    copy_project(built_root, tmp_path / "work" / "built", "simple_nn")
+    code = cli.main(["reliability", "--quick", "--only", "hostile", "--root", str(tmp_path), "--work", str(tmp_path / "work")])
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads((tmp_path / "reports" / "reliability.json").read_text())
     assert report["passed"] and report["sections"] == ["hostile"]
+    manifest = Path("artifacts") / "simple_nn" / "manifest.json"
+    assert (tmp_path / "work" / "built" / manifest).read_text() == (built_root / manifest).read_text()  # nothing rebuilt
     assert report["summary"]["bad_files_tried"] == report["summary"]["bad_files_refused"] == len(report["details"]["hostile"]) == 24
     assert all(c["refused"] and not c["payload_ran"] for c in report["details"]["hostile"])
     attacks = report["details"]["decoder_attacks"]

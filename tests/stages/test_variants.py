@@ -123,6 +123,7 @@ def test_calibrating_in_smaller_runs_makes_the_same_variant(digits_int8, tmp_pat
     assert files.sha256_file(tmp_path / "one.onnx") == Manifest(layout.root, "digits_cnn").records["int8"].sha256
 
 
+@pytest.mark.slow  # store_demand's chain: the slow tier builds it for tests/test_models.py, the fast tier for this test alone
 def test_store_demand_int8_is_dynamic_and_within_its_declared_error(chains, tmp_path):
     settings, layout = private_copy(chains, tmp_path, "store_demand")
     list(variants.run(settings, ("int8",)))
