@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from pipeline.settings import Layout, Settings
 from pipeline.stages import run_all
-from tests.helpers import MEASUREMENTS
+from tests.helpers import MEASUREMENTS, copy_root
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +23,7 @@ def built_root(tmp_path_factory) -> Path:
 def project(built_root, tmp_path) -> tuple[Settings, Layout]:
     """A private copy of the built project, free to damage."""
     root = tmp_path / "project"
-    shutil.copytree(built_root, root)
+    copy_root(built_root, root)
     return Settings(root=root), Layout(root.resolve(), "simple_nn")
 
 
@@ -53,7 +52,7 @@ def digits_int8(chains, tmp_path_factory):
 
     _, layout = chains("digits_cnn")
     root = tmp_path_factory.mktemp("variants") / "digits_cnn"
-    shutil.copytree(layout.root, root)
+    copy_root(layout.root, root)
     settings = Settings(model="digits_cnn", root=root)
     fp32_mar = files.sha256_file(Layout(root.resolve(), "digits_cnn").mar)
     results = list(variants.run(settings, ("int8",)))

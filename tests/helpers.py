@@ -62,6 +62,13 @@ def interleaved_p50_us(calls: dict[str, Callable[[], object]], rounds: int) -> d
     return {name: float(np.median(t)) / 1e3 for name, t in times.items()}
 
 
+def copy_root(built: Path, dest: Path) -> Path:
+    """A private copy at `dest` of a project folder a shared fixture built (which no test may modify), free to write
+    into; `dest` may exist already (a test's tmp_path). A server's run/ folder (sockets, pid files) stays behind."""
+    shutil.copytree(built, dest, ignore=lambda folder, names: ["run"] if Path(folder) == Path(built) else [], dirs_exist_ok=True)
+    return Path(dest)
+
+
 def small_wide_mlp(folder: Path, width: int = 16, depth: int = 3) -> Path:
     """A copy of tests/fixtures/wide_mlp.py (2.4 GB) with a small WIDTH and DEPTH: the same code, kilobytes of weights."""
     source = (REPO / "tests" / "fixtures" / "wide_mlp.py").read_text()

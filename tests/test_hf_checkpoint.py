@@ -73,7 +73,7 @@ from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.spec import HF_TASKS, ImageInput, Labels, TextInput
 from pipeline.stages import train
-from tests.helpers import needs_java
+from tests.helpers import copy_root, needs_java
 
 # The vocabulary: every word and mark of the sentences (and pairs) the spec's examples are made of.
 WORDS = re.findall(r"\w+|[^\w\s]+", " ".join(hf_checkpoint.SENTENCES + sum(hf_checkpoint.PAIRS, ())).lower())
@@ -784,7 +784,7 @@ def transformers_logits(name: str, folder: Path, body: bytes) -> np.ndarray:
 def test_a_checkpoint_goes_through_the_chain(hf_chains, short_tmp, name):
     checkpoints, built = hf_chains  # `pipeline all --parity-batch-sizes 1,2,7` ran there for this checkpoint
     root = short_tmp / "project"  # TorchServe's sockets live under it: pytest's own tmp_path is too long
-    shutil.copytree(built, root)
+    copy_root(built, root)
     model = f"hf:{checkpoints[name]}"
     spec = load_spec(model)
     layout = Layout(root.resolve(), spec.name)

@@ -9,7 +9,6 @@ different dtypes, a dynamic sequence axis) are also served by a real TorchServe.
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,7 +24,7 @@ from pipeline.models import load_spec
 from pipeline.serving.common.contract import declare
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
-from tests.helpers import archive_handler, needs_java
+from tests.helpers import archive_handler, copy_root, needs_java
 
 MODELS = ["simple_nn", "digits_cnn", "store_demand", "seq_encoder"]
 SERVED = ["digits_cnn", "store_demand", "seq_encoder"]
@@ -154,7 +153,7 @@ def server(request, chains, tmp_path_factory):
     spec = load_spec(request.param)
     _, layout = chains(request.param)
     root = tmp_path_factory.mktemp(f"serve_{spec.name}") / "project"
-    shutil.copytree(layout.root, root)
+    copy_root(layout.root, root)
     settings = Settings(model=spec.name, root=root)
     info = serve.start(settings, auto_ports=True, timeout=120)
     yield spec, Layout(root.resolve(), spec.name), info

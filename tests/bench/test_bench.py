@@ -16,7 +16,7 @@ from pipeline.bench import served as bench_served
 from pipeline.bench.engines import CUDA_GRAPH_ENGINES, FLOOR_OF
 from pipeline.errors import PipelineError
 from pipeline.runtimes.runners import cuda_available
-from tests.helpers import MEASUREMENTS, REPO, archive_handler, interleaved_p50_us
+from tests.helpers import MEASUREMENTS, REPO, archive_handler, copy_root, interleaved_p50_us
 
 ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run")
 BATCHES = (1, 8)
@@ -34,10 +34,8 @@ def tiny(root, **kw) -> bench.BenchSettings:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, built_root):
     """One tiny but complete run: in process, cold start, and the served sweep on real TorchServe."""
-    import shutil
-
     root = tmp_path_factory.mktemp("bench")
-    shutil.copytree(built_root, root, dirs_exist_ok=True)
+    copy_root(built_root, root)
     result = bench.run(tiny(root))
     return root, result
 
@@ -199,14 +197,12 @@ def test_served_servers_are_gone_and_user_archive_untouched(report, built_root):
 
 
 def test_engine_that_cannot_run_is_reported_not_fatal(built_root, tmp_path, monkeypatch):
-    import shutil
-
     from pipeline.errors import PipelineError
 
     def broken(path, config):
         raise PipelineError("runtime", "the CUDA provider failed to load", "check the libraries")
 
-    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    copy_root(built_root, tmp_path)
     monkeypatch.setattr(engines, "create_session", broken)
     result = bench.run(tiny(tmp_path, engines=("eager", "onnxruntime"), batch_sizes=(1,), cold_start=False, served="off"))
     assert sorted(f["engine"] for f in result["failures"]) == ["floor:onnxruntime", "onnxruntime"]
@@ -216,9 +212,7 @@ def test_engine_that_cannot_run_is_reported_not_fatal(built_root, tmp_path, monk
 
 
 def test_impossible_engine_and_device_pairs_are_skipped_not_failed(built_root, tmp_path):
-    import shutil
-
-    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    copy_root(built_root, tmp_path)
     result = bench.run(tiny(tmp_path, engines=("eager", *CUDA_GRAPH_ENGINES), batch_sizes=(1,), cold_start=False, served="off"))
     assert result["failures"] == []
     assert {(s["engine"], s["device"]) for s in result["skipped"]} == {(e, "cpu") for e in CUDA_GRAPH_ENGINES}
@@ -261,9 +255,7 @@ def test_verdicts_name_the_faster_runtime_and_by_how_much():
 
 @pytest.mark.skipif(cuda_available(), reason="checks the guard on a machine without CUDA")
 def test_cuda_request_without_cuda_is_a_clear_error(built_root, tmp_path):
-    import shutil
-
-    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    copy_root(built_root, tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "bench", "--device", "cuda", "--root", str(tmp_path)],
         capture_output=True,
@@ -305,9 +297,7 @@ def test_missing_artifacts_say_run_export_first(tmp_path):
 
 
 def test_served_running_without_a_server_is_a_clear_error(built_root, tmp_path):
-    import shutil
-
-    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    copy_root(built_root, tmp_path)
     with pytest.raises(bench.PipelineError, match="no simple_nn server is running"):
         bench.run(tiny(tmp_path, engines=("eager",), batch_sizes=(1,), cold_start=False, served="running"))
 
@@ -400,9 +390,7 @@ def test_load_spread_over_addresses_reaches_each_of_them(two_servers, generator)
 @pytest.mark.cuda
 @pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
 def test_cuda_engines_run_on_the_gpu(built_root, tmp_path):
-    import shutil
-
-    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    copy_root(built_root, tmp_path)
     result = bench.run(
         tiny(
             tmp_path,
@@ -437,9 +425,8 @@ def test_served_ray_puts_torchserve_and_ray_side_by_side(built_root, tmp_path):
     """--served ray: TorchServe (default, tuned) and Ray Serve (1 and 2 replicas at their own addresses, and 1
     through Serve's proxy), real servers, one sweep each."""
     pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
-    import shutil
 
-    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    copy_root(built_root, tmp_path)
     result = bench.run(tiny(tmp_path, engines=("onnxruntime",), batch_sizes=(1,), cold_start=False, served="ray"))
     served = result["served"]
     assert [c["name"] for c in served["configs"]] == ["default", "tuned", "ray-1", "ray-1-proxy", "ray-2"]
@@ -464,11 +451,9 @@ def test_served_ray_puts_torchserve_and_ray_side_by_side(built_root, tmp_path):
 
 @pytest.mark.slow
 def test_gated_variants_run_beside_fp32_with_size_metric_and_cold_start(digits_int8, tmp_path):
-    import shutil
-
     from pipeline.settings import Layout
 
-    shutil.copytree(digits_int8[1].root, tmp_path, dirs_exist_ok=True)  # the bench writes its reports into the project
+    copy_root(digits_int8[1].root, tmp_path)  # the bench writes its reports into the project
     layout = Layout(tmp_path.resolve(), "digits_cnn")
     result = bench.run(tiny(tmp_path, model="digits_cnn", engines=bench.DEFAULT_ENGINES, served="off", batch_sizes=(1, 64)))
     ran = {(r["engine"], r["batch"]) for r in result["in_process"]}
@@ -500,13 +485,11 @@ def test_length_option_reads_axis_equals_n():
 
 
 def test_torchscript_not_made_is_left_out_of_the_default_engines_and_refused_when_named(tmp_path, built_root):
-    import shutil
-
     from pipeline.artifacts import files
     from pipeline.artifacts.manifest import Manifest
     from pipeline.models import load_spec
 
-    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    copy_root(built_root, tmp_path)
     manifest = Manifest(tmp_path, "simple_nn")
     note = tmp_path / "artifacts" / "simple_nn" / "model.ts.not-made.json"
     files.write_json(note, {"made": False})

@@ -25,6 +25,7 @@ from pipeline.generation import text
 from pipeline.generation.loop import Options, Run
 from pipeline.models import load_spec
 from tests.generation.checkpoints import save_decoder
+from tests.helpers import copy_root
 
 MAX_TOKENS = 8
 SERVER = "torchserve" if shutil.which("java") else "ray"
@@ -36,7 +37,7 @@ def built(small_llama, tmp_path_factory):
     TorchServe's sockets live under it."""
     folder, shared = small_llama
     root = tmp_path_factory.mktemp("sgen") / "p"
-    shutil.copytree(shared, root, ignore=shutil.ignore_patterns("run"))
+    copy_root(shared, root)
     return f"hf:{folder}", root
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
@@ -12,6 +11,7 @@ from pipeline.bench import engines
 from pipeline.bench import latency as bench
 from pipeline.bench.sweep import CallBudget, Cost, Deadline, Sweep, expected_seconds, per_round, warm_calls
 from tests.bench.test_bench import tiny
+from tests.helpers import copy_root
 
 BUDGET = CallBudget(budget_s=0.5, rounds=5, warmup_s=0.2, max_iterations=200_000)
 
@@ -87,7 +87,7 @@ def test_the_time_limit_bounds_even_the_batch_sizes_that_always_run():
 
 @pytest.fixture
 def copied(built_root, tmp_path):
-    shutil.copytree(built_root, tmp_path, dirs_exist_ok=True)
+    copy_root(built_root, tmp_path)
     return tmp_path
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import zipfile
 
 import psutil
@@ -22,7 +21,7 @@ from pipeline.serving.common.contract import Contract
 from pipeline.serving.common.predictor import session_config
 from pipeline.settings import Settings
 from pipeline.stages.package import archive_contract
-from tests.helpers import FakeContext
+from tests.helpers import FakeContext, copy_root
 
 CONCURRENCY = (1, 4)
 
@@ -156,7 +155,7 @@ def _servers_left() -> list[psutil.Process]:
 @pytest.fixture(scope="module")
 def tuned(built_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
-    shutil.copytree(built_root, root, dirs_exist_ok=True)
+    copy_root(built_root, root)
     return root, tune.run(TuneSettings(root=root, p99_ms=1000.0, **GRID))
 
 
@@ -210,7 +209,7 @@ def test_the_report_has_the_table_the_choice_and_the_pareto_front(tuned):
 @pytest.mark.slow
 def test_an_impossible_goal_names_the_closest_and_leaves_the_archive_as_it_was(tuned, tmp_path):
     root = tmp_path / "project"
-    shutil.copytree(tuned[0], root)
+    copy_root(tuned[0], root)
     manifest = Manifest(root, "simple_nn")
     before = files.sha256_file(root / manifest.records[MAR].path)
     one = {**GRID, "batch_sizes": (1,)}
@@ -257,7 +256,7 @@ def test_a_sweep_on_ray_serve_spreads_over_the_replicas_and_packages_the_choice(
     """Two configs on real local Ray clusters (one and two replicas); the pick's batching goes into the archive."""
     pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
     root = tmp_path / "project"
-    shutil.copytree(built_root, root)
+    copy_root(built_root, root)
     grid = {**GRID, "batch_sizes": (8,), "delays_ms": (2,), "workers": (1, 2)}
     report = tune.run(TuneSettings(root=root, on="ray", p99_ms=1000.0, **grid))
     assert report["grid"] == ["ray-b8-d2-r1-t1", "ray-b8-d2-r2-t1"]

@@ -19,6 +19,7 @@ from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import Layout, Settings
 from pipeline.spec import Tolerance
 from tests.generation.checkpoints import DECODERS, PAD, POSITIONS, run_chain, save_decoder, transformers_greedy
+from tests.helpers import copy_root
 
 PROMPTS = ["Hello world!", "The quick brown fox jumps over the lazy dog. She sells"]
 
@@ -89,10 +90,7 @@ def test_sampling_is_seeded_and_one_prompt_streams(small_llama, capsys):
 def test_generate_refuses_a_graph_older_than_its_checkpoint(small_llama, tmp_path, capsys):
     folder, root = small_llama
     moved = save_decoder("llama", tmp_path / "llama", seed=1)  # the same name, other weights, not rebuilt
-    project = tmp_path / "project"
-    import shutil
-
-    shutil.copytree(root, project)
+    project = copy_root(root, tmp_path / "project")
     assert cli.main(["generate", "--model", f"hf:{moved}", "--root", str(project), "--prompt", "Hi"]) == 1
     err = capsys.readouterr().err
     assert "older than what they were built from" in err and "python -m pipeline all --model" in err

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Settings
 from pipeline.stages import STAGES
 from tests.generation.checkpoints import POSITIONS, transformers_greedy
-from tests.helpers import archive_handler, needs_java
+from tests.helpers import archive_handler, copy_root, needs_java
 
 PROMPTS = ["Hello world!", "The quick brown fox"]
 
@@ -202,7 +201,7 @@ def test_torchserve_generates_over_http_and_past_its_queue_says_503_with_retry_a
     and the third is refused at once with 503 and Retry-After; the first two are answered in full."""
     folder, root = small_llama
     copy = tmp_path / "p"
-    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("run"))
+    copy_root(root, copy)
     settings = Settings(model=f"hf:{folder}", root=copy, serve_max_streams=1, serve_max_queued=1)
     STAGES["package"](settings)
     info = serve.start(settings, auto_ports=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from pipeline.reliability import suite as reliability
 from pipeline.reliability.ray_nodes import node_kill_in_child
 from pipeline.settings import Settings
-from tests.helpers import MEASUREMENTS
+from tests.helpers import MEASUREMENTS, copy_root
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
@@ -18,7 +17,7 @@ pytest.importorskip("ray", reason="the ray extra is not installed (make test ins
 
 def test_a_killed_worker_node_costs_only_the_requests_in_flight(built_root, tmp_path):
     root = tmp_path / "project"
-    shutil.copytree(built_root, root)
+    copy_root(built_root, root)
     k = node_kill_in_child(Settings(root=root), tmp_path / "work")
     MEASUREMENTS.append(
         f"Ray node kill: {k['errors']} errors ({k['errors_in_flight']} in flight) of {k['requests']}, "

@@ -12,7 +12,7 @@ from pipeline.settings import Settings
 from pipeline.spec import ModelSpec
 from pipeline.stages import run_all
 from tests.fixtures.bert_text import write_tokenizer
-from tests.helpers import REPO
+from tests.helpers import REPO, copy_root
 
 MODELS = ("bert_text", "vit_images")
 
@@ -42,7 +42,7 @@ def copy(built: Path, root: Path) -> dict[str, Settings]:
     """A private copy at `root` of a project `build` made, free to write into: each model's Settings there.
 
     The model files travel with it and keep their hashes, so every stage there is up to date."""
-    shutil.copytree(built, root)
+    copy_root(built, root)
     return {name: settings(root, root / "models" / f"{name}.py") for name in MODELS}
 
 

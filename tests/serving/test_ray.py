@@ -22,7 +22,7 @@ from pipeline.serving.common.client import http
 from pipeline.serving.ray import app as ray_app
 from pipeline.serving.ray import server as ray_server
 from pipeline.settings import Settings
-from tests.helpers import MEASUREMENTS
+from tests.helpers import MEASUREMENTS, copy_root
 from tests.serving.cases import BAD_INPUTS
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def home(tmp_path_factory):
 def app_settings(built_root, tmp_path_factory) -> Settings:
     """This module's copy of the built project: the application below runs in it."""
     root = tmp_path_factory.mktemp("ray") / "project"
-    shutil.copytree(built_root, root)
+    copy_root(built_root, root)
     return Settings(root=root)
 
 
@@ -320,7 +320,7 @@ def test_deploy_onto_a_running_cluster_by_address(built_root, tmp_path):
     from pipeline.serving.common.client import free_port
 
     root = tmp_path / "project"
-    shutil.copytree(built_root, root)
+    copy_root(built_root, root)
     # Ray's control plane with its token, as on a real cluster; the token in the environment of both sides.
     env = {**os.environ, **ray_server.LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from pipeline.serving.common.contract import Contract, declare
 from pipeline.serving.ray import server as ray_server
 from pipeline.settings import Layout
 from pipeline.spec import tokenizer_file
+from tests.helpers import copy_root
 from tests.serving.real_models import assert_close, eager, expected_labels
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def served(hf_chains, tmp_path_factory):
     """name -> (model string, spec, eager model, RayInfo): both checkpoints, built in one project, served on Ray from a copy of it."""
     folders, built = hf_chains
     root = tmp_path_factory.mktemp("ray-hf") / "project"
-    shutil.copytree(built, root)
+    copy_root(built, root)
     models = {name: f"hf:{folders[name]}" for name in CHECKPOINTS}
     started: dict[str, tuple] = {}
     with pytest.MonkeyPatch.context() as env:

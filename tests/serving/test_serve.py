@@ -25,18 +25,13 @@ from pipeline.serving.common.client import http
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.stages import package
-from tests.helpers import MEASUREMENTS, archive_handler, needs_java
+from tests.helpers import MEASUREMENTS, archive_handler, copy_root, needs_java
 from tests.serving.cases import BAD_INPUTS
 
 pytestmark = [
     pytest.mark.slow,
     needs_java,
 ]
-
-
-def _copy_project(built_root, dest):
-    shutil.copytree(built_root, dest)
-    return Settings(root=dest)
 
 
 def _assert_gone(info: serve.ServerInfo):
@@ -46,7 +41,7 @@ def _assert_gone(info: serve.ServerInfo):
 
 @pytest.fixture(scope="module")
 def server(built_root, tmp_path_factory):
-    settings = _copy_project(built_root, tmp_path_factory.mktemp("serve") / "project")
+    settings = Settings(root=copy_root(built_root, tmp_path_factory.mktemp("serve") / "project"))
     info = serve.start(settings, auto_ports=True, timeout=120)
     yield info
     serve.stop(settings)
@@ -380,7 +375,7 @@ def test_killed_worker_is_restarted(server):
 
 
 def test_start_stop_start_in_the_same_folder(built_root, tmp_path):
-    settings = _copy_project(built_root, tmp_path / "project")
+    settings = Settings(root=copy_root(built_root, tmp_path / "project"))
     first = serve.start(settings, auto_ports=True)
     assert post(first, {"x": 0.0})[0] == 200
     with pytest.raises(PipelineError, match="already running"):
@@ -397,7 +392,7 @@ def test_start_stop_start_in_the_same_folder(built_root, tmp_path):
 
 
 def test_a_port_taken_between_its_pick_and_the_bind_is_picked_again(built_root, tmp_path, monkeypatch):
-    settings = _copy_project(built_root, tmp_path / "project")
+    settings = Settings(root=copy_root(built_root, tmp_path / "project"))
     with socket.socket() as taken:
         # Bound but not listening: free to the check before start, taken when TorchServe binds it, as in a race.
         taken.bind(("127.0.0.1", 0))
@@ -419,7 +414,7 @@ def test_a_port_taken_between_its_pick_and_the_bind_is_picked_again(built_root, 
 
 
 def test_worker_that_dies_at_start_fails_serve_with_the_log(built_root, tmp_path, monkeypatch):
-    settings = _copy_project(built_root, tmp_path / "project")
+    settings = Settings(root=copy_root(built_root, tmp_path / "project"))
     # The installed handler the archive is checked against is swapped too, so the worker is what fails.
     for module in (package, archive):
         monkeypatch.setattr(module, "handler_source", lambda: b"import module_that_does_not_exist\n")

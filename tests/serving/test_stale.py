@@ -16,7 +16,7 @@ from pipeline.models import load_spec
 from pipeline.settings import Layout, Settings
 from pipeline.stages import run_all, train
 from pipeline.stages.fresh import stale
-from tests.helpers import REPO
+from tests.helpers import REPO, copy_root
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def built_once(tmp_path_factory):
 @pytest.fixture
 def built_file(built_once, tmp_path):
     """A private copy of the model file and its project, free to edit."""
-    shutil.copytree(built_once, tmp_path, dirs_exist_ok=True)
+    copy_root(built_once, tmp_path)
     path = tmp_path / "my_nn.py"
     return Settings(model=str(path), root=tmp_path / "project", parity_batch_sizes=(1, 7)), path
 

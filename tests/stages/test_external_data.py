@@ -6,7 +6,6 @@ threshold at 0 so the external-data path runs on kilobytes.
 
 from __future__ import annotations
 
-import shutil
 import zipfile
 from dataclasses import replace
 
@@ -21,7 +20,7 @@ from pipeline.errors import IntegrityError, PipelineError
 from pipeline.runtimes.session import create_session
 from pipeline.settings import Layout, Settings
 from pipeline.stages import export, package, parity, variants
-from tests.helpers import archive_handler, external_data_project, small_wide_mlp
+from tests.helpers import archive_handler, copy_root, external_data_project, small_wide_mlp
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,7 @@ def copy(external, tmp_path) -> tuple[Settings, Layout]:
     """A private copy of the built project, free to damage."""
     settings, layout = external
     root = tmp_path / "project"
-    shutil.copytree(layout.root, root, symlinks=True)
+    copy_root(layout.root, root)
     model = small_wide_mlp(root / "models")
     return replace(settings, model=str(model), root=root), Layout(root.resolve(), "wide_mlp")
 

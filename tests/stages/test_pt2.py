@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import zipfile
 
 import numpy as np
@@ -23,7 +22,7 @@ from pipeline.serving.common.predictor import open_model
 from pipeline.settings import Layout, Settings
 from pipeline.stages import STAGES, package, parity, pt2, run_all, trace
 from pipeline.stages.fresh import not_made_note
-from tests.helpers import needs_java
+from tests.helpers import copy_root, needs_java
 
 
 def _record(settings: Settings) -> dict:
@@ -142,7 +141,7 @@ def test_no_torchscript_skips_it_on_purpose_and_the_chain_goes_on(project):
 @pytest.fixture(scope="module")
 def pt2_archive(built_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("pt2-archive") / "project"
-    shutil.copytree(built_root, root)
+    copy_root(built_root, root)
     settings = Settings(root=root, serve_engine="aotinductor")
     package.run(settings)
     return settings, Layout(root.resolve(), "simple_nn")

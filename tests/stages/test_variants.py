@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import zipfile
 
 import numpy as np
@@ -26,7 +25,7 @@ from pipeline.serving.torchserve import server
 from pipeline.settings import Layout, Settings
 from pipeline.spec import TaskMetric, Tolerance
 from pipeline.stages import parity, variants
-from tests.helpers import needs_java
+from tests.helpers import copy_root, needs_java
 
 no_cuda = pytest.mark.skipif(cuda_available(), reason="checks the refusal on a machine without CUDA")
 
@@ -34,7 +33,7 @@ no_cuda = pytest.mark.skipif(cuda_available(), reason="checks the refusal on a m
 def private_copy(chains, tmp_path, model: str) -> tuple[Settings, Layout]:
     _, layout = chains(model)
     root = tmp_path / model
-    shutil.copytree(layout.root, root)
+    copy_root(layout.root, root)
     return Settings(model=model, root=root), Layout(root.resolve(), model)
 
 
@@ -292,7 +291,7 @@ def test_served_int8_answers_as_its_gate_verified(digits_int8, tmp_path_factory)
     """A real TorchServe serves model_store/digits_cnn-int8.mar; its answers are the variant's, within the variant's parity."""
     # The server writes its run folder into the project: a copy of the shared one (under a short path, for its sockets).
     root = tmp_path_factory.mktemp("served-int8") / "digits_cnn"
-    shutil.copytree(digits_int8[1].root, root)
+    copy_root(digits_int8[1].root, root)
     settings, layout = Settings(model="digits_cnn", root=root), Layout(root.resolve(), "digits_cnn")
     spec = load_spec("digits_cnn")
     variant = dataclasses.replace(settings, variant="int8")
