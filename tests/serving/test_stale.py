@@ -13,27 +13,19 @@ from pipeline.artifacts.manifest import Manifest
 from pipeline.bench import latency as bench
 from pipeline.errors import PipelineError
 from pipeline.models import load_spec
-from pipeline.settings import Layout, Settings
-from pipeline.stages import run_all, train
+from pipeline.settings import Layout
+from pipeline.stages import train
 from pipeline.stages.fresh import stale
-from tests.helpers import REPO, copy_root
-
-
-@pytest.fixture(scope="module")
-def built_once(tmp_path_factory):
-    """simple_nn's model file copied out of the package, and every stage run for it. Do not modify it."""
-    folder = tmp_path_factory.mktemp("stale")
-    shutil.copyfile(REPO / "pipeline" / "models" / "simple_nn.py", folder / "my_nn.py")
-    run_all(Settings(model=str(folder / "my_nn.py"), root=folder / "project", parity_batch_sizes=(1, 7), pt2=False))
-    return folder
+from tests.helpers import REPO
 
 
 @pytest.fixture
-def built_file(built_once, tmp_path):
-    """A private copy of the model file and its project, free to edit."""
-    copy_root(built_once, tmp_path)
-    path = tmp_path / "my_nn.py"
-    return Settings(model=str(path), root=tmp_path / "project", parity_batch_sizes=(1, 7)), path
+def built_file(project, tmp_path):
+    """simple_nn's model file copied out of the package, beside a private copy of the session's simple_nn
+    project (every stage there is up to date for the same model as a file), free to edit."""
+    settings, _ = project
+    path = shutil.copyfile(REPO / "pipeline" / "models" / "simple_nn.py", tmp_path / "my_nn.py")
+    return dataclasses.replace(settings, model=str(path)), path
 
 
 def test_a_current_chain_is_not_stale(built_file):
