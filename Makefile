@@ -35,7 +35,7 @@ help:
 	@echo "                VARIANTS=int8 (or int8,fp16) also builds, gates and packages the smaller variants"
 	@echo "make generate   text from a decoder (MODEL=hf:PATH PROMPT='Once upon a time'), built and verified first (GENERATE_ARGS=--json ...)"
 	@echo "make test       the whole test suite (TorchServe end-to-end included)"
-	@echo "make test-fast  the tests that need no server and no whole-chain run"
+	@echo "make test-fast  the fast tier (pytest -m \"not slow\"): no server, Ray or zoo; each chain built once and copied"
 	@echo "make lint       ruff (lint and format check); make fmt formats; make typecheck runs mypy"
 	@echo "make serve      start TorchServe with model_store/$(MODEL).mar, wait for READY workers (VARIANT=int8 serves <model>-int8.mar); make stop stops it"
 	@echo "make serve-ray  the same archive on Ray Serve: a local cluster on 127.0.0.1 (RAY_ADDRESS=... joins one); REPLICAS=2 or REPLICAS=auto"
