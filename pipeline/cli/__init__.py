@@ -28,7 +28,7 @@ from pipeline.spec import HF_PREFIX
 # Each command: the module that defines it and the function that runs it. A command line naming one
 # imports that module alone (`token` need not import the benchmark's torch); --help imports them all.
 COMMANDS: dict[str, tuple[str, str]] = {
-    **{stage: ("stages", "stages_command") for stage in ("train", "trace", "export", "parity", "package", "all")},
+    **{stage: ("stages", "stages_command") for stage in ("train", "trace", "export", "pt2", "parity", "package", "all")},
     "variants": ("stages", "variants_command"),
     "serve": ("serving", "serve_command"),
     "stop": ("serving", "stop_command"),

@@ -21,6 +21,7 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -52,6 +53,7 @@ class Compiled:
     compile_s: float
     tied_to: dict
     warnings: list[str]
+    refined: str | None  # the bounds torch.export asked for and the capture took (seq <= 512), or None
 
 
 def failure(spec: ModelSpec, exc: BaseException, step: str, log: StageLog) -> NotExportable:
@@ -74,6 +76,37 @@ def failure(spec: ModelSpec, exc: BaseException, step: str, log: StageLog) -> No
     )
 
 
+def export_program(model: torch.nn.Module, args: tuple[torch.Tensor, ...], shapes: Any) -> tuple[torch.export.ExportedProgram, str | None]:
+    """torch.export.export with the declared dynamic shapes; where the model bounds an axis (BERT's 512
+    positions), the bounds torch.export suggests are taken, once, as the ONNX exporter takes them.
+
+    Returns the program and the suggested fixes it took (None when the declared shapes held as they are).
+    """
+    from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
+
+    try:
+        return torch.export.export(model, args, dynamic_shapes=shapes), None
+    except torch._dynamo.exc.UserError as exc:
+        if "Suggested fixes:" not in exc.msg:
+            raise
+        refined = refine_dynamic_shapes_from_suggested_fixes(exc.msg, shapes)
+        fixes = " ".join(exc.msg.split("Suggested fixes:")[1].split())
+        return torch.export.export(model, args, dynamic_shapes=refined), fixes
+
+
+def fixed_axes(program: torch.export.ExportedProgram, spec: ModelSpec) -> list[str]:
+    """The declared dynamic axes the exported program took as fixed sizes (as ONNX's check_graph asks of its graph)."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    fixed = []
+    for t, node in zip(spec.inputs, placeholders):
+        shape = node.meta["val"].shape
+        for axis, name in t.dynamic_axes().items():
+            if isinstance(shape[axis], int):
+                fixed.append(f"{t.name} axis {axis} ({name}) to {shape[axis]}")
+    return fixed
+
+
 def compile_package(model: torch.nn.Module, spec: ModelSpec, example: tuple[torch.Tensor, ...], layout: Layout, device: str) -> Compiled:
     """Export, compile for `device`, write atomically, then load the package back and check it answers as eager."""
     log = StageLog.of(layout, STAGE)
@@ -83,9 +116,17 @@ def compile_package(model: torch.nn.Module, spec: ModelSpec, example: tuple[torc
     try:
         with capture_mode(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            program = torch.export.export(moved, args, dynamic_shapes=positional_shapes(model, spec))
+            program, refined = export_program(moved, args, positional_shapes(model, spec))
     except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
         raise failure(spec, exc, "torch.export.export", log) from None
+    fixed = fixed_axes(program, spec)
+    if fixed:
+        raise NotExportable(
+            STAGE,
+            f"torch.export fixed {', '.join(fixed)} of {spec.name}: the package would take only the example's size there",
+            "write forward() so that the axis stays symbolic under torch.export (no Python int taken from its size); "
+            "the chain goes on with the other artifacts; --no-pt2 (EXPORT_ARGS=--no-pt2) skips this stage on purpose",
+        )
     exported = time.perf_counter()
     path = layout.pt2(device)
     tied = runtime.tied_to(device)
@@ -102,7 +143,7 @@ def compile_package(model: torch.nn.Module, spec: ModelSpec, example: tuple[torc
     check_loads_back(moved, args, spec, path, device)
     model.to("cpu")
     found = sorted({f"{w.category.__name__}: {w.message}" for w in caught})  # kept for the manifest, not printed
-    return Compiled(round(exported - start, 3), round(compiled - exported, 3), tied, found)
+    return Compiled(round(exported - start, 3), round(compiled - exported, 3), tied, found, refined)
 
 
 def check_loads_back(model: torch.nn.Module, args: tuple[torch.Tensor, ...], spec: ModelSpec, path, device: str) -> None:
@@ -196,6 +237,8 @@ def _one(settings: Settings, spec: ModelSpec, layout: Layout, manifest: Manifest
         "compile_s": made.compile_s,
         "tied_to": made.tied_to,
         "inductor": INDUCTOR_CONFIGS,
+        "warnings": made.warnings,  # torch.export's, kept here instead of printed
+        "refined_shapes": made.refined,
     }
     manifest.record(key, path, STAGE, inputs, stage_settings, seconds, details)
     summary = f"{path.name} for {device} ({made.tied_to['cpu_isa']}), {files.human_bytes(path.stat().st_size)}: export {made.export_s:.1f} s, compile {made.compile_s:.1f} s"

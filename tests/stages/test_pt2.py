@@ -35,6 +35,7 @@ def test_the_chain_makes_a_package_recorded_with_what_it_is_tied_to(built):
     assert rec["path"] == "artifacts/simple_nn/model.pt2" and layout.pt2().is_file()
     assert rec["details"]["tied_to"] == runtime.tied_to("cpu") and rec["details"]["tied_to"]["cpu_isa"] in runtime.cpu_isas()
     assert rec["details"]["compile_s"] > 0 and rec["settings"]["inductor_configs"] == {"freezing": True}
+    assert rec["details"]["refined_shapes"] is None and isinstance(rec["details"]["warnings"], list)
     assert list(STAGES).index("pt2") == list(STAGES).index("export") + 1
 
 
@@ -201,3 +202,12 @@ def test_torchserve_serves_the_package_as_eager_answers_and_refuses_bad_input(pt
     finally:
         serve.stop(settings)
     assert info.processes() == []
+
+
+def test_the_pt2_command_runs_the_stage_alone(project, capsys):
+    from pipeline import cli
+
+    settings, _ = project
+    assert cli.main(["pt2", "--root", str(settings.root)]) == 0
+    out = capsys.readouterr().out
+    assert "· pt2      skipped" in out and "up to date" in out
