@@ -31,7 +31,8 @@ VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
 .PHONY: help setup export generate test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench genai-peer tune reliability real-models docs docs-serve clean distclean
 
 help:
-	@echo "make export     train -> TorchScript -> ONNX -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
+	@echo "make export     train -> TorchScript -> ONNX -> AOTInductor .pt2 -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
+	@echo "                EXPORT_ARGS=--engine aotinductor serves the .pt2; --no-torchscript / --no-pt2 skip those artifacts"
 	@echo "                VARIANTS=int8 (or int8,fp16) also builds, gates and packages the smaller variants"
 	@echo "make generate   text from a decoder (MODEL=hf:PATH PROMPT='Once upon a time'), built and verified first (GENERATE_ARGS=--json ...)"
 	@echo "make test       the whole test suite (TorchServe end-to-end included)"
@@ -40,7 +41,7 @@ help:
 	@echo "make serve      start TorchServe with model_store/$(MODEL).mar, wait for READY workers (VARIANT=int8 serves <model>-int8.mar); make stop stops it"
 	@echo "make serve-ray  the same archive on Ray Serve: a local cluster on 127.0.0.1 (RAY_ADDRESS=... joins one); REPLICAS=2 or REPLICAS=auto"
 	@echo "make stop-ray   stop it (the local cluster too)"
-	@echo "make bench      latency report: eager vs TorchScript vs ONNX Runtime in process, and the served endpoint (BENCH_ARGS=...)"
+	@echo "make bench      latency report: eager vs TorchScript vs ONNX Runtime vs the .pt2 vs torch.compile in process, and the served endpoint (BENCH_ARGS=...)"
 	@echo "                a text-generation model: tokens/s, time to first token, inter-token latency per engine"
 	@echo "make genai-peer the onnxruntime-genai venv ($(GENAI_VENV)) the generation benchmark compares against"
 	@echo "make tune       the serving config (batch, delay, workers, threads) that meets P99_MS=5 on a real TorchServe,"
