@@ -123,7 +123,7 @@ def compile_package(model: torch.nn.Module, spec: ModelSpec, example: tuple[torc
     if fixed:
         raise NotExportable(
             STAGE,
-            f"torch.export fixed {', '.join(fixed)} of {spec.name}: the package would take only the example's size there",
+            f"torch.export fixed {spec.name}'s {', '.join(fixed)}: the package would take only the example's size there",
             "write forward() so that the axis stays symbolic under torch.export (no Python int taken from its size); "
             "the chain goes on with the other artifacts; --no-pt2 (EXPORT_ARGS=--no-pt2) skips this stage on purpose",
         )

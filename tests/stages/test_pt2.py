@@ -22,7 +22,7 @@ from pipeline.serving.common.predictor import open_model
 from pipeline.settings import Layout, Settings
 from pipeline.stages import STAGES, package, parity, pt2, run_all, trace
 from pipeline.stages.fresh import not_made_note
-from tests.helpers import copy_root, needs_java
+from tests.helpers import REPO, copy_root, needs_java
 
 
 def _record(settings: Settings) -> dict:
@@ -211,3 +211,16 @@ def test_the_pt2_command_runs_the_stage_alone(project, capsys):
     assert cli.main(["pt2", "--root", str(settings.root)]) == 0
     out = capsys.readouterr().out
     assert "· pt2      skipped" in out and "up to date" in out
+
+
+def test_an_axis_torch_export_fixes_is_a_reason_not_a_package_of_one_size(tmp_path):
+    """nn.LSTM's time axis: torch.export suggests fixing it to the example's length; the stage refuses to."""
+    from pipeline.stages import train
+
+    settings = Settings(model=str(REPO / "tests" / "zoo" / "lstm.py"), root=tmp_path)
+    train.run(settings)
+    result = pt2.run(settings)
+    assert result.details["not_made"] == (
+        "torch.export fixed lstm's x axis 1 (steps) to 12: the package would take only the example's size there"
+    )
+    assert not Layout(tmp_path.resolve(), "lstm").pt2().exists()
