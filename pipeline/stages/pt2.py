@@ -220,6 +220,14 @@ def _one(settings: Settings, spec: ModelSpec, layout: Layout, manifest: Manifest
             "nothing to do; the archive serves the ONNX graph, and python -m pipeline generate runs it",
         )
         return record_not_made(manifest, key, path, why, inputs, stage_settings, 0.0, goes_on)
+    if "(not found)" in (cxx := runtime.compiler()):
+        why = NotExportable(
+            STAGE,
+            f"AOTInductor compiles C++, and this machine has no C++ compiler ({cxx})",
+            "install one (Debian and Ubuntu: apt-get install g++; or set CXX to yours), then run the stage again; "
+            "--no-pt2 (EXPORT_ARGS=--no-pt2) skips it on purpose",
+        )
+        return record_not_made(manifest, key, path, why, inputs, stage_settings, 0.0, goes_on)
     start = time.perf_counter()
     model, _ = checkpoint.load_model(manifest, spec, STAGE)
     example = example_args(spec, 4, settings.seed, STAGE)  # batch 4: torch.export fixes an axis whose example is 0 or 1

@@ -224,3 +224,11 @@ def test_an_axis_torch_export_fixes_is_a_reason_not_a_package_of_one_size(tmp_pa
         "torch.export fixed lstm's x axis 1 (steps) to 12: the package would take only the example's size there"
     )
     assert not Layout(tmp_path.resolve(), "lstm").pt2().exists()
+
+
+def test_a_machine_without_a_cpp_compiler_gets_a_reason_and_the_command_to_fix_it(project, monkeypatch):
+    settings, layout = project
+    monkeypatch.setattr(runtime, "compiler", lambda: "g++ (not found)")
+    result = pt2.run(dataclasses.replace(settings, force=True))
+    assert result.details["not_made"] == "AOTInductor compiles C++, and this machine has no C++ compiler (g++ (not found))"
+    assert "apt-get install g++" in result.details["what_to_do"] and not layout.pt2().exists()
