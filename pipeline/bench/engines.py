@@ -201,10 +201,12 @@ def _sync(device: str) -> Callable[[], None]:
 
 
 def torch_engine(name: str, module, spec: ModelSpec, device: str) -> Engine:
-    """Eager, TorchScript or compiled module; inputs become tensors on the device up front."""
+    """Eager, TorchScript or compiled module (or an AOTInductor package, already on its device); inputs become
+    tensors on the device up front."""
     import torch
 
-    module = module.to(device)
+    if isinstance(module, torch.nn.Module | torch.jit.ScriptModule):
+        module = module.to(device)
     sync = _sync(device)
 
     def bind(feed):
@@ -224,25 +226,11 @@ def torch_engine(name: str, module, spec: ModelSpec, device: str) -> Engine:
 
 
 def pt2_engine(name: str, path: Path, spec: ModelSpec, device: str) -> Engine:
-    """An AOTInductor package, called as a module is: tensors on the device up front, then the package's run."""
+    """An AOTInductor package, called as a module is (`torch_engine`): it was compiled for `device` already."""
     import torch
 
-    sync = _sync(device)
-    model = torch._inductor.aoti_load_package(str(path))
-
-    def bind(feed):
-        args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])).to(device) for t in spec.inputs]
-        sync()
-
-        def call():
-            with torch.inference_mode():
-                out = model(*args)
-            sync()
-            return out
-
-        return call
-
-    return Engine(name, device, f"AOTInductor {device}", bind, FLOOR_OF.get(name))
+    engine = torch_engine(name, torch._inductor.aoti_load_package(str(path)), spec, device)
+    return replace(engine, provider=f"AOTInductor {device}")
 
 
 def ort_iobinding_engine(name: str, session, spec_inputs: list[str], device: str) -> Engine:
