@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pipeline.settings import Layout, Settings
 from pipeline.stages import run_all
-from tests.helpers import MEASUREMENTS, copy_root
+from tests.helpers import copy_root
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +102,36 @@ def hf_chains(tmp_path_factory) -> tuple[dict[str, Path], Path]:
 @pytest.fixture
 def built(built_root) -> tuple[Settings, Layout]:
     return Settings(root=built_root), Layout(built_root.resolve(), "simple_nn")
+
+
+# Figures measured by tests (restart time, latency ratios), printed after the run. They travel in each
+# test's report (user_properties), so they reach this process from pytest-xdist's workers too.
+MEASUREMENTS: list[str] = []
+
+
+@pytest.fixture
+def measure(request) -> Callable[[str], str]:
+    """measure(line) keeps a measured figure for the run's summary and gives the line back (for an assert's message)."""
+
+    def keep(line: str) -> str:
+        request.node.user_properties.append(("measurement", line))
+        return line
+
+    return keep
+
+
+def pytest_collection_modifyitems(items):
+    """pytest-xdist's groups (make test runs `-n 2 --dist loadgroup`): a module's tests stay in one worker,
+    so its module fixtures (a server, a built project) are made once; the tests that start a local Ray
+    cluster share one group, so two clusters never compete for one machine's cores and ports."""
+    for item in items:
+        group = "ray" if item.get_closest_marker("ray_cluster") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        MEASUREMENTS.extend(value for name, value in report.user_properties if name == "measurement")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -17,9 +17,6 @@ REPO = Path(__file__).resolve().parent.parent
 # TorchServe's frontend is Java: tests that start a real server skip cleanly without it.
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java (.ci/run installs it)")
 
-# Figures measured by tests (restart time, latency ratios), printed after the run.
-MEASUREMENTS: list[str] = []
-
 
 class FakeContext:
     """The parts of ts.context.Context the handler uses."""

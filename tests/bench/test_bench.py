@@ -16,7 +16,7 @@ from pipeline.bench import served as bench_served
 from pipeline.bench.engines import CUDA_GRAPH_ENGINES, FLOOR_OF
 from pipeline.errors import PipelineError
 from pipeline.runtimes.runners import cuda_available
-from tests.helpers import MEASUREMENTS, REPO, archive_handler, copy_root, interleaved_p50_us
+from tests.helpers import REPO, archive_handler, copy_root, interleaved_p50_us
 
 ENGINES = ("eager", "torchscript", "onnxruntime", "onnxruntime-run")
 BATCHES = (1, 8)
@@ -170,7 +170,7 @@ def test_served_load_generator_handler_and_profile_are_reported(report):
     assert "### Where a request's time goes (tuned)" in md
 
 
-def test_handler_is_timed_on_its_own(built_root, tmp_path):
+def test_handler_is_timed_on_its_own(built_root, tmp_path, measure):
     from pipeline.bench import handler_time
 
     mar = built_root / "model_store" / "simple_nn.mar"
@@ -183,8 +183,8 @@ def test_handler_is_timed_on_its_own(built_root, tmp_path):
     p50 = interleaved_p50_us(
         {str(n): lambda n=n: module.handle([{"body": b'{"x": 5.0}'} for _ in range(n)], ctx) for n in (1, 8)}, rounds=500
     )
-    MEASUREMENTS.append(f"simple_nn's handler {p50['1']:.0f} µs at batch 1, {p50['8'] / 8:.0f} µs per request at batch 8 (interleaved p50)")
-    assert p50["8"] / 8 < p50["1"], MEASUREMENTS[-1]
+    line = measure(f"simple_nn's handler {p50['1']:.0f} µs at batch 1, {p50['8'] / 8:.0f} µs per request at batch 8 (interleaved p50)")
+    assert p50["8"] / 8 < p50["1"], line
 
 
 @pytest.mark.slow
@@ -421,6 +421,7 @@ def test_compare_falls_back_to_the_largest_concurrency_run():
 
 
 @pytest.mark.slow
+@pytest.mark.ray_cluster
 def test_served_ray_puts_torchserve_and_ray_side_by_side(built_root, tmp_path):
     """--served ray: TorchServe (default, tuned) and Ray Serve (1 and 2 replicas at their own addresses, and 1
     through Serve's proxy), real servers, one sweep each."""

@@ -252,6 +252,7 @@ def test_a_ray_config_is_named_and_packaged_as_ray_takes_it():
 
 
 @pytest.mark.slow
+@pytest.mark.ray_cluster
 def test_a_sweep_on_ray_serve_spreads_over_the_replicas_and_packages_the_choice(built_root, tmp_path):
     """Two configs on real local Ray clusters (one and two replicas); the pick's batching goes into the archive."""
     pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")

@@ -24,13 +24,13 @@ from pipeline.generation import text
 from pipeline.serving.common.client import http
 from pipeline.settings import Settings, resolve
 from tests.generation.checkpoints import EOS, transformers_chat_greedy, transformers_greedy
-from tests.helpers import MEASUREMENTS, REPO
+from tests.helpers import REPO
 
 PROMPT = "The quick brown fox"
 CHAT = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Where is the station?"}]
 
 
-@pytest.fixture(scope="module", params=["torchserve", "ray"])
+@pytest.fixture(scope="module", params=["torchserve", pytest.param("ray", marks=pytest.mark.ray_cluster)])
 def served(request, small_llama):
     """(backend, server info, openai client, what `serve` printed): one server per backend, started as a user starts it."""
     folder, root = small_llama
@@ -174,7 +174,7 @@ def test_the_native_route_streams_events_the_same_text(served, small_llama, tok)
 
 
 @pytest.mark.slow
-def test_a_client_that_goes_away_stops_its_generation(served):
+def test_a_client_that_goes_away_stops_its_generation(served, measure):
     """Eight prompts of 256 tokens each (a batch of eight rows steps slower than one): the client leaves after its
     third chunk, and the server's log says how many tokens were made when it stopped."""
     backend, info, client, _ = served
@@ -189,7 +189,7 @@ def test_a_client_that_goes_away_stops_its_generation(served):
     client.completions.create(model=info.model, prompt="Hi", max_tokens=2)
     made = stopped_line(backend, info, deadline=time.monotonic() + 20)
     assert made is not None, "the server did not log that the generation stopped"
-    MEASUREMENTS.append(f"disconnect ({backend}): the client read 3 chunks and left; {made} of 2048 tokens were made")
+    measure(f"disconnect ({backend}): the client read 3 chunks and left; {made} of 2048 tokens were made")
     assert made < 8 * 256
 
 

@@ -9,17 +9,17 @@ import pytest
 from pipeline.reliability import suite as reliability
 from pipeline.reliability.ray_nodes import node_kill_in_child
 from pipeline.settings import Settings
-from tests.helpers import MEASUREMENTS, copy_root
+from tests.helpers import copy_root
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray_cluster]
 pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
 
 
-def test_a_killed_worker_node_costs_only_the_requests_in_flight(built_root, tmp_path):
+def test_a_killed_worker_node_costs_only_the_requests_in_flight(built_root, tmp_path, measure):
     root = tmp_path / "project"
     copy_root(built_root, root)
     k = node_kill_in_child(Settings(root=root), tmp_path / "work")
-    MEASUREMENTS.append(
+    measure(
         f"Ray node kill: {k['errors']} errors ({k['errors_in_flight']} in flight) of {k['requests']}, "
         f"recovered in {k['recover_s']}s (the first deploy took {k['deploy_s']:.1f}s), "
         f"then {k['requests_after_recovery']} requests with {k['errors_after_recovery']} errors"
@@ -33,7 +33,7 @@ def test_a_killed_worker_node_costs_only_the_requests_in_flight(built_root, tmp_
     assert len(k["replacement_placement"]) == 2 and k["killed"] not in k["replacement_placement"]
     # A client at each replica's own address: the other replica's loses nothing; the killed one's keeps trying.
     victim, survivor = k["direct"]["victim"], k["direct"]["survivor"]
-    MEASUREMENTS.append(
+    measure(
         f"Ray node kill, direct ingress: the killed replica's address failed {victim['errors_after_kill']} of "
         f"{victim['requests_after_kill']} requests after the kill ({victim['answered_after_kill']} answered); the other's lost "
         f"{survivor['errors']} of {survivor['requests']}"

@@ -20,7 +20,7 @@ from pipeline.reliability import served_faults as sf
 from pipeline.reliability import suite as reliability
 from pipeline.reliability.faults import copy_project
 from pipeline.serving.torchserve import server as serve
-from tests.helpers import MEASUREMENTS, needs_java
+from tests.helpers import needs_java
 
 VALID = b'{"x": 5.0}'
 
@@ -76,7 +76,7 @@ def test_known_frontend_500_for_bad_form_bodies_leaves_the_worker_alone(served):
 
 @pytest.mark.slow
 @needs_java
-def test_soak_20000_requests_at_concurrency_16_without_errors(served, bodies):
+def test_soak_20000_requests_at_concurrency_16_without_errors(served, bodies, measure):
     _, info = served
     # The time bound follows the server's pace now, on this machine: three times what 20,000 requests take at the
     # rate of a short run just before (at least 150 s), so only a server that slows down under the soak misses it.
@@ -86,20 +86,21 @@ def test_soak_20000_requests_at_concurrency_16_without_errors(served, bodies):
     assert baseline["errors"] == 0 and baseline["requests_per_s"] > 0, baseline["status"]
     time_limit_s = min(max(150.0, 3 * 20_000 / baseline["requests_per_s"]), 600.0)
     result = sf.soak(info, bodies, requests=20_000, concurrency=16, time_limit_s=time_limit_s)
-    MEASUREMENTS.append(
+    line = (
         f"soak: {result.load['requests']} requests at c=16, {result.load['errors']} errors, "
         f"{result.load['requests_per_s']:.0f}/s (a run of 1,000 just before: {baseline['requests_per_s']:.0f}/s; "
         f"bound {time_limit_s:.0f} s); server RSS {sf.rss_mib(result.rss_before):.0f} -> "
         f"{sf.rss_mib(result.rss_after):.0f} MiB ({result.growth_pct:+.1f}%)"
     )
-    assert result.load["requests"] >= 20_000, f"the time bound was hit before 20,000 requests: {MEASUREMENTS[-1]}"
+    measure(line)
+    assert result.load["requests"] >= 20_000, f"the time bound was hit before 20,000 requests: {line}"
     assert result.load["errors"] == 0, result.load["status"]
     assert result.rss_before and result.rss_after
 
 
 @pytest.mark.slow
 @needs_java
-def test_400_held_bodies_with_no_token_neither_exhaust_nor_freeze_the_server(served):
+def test_400_held_bodies_with_no_token_neither_exhaust_nor_freeze_the_server(served, measure):
     """The attack that froze TorchServe 0.12's frontend for good: memory stays bounded, and the server
     answers an authenticated request at once when the attackers close."""
     _, info = served
@@ -117,7 +118,7 @@ def test_400_held_bodies_with_no_token_neither_exhaust_nor_freeze_the_server(ser
     assert result.frontend_rss_peak - result.frontend_rss_before <= result.memory_bound, result
     assert result.survived
     _f5(info)
-    MEASUREMENTS.append(
+    measure(
         f"held bodies: {result.connections} connections x {result.sent_bytes} of {result.declared_bytes} bytes for "
         f"{result.attack_s:.0f}s; frontend+proxy RSS {result.frontend_rss_before >> 20} -> peak {result.frontend_rss_peak >> 20} MiB "
         f"(bound +{result.memory_bound >> 20}); during: {result.during_status}; answered {result.recovery_s}s after they closed "

@@ -22,10 +22,10 @@ from pipeline.serving.common.client import http
 from pipeline.serving.ray import app as ray_app
 from pipeline.serving.ray import server as ray_server
 from pipeline.settings import Settings
-from tests.helpers import MEASUREMENTS, copy_root
+from tests.helpers import copy_root
 from tests.serving.cases import BAD_INPUTS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray_cluster]
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a dev dependency (make setup)")
 
@@ -47,6 +47,10 @@ def app_settings(built_root, tmp_path_factory) -> Settings:
     return Settings(root=root)
 
 
+# How long `app` took to answer its first request; test_answers_as_torchserve_does reports it.
+STARTED_S: list[float] = []
+
+
 @pytest.fixture(scope="module")
 def app(app_settings, home):
     """`serve --on ray` on a fresh local cluster: it returns only once a real request was answered;
@@ -57,7 +61,7 @@ def app(app_settings, home):
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))  # and drops this: Ray would read it before its own token file
         started = time.perf_counter()
         info = ray_server.start(app_settings, auto_ports=True, timeout=120, body_timeout_s=BODY_TIMEOUT_S)
-    MEASUREMENTS.append(f"Ray Serve: 1 replica on a fresh local cluster answered in {time.perf_counter() - started:.1f} s")
+    STARTED_S.append(time.perf_counter() - started)
     yield info
     # Each replica unpacked the archive into a folder of its own: inside the cluster's, which stop removes.
     unpacked = list(Path(info.temp_dir or "/nonexistent").glob("tmp/pipeline-ray-*/model.onnx"))
@@ -74,7 +78,8 @@ def post(info, obj=None, raw: bytes | None = None, **kw):
     return status, json.loads(answer) if answer else None
 
 
-def test_answers_as_torchserve_does(app):
+def test_answers_as_torchserve_does(app, measure):
+    measure(f"Ray Serve: 1 replica on a fresh local cluster answered in {STARTED_S[0]:.1f} s")
     assert post(app, {"x": 5.0}) == (200, {"y": pytest.approx(11.0, abs=0.05)})
     status, answer = post(app, {"x": [1.0, 2.0, 3.0]})
     assert status == 200 and answer["y"] == pytest.approx([3.0, 5.0, 7.0], abs=0.05)
@@ -212,7 +217,7 @@ def _stalled_request(info, token: str) -> socket.socket:
     return conn
 
 
-def test_bodies_that_never_come_free_their_slots(app):
+def test_bodies_that_never_come_free_their_slots(app, measure):
     """More stalled bodies than a replica has slots: each is a 408 after body_idle_s (2 s: it was body_timeout_s, 10 s
     by default, and a real request waited 8 s), and a real request is answered meanwhile."""
     stalled = [_stalled_request(app, app.token()) for _ in range(ray_app.DEFAULT_MAX_ONGOING + 6)]
@@ -228,7 +233,7 @@ def test_bodies_that_never_come_free_their_slots(app):
     finally:
         for conn in stalled:
             conn.close()
-    MEASUREMENTS.append(f"Ray Serve: a request behind {len(stalled)} stalled bodies answered in {waited:.1f} s")
+    measure(f"Ray Serve: a request behind {len(stalled)} stalled bodies answered in {waited:.1f} s")
     assert waited < 3 * ray_app.RayAppOptions.body_idle_s + 5
     assert all(status == 408 and b"no part of the request body arrived for 2 s" in body for status, body in answers), answers[:2]
 

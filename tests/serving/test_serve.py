@@ -25,7 +25,7 @@ from pipeline.serving.common.client import http
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Layout, Settings
 from pipeline.stages import package
-from tests.helpers import MEASUREMENTS, archive_handler, copy_root, needs_java
+from tests.helpers import archive_handler, copy_root, needs_java
 from tests.serving.cases import BAD_INPUTS
 
 pytestmark = [
@@ -159,7 +159,7 @@ def test_a_chunked_body_over_the_cap_is_refused_once_it_passes_it(server):
     assert post(server, {"x": 2.0})[0] == 200
 
 
-def test_a_held_body_is_cut_off_with_a_408(server):
+def test_a_held_body_is_cut_off_with_a_408(server, measure):
     """A client that declares a body and holds it back gets a 408 after the proxy's request timeout, not a slot forever."""
     from pipeline.serving.torchserve import proxy
 
@@ -182,10 +182,10 @@ def test_a_held_body_is_cut_off_with_a_408(server):
         answer = sock.recv(65536)
         waited = time.monotonic() - start
     assert answer.startswith(b"HTTP/1.1 408") and b"within 10 s" in answer, answer[:300]
-    MEASUREMENTS.append(
+    line = measure(
         f"408 after {waited:.3f} s (timeout {proxy.REQUEST_TIMEOUT_S} s; the proxy's own answer took {max(answered) * 1e3:.1f} ms)"
     )
-    assert proxy.REQUEST_TIMEOUT_S - slack <= waited <= proxy.REQUEST_TIMEOUT_S + slack, MEASUREMENTS[-1]
+    assert proxy.REQUEST_TIMEOUT_S - slack <= waited <= proxy.REQUEST_TIMEOUT_S + slack, line
 
 
 def test_torchserve_s_http_apis_listen_only_on_unix_sockets_in_the_run_folder(server):
@@ -269,7 +269,7 @@ def test_the_run_folder_is_the_owners_alone(server):
     }
 
 
-def test_sequential_latency_vs_ping(server, built_root, tmp_path):
+def test_sequential_latency_vs_ping(server, built_root, tmp_path, measure):
     """A prediction is a ping's path (client, proxy, frontend) plus one more local hop (frontend to
     worker) and the handler: more than a ping, and less than two pings and the handler with slack."""
     token = server.token("inference")
@@ -293,14 +293,14 @@ def test_sequential_latency_vs_ping(server, built_root, tmp_path):
             times[name].append(time.perf_counter() - t)
             assert status == 200, name
     ping, predict, handler = (statistics.median(times[name]) for name in calls)
-    MEASUREMENTS.append(
+    line = measure(
         f"served p50 over 200 sequential requests: predict {predict * 1e3:.2f} ms, /ping {ping * 1e3:.2f} ms, "
         f"ratio {predict / ping:.2f}x; the handler in process {handler * 1e3:.2f} ms"
     )
-    assert predict > ping, MEASUREMENTS[-1]
+    assert predict > ping, line
     # The frontend-to-worker hop measured about 1.5 pings here (2 CPUs): twice that, and the handler twice.
     # A wait added on the way (a batch delay, a worker restarted per request) breaks it.
-    assert predict < 4 * ping + 2 * handler, MEASUREMENTS[-1]
+    assert predict < 4 * ping + 2 * handler, line
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary tensors", "JSON tensors"])
@@ -353,7 +353,7 @@ def test_a_client_cannot_mark_its_own_request_as_oip(server):
         assert abs(json.loads(response.read())["y"] - 11.0) < 0.05  # answered as the project's JSON, not decoded as OIP
 
 
-def test_killed_worker_is_restarted(server):
+def test_killed_worker_is_restarted(server, measure):
     """Runs last on this server: SIGKILL of the worker while 8 clients are sending.
 
     Only the requests in flight fail (TorchServe's 507, at most one per client); the
@@ -367,7 +367,7 @@ def test_killed_worker_is_restarted(server):
     assert result.requests > 0 and result.errors <= 8, result  # none when the kill lands between two batches
     assert set(result.error_status) <= {"500", "503", "507"}, result.error_status
     assert result.after_requests >= 1000 and result.after_errors == 0
-    MEASUREMENTS.append(
+    measure(
         f"worker SIGKILLed under load (c=8): {result.errors} in-flight errors {result.error_status} "
         f"of {result.requests}; answered again after {result.recovery_s:.2f} s "
         f"(new worker READY after {result.worker_ready_s:.2f} s), then {result.after_requests} requests, 0 errors"

@@ -14,7 +14,7 @@ from pipeline.reliability.faults import copy_project
 from pipeline.serving.common.client import http
 from pipeline.serving.torchserve import proxy
 from pipeline.serving.torchserve import server as serve
-from tests.helpers import MEASUREMENTS, needs_java
+from tests.helpers import needs_java
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def server(built_root, tmp_path_factory):
 
 @pytest.mark.slow
 @needs_java
-def test_http2_streams_are_refused_and_the_proxy_memory_stays_bounded(server):
+def test_http2_streams_are_refused_and_the_proxy_memory_stays_bounded(server, measure):
     """Cleartext HTTP/2 with prior knowledge: 100 streams a connection, each sending a 1 MB body, gave each
     stream its own buffer (4 connections: 400 MB). The proxy speaks HTTP/1.1 only and answers the preface 400."""
     result = sf.h2_streams(server, connections=6, streams=100, attack_s=4)
@@ -36,7 +36,7 @@ def test_http2_streams_are_refused_and_the_proxy_memory_stays_bounded(server):
     assert max(result.proxy_rss_peak, result.proxy_rss_after) - result.proxy_rss_before <= result.memory_bound, result
     assert result.survived
     assert server.predict(b'{"x": 5.0}')[0] == 200
-    MEASUREMENTS.append(
+    measure(
         f"HTTP/2 streams: {result.connections} x {result.streams} streams of {result.declared_bytes} bytes; proxy RSS "
         f"{result.proxy_rss_before >> 20} -> peak {result.proxy_rss_peak >> 20} -> after {result.proxy_rss_after >> 20} MiB "
         f"(bound +{result.memory_bound >> 20})"
@@ -91,7 +91,7 @@ def test_the_metrics_api_takes_no_body_and_the_token_api_is_refused(server):
 
 @pytest.mark.slow
 @needs_java
-def test_slow_bodies_without_a_token_leave_the_server_to_clients_with_one(server):
+def test_slow_bodies_without_a_token_leave_the_server_to_clients_with_one(server, measure):
     """Headers and 10 of 1,000 bytes, no token, reopened when closed: the proxy answers 401 at the headers and closes,
     so they hold no slot. Before, 300 of them for 30 s let a client with the token get one answer, after 32.7 s."""
     connections = sf.proxy_limits(server).connections + 50  # more than the proxy's slots: 170
@@ -99,7 +99,7 @@ def test_slow_bodies_without_a_token_leave_the_server_to_clients_with_one(server
     assert result.refused_401 > result.connections, result  # answered and reopened, not held
     assert result.requests >= 10 and result.answered_share >= 0.9, result
     assert result.survived
-    MEASUREMENTS.append(
+    measure(
         f"slow bodies without a token: {result.connections} connections x {result.sent_bytes} of {result.declared_bytes} bytes "
         f"for {result.attack_s:.0f}s ({result.reconnects} closed and reopened, {result.refused_401} after a 401); with the token "
         f"{result.answered}/{result.requests} answered within {result.latency_limit_s:.0f}s, p50 {result.latency_p50_s}, "
