@@ -20,9 +20,6 @@ DOCS_STAMP := $(VENV)/.installed-docs
 # transformers and onnx-ir (not declared).
 GENAI_VENV  ?= .venv-genai
 GENAI_STAMP := $(GENAI_VENV)/.installed
-# make test's processes (pytest-xdist): a module stays in one, the Ray tests share one; 0 runs them in this one.
-TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 REPLICAS ?= 1
 REPLICA_FLAGS := --replicas $(REPLICAS)
 # Smaller variants: VARIANTS=int8 (or int8,fp16) for make export; VARIANT=int8 serves one.
@@ -95,10 +92,10 @@ generate: $(STAMP)
 	$(PY) -m pipeline generate $(MODEL_FLAGS) --prompt "$$PROMPT" $(GENERATE_ARGS)
 
 test: $(RAY_STAMP)
-	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -105,7 +105,7 @@ def built(built_root) -> tuple[Settings, Layout]:
 
 
 # Figures measured by tests (restart time, latency ratios), printed after the run. They travel in each
-# test's report (user_properties), so they reach this process from pytest-xdist's workers too.
+# test's report (user_properties), so a plugin that runs tests in other processes passes them on.
 MEASUREMENTS: list[str] = []
 
 
@@ -118,15 +118,6 @@ def measure(request) -> Callable[[str], str]:
         return line
 
     return keep
-
-
-def pytest_collection_modifyitems(items):
-    """pytest-xdist's groups (make test runs `-n 2 --dist loadgroup`): a module's tests stay in one worker,
-    so its module fixtures (a server, a built project) are made once; the tests that start a local Ray
-    cluster share one group, so two clusters never compete for one machine's cores and ports."""
-    for item in items:
-        group = "ray" if item.get_closest_marker("ray_cluster") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_runtest_logreport(report):

@@ -421,7 +421,6 @@ def test_compare_falls_back_to_the_largest_concurrency_run():
 
 
 @pytest.mark.slow
-@pytest.mark.ray_cluster
 def test_served_ray_puts_torchserve_and_ray_side_by_side(built_root, tmp_path):
     """--served ray: TorchServe (default, tuned) and Ray Serve (1 and 2 replicas at their own addresses, and 1
     through Serve's proxy), real servers, one sweep each."""

@@ -30,7 +30,7 @@ PROMPT = "The quick brown fox"
 CHAT = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Where is the station?"}]
 
 
-@pytest.fixture(scope="module", params=["torchserve", pytest.param("ray", marks=pytest.mark.ray_cluster)])
+@pytest.fixture(scope="module", params=["torchserve", "ray"])
 def served(request, small_llama):
     """(backend, server info, openai client, what `serve` printed): one server per backend, started as a user starts it."""
     folder, root = small_llama

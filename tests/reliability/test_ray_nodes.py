@@ -11,7 +11,7 @@ from pipeline.reliability.ray_nodes import node_kill_in_child
 from pipeline.settings import Settings
 from tests.helpers import copy_root
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray_cluster]
+pytestmark = pytest.mark.slow
 pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
 
 

@@ -25,7 +25,7 @@ from pipeline.settings import Settings
 from tests.helpers import copy_root
 from tests.serving.cases import BAD_INPUTS
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray_cluster]
+pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a dev dependency (make setup)")
 

@@ -25,7 +25,7 @@ from pipeline.spec import tokenizer_file
 from tests.helpers import copy_root
 from tests.serving.real_models import assert_close, eager, expected_labels
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray_cluster]
+pytestmark = pytest.mark.slow
 pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
 pytest.importorskip("transformers")
 

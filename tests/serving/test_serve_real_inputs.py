@@ -70,7 +70,7 @@ def _ray_env(monkeypatch, home):
     monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
-@pytest.fixture(scope="module", params=["torchserve", pytest.param("ray", marks=pytest.mark.ray_cluster)])
+@pytest.fixture(scope="module", params=["torchserve", "ray"])
 def servers(request, project, tmp_path_factory):
     """name -> the running server's info, both models on one backend."""
     start: Any
