@@ -28,7 +28,7 @@ VARIANT  ?=
 comma := ,
 VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
 
-.PHONY: help setup export generate test test-fast lint fmt typecheck serve stop serve-ray stop-ray bench genai-peer tune reliability real-models docs docs-serve clean distclean
+.PHONY: help setup export generate test test-fast lint fmt typecheck serve stop update rollback serve-ray stop-ray bench genai-peer tune reliability real-models docs docs-serve clean distclean
 
 help:
 	@echo "make export     train -> TorchScript -> ONNX -> AOTInductor .pt2 -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
@@ -39,6 +39,7 @@ help:
 	@echo "make test-fast  the fast tier (pytest -m \"not slow\"): no server, Ray or zoo; each chain built once and copied"
 	@echo "make lint       ruff (lint and format check); make fmt formats; make typecheck runs mypy"
 	@echo "make serve      start TorchServe with model_store/$(MODEL).mar, wait for READY workers (VARIANT=int8 serves <model>-int8.mar); make stop stops it"
+	@echo "make update     rebuild, then move the running server to the new version with no request failing (UPDATE_ARGS='--on ray'); make rollback goes back"
 	@echo "make serve-ray  the same archive on Ray Serve: a local cluster on 127.0.0.1 (RAY_ADDRESS=... joins one); REPLICAS=2 or REPLICAS=auto"
 	@echo "make stop-ray   stop it (the local cluster too)"
 	@echo "make bench      latency report: eager vs TorchScript vs ONNX Runtime vs the .pt2 vs torch.compile in process, and the served endpoint (BENCH_ARGS=...)"
@@ -130,6 +131,15 @@ serve: $(STAMP)
 
 stop: $(STAMP)
 	$(PY) -m pipeline stop $(MODEL_FLAGS)
+
+# The running server (TorchServe; UPDATE_ARGS='--on ray' for Ray Serve) moved to the rebuilt model, no request failing.
+update: $(STAMP)
+	$(PY) -m pipeline all $(MODEL_FLAGS)
+	@test -z "$(VARIANT)" || $(PY) -m pipeline variants $(MODEL_FLAGS) --$(VARIANT)
+	$(PY) -m pipeline update $(MODEL_FLAGS) $(if $(VARIANT),--variant $(VARIANT)) $(UPDATE_ARGS)
+
+rollback: $(STAMP)
+	$(PY) -m pipeline rollback $(MODEL_FLAGS) $(if $(VARIANT),--variant $(VARIANT)) $(UPDATE_ARGS)
 
 serve-ray: $(RAY_STAMP)
 	$(PY) -m pipeline all $(MODEL_FLAGS)

@@ -25,12 +25,16 @@ class FakeContext:
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": 8}
         self.status: dict[int, tuple[int, str]] = {}
         self.content_type: dict[int, str] = {}
+        self.headers: dict[int, dict[str, str]] = {}
 
     def set_response_status(self, code=200, phrase="", idx=0):
         self.status[idx] = (code, phrase)
 
     def set_response_content_type(self, idx, value):
         self.content_type[idx] = value
+
+    def set_response_header(self, idx, key, value):
+        self.headers.setdefault(idx, {})[key] = value
 
 
 def archive_handler(mar: Path, folder: Path, gpu_id=None):

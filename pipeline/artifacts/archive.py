@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import os
 import shutil
 import stat
 import zipfile
@@ -43,6 +44,7 @@ from pipeline.artifacts.names import (
     archive_key,
 )
 from pipeline.artifacts.safety import check_data_size, check_onnx_bytes
+from pipeline.artifacts.version import archive_version, content_version
 from pipeline.artifacts.ziplayout import check_layout
 from pipeline.errors import IntegrityError
 
@@ -179,20 +181,46 @@ def inspect_archive(path: Path, onnx_sha256: str | None = None, data_sha256: str
             if package and sha256_member(zf, ARCHIVE_PT2) != package:
                 raise IntegrityError(STAGE, f"{path.name} holds a {ARCHIVE_PT2} other than the one its contract records", _FIX)
             manifest = json.loads(zf.read(ARCHIVE_MANIFEST))
-            check_handler(path, manifest, zf.read(ARCHIVE_HANDLER))
+            handler = zf.read(ARCHIVE_HANDLER)
+            check_handler(path, manifest, handler)
             model = zf.read(ARCHIVE_MODEL)
-            config = yaml.safe_load(zf.read(ARCHIVE_CONFIG))
+            config_bytes = zf.read(ARCHIVE_CONFIG)
+            config = yaml.safe_load(config_bytes)
             model_sha, data_sha = _check_model(path, zf, model, onnx_sha256, data_sha256)
+            hashes = {
+                ARCHIVE_MODEL: model_sha,
+                ARCHIVE_HANDLER: hashlib.sha256(handler).hexdigest(),
+                ARCHIVE_CONTRACT: sha256_member(zf, ARCHIVE_CONTRACT),
+                ARCHIVE_CONFIG: hashlib.sha256(config_bytes).hexdigest(),
+                **({ARCHIVE_DATA: data_sha} if data_sha else {}),
+                **({ARCHIVE_TOKENIZER: tokenizer} if tokenizer else {}),
+                **({ARCHIVE_PT2: package} if package else {}),
+            }
+            version = _check_version(path, manifest, hashes)
     except zipfile.BadZipFile as exc:  # also a member whose CRC does not match
         raise IntegrityError(STAGE, f"{path} is not a readable archive: {exc}", "rebuild it: python -m pipeline package --force") from None
     return {
         "members": sorted(names),
         "mar_manifest": manifest,
+        "version": version,
         "model_sha256": model_sha,
         "data_sha256": data_sha,
         "contract": contract,
         "model_config": config,
     }
+
+
+def _check_version(path: Path, mar_manifest: dict, hashes: dict[str, str]) -> str:
+    """The archive's version, once its MANIFEST.json records the one its members make (`content_version`)."""
+    recorded, made = archive_version(mar_manifest), content_version(hashes)
+    if recorded != made:
+        raise IntegrityError(
+            STAGE,
+            f"{path.name}: its {ARCHIVE_MANIFEST} gives the version {recorded!r}, but its members make {made!r} "
+            "(built by an older pipeline, or a member was changed)",
+            _FIX,
+        )
+    return made
 
 
 def _check_model(path: Path, zf: zipfile.ZipFile, model: bytes, onnx_sha256: str | None, data_sha256: str | None) -> tuple[str, str | None]:
@@ -248,9 +276,9 @@ def extract_model(path: Path, folder: Path) -> Path:
     return folder / ARCHIVE_MODEL
 
 
-def _inspect_verified(manifest: Manifest, variant: str | None, path: Path) -> None:
+def _inspect_verified(manifest: Manifest, variant: str | None, path: Path) -> dict:
     model = manifest.records[variant or ONNX]
-    inspect_archive(path, model.sha256, (model.details.get(EXTERNAL_DATA) or {}).get("sha256"))
+    return inspect_archive(path, model.sha256, (model.details.get(EXTERNAL_DATA) or {}).get("sha256"))
 
 
 def verified_archive(manifest: Manifest, variant: str | None, stage: str) -> tuple[Path, ArtifactRecord]:
@@ -260,22 +288,31 @@ def verified_archive(manifest: Manifest, variant: str | None, stage: str) -> tup
     return path, rec
 
 
-def private_archive(manifest: Manifest, variant: str | None, stage: str, folder: Path) -> tuple[Path, ArtifactRecord]:
+def private_archive(manifest: Manifest, variant: str | None, stage: str, folder: Path) -> tuple[Path, ArtifactRecord, str]:
     """The verified archive copied into `folder` (the server's own, 0700) and checked there: serve the copy.
+    Returns the copy, named `<model>-<version>.mar` (each version a file of its own, for rollback), its record and version.
 
     Checking the project's file and then handing its path to a server leaves a gap in
     which whoever can write model_store/ swaps it; the copy is hashed against the
-    manifest and inspected after it is made, and no one else can write it.
+    manifest and inspected after it is made, and no one else can write it. A copy that
+    fails either check is removed; what the folder held before is untouched.
     """
     path, rec = manifest.verified(archive_key(variant), stage)
-    copy = folder / path.name
-    copy.unlink(missing_ok=True)  # a link or someone else's file left there is not written through
-    shutil.copyfile(path, copy)
-    digest = files.sha256_file(copy)
-    if digest != rec.sha256:
-        copy.unlink()
-        raise IntegrityError(
-            stage, f"{rec.path} changed while it was being copied to {folder} (sha256 {digest[:12]}…, recorded {rec.sha256[:12]}…)", _FIX
-        )
-    _inspect_verified(manifest, variant, copy)
-    return copy, rec
+    incoming = folder / f".{path.name}.incoming"
+    incoming.unlink(missing_ok=True)  # a link or someone else's file left there is not written through
+    shutil.copyfile(path, incoming)
+    try:
+        digest = files.sha256_file(incoming)
+        if digest != rec.sha256:
+            raise IntegrityError(
+                stage,
+                f"{rec.path} changed while it was being copied to {folder} (sha256 {digest[:12]}…, recorded {rec.sha256[:12]}…)",
+                _FIX,
+            )
+        version = _inspect_verified(manifest, variant, incoming)["version"]
+    except BaseException:
+        incoming.unlink(missing_ok=True)
+        raise
+    copy = folder / f"{path.stem}-{version}.mar"
+    os.replace(incoming, copy)
+    return copy, rec, version

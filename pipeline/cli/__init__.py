@@ -1,8 +1,8 @@
 """Command line: `python -m pipeline <command> [options]`; `python -m pipeline <command> --help`.
 
 Stages: train, trace, export, parity, package; `all` runs them in order and prints a
-one-screen summary. generate writes text with a decoder's verified graph; serve / stop / token run the endpoint (TorchServe, or Ray Serve with
-`--on ray`); bench writes the latency report; tune finds the serving config that meets a
+one-screen summary. generate writes text with a decoder's verified graph; serve / stop / token / update / rollback run the
+endpoint (TorchServe, or Ray Serve with `--on ray`); bench writes the latency report; tune finds the serving config that meets a
 p99 goal and packages the archive with it; reliability runs the fault harness. Each
 command takes only its own options.
 """
@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serving", "serve_command"),
     "stop": ("serving", "stop_command"),
     "token": ("serving", "token_command"),
+    "update": ("serving", "update_command"),
+    "rollback": ("serving", "update_command"),
     "rayservice": ("serving", "rayservice_command"),
     "generate": ("generate", "command"),
     "bench": ("bench", "command"),

@@ -16,7 +16,7 @@ from pipeline.settings import DEFAULT_MODEL
 
 
 def add_parsers(commands) -> None:
-    """serve, stop, token, rayservice: a flat table of parsers and options, which reads best whole."""
+    """serve, stop, token, update, rollback, rayservice: a flat table of parsers and options, which reads best whole."""
     serve = commands.add_parser(
         "serve",
         help="serve the model's archive (TorchServe, or Ray Serve) and wait until it answers",
@@ -67,6 +67,28 @@ def add_parsers(commands) -> None:
         "--header", action="store_true", help="print it as the header line 'Authorization: Bearer <token>', for curl -H @- to read"
     )
 
+    for verb, what in (
+        ("update", "move the running server to the model's current verified archive, with no request failing"),
+        ("rollback", "move the running server back to the version it served before this one"),
+    ):
+        versions = commands.add_parser(
+            verb,
+            help=what,
+            description=f"{what[0].upper()}{what[1:]}. The archive is checked as at serve; a refused one changes nothing and the "
+            "running version goes on answering. Every answer names its version (X-Model-Version).",
+        )
+        model_options(versions)
+        on_option(versions)
+        versions.add_argument(
+            "--variant", choices=VARIANTS, help="the variant's archive (model_store/<model>-<variant>.mar), as served with --variant"
+        )
+        versions.add_argument(
+            "--timeout",
+            type=float,
+            default=120.0,
+            help="seconds for the new version to be ready, and the old one to drain (default: %(default)s)",
+        )
+
     kuberay = commands.add_parser(
         "rayservice",
         help="write model_store/<model>.rayservice.yaml: a KubeRay RayService serving the verified archive",
@@ -89,6 +111,30 @@ def stop_command(args: argparse.Namespace) -> int:
     spec, _ = resolve(settings)
     stopped = backend.stop(settings)
     print(f"stopped the {spec.name} {backend.label} server" if stopped else f"no {spec.name} {backend.label} server was running")
+    return 0
+
+
+def update_command(args: argparse.Namespace) -> int:
+    """update and rollback: the running server moved to another version of the model's archive."""
+    from pipeline.serving.backends import BACKENDS
+    from pipeline.settings import resolve
+
+    settings, backend = settings_from(args), BACKENDS[args.on]
+    spec, layout = resolve(settings)
+    if args.command == "update":
+        refuse_stale(settings, spec, layout)  # never serve an archive older than what it was built from
+    started = time.perf_counter()
+    move = backend.versions().update if args.command == "update" else backend.versions().rollback
+    before, after = move(settings, timeout=args.timeout)
+    if before == after:
+        print(f"{spec.name} on {backend.label} already serves version {after}: nothing to do")
+        return 0
+    print(
+        f"{spec.name} on {backend.label}: version {before} -> {after} in {time.perf_counter() - started:.1f}s; every answer names it (X-Model-Version)"
+    )
+    info = backend.load_info(layout)
+    if info is not None:
+        print(f"  URL      {info.predictions_url}")
     return 0
 
 
@@ -210,6 +256,8 @@ def serve_command(args: argparse.Namespace) -> int:
             f"  python   openai.OpenAI(base_url={info.inference + '/v1'!r}, api_key=TOKEN).completions.create("
             f"model={info.model!r}, prompt='Once upon a time', max_tokens=32, stream=True)"
         )
+    print(f"  metrics  {info.metrics_url} (Prometheus text; the same token, as a bearer token)")
+    print(f"  update   {backend.command('update', rel(sys.executable))}{model_arg} (after rebuilding; rollback goes back)")
     print(f"  logs     {rel(Path(info.run_dir) / 'logs')}/")
     print(f"  stop     {backend.command('stop', rel(sys.executable))}{model_arg}")
     return 0

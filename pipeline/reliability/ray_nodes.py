@@ -33,6 +33,7 @@ from pipeline.artifacts import files
 from pipeline.errors import PipelineError
 from pipeline.serving.common.client import free_port
 from pipeline.serving.ray import server as ray_server
+from pipeline.serving.ray.app import RayAppOptions
 from pipeline.settings import Settings, resolve
 
 RETRY_AFTER_S = 0.1  # a client whose connection failed waits this long before its next request
@@ -139,7 +140,10 @@ def node_kill(
     spec, _ = resolve(settings)
     key_file = work / "key_file.json"
     ray_server.write_key_file(key_file)
-    options = ray_server.app_options(settings, "2", key_file, num_cpus=1)
+    served, archive = ray_server.served_archive(settings, work)
+    options = RayAppOptions.from_args(
+        {"archive": archive, "sha256": served.sha256, "token_file": str(key_file), "replicas": "2", "num_cpus": 1}
+    )
     node_args: dict[str, Any] = {"include_dashboard": False, "object_store_memory": 128 << 20}
     # The head keeps the dashboard, on loopback, for Ray's state API (where each replica runs).
     head_args = {"num_cpus": 0, **node_args, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port()}

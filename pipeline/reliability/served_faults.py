@@ -502,9 +502,13 @@ def _model_api_probes(info: ServerInfo) -> list[Probe]:
     """With the management key: registering and unregistering refused, and the model still serves."""
     mgmt = info.token("management")
     status, _ = http("POST", f"{info.management}/models?url={info.model}.mar&model_name=again", token=mgmt)
-    probes = [Probe("registering a model is refused", "405", str(status), status == 405)]
+    probes = [
+        Probe("registering a model is refused", "403 (update and rollback only, on the management socket)", str(status), status == 403)
+    ]
     status, _ = http("DELETE", f"{info.management}/models/{info.model}", token=mgmt)
-    probes.append(Probe("unregistering the model is refused", "405", str(status), status == 405))
+    probes.append(
+        Probe("unregistering the model is refused", "403 (update and rollback only, on the management socket)", str(status), status == 403)
+    )
     probes.append(
         Probe("the model still serves after those attempts", "workers READY", "READY" if info.ready() else "not ready", info.ready())
     )

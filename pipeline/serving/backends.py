@@ -1,6 +1,6 @@
 """The serving backends behind one interface: start, stop, find the running server, describe it.
 
-`python -m pipeline serve|stop|token --on NAME` looks NAME up in `BACKENDS` and calls it; the
+`python -m pipeline serve|stop|token|update|rollback --on NAME` looks NAME up in `BACKENDS` and calls it; the
 command line never asks which backend it holds. A backend's module is imported when it is
 first used, since Ray Serve is an optional dependency.
 """
@@ -36,15 +36,26 @@ class ServerModule(Protocol):
     def served_line(self, info: Endpoint, options: ServeOptions) -> str: ...
 
 
+class VersionsModule(Protocol):
+    """What each backend's module for versions defines: (version before, version after)."""
+
+    def update(self, settings: Settings, timeout: float = 120.0) -> tuple[str, str]: ...
+    def rollback(self, settings: Settings, timeout: float = 120.0) -> tuple[str, str]: ...
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str  # the --on choice
     label: str  # for people: "TorchServe"
     module: str  # its ServerModule
     keys: tuple[str, ...]  # the tokens its key file holds, the first for inference
+    versions_module: str  # its VersionsModule: update and rollback
 
     def server(self) -> ServerModule:
         return cast(ServerModule, importlib.import_module(self.module))
+
+    def versions(self) -> VersionsModule:
+        return cast(VersionsModule, importlib.import_module(self.versions_module))
 
     def command(self, verb: str, python: str = "python") -> str:
         """The command line that does `verb` (serve, stop, token) on this backend."""
@@ -68,7 +79,13 @@ DEFAULT = "torchserve"
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("torchserve", "TorchServe", "pipeline.serving.torchserve.server", ("inference", "management")),
-        Backend("ray", "Ray Serve", "pipeline.serving.ray.server", ("inference",)),
+        Backend(
+            "torchserve",
+            "TorchServe",
+            "pipeline.serving.torchserve.server",
+            ("inference", "management"),
+            "pipeline.serving.torchserve.update",
+        ),
+        Backend("ray", "Ray Serve", "pipeline.serving.ray.server", ("inference",), "pipeline.serving.ray.server"),
     )
 }

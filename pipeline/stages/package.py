@@ -39,6 +39,7 @@ from pipeline.artifacts.names import (
     PARITY,
     pt2_key,
 )
+from pipeline.artifacts.version import content_version
 from pipeline.errors import IntegrityError, PipelineError
 from pipeline.runtimes.pt2 import verified_package
 from pipeline.serving.common.contract import declare
@@ -48,7 +49,8 @@ from pipeline.spec import ModelSpec, tokenizer_file
 from pipeline.stages.fresh import up_to_date
 
 STAGE = "package"
-VERSION = "1.0"
+# How an archive's version is made (archive.content_version); a change here rebuilds every archive.
+VERSION_SCHEME = "members-sha256"
 
 
 def archive_contract(settings: Settings, spec: ModelSpec) -> dict:
@@ -198,7 +200,7 @@ def archive(
     handler = handler_source()
     inputs = {**inputs, "handler": files.sha256_bytes(handler)}
     config = model_config(settings, io_contract)
-    stage_settings = {"model_config": config, "contract": io_contract, "version": VERSION}
+    stage_settings = {"model_config": config, "contract": io_contract, "version": VERSION_SCHEME}
     if skipped := up_to_date(manifest, key, inputs, stage_settings, settings, STAGE, (path,)):
         return skipped
 
@@ -216,14 +218,20 @@ def archive(
         extra = _stage_extra_files(staging, settings, io_contract, config)
         if package is not None:
             extra.append(_stage_copy(package[0], staging / ARCHIVE_PT2, package[1]))
-        built = _run_archiver(name, staging, extra)
+        members = {
+            p.name: files.sha256_file(p) for p in (staging / ARCHIVE_MODEL, staging / ARCHIVE_HANDLER, staging / ARCHIVE_CONFIG, *extra)
+        }
+        if external_data is not None:
+            members[ARCHIVE_DATA] = external_data[1]
+        version = content_version(members)
+        built = _run_archiver(name, version, staging, extra)
         if external_data is not None:
             append_data(built, *external_data)
         inspected = inspect_archive(built, model_sha256, None if external_data is None else external_data[1])
         with files.atomic_path(path) as final:
             os.replace(built, final)  # the file just inspected, not a copy of it
     seconds = time.perf_counter() - start
-    details = {"members": inspected["members"], "model_config": config}
+    details = {"members": inspected["members"], "version": inspected["version"], "model_config": config}
     if external_data is not None:
         details["stored"] = [ARCHIVE_DATA]
     rec = manifest.record(key, path, STAGE, inputs, stage_settings, seconds, details)
@@ -260,7 +268,7 @@ def _stage_extra_files(staging: Path, settings: Settings, io_contract: dict, con
     return extra
 
 
-def _run_archiver(name: str, staging: Path, extra: list[Path]) -> Path:
+def _run_archiver(name: str, version: str, staging: Path, extra: list[Path]) -> Path:
     """torch-model-archiver over the staged members; returns the archive it built, still in the staging folder."""
     out = staging / "out"
     out.mkdir()
@@ -274,7 +282,7 @@ def _run_archiver(name: str, staging: Path, extra: list[Path]) -> Path:
             ModelArchiverConfig(
                 model_name=name,
                 handler=str(staging / ARCHIVE_HANDLER),
-                version=VERSION,
+                version=version,
                 serialized_file=str(staging / ARCHIVE_MODEL),
                 extra_files=",".join(str(p) for p in extra),
                 export_path=str(out),

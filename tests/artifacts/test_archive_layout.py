@@ -109,8 +109,9 @@ def test_the_server_serves_its_private_copy_checked_after_copying(project, tmp_p
     manifest = Manifest(layout.root, "simple_nn")
     store = tmp_path / "store"
     store.mkdir()
-    copy, rec = archive.private_archive(manifest, None, "serve", store)
-    assert copy == store / layout.mar.name and copy.read_bytes() == layout.mar.read_bytes()
+    copy, rec, version = archive.private_archive(manifest, None, "serve", store)
+    assert copy == store / f"{layout.mar.stem}-{version}.mar" and copy.read_bytes() == layout.mar.read_bytes()
+    assert version == manifest.records["mar"].details["version"]
 
     hidden = hostile.hide_member(layout.mar, tmp_path / "h.mar", "onnx_handler.py", b"evil")
     copyfile = shutil.copyfile
@@ -121,4 +122,22 @@ def test_the_server_serves_its_private_copy_checked_after_copying(project, tmp_p
     monkeypatch.setattr(archive.shutil, "copyfile", swapped_while_copying)
     with pytest.raises(IntegrityError, match="changed while it was being copied"):
         archive.private_archive(manifest, None, "serve", store)
-    assert not copy.exists()
+    assert sorted(store.iterdir()) == [copy]  # the refused copy is gone; the good one before it is untouched
+    assert copy.read_bytes() == layout.mar.read_bytes()
+
+
+def test_the_version_is_what_the_members_make_and_a_manifest_that_says_otherwise_is_refused(built, tmp_path):
+    """An archive's version (TorchServe's model version, in every answer) is recomputed from its members at every check."""
+    _, layout = built
+    info = archive.inspect_archive(layout.mar)
+    assert info["version"] == info["mar_manifest"]["model"]["modelVersion"] and len(info["version"]) == 12
+    assert info["version"] == Manifest(layout.root, "simple_nn").records["mar"].details["version"]
+    relabelled = tmp_path / "relabelled.mar"
+    with zipfile.ZipFile(layout.mar) as src, zipfile.ZipFile(relabelled, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "MAR-INF/MANIFEST.json":
+                data = data.replace(info["version"].encode(), b"1.0")
+            dst.writestr(item, data)
+    with pytest.raises(IntegrityError, match=r"gives the version '1.0', but its members make '[0-9a-f]{12}'"):
+        archive.inspect_archive(relabelled)

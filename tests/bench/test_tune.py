@@ -231,7 +231,7 @@ def test_ray_serve_opens_the_tuned_archive_with_its_threads_over_num_cpus(tuned,
     def threads(mar, folder) -> int:
         options = RayAppOptions(archive=str(mar), sha256=files.sha256_file(mar), token_file="k.json", num_cpus=2)
         folder.mkdir()
-        predictor, _ = load(options, folder)
+        predictor, _, _ = load(options, folder)
         return predictor.session.get_session_options().intra_op_num_threads
 
     root, report = tuned
@@ -252,7 +252,6 @@ def test_a_ray_config_is_named_and_packaged_as_ray_takes_it():
 
 
 @pytest.mark.slow
-@pytest.mark.ray_cluster
 def test_a_sweep_on_ray_serve_spreads_over_the_replicas_and_packages_the_choice(built_root, tmp_path):
     """Two configs on real local Ray clusters (one and two replicas); the pick's batching goes into the archive."""
     pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")

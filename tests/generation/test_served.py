@@ -11,8 +11,10 @@ import urllib.request
 
 import pytest
 
+from pipeline.artifacts import archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.artifacts.names import MAR
+from pipeline.serving.common import metrics
 from pipeline.serving.common.client import http
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Settings
@@ -120,6 +122,9 @@ def test_requests_join_between_steps_and_each_streams_its_own_tokens(small_llama
     events add up to its own transformers tokens, and a stream is sent as TorchServe's pieces."""
     folder, _ = small_llama
     module, ctx = handler
+    recorded = module.handle.recorder
+    labels = frozenset({("model", recorded.model), ("version", recorded.version)})
+    before = metrics.samples(metrics.exposition())
     frontend = Frontend(module, ctx)
     first = frontend.submit(body(text=PROMPTS[0], max_new_tokens=20, stream=True))
     for _ in range(5):
@@ -133,6 +138,18 @@ def test_requests_join_between_steps_and_each_streams_its_own_tokens(small_llama
         assert json.loads(events[-2])["tokens"] == transformers_greedy(folder, [prompt], 20)[0]
         assert len(frontend.open[ident]["parts"]) > 10  # sent piece by piece
     assert frontend.calls < 40  # the two shared steps
+    # The server's metrics: both requests, every token they were sent, each one's first token, none left in flight.
+    after = metrics.samples(metrics.exposition())
+
+    def grew(name: str, extra: frozenset = frozenset()) -> float:
+        return after.get((name, labels | extra), 0) - before.get((name, labels | extra), 0)
+
+    tokens = sum(len(transformers_greedy(folder, [p], 20)[0]) for p in PROMPTS[:2])
+    assert grew("pipeline_requests_total", frozenset({("code", "200")})) == 2
+    assert grew("pipeline_generated_tokens_total") == tokens
+    assert grew("pipeline_time_to_first_token_seconds_count") == 2 and grew("pipeline_request_duration_seconds_count") == 2
+    assert after[("pipeline_requests_in_flight", labels)] == 0
+    assert recorded.version == archive.inspect_archive(small_llama[1] / "model_store" / "llama.mar")["version"]
 
 
 @pytest.mark.slow
@@ -188,7 +205,7 @@ def test_the_ray_replica_generates_from_the_verified_archive(small_llama, tmp_pa
     folder, root = small_llama
     mar = root / "model_store" / "llama.mar"
     options = ray_app.RayAppOptions(archive=str(mar), sha256=Manifest(root.resolve(), "llama").records[MAR].sha256, token_file="unused")
-    predictor, _ = ray_app.load(options, tmp_path)
+    predictor, _, _ = ray_app.load(options, tmp_path)
     [answer] = predictor.answer([body(text=PROMPTS, max_new_tokens=10)])
     assert answer.status == 200
     assert [a["tokens"] for a in json.loads(answer.body)] == transformers_greedy(folder, PROMPTS, 10)

@@ -32,7 +32,8 @@ def _binary(head: dict, *arrays: np.ndarray) -> tuple[bytes, str]:
 
 
 def test_metadata_names_dynamic_axes_minus_one():
-    meta = oip.metadata(CONTRACT)
+    meta = oip.metadata(CONTRACT, "0123456789ab")
+    assert meta["versions"] == ["0123456789ab"]
     assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}, {"name": "ids", "datatype": "INT64", "shape": [-1, -1]}]
 
 
@@ -188,13 +189,14 @@ def test_a_header_length_beyond_the_body_is_refused():
 
 def test_answers_are_oip_tensors_json_or_binary():
     answer = {"y": [3.0, 5.0]}  # the contract's JSON answer for two rows
-    body, length = oip.encode_infer(answer, {"id": None, "binary": {"y": False}}, CONTRACT)
+    body, length = oip.encode_infer(answer, {"id": None, "binary": {"y": False}}, CONTRACT, "0123456789ab")
+    assert json.loads(body)["model_version"] == "0123456789ab"
     assert length is None and json.loads(body)["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [2, 1], "data": [3.0, 5.0]}]
-    body, length = oip.encode_infer(answer, {"id": "a", "binary": {"y": True}}, CONTRACT)
+    body, length = oip.encode_infer(answer, {"id": "a", "binary": {"y": True}}, CONTRACT, "v")
     head = json.loads(body[:length])
     assert head["id"] == "a" and head["outputs"][0]["parameters"] == {"binary_data_size": 8}
     np.testing.assert_array_equal(np.frombuffer(body[length:], np.float32), [3.0, 5.0])
-    one, _ = oip.encode_infer({"y": 11.0}, {"id": None, "binary": {"y": False}}, CONTRACT)  # a single row
+    one, _ = oip.encode_infer({"y": 11.0}, {"id": None, "binary": {"y": False}}, CONTRACT, "v")  # a single row
     assert json.loads(one)["outputs"][0]["shape"] == [1, 1]
 
 

@@ -239,7 +239,7 @@ def test_the_ray_replica_loads_the_pair_from_the_verified_archive(external, tmp_
     _, layout = external
     sha = Manifest(layout.root, "wide_mlp").records[MAR].sha256
     options = ray_app.RayAppOptions(archive=str(layout.mar), sha256=sha, token_file="unused")
-    predictor, _ = ray_app.load(options, tmp_path)
+    predictor, _, _ = ray_app.load(options, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ARCHIVE_MODEL, ARCHIVE_DATA, "model.mar"])
     x = np.random.default_rng(6).standard_normal((3, 16)).astype(np.float32)
     [answer] = predictor.answer([{"body": json.dumps({"x": x.tolist()}).encode()}])

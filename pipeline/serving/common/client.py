@@ -17,21 +17,28 @@ def http(
     token: str | None = None,
     content_type: str | None = "application/json",
     timeout: float = 30,
+    unix_socket: Path | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     """(status, body) of one HTTP request; HTTP errors are answers, not exceptions.
+    With `unix_socket`, the request goes to the server listening there (the URL gives its path).
 
     A server may answer before it has read the whole body (a 413 from the declared length) and
     close: the answer it sent is read all the same, as curl and urllib3 read it, where urllib
     would raise a broken pipe.
     """
-    headers = {}
+    headers = dict(headers or {})
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if content_type and body is not None:
         headers["Content-Type"] = content_type
     parts = urlsplit(url)
     # A caller's time left may have run out (or below zero) by now: the socket then times out at once.
-    connection = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=max(timeout, 0.001))
+    connection = (
+        HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=max(timeout, 0.001))
+        if unix_socket is None
+        else UnixHTTPConnection(unix_socket, timeout=max(timeout, 0.001))
+    )
     try:
         try:
             connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers)
@@ -43,6 +50,24 @@ def http(
         raise ConnectionError(f"{method} {url}: no valid answer ({type(exc).__name__}: {exc})") from exc
     finally:
         connection.close()
+
+
+class UnixHTTPConnection(HTTPConnection):
+    """An HTTP connection to a server on a Unix socket (TorchServe's APIs behind the proxy)."""
+
+    def __init__(self, path: Path, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 class Endpoint:
@@ -68,6 +93,11 @@ class Endpoint:
     def infer_url(self) -> str:
         """The Open Inference Protocol route (pipeline.serving.common.oip), on TorchServe as on Ray."""
         return f"{self.inference}/v2/models/{self.model}/infer"
+
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus text (pipeline.serving.common.metrics), behind the inference token."""
+        return f"{self.inference}/metrics"
 
     def predict(self, body: bytes, token: str | None = None, timeout: float = 30, **kw) -> tuple[int, bytes]:
         return http("POST", self.predictions_url, body, token or self.token("inference"), timeout=timeout, **kw)

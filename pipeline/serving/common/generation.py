@@ -43,6 +43,7 @@ from pipeline.generation.sampling import Sampling
 from pipeline.runtimes.session import SessionConfig
 from pipeline.serving.common import openai
 from pipeline.serving.common.contract import Contract, RequestError, decode_body, generation_layout
+from pipeline.serving.common.metrics import CLIENT_GONE, Recorder
 from pipeline.serving.common.predictor import Answer
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class Job:
     deadline: float  # time.monotonic()
     started: bool = False  # its first bytes went out (a server cannot change the status after that)
     status: int = 200
+    opened: float = field(default_factory=time.perf_counter)
+    first_token: bool = False  # a token was made for it (time to first token recorded)
     reported: set[int] = field(default_factory=set)  # rows whose end was sent
 
     @property
@@ -110,6 +113,8 @@ class GenerationPredictor:
         self.engine = OnnxEngine(None, self.gen, config, session=session)
         self.batcher = Batcher(self.engine, self.gen, self.tokenizer, self.gen.max_streams)
         self.jobs: dict[str, Job] = {}
+        # The server's metrics (pipeline.serving.common.metrics); requests are counted where they end, here.
+        self.recorder: Recorder | None = None
         self.lock = threading.Lock()  # Ray opens and cancels on its event loop while a thread steps
         self.created = int(time.time())
         self.example = orjson.dumps({"text": "Once upon a time", "max_new_tokens": 16}).decode()
@@ -122,6 +127,13 @@ class GenerationPredictor:
 
     def open(self, item: Any, protocol: str = NATIVE, ident: str | None = None) -> Job:
         """Check a request and queue its rows; a RequestError (with its status) for anything wrong, before any work."""
+        try:
+            return self._open(item, protocol, ident)
+        except RequestError as exc:
+            self.record(None, exc.code)
+            raise
+
+    def _open(self, item: Any, protocol: str, ident: str | None) -> Job:
         ident = ident or f"{time.monotonic_ns():x}"
         body = decode_body(item, self.example)
         ask = self.ask(protocol, body)
@@ -140,7 +152,17 @@ class GenerationPredictor:
             job = Job(ident, protocol, ask, [], int(time.time()), time.monotonic() + self.gen.request_timeout_s)
             job.rows = [self.batcher.add((ident, i), row, ask.options) for i, row in enumerate(rows)]
             self.jobs[ident] = job
+            self.gauge()
         return job
+
+    def record(self, job: Job | None, code: int) -> None:
+        """A request that ended with `code` (499: its client went away), in the server's metrics."""
+        if self.recorder is not None:
+            self.recorder.answered(code, None if job is None else time.perf_counter() - job.opened)
+
+    def gauge(self) -> None:
+        if self.recorder is not None:
+            self.recorder.in_flight.set(len(self.jobs))
 
     def cancel(self, ident: str, why: str = "the client went away") -> Job | None:
         """Take a request out before the next step; its generation stops there."""
@@ -150,6 +172,8 @@ class GenerationPredictor:
                 self.batcher.drop(job.keys)
                 tokens = sum(len(r.completion.tokens) for r in job.rows)
                 log.warning("generation %s stopped after %d token(s): %s", ident, tokens, why)
+                self.record(job, CLIENT_GONE)
+                self.gauge()
         return job
 
     def step(self) -> dict[str, tuple[bytes, bool]]:
@@ -166,9 +190,13 @@ class GenerationPredictor:
                     ident: (self.failure(job, 500, f"generation failed: {type(exc).__name__}: {exc}"), True)
                     for ident, job in self.jobs.items()
                 }
+                for job in self.jobs.values():
+                    self.record(job, 500)
                 self.jobs.clear()
+                self.gauge()
                 return ended
             now, results = time.monotonic(), {}
+            self.count_tokens(out)
             for ident, job in list(self.jobs.items()):
                 pieces = {i: out[key].text for i, key in enumerate(job.keys) if key in out}
                 if not any(row.running for row in job.rows):
@@ -185,8 +213,23 @@ class GenerationPredictor:
                 job.started = True
                 if done:
                     del self.jobs[ident]
+                    self.record(job, job.status)
                 results[ident] = (data, done)
+            self.gauge()
             return results
+
+    def count_tokens(self, out: dict) -> None:
+        """A decode step's tokens (one per key in `out`), its streams, and each request's first token, in the metrics."""
+        recorder = self.recorder
+        if recorder is None:
+            return
+        recorder.batch.observe(len(self.jobs))
+        recorder.tokens.inc(len(out))
+        now = time.perf_counter()
+        for job in self.jobs.values():
+            if not job.first_token and any(key in out for key in job.keys):
+                job.first_token = True
+                recorder.first_token.observe(now - job.opened)
 
     def answer(self, items: list, content_types: Sequence[str | None] | None = None) -> list[Answer]:
         """Native requests generated to their end together (the non-streamed path, one call)."""

@@ -55,11 +55,11 @@ def _shape(tensor: dict) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in tensor["shape"]]
 
 
-def metadata(contract: Contract, platform: str = "onnxruntime_onnx") -> dict:
-    """GET /v2/models/<model>."""
+def metadata(contract: Contract, version: str, platform: str = "onnxruntime_onnx") -> dict:
+    """GET /v2/models/<model>: `version` is the served archive's (archive.content_version)."""
     return {
         "name": contract.model,
-        "versions": ["1"],
+        "versions": [version],
         "platform": platform,
         "inputs": [{"name": t["name"], "datatype": datatype(t["dtype"]), "shape": _shape(t)} for t in contract.inputs],
         "outputs": [{"name": t["name"], "datatype": datatype(t["dtype"]), "shape": _shape(t)} for t in contract.outputs],
@@ -229,7 +229,7 @@ def _binary_outputs(head: dict, contract: Contract) -> dict[str, bool]:
     return binary
 
 
-def encode_infer(answer: dict, plan: dict, contract: Contract) -> tuple[bytes, int | None]:
+def encode_infer(answer: dict, plan: dict, contract: Contract, version: str) -> tuple[bytes, int | None]:
     """(response body, JSON header length when binary data follows) for the project's JSON answer."""
     outputs, tails = [], []
     for tensor in contract.outputs:
@@ -249,7 +249,7 @@ def encode_infer(answer: dict, plan: dict, contract: Contract) -> tuple[bytes, i
         else:
             entry["data"] = arr.reshape(-1).tolist()
         outputs.append(entry)
-    head: dict = {"model_name": contract.model, "model_version": "1", "outputs": outputs}
+    head: dict = {"model_name": contract.model, "model_version": version, "outputs": outputs}
     if plan.get("id") is not None:
         head["id"] = plan["id"]
     text = json.dumps(head, allow_nan=False).encode("utf-8")

@@ -52,9 +52,10 @@ from urllib.parse import urlsplit
 
 from pipeline.artifacts.archive import MAX_TOTAL_BYTES, extract_model, inspect_archive, read_contract
 from pipeline.errors import IntegrityError, PipelineError
-from pipeline.serving.common import RETRY_AFTER_S, STAGE, oip, openai, preprocess
+from pipeline.serving.common import RETRY_AFTER_S, STAGE, VERSION_HEADER, metrics, oip, openai, preprocess
 from pipeline.serving.common.contract import Contract, RequestError
 from pipeline.serving.common.generation import NATIVE, GenerationPredictor
+from pipeline.serving.common.metrics import Recorder
 from pipeline.serving.common.predictor import Answer, open_model
 
 if TYPE_CHECKING:
@@ -101,6 +102,9 @@ class RayAppOptions:
     body_timeout_s: float = 10.0  # a request body must arrive within this, or 408 (its replica slot is freed)
     body_idle_s: float = 2.0  # and no gap between its chunks may be longer: a body declared and not sent is a 408 after this
     max_queued_requests: int = 64  # requests the proxy holds while every replica slot is taken; past it, 503 at once
+    # A folder every replica can write (the local cluster's): their metrics are gathered there, and /metrics shows them all.
+    # None: each replica's /metrics shows its own.
+    metrics_dir: str | None = None
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> RayAppOptions:
@@ -187,15 +191,16 @@ def read_token(path: str) -> str:
     return key
 
 
-def load(options: RayAppOptions, folder: Path, gpu_id: int | None = None) -> tuple[Served, dict]:
-    """The predictor and the archive's model config, from a verified archive."""
+def load(options: RayAppOptions, folder: Path, gpu_id: int | None = None) -> tuple[Served, dict, str]:
+    """The predictor, the archive's model config and its version, from a verified archive."""
     mar = fetch_archive(options.archive, options.sha256, folder)
     info = inspect_archive(mar)
     model = extract_model(mar, folder)  # with its model.onnx.data beside it, where it has one
     contract = Contract(info["contract"])
     # The archive's threads where it was packaged with some, else one per CPU the replica reserves.
     # (Not OMP_NUM_THREADS: Ray sets that in its workers itself, from their CPUs.)
-    return open_model(model, contract, gpu_id, default_threads=max(1, int(options.num_cpus))), info["model_config"] or {}
+    predictor = open_model(model, contract, gpu_id, default_threads=max(1, int(options.num_cpus)))
+    return predictor, info["model_config"] or {}, info["version"]
 
 
 def batch_settings(options: RayAppOptions, model_config: dict) -> tuple[int, float]:
@@ -232,8 +237,11 @@ class ModelServer:
         self.folder = Path(tempfile.mkdtemp(prefix="pipeline-ray-"))
         gpus = ray.get_gpu_ids() if self.options.num_gpus > 0 else []
         # Ray sets CUDA_VISIBLE_DEVICES to the replica's GPU, which is device 0 inside it.
-        self.predictor, model_config = load(self.options, self.folder, 0 if gpus else None)
+        self.predictor, model_config, self.version = load(self.options, self.folder, 0 if gpus else None)
         self.contract = self.predictor.contract
+        self.recorder = Recorder(self.contract.model, self.version)
+        if isinstance(self.predictor, GenerationPredictor):
+            self.predictor.recorder = self.recorder  # generation requests are counted where they end
         self.max_request_bytes = self.options.max_request_bytes or self.contract.max_request_bytes
         self.token = read_token(self.options.token_file).encode("utf-8")
         # A multipart body's parts: one file per image, and no more images than rows.
@@ -256,7 +264,10 @@ class ModelServer:
             ("GET", "/v2"): self.server_metadata,
             ("GET", "/v2/health/live"): self.ready,
             ("GET", "/v2/health/ready"): self.ready,
+            ("GET", "/metrics"): self.metrics,
         }
+        # The routes whose requests the metrics count here (a generation's are counted by its predictor).
+        self.counted = {(method, path) for method, path in self.routes if path.startswith("/predictions/") or path.endswith("/infer")}
         self.open_paths = {"/v2/health/live", "/v2/health/ready"}
         self.generation: Streams | None = None
         if isinstance(self.predictor, GenerationPredictor):
@@ -271,6 +282,7 @@ class ModelServer:
                 ("POST", f"/v2/models/{model}/infer"): partial(self.generate, protocol="oip"),  # refused, as on TorchServe
             }
             del self.routes[("PUT", f"/predictions/{model}")]
+            self.counted.clear()
         log.info("replica serving %s on %s, batches of up to %d within %.1f ms", model, self.predictor.provider, size, wait_s * 1e3)
 
     def __del__(self):
@@ -284,6 +296,7 @@ class ModelServer:
         """One batch of (item, Content-Type) through the shared predictor; `self.predict` is this behind `serve.batch`."""
         # In a thread: decoding images, tokenizing and the session's run would otherwise hold the
         # replica's event loop, and with it every other request's body, health checks and batching.
+        self.recorder.batch.observe(len(requests))
         return await asyncio.to_thread(self.predictor.answer, [item for item, _ in requests], [kind for _, kind in requests])
 
     async def __call__(self, request):
@@ -298,7 +311,15 @@ class ModelServer:
             if any(p == path for _, p in self.routes):
                 return _error(405, f"{request.method} is not allowed on {path}")
             return _error(404, f"no route {path}; this server has {sorted({p for _, p in self.routes})}")
-        return await route(request)
+        if (request.method, path) not in self.counted:
+            response = await route(request)
+        else:
+            started = time.perf_counter()
+            with self.recorder.working(1):
+                response = await route(request)
+            self.recorder.answered(response.status_code, time.perf_counter() - started)
+        response.headers[VERSION_HEADER] = self.version
+        return response
 
     def _authorized(self, request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -380,7 +401,7 @@ class ModelServer:
         answer = await self.predict(({"body": body}, None))
         if answer.status != 200:
             return _json(answer.status, answer.body)
-        payload, header_length = oip.encode_infer(json.loads(answer.body), plan, self.contract)
+        payload, header_length = oip.encode_infer(json.loads(answer.body), plan, self.contract, self.version)
         if header_length is None:
             return _json(200, payload)
         from starlette.responses import Response
@@ -401,7 +422,7 @@ class ModelServer:
         return _json(200, self.generation.predictor.models())
 
     async def model_metadata(self, request):
-        return _json(200, oip.metadata(self.contract))
+        return _json(200, oip.metadata(self.contract, self.version))
 
     async def server_metadata(self, request):
         import ray
@@ -410,6 +431,12 @@ class ModelServer:
 
     async def ready(self, request):
         return _json(200, {"ready": True})
+
+    async def metrics(self, request):
+        """Prometheus text: every replica's on the local cluster (their metrics folder), else this replica's own."""
+        from starlette.responses import Response
+
+        return Response(await asyncio.to_thread(metrics.exposition, metrics.folder_from_env()), media_type=metrics.CONTENT_TYPE)
 
 
 class Streams:
@@ -488,7 +515,12 @@ def deployment_options(options: RayAppOptions) -> dict[str, Any]:
     out: dict[str, Any] = {
         "max_ongoing_requests": max_ongoing(options),
         "max_queued_requests": options.max_queued_requests,
-        "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+        "ray_actor_options": {
+            "num_cpus": options.num_cpus,
+            "num_gpus": options.num_gpus,
+            # prometheus_client reads where to keep a process's figures once, at import: set from the process's start.
+            **({"runtime_env": {"env_vars": {metrics.ENV: options.metrics_dir}}} if options.metrics_dir else {}),
+        },
         "health_check_period_s": 2,
         "health_check_timeout_s": 10,
     }

@@ -45,11 +45,11 @@ from typing import Any
 import psutil
 
 from pipeline.artifacts import files
-from pipeline.artifacts.archive import verified_archive
+from pipeline.artifacts.archive import private_archive
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
 from pipeline.serving.backends import ServeOptions
-from pipeline.serving.common import STAGE
+from pipeline.serving.common import STAGE, history, metrics
 from pipeline.serving.common.client import Endpoint, free_port, port_in_use
 from pipeline.serving.common.samples import Request, sample_requests
 from pipeline.serving.ray.app import QUIET, RayAppOptions, http_limits
@@ -86,9 +86,15 @@ class RayInfo(Endpoint):
     replica_urls: tuple[str, ...] = ()
     pid: int | None = None  # the launcher holding a local cluster; None on a cluster given by address
     address: str | None = None
+    gcs_address: str | None = None  # the local cluster's, for update and rollback to join it
     # The local cluster's private folder (0700); Ray's temp folder, which every one of its
     # processes names, is ray/ inside it.
     temp_dir: str | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        """Serve's proxy: any replica answers for all of them on the local cluster."""
+        return f"{self.proxy or self.inference}/metrics"
 
     def processes(self) -> list[psutil.Process]:
         """The launcher and every Ray process of its cluster (none for a cluster given by address)."""
@@ -194,14 +200,17 @@ def require_token_auth(environ: Mapping[str, str], cluster: str) -> None:
         raise PipelineError(STAGE, f"the Ray token file {path} is open to other users (mode {mode_bits:o})", f"chmod 600 {path}")
 
 
-def app_options(settings: Settings, replicas: str, key_file: Path, **extra: Any) -> RayAppOptions:
-    """The application's options for the project's verified archive."""
+ARCHIVES = "archives"  # in the run folder: the server's own copy of each version it served (rollback serves them again)
+APP = "app.json"  # in the run folder: the application's options as deployed now (update changes only the archive)
+
+
+def served_archive(settings: Settings, folder: Path) -> tuple[history.Served, str]:
+    """The project's verified archive, copied into the run folder's archives/ and checked there; and its absolute path."""
     spec, layout = resolve(settings)
-    manifest = Manifest(layout.root, spec.name, settings.model)
-    mar, rec = verified_archive(manifest, settings.variant, STAGE)
-    return RayAppOptions.from_args(
-        {"archive": str(Path(mar).resolve()), "sha256": rec.sha256, "token_file": str(key_file), "replicas": replicas, **extra}
-    )
+    store = folder / ARCHIVES
+    store.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mar, rec, version = private_archive(Manifest(layout.root, spec.name, settings.model), settings.variant, STAGE, store)
+    return history.Served(version, f"{ARCHIVES}/{mar.name}", rec.sha256), str(mar.resolve())
 
 
 def deploy(options: RayAppOptions, name: str, http_port: int | None, proxy_location: str = "EveryNode") -> None:
@@ -280,7 +289,14 @@ def start(
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     (folder / "server.json").unlink(missing_ok=True)
     write_key_file(folder / "key_file.json")
-    options = app_options(settings, replicas, folder / "key_file.json", **extra)
+    served, path = served_archive(settings, folder)
+    local = {} if address else {"metrics_dir": str(folder / "metrics")}  # every replica of a local cluster can write there
+    if not address:
+        metrics.prepare(folder / "metrics")
+    options = RayAppOptions.from_args(
+        {"archive": path, "sha256": served.sha256, "token_file": str(folder / "key_file.json"), "replicas": replicas, **local, **extra}
+    )
+    files.write_json(folder / APP, options.to_args())
     port = free_port() if auto_ports else DEFAULT_HTTP_PORT
     name = layout.served_name(settings.variant)
     if address:
@@ -292,6 +308,7 @@ def start(
     except BaseException:
         stop(settings)
         raise
+    history.record(folder, served)
     return info
 
 
@@ -413,7 +430,7 @@ def _launch(options: RayAppOptions, name: str, folder: Path, port: int, replicas
         stop_info(info)
         raise PipelineError(STAGE, f"deploying {name} on Ray failed: {launched['error']}", f"see {folder / 'logs'}/launcher.log")
     urls = tuple(launched.get("replica_urls", ()))
-    info = replace(info, inference=urls[0] if urls else info.proxy, replica_urls=urls)
+    info = replace(info, inference=urls[0] if urls else info.proxy, replica_urls=urls, gcs_address=launched.get("gcs_address"))
     files.write_json(folder / "server.json", asdict(info))
     return info
 
@@ -467,7 +484,7 @@ def stop_info(info: RayInfo, timeout: float = 30.0) -> bool:
             shutil.rmtree(info.temp_dir, ignore_errors=True)
         stopped = bool(procs)
     folder = Path(info.run_dir)
-    for name in ("key_file.json", RAY_TOKEN, "server.json", "launcher.json"):
+    for name in ("key_file.json", RAY_TOKEN, "server.json", "launcher.json", APP, "roll.json", "rolled.json"):
         (folder / name).unlink(missing_ok=True)
     return stopped
 
@@ -477,6 +494,107 @@ def stop(settings: Settings) -> bool:
     _, layout = resolve(settings)
     info = load_info(layout)
     return stop_info(info) if info is not None else False
+
+
+def update(settings: Settings, timeout: float = 120.0) -> tuple[str, str]:
+    """Roll the running application over to the model's current verified archive with Serve's own rolling update:
+    new replicas start (each checks the archive), and the old ones leave once they are healthy, after their requests
+    finish. (before, after) versions. The archive is checked here first: a refused one changes nothing."""
+    _, layout = resolve(settings)
+    info = _running(settings)
+    served, path = served_archive(settings, run_dir(layout))
+    return _roll(info, served, path, timeout)
+
+
+def rollback(settings: Settings, timeout: float = 120.0) -> tuple[str, str]:
+    """Roll back to the version served before the current one, from the run folder's copy, checked again."""
+    _, layout = resolve(settings)
+    info = _running(settings)
+    folder = run_dir(layout)
+    previous, copy = history.rollback_target(folder, info.model, _current(folder), "python -m pipeline update --on ray")
+    return _roll(info, previous, str(copy.resolve()), timeout)
+
+
+def _running(settings: Settings) -> RayInfo:
+    spec, layout = resolve(settings)
+    require_ray()
+    info = load_info(layout)
+    if info is None or not (info.address or info.processes()):
+        raise PipelineError(
+            STAGE,
+            f"{spec.name} is not served on Ray here",
+            f"start it with python -m pipeline serve --on ray --model {settings.model}; update moves a running application",
+        )
+    return info
+
+
+def _current(folder: Path) -> str:
+    options = RayAppOptions.from_args(json.loads((folder / APP).read_text()))
+    return next((s.version for s in history.read(folder) if s.sha256 == options.sha256), "unknown")
+
+
+def _roll(info: RayInfo, target: history.Served, path: str, timeout: float) -> tuple[str, str]:
+    """Deploy `target` over the running application, from a child process joined to the cluster (Ray reads its
+    environment once, at import: the local cluster's loopback and token settings must be there from the start)."""
+    folder = Path(info.run_dir)
+    before = _current(folder)
+    if before == target.version:
+        return before, before
+    options = RayAppOptions.from_args({**json.loads((folder / APP).read_text()), "archive": path, "sha256": target.sha256})
+    port = int(info.proxy.rsplit(":", 1)[1]) if info.proxy else DEFAULT_HTTP_PORT
+    job = folder / "roll.json"
+    result = folder / "rolled.json"
+    result.unlink(missing_ok=True)
+    files.write_json(
+        job, {"options": options.to_args(), "name": info.model, "address": info.address, "gcs": info.gcs_address, "port": port}
+    )
+    env = dict(os.environ) if info.address else local_cluster_env(folder / RAY_TOKEN, os.environ)
+    with open(folder / "logs" / "update.log", "ab") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.serving.ray.server", "--roll", str(job)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            timeout=timeout + 60,
+            check=False,
+        )
+    rolled = json.loads(result.read_text()) if result.exists() else {"error": f"exited with code {proc.returncode}"}
+    if "error" in rolled:
+        raise PipelineError(
+            STAGE,
+            f"Ray Serve did not take version {target.version}: {rolled['error']}",
+            f"see {folder / 'logs'}/update.log and logs/serve/; Serve keeps the old replicas until new ones are healthy",
+        )
+    urls = tuple(rolled["replica_urls"])
+    files.write_json(folder / APP, options.to_args())
+    history.record(folder, target)
+    files.write_json(folder / "server.json", asdict(replace(info, inference=urls[0] if urls else info.proxy, replica_urls=urls)))
+    return before, target.version
+
+
+def _roller(job_path: str) -> int:
+    """The child of `_roll`: join the cluster, run Serve's rolling update, report the new replicas' addresses."""
+    import ray
+
+    job = json.loads(Path(job_path).read_text())
+    result = Path(job_path).with_name("rolled.json")
+    options = RayAppOptions.from_args(job["options"])
+    try:
+        if job["address"]:
+            _connect(job["address"])
+        else:
+            ray.init(address=job["gcs"], logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            deploy(options, job["name"], None)  # returns once the new replicas are RUNNING; the old ones then drain and go
+            urls = replica_addresses(job["name"], job["port"], expected_replicas(options))
+        finally:
+            ray.shutdown()
+    except Exception as exc:
+        files.write_json(result, {"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    files.write_json(result, {"replica_urls": urls})
+    return 0
 
 
 def _launcher(config_path: str) -> int:
@@ -504,7 +622,9 @@ def _launcher(config_path: str) -> int:
         options = RayAppOptions.from_args(config["options"])
         deploy(options, config["name"], config["http_port"])
         urls = replica_addresses(config["name"], config["http_port"], expected_replicas(options))
-        files.write_json(status, {"deployed": True, "pid": os.getpid(), "replica_urls": urls})
+        # Every server of this cluster is on loopback (LOOPBACK_ENV), whatever address the node names itself by.
+        gcs = "127.0.0.1:" + ray.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+        files.write_json(status, {"deployed": True, "pid": os.getpid(), "replica_urls": urls, "gcs_address": gcs})
         while not stopping:
             time.sleep(0.2)
     except Exception as exc:
@@ -519,4 +639,4 @@ def _launcher(config_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_launcher(sys.argv[1]))
+    sys.exit(_roller(sys.argv[2]) if sys.argv[1] == "--roll" else _launcher(sys.argv[1]))

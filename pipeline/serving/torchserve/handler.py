@@ -18,14 +18,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.artifacts.names import ARCHIVE_CONTRACT, ARCHIVE_MODEL
-from pipeline.serving.common import oip
+from pipeline.artifacts.names import ARCHIVE_CONTRACT, ARCHIVE_MANIFEST, ARCHIVE_MODEL
+from pipeline.artifacts.version import archive_version
+from pipeline.serving.common import VERSION_HEADER, oip
 from pipeline.serving.common.contract import Contract, RequestError
 from pipeline.serving.common.generation import NATIVE, GenerationPredictor
+from pipeline.serving.common.metrics import Recorder
 from pipeline.serving.common.predictor import Answer, open_model
 
 if TYPE_CHECKING:
@@ -93,6 +96,12 @@ def content_type(context, idx: int, item) -> str | None:
     return next((v for k, v in headers.items() if k.lower() == "content-type" and isinstance(v, str)), None)
 
 
+def read_manifest(model_dir: Path) -> dict:
+    """The unpacked archive's MANIFEST.json ({} where there is none: a model folder made by hand)."""
+    path = model_dir / ARCHIVE_MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 class OnnxHandler:
     """initialize -> handle, one ONNX Runtime call per batch (per shape).
 
@@ -102,6 +111,8 @@ class OnnxHandler:
 
     def __init__(self):
         self.predictor: Served | None = None
+        self.recorder: Recorder | None = None
+        self.version = "unknown"
         self.initialized = False
 
     @property
@@ -119,6 +130,11 @@ class OnnxHandler:
         # TorchServe assigns a GPU to every worker on a GPU machine; a CPU-only
         # onnxruntime there serves on the CPU, and says so.
         self.predictor = open_model(model_dir / ARCHIVE_MODEL, contract, None if gpu_id is None else int(gpu_id), threads)
+        # The archive's version (archive.content_version), as TorchServe registered it: in every answer and in the metrics.
+        self.version = archive_version(getattr(context, "manifest", None) or read_manifest(model_dir)) or "unknown"
+        self.recorder = Recorder(contract.model, self.version)
+        if isinstance(self.predictor, GenerationPredictor):
+            self.predictor.recorder = self.recorder
         if os.environ.get("PIPELINE_WORKER_LOG_PER_BATCH") != "1":  # 1 keeps TorchServe's line, for debugging
             logging.getLogger().addFilter(drop_per_batch_line)
         self.initialized = True
@@ -137,10 +153,23 @@ class OnnxHandler:
         hands over as a prediction marked with OIP_HEADER) is decoded to the project's JSON
         body first, and its answer encoded back as OIP tensors, binary where the client asked.
         """
-        predictor = self.predictor
-        assert predictor is not None  # set by initialize(), which __call__ runs first
+        predictor, recorder = self.predictor, self.recorder
+        assert predictor is not None and recorder is not None  # set by initialize(), which __call__ runs first
         if isinstance(predictor, GenerationPredictor):
             return self.generate(predictor, data, context)
+        started = time.perf_counter()
+        recorder.batch.observe(len(data))
+        with recorder.working(len(data)):
+            fitted = self.answer(predictor, data, context)
+        seconds = time.perf_counter() - started
+        for idx, answer in enumerate(fitted):
+            recorder.answered(answer.status, seconds)
+            if context is not None:
+                context.set_response_header(idx, VERSION_HEADER, self.version)
+        return [a.body for a in fitted]
+
+    def answer(self, predictor: Served, data: list, context) -> list[Answer]:
+        """The batch's answers, statuses and content types set on the context."""
         items, types = list(data), [content_type(context, idx, item) for idx, item in enumerate(data)]
         answers: list[Answer | None] = [None] * len(items)
         plans: dict[int, dict] = {}
@@ -159,7 +188,7 @@ class OnnxHandler:
         for idx, plan in plans.items():
             done = answers[idx]
             if done is not None and done.status == 200:
-                payload, header_length = oip.encode_infer(json.loads(done.body), plan, predictor.contract)
+                payload, header_length = oip.encode_infer(json.loads(done.body), plan, predictor.contract, self.version)
                 answers[idx] = Answer(200, payload)
                 if header_length is not None:
                     binary[idx] = header_length
@@ -173,7 +202,7 @@ class OnnxHandler:
                     context.set_response_header(idx, oip.HEADER_LENGTH, str(binary[idx]))
                 else:
                     context.set_response_content_type(idx, "application/json")
-        return [a.body for a in fitted]
+        return fitted
 
     def generate(self, predictor: GenerationPredictor, data: list, context) -> list:
         """One decode step for every request TorchServe's continuous batching hands over.
@@ -208,6 +237,7 @@ class OnnxHandler:
                 status, body = refused.get(idx, (500, predictor.error(protocols[idx], 500, "the request was lost")))
                 context.set_response_status(status, HTTPStatus(status).phrase, idx)
                 context.set_response_content_type(idx, "application/json")
+                context.set_response_header(idx, VERSION_HEADER, self.version)
                 out.append(body)
                 ends.append(None)
                 continue
@@ -215,6 +245,7 @@ class OnnxHandler:
             if not started[ident]:
                 context.set_response_status(job.status, HTTPStatus(job.status).phrase, idx)
                 context.set_response_content_type(idx, job.media_type)
+                context.set_response_header(idx, VERSION_HEADER, self.version)
             out.append(body)
             ends.append(None if done and not started[ident] else done)
         context.stopping_criteria = [lambda _, end=end: end for end in ends]

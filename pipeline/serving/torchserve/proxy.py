@@ -38,8 +38,10 @@ from pathlib import Path
 
 from pipeline.artifacts import files
 from pipeline.errors import PipelineError
-from pipeline.serving.common import RETRY_AFTER_S, STAGE, openai
+from pipeline.serving.common import REQUEST_ID_HEADER, RETRY_AFTER_S, STAGE, VERSION_HEADER, openai
 
+ACCESS_LOG = "access_log.log"  # in the server's logs/: a line per request
+PROXY_LOG = "proxy.log"  # HAProxy's own messages
 REQUEST_TIMEOUT_S = 10  # headers and the whole body, from the first byte
 KEEP_ALIVE_S = 10  # an idle connection between requests
 QUEUE_TIMEOUT_S = 30  # a complete request waiting for a free TorchServe connection
@@ -95,7 +97,12 @@ class Route:
     name: str  # inference, management, metrics
     port: int
     socket: Path  # relative to `cwd` of `start`: HAProxy takes Unix socket paths of at most 97 bytes
-    key: str | None = None  # the bearer key TorchServe wrote for this API (key_file.json); None: it has none (metrics)
+    key: str | None = None  # the bearer key this API takes (key_file.json); None: it has none
+    key_name: str = ""  # which of key_file.json's keys that is (default: the API's own name)
+
+    @property
+    def key_kind(self) -> str:
+        return self.key_name or self.name
 
 
 @dataclass(frozen=True)
@@ -196,13 +203,18 @@ def _refusals(routes: list[Route]) -> dict[str, bytes]:
     pages = {
         "token-api.json": _refusal(403, "keys are not renewed through the token API behind this proxy: restart the server for new keys"),
         "metrics-body.json": _refusal(400, "the metrics API takes no request body: GET /metrics"),
+        "versions-api.json": _refusal(
+            403,
+            "models and versions are not registered, made the default or removed through this port: "
+            "python -m pipeline update (and rollback) do it, once the archive is checked",
+        ),
     }
     for route in routes:
-        kind = "" if route.name == "inference" else f" --kind {route.name}"
+        kind = "" if route.key_kind == "inference" else f" --kind {route.key_kind}"
         pages[f"401-{route.name}.json"] = _refusal(
             401,
             f"Token Authorization failed: a missing or wrong bearer token; send the header 'Authorization: Bearer <the "
-            f"{route.name} key>' (python -m pipeline token{kind} --header prints it)",
+            f"{route.key_kind} key>' (python -m pipeline token{kind} --header prints it)",
         )
     return pages
 
@@ -213,10 +225,11 @@ def _authorization(route: Route, pages: Path) -> list[str]:
     The header's SHA-256 is compared, not the header: HAProxy's string match stops at the first
     byte that differs, and a digest's first bytes tell nothing about the key's.
     """
-    if route.key is None:
-        # No token to check (TorchServe's metrics API has none): then no body either, so none is waited for.
-        no_body = "{ req.hdr_val(content-length) gt 0 } or { req.hdr(transfer-encoding) -m found }"
-        return [f"    http-request return status 400 content-type application/json file {pages / 'metrics-body.json'} if {no_body}"]
+    # The metrics API takes no body, so none is waited for.
+    no_body = "{ req.hdr_val(content-length) gt 0 } or { req.hdr(transfer-encoding) -m found }"
+    bodiless = [f"    http-request return status 400 content-type application/json file {pages / 'metrics-body.json'} if {no_body}"]
+    if route.key is None:  # no token to check
+        return bodiless if route.name == "metrics" else []
     digest = hashlib.sha256(f"Bearer {route.key}".encode()).hexdigest().upper()
     lines = [
         "    acl one_authorization req.fhdr_cnt(authorization) eq 1",
@@ -224,11 +237,20 @@ def _authorization(route: Route, pages: Path) -> list[str]:
         f"    http-request return status 401 content-type application/json file {pages / f'401-{route.name}.json'}"
         " hdr www-authenticate Bearer unless one_authorization right_key",
     ]
+    if route.name == "metrics":
+        lines += bodiless
     if route.name == "management":
         # TorchServe's token API rewrites key_file.json; this proxy keeps the keys it started with.
         lines.append(
             f"    http-request return status 403 content-type application/json file {pages / 'token-api.json'} if {{ path_beg /token }}"
         )
+        # Versions are registered, made the default and removed through the management socket only, by
+        # `python -m pipeline update` and `rollback`, which check the archive first.
+        versions = f"    http-request return status 403 content-type application/json file {pages / 'versions-api.json'}"
+        lines += [
+            f"{versions} if {{ path_beg /models }} {{ method POST DELETE }}",
+            f"{versions} if {{ method PUT }} {{ path_end /set-default }}",
+        ]
     return lines
 
 
@@ -241,13 +263,13 @@ def config(routes: list[Route], limits: Limits, error_dir: Path, model: str) -> 
         # One thread forwards far more than TorchServe answers; a second competes with it for cores.
         "    nbthread 1",
         f"    tune.bufsize {limits.buffer_bytes}",
-        "    log stderr format raw local0 info",
+        # One line per request on stdout (the server's logs/access_log.log), with its request id and the version that
+        # answered; HAProxy's own alerts go to stderr (logs/proxy.log).
+        "    log stdout format raw local0 info",
         "defaults",
         "    mode http",
         "    log global",
-        # Only errors and timeouts are logged, not every request (TorchServe's access log has those).
-        "    option httplog",
-        "    option dontlog-normal",
+        f'    log-format "{ACCESS_LOG_FORMAT}"',
         "    option http-keep-alive",
         # Each piece of an answer goes out as it arrives: without this, HAProxy sends with MSG_MORE and a
         # streamed answer's small chunks waited for more, and a 200-token stream arrived whole after 0.2 s.
@@ -265,6 +287,7 @@ def config(routes: list[Route], limits: Limits, error_dir: Path, model: str) -> 
             f"frontend {route.name}",
             # HTTP/1.1 only: the h2 multiplexer buffers each stream apart, past the memory bound.
             f"    bind 127.0.0.1:{route.port} proto h1",
+            *REQUEST_ID,
             *_authorization(route, error_dir),
             # The declared length is refused before a byte of the body is read; a chunked body
             # once what arrived passes the cap (the buffer holds the cap and the headers).
@@ -280,6 +303,19 @@ def config(routes: list[Route], limits: Limits, error_dir: Path, model: str) -> 
             f"    server torchserve unix@{route.socket} {_server_limits(route, limits)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+# Every answer carries an X-Request-Id: the client's where it sent one well-formed id, else a fresh UUID; TorchServe's
+# worker sees it too, and the access log's line for the request names it, and the version whose answer it was.
+REQUEST_ID_FORM = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+REQUEST_ID = [
+    f"    http-request set-header {REQUEST_ID_HEADER} %[uuid(4)] unless {{ req.fhdr_cnt({REQUEST_ID_HEADER}) eq 1 }} "
+    f"{{ req.fhdr({REQUEST_ID_HEADER}) -m reg {REQUEST_ID_FORM} }}",
+    f"    http-request set-var(txn.request_id) req.fhdr({REQUEST_ID_HEADER})",
+    f"    http-response set-var(txn.version) res.fhdr({VERSION_HEADER})",
+    f"    http-after-response set-header {REQUEST_ID_HEADER} %[var(txn.request_id)] if {{ var(txn.request_id) -m found }}",
+]
+ACCESS_LOG_FORMAT = "%tr %ci:%cp %ft %s %ST %B %Ta request_id=%[var(txn.request_id)] version=%[var(txn.version)] %{+Q}r"
 
 
 def _generating(route: Route, limits: Limits) -> bool:
@@ -304,8 +340,9 @@ def _queue_cap(route: Route, limits: Limits, pages: Path) -> list[str]:
     ]
 
 
-def start(folder: Path, routes: list[Route], limits: Limits, log: Path, cwd: Path, model: str) -> subprocess.Popen:
-    """Write the proxy's configuration and error pages under `folder` and start HAProxy in `cwd`, in front of `model`."""
+def start(folder: Path, routes: list[Route], limits: Limits, logs: Path, cwd: Path, model: str) -> subprocess.Popen:
+    """Write the proxy's configuration and error pages under `folder` and start HAProxy in `cwd`, in front of `model`:
+    its access lines in `logs`/access_log.log, its own messages in `logs`/proxy.log."""
     error_dir = folder / "errors"
     error_dir.mkdir(parents=True, exist_ok=True)
     for code, message in _messages(limits).items():
@@ -322,5 +359,5 @@ def start(folder: Path, routes: list[Route], limits: Limits, log: Path, cwd: Pat
     if checked.returncode != 0:
         alerts = "\n".join(line for line in checked.stderr.splitlines() if "ALERT" in line)
         raise PipelineError(STAGE, f"HAProxy refused its configuration {path}:\n{alerts}", "report this as a bug")
-    with open(log, "ab") as out:
-        return subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    with open(logs / ACCESS_LOG, "ab") as access, open(logs / PROXY_LOG, "ab") as own:
+        return subprocess.Popen(command, cwd=cwd, stdout=access, stderr=own, stdin=subprocess.DEVNULL, start_new_session=True)

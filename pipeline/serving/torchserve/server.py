@@ -34,7 +34,7 @@ from pipeline.artifacts.archive import private_archive, read_contract
 from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
 from pipeline.serving.backends import ServeOptions
-from pipeline.serving.common import STAGE
+from pipeline.serving.common import STAGE, history, metrics
 from pipeline.serving.common.client import Endpoint, free_ports, http, port_in_use
 from pipeline.serving.common.contract import Contract
 from pipeline.serving.torchserve import proxy
@@ -92,6 +92,10 @@ class ServerInfo(Endpoint):
     management: str
     metrics: str
     ports: dict[str, int]
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.metrics}/metrics"
 
     def describe(self, timeout: float = 5) -> list[dict] | None:
         """The management API's description of the model, or None while it is not answering."""
@@ -242,16 +246,20 @@ def start(settings: Settings, auto_ports: bool = False, timeout: float = 120.0, 
     for private in (folder, folder / "logs", folder / "tmp", folder / "model_store"):
         private.mkdir(parents=True, exist_ok=True)
         private.chmod(0o700)
-    mar, _ = private_archive(manifest, settings.variant, STAGE, folder / "model_store")
+    mar, rec, version = private_archive(manifest, settings.variant, STAGE, folder / "model_store")
     # A port picked free can be taken by another process before TorchServe or HAProxy binds it: with
     # --ports auto, a start that lost that race picks other ports, twice at most.
     for _ in range(2 if auto_ports else 0):
         try:
-            return _launch(settings, folder, mar, name, auto_ports, properties, timeout)
+            info = _launch(settings, folder, mar, name, auto_ports, properties, timeout)
+            break
         except PipelineError as exc:
             if "Address already in use" not in str(exc):
                 raise
-    return _launch(settings, folder, mar, name, auto_ports, properties, timeout)
+    else:
+        info = _launch(settings, folder, mar, name, auto_ports, properties, timeout)
+    history.record(folder, history.Served(version, f"model_store/{mar.name}", rec.sha256))
+    return info
 
 
 def _launch(
@@ -264,7 +272,7 @@ def _launch(
     timeout: float,
 ) -> ServerInfo:
     """Write the config, start TorchServe and its proxy, and wait for READY workers; stopped again on any failure."""
-    for stale in ("server.json", "key_file.json", *(api_socket(folder, kind).name for kind in HTTP_APIS)):
+    for stale in ("server.json", "key_file.json", str(EXPORTER_SOCKET), *(api_socket(folder, kind).name for kind in HTTP_APIS)):
         (folder / stale).unlink(missing_ok=True)
     config, props, ports = _write_config(mar.parent, folder, auto_ports, properties, size_caps(mar))
 
@@ -293,8 +301,16 @@ def _launch(
         limits = _proxy_limits(mar, props)
         # The proxy checks each API's key at the headers, so it starts once TorchServe has written them.
         keys = _wait_for_keys(info, proc, timeout)
-        routes = [proxy.Route(kind, ports[kind], api_socket(folder, kind).relative_to(folder), keys.get(kind)) for kind in HTTP_APIS]
-        guard = proxy.start(folder / "proxy", routes, limits, folder / "logs" / "proxy.log", cwd=folder, model=name)
+        routes = [
+            proxy.Route(kind, ports[kind], api_socket(folder, kind).relative_to(folder), keys.get(kind))
+            for kind in HTTP_APIS
+            if kind != "metrics"
+        ]
+        # The metrics port serves the workers' metrics (pipeline.serving.common.metrics), behind the inference key.
+        exporter = _start_exporter(folder)
+        routes.append(proxy.Route("metrics", ports["metrics"], EXPORTER_SOCKET, keys["inference"], key_name="inference"))
+        guard = proxy.start(folder / "proxy", routes, limits, folder / "logs", cwd=folder, model=name)
+        _wait_for_socket(folder / EXPORTER_SOCKET, exporter, timeout)
         _wait_ready(info, proc, guard, timeout)
     except BaseException:
         stop(settings)
@@ -303,12 +319,41 @@ def _launch(
 
 
 def _torchserve_env(folder: Path) -> dict[str, str]:
-    """This environment without TorchServe's own switches (TS_*), its temporary files and logs in the run folder."""
+    """This environment without TorchServe's own switches (TS_*), its temporary files and logs in the run folder,
+    and the workers' metrics in its metrics folder (emptied: this server counts from zero)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
     env.update(
         TEMP=str(folder / "tmp"), TMPDIR=str(folder / "tmp"), LOG_LOCATION=str(folder / "logs"), METRICS_LOCATION=str(folder / "logs")
     )
+    env.update(metrics.prepare(folder / METRICS_DIR))
     return env
+
+
+METRICS_DIR = "metrics"  # in the run folder: the workers' metrics files
+EXPORTER_SOCKET = Path("metrics-export.sock")  # in the run folder: what the proxy's metrics port forwards to
+
+
+def _start_exporter(folder: Path) -> subprocess.Popen:
+    """The process that answers GET /metrics with every worker's figures, on a Unix socket in the run folder."""
+    with open(folder / "logs" / "metrics.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serving.common.metrics", str(folder / METRICS_DIR), str(folder / EXPORTER_SOCKET)],
+            cwd=folder,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise PipelineError(
+                STAGE, f"the metrics exporter did not start:\n{_tail(path.parent / 'logs' / 'metrics.log')}", "see the server's logs/"
+            )
+        time.sleep(0.05)
 
 
 def _torchserve_command(config: Path, mar: Path, name: str) -> list[str]:
@@ -428,6 +473,12 @@ def stop(settings: Settings, timeout: float = 60.0) -> bool:
             pass
     psutil.wait_procs(alive, timeout=10)
     folder = Path(info.run_dir)
-    for name in ("key_file.json", "server.json", "tmp/.model_server.pid", *(api_socket(folder, kind).name for kind in HTTP_APIS)):
+    for name in (
+        "key_file.json",
+        "server.json",
+        "tmp/.model_server.pid",
+        str(EXPORTER_SOCKET),
+        *(api_socket(folder, kind).name for kind in HTTP_APIS),
+    ):
         (folder / name).unlink(missing_ok=True)
     return bool(procs)
