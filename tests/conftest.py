@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def built(built_root) -> tuple[Settings, Layout]:
 # Figures measured by tests (restart time, latency ratios), printed after the run. They travel in each
 # test's report (user_properties), so a plugin that runs tests in other processes passes them on.
 MEASUREMENTS: list[str] = []
+# Seconds spent per test file (setup, call and teardown; a module's shared fixture counts where it is built).
+SECONDS_BY_FILE: Counter[str] = Counter()
 
 
 @pytest.fixture
@@ -121,6 +124,7 @@ def measure(request) -> Callable[[str], str]:
 
 
 def pytest_runtest_logreport(report):
+    SECONDS_BY_FILE[report.nodeid.split("::")[0]] += report.duration
     if report.when == "call":
         MEASUREMENTS.extend(value for name, value in report.user_properties if name == "measurement")
 
@@ -130,3 +134,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measurements")
         for line in MEASUREMENTS:
             terminalreporter.write_line(line)
+    if SECONDS_BY_FILE:
+        terminalreporter.section("seconds by test file")
+        for path, seconds in SECONDS_BY_FILE.most_common(25):
+            terminalreporter.write_line(f"{seconds:8.1f} s  {path}")
