@@ -128,14 +128,15 @@ _PROM_LINE = re.compile(r"^(\w+)\{[^}]*\}\s+([0-9.eE+-]+)$", re.M)
 
 @dataclass
 class PrometheusWindow:
-    """Counter deltas from the metrics API since `mark()` (metrics_mode=prometheus: sums, so means only)."""
+    """Counter deltas from TorchServe's own metrics API since `mark()` (metrics_mode=prometheus: sums, so means only).
+    It listens on a Unix socket in the server's run folder; the metrics port serves the pipeline's metrics instead."""
 
-    url: str
+    socket: Path
     start: dict[str, float]
 
     @staticmethod
-    def scrape(url: str) -> dict[str, float]:
-        status, body = http("GET", url, timeout=10)
+    def scrape(socket: Path) -> dict[str, float]:
+        status, body = http("GET", "http://localhost/metrics", timeout=10, unix_socket=socket)
         if status != 200:
             return {}
         out: dict[str, float] = {}
@@ -144,11 +145,11 @@ class PrometheusWindow:
         return out
 
     @classmethod
-    def mark(cls, url: str) -> PrometheusWindow:
-        return cls(url, cls.scrape(url))
+    def mark(cls, socket: Path) -> PrometheusWindow:
+        return cls(socket, cls.scrape(socket))
 
     def breakdown(self) -> dict:
-        end = self.scrape(self.url)
+        end = self.scrape(self.socket)
 
         def delta(name: str) -> float:
             return end.get(name, 0.0) - self.start.get(name, 0.0)
@@ -169,7 +170,7 @@ class PrometheusWindow:
 def metrics_window(info: serve.ServerInfo, properties: dict[str, str]):
     mode = properties.get("metrics_mode", serve.shipped_properties().get("metrics_mode", "log"))
     if mode == "prometheus":
-        return PrometheusWindow.mark(f"{info.metrics}/metrics")
+        return PrometheusWindow.mark(serve.api_socket(Path(info.run_dir), "metrics"))
     return LogWindow.mark(Path(info.run_dir) / "logs")
 
 

@@ -6,6 +6,8 @@ threshold at 0 so the external-data path runs on kilobytes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zipfile
 from dataclasses import replace
 
@@ -15,7 +17,8 @@ import pytest
 
 from pipeline.artifacts import archive, files
 from pipeline.artifacts.manifest import Manifest
-from pipeline.artifacts.names import ARCHIVE_DATA, ARCHIVE_MEMBERS, ARCHIVE_MODEL, EXTERNAL_DATA, MAR, ONNX
+from pipeline.artifacts.names import ARCHIVE_DATA, ARCHIVE_MANIFEST, ARCHIVE_MEMBERS, ARCHIVE_MODEL, EXTERNAL_DATA, MAR, ONNX
+from pipeline.artifacts.version import content_version
 from pipeline.errors import IntegrityError, PipelineError
 from pipeline.runtimes.session import create_session
 from pipeline.settings import Layout, Settings
@@ -184,11 +187,19 @@ def test_the_archives_data_member_is_hashed_in_blocks_not_read_whole(external, m
 
 
 def _rebuilt(src, dst, edit):
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for info in zin.infolist():
-            data = edit(info.filename, zin.read(info))
-            if data is not None:
-                zout.writestr(info, data)
+    """A copy of the archive src with edit(name, data) applied to each member (None drops it), its version
+    restamped from its new members: a well-formed archive, as another build would make it."""
+    with zipfile.ZipFile(src) as zin:
+        members = {info: edit(info.filename, zin.read(info)) for info in zin.infolist()}
+    members = {info: data for info, data in members.items() if data is not None}
+    hashes = {info.filename: hashlib.sha256(data).hexdigest() for info, data in members.items() if info.filename != ARCHIVE_MANIFEST}
+    with zipfile.ZipFile(dst, "w") as zout:
+        for info, data in members.items():
+            if info.filename == ARCHIVE_MANIFEST:
+                manifest = json.loads(data)
+                manifest["model"]["modelVersion"] = content_version(hashes)
+                data = json.dumps(manifest).encode()
+            zout.writestr(info, data)
     return dst
 
 
@@ -220,7 +231,6 @@ def test_an_archive_missing_the_data_or_carrying_it_for_nothing_is_refused(exter
 
 
 def test_the_torchserve_handler_loads_the_pair_from_the_unpacked_archive(external, tmp_path):
-    import json
 
     _, layout = external
     module, ctx = archive_handler(layout.mar, tmp_path / "model_dir")
@@ -232,8 +242,6 @@ def test_the_torchserve_handler_loads_the_pair_from_the_unpacked_archive(externa
 
 
 def test_the_ray_replica_loads_the_pair_from_the_verified_archive(external, tmp_path):
-    import json
-
     from pipeline.serving.ray import app as ray_app
 
     _, layout = external
