@@ -70,6 +70,11 @@ DIRECT_INGRESS_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+    # A replica being replaced (update, rollback, a new config) stays reachable this long before it drains, for
+    # load balancers to deregister it; Serve's default is 30 s. Here the clients that must not fail go through
+    # Serve's proxy, whose router hears of the new replica set from the controller at once; a client on a
+    # replica's own address reads the new one from server.json after the update (docs/operating.md).
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
 }
 
 
