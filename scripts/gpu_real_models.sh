@@ -54,13 +54,13 @@ fi
 mkdir -p "$OUT/logs" "$OUT/reports"
 began=$SECONDS
 left() { echo $((LIMIT_S - (SECONDS - began))); }
+name() { basename "${1%.py}"; }
 text() { case "$(name "$1")" in bert_base | gpt2) return 0 ;; *) return 1 ;; esac; }
 # The benches share what is left: weight 2 for each model's bench, 1 for each sequence length, so
 # the first model cannot spend the others' time; what one leaves unused goes to those after it.
 weight=0
 for model in $MODELS; do weight=$((weight + 2)); if text "$model"; then weight=$((weight + 2)); fi; done
 limit() { local s=$((($(left) - MARGIN_S) * $1 / weight)); echo $((s > 10 ? s : 10)); }  # a bench's --time-limit, at weight $1
-name() { basename "${1%.py}"; }
 # step LOG CAP ARGS...: one command under timeout (its cap, or the time left), logged; skipped with too little time left.
 step() {
     local log="$1" cap="$2"; shift 2
