@@ -1,4 +1,4 @@
-"""The command line, as a user runs it: the whole chain in a temporary folder."""
+"""The command line, as a user runs it, in a temporary folder (the first `pipeline all` from nothing: tests/test_wheel.py)."""
 
 import dataclasses
 import http.server
@@ -18,25 +18,6 @@ from tests.helpers import REPO
 
 def pipeline(*args, cwd):
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-@pytest.mark.slow  # the user's first `pipeline all`, from nothing: a whole chain of its own
-def test_whole_chain_then_everything_skipped(tmp_path):
-    first = pipeline("all", "--root", str(tmp_path), cwd=REPO)
-    assert first.returncode == 0, first.stderr
-    for stage in ("train", "trace", "export", "pt2", "parity", "package"):
-        assert f"✓ {stage}" in first.stdout
-    assert "parity   PASS" in first.stdout
-    assert "model_store/simple_nn.mar" in first.stdout
-    assert (tmp_path / "model_store" / "simple_nn.mar").exists()
-    assert (tmp_path / "reports" / "simple_nn" / "parity.md").exists()
-    # No deprecation or exporter noise on the user's screen.
-    assert "deprecated" not in first.stderr and "torchvision" not in first.stderr
-
-    second = pipeline("all", "--root", str(tmp_path), cwd=REPO)
-    assert second.returncode == 0, second.stderr
-    assert "ran 0 stage(s)" in second.stdout
-    assert second.stdout.count("skipped") >= 5
 
 
 def test_error_exits_nonzero_with_fix(tmp_path):

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +23,18 @@ def _run(args: list[str], cwd, env, timeout: float = 600) -> subprocess.Complete
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@needs_java
-def test_wheel_runs_all_and_serve_in_an_empty_folder(tmp_path):
+@dataclass
+class Installed:
+    """The wheel installed into a folder of its own, and its first `pipeline all` in an empty one."""
+
+    env: dict[str, str]
+    work: Path
+    first: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Installed:
+    tmp_path = tmp_path_factory.mktemp("wheel")
     dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "w"
     work.mkdir()
     # Built from a copy of the checkout's own files: setuptools reuses a build/ folder, which keeps modules since deleted.
@@ -48,10 +60,31 @@ def test_wheel_runs_all_and_serve_in_an_empty_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     where = _run(["-c", "import pipeline; print(pipeline.__file__)"], work, env)
     assert where.stdout.strip().startswith(str(site)), where.stdout
-    done = _run(["-m", "pipeline", "all"], work, env)
-    assert done.returncode == 0, done.stderr
-    assert (work / "model_store" / "simple_nn.mar").is_file() and (work / "reports" / "simple_nn" / "parity.md").is_file()
+    # The user's first `pipeline all`, from nothing: the whole chain of its own.
+    return Installed(env, work, _run(["-m", "pipeline", "all"], work, env))
 
+
+def test_the_first_all_runs_every_stage_then_the_next_skips_them(installed):
+    first, work = installed.first, installed.work
+    assert first.returncode == 0, first.stderr
+    for stage in ("train", "trace", "export", "pt2", "parity", "package"):
+        assert f"✓ {stage}" in first.stdout
+    assert "parity   PASS" in first.stdout
+    assert "model_store/simple_nn.mar" in first.stdout
+    assert (work / "model_store" / "simple_nn.mar").is_file() and (work / "reports" / "simple_nn" / "parity.md").is_file()
+    # No deprecation or exporter noise on the user's screen.
+    assert "deprecated" not in first.stderr and "torchvision" not in first.stderr
+
+    second = _run(["-m", "pipeline", "all"], work, installed.env)
+    assert second.returncode == 0, second.stderr
+    assert "ran 0 stage(s)" in second.stdout
+    assert second.stdout.count("skipped") >= 5
+
+
+@needs_java
+def test_the_installed_wheel_serves_its_archive(installed):
+    env, work = installed.env, installed.work
+    assert installed.first.returncode == 0, installed.first.stderr
     try:
         served = _run(["-m", "pipeline", "serve", "--ports", "auto", "--timeout", "120"], work, env)
         assert served.returncode == 0, served.stdout + served.stderr
