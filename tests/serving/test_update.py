@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -97,8 +98,16 @@ def served_version(root: Path) -> str:
     return Manifest(root, "simple_nn").records["mar"].details["version"]
 
 
+@pytest.fixture(scope="module")
+def retrained(built_root, tmp_path_factory) -> Path:
+    """Version 2: the same model trained with another seed, as the user makes it, once for both servers. Do not modify it."""
+    root = copy_root(built_root, tmp_path_factory.mktemp("v2") / "p")
+    pipeline("all", "--root", str(root), "--seed", "1", "--no-pt2", env={**os.environ, "HOME": str(root.parent)})
+    return root
+
+
 @pytest.mark.parametrize("on", [pytest.param("torchserve", marks=needs_java), "ray"])
-def test_update_and_rollback_under_load_fail_no_request(on, built_root, tmp_path):
+def test_update_and_rollback_under_load_fail_no_request(on, built_root, retrained, tmp_path):
     if on == "ray":
         pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
     root = copy_root(built_root, tmp_path / "p")
@@ -110,7 +119,9 @@ def test_update_and_rollback_under_load_fail_no_request(on, built_root, tmp_path
     assert info is not None
     try:
         v1 = served_version(root)
-        pipeline("all", "--root", str(root), "--seed", "1", "--no-pt2", env=env)  # version 2: the same model trained with another seed
+        for built in ("artifacts", "model_store", "reports"):  # the served project rebuilt as version 2
+            shutil.rmtree(root / built)
+        copy_root(retrained, root)
         v2 = served_version(root)
         assert v2 != v1
         # Serve's proxy on Ray: a replica's own address (direct ingress) moves with the replica.
