@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.settings import Layout, Settings
 from pipeline.stages import run_all
+from tests.background import BUILDS, BUILTIN_CHAINS, Builds, chain_settings
 from tests.helpers import copy_root
 
 
@@ -30,17 +32,19 @@ def project(built_root, tmp_path) -> tuple[Settings, Layout]:
 
 
 @pytest.fixture(scope="session")
-def chains(built_root, tmp_path_factory):
-    """model name -> (Settings, Layout) of a project where every stage ran for it; built on first use. Do not modify them."""
+def chains(built_root, builds, tmp_path_factory):
+    """model name -> (Settings, Layout) of a project where every stage ran for it: tests/background.py's BUILTIN_CHAINS
+    built with the run, another on first use. Do not modify them."""
     built: dict[str, tuple[Settings, Layout]] = {"simple_nn": (Settings(root=built_root), Layout(built_root.resolve(), "simple_nn"))}
 
     def get(model: str) -> tuple[Settings, Layout]:
         if model not in built:
-            root = tmp_path_factory.mktemp(model)
-            # The package is compiled for simple_nn (built_root) and the zoo; here it would only add compile time.
-            settings = Settings(model=model, root=root, pt2=False)
-            run_all(settings)
-            built[model] = (settings, Layout(root.resolve(), model))
+            if model in BUILTIN_CHAINS:
+                settings = chain_settings(model, builds.folder("chains") / model)
+            else:
+                settings = chain_settings(model, tmp_path_factory.mktemp(model))
+                run_all(settings)
+            built[model] = (settings, Layout(settings.root.resolve(), model))
         return built[model]
 
     return get
@@ -61,43 +65,68 @@ def digits_int8(chains, tmp_path_factory):
     return settings, Layout(root.resolve(), "digits_cnn"), results, fp32_mar
 
 
+@pytest.fixture(scope="session", autouse=True)
+def builds(request, tmp_path_factory) -> Iterator[Builds]:
+    """The session builds (tests/background.py) that the collected tests need, started now at the lowest CPU priority."""
+    asked = {name for item in request.session.items for name in item.fixturenames}
+    # A test that asks for one with request.getfixturevalue names it in a builds mark.
+    asked |= {name for item in request.session.items for mark in item.iter_markers("builds") for name in mark.args}
+    needed = [name for name in BUILDS if name in asked]
+    builds = Builds(tmp_path_factory.mktemp("b"), needed)
+    try:
+        yield builds
+    finally:
+        builds.stop()
+
+
 @pytest.fixture(scope="session")
-def text_image_root(tmp_path_factory) -> Path:
+def cache_decoders(builds) -> Path:
+    """tests/generation/checkpoints.py's decoders but llama (small_llama) through the chain: <kind>/ and <kind>-project/."""
+    return builds.folder("cache_decoders")
+
+
+@pytest.fixture(scope="session")
+def library_decoders(builds) -> Path:
+    """tests/stages/test_decoders.py's decoders through the chain as one logits pass: <name>/ and <name>-project/ each."""
+    return builds.folder("library_decoders")
+
+
+@pytest.fixture(scope="session")
+def tiny_chains(builds) -> Path:
+    """tests/test_real_models.py's tiny configs (but resnet_tiny) through every stage: <name>.py and <name>/ each."""
+    return builds.folder("tiny_chains")
+
+
+@pytest.fixture(scope="session")
+def zoo(builds) -> Path:
+    """The folder where every architecture of tests/zoo went through the chain, with their rows (tests.zoo.matrix.ROWS)."""
+    return builds.folder("zoo")
+
+
+@pytest.fixture(scope="session")
+def text_image_root(builds) -> Path:
     """A project where bert_text and vit_images (tests/fixtures) went through every stage. Do not modify it:
     tests.serving.real_models.copy makes a private copy."""
-    from tests.serving import real_models
-
-    root = tmp_path_factory.mktemp("text-image")
-    real_models.build(root)
-    return root
+    return builds.folder("text_image_root")
 
 
 @pytest.fixture(scope="session")
-def small_llama(tmp_path_factory) -> tuple[Path, Path]:
+def small_llama(builds) -> tuple[Path, Path]:
     """A small Llama (tests/generation/checkpoints.py) through the chain, once per session: (its checkpoint
     folder, the project root). The generation tests serve from the root; a test that writes reports
     into a project copies it. The root is short: TorchServe's sockets live under it."""
-    from tests.generation.checkpoints import run_chain, save_decoder
-
-    root = tmp_path_factory.mktemp("gen")
-    folder = save_decoder("llama", root / "llama")
-    run_chain(f"hf:{folder}", root / "p")
-    return folder, root / "p"
+    root = builds.folder("small_llama")
+    return root / "llama", root / "p"
 
 
 @pytest.fixture(scope="session")
-def hf_chains(tmp_path_factory) -> tuple[dict[str, Path], Path]:
+def hf_chains(builds) -> tuple[dict[str, Path], Path]:
     """(checkpoint folders by name, project root): tests/test_hf_checkpoint.py's checkpoints, the text
     classifier (sentiment) and the image classifier (flowers) through `pipeline all` in one project.
     Do not modify them: copy the root to serve from it."""
-    from pipeline import cli
-    from tests.test_hf_checkpoint import make_checkpoints
-
-    folders = make_checkpoints(tmp_path_factory.mktemp("hf-checkpoints"))
-    root = tmp_path_factory.mktemp("hf-chains")
-    for name in ("sentiment", "flowers"):
-        assert cli.main(["all", "--model", f"hf:{folders[name]}", "--root", str(root), "--parity-batch-sizes", "1,2,7", "--no-pt2"]) == 0
-    return folders, root
+    root = builds.folder("hf_chains")
+    folders = {name: Path(folder) for name, folder in json.loads((root / "folders.json").read_text()).items()}
+    return folders, root / "project"
 
 
 @pytest.fixture

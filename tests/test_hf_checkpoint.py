@@ -125,6 +125,18 @@ def make_checkpoints(root: Path) -> dict[str, Path]:
     }
 
 
+def build_chains(root: Path) -> None:
+    """The checkpoints in root/checkpoints (their folders by name in root/folders.json); the text classifier
+    (sentiment) and the image classifier (flowers) through `pipeline all` in the project root/project."""
+    from pipeline import cli
+
+    folders = make_checkpoints(root / "checkpoints")
+    (root / "folders.json").write_text(json.dumps({name: str(folder) for name, folder in folders.items()}))
+    for name in ("sentiment", "flowers"):
+        args = ["all", "--model", f"hf:{folders[name]}", "--root", str(root / "project"), "--parity-batch-sizes", "1,2,7", "--no-pt2"]
+        assert cli.main(args) == 0
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return make_checkpoints(tmp_path_factory.mktemp("checkpoints"))

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -225,7 +226,16 @@ def resnet_suite(tmp_path_factory):
     return result, path, folder / "p"
 
 
+def build_tiny_chains(folder: Path) -> None:
+    """Each tiny config but resnet_tiny (the suite's) as a model file in `folder`, through every stage in folder/<name>:
+    the session's tiny_chains (tests/background.py)."""
+    for name in TINY:
+        if name != "resnet_tiny":
+            run_all(Settings(model=str(tiny_file(folder, name)), root=folder / name))
+
+
 @pytest.mark.slow
+@pytest.mark.builds("tiny_chains")  # asked for below, for all but resnet_tiny
 @pytest.mark.parametrize("name", list(TINY))
 def test_tiny_config_goes_through_the_chain_and_the_handler(name, tmp_path, request):
     # bert_tiny and gpt2_tiny need the trace stage to let transformers' shape comparisons
@@ -234,8 +244,8 @@ def test_tiny_config_goes_through_the_chain_and_the_handler(name, tmp_path, requ
         result, path, root = request.getfixturevalue("resnet_suite")
         assert result.returncode == 0, result.stdout + result.stderr
     else:
-        path, root = tiny_file(tmp_path, name), tmp_path / "project"
-        run_all(Settings(model=str(path), root=root))
+        built = request.getfixturevalue("tiny_chains")
+        path, root = built / f"{name}.py", built / name
     spec = load_spec(str(path))
     layout = Layout(root.resolve(), spec.name)
     manifest = Manifest(layout.root, spec.name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,23 +47,30 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A tiny Llama checkpoint folder through the chain (train ... package). Do not modify it."""
+def build_genbench_llama(root: Path) -> None:
+    """A tiny Llama checkpoint in root/llama through the chain (train ... package) in root: genbench_llama below."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("genbench")
     folder = root / "llama"
     # Heads of 16: onnxruntime-genai's GroupQueryAttention takes head sizes in multiples of 16 (the checkpoints' is 8).
     LlamaForCausalLM(LlamaConfig(**{**checkpoints.SMALL, "hidden_size": 64})).save_pretrained(folder)
     checkpoints.tokenizer().save_pretrained(folder)
     GenerationConfig(bos_token_id=checkpoints.BOS, eos_token_id=checkpoints.EOS, pad_token_id=checkpoints.PAD).save_pretrained(folder)
-    model = f"hf:{folder}"
-    settings = Settings(model=model, root=root, parity_batch_sizes=(1, 2))
+    settings = Settings(model=f"hf:{folder}", root=root, parity_batch_sizes=(1, 2))
     for stage in STAGES.values():
         stage(settings)
-    return model, root
+
+
+@pytest.fixture(scope="session")
+def genbench_llama(builds) -> Path:
+    return builds.folder("genbench_llama")  # built with the run (tests/background.py)
+
+
+@pytest.fixture(scope="module")
+def built(genbench_llama) -> tuple[str, Path]:
+    """(model, root): the tiny Llama's project, this module's alone."""
+    return f"hf:{genbench_llama / 'llama'}", genbench_llama
 
 
 @pytest.fixture(scope="module")

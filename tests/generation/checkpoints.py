@@ -99,6 +99,18 @@ def run_chain(model: str, root: Path) -> Manifest:
     return Manifest(root.resolve(), load_spec(model).name)
 
 
+def build_small_llama(root: Path) -> None:
+    """The small Llama's checkpoint in root/llama, through the chain in the project root/p (the session's small_llama)."""
+    run_chain(f"hf:{save_decoder('llama', root / 'llama')}", root / "p")
+
+
+def build_cache_decoders(root: Path) -> None:
+    """Every decoder but llama (the session's small_llama) in root/<kind>, through the chain in root/<kind>-project."""
+    for kind in DECODERS:
+        if kind != "llama":
+            run_chain(f"hf:{save_decoder(kind, root / kind)}", root / f"{kind}-project")
+
+
 def transformers_greedy(folder: Path, prompts: list[str], new_tokens: int) -> list[list[int]]:
     """transformers' own generate on the folder, greedy, left-padded: the tokens to match (through the EOS)."""
     tok = text.load(folder / "tokenizer.json")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import cli
+from pipeline.artifacts.manifest import Manifest
 from pipeline.errors import PipelineError
 from pipeline.generation import load, text, verify
 from pipeline.generation.engines import EagerEngine, OnnxEngine
@@ -18,7 +19,7 @@ from pipeline.runtimes.runners import cuda_available
 from pipeline.runtimes.session import SessionConfig
 from pipeline.settings import Layout, Settings
 from pipeline.spec import Tolerance
-from tests.generation.checkpoints import DECODERS, PAD, POSITIONS, run_chain, save_decoder, transformers_greedy
+from tests.generation.checkpoints import DECODERS, PAD, POSITIONS, save_decoder, transformers_greedy
 from tests.helpers import copy_root
 
 PROMPTS = ["Hello world!", "The quick brown fox jumps over the lazy dog. She sells"]
@@ -26,15 +27,16 @@ PROMPTS = ["Hello world!", "The quick brown fox jumps over the lazy dog. She sel
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(DECODERS))
-def test_a_decoder_exports_with_its_cache_and_generates_as_transformers_does(tmp_path, kind):
-    folder = save_decoder(kind, tmp_path / kind)
-    manifest = run_chain(f"hf:{folder}", tmp_path / "project")
+def test_a_decoder_exports_with_its_cache_and_generates_as_transformers_does(small_llama, cache_decoders, kind):
+    # The session's small Llama is this chain for llama; the others are built once too (tests/background.py).
+    folder, project = small_llama if kind == "llama" else (cache_decoders / kind, cache_decoders / f"{kind}-project")
+    manifest = Manifest(project.resolve(), kind)
     assert "text-generation model" in manifest.records["torchscript"].not_made
     onnx = manifest.records["onnx"].details
     assert "torch.export-based" in onnx["exporter"]
     # Symbolic: the past's length in, past + new tokens out (the exporter names that axis itself).
     assert onnx["dims"]["past_key_values.0.key"][2] == "past" and isinstance(onnx["dims"]["present.1.value"][2], str)
-    report = json.loads((Layout((tmp_path / "project").resolve(), kind).reports / "parity.json").read_text())
+    report = json.loads((Layout(project.resolve(), kind).reports / "parity.json").read_text())
     assert report["passed"]
     steps = [r for r in report["results"] if r["case"].startswith("generation")]
     assert {r["case"].split(" prefill")[0].split(" decode")[0] for r in steps} == set(

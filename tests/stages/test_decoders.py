@@ -49,13 +49,30 @@ def run_chain(model: str, root: Path) -> Manifest:
     return Manifest(root.resolve(), load_spec(model).name)
 
 
+def model_of(folder: Path, decoder: str) -> str:
+    return str(REPO / "tests" / "fixtures" / "trace_gpt2_ids.py") if decoder == "gpt2_ids" else f"hf:{folder / decoder}#task=causal-lm"
+
+
+def build_library_decoders(folder: Path) -> None:
+    """Each decoder's checkpoint in folder/<name> (but gpt2_ids, a model file) through the chain in folder/<name>-project:
+    the session's library_decoders (tests/background.py)."""
+    for decoder in (*sorted(DECODERS), "gpt2_ids"):
+        if decoder in DECODERS:
+            torch.manual_seed(0)
+            save(DECODERS[decoder](), folder / decoder, tokenizer(None))
+        run_chain(model_of(folder, decoder), folder / f"{decoder}-project")
+
+
+def built_chain(folder: Path, decoder: str) -> Manifest:
+    model = model_of(folder, decoder)
+    return Manifest((folder / f"{decoder}-project").resolve(), load_spec(model).name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("decoder", sorted(DECODERS))
-def test_a_library_decoder_traces_exports_and_passes_parity(tmp_path, decoder):
-    torch.manual_seed(0)
-    folder = save(DECODERS[decoder](), tmp_path / decoder, tokenizer(None))
+def test_a_library_decoder_traces_exports_and_passes_parity(library_decoders, decoder):
     # One logits pass (causal-lm): the task that makes TorchScript; text-generation serves the graph with its cache.
-    manifest = run_chain(f"hf:{folder}#task=causal-lm", tmp_path)
+    manifest = built_chain(library_decoders, decoder)
     ts = manifest.records["torchscript"]
     assert ts.not_made is None and ts.details["checked_by"] == "outputs"
     assert any("transformers/" in place for place in ts.details["shape_branches"])
@@ -65,7 +82,7 @@ def test_a_library_decoder_traces_exports_and_passes_parity(tmp_path, decoder):
 
 
 @pytest.mark.slow
-def test_gpt2_without_a_mask_traces_and_passes_parity(tmp_path):
-    manifest = run_chain(str(REPO / "tests" / "fixtures" / "trace_gpt2_ids.py"), tmp_path)
+def test_gpt2_without_a_mask_traces_and_passes_parity(library_decoders):
+    manifest = built_chain(library_decoders, "gpt2_ids")
     assert manifest.records["torchscript"].details["checked_by"] == "outputs"
     assert manifest.records["parity"].details["passed"]

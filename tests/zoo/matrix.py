@@ -40,6 +40,7 @@ COLUMNS = (*STAGES, "handler")
 START, END = "<!-- zoo:start -->", "<!-- zoo:end -->"
 # The page whose "What goes through" section holds the table, between START and END.
 PAGE = ZOO_DIR.parent.parent / "docs" / "model-spec.md"
+ROWS = "rows.json"  # where `write` puts the rows, in the folder it ran them in
 
 
 @dataclass
@@ -190,3 +191,12 @@ def comparable(table: str) -> list[tuple[str, ...]]:
 
 def to_json(rows: list[Row]) -> list[dict]:
     return [asdict(r) | {"through": r.through} for r in rows]
+
+
+def from_json(data: list[dict]) -> list[Row]:
+    return [Row(**{k: v for k, v in d.items() if k != "through"}) for d in data]
+
+
+def write(folder: Path) -> None:
+    """Every row, run in `folder`, and the rows as JSON in its rows.json (read back with from_json)."""
+    (folder / ROWS).write_text(json.dumps(to_json(run_all(folder))))

@@ -1,0 +1,135 @@
+"""Session builds made beside the tests, at the lowest CPU priority, for the fixtures that need them later.
+
+Each build needs no server and shares no file with the tests. When the run begins, one process starts making the
+builds its tests need, one after another in the order they are needed; it takes the cores the tests leave idle
+(servers starting, clients waiting, sleeps) and gives them back at once to a test that wants them. A fixture
+waits for its build's mark of being done. A build asked for that was not foreseen starts then, on its own.
+
+    python -m tests.background ROOT NAME...    # each build into ROOT/<its folder>, as the run starts them
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import psutil
+
+from pipeline.settings import Settings
+from pipeline.stages import run_all
+from tests.helpers import REPO
+
+# fixture name -> "module:function" that builds into the folder it is given, in the order the tests need them.
+BUILDS = {
+    "chains": "tests.background:build_builtin_chains",
+    "text_image_root": "tests.serving.real_models:build",
+    "genbench_llama": "tests.bench.test_generation_bench:build_genbench_llama",
+    "small_llama": "tests.generation.checkpoints:build_small_llama",
+    "cache_decoders": "tests.generation.checkpoints:build_cache_decoders",
+    "hf_chains": "tests.test_hf_checkpoint:build_chains",
+    "library_decoders": "tests.stages.test_decoders:build_library_decoders",
+    "tiny_chains": "tests.test_real_models:build_tiny_chains",
+    "zoo": "tests.zoo.matrix:write",
+}
+# Short folder names: TorchServe's sockets live under some of them.
+FOLDER = {
+    "chains": "builtin",
+    "text_image_root": "ti",
+    "genbench_llama": "genbench",
+    "small_llama": "gen",
+    "cache_decoders": "cache",
+    "hf_chains": "hf",
+    "library_decoders": "dec",
+    "tiny_chains": "tiny",
+    "zoo": "zoo",
+}
+
+
+# The built-in models that tests ask `chains` for (tests/conftest.py).
+BUILTIN_CHAINS = ("digits_cnn", "store_demand", "seq_encoder")
+
+
+def chain_settings(model: str, root: Path) -> Settings:
+    # The package is compiled for simple_nn (built_root) and the zoo; here it would only add compile time.
+    return Settings(model=model, root=root, pt2=False)
+
+
+def build_builtin_chains(folder: Path) -> None:
+    """Each of BUILTIN_CHAINS through every stage in folder/<model>."""
+    for model in BUILTIN_CHAINS:
+        run_all(chain_settings(model, folder / model))
+
+
+class Builds:
+    """The run's builds under one root: those the collected tests need, started at once in one niced process."""
+
+    def __init__(self, root: Path, names: list[str]):
+        self.root = root
+        self.procs: dict[str, subprocess.Popen] = {}
+        if names:
+            self._start(names)
+
+    def _start(self, names: list[str]) -> None:
+        with open(self.root / f"{names[0]}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.background", str(self.root), *names],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # Lowest CPU and disk priority, set before its imports are done: the processes it starts inherit both.
+        psutil.Process(proc.pid).nice(19)
+        psutil.Process(proc.pid).ionice(psutil.IOPRIO_CLASS_IDLE)
+        self.procs |= dict.fromkeys(names, proc)
+
+    def folder(self, name: str, timeout: float = 1800) -> Path:
+        """The folder `name` was built into, once it is done."""
+        if name not in self.procs:
+            self._start([name])
+        proc, deadline = self.procs[name], time.monotonic() + timeout
+        while not (self.root / f"{name}.done").exists():
+            failed = self.root / f"{name}.failed"
+            assert not failed.exists(), f"building {name} failed:\n{failed.read_text()}"
+            assert proc.poll() is None or (self.root / f"{name}.done").exists(), (
+                f"the build of {name} exited with {proc.returncode}: {self._log(name)}"
+            )
+            assert time.monotonic() < deadline, f"building {name} took over {timeout:.0f} s: {self._log(name)}"
+            time.sleep(0.2)
+        return self.root / FOLDER[name]
+
+    def _log(self, name: str) -> str:
+        logs = sorted(self.root.glob("*.log"))
+        return "\n".join(p.read_text()[-2000:] for p in logs)
+
+    def stop(self) -> None:
+        for proc in set(self.procs.values()):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def main(argv: list[str]) -> int:
+    root, names = Path(argv[0]), argv[1:]
+    for name in names:
+        module, function = BUILDS[name].split(":")
+        folder = root / FOLDER[name]
+        folder.mkdir()
+        try:
+            getattr(importlib.import_module(module), function)(folder)
+        except BaseException:
+            (root / f"{name}.failed").write_text(traceback.format_exc())
+            return 1
+        (root / f"{name}.done").touch()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
