@@ -99,15 +99,14 @@ class Builds:
             failed = self.root / f"{name}.failed"
             assert not failed.exists(), f"building {name} failed:\n{failed.read_text()}"
             assert proc.poll() is None or (self.root / f"{name}.done").exists(), (
-                f"the build of {name} exited with {proc.returncode}: {self._log(name)}"
+                f"the build of {name} exited with {proc.returncode}: {self._logs()}"
             )
-            assert time.monotonic() < deadline, f"building {name} took over {timeout:.0f} s: {self._log(name)}"
+            assert time.monotonic() < deadline, f"building {name} took over {timeout:.0f} s: {self._logs()}"
             time.sleep(0.2)
         return self.root / FOLDER[name]
 
-    def _log(self, name: str) -> str:
-        logs = sorted(self.root.glob("*.log"))
-        return "\n".join(p.read_text()[-2000:] for p in logs)
+    def _logs(self) -> str:
+        return "\n".join(p.read_text()[-2000:] for p in sorted(self.root.glob("*.log")))
 
     def stop(self) -> None:
         for proc in set(self.procs.values()):
