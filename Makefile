@@ -28,7 +28,7 @@ VARIANT  ?=
 comma := ,
 VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
 
-.PHONY: help setup export generate test test-fast lint fmt typecheck serve stop update rollback serve-ray stop-ray bench genai-peer tune reliability real-models docs docs-serve clean distclean
+.PHONY: help setup setup-ray export generate test test-fast lint fmt typecheck serve stop update rollback serve-ray stop-ray bench genai-peer tune reliability real-models docs docs-serve clean distclean
 
 help:
 	@echo "make export     train -> TorchScript -> ONNX -> AOTInductor .pt2 -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
@@ -55,6 +55,8 @@ help:
 	@echo "make clean      remove generated artifacts, reports and archives"
 
 setup: $(STAMP)
+
+setup-ray: $(RAY_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), f"Python 3.10+ needed, {sys.executable} is {sys.version.split()[0]}"' \

@@ -1,6 +1,6 @@
 """Session builds made beside the tests, at the lowest CPU priority, for the fixtures that need them later.
 
-Each build needs no server and shares no file with the tests. When the run begins, one process starts making the
+Each build shares no file with the tests, and a server it starts (on a free port) stops before it ends. When the run begins, one process starts making the
 builds its tests need, one after another in the order they are needed; it takes the cores the tests leave idle
 (servers starting, clients waiting, sleeps) and gives them back at once to a test that wants them. A fixture
 waits for its build's mark of being done. A build asked for that was not foreseen starts then, on its own.
@@ -11,6 +11,7 @@ waits for its build's mark of being done. A build asked for that was not foresee
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +36,13 @@ BUILDS = {
     "hf_chains": "tests.test_hf_checkpoint:build_chains",
     "library_decoders": "tests.stages.test_decoders:build_library_decoders",
     "tiny_chains": "tests.test_real_models:build_tiny_chains",
+    "swin_chain": "tests.stages.test_exporter_fallback:build_swin",
+    "named_chains": "tests.stages.test_named_outputs:build_named_chains",
+    "gpu_rehearsal": "tests.test_gpu_image:rehearse",
+    "readme_chain": "tests.test_readme_model:build_readme_chain",
+    "resnet_suite": "tests.test_real_models:run_resnet_suite",
+    "generation_suite": "tests.test_real_models:run_generation_suite",
+    "installed_wheel": "tests.test_wheel:install",
     "zoo": "tests.zoo.matrix:write",
 }
 # Short folder names: TorchServe's sockets live under some of them.
@@ -47,6 +55,13 @@ FOLDER = {
     "hf_chains": "hf",
     "library_decoders": "dec",
     "tiny_chains": "tiny",
+    "swin_chain": "swin",
+    "named_chains": "named",
+    "gpu_rehearsal": "gpu",
+    "readme_chain": "readme",
+    "resnet_suite": "resnet",
+    "generation_suite": "gensuite",
+    "installed_wheel": "wheel",
     "zoo": "zoo",
 }
 
@@ -64,6 +79,18 @@ def build_builtin_chains(folder: Path) -> None:
     """Each of BUILTIN_CHAINS through every stage in folder/<model>."""
     for model in BUILTIN_CHAINS:
         run_all(chain_settings(model, folder / model))
+
+
+def keep(folder: Path, done: subprocess.CompletedProcess) -> None:
+    """A command's result, kept in `folder` for the test that checks it (`kept`)."""
+    result = {"args": [str(a) for a in done.args], "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+    (folder / "result.json").write_text(json.dumps(result))
+
+
+def kept(folder: Path) -> subprocess.CompletedProcess:
+    """The command's result that `keep` kept in `folder`."""
+    result = json.loads((folder / "result.json").read_text())
+    return subprocess.CompletedProcess(result["args"], result["returncode"], result["stdout"], result["stderr"])
 
 
 class Builds:

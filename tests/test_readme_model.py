@@ -7,12 +7,14 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline.models import load_spec
 from pipeline.serving.torchserve import server as serve
 from pipeline.settings import Settings
+from tests.background import keep, kept
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
@@ -28,18 +30,22 @@ def readme_model_source() -> str:
     return block.group(1)
 
 
-def test_readme_model_goes_through_the_chain_and_serves(tmp_path_factory):
-    # A short folder: TorchServe's worker socket lives under it, and AF_UNIX paths stop at 107 bytes.
-    user = tmp_path_factory.mktemp("byom")
-    (user / "my_model.py").write_text(readme_model_source())
-    # As a user runs it: from their own folder, with the path of their file.
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "all", "--model", "my_model.py", "--root", "p"],
-        cwd=user,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def build_readme_chain(folder: Path) -> None:
+    """The README's model copied into folder/my_model.py and run through `pipeline all` as a user runs it, from
+    that folder with the path of their file, into folder/p: the session's readme_chain (tests/background.py)."""
+    (folder / "my_model.py").write_text(readme_model_source())
+    command = [sys.executable, "-m", "pipeline", "all", "--model", "my_model.py", "--root", "p"]
+    keep(folder, subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600))
+
+
+@pytest.fixture(scope="module")
+def readme_chain(builds) -> Path:
+    """The folder `build_readme_chain` built. Short: TorchServe's worker socket lives under it, and AF_UNIX paths stop at 107 bytes."""
+    return builds.folder("readme_chain")
+
+
+def test_readme_model_goes_through_the_chain_and_serves(readme_chain):
+    user, result = readme_chain, kept(readme_chain)
     assert result.returncode == 0, result.stderr
     assert "parity   PASS" in result.stdout and "model_store/my_model.mar" in result.stdout
 

@@ -34,6 +34,7 @@ from pipeline.runtimes.runners import TorchRunner
 from pipeline.serving.common.contract import declare
 from pipeline.settings import Layout, Settings
 from pipeline.stages import run_all
+from tests.background import keep, kept
 from tests.generation.checkpoints import save_decoder
 from tests.helpers import REPO, archive_handler
 
@@ -214,16 +215,19 @@ def test_suite_skips_a_missing_model_file_with_a_note(tmp_path):
 # --- slow: each family's tiny config through every stage and the archive's handler --------
 
 
-@pytest.fixture(scope="module")
-def resnet_suite(tmp_path_factory):
-    """scripts/real_models.py run once on resnet_tiny: (its process, the model file, the project root).
-
-    The suite runs `pipeline all` on it, so the chain test checks resnet_tiny there instead of
-    building it a second time. Do not modify the project."""
-    folder = tmp_path_factory.mktemp("resnet-suite")
+def run_resnet_suite(folder: Path) -> None:
+    """scripts/real_models.py run once on resnet_tiny (folder/resnet_tiny.py) into folder/p: the session's resnet_suite
+    (tests/background.py). The suite runs `pipeline all` on it, so the chain test checks resnet_tiny there instead of
+    building it a second time."""
     path = tiny_file(folder, "resnet_tiny")
-    result = run_suite("--models", str(path), "--root", str(folder / "p"), "--timeout", "900", timeout=1000)
-    return result, path, folder / "p"
+    keep(folder, run_suite("--models", str(path), "--root", str(folder / "p"), "--timeout", "900", timeout=1000))
+
+
+@pytest.fixture(scope="module")
+def resnet_suite(builds):
+    """scripts/real_models.py's run on resnet_tiny: (its process, the model file, the project root). Do not modify the project."""
+    folder = builds.folder("resnet_suite")
+    return kept(folder), folder / "resnet_tiny.py", folder / "p"
 
 
 def build_tiny_chains(folder: Path) -> None:
@@ -235,7 +239,7 @@ def build_tiny_chains(folder: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.builds("tiny_chains")  # asked for below, for all but resnet_tiny
+@pytest.mark.builds("tiny_chains", "resnet_suite")  # asked for below
 @pytest.mark.parametrize("name", list(TINY))
 def test_tiny_config_goes_through_the_chain_and_the_handler(name, tmp_path, request):
     # bert_tiny and gpt2_tiny need the trace stage to let transformers' shape comparisons
@@ -373,11 +377,21 @@ def test_wait_for_sees_other_processes_not_its_own_command_line(real_models):
     assert real_models.wait_for_quiet(pattern, poll_s=0.05, most_s=5) == {"pattern": pattern.pattern, "seconds": 0, "went_ahead_beside": []}
 
 
+def run_generation_suite(folder: Path) -> None:
+    """scripts/real_models.py on a small Llama checkpoint (folder/tiny-llama) into folder/p, served too: the session's
+    generation_suite (tests/background.py)."""
+    model = save_decoder("llama", folder / "tiny-llama")
+    keep(folder, run_suite("--models", f"hf:{model}", "--root", str(folder / "p"), "--serve", "--new-tokens", "8", timeout=600))
+
+
+@pytest.fixture(scope="module")
+def generation_suite(builds) -> Path:
+    return builds.folder("generation_suite")
+
+
 @pytest.mark.slow
-def test_suite_reports_a_generation_model_and_checks_generate_against_transformers(tmp_path, real_models):
-    folder = save_decoder("llama", tmp_path / "tiny-llama")
-    root = tmp_path / "p"
-    result = run_suite("--models", f"hf:{folder}", "--root", str(root), "--serve", "--new-tokens", "8", timeout=300)
+def test_suite_reports_a_generation_model_and_checks_generate_against_transformers(generation_suite):
+    result, root = kept(generation_suite), generation_suite / "p"
     assert result.returncode == 0, result.stdout + result.stderr
     [row] = json.loads((root / "reports" / "real-models.json").read_text())["rows"]
     assert row["status"] == "passed" and row["generation"] and row["parity_passed"] and row["within_target"], row

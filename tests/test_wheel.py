@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.serving.common.client import http
+from tests.background import keep, kept
 from tests.helpers import REPO, needs_java
 
 pytestmark = pytest.mark.slow
@@ -32,13 +33,17 @@ class Installed:
     first: subprocess.CompletedProcess
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Installed:
-    tmp_path = tmp_path_factory.mktemp("wheel")
-    dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "w"
+def _env(site: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(site)}  # the wheel's copy, not the checkout: PYTHONPATH comes before the editable install
+
+
+def install(folder: Path) -> None:
+    """The wheel built, installed into folder/site, and its first `pipeline all` run in the empty folder/w:
+    the session's installed_wheel (tests/background.py)."""
+    dist, site, work = folder / "dist", folder / "site", folder / "w"
     work.mkdir()
     # Built from a copy of the checkout's own files: setuptools reuses a build/ folder, which keeps modules since deleted.
-    source = tmp_path / "source"
+    source = folder / "source"
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True)
     for name in listed.stdout.splitlines():
         if (REPO / name).is_file() and not (REPO / name).is_symlink():
@@ -53,19 +58,22 @@ def installed(tmp_path_factory) -> Installed:
     # Every package of the checkout is in the wheel (pyproject lists them one by one).
     packages = {p.relative_to(REPO).as_posix() for p in (REPO / "pipeline").rglob("__init__.py")}
     assert packages <= names, sorted(packages - names)
-    installed = _run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], tmp_path, os.environ)
+    installed = _run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], folder, os.environ)
     assert installed.returncode == 0, installed.stderr
-
-    # The wheel's copy, not the checkout: PYTHONPATH comes before the editable install.
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    where = _run(["-c", "import pipeline; print(pipeline.__file__)"], work, env)
+    where = _run(["-c", "import pipeline; print(pipeline.__file__)"], work, _env(site))
     assert where.stdout.strip().startswith(str(site)), where.stdout
     # The user's first `pipeline all`, from nothing: the whole chain of its own.
-    return Installed(env, work, _run(["-m", "pipeline", "all"], work, env))
+    keep(folder, _run(["-m", "pipeline", "all"], work, _env(site)))
 
 
-def test_the_first_all_runs_every_stage_then_the_next_skips_them(installed):
-    first, work = installed.first, installed.work
+@pytest.fixture(scope="module")
+def installed_wheel(builds) -> Installed:
+    folder = builds.folder("installed_wheel")
+    return Installed(_env(folder / "site"), folder / "w", kept(folder))
+
+
+def test_the_first_all_runs_every_stage_then_the_next_skips_them(installed_wheel):
+    first, work = installed_wheel.first, installed_wheel.work
     assert first.returncode == 0, first.stderr
     for stage in ("train", "trace", "export", "pt2", "parity", "package"):
         assert f"✓ {stage}" in first.stdout
@@ -75,16 +83,16 @@ def test_the_first_all_runs_every_stage_then_the_next_skips_them(installed):
     # No deprecation or exporter noise on the user's screen.
     assert "deprecated" not in first.stderr and "torchvision" not in first.stderr
 
-    second = _run(["-m", "pipeline", "all"], work, installed.env)
+    second = _run(["-m", "pipeline", "all"], work, installed_wheel.env)
     assert second.returncode == 0, second.stderr
     assert "ran 0 stage(s)" in second.stdout
     assert second.stdout.count("skipped") >= 5
 
 
 @needs_java
-def test_the_installed_wheel_serves_its_archive(installed):
-    env, work = installed.env, installed.work
-    assert installed.first.returncode == 0, installed.first.stderr
+def test_the_installed_wheel_serves_its_archive(installed_wheel):
+    env, work = installed_wheel.env, installed_wheel.work
+    assert installed_wheel.first.returncode == 0, installed_wheel.first.stderr
     try:
         served = _run(["-m", "pipeline", "serve", "--ports", "auto", "--timeout", "120"], work, env)
         assert served.returncode == 0, served.stdout + served.stderr

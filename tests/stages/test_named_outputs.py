@@ -23,16 +23,38 @@ def model_file(tmp_path, kind: str, outputs: str | None = None):
     text = FIXTURE.read_text().replace('OUTPUT_KIND = "dict"', f"OUTPUT_KIND = {kind!r}")
     if outputs is not None:
         text = text.replace('TensorSpec("score", "float32", ("batch", 1))', outputs)
-    path = tmp_path / f"named_{kind}.py"
-    path.write_text(text)
-    return Settings(model=str(path), root=tmp_path / "project", parity_batch_sizes=(1, 7))
+    _path(tmp_path, kind).write_text(text)
+    return _settings(tmp_path, kind)
 
 
-@pytest.mark.parametrize("kind", ["dict", "model_output", "named_tuple"])
-def test_outputs_returned_by_name_go_through_in_the_spec_order(tmp_path, kind):
-    settings = model_file(tmp_path, kind)
-    for stage in STAGES.values():
-        stage(settings)
+def _path(folder, kind: str):
+    return folder / f"named_{kind}.py"
+
+
+def _settings(folder, kind: str) -> Settings:
+    return Settings(model=str(_path(folder, kind)), root=folder / "project", parity_batch_sizes=(1, 7))
+
+
+KINDS = ("dict", "model_output", "named_tuple")
+
+
+def build_named_chains(folder) -> None:
+    """Each kind of forward() output through every stage in folder/<kind>: the session's named_chains (tests/background.py)."""
+    for kind in KINDS:
+        (folder / kind).mkdir()
+        settings = model_file(folder / kind, kind)
+        for stage in STAGES.values():
+            stage(settings)
+
+
+@pytest.fixture(scope="module")
+def named_chains(builds):
+    return builds.folder("named_chains")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_outputs_returned_by_name_go_through_in_the_spec_order(named_chains, kind):
+    settings = _settings(named_chains / kind, kind)
     manifest = Manifest(settings.root.resolve(), "named_outputs")
     assert manifest.records["parity"].details["passed"] and manifest.records["torchscript"].not_made is None
     spec = load_spec(settings.model)
