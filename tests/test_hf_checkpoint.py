@@ -734,10 +734,22 @@ def test_an_encoder_saved_without_its_pooler_is_built_without_one(checkpoints, t
 
 
 @pytest.mark.slow
-def test_an_encoder_without_its_pooler_goes_through_the_chain(short_tmp):
-    folder = xlmr_embedder(short_tmp / "xlmr-embedder")
-    root = short_tmp / "project"
-    assert cli.main(["all", "--model", f"hf:{folder}", "--root", str(root), "--parity-batch-sizes", "1,2,7", "--no-pt2"]) == 0
+def build_embedder_chain(folder: Path) -> None:
+    """xlmr_embedder in folder/xlmr-embedder through `pipeline all` into folder/project, its exit code in folder/exit_code:
+    the session's embedder_chain (tests/background.py)."""
+    model = xlmr_embedder(folder / "xlmr-embedder")
+    code = cli.main(["all", "--model", f"hf:{model}", "--root", str(folder / "project"), "--parity-batch-sizes", "1,2,7", "--no-pt2"])
+    (folder / "exit_code").write_text(str(code))
+
+
+@pytest.fixture(scope="module")
+def embedder_chain(builds) -> Path:
+    return builds.folder("embedder_chain")
+
+
+def test_an_encoder_without_its_pooler_goes_through_the_chain(embedder_chain):
+    root = embedder_chain / "project"
+    assert (embedder_chain / "exit_code").read_text() == "0"
     layout = Layout(root.resolve(), "xlmr-embedder")
     report = json.loads((layout.reports / "parity.json").read_text())
     assert report["passed"] and {r["output"] for r in report["results"]} == {"last_hidden_state"}
