@@ -1,9 +1,10 @@
 """Session builds made beside the tests, at the lowest CPU priority, for the fixtures that need them later.
 
-Each build shares no file with the tests, and a server it starts (on a free port) stops before it ends. When the run begins, one process starts making the
-builds its tests need, one after another in the order they are needed; it takes the cores the tests leave idle
-(servers starting, clients waiting, sleeps) and gives them back at once to a test that wants them. A fixture
-waits for its build's mark of being done. A build asked for that was not foreseen starts then, on its own.
+Each build shares no file with the tests, and a server it starts (on a free port) stops before it ends. When the run
+begins, one process starts making the builds its tests need, one after another in the order they are needed; it takes
+the cores the tests leave idle (servers starting, clients waiting, sleeps) and gives them back at once to a test that
+wants them. A fixture waits for its build's mark of being done. A build asked for that was not foreseen starts then,
+on its own.
 
     python -m tests.background ROOT NAME...    # each build into ROOT/<its folder>, as the run starts them
 """

@@ -733,7 +733,6 @@ def test_an_encoder_saved_without_its_pooler_is_built_without_one(checkpoints, t
         torch.testing.assert_close(got, want(input_ids=ids, attention_mask=mask).last_hidden_state)
 
 
-@pytest.mark.slow
 def build_embedder_chain(folder: Path) -> None:
     """xlmr_embedder in folder/xlmr-embedder through `pipeline all` into folder/project, its exit code in folder/exit_code:
     the session's embedder_chain (tests/background.py)."""
@@ -747,6 +746,7 @@ def embedder_chain(builds) -> Path:
     return builds.folder("embedder_chain")
 
 
+@pytest.mark.slow
 def test_an_encoder_without_its_pooler_goes_through_the_chain(embedder_chain):
     root = embedder_chain / "project"
     assert (embedder_chain / "exit_code").read_text() == "0"
