@@ -95,11 +95,17 @@ def test_a_stream_arrives_as_it_is_made(served):
     the first chunk comes well before the last."""
     backend, info, client, _ = served
     prompts = [f"{n} {PROMPT}" for n in range(8)]
-    start, times = time.perf_counter(), []
-    for _ in client.completions.create(model=info.model, prompt=prompts, max_tokens=200, temperature=0, stream=True):
-        times.append(time.perf_counter() - start)
-    assert len(times) > 8 * 10
-    assert times[0] < times[-1] / 2, f"first chunk at {times[0]:.3f} s of {times[-1]:.3f} s ({backend})"
+    seen = []
+    for _ in range(3):  # a burst of load can hold one first chunk back past the whole (0.2 s) run; a buffered stream fails all three
+        start, times = time.perf_counter(), []
+        for _ in client.completions.create(model=info.model, prompt=prompts, max_tokens=200, temperature=0, stream=True):
+            times.append(time.perf_counter() - start)
+        assert len(times) > 8 * 10
+        seen.append(f"{times[0]:.3f} s of {times[-1]:.3f} s")
+        if times[0] < times[-1] / 2:
+            break
+    else:
+        pytest.fail(f"first chunk at {', '.join(seen)} ({backend})")
 
 
 @pytest.mark.slow
