@@ -40,6 +40,7 @@ import psutil
 
 from pipeline.bench.generation import number_or_dash, prompt_rows
 from pipeline.errors import PipelineError
+from pipeline.serving.common.processes import wait_ended
 from pipeline.settings import Settings
 from pipeline.spec import Generation
 
@@ -359,7 +360,7 @@ def measure_server(name: str, model_settings: Settings, settings: ServedSettings
         record |= measure_levels(name, info, find, settings, texts, bar)
     finally:
         module.stop(model_settings)
-        _, alive = psutil.wait_procs(list(seen.values()), timeout=10)
+        alive = wait_ended(seen.values(), 10)
         record["left_running"] = [{"pid": p.pid, "cmdline": " ".join(_cmdline(p))[:200]} for p in alive]
     record["peak_rss_mib"] = max(lv["peak_rss_mib"] for lv in [*record["levels"], *([record["load"]] if "load" in record else [])])
     return record

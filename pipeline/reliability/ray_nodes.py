@@ -32,6 +32,7 @@ import psutil
 from pipeline.artifacts import files
 from pipeline.errors import PipelineError
 from pipeline.serving.common.client import free_port
+from pipeline.serving.common.processes import wait_ended
 from pipeline.serving.ray import server as ray_server
 from pipeline.serving.ray.app import RayAppOptions
 from pipeline.settings import Settings, resolve
@@ -113,7 +114,7 @@ def power_off(node) -> float:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(procs, timeout=10)
+    wait_ended(procs, 10)
     return moment
 
 

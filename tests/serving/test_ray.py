@@ -19,6 +19,7 @@ import pytest
 
 from pipeline.reliability.served_faults import LOOPBACK
 from pipeline.serving.common.client import http
+from pipeline.serving.common.processes import wait_ended
 from pipeline.serving.ray import app as ray_app
 from pipeline.serving.ray import server as ray_server
 from pipeline.settings import Settings
@@ -369,5 +370,5 @@ def test_deploy_onto_a_running_cluster_by_address(built_root, tmp_path):
         procs = cluster()
         for proc in procs:
             proc.kill()
-        psutil.wait_procs(procs, timeout=10)
+        wait_ended(procs, 10)
         shutil.rmtree(temp_dir, ignore_errors=True)

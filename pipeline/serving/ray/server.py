@@ -51,6 +51,7 @@ from pipeline.errors import PipelineError
 from pipeline.serving.backends import ServeOptions
 from pipeline.serving.common import STAGE, history, metrics
 from pipeline.serving.common.client import Endpoint, free_port, port_in_use
+from pipeline.serving.common.processes import running, wait_ended
 from pipeline.serving.common.samples import Request, sample_requests
 from pipeline.serving.ray.app import QUIET, RayAppOptions, http_limits
 from pipeline.settings import Layout, Settings, resolve
@@ -118,7 +119,7 @@ class RayInfo(Endpoint):
                 found.extend(psutil.Process(self.pid).children(recursive=True))
             except psutil.NoSuchProcess:
                 pass
-        return list({p.pid: p for p in found}.values())
+        return running({p.pid: p for p in found}.values())
 
 
 def require_ray() -> None:
@@ -478,13 +479,13 @@ def stop_info(info: RayInfo, timeout: float = 30.0) -> bool:
                     p.send_signal(signal.SIGTERM)  # the launcher shuts Serve and Ray down
                 except psutil.NoSuchProcess:
                     pass
-        _, alive = psutil.wait_procs([p for p in procs if p.pid == info.pid], timeout=timeout)
+        alive = wait_ended([p for p in procs if p.pid == info.pid], timeout)
         for p in alive + [p for p in procs if p.pid != info.pid]:
             try:
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(procs, timeout=10)
+        wait_ended(procs, 10)
         if info.temp_dir:
             shutil.rmtree(info.temp_dir, ignore_errors=True)
         stopped = bool(procs)

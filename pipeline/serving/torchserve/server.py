@@ -37,6 +37,7 @@ from pipeline.serving.backends import ServeOptions
 from pipeline.serving.common import STAGE, history, metrics
 from pipeline.serving.common.client import Endpoint, free_ports, http, port_in_use
 from pipeline.serving.common.contract import Contract
+from pipeline.serving.common.processes import running, wait_ended
 from pipeline.serving.torchserve import proxy
 from pipeline.settings import Layout, Settings, resolve
 
@@ -122,7 +123,7 @@ class ServerInfo(Endpoint):
                     found.append(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        return found
+        return running(found)
 
 
 def run_dir(layout: Layout) -> Path:
@@ -465,13 +466,13 @@ def stop(settings: Settings, timeout: float = 60.0) -> bool:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = wait_ended(procs, timeout)
     for p in alive:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=10)
+    wait_ended(alive, 10)
     folder = Path(info.run_dir)
     for name in (
         "key_file.json",
