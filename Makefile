@@ -13,6 +13,8 @@ FORCE_FLAG := $(if $(filter 1 yes true,$(FORCE)),--force,)
 EXTRAS := bench,reliability,examples,transformers,dev
 # Ray Serve, for the targets that serve on Ray (and the tests and reports that cover it).
 RAY_STAMP := $(VENV)/.installed-ray
+# Extras the first install adds in the same pip run (WITH=ray,docs: what make test and make docs add later).
+WITH ?=
 # MkDocs Material, for make docs.
 DOCS_STAMP := $(VENV)/.installed-docs
 # The onnxruntime-genai peer of the generation benchmark, in a venv of its own: it pulls the CPU
@@ -31,6 +33,8 @@ VARIANT_FLAGS := $(foreach v,$(subst $(comma), ,$(VARIANTS)),--$(v))
 .PHONY: help setup setup-ray export generate test test-fast lint fmt typecheck serve stop update rollback serve-ray stop-ray bench genai-peer tune reliability real-models docs docs-serve clean distclean
 
 help:
+	@echo "make setup      the virtual environment ($(VENV)), made once; WITH=ray,docs adds those extras in the same pip run,"
+	@echo "                make setup-ray adds Ray Serve later (the targets that need an extra install it themselves)"
 	@echo "make export     train -> TorchScript -> ONNX -> AOTInductor .pt2 -> parity gate -> .mar  (MODEL=$(MODEL), FORCE=1 to redo, EXPORT_ARGS=...)"
 	@echo "                EXPORT_ARGS=--engine aotinductor serves the .pt2; --no-torchscript / --no-pt2 skip those artifacts"
 	@echo "                VARIANTS=int8 (or int8,fp16) also builds, gates and packages the smaller variants"
@@ -64,8 +68,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "setting up $(VENV) (once; again only when pyproject.toml or constraints.txt change): torch $$(sed -n 's/^torch==//p' constraints.txt) (CPU),"
 	@echo "  ONNX Runtime, transformers, TorchServe and the rest, about 2.3 GB; a few minutes on a first run, mostly downloading"
-	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
-	@touch $@
+	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)$(if $(WITH),$(comma)$(WITH))]'
+	@touch $@ $(foreach extra,$(subst $(comma), ,$(WITH)),$(VENV)/.installed-$(extra))
 
 $(RAY_STAMP): $(STAMP)
 	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS),ray]'
