@@ -102,6 +102,8 @@ class Builds:
     def __init__(self, root: Path, names: list[str]):
         self.root = root
         self.procs: dict[str, subprocess.Popen] = {}
+        self.started = time.time()
+        self.waited: dict[str, float] = {}  # seconds the tests spent waiting for each build
         if names:
             self._start(names)
 
@@ -124,7 +126,8 @@ class Builds:
         """The folder `name` was built into, once it is done."""
         if name not in self.procs:
             self._start([name])
-        proc, deadline = self.procs[name], time.monotonic() + timeout
+        proc, asked = self.procs[name], time.monotonic()
+        deadline = asked + timeout
         while not (self.root / f"{name}.done").exists():
             failed = self.root / f"{name}.failed"
             assert not failed.exists(), f"building {name} failed:\n{failed.read_text()}"
@@ -133,7 +136,17 @@ class Builds:
             )
             assert time.monotonic() < deadline, f"building {name} took over {timeout:.0f} s: {self._logs()}"
             time.sleep(0.2)
+        self.waited[name] = self.waited.get(name, 0.0) + time.monotonic() - asked
         return self.root / FOLDER[name]
+
+    def summary(self) -> list[str]:
+        """When each build was done, from the run's start, and how long the tests waited for it."""
+        lines = []
+        for name in self.procs:
+            done = self.root / f"{name}.done"
+            at = f"done at {done.stat().st_mtime - self.started:5.0f} s" if done.exists() else "not done"
+            lines.append(f"{name:18} {at}, waited for {self.waited.get(name, 0.0):5.1f} s")
+        return lines
 
     def _logs(self) -> str:
         return "\n".join(p.read_text()[-2000:] for p in sorted(self.root.glob("*.log")))

@@ -76,6 +76,7 @@ def builds(request, tmp_path_factory) -> Iterator[Builds]:
     try:
         yield builds
     finally:
+        BUILDS_DONE.extend(builds.summary())
         builds.stop()
 
 
@@ -139,6 +140,8 @@ def built(built_root) -> tuple[Settings, Layout]:
 MEASUREMENTS: list[str] = []
 # Seconds spent per test file (setup, call and teardown; a module's shared fixture counts where it is built).
 SECONDS_BY_FILE: Counter[str] = Counter()
+# tests/background.py's builds: when each was done, and how long the tests waited for it.
+BUILDS_DONE: list[str] = []
 
 
 @pytest.fixture
@@ -167,3 +170,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("seconds by test file")
         for path, seconds in SECONDS_BY_FILE.most_common(25):
             terminalreporter.write_line(f"{seconds:8.1f} s  {path}")
+    if BUILDS_DONE:
+        terminalreporter.section("builds made beside the tests")
+        for line in BUILDS_DONE:
+            terminalreporter.write_line(line)
