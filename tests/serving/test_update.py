@@ -25,6 +25,7 @@ from pipeline.serving.common.client import http
 from pipeline.serving.ray import server as ray_server
 from pipeline.serving.torchserve import server as ts_server
 from pipeline.settings import Layout
+from tests.background import keep, kept
 from tests.helpers import REPO, copy_root, needs_java
 
 pytestmark = pytest.mark.slow
@@ -98,12 +99,22 @@ def served_version(root: Path) -> str:
     return Manifest(root, "simple_nn").records["mar"].details["version"]
 
 
+def build_retrained(folder: Path) -> None:
+    """Version 2 in folder/p: the same model trained with another seed, by `pipeline all` as a user runs it, from
+    nothing: the session's retrained (tests/background.py)."""
+    keep(
+        folder,
+        pipeline("all", "--root", str(folder / "p"), "--seed", "1", "--no-pt2", env={**os.environ, "HOME": str(folder)}, check=False),
+    )
+
+
 @pytest.fixture(scope="module")
-def retrained(built_root, tmp_path_factory) -> Path:
-    """Version 2: the same model trained with another seed, as the user makes it, once for both servers. Do not modify it."""
-    root = copy_root(built_root, tmp_path_factory.mktemp("v2") / "p")
-    pipeline("all", "--root", str(root), "--seed", "1", "--no-pt2", env={**os.environ, "HOME": str(root.parent)})
-    return root
+def retrained(builds) -> Path:
+    """Version 2's project, once for both servers. Do not modify it."""
+    folder = builds.folder("retrained")
+    done = kept(folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return folder / "p"
 
 
 @pytest.mark.parametrize("on", [pytest.param("torchserve", marks=needs_java), "ray"])
