@@ -2,7 +2,7 @@
 
 A process that has exited stays in the process table as a zombie until its parent reaps it. A server's
 processes outlive the command that started them, so their parent is then the machine's init, and an init
-may reap late: on a Firecracker VM's init, an orphan stayed a zombie for over a second. A zombie holds no
+may reap late: on one machine's init, an orphan stayed a zombie for over a second. A zombie holds no
 port, memory or file, so here it counts as ended; `psutil.wait_procs` waits until it is reaped.
 """
 
@@ -18,7 +18,9 @@ import psutil
 def ended(proc: psutil.Process) -> bool:
     """Exited (a zombie counts; one that is this process's own child is reaped here) or gone."""
     try:
-        if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+        if not proc.is_running():  # gone, or its PID taken by another process since
+            return True
+        if proc.status() != psutil.STATUS_ZOMBIE:
             return False
     except psutil.NoSuchProcess:
         return True
