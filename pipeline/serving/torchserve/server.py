@@ -199,6 +199,14 @@ _LOG_PREFIX = re.compile(r"^\S+ \[\w+\s*\] \S+ (MODEL_LOG|MODEL_METRICS) - ")
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
 
 
+def _settled(path: Path, quiet_s: float = 0.5, timeout: float = 5.0) -> None:
+    """Wait until `path` has not grown for `quiet_s` (at most `timeout`): an asynchronous log, read whole."""
+    deadline, size = time.monotonic() + timeout, -1
+    while time.monotonic() < deadline and path.stat().st_size != size:
+        size = path.stat().st_size
+        time.sleep(quiet_s)
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     """The end of a TorchServe log, without its timestamp prefixes, exceptions first."""
     if not path.exists():
@@ -435,6 +443,7 @@ def _wait_ready(info: ServerInfo, proc: subprocess.Popen, guard: subprocess.Pope
         _check_running(proc, logs)
         model_log = logs / "model_log.log"
         if model_log.exists() and "Backend worker process died" in model_log.read_text(errors="replace"):
+            _settled(model_log)  # the frontend logs the worker's traceback after that line, asynchronously
             raise PipelineError(
                 STAGE,
                 f"the {info.model} worker died while loading the model; model_log.log ends:\n{_tail(model_log)}",
