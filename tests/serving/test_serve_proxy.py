@@ -43,15 +43,17 @@ def test_http2_streams_are_refused_and_the_proxy_memory_stays_bounded(server, me
     )
 
 
-def _send_head(info, port: int, head: str, body: bytes = b"") -> tuple[bytes, float]:
-    """What the server answered to `head` (and the first bytes of a body), read until it closed, and how long that took."""
+def _send_head(info, port: int, head: str, body: bytes = b"") -> tuple[bytes, float, str]:
+    """What the server answered to `head` (and the first bytes of a body), read until it closed, how long that took,
+    and the client's address as the access log writes it."""
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        client = "{}:{}".format(*sock.getsockname())
         sock.sendall(head.encode() + body)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
-    return answer, time.monotonic() - start
+    return answer, time.monotonic() - start, client
 
 
 @pytest.mark.slow
@@ -70,13 +72,18 @@ def test_a_request_without_the_api_s_key_is_a_401_at_its_headers_and_never_reach
         + (f"Authorization: Bearer {token}\r\n" if token else "")
         + "\r\n"
     )
-    answer, waited = _send_head(server, server.ports[api], head, b'{"x": [1')
+    answer, waited, client = _send_head(server, server.ports[api], head, b'{"x": [1')
     status, _, body = answer.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 401") and waited < 2, (answer[:300], waited)
     error = json.loads(body)
     assert error["code"] == 401 and "Token Authorization failed" in error["message"] and f"<the {api} key>" in error["message"]
-    deadline = time.monotonic() + 10  # the proxy logs a request once its connection is done with it
-    while len(lines := access_log.read_text().splitlines()[logged:]) < 1 and time.monotonic() < deadline:
+    # The proxy logs a request once its connection is done with it, so an earlier test's line may come after `logged`:
+    # the client's address picks this connection's lines out.
+    deadline = time.monotonic() + 10
+    while (
+        not (lines := [line for line in access_log.read_text().splitlines()[logged:] if f" {client} " in line])
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert len(lines) == 1 and f" {api} <NOSRV> 401 " in lines[0], lines  # the proxy answered: TorchServe never saw it
 
@@ -85,7 +92,7 @@ def test_a_request_without_the_api_s_key_is_a_401_at_its_headers_and_never_reach
 @needs_java
 def test_the_metrics_api_takes_no_body_and_the_token_api_is_refused(server):
     head = f"POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {server.token()}\r\nContent-Length: 1000000\r\n\r\n"
-    answer, waited = _send_head(server, server.ports["metrics"], head, b"1" * 10)
+    answer, waited, _ = _send_head(server, server.ports["metrics"], head, b"1" * 10)
     assert answer.startswith(b"HTTP/1.1 400") and b"takes no request body" in answer and waited < 2, answer[:300]
     status, text = http("GET", server.metrics_url, token=server.token())  # the inference token, as a scraper sends it
     assert status == 200 and b"pipeline_requests_total" in text
