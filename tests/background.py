@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -98,6 +99,20 @@ def kept(folder: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(result["args"], result["returncode"], result["stdout"], result["stderr"])
 
 
+def lowest_priority(pid: int) -> None:
+    """The lowest CPU and disk priority for `pid` and the processes it starts. Where the kernel shares the CPU between
+    sessions first (autogroup, on by default in many Linux kernels), a process's nice value counts only
+    within its session: a build in a session of its own at nice 19 had as large a share as the tests. The session's own
+    nice value is set too."""
+    proc = psutil.Process(pid)
+    proc.nice(19)
+    proc.ionice(psutil.IOPRIO_CLASS_IDLE)
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text("19")
+    except OSError:  # no autogroup on this kernel: nice is the priority
+        pass
+
+
 class Builds:
     """The run's builds under one root: those the collected tests need, started at once in one niced process."""
 
@@ -106,8 +121,10 @@ class Builds:
         self.procs: dict[str, subprocess.Popen] = {}
         self.started = time.time()
         self.waited: dict[str, float] = {}  # seconds the tests spent waiting for each build
+        self._stopping = threading.Event()
         if names:
             self._start(names)
+            threading.Thread(target=self._keep_low, daemon=True).start()
 
     def _start(self, names: list[str]) -> None:
         with open(self.root / f"{names[0]}.log", "wb") as log:
@@ -119,10 +136,23 @@ class Builds:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        # Lowest CPU and disk priority, set before its imports are done: the processes it starts inherit both.
-        psutil.Process(proc.pid).nice(19)
-        psutil.Process(proc.pid).ionice(psutil.IOPRIO_CLASS_IDLE)
+        # Set before its imports are done: the processes it starts inherit it, but for the sessions of their own that
+        # servers start (_keep_low).
+        lowest_priority(proc.pid)
         self.procs |= dict.fromkeys(names, proc)
+
+    def _keep_low(self) -> None:
+        """Every second, the lowest priority for each process a build started in a session of its own (a server)."""
+        done: set[int] = set()
+        while not self._stopping.wait(1.0):
+            for proc in list(set(self.procs.values())):
+                try:
+                    for child in psutil.Process(proc.pid).children(recursive=True):
+                        if (sid := os.getsid(child.pid)) != proc.pid and sid not in done:
+                            lowest_priority(child.pid)  # and so its session's
+                            done.add(sid)
+                except (psutil.Error, ProcessLookupError):  # ended while looked at
+                    continue
 
     def folder(self, name: str, timeout: float = 1800) -> Path:
         """The folder `name` was built into, once it is done."""
@@ -154,6 +184,7 @@ class Builds:
         return "\n".join(p.read_text()[-2000:] for p in sorted(self.root.glob("*.log")))
 
     def stop(self) -> None:
+        self._stopping.set()
         for proc in set(self.procs.values()):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
