@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 
 import pytest
@@ -340,11 +341,13 @@ def test_load_goes_to_loopback_only():
 
 @pytest.fixture
 def two_servers():
-    """Two HTTP servers on loopback that count the POSTs each one answered."""
+    """Two HTTP servers on loopback that count the POSTs each one answered; each answers after a random pause of up
+    to its entry in `pauses` (seconds, 0 at first)."""
+    import random
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    servers, counts = [], []
+    servers, counts, pauses = [], [], [0.0, 0.0]
     for i in range(2):
         counts.append(0)
 
@@ -354,6 +357,7 @@ def two_servers():
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("content-length", 0)))
+                time.sleep(random.uniform(0, pauses[self.index]))
                 counts[self.index] += 1
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
@@ -366,7 +370,7 @@ def two_servers():
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
-    yield [f"http://127.0.0.1:{s.server_address[1]}/predictions/m" for s in servers], counts
+    yield [f"http://127.0.0.1:{s.server_address[1]}/predictions/m" for s in servers], counts, pauses
     for server in servers:
         server.shutdown()
         server.server_close()
@@ -379,12 +383,26 @@ def test_load_spread_over_addresses_reaches_each_of_them(two_servers, generator)
 
     if generator == "wrk" and not wrk_available():
         pytest.skip("wrk is not installed")
-    (first, second), counts = two_servers
+    (first, second), counts, _ = two_servers
     result = measure(first, "{}", 4, 1.0, generator=generator, spread=[second])
     assert counts[0] > 0 and counts[1] > 0, counts
     assert result["errors"] == 0 and result["requests"] <= sum(counts) <= result["requests"] + 8  # + what was in flight at the end
     with pytest.raises(PipelineError, match="only 127.0.0.1"):
         measure(first, "{}", 4, 1.0, generator=generator, spread=["http://10.0.0.1:8080/predictions/m"])
+
+
+def test_a_request_limit_ends_the_run_when_it_is_reached(two_servers):
+    """The soak's 20,000 requests were sent in 15 s, then the run waited out its time limit (reported: 133/s).
+    Locust's quit, called by the user that sent the last request, killed that user before it had stopped the run.
+    With answers that take 0 to 0.4 s, that happened in two runs of three."""
+    from pipeline.bench.loadgen import run_load
+
+    (url, _), counts, pauses = two_servers
+    pauses[0] = 0.4
+    for _ in range(3):
+        result = run_load(url, ["{}"], 16, 30.0, max_requests=20)
+        assert result.requests >= 20 and result.errors == 0, result.status_counts()
+        assert result.seconds < 10, f"20 requests took {result.seconds:.1f} s: the run ended at its time limit, not its request limit"
 
 
 @pytest.mark.cuda
