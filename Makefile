@@ -8,6 +8,9 @@ TASK   ?=
 MODEL_FLAGS := --model $(MODEL)$(if $(TASK), --task $(TASK))
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Every install, pinned by constraints.txt. --no-compile: pip byte-compiled all 22,000 modules it installed (about a
+# minute of one core); Python compiles those a command imports, once, the first time.
+PIP_INSTALL := -m pip install -qq --disable-pip-version-check --no-compile -c constraints.txt
 FORCE_FLAG := $(if $(filter 1 yes true,$(FORCE)),--force,)
 # Every target's needs: the core, the benchmark, the fault harness, the examples, the tools.
 EXTRAS := bench,reliability,examples,transformers,dev
@@ -68,23 +71,23 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "setting up $(VENV) (once; again only when pyproject.toml or constraints.txt change): torch $$(sed -n 's/^torch==//p' constraints.txt) (CPU),"
 	@echo "  ONNX Runtime, transformers, TorchServe and the rest, about 2.3 GB; a few minutes on a first run, mostly downloading"
-	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)$(if $(WITH),$(comma)$(WITH))]'
+	$(PY) $(PIP_INSTALL) -e '.[$(EXTRAS)$(if $(WITH),$(comma)$(WITH))]'
 	@touch $@ $(foreach extra,$(subst $(comma), ,$(WITH)),$(VENV)/.installed-$(extra))
 
 $(RAY_STAMP): $(STAMP)
-	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS),ray]'
+	$(PY) $(PIP_INSTALL) -e '.[$(EXTRAS),ray]'
 	@touch $@
 
 genai-peer: $(GENAI_STAMP)
 
 $(GENAI_STAMP): constraints.txt
 	@test -x $(GENAI_VENV)/bin/python || $(PYTHON) -m venv $(GENAI_VENV)
-	$(GENAI_VENV)/bin/python -m pip install -qq --disable-pip-version-check -c constraints.txt \
+	$(GENAI_VENV)/bin/python $(PIP_INSTALL) \
 		onnxruntime-genai==0.18.0 onnx-ir torch transformers onnx numpy
 	@touch $@
 
 $(DOCS_STAMP): $(STAMP)
-	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS),docs]'
+	$(PY) $(PIP_INSTALL) -e '.[$(EXTRAS),docs]'
 	@touch $@
 
 export: $(STAMP)
