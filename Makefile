@@ -8,9 +8,9 @@ TASK   ?=
 MODEL_FLAGS := --model $(MODEL)$(if $(TASK), --task $(TASK))
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Every install, pinned by constraints.txt. --no-compile: pip byte-compiled all 22,000 modules it installed (about a
-# minute of one core); Python compiles those a command imports, once, the first time.
-PIP_INSTALL := -m pip install -qq --disable-pip-version-check --no-compile -c constraints.txt
+# Every install, pinned by constraints.txt. pip byte-compiles what it installs (about a minute of one core here); that
+# stays: where PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile every module it imports, every time.
+PIP_INSTALL := -m pip install -qq --disable-pip-version-check -c constraints.txt
 FORCE_FLAG := $(if $(filter 1 yes true,$(FORCE)),--force,)
 # Every target's needs: the core, the benchmark, the fault harness, the examples, the tools.
 EXTRAS := bench,reliability,examples,transformers,dev
