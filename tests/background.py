@@ -122,9 +122,9 @@ class Builds:
         self.started = time.time()
         self.waited: dict[str, float] = {}  # seconds the tests spent waiting for each build
         self._stopping = threading.Event()
+        threading.Thread(target=self._keep_low, daemon=True).start()  # for a build started later (folder) too
         if names:
             self._start(names)
-            threading.Thread(target=self._keep_low, daemon=True).start()
 
     def _start(self, names: list[str]) -> None:
         with open(self.root / f"{names[0]}.log", "wb") as log:
