@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -367,6 +368,10 @@ def test_wait_for_sees_other_processes_not_its_own_command_line(real_models):
     assert real_models.others_matching(re.compile(re.escape(" ".join(psutil.Process().cmdline())))) == []
     sleeper = subprocess.Popen(["sleep", "31.4159"])
     try:
+        # Popen returns once the child is forked; its command line is this one's until it has exec'd sleep.
+        deadline = time.monotonic() + 10
+        while psutil.Process(sleeper.pid).cmdline() != ["sleep", "31.4159"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         [found] = real_models.others_matching(pattern)
         assert found.startswith(f"{sleeper.pid}: ")
         waited = real_models.wait_for_quiet(pattern, poll_s=0.05, most_s=0.2)
