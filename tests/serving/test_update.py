@@ -30,6 +30,10 @@ from tests.helpers import REPO, copy_root, needs_java
 
 pytestmark = pytest.mark.slow
 CLIENTS = 6
+# Each client's pause between its answer and its next request. Requests stay in flight through every switch (about 70
+# answers a second here), and the commands under test keep a share of the two cores: unpaced, the clients took them
+# all, and one Ray update took up to 30 s.
+PAUSE_S = 0.05
 
 
 @dataclass
@@ -44,7 +48,7 @@ class Answer:
 
 @dataclass
 class Clients:
-    """CLIENTS threads, each posting {"x": 5.0} on a keep-alive connection of its own until stopped."""
+    """CLIENTS threads, each posting {"x": 5.0} on a keep-alive connection of its own, PAUSE_S apart, until stopped."""
 
     url: str
     token: str
@@ -70,6 +74,7 @@ class Clients:
                 connection = HTTPConnection(parts.hostname, parts.port, timeout=60)
                 answer = Answer(started, time.monotonic(), -1, None, None, f"{rid}: {exc}")
             self.answers[i].append(answer)
+            self.stop.wait(PAUSE_S)
         connection.close()
 
     def __enter__(self) -> Clients:
