@@ -365,7 +365,9 @@ def test_deploy_onto_a_running_cluster_by_address(built_root, tmp_path):
         assert cluster(), "the cluster itself is left running: it is not ours"
         wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         refused = subprocess.run(serve, env=wrong, capture_output=True, text=True, timeout=180)
-        assert refused.returncode == 1 and "refused this RAY_AUTH_TOKEN" in refused.stderr, refused.stderr[-2000:]
+        assert refused.returncode == 1 and "refused this RAY_AUTH_TOKEN: it is not the cluster's token" in refused.stderr, refused.stderr[
+            -2000:
+        ]
     finally:
         procs = cluster()
         for proc in procs:

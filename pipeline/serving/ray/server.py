@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -340,20 +341,46 @@ def served_line(info: RayInfo, options: ServeOptions) -> str:
     )
 
 
+def refuses_token(address: str, wait_s: float = 3.0) -> bool:
+    """Whether the cluster at `address` answers that this process's token is not its own, in one attempt of `wait_s`
+    at most. ray.init retries every failure to reach the cluster for about 20 s, a refused token too; an address with
+    no cluster, or one slower than `wait_s` to answer, is left to ray.init and its own message."""
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # a compiled module; its stub omits the class
+    from ray.exceptions import AuthenticationError
+
+    answered = threading.Event()
+    refused = []
+
+    def attempt() -> None:
+        try:
+            GcsClient(address=address)
+        except AuthenticationError:
+            refused.append(True)
+        except Exception:  # anything else: ray.init tries again and says what went wrong
+            pass
+        answered.set()
+
+    threading.Thread(target=attempt, daemon=True).start()  # blocks while no one answers at the address
+    return answered.wait(wait_s) and bool(refused)
+
+
 def _connect(address: str) -> None:
     """Join the cluster at `address` as a driver (in token mode only), or say why not."""
     import ray
     from ray.exceptions import AuthenticationError
 
     require_token_auth(os.environ, f"the Ray cluster at {address}")
+    refused = PipelineError(
+        STAGE,
+        f"the Ray cluster at {address} refused this RAY_AUTH_TOKEN: it is not the cluster's token",
+        "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's token (as on every node), then run again",
+    )
+    if refuses_token(address):
+        raise refused
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except AuthenticationError:
-        raise PipelineError(
-            STAGE,
-            f"the Ray cluster at {address} refused the connection: RAY_AUTH_TOKEN is missing or not the cluster's",
-            "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's token (as on every node), then run again",
-        ) from None
+        raise refused from None
     except ConnectionError as exc:
         raise PipelineError(
             STAGE,
