@@ -327,7 +327,7 @@ def run(settings, spec, layout: Layout, bar) -> dict:
             {"name": name, "server": "torchserve", "changes": config, "server_config": server_config, "runs": runs, "ping": floors}
         )
     if settings.served == "ray":
-        configs += _ray_configs(settings, layout, request, bar)
+        configs += [c for name, replicas in RAY_REPLICAS.items() for c in _ray_configs(name, replicas, settings, layout, request, bar)]
     pairs = RAY_COMPARISONS if settings.served == "ray" else COMPARISONS
     comparisons = [c for c in (compare(configs, base, other) for base, other in pairs) if c]
     mar, _ = Manifest(layout.root, layout.model).verified(MAR, "bench")
@@ -367,32 +367,25 @@ def inputs_compared(runs: list[dict], binary_runs: list[dict], request: Request,
     return {"request": request.describe(), "binary": binary.describe(), "binary_runs": binary_runs, "per_concurrency": rows}
 
 
-def _ray_configs(settings, layout: Layout, request: Request, bar) -> list[dict]:
-    """The same sweep against the archive on Ray Serve, on one local cluster of its own, at each of RAY_REPLICAS'
-    counts (the first starts the cluster, the next rescale the application on it) at the replicas' own addresses;
-    with one replica, again through Serve's proxy."""
+def _ray_configs(name: str, replicas: int, settings, layout: Layout, request: Request, bar) -> list[dict]:
+    """The same sweep against the archive on Ray Serve (a local cluster of its own), at the
+    replicas' own addresses; with one replica, again through Serve's proxy on the same cluster."""
     from pipeline.serving.ray import server as ray_server
 
     archive = Settings()  # the archive's own model config: what each replica batches with
+    server_config = {"replicas": replicas, "batchSize": archive.serve_batch_size, "maxBatchDelay": archive.serve_max_batch_delay_ms}
     configs = []
-    with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         project = project_for({}, settings, layout, Path(tmp))
+        info = ray_server.start(project, replicas=str(replicas), auto_ports=True)
         try:
-            for i, (name, replicas) in enumerate(RAY_REPLICAS.items()):
-                info = ray_server.rescale(project, replicas) if i else ray_server.start(project, replicas=str(replicas), auto_ports=True)
-                ways = [(name, info, "direct ingress" if info.replica_urls else "Serve's proxy")]
-                if replicas == 1:
-                    ways.append((RAY_PROXY, replace(info, inference=info.proxy, replica_urls=()), "Serve's proxy"))
-                for label, at, route in ways:
-                    runs, floors, _ = _sweep(at, None, settings, request, bar, label)
-                    config = {
-                        "replicas": replicas,
-                        "batchSize": archive.serve_batch_size,
-                        "maxBatchDelay": archive.serve_max_batch_delay_ms,
-                        "route": route,
-                        "addresses": len(at.replica_urls) or 1,
-                    }
-                    configs.append({"name": label, "server": "ray", "server_config": config, "runs": runs, "ping": floors})
+            ways = [(name, info, "direct ingress" if info.replica_urls else "Serve's proxy")]
+            if replicas == 1:
+                ways.append((RAY_PROXY, replace(info, inference=info.proxy, replica_urls=()), "Serve's proxy"))
+            for label, at, route in ways:
+                runs, floors, _ = _sweep(at, None, settings, request, bar, label)
+                config = {**server_config, "route": route, "addresses": len(at.replica_urls) or 1}
+                configs.append({"name": label, "server": "ray", "server_config": config, "runs": runs, "ping": floors})
         finally:
             ray_server.stop(project)
     return configs

@@ -464,7 +464,7 @@ def test_served_ray_puts_torchserve_and_ray_side_by_side(built_root, tmp_path):
     import psutil
 
     left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if "/pipeline-ray-" in " ".join(p.info["cmdline"] or ())]
-    assert left == []  # every process of the local Ray cluster is gone (they all name its temp folder)
+    assert left == []  # every process of both local Ray clusters is gone (they all name the cluster's temp folder)
 
 
 @pytest.mark.slow

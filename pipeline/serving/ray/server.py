@@ -567,30 +567,13 @@ def _current(folder: Path) -> str:
 
 
 def _roll(info: RayInfo, target: history.Served, path: str, timeout: float) -> tuple[str, str]:
-    """Deploy `target` over the running application (Serve's rolling update). (before, after) versions."""
+    """Deploy `target` over the running application, from a child process joined to the cluster (Ray reads its
+    environment once, at import: the local cluster's loopback and token settings must be there from the start)."""
     folder = Path(info.run_dir)
     before = _current(folder)
     if before == target.version:
         return before, before
     options = RayAppOptions.from_args({**json.loads((folder / APP).read_text()), "archive": path, "sha256": target.sha256})
-    _redeploy(info, options, timeout, f"version {target.version}")
-    history.record(folder, target)
-    return before, target.version
-
-
-def rescale(settings: Settings, replicas: int, timeout: float = 120.0) -> RayInfo:
-    """The running application at `replicas` replicas, on the same cluster and archive: Serve adds or removes replicas
-    and keeps those it has (the benchmark's one and two replicas, on one cluster)."""
-    info = _running(settings)
-    options = RayAppOptions.from_args({**json.loads((Path(info.run_dir) / APP).read_text()), "replicas": replicas})
-    return _redeploy(info, options, timeout, f"{replicas} replica(s)")
-
-
-def _redeploy(info: RayInfo, options: RayAppOptions, timeout: float, what: str) -> RayInfo:
-    """Deploy `options` over the running application, from a child process joined to the cluster (Ray reads its
-    environment once, at import: the local cluster's loopback and token settings must be there from the start);
-    record them and the replicas' addresses."""
-    folder = Path(info.run_dir)
     port = int(info.proxy.rsplit(":", 1)[1]) if info.proxy else DEFAULT_HTTP_PORT
     job = folder / "roll.json"
     result = folder / "rolled.json"
@@ -613,18 +596,18 @@ def _redeploy(info: RayInfo, options: RayAppOptions, timeout: float, what: str) 
     if "error" in rolled:
         raise PipelineError(
             STAGE,
-            f"Ray Serve did not take {what}: {rolled['error']}",
+            f"Ray Serve did not take version {target.version}: {rolled['error']}",
             f"see {folder / 'logs'}/update.log and logs/serve/; Serve keeps the old replicas until new ones are healthy",
         )
     urls = tuple(rolled["replica_urls"])
     files.write_json(folder / APP, options.to_args())
-    now = replace(info, inference=urls[0] if urls else info.proxy, replica_urls=urls, replicas=str(options.replicas))
-    files.write_json(folder / "server.json", asdict(now))
-    return now
+    history.record(folder, target)
+    files.write_json(folder / "server.json", asdict(replace(info, inference=urls[0] if urls else info.proxy, replica_urls=urls)))
+    return before, target.version
 
 
 def _roller(job_path: str) -> int:
-    """The child of `_redeploy`: join the cluster, deploy the options over the application, report the replicas' addresses."""
+    """The child of `_roll`: join the cluster, run Serve's rolling update, report the new replicas' addresses."""
     import ray
 
     job = json.loads(Path(job_path).read_text())
