@@ -69,6 +69,8 @@ def app(app_settings, home):
     assert unpacked, "the replica's folder is not inside the cluster's temporary folder"
     assert ray_server.stop(app_settings)
     assert info.processes() == [], "Ray processes left behind"
+    # The launcher ended its cluster itself: Ray's own SIGTERM handler (a stack trace, then the process gone) did not run.
+    assert "SIGTERM received" not in (Path(info.run_dir) / "logs" / "launcher.log").read_text(errors="replace")
     assert not any(path.exists() for path in unpacked), "a replica's unpacked model left behind"
     assert not info.key_file.exists()
     assert not ray_server.stop(app_settings)  # nothing left to stop
