@@ -298,9 +298,11 @@ def test_sequential_latency_vs_ping(server, built_root, tmp_path, measure):
         f"ratio {predict / ping:.2f}x; the handler in process {handler * 1e3:.2f} ms"
     )
     assert predict > ping, line
-    # The frontend-to-worker hop measured about 1.5 pings here (2 CPUs): twice that, and the handler twice.
-    # A wait added on the way (a batch delay, a worker restarted per request) breaks it.
-    assert predict < 4 * ping + 2 * handler, line
+    # The frontend-to-worker hop measured about 1.5 pings here (2 CPUs) on a quiet machine, and 4 pings on a CI run
+    # with the background builds beside it (each of the hops a ping does not take waits for a core). A wait added on
+    # the way is far over ten pings (1 ms each here): a batch delay (100 ms when batches of 8 wait to fill), a worker
+    # restarted per request (seconds).
+    assert predict < 10 * ping + 2 * handler, line
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary tensors", "JSON tensors"])
